@@ -1,0 +1,4 @@
+from nezha_bootstrap.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The `run` flow: decide what to do from config and saved state (pure), then do it (the edge)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from nezha_bootstrap import redact, state as state_mod
+from nezha_bootstrap.config import Config, display_url
+from nezha_bootstrap.errors import BootstrapError, DashboardUnreachable, InstallerFailed
+from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.installer import InstallPlan
+from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.retry import with_retries
+from nezha_bootstrap.state import State
+
+
+class Action(enum.Enum):
+    NOTHING = "nothing to do"
+    INSTALL = "install only"
+    REGISTER = "register and install"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    notes: tuple[str, ...] = ()
+
+
+def decide(config: Config, saved: State | None, facts: Facts, unit_present: bool) -> Decision:
+    """What this run must do, from what the last run left behind."""
+    if saved is None:
+        return Decision(Action.REGISTER, "no saved state: this node was never registered")
+    if config.force:
+        return Decision(
+            Action.REGISTER, "--force",
+            ("the dashboard keeps the server registered before; the token API cannot delete it",),
+        )
+    if saved.dashboard_url != config.dashboard_url:
+        return Decision(Action.REGISTER, f"registered with another dashboard ({display_url(saved.dashboard_url)})")
+    if saved.machine_id != facts.machine_id:
+        return Decision(Action.REGISTER, "the machine-id changed: this is a clone of a registered image")
+    notes = _unchangeable(config, saved)
+    if saved.installed_at is None:
+        return Decision(Action.INSTALL, "registered earlier, the install did not finish", notes)
+    if not unit_present:
+        return Decision(Action.INSTALL, "the agent unit is gone", notes)
+    if (saved.probe_address, saved.probe_port, saved.tls) != (config.probe_address, config.probe_port, config.tls):
+        return Decision(Action.INSTALL, "the probe address, port or TLS setting changed", notes)
+    return Decision(Action.NOTHING, "registered and installed", notes)
+
+
+def _unchangeable(config: Config, saved: State) -> tuple[str, ...]:
+    if (saved.name, saved.tag) == (config.name, config.tag):
+        return ()
+    return (
+        f"the name or tag changed (was {saved.name!r}, tag {saved.tag!r}); the v0 token API cannot "
+        "rename a server: rename it in the dashboard, or use --force to register a new one",
+    )
+
+
+@dataclass
+class Runner:
+    """Performs a decision against a dashboard client and the installer (the edge)."""
+
+    config: Config
+    facts: Facts
+    paths: Paths
+    reporter: Reporter
+    client: Any = None  # an httpx.Client; built lazily so --dry-run never imports httpx
+
+    def run(self) -> dict[str, Any]:
+        """Take the lock, decide, register and install as needed; return the --json summary."""
+        with state_mod.locked(self.paths, self.config.lock_timeout):
+            saved = state_mod.load(self.paths)
+            decision = decide(self.config, saved, self.facts, self._unit_present())
+            self._announce(decision)
+            if decision.action is Action.NOTHING:
+                return self._summary("nothing_to_do", decision)
+            if decision.action is Action.REGISTER or saved is None:
+                saved = self._register()
+            redact.register(saved.secret)
+            self._install(saved)
+            return self._summary("registered_and_installed" if decision.action is Action.REGISTER else "installed", decision)
+
+    def _announce(self, decision: Decision) -> None:
+        self.reporter.info(f"plan: {decision.action.value} ({decision.reason})")
+        for note in decision.notes:
+            self.reporter.warn(note)
+
+    def _unit_present(self) -> bool:
+        return self.paths.agent_unit.exists() or self.paths.agent_openrc.exists()
+
+    def _summary(self, outcome: str, decision: Decision) -> dict[str, Any]:
+        return {
+            "outcome": outcome,
+            "reason": decision.reason,
+            "generation": "v0",
+            "name": self.config.name,
+            "dashboard": display_url(self.config.dashboard_url),
+        }
+
+    def _http(self) -> Any:
+        if self.client is None:
+            from nezha_bootstrap.dashboard import make_client
+
+            self.client = make_client(self.config.ca_bundle)
+        return self.client
+
+    def _register(self) -> State:
+        from nezha_bootstrap.dashboard import Dashboard, Registration
+
+        config = self.config
+        registration = Registration(
+            Dashboard(self._http(), config.dashboard_url, config.token),
+            config.register_body(),
+            tag=config.tag or "AutoRegister",  # the dashboard's default tag
+        )
+        with self.reporter.step("register", f"registering {config.name!r} with {display_url(config.dashboard_url)}"):
+            secret = with_retries(
+                registration.attempt, deadline=config.deadline, what="register",
+                give_up=DashboardUnreachable, notify=self.reporter.info,
+            )
+            redact.register(secret)
+            saved = State(
+                dashboard_url=config.dashboard_url, name=config.name, tag=config.tag,
+                probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
+                secret=secret, machine_id=self.facts.machine_id, registered_at=state_mod.now(),
+            )
+            state_mod.save(self.paths, saved)  # at once: a failed install must never cost a second server
+        return saved
+
+    def _install(self, saved: State) -> None:
+        from nezha_bootstrap import installer
+
+        config = self.config
+        plan = installer.plan(config, self.paths, saved.secret)
+        with self.reporter.step("download", f"downloading {display_url(plan.script_url)}"):
+            content = self._download(plan)
+        with self.reporter.step("install", "running install.sh install_agent"):
+            self._run_installer(plan, content)
+        with self.reporter.step("verify", f"verifying {plan.unit}"):
+            installer.verify_unit(plan, self.paths, saved.secret)
+            if self.facts.systemd_running:
+                installer.wait_active(_systemctl_is_active)
+        installed = dataclasses.replace(
+            saved, probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
+            installed_at=state_mod.now(),
+        )
+        state_mod.save(self.paths, installed)
+
+    def _download(self, plan: InstallPlan) -> bytes:
+        from nezha_bootstrap.dashboard import fetch
+        from nezha_bootstrap.installer import SCRIPT_CAP, check_script
+        from nezha_bootstrap.retry import Transient
+
+        def attempt(seconds_left: float) -> bytes:
+            answer = fetch(self._http(), "GET", plan.script_url, seconds_left=seconds_left,
+                           cap=SCRIPT_CAP, ambiguous=False)
+            if answer.status == 429 or answer.status >= 500:
+                raise Transient(f"HTTP {answer.status}")
+            if answer.status != 200:
+                raise InstallerFailed(f"downloading {display_url(plan.script_url)}: HTTP {answer.status}")
+            if answer.truncated:
+                raise InstallerFailed(f"the install script is larger than {SCRIPT_CAP} bytes; refusing it")
+            return answer.body
+
+        try:
+            content = with_retries(
+                attempt, deadline=self.config.deadline, what="download install.sh",
+                give_up=InstallerFailed, notify=self.reporter.info,
+            )
+        except BootstrapError as exc:
+            if isinstance(exc, InstallerFailed):
+                raise
+            raise InstallerFailed(f"downloading the install script: {exc}") from exc
+        check_script(content, plan.script_sha256)
+        return content
+
+    def _run_installer(self, plan: InstallPlan, content: bytes) -> None:
+        from nezha_bootstrap import system
+
+        system.ensure_private_dir(plan.script_path.parent)
+        system.atomic_write(plan.script_path, content, mode=0o700)
+        plan.cwd.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in plan.env_unset}
+        env.update(dict(plan.env_set))
+        try:
+            if plan.uninstall_first:
+                self.reporter.info("  uninstalling the existing agent first")
+                system.run(plan.uninstall_first, cwd=plan.cwd, env=env, timeout=UNINSTALL_TIMEOUT,
+                           on_line=lambda line: self.reporter.detail(f"  | {line}"))
+            done = system.run(plan.argv, cwd=plan.cwd, env=env, timeout=self.config.deadline,
+                              on_line=lambda line: self.reporter.detail(f"  | {line}"))
+        except OSError as exc:
+            raise InstallerFailed(f"cannot start the installer: {exc.strerror}") from exc
+        finally:
+            shutil.rmtree(plan.script_path.parent, ignore_errors=True)
+        if done.timed_out:
+            raise InstallerFailed(
+                f"install.sh did not finish within {self.config.deadline:g} s; its process group was killed"
+            )
+        if done.returncode != 0:
+            raise InstallerFailed(f"install.sh exited with status {done.returncode}; run again with -v to see its output")
+
+
+UNINSTALL_TIMEOUT = 60.0
+
+
+def _systemctl_is_active() -> bool:
+    from nezha_bootstrap import system
+
+    try:
+        done = system.run(["systemctl", "is-active", "--quiet", "nezha-agent"], timeout=10)
+    except OSError:
+        return False
+    return done.returncode == 0
+
+
+def plan_lines(config: Config, facts: Facts, paths: Paths) -> tuple[list[str], dict[str, Any]]:
+    """The --dry-run plan: what `run` would send, run and write; reads the state, changes nothing."""
+    from nezha_bootstrap import installer
+
+    saved = state_mod.load(paths) if paths.state_file.exists() else None
+    unit_present = paths.agent_unit.exists() or paths.agent_openrc.exists()
+    decision = decide(config, saved, facts, unit_present)
+    lines = [f"plan: {decision.action.value} ({decision.reason})"]
+    lines += [f"note: {note}" for note in decision.notes]
+    payload: dict[str, Any] = {
+        "outcome": "dry_run", "action": decision.action.name.lower(), "reason": decision.reason,
+        "generation": "v0", "name": config.name, "dashboard": display_url(config.dashboard_url),
+    }
+    if decision.action is Action.NOTHING:
+        return lines, payload
+    if decision.action is Action.REGISTER:
+        tag = config.tag or "AutoRegister"
+        lines += [
+            f"GET {display_url(config.dashboard_url)}/api/v1/server/list?tag={tag} "
+            "(servers already named like this node)",
+            f"POST {display_url(config.register_url)}",
+            "  Authorization: <token>",
+            "  Content-Type: application/json",
+            f"  body: {json.dumps(config.register_body(), ensure_ascii=False)}",
+            f"write {paths.state_file} (0600): the node secret",
+        ]
+        payload["request"] = {"method": "POST", "url": display_url(config.register_url),
+                              "headers": {"Authorization": "<token>"}, "body": config.register_body()}
+    secret = saved.secret if saved and decision.action is Action.INSTALL else "0" * 18  # masked in describe()
+    plan = installer.plan(config, paths, secret)
+    lines += plan.describe()
+    lines.append(f"write {paths.state_file} (0600): installed")
+    payload["install"] = plan.describe()
+    return lines, payload

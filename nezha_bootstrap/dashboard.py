@@ -1,0 +1,313 @@
+"""The v0 dashboard client: register, list, and the classifier of their answers (the only httpx user)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+from nezha_bootstrap import __version__
+from nezha_bootstrap.config import display_url
+from nezha_bootstrap.errors import DashboardRefused
+from nezha_bootstrap.retry import Transient
+
+USER_AGENT = f"nezha-bootstrap/{__version__}"
+ANSWER_CAP = 64 * 1024  # a register answer is ~20 bytes; a list of thousands of servers fits easily
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0
+SECRET_SHAPE = re.compile(r"^[0-9A-Za-z]{18}$")  # v0 secrets: 18 of [0-9A-Za-z]
+_V1_BODY = {"error": "404 Not Found"}
+_TOKEN_HINT = (
+    "Check NEZHA_TOKEN: it must be the whole token from the dashboard's API Token page, "
+    "sent as is (no 'Bearer' or 'Token' word)"
+)
+V1_MESSAGE = (
+    "this dashboard is v1 or newer; the v0 register API is not available there "
+    "(v1/v2 agents enroll with an agent secret instead)"
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer as read: status, the headers we use, and at most `cap` bytes of body."""
+
+    status: int
+    content_type: str
+    body: bytes
+    truncated: bool = False
+    retry_after: str | None = None
+    location: str | None = None
+
+
+def make_client(ca_bundle: Path | None = None, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """The one HTTP client factory: verified TLS (system store or a private CA), env proxies, no redirects."""
+    context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+    return httpx.Client(
+        verify=context,
+        trust_env=True,  # HTTPS_PROXY / NO_PROXY
+        follow_redirects=False,  # a redirect would turn the POST into a GET or carry the token away
+        headers={"User-Agent": USER_AGENT},
+        timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+        transport=transport,
+    )
+
+
+def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, cap: int,
+          ambiguous: bool, **kwargs: Any) -> Answer:
+    """Send one request and read at most `cap` bytes; network failures become Transient or refusals."""
+    timeout = httpx.Timeout(min(READ_TIMEOUT, seconds_left), connect=min(CONNECT_TIMEOUT, seconds_left))
+    try:
+        with client.stream(method, url, timeout=timeout, **kwargs) as response:
+            body, truncated = _read_capped(response.iter_bytes(), cap, time.monotonic() + seconds_left)
+            return Answer(
+                status=response.status_code,
+                content_type=response.headers.get("content-type", ""),
+                body=body,
+                truncated=truncated,
+                retry_after=response.headers.get("retry-after"),
+                location=response.headers.get("location"),
+            )
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.PoolTimeout) as exc:
+        _raise_if_tls(exc, url)
+        raise Transient(f"cannot connect to {_host_of(url)}: {_reason(exc)}") from exc
+    except httpx.TimeoutException as exc:
+        raise Transient(f"no answer from {_host_of(url)} in time", ambiguous=ambiguous) from exc
+    except httpx.TransportError as exc:
+        raise Transient(f"the connection to {_host_of(url)} broke: {_reason(exc)}", ambiguous=ambiguous) from exc
+
+
+def _read_capped(chunks: Iterator[bytes], cap: int, deadline: float) -> tuple[bytes, bool]:
+    """Read until the end, `cap` bytes, or the deadline (a body trickling in must not hold us)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the answer arrived too slowly")
+        buffer.extend(chunk)
+        if len(buffer) > cap:
+            return bytes(buffer[:cap]), True
+    return bytes(buffer), False
+
+
+def _host_of(url: str) -> str:
+    return httpx.URL(url).host or url
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _raise_if_tls(exc: Exception, url: str) -> None:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(cause):
+            detail = getattr(cause, "verify_message", None) or _reason(exc)
+            raise DashboardRefused(
+                f"TLS verification of {_host_of(url)} failed: {detail}. If the dashboard uses a "
+                "certificate from a private CA, pass its PEM file with --ca-bundle (NEZHA_CA_BUNDLE); "
+                "if the host name does not match the certificate, use the name it was issued for"
+            ) from exc
+        if isinstance(cause, ssl.SSLError):
+            raise DashboardRefused(f"TLS handshake with {_host_of(url)} failed: {_reason(exc)}") from exc
+        cause = cause.__cause__ or cause.__context__
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Parse Retry-After as seconds or as an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = datetime.now(timezone.utc).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _json(answer: Answer) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(answer.body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False, None
+
+
+def _looks_html(answer: Answer) -> bool:
+    head = answer.body.lstrip()[:64].lower()
+    return "html" in answer.content_type.lower() or head.startswith((b"<!doctype", b"<html", b"<"))
+
+
+def classify_common(answer: Answer, what: str) -> None:
+    """Raise for answers every token endpoint shares: redirects, v1, disguised 403, 4xx, 5xx, 429."""
+    status = answer.status
+    if 300 <= status < 400:
+        target = display_url(answer.location) if answer.location else "(no Location header)"
+        raise DashboardRefused(
+            f"{what}: the dashboard answered HTTP {status} and tried to send the request to {target}; "
+            "it was not followed (a redirect turns the POST into a GET and may carry the token to "
+            "another host). Set the dashboard URL to the address it redirects to"
+        )
+    if status == 429:
+        raise Transient("HTTP 429 (too many requests)", retry_after=retry_after_seconds(answer.retry_after))
+    if status >= 500:
+        ambiguous = status in (502, 504)  # a proxy may have passed the request on before failing
+        raise Transient(f"HTTP {status}", retry_after=retry_after_seconds(answer.retry_after), ambiguous=ambiguous)
+    if answer.truncated:
+        raise DashboardRefused(
+            f"{what}: the answer (HTTP {status}) is larger than {ANSWER_CAP} bytes; "
+            "this is not the dashboard's answer (a proxy or portal?); only the first bytes were read"
+        )
+    parsed, value = _json(answer)
+    if parsed and value == _V1_BODY and status in (200, 404):
+        raise DashboardRefused(f"{what}: {V1_MESSAGE}")
+    if parsed and isinstance(value, dict) and value.get("error") == "real ip header not found":
+        raise DashboardRefused(
+            f"{what}: the dashboard expects a real-IP header from its reverse proxy and was reached "
+            "around that proxy; use the proxied URL"
+        )
+    if parsed and isinstance(value, dict) and value.get("code") == 403:
+        raise DashboardRefused(f"{what}: the dashboard refused the API token (HTTP {status} with a 403 body). {_TOKEN_HINT}")
+    if status == 404:
+        if _looks_html(answer):
+            raise DashboardRefused(
+                f"{what}: HTTP 404 with an HTML page: the dashboard is older than v0.20.12 (the register "
+                "API is needed), or the URL does not point at the dashboard"
+            )
+        raise DashboardRefused(f"{what}: HTTP 404: the URL does not point at a v0 dashboard's API")
+    if status == 400:
+        raise DashboardRefused(
+            f"{what}: HTTP 400: the dashboard could not parse the request; this is a bug in "
+            f"nezha-bootstrap {__version__}, please report it"
+        )
+    if status in (401, 403):
+        raise DashboardRefused(f"{what}: HTTP {status}: access refused (by the dashboard or a proxy in front of it). {_TOKEN_HINT}")
+    if status != 200:
+        raise DashboardRefused(f"{what}: unexpected HTTP {status}")
+
+
+def classify_register(answer: Answer) -> str:
+    """Return the node secret from a register answer, or raise exactly as dashboard-v0-register.md says."""
+    what = "register"
+    classify_common(answer, what)
+    if not answer.body.strip():
+        raise DashboardRefused(f"{what}: HTTP 200 with an empty body, not a secret")
+    if _looks_html(answer):
+        raise DashboardRefused(
+            f"{what}: HTTP 200 with an HTML page, not a secret: the URL leads to a web page "
+            "(login portal, proxy, or the dashboard's UI), not to the dashboard's API"
+        )
+    parsed, value = _json(answer)
+    if not parsed:
+        value = answer.body.decode("utf-8", errors="replace").strip()  # the bare secret the seed's text shows
+    if isinstance(value, dict) and isinstance(value.get("secret"), str) and value.get("code") == 200:
+        value = value["secret"]  # the full answer: the server was created, keep its secret
+    if isinstance(value, dict):
+        raise DashboardRefused(f"{what}: HTTP 200 with a JSON object that holds no secret (code {value.get('code')!r})")
+    if not isinstance(value, str):
+        raise DashboardRefused(f"{what}: HTTP 200 with a JSON {type(value).__name__}, not a secret")
+    if value == "":
+        raise DashboardRefused(f"{what}: HTTP 200 with an empty secret (\"\")")
+    if not SECRET_SHAPE.match(value):
+        raise DashboardRefused(
+            f"{what}: HTTP 200, but the answer is not a secret of the dashboard's shape "
+            f"(18 letters and digits; got {len(value)} characters)"
+        )
+    return value
+
+
+def classify_list(answer: Answer) -> list[dict[str, Any]]:
+    """Return the servers of a list answer, or raise as for register."""
+    what = "server list"
+    classify_common(answer, what)
+    parsed, value = _json(answer)
+    if not parsed or not isinstance(value, dict) or not isinstance(value.get("result"), list):
+        raise DashboardRefused(f"{what}: HTTP 200, but not the dashboard's list envelope")
+    return [item for item in value["result"] if isinstance(item, dict)]
+
+
+@dataclass
+class Dashboard:
+    """The v0 token API of one dashboard."""
+
+    client: httpx.Client
+    base_url: str
+    token: str
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": self.token}  # the whole value is the token: no scheme word
+
+    def register(self, body: dict[str, str], seconds_left: float) -> str:
+        """POST one register request; the secret, or Transient/DashboardRefused."""
+        answer = fetch(
+            self.client, "POST", f"{self.base_url}/api/v1/server/register?simple=true",
+            seconds_left=seconds_left, cap=ANSWER_CAP, ambiguous=True,
+            headers={**self._headers(), "Content-Type": "application/json"},
+            content=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+        )
+        return classify_register(answer)
+
+    def servers(self, tag: str, seconds_left: float) -> list[dict[str, Any]]:
+        """GET the servers under `tag` (creates nothing; checks the token)."""
+        answer = fetch(
+            self.client, "GET", f"{self.base_url}/api/v1/server/list",
+            seconds_left=seconds_left, cap=ANSWER_CAP * 64, ambiguous=False,
+            headers=self._headers(), params={"tag": tag},
+        )
+        return classify_list(answer)
+
+    def ids_named(self, name: str, tag: str, seconds_left: float) -> set[int]:
+        """Ids of the servers called `name` under `tag`."""
+        return {
+            int(item["id"]) for item in self.servers(tag, seconds_left)
+            if item.get("name") == name and isinstance(item.get("id"), int)
+        }
+
+
+@dataclass
+class Registration:
+    """One node's registration, safe against a lost answer.
+
+    Before the first POST it notes the servers already named like this node under its tag; after an
+    ambiguous failure (the request may have been processed) it looks again before retrying, and stops
+    if a new one appeared: the dashboard made a server whose secret never arrived.
+    """
+
+    dashboard: Dashboard
+    body: dict[str, str]
+    tag: str
+    before: set[int] | None = None
+    suspect: bool = False
+
+    def attempt(self, seconds_left: float) -> str:
+        started = time.monotonic()
+        name = self.body["Name"]
+        if self.before is None:
+            self.before = self.dashboard.ids_named(name, self.tag, seconds_left)
+        if self.suspect:
+            new = self.dashboard.ids_named(name, self.tag, seconds_left) - self.before
+            if new:
+                ids = ", ".join(str(i) for i in sorted(new))
+                raise DashboardRefused(
+                    f"register: the answer was lost, and the dashboard now has a new server named "
+                    f"{name!r} under tag {self.tag!r} (id {ids}), probably this node's, whose secret "
+                    "never arrived. Not registering again: delete that server in the dashboard, then run again"
+                )
+            self.suspect = False
+        left = max(seconds_left - (time.monotonic() - started), 0.001)
+        try:
+            return self.dashboard.register(self.body, left)
+        except Transient as failure:
+            self.suspect = self.suspect or failure.ambiguous
+            raise

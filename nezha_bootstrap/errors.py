@@ -1,0 +1,66 @@
+"""The error tree: every failure the tool reports, each with its documented exit code."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class BootstrapError(Exception):
+    """Base class; `exit_code` is what the process exits with."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class InternalError(BootstrapError):
+    """A bug, or the local system failing under us (state file, disk)."""
+
+    exit_code = 1
+
+
+class SettingsError(BootstrapError):
+    """Invalid flags or environment; carries every problem found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class DashboardRefused(BootstrapError):
+    """The dashboard answered and said no (token, generation, bad request, TLS, orphan)."""
+
+    exit_code = 3
+
+
+class DashboardUnreachable(BootstrapError):
+    """The dashboard stayed unreachable or failing until the deadline."""
+
+    exit_code = 4
+
+
+class InstallerFailed(BootstrapError):
+    """Downloading, checking, running or verifying the installer failed."""
+
+    exit_code = 5
+
+
+class LockBusy(BootstrapError):
+    """Another run holds the lock."""
+
+    exit_code = 6
+
+
+class StateError(InternalError):
+    """The state file cannot be read or written."""
+
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "done, or nothing to do"),
+    (1, "internal error, or the local system failed (state file, disk)"),
+    (2, "usage error or invalid settings"),
+    (3, "the dashboard refused (token, v1+ dashboard, bad request, TLS verification, orphan server)"),
+    (4, "the dashboard stayed unreachable or failing until the deadline"),
+    (5, "the installer failed (download, hash, exit status, verification)"),
+    (6, "another run holds the lock"),
+)

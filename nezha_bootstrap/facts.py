@@ -1,0 +1,75 @@
+"""Host facts: host name, primary IPv4, machine-id, systemd, the agent process (the only psutil user)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from nezha_bootstrap.paths import Paths
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the tool learns from the host before it decides anything."""
+
+    hostname: str
+    primary_ipv4: str | None
+    machine_id: str | None
+    systemd_running: bool
+
+
+def gather(paths: Paths) -> Facts:
+    """Read the host facts under `paths.root` (machine-id) and from the running system."""
+    return Facts(
+        hostname=socket.gethostname(),
+        primary_ipv4=primary_ipv4(),
+        machine_id=read_machine_id(paths.machine_id),
+        systemd_running=paths.is_host_root and Path("/run/systemd/system").is_dir(),
+    )
+
+
+def read_machine_id(path: Path) -> str | None:
+    """Return the stripped content of /etc/machine-id, or None when missing or empty."""
+    try:
+        value = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return value or None
+
+
+def primary_ipv4() -> str | None:
+    """The first global-looking IPv4 address of an interface that is up, else any non-loopback one."""
+    import psutil  # loaded here: only commands that need host facts pay for it
+
+    stats = psutil.net_if_stats()
+    candidates: list[ipaddress.IPv4Address] = []
+    for name, addrs in psutil.net_if_addrs().items():
+        if name in stats and not stats[name].isup:
+            continue
+        for addr in addrs:
+            if addr.family != socket.AF_INET:
+                continue
+            ip = ipaddress.IPv4Address(addr.address)
+            if not ip.is_loopback and not ip.is_link_local:
+                candidates.append(ip)
+    if not candidates:
+        return None
+    candidates.sort(key=lambda ip: (ip.is_private, int(ip)))
+    return str(candidates[0])
+
+
+def agent_processes() -> list[int]:
+    """PIDs of running `nezha-agent` processes."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["name", "exe", "cmdline"]):
+        info = proc.info
+        exe = os.path.basename(info.get("exe") or "")
+        argv0 = os.path.basename((info.get("cmdline") or [""])[0] or "")
+        if "nezha-agent" in (info.get("name") or "", exe, argv0):
+            pids.append(proc.pid)
+    return pids

@@ -1,0 +1,391 @@
+"""A local v0 dashboard that answers exactly as dashboard-v0-register.md describes, with fault knobs.
+
+It also serves a stub `install.sh` that records how it was called and installs a fake agent the way
+the real script does. `demo`, the tests, the benchmarks and the first-boot test all use it.
+Run it alone with `python -m nezha_bootstrap.fake_dashboard --port 8008 --token TOKEN`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import json
+import secrets
+import socket
+import string
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+FORBIDDEN_BODY = '{"code":403,"message":"访问此接口需要认证"}'
+PARSE_FAILED_BODY = '{"code":400,"message":"Parse JSON failed","secret":""}'
+V1_BODY = '{"error":"404 Not Found"}'
+NOT_FOUND_HTML = "<!DOCTYPE html><html><head><title>404</title></head><body>404 page not found</body></html>"
+NEVER = -62135596800  # last_active of a server that never connected
+_ALNUM = string.ascii_letters + string.digits
+
+
+def new_secret() -> str:
+    return "".join(secrets.choice(_ALNUM) for _ in range(18))
+
+
+def stub_installer() -> bytes:
+    """The stub install.sh served at /install.sh."""
+    return resources.files("nezha_bootstrap").joinpath("templates/stub-install.sh").read_bytes()
+
+
+@dataclass
+class Server:
+    id: int
+    name: str
+    tag: str
+    note: str
+    hide_for_guest: bool
+    secret: str
+
+    def listed(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "tag": self.tag, "last_active": NEVER, "ipv4": "",
+            "ipv6": "", "valid_ip": "", "display_index": 0, "hide_for_guest": self.hide_for_guest,
+        }
+
+
+@dataclass
+class Faults:
+    """Knobs. `fail_next`: statuses (or 'drop', 'hang', 'html', 'empty', ...) for the next requests in order."""
+
+    fail_next: list[Any] = field(default_factory=list)
+    retry_after: str | None = None
+    v1: str | None = None  # None, "v1.0" (HTTP 200) or "v1.5" (HTTP 404)
+    too_old: bool = False  # a v0 older than v0.20.12: no register route
+    lost_response: int = 0  # create the server, then drop the connection, this many times
+    db_failure: bool = False
+    random_faults: Callable[[str], Any] | None = None  # path -> fault or None, for benchmarks
+    only_paths: tuple[str, ...] = ()  # when set, fail_next applies only to these paths
+
+
+@dataclass
+class Journal:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    client: str
+
+
+class FakeDashboard:
+    """State and behaviour of one fake v0 dashboard."""
+
+    def __init__(self, token: str) -> None:
+        self.tokens = {token}
+        self.servers: list[Server] = []
+        self.journal: list[Journal] = []
+        self.faults = Faults()
+        self.files: dict[str, bytes] = {"/install.sh": stub_installer()}
+        self.lock = threading.Lock()
+        self._next_id = 1
+
+    # --- what tests read ---
+    def registrations(self) -> list[Journal]:
+        return [j for j in self.journal if j.method == "POST" and j.path.startswith("/api/v1/server/register")]
+
+    @property
+    def script_sha256(self) -> str:
+        return hashlib.sha256(self.files["/install.sh"]).hexdigest()
+
+    def create(self, name: str, tag: str = "AutoRegister", note: str = "", hidden: bool = True) -> Server:
+        with self.lock:
+            server = Server(self._next_id, name, tag, note, hidden, new_secret())
+            self._next_id += 1
+            self.servers.append(server)
+            return server
+
+    # --- request handling, pure of sockets: returns (status, content type, body) or a fault word ---
+    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes, client: str) -> Any:
+        parts = urlsplit(target)
+        with self.lock:
+            self.journal.append(Journal(method, parts.path, parts.query, dict(headers), body, client))
+            fault = self._take_fault(parts.path)
+        if fault is not None:
+            return fault
+        if parts.path in self.files:
+            if method != "GET":
+                return 404, "text/html", NOT_FOUND_HTML.encode()
+            return 200, "text/plain; charset=utf-8", self.files[parts.path]
+        if self.faults.v1 is not None:
+            return (200 if self.faults.v1 == "v1.0" else 404), "application/json", V1_BODY.encode()
+        if parts.path == "/api/v1/server/register/":
+            query = f"?{parts.query}" if parts.query else ""
+            return 307, "text/html", b"", {"Location": f"/api/v1/server/register{query}"}
+        if parts.path == "/api/v1/server/register" and not self.faults.too_old:
+            if method != "POST":
+                return 404, "text/html", NOT_FOUND_HTML.encode()
+            return self._register(parts.query, headers, body, client)
+        if parts.path == "/api/v1/server/list" and method == "GET":
+            if not self._authorized(headers):
+                return 200, "application/json; charset=utf-8", FORBIDDEN_BODY.encode()
+            tag = parse_qs(parts.query).get("tag", [""])[0]
+            with self.lock:
+                items = [s.listed() for s in self.servers if not tag or s.tag == tag]
+            envelope = {"code": 0, "message": "success", "result": items}
+            return 200, "application/json; charset=utf-8", json.dumps(envelope, ensure_ascii=False).encode()
+        return 404, "text/html", NOT_FOUND_HTML.encode()
+
+    def _take_fault(self, path: str) -> Any:
+        faults = self.faults
+        if faults.random_faults is not None:
+            chosen = faults.random_faults(path)
+            if chosen is not None:
+                return chosen
+        if faults.fail_next and (not faults.only_paths or path in faults.only_paths):
+            return faults.fail_next.pop(0)
+        return None
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        return headers.get("authorization", "") in self.tokens
+
+    def _register(self, query: str, headers: dict[str, str], body: bytes, client: str) -> Any:
+        if not self._authorized(headers):  # auth runs before the body is parsed
+            return 200, "application/json; charset=utf-8", FORBIDDEN_BODY.encode()
+        simple = parse_qs(query).get("simple", [""])[0] in ("true", "1")
+        form = _parse_form(body)
+        if form is None:
+            return 400, "application/json; charset=utf-8", PARSE_FAILED_BODY.encode()
+        if self.faults.db_failure:
+            if simple:
+                return 500, "application/json; charset=utf-8", b'""'
+            err = {"code": 500, "message": "Database error: injected", "secret": ""}
+            return 500, "application/json; charset=utf-8", json.dumps(err).encode()
+        hidden_value = form.get("hideforguest")
+        server = self.create(
+            name=form.get("name") or _client_ip(headers, client),
+            tag=form.get("tag") or "AutoRegister",
+            note=form.get("note") or "",
+            hidden=hidden_value in (None, "", "on"),
+        )
+        if self.faults.lost_response > 0:
+            self.faults.lost_response -= 1
+            return "drop"
+        if simple:
+            return 200, "application/json", json.dumps(server.secret).encode()
+        full = {"code": 200, "message": "Server created successfully", "secret": server.secret}
+        return 200, "application/json", json.dumps(full).encode()
+
+
+def _parse_form(body: bytes) -> dict[str, str | None] | None:
+    """Go's encoding/json into a struct: one JSON value (trailing garbage ignored), keys case-insensitive."""
+    try:
+        value, _ = json.JSONDecoder().raw_decode(body.decode("utf-8").lstrip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        return None
+    form: dict[str, str | None] = {}
+    for key, item in value.items():
+        low = key.lower()
+        if low not in ("name", "tag", "note", "hideforguest"):
+            continue  # unknown keys are ignored: a Secret key cannot choose the secret
+        if item is not None and not isinstance(item, str):
+            return None  # a wrong type is a parse error
+        form[low] = item
+    return form
+
+
+def _client_ip(headers: dict[str, str], peer: str) -> str:
+    forwarded = [p.strip() for p in headers.get("x-forwarded-for", "").split(",") if p.strip()]
+    if forwarded and all(_is_ip(p) for p in forwarded):
+        return forwarded[0]
+    return headers.get("x-real-ip") or peer
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        pass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        outcome = self.server.fake.handle(self.command, self.path, headers, body, self.client_address[0])
+        self._answer(outcome)
+
+    def _answer(self, outcome: Any) -> None:
+        if isinstance(outcome, int):
+            outcome = (outcome, "text/plain", f"status {outcome}".encode())
+        if outcome == "drop":
+            self._drop()
+            return
+        if outcome == "hang":
+            time.sleep(3600)
+            return
+        if outcome == "html":
+            outcome = (200, "text/html", b"<!DOCTYPE html><html><body>Welcome to the portal</body></html>")
+        elif outcome == "empty":
+            outcome = (200, "application/json", b"")
+        elif outcome == "empty-string":
+            outcome = (200, "application/json", b'""')
+        elif outcome == "object":
+            outcome = (200, "application/json", b'{"code":0,"message":"ok"}')
+        elif outcome == "wrong-shape":
+            outcome = (200, "application/json", b'"abc def!"')
+        elif outcome == "huge":
+            self._huge()
+            return
+        elif isinstance(outcome, tuple) and outcome and outcome[0] == "slow":
+            self._slow(outcome[1])
+            return
+        elif isinstance(outcome, tuple) and outcome and outcome[0] == "truncated":
+            self._truncated(outcome[1])
+            return
+        status, content_type, body, *extra = outcome
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if status == 429 or status == 503:
+            retry_after = self.server.fake.faults.retry_after
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
+        for name, value in (extra[0] if extra else {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _drop(self) -> None:
+        """Close the connection with a reset, without an answer."""
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        except OSError:
+            pass
+        self.close_connection = True
+        self.connection.close()
+
+    def _huge(self) -> None:
+        size = 10 * 1024 * 1024
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        chunk = b"a" * 65536
+        try:
+            for _ in range(size // len(chunk)):
+                self.wfile.write(chunk)
+        except OSError:
+            pass  # the client stopped reading at its cap
+
+    def _slow(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:
+            pass
+
+    def _truncated(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body) * 2))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _serve
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], fake: FakeDashboard) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+        self.fake = fake
+
+
+class Running:
+    """A fake dashboard served on a thread; `url` is its base URL."""
+
+    def __init__(self, fake: FakeDashboard, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.fake = fake
+        self.httpd = _Server((host, port), fake)
+        self.port = self.httpd.server_address[1]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> "Running":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(fake: FakeDashboard, host: str = "127.0.0.1", port: int = 0) -> Running:
+    """Start `fake` on host:port (0: any free port) in a background thread."""
+    return Running(fake, host, port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a fake dashboard in the foreground; one JSON line per request on stdout (`--journal`)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8008)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--down-for", type=float, default=0.0, help="refuse connections for this many seconds first")
+    parser.add_argument("--journal", help="append one JSON line per request to this file")
+    args = parser.parse_args(argv)
+    if args.down_for:
+        time.sleep(args.down_for)
+    fake = FakeDashboard(args.token)
+    running = serve(fake, args.host, args.port)
+    print(json.dumps({"url": running.url, "script_sha256": fake.script_sha256}), flush=True)
+    seen = 0
+    try:
+        while True:
+            time.sleep(0.2)
+            with fake.lock:
+                new, seen = fake.journal[seen:], len(fake.journal)
+            if args.journal and new:
+                with open(args.journal, "a", encoding="utf-8") as handle:
+                    for entry in new:
+                        handle.write(json.dumps({
+                            "method": entry.method, "path": entry.path, "query": entry.query,
+                            "body": entry.body.decode("utf-8", "replace"), "time": time.time(),
+                        }) + "\n")
+    except KeyboardInterrupt:
+        running.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Progress on stderr, the summary and `--json` on stdout; every line goes through `redact`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, TextIO
+
+from nezha_bootstrap.redact import redact
+
+
+@dataclass
+class Reporter:
+    """Collects steps with their durations and prints progress unless quiet."""
+
+    verbosity: int = 0  # -1 quiet, 0 normal, 1 verbose
+    as_json: bool = False
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)  # merged into the --json of a failure
+
+    def info(self, message: str) -> None:
+        if self.verbosity >= 0:
+            self._err(message)
+
+    def detail(self, message: str) -> None:
+        """Shown with -v only (installer output, requests)."""
+        if self.verbosity >= 1:
+            self._err(message)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(redact(message))
+        self._err(f"warning: {message}")
+
+    def error(self, message: str) -> None:
+        self._err(f"error: {message}")
+
+    def _err(self, message: str) -> None:
+        print(redact(message), file=self.err, flush=True)
+
+    def result(self, message: str) -> None:
+        """A line of a command's result on stdout (not used with --json)."""
+        if not self.as_json:
+            print(redact(message), file=self.out, flush=True)
+
+    @contextmanager
+    def step(self, name: str, what: str) -> Iterator[dict[str, Any]]:
+        """Time one step; the yielded dict may receive extra facts for --json."""
+        record: dict[str, Any] = {"step": name, "ok": False}
+        self.info(f"{what} ...")
+        started = time.monotonic()
+        try:
+            yield record
+            record["ok"] = True
+        finally:
+            record["seconds"] = round(time.monotonic() - started, 3)
+            self.steps.append(record)
+            if record["ok"]:
+                self.info(f"  {name}: done in {record['seconds']:.2f} s")
+            else:
+                self.info(f"  {name}: failed after {record['seconds']:.2f} s")
+
+    def emit_json(self, payload: dict[str, Any]) -> None:
+        if self.as_json:
+            print(redact(json.dumps(payload, ensure_ascii=False, sort_keys=True)), file=self.out, flush=True)

@@ -1,0 +1,78 @@
+"""Retries with exponential backoff and full jitter, bounded by one deadline per step."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol, TypeVar
+
+from nezha_bootstrap.errors import BootstrapError
+
+T = TypeVar("T")
+
+
+class Transient(Exception):
+    """A failure worth retrying. `ambiguous`: the request may have been processed anyway."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.ambiguous = ambiguous
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Full jitter: wait uniform(0, min(cap, base * 2**attempt)).
+
+    The cap is small on purpose: after a dashboard comes back, a node waits at most `cap` seconds
+    before its next try (issue: p95 from recovery to registered under 5 s).
+    """
+
+    base: float = 0.5
+    cap: float = 4.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0.0, min(self.cap, self.base * (2 ** min(attempt, 30))))
+
+
+class Notify(Protocol):
+    def __call__(self, message: str) -> None: ...
+
+
+def with_retries(
+    attempt: Callable[[float], T],
+    *,
+    deadline: float,
+    what: str,
+    give_up: type[BootstrapError],
+    notify: Notify,
+    backoff: Backoff = Backoff(),
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call `attempt(seconds_left)` until it returns, raises a non-Transient error, or time runs out.
+
+    A `Retry-After` is honoured and never shortened; a wait that would pass the deadline ends the
+    step with `give_up` instead.
+    """
+    rng = rng or random.Random()
+    end = clock() + deadline
+    tries = 0
+    while True:
+        try:
+            return attempt(max(end - clock(), 0.001))
+        except Transient as failure:
+            tries += 1
+            wait = backoff.delay(tries - 1, rng)
+            if failure.retry_after is not None:
+                wait = max(wait, failure.retry_after)
+            if clock() + wait >= end:
+                raise give_up(
+                    f"{what}: {failure.message}; gave up after {tries} attempt(s) "
+                    f"within the {deadline:g} s deadline"
+                ) from None
+            notify(f"{what}: {failure.message}; retrying in {wait:.1f} s")
+            sleep(wait)

@@ -1,0 +1,152 @@
+"""The small edge that touches the system: the one subprocess wrapper and the atomic writer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from nezha_bootstrap.errors import StateError
+
+
+@dataclass(frozen=True)
+class Completed:
+    """How a command ended."""
+
+    returncode: int
+    output: str
+    timed_out: bool
+    seconds: float
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float,
+    on_line: Callable[[str], None] | None = None,
+) -> Completed:
+    """Run `argv` (never a shell string) with stdin from /dev/null in its own process group.
+
+    stdout and stderr are merged and handed line by line to `on_line`; at the timeout the whole
+    process group is killed (install.sh starts children that would otherwise outlive it).
+    """
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    timed_out = False
+    try:
+        timed_out = _pump(proc, lines, on_line, started + timeout)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    return Completed(proc.returncode, "".join(lines), timed_out, time.monotonic() - started)
+
+
+def _pump(proc: subprocess.Popen[bytes], lines: list[str], on_line: Callable[[str], None] | None,
+          deadline: float) -> bool:
+    """Copy output until the process ends or the deadline passes; True when it timed out."""
+    import selectors
+
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    buffer = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _kill_group(proc)
+                return True
+            if not selector.select(min(remaining, 0.5)):
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for raw in complete:
+                _emit(raw, lines, on_line)
+    if buffer:
+        _emit(buffer, lines, on_line)
+    remaining = deadline - time.monotonic()
+    try:
+        proc.wait(timeout=max(remaining, 0.01))
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return True
+    return False
+
+
+def _emit(raw: bytes, lines: list[str], on_line: Callable[[str], None] | None) -> None:
+    line = raw.decode("utf-8", errors="replace")
+    lines.append(line + "\n")
+    if on_line:
+        on_line(line)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` (and parents) and make it 0700."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise StateError(f"cannot create the private directory {path}: {exc.strerror}") from exc
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
