@@ -1,0 +1,191 @@
+"""Shared fixtures: a fake dashboard on 127.0.0.1, a test root, the CLI runner and the leak scanner."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from click.testing import CliRunner, Result
+
+from nezha_bootstrap import redact
+from nezha_bootstrap.cli import main
+from nezha_bootstrap.fake_dashboard import FakeDashboard, Running, serve
+from nezha_bootstrap.stubrecord import StubCall, read_calls
+
+TOKEN = "T0kenT0kenT0kenT0kenT0kenT0ken32"  # 32 of [0-9A-Za-z], like a real v0 token
+MACHINE_ID = "0123456789abcdef0123456789abcdef"
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+# --- guards: unit tests reach neither a subprocess nor a non-loopback address -----------------
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _is_local(address: Any) -> bool:
+    if isinstance(address, (str, bytes)):
+        return True  # AF_UNIX
+    host = address[0]
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> Any:
+    if not _is_local(address):
+        raise AssertionError(f"test tried to reach a non-loopback address: {address!r}")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: Any) -> Any:
+    if not _is_local(address):
+        raise AssertionError(f"test tried to reach a non-loopback address: {address!r}")
+    return _real_connect_ex(self, address)
+
+
+@pytest.fixture(autouse=True)
+def network_and_subprocess_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", _guarded_connect_ex)
+    if not (request.node.get_closest_marker("integration") or request.node.get_closest_marker("root")):
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("unit test started a subprocess; mark it @pytest.mark.integration")
+
+        monkeypatch.setattr(subprocess, "Popen", refuse)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No setting leaks in from the developer's shell; the redaction registry starts empty."""
+    for key in list(os.environ):
+        if key.startswith(("NEZHA_", "NZ_")) or key in ("NODE_NAME", "CN", "HTTPS_PROXY", "HTTP_PROXY",
+                                                         "https_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost,::1")
+    redact.forget_all()
+    yield
+    redact.forget_all()
+
+
+# --- the fake dashboard and a test root -------------------------------------------------------
+
+@pytest.fixture
+def fake() -> FakeDashboard:
+    return FakeDashboard(TOKEN)
+
+
+@pytest.fixture
+def dashboard(fake: FakeDashboard) -> Iterator[Running]:
+    with serve(fake) as running:
+        yield running
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A target system root with a machine-id."""
+    target = tmp_path / "root"
+    (target / "etc").mkdir(parents=True)
+    (target / "etc/machine-id").write_text(MACHINE_ID + "\n")
+    return target
+
+
+def make_runner() -> CliRunner:
+    """A runner with stderr kept apart (click 8.1, the last line for Python 3.9, mixes by default)."""
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()
+
+
+@dataclass
+class Outcome:
+    """One CLI invocation: its result and the streams, for assertions and the leak scan."""
+
+    result: Result
+    stdout: str
+    stderr: str
+
+    @property
+    def exit_code(self) -> int:
+        return self.result.exit_code
+
+
+@dataclass
+class Cli:
+    """Runs `nezha-bootstrap` in-process with a settings environment pointing at the fake."""
+
+    dashboard: Running
+    fake: FakeDashboard
+    root: Path
+    outputs: list[Outcome] = field(default_factory=list)
+
+    def env(self, **overrides: str | None) -> dict[str, str | None]:
+        env: dict[str, str | None] = {
+            "NEZHA_DASHBOARD_URL": self.dashboard.url,
+            "NEZHA_TOKEN": TOKEN,
+            "NEZHA_PROBE_ADDRESS": "probe.example.test",
+            "NEZHA_INSTALL_SCRIPT_URL": f"{self.dashboard.url}/install.sh",
+            "NEZHA_INSTALL_SCRIPT_SHA256": self.fake.script_sha256,
+            "NEZHA_BOOTSTRAP_ROOT": str(self.root),
+            "NEZHA_BOOTSTRAP_DEADLINE": "10",
+            "NEZHA_STUB_RECORD": str(self.record_dir),
+        }
+        env.update(overrides)
+        return env
+
+    @property
+    def record_dir(self) -> Path:
+        return self.root.parent / "stub-record"
+
+    def __call__(self, *args: str, input: str | None = None, **env: str | None) -> Outcome:
+        runner = make_runner()
+        result = runner.invoke(main, list(args), env=self.env(**env), input=input, catch_exceptions=False)
+        outcome = Outcome(result, result.stdout, result.stderr)
+        self.outputs.append(outcome)
+        return outcome
+
+    def calls(self) -> list[StubCall]:
+        return read_calls(self.record_dir)
+
+
+@pytest.fixture
+def cli(dashboard: Running, fake: FakeDashboard, root: Path) -> Cli:
+    return Cli(dashboard, fake, root)
+
+
+# --- the leak scan ----------------------------------------------------------------------------
+
+def secrets_of(fake: FakeDashboard) -> list[str]:
+    return [TOKEN] + [server.secret for server in fake.servers]
+
+
+def leak_scan(cli: Cli, extra_secrets: tuple[str, ...] = ()) -> list[str]:
+    """Places outside the 0600 state file and the agent unit that hold the token or a node secret."""
+    needles = secrets_of(cli.fake) + list(extra_secrets)
+    found = []
+    for i, outcome in enumerate(cli.outputs):
+        for stream, text in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
+            found += [f"run {i} {stream}" for needle in needles if needle in text]
+    allowed = {cli.root / "var/lib/nezha-bootstrap/state.json", cli.root / "etc/systemd/system/nezha-agent.service"}
+    for path in cli.root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path not in allowed:
+            data = path.read_bytes()
+            found += [str(path) for needle in needles if needle.encode() in data]
+    return found
+
+
+@pytest.fixture
+def random_token() -> str:
+    return secrets.token_hex(16)
