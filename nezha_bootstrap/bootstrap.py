@@ -10,15 +10,20 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from nezha_bootstrap import redact, state as state_mod
+from nezha_bootstrap import interrupts, redact, state as state_mod
 from nezha_bootstrap.config import Config, display_url
-from nezha_bootstrap.errors import BootstrapError, DashboardUnreachable, InstallerFailed
+from nezha_bootstrap.errors import BootstrapError, DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.installer import InstallPlan
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.retry import with_retries
 from nezha_bootstrap.state import State
+
+
+# One request that hangs (accepted, never answered) may use a third of its step's deadline, so
+# that at least two more attempts fit after it.
+ATTEMPTS_IN_DEADLINE = 3
 
 
 class Action(enum.Enum):
@@ -111,30 +116,48 @@ class Runner:
         if self.client is None:
             from nezha_bootstrap.dashboard import make_client
 
-            self.client = make_client(self.config.ca_bundle)
+            self.client = make_client(self.config.ca_bundle, urls=(self.config.dashboard_url, self.config.script_url))
         return self.client
 
     def _register(self) -> State:
         from nezha_bootstrap.dashboard import Dashboard, Registration
 
         config = self.config
+        kept: list[State] = []
         registration = Registration(
             Dashboard(self._http(), config.dashboard_url, config.token),
             config.register_body(),
             tag=config.tag or "AutoRegister",  # the dashboard's default tag
+            keep=lambda secret: kept.append(self._save_registration(secret)),
+            # A stop signal waits for the POST and the save (at most the request's timeout).
+            guard=interrupts.deferred,
         )
+        # A server whose secret cannot be kept must never be made: prove the state fits first.
+        state_mod.check_room(self.paths)
         with self.reporter.step("register", f"registering {config.name!r} with {display_url(config.dashboard_url)}"):
-            secret = with_retries(
+            with_retries(
                 registration.attempt, deadline=config.deadline, what="register",
                 give_up=DashboardUnreachable, notify=self.reporter.info,
+                attempts_in_deadline=ATTEMPTS_IN_DEADLINE,
             )
-            redact.register(secret)
-            saved = State(
-                dashboard_url=config.dashboard_url, name=config.name, tag=config.tag,
-                probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
-                secret=secret, machine_id=self.facts.machine_id, registered_at=state_mod.now(),
-            )
-            state_mod.save(self.paths, saved)  # at once: a failed install must never cost a second server
+        return kept[-1]
+
+    def _save_registration(self, secret: str) -> State:
+        """Save a new secret at once: a failed install must never cost a second server."""
+        config = self.config
+        redact.register(secret)
+        saved = State(
+            dashboard_url=config.dashboard_url, name=config.name, tag=config.tag,
+            probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
+            secret=secret, machine_id=self.facts.machine_id, registered_at=state_mod.now(),
+        )
+        try:
+            state_mod.save(self.paths, saved)
+        except StateError as exc:
+            raise StateError(
+                f"{exc}. The dashboard made the server {config.name!r}, whose secret is lost now: "
+                "delete it in the dashboard, fix the state directory, then run again"
+            ) from exc
         return saved
 
     def _install(self, saved: State) -> None:
@@ -144,6 +167,10 @@ class Runner:
         plan = installer.plan(config, self.paths, saved.secret)
         with self.reporter.step("download", f"downloading {display_url(plan.script_url)}"):
             content = self._download(plan)
+        if saved.installed_at is not None:
+            # The old agent is about to be replaced: until the new one verifies, nothing is installed,
+            # or a failed re-install followed by a run with the old settings would look done.
+            state_mod.save(self.paths, dataclasses.replace(saved, installed_at=None))
         with self.reporter.step("install", "running install.sh install_agent"):
             self._run_installer(plan, content)
         with self.reporter.step("verify", f"verifying {plan.unit}"):
@@ -176,6 +203,7 @@ class Runner:
             content = with_retries(
                 attempt, deadline=self.config.deadline, what="download install.sh",
                 give_up=InstallerFailed, notify=self.reporter.info,
+                attempts_in_deadline=ATTEMPTS_IN_DEADLINE,
             )
         except BootstrapError as exc:
             if isinstance(exc, InstallerFailed):
@@ -228,7 +256,7 @@ def plan_lines(config: Config, facts: Facts, paths: Paths) -> tuple[list[str], d
     """The --dry-run plan: what `run` would send, run and write; reads the state, changes nothing."""
     from nezha_bootstrap import installer
 
-    saved = state_mod.load(paths) if paths.state_file.exists() else None
+    saved = state_mod.load(paths, move_aside=False)
     unit_present = paths.agent_unit.exists() or paths.agent_openrc.exists()
     decision = decide(config, saved, facts, unit_present)
     lines = [f"plan: {decision.action.value} ({decision.reason})"]

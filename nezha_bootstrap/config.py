@@ -23,10 +23,11 @@ DEFAULT_PROBE_PORT = 5555
 DEFAULT_DEADLINE = 300.0
 DEFAULT_LOCK_TIMEOUT = 60.0
 
-SECRET_RE = re.compile(r"^[0-9A-Za-z]+$")
-_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # one HTTP header value: visible ASCII, no spaces
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# \Z, not $: `$` also matches before a trailing newline, which install.sh's eval would run.
+SECRET_RE = re.compile(r"^[0-9A-Za-z]+\Z")
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]+\Z")  # one HTTP header value: visible ASCII, no spaces
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 _PLACEHOLDER_RE = re.compile(r"\{(hostname|ip|machine_id)\}")
 
 # Agent v0.20.5 flags (installer-v0.md). Value: None for a switch, else a validator of its argument.
@@ -46,6 +47,7 @@ class Settings:
     dashboard_url: str | None = None
     token: str | None = None
     token_from_flag: bool = False
+    token_optional: bool = False  # an agent secret was given: a v1/v2 run needs no API token
     probe_address: str | None = None
     probe_port: str | int | None = DEFAULT_PROBE_PORT
     tls: bool = True
@@ -58,8 +60,8 @@ class Settings:
     script_sha256: str | None = None
     mirror: str | None = None
     root: str = "/"
-    deadline: float = DEFAULT_DEADLINE
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    deadline: float | str = DEFAULT_DEADLINE  # text from click: a bad value is one more collected problem
+    lock_timeout: float | str = DEFAULT_LOCK_TIMEOUT
     ca_bundle: str | None = None
     dry_run: bool = False
     force: bool = False
@@ -166,15 +168,20 @@ def build(settings: Settings, facts: Facts, problems: list[str] | None = None) -
 
 
 def display_url(url: str) -> str:
-    """The URL without user-info, safe to print."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    """The URL without user-info, safe to print.
+
+    Textual on purpose: it must also work on URLs that do not parse (a bad port, a broken IPv6
+    literal) and on passwords holding '/', '?' or '#', where a parser would put the rest of the
+    password in the path. Everything up to the last '@' after the scheme is masked.
+    """
+    if "@" not in url:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, sep, rest = url.partition(":")
+        if not sep or not scheme.isalpha():
+            scheme, sep, rest = "", "", url
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -189,6 +196,8 @@ def is_loopback_host(host: str) -> bool:
 
 def is_valid_host(host: str) -> bool:
     """A DNS host name, an IPv4 literal or an IPv6 literal: nothing a shell could misread."""
+    if "%" in host:
+        return False  # ipaddress accepts any text as an IPv6 zone id ("fe80::1%$(reboot)")
     try:
         ipaddress.ip_address(host)
         return True
@@ -205,6 +214,11 @@ def is_valid_host(host: str) -> bool:
 
 def has_control_chars(text: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+def is_encodable(text: str) -> bool:
+    """False for lone surrogates: how Python hands over environment bytes that are not UTF-8."""
+    return not any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def _dashboard_url(raw: str | None, problems: list[str], warnings: list[str]) -> str | None:
@@ -244,6 +258,8 @@ def _dashboard_url(raw: str | None, problems: list[str], warnings: list[str]) ->
 
 def _token(settings: Settings, problems: list[str], warnings: list[str]) -> str | None:
     token = settings.token
+    if not token and settings.token_optional:
+        return None
     if not token:
         problems.append("the API token is required (NEZHA_TOKEN, or --token-file PATH, '-' for stdin)")
         return None
@@ -300,6 +316,9 @@ def _name(raw: str | None, facts: Facts, problems: list[str]) -> str | None:
     if has_control_chars(name):
         problems.append("the node name must not contain control characters (newlines, tabs, ...)")
         return None
+    if not is_encodable(name):
+        problems.append("the node name is not valid UTF-8 text")
+        return None
     if not name.strip():
         problems.append("the node name is empty")
         return None
@@ -311,6 +330,9 @@ def _optional_text(what: str, raw: str | None, problems: list[str]) -> str | Non
         return None
     if has_control_chars(raw):
         problems.append(f"the {what} must not contain control characters")
+        return None
+    if not is_encodable(raw):
+        problems.append(f"the {what} is not valid UTF-8 text")
         return None
     return raw
 
@@ -341,7 +363,7 @@ def _agent_flags(raw: tuple[str, ...], problems: list[str]) -> tuple[str, ...]:
                 i += 1
                 value = words[i] if i < len(words) else ""
             low, high = _VALUED[name]
-            if value.isdigit() and low <= int(value) <= high:
+            if value.isascii() and value.isdigit() and low <= int(value) <= high:
                 flags.extend([name, value])
             else:
                 problems.append(f"agent flag {name} needs a whole number from {low} to {high}, got {value!r}")
@@ -354,7 +376,12 @@ def _agent_flags(raw: tuple[str, ...], problems: list[str]) -> tuple[str, ...]:
 def _script(settings: Settings, problems: list[str], warnings: list[str]) -> tuple[str | None, str | None]:
     url = settings.script_url or DEFAULT_SCRIPT_URL
     sha = (settings.script_sha256 or "").strip().lower() or None
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        problems.append(f"the install script URL {display_url(url)!r} is not a valid URL")
+        return None, None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         problems.append(f"the install script URL {display_url(url)!r} must be http:// or https:// with a host")
         return None, None
@@ -382,8 +409,11 @@ def _mirror(raw: str | None, problems: list[str]) -> str | None:
     return "cn"
 
 
-def _seconds(what: str, raw: float, problems: list[str], allow_zero: bool = False) -> float:
-    value = float(raw)
+def _seconds(what: str, raw: float | str, problems: list[str], allow_zero: bool = False) -> float:
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        value = math.nan
     if math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or value > 86400:
         problems.append(f"the {what} must be a number of seconds up to 86400, got {raw!r}")
         return 0.0

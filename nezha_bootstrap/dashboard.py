@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import re
@@ -10,7 +11,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -23,7 +24,7 @@ USER_AGENT = f"nezha-bootstrap/{__version__}"
 ANSWER_CAP = 64 * 1024  # a register answer is ~20 bytes; a list of thousands of servers fits easily
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
-SECRET_SHAPE = re.compile(r"^[0-9A-Za-z]{18}$")  # v0 secrets: 18 of [0-9A-Za-z]
+SECRET_SHAPE = re.compile(r"^[0-9A-Za-z]{18}\Z")  # v0 secrets: 18 of [0-9A-Za-z]; \Z: no trailing newline
 _V1_BODY = {"error": "404 Not Found"}
 _TOKEN_HINT = (
     "Check NEZHA_TOKEN: it must be the whole token from the dashboard's API Token page, "
@@ -47,17 +48,47 @@ class Answer:
     location: str | None = None
 
 
-def make_client(ca_bundle: Path | None = None, transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """The one HTTP client factory: verified TLS (system store or a private CA), env proxies, no redirects."""
-    context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+def make_client(ca_bundle: Path | None = None, transport: httpx.BaseTransport | None = None,
+                urls: tuple[str, ...] = ()) -> httpx.Client:
+    """The one HTTP client factory: verified TLS (system store or a private CA), env proxies, no redirects.
+
+    `urls`: every URL the client will be used for, when known (see `tls_context`).
+    """
     return httpx.Client(
-        verify=context,
+        verify=tls_context(ca_bundle, urls),
         trust_env=True,  # HTTPS_PROXY / NO_PROXY
         follow_redirects=False,  # a redirect would turn the POST into a GET or carry the token away
         headers={"User-Agent": USER_AGENT},
         timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
         transport=transport,
+        event_hooks={"response": [_set_location_aside]},
     )
+
+
+_LOCATION_ASIDE = "x-nezha-bootstrap-location"
+
+
+def _set_location_aside(response: httpx.Response) -> None:
+    # httpx parses a redirect's Location even when it follows nothing, and a malformed one (a bad
+    # port, a broken IPv6 literal) becomes a transport error, retried as if the network failed.
+    # Kept under another name, it reaches the classifier, which refuses the redirect and names it.
+    location = response.headers.get("location")
+    if location is not None:
+        del response.headers["location"]
+        response.headers[_LOCATION_ASIDE] = location
+
+
+def tls_context(ca_bundle: Path | None, urls: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """Verification on, trusting the system store or `ca_bundle`.
+
+    When every URL is plain http the trust store is not loaded (OpenSSL 3 takes ~50 ms to parse
+    it): the context still requires a verified certificate and the host name, so an https request
+    would fail verification loudly, never pass unchecked. A proxy's TLS never uses this context
+    (httpcore gives proxies their own), and redirects are not followed.
+    """
+    if urls and ca_bundle is None and all(url.lower().startswith("http://") for url in urls):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
+    return ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
 
 
 def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, cap: int,
@@ -73,7 +104,7 @@ def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, c
                 body=body,
                 truncated=truncated,
                 retry_after=response.headers.get("retry-after"),
-                location=response.headers.get("location"),
+                location=response.headers.get(_LOCATION_ASIDE, response.headers.get("location")),
             )
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.PoolTimeout) as exc:
         _raise_if_tls(exc, url)
@@ -106,18 +137,27 @@ def _reason(exc: Exception) -> str:
 
 
 def _raise_if_tls(exc: Exception, url: str) -> None:
+    chain = _causes(exc)
+    # httpx wraps ssl's error twice; the innermost one carries the short verify_message.
+    verify = next((c for c in chain if isinstance(c, ssl.SSLCertVerificationError)), None)
+    if verify is not None or any("CERTIFICATE_VERIFY_FAILED" in str(c) for c in chain):
+        detail = getattr(verify, "verify_message", None) or _reason(exc)
+        raise DashboardRefused(
+            f"TLS verification of {_host_of(url)} failed: {detail}. If the dashboard uses a "
+            "certificate from a private CA, pass its PEM file with --ca-bundle (NEZHA_CA_BUNDLE); "
+            "if the host name does not match the certificate, use the name it was issued for"
+        ) from exc
+    if any(isinstance(c, ssl.SSLError) for c in chain):
+        raise DashboardRefused(f"TLS handshake with {_host_of(url)} failed: {_reason(exc)}") from exc
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
     cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(cause):
-            detail = getattr(cause, "verify_message", None) or _reason(exc)
-            raise DashboardRefused(
-                f"TLS verification of {_host_of(url)} failed: {detail}. If the dashboard uses a "
-                "certificate from a private CA, pass its PEM file with --ca-bundle (NEZHA_CA_BUNDLE); "
-                "if the host name does not match the certificate, use the name it was issued for"
-            ) from exc
-        if isinstance(cause, ssl.SSLError):
-            raise DashboardRefused(f"TLS handshake with {_host_of(url)} failed: {_reason(exc)}") from exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
         cause = cause.__cause__ or cause.__context__
+    return chain
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -125,7 +165,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true too
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -140,7 +180,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 def _json(answer: Answer) -> tuple[bool, Any]:
     try:
         return True, json.loads(answer.body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         return False, None
 
 
@@ -287,6 +327,10 @@ class Registration:
     dashboard: Dashboard
     body: dict[str, str]
     tag: str
+    # `keep` saves the secret the moment it arrives; the POST and `keep` run inside `guard()`, where
+    # the caller may hold stop signals, so a server the dashboard made never loses its secret.
+    keep: Callable[[str], None] = lambda secret: None
+    guard: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     before: set[int] | None = None
     suspect: bool = False
 
@@ -306,8 +350,11 @@ class Registration:
                 )
             self.suspect = False
         left = max(seconds_left - (time.monotonic() - started), 0.001)
-        try:
-            return self.dashboard.register(self.body, left)
-        except Transient as failure:
-            self.suspect = self.suspect or failure.ambiguous
-            raise
+        with self.guard():
+            try:
+                secret = self.dashboard.register(self.body, left)
+            except Transient as failure:
+                self.suspect = self.suspect or failure.ambiguous
+                raise
+            self.keep(secret)
+            return secret

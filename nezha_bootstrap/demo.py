@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from nezha_bootstrap import redact
@@ -25,7 +28,7 @@ def run_demo(reporter: Reporter) -> None:
     fake = FakeDashboard(token)
     root = Path(tempfile.mkdtemp(prefix="nezha-bootstrap-demo-"))
     try:
-        with serve(fake) as running:
+        with serve(fake) as running, _demo_environment(root / "var/lib/nezha-stub"):
             (root / "etc").mkdir()
             (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
             paths = Paths(root)
@@ -51,6 +54,26 @@ def run_demo(reporter: Reporter) -> None:
             })
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _demo_environment(record: Path) -> Iterator[None]:
+    """The stub records where the demo reads and installs normally, and the local fake is reached
+    directly (httpx sends even 127.0.0.1 through HTTP(S)_PROXY unless NO_PROXY names it)."""
+    keys = ("NEZHA_STUB_RECORD", "NEZHA_STUB_MODE", "NO_PROXY", "no_proxy")
+    saved = {key: os.environ.get(key) for key in keys}
+    os.environ["NEZHA_STUB_RECORD"] = str(record)
+    os.environ.pop("NEZHA_STUB_MODE", None)
+    for key in ("NO_PROXY", "no_proxy"):
+        os.environ[key] = ",".join(filter(None, [saved[key], "127.0.0.1"]))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _show_first(reporter: Reporter, fake: FakeDashboard, paths: Paths, outcome: str) -> None:

@@ -21,14 +21,29 @@ class Facts:
     systemd_running: bool
 
 
-def gather(paths: Paths) -> Facts:
-    """Read the host facts under `paths.root` (machine-id) and from the running system."""
+def gather(paths: Paths, want_ip: bool = True) -> Facts:
+    """Read the host facts under `paths.root` (machine-id) and from the running system.
+
+    `want_ip=False` skips the address lookup (primary_ipv4 is None) and with it psutil's import,
+    for a run whose name has no {ip}.
+    """
     return Facts(
         hostname=socket.gethostname(),
-        primary_ipv4=primary_ipv4(),
+        primary_ipv4=primary_ipv4() if want_ip else None,
         machine_id=read_machine_id(paths.machine_id),
-        systemd_running=paths.is_host_root and Path("/run/systemd/system").is_dir(),
+        systemd_running=systemd_running(paths),
     )
+
+
+def systemd_running(paths: Paths) -> bool:
+    """True when `paths.root` is this host's root and systemd is its service manager."""
+    return paths.is_host_root and Path("/run/systemd/system").is_dir()
+
+
+# Facts of the machine that settings are written for when it is not this one (`render`,
+# `install-service` for an image): the name's placeholders are filled there at each boot, so here
+# they only need some value to validate against. 192.0.2.1 is TEST-NET-1 (RFC 5737).
+STAND_IN = Facts(hostname="localhost", primary_ipv4="192.0.2.1", machine_id="0" * 32, systemd_running=False)
 
 
 def read_machine_id(path: Path) -> str | None:

@@ -13,7 +13,9 @@ import ipaddress
 import json
 import secrets
 import socket
+import ssl
 import string
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +34,15 @@ _ALNUM = string.ascii_letters + string.digits
 
 def new_secret() -> str:
     return "".join(secrets.choice(_ALNUM) for _ in range(18))
+
+
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def go_json(value: Any) -> bytes:
+    """JSON as gin's c.JSON writes it: compact, UTF-8, Go's HTML-safe escapes, lone surrogates as U+FFFD."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return "".join(_GO_ESCAPES.get(ch, "\ufffd" if "\ud800" <= ch <= "\udfff" else ch) for ch in text).encode()
 
 
 def stub_installer() -> bytes:
@@ -64,6 +75,7 @@ class Faults:
     v1: str | None = None  # None, "v1.0" (HTTP 200) or "v1.5" (HTTP 404)
     too_old: bool = False  # a v0 older than v0.20.12: no register route
     lost_response: int = 0  # create the server, then drop the connection, this many times
+    answer_delay: float = 0.0  # create the server, then wait this long before answering
     db_failure: bool = False
     random_faults: Callable[[str], Any] | None = None  # path -> fault or None, for benchmarks
     only_paths: tuple[str, ...] = ()  # when set, fail_next applies only to these paths
@@ -77,6 +89,7 @@ class Journal:
     headers: dict[str, str]
     body: bytes
     client: str
+    at: float = field(default_factory=time.time)  # wall-clock arrival, for timing assertions
 
 
 class FakeDashboard:
@@ -134,7 +147,7 @@ class FakeDashboard:
             with self.lock:
                 items = [s.listed() for s in self.servers if not tag or s.tag == tag]
             envelope = {"code": 0, "message": "success", "result": items}
-            return 200, "application/json; charset=utf-8", json.dumps(envelope, ensure_ascii=False).encode()
+            return 200, "application/json; charset=utf-8", go_json(envelope)
         return 404, "text/html", NOT_FOUND_HTML.encode()
 
     def _take_fault(self, path: str) -> Any:
@@ -161,7 +174,7 @@ class FakeDashboard:
             if simple:
                 return 500, "application/json; charset=utf-8", b'""'
             err = {"code": 500, "message": "Database error: injected", "secret": ""}
-            return 500, "application/json; charset=utf-8", json.dumps(err).encode()
+            return 500, "application/json; charset=utf-8", go_json(err)
         hidden_value = form.get("hideforguest")
         server = self.create(
             name=form.get("name") or _client_ip(headers, client),
@@ -169,20 +182,23 @@ class FakeDashboard:
             note=form.get("note") or "",
             hidden=hidden_value in (None, "", "on"),
         )
+        if self.faults.answer_delay:
+            time.sleep(self.faults.answer_delay)
         if self.faults.lost_response > 0:
             self.faults.lost_response -= 1
             return "drop"
         if simple:
-            return 200, "application/json", json.dumps(server.secret).encode()
+            return 200, "application/json", go_json(server.secret)
         full = {"code": 200, "message": "Server created successfully", "secret": server.secret}
-        return 200, "application/json", json.dumps(full).encode()
+        return 200, "application/json", go_json(full)
 
 
 def _parse_form(body: bytes) -> dict[str, str | None] | None:
     """Go's encoding/json into a struct: one JSON value (trailing garbage ignored), keys case-insensitive."""
     try:
-        value, _ = json.JSONDecoder().raw_decode(body.decode("utf-8").lstrip())
-    except (UnicodeDecodeError, ValueError):
+        # Go skips only JSON whitespace and reads invalid UTF-8 inside strings as U+FFFD.
+        value, _ = json.JSONDecoder().raw_decode(body.decode("utf-8", errors="replace").lstrip(" \t\r\n"))
+    except (ValueError, RecursionError):
         return None
     if value is None:
         return {}
@@ -215,10 +231,13 @@ def _is_ip(text: str) -> bool:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.1"
+    # Go's net/http sets TCP_NODELAY, so the real dashboard sends its body at once; with Nagle on, the
+    # body written after the headers waits ~40 ms for the client's delayed ACK on every answer.
+    disable_nagle_algorithm = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _serve(self) -> None:
@@ -235,7 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
             return
         if outcome == "hang":
-            time.sleep(3600)
+            self.server.stopping.wait(3600)  # accept, never answer; released when the fake stops
             return
         if outcome == "html":
             outcome = (200, "text/html", b"<!DOCTYPE html><html><body>Welcome to the portal</body></html>")
@@ -322,38 +341,63 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], fake: FakeDashboard) -> None:
+    def __init__(self, address: tuple[str, int], fake: FakeDashboard,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         self.fake = fake
+        self.ssl_context = ssl_context
+        self.stopping = threading.Event()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve one connection; with TLS, the handshake runs here, on the connection's own thread."""
+        if self.ssl_context is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            request = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # the client refused the certificate: what the TLS tests want to see
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            request.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a client hanging up mid-answer is one of the faults under test, not a fake bug
+        super().handle_error(request, client_address)
 
 
 class Running:
     """A fake dashboard served on a thread; `url` is its base URL."""
 
-    def __init__(self, fake: FakeDashboard, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, fake: FakeDashboard, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.fake = fake
-        self.httpd = _Server((host, port), fake)
+        self.httpd = _Server((host, port), fake, ssl_context)
         self.port = self.httpd.server_address[1]
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{self.port}"
+        self.url = f"{'https' if ssl_context else 'http'}://{shown}:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
+        self.httpd.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def __enter__(self) -> "Running":
+    def __enter__(self) -> Running:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def serve(fake: FakeDashboard, host: str = "127.0.0.1", port: int = 0) -> Running:
-    """Start `fake` on host:port (0: any free port) in a background thread."""
-    return Running(fake, host, port)
+def serve(fake: FakeDashboard, host: str = "127.0.0.1", port: int = 0,
+          ssl_context: ssl.SSLContext | None = None) -> Running:
+    """Start `fake` on host:port (0: any free port) in a background thread; HTTPS with `ssl_context`."""
+    return Running(fake, host, port, ssl_context)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,3 +76,11 @@ class Paths:
     @property
     def service_wants_link(self) -> Path:
         return self.under("/etc/systemd/system/multi-user.target.wants/nezha-bootstrap.service")
+
+    @property
+    def agent_wants_link(self) -> Path:
+        return self.under("/etc/systemd/system/multi-user.target.wants/nezha-agent.service")
+
+    @property
+    def agent_openrc_link(self) -> Path:
+        return self.under("/etc/runlevels/default/nezha-agent")

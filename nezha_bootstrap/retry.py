@@ -49,6 +49,7 @@ def with_retries(
     give_up: type[BootstrapError],
     notify: Notify,
     backoff: Backoff = Backoff(),
+    attempts_in_deadline: int = 1,
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -56,22 +57,27 @@ def with_retries(
     """Call `attempt(seconds_left)` until it returns, raises a non-Transient error, or time runs out.
 
     A `Retry-After` is honoured and never shortened; a wait that would pass the deadline ends the
-    step with `give_up` instead.
+    step with `give_up` instead. `attempts_in_deadline`: one attempt gets at most that share of the
+    deadline, so a connection that hangs leaves time for the next attempts.
     """
     rng = rng or random.Random()
     end = clock() + deadline
+    per_attempt = deadline / max(attempts_in_deadline, 1)
     tries = 0
     while True:
         try:
-            return attempt(max(end - clock(), 0.001))
+            return attempt(max(min(end - clock(), per_attempt), 0.001))
         except Transient as failure:
             tries += 1
             wait = backoff.delay(tries - 1, rng)
             if failure.retry_after is not None:
                 wait = max(wait, failure.retry_after)
             if clock() + wait >= end:
+                asked = ""
+                if failure.retry_after is not None and wait == failure.retry_after:
+                    asked = f"; the dashboard asked to wait {failure.retry_after:g} s (Retry-After)"
                 raise give_up(
-                    f"{what}: {failure.message}; gave up after {tries} attempt(s) "
+                    f"{what}: {failure.message}{asked}; gave up after {tries} attempt(s) "
                     f"within the {deadline:g} s deadline"
                 ) from None
             notify(f"{what}: {failure.message}; retrying in {wait:.1f} s")

@@ -8,6 +8,8 @@ import errno
 import fcntl
 import json
 import os
+import re
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,6 +37,11 @@ class State:
     machine_id: str | None
     registered_at: str | None = None
     installed_at: str | None = None
+    # v1/v2 (enrollment.py): the probed generation, and the uuid this machine-id enrolled with.
+    generation: str | None = None
+    uuid: str | None = None
+    method: str | None = None
+    agent_version: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The state without the secret, for `status` and `--json`."""
@@ -47,8 +54,9 @@ def now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def load(paths: Paths) -> State | None:
-    """Read the state file; None when there is none. A corrupt file is moved aside."""
+def load(paths: Paths, *, move_aside: bool = True) -> State | None:
+    """Read the state file; None when there is none. A corrupt file is moved aside (unless told not to:
+    --dry-run and `status` change nothing)."""
     try:
         raw = paths.state_file.read_bytes()
     except FileNotFoundError:
@@ -57,25 +65,60 @@ def load(paths: Paths) -> State | None:
         raise StateError(f"cannot read the state file {paths.state_file}: {exc.strerror}") from exc
     try:
         data = json.loads(raw)
-        version = data["version"] if isinstance(data, dict) else None
-    except (ValueError, KeyError) as exc:
-        raise StateError(_corrupt(paths, "it is not valid state JSON")) from exc
-    if not isinstance(version, int):
-        raise StateError(_corrupt(paths, "it has no version number"))
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
+        raise StateError(_corrupt(paths, "it is not valid state JSON", move_aside)) from exc
+    version = data.get("version") if isinstance(data, dict) else None
+    if not isinstance(version, int) or not _has_type(version, (int,)) or version < 1:
+        raise StateError(_corrupt(paths, "it has no version number", move_aside))
     if version > STATE_VERSION:
         raise StateError(
             f"the state file {paths.state_file} has version {version}, written by a newer "
             f"nezha-bootstrap (this one reads version {STATE_VERSION}); it was left as it is. "
             "Upgrade nezha-bootstrap, or move the file away to register this node again."
         )
-    fields = {f.name for f in dataclasses.fields(State)}
-    try:
-        return State(**{k: v for k, v in data.items() if k in fields})
-    except TypeError as exc:
-        raise StateError(_corrupt(paths, "fields are missing")) from exc
+    problem = _field_problem(data)
+    if problem:
+        raise StateError(_corrupt(paths, problem, move_aside))
+    return State(**{k: data[k] for k in _FIELD_TYPES if k in data})
 
 
-def _corrupt(paths: Paths, why: str) -> str:
+_TEXT_OR_NONE = (str, type(None))
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "dashboard_url": (str,), "name": (str,), "tag": _TEXT_OR_NONE, "probe_address": (str,),
+    "probe_port": (int,), "tls": (bool,), "secret": (str,), "machine_id": _TEXT_OR_NONE,
+    "registered_at": _TEXT_OR_NONE, "installed_at": _TEXT_OR_NONE,
+    "generation": _TEXT_OR_NONE, "uuid": _TEXT_OR_NONE, "method": _TEXT_OR_NONE, "agent_version": _TEXT_OR_NONE,
+}
+_SECRET_RE = re.compile(r"^[0-9A-Za-z]+\Z")
+
+
+def _has_type(value: Any, types: tuple[type, ...]) -> bool:
+    # JSON true/false load as bool, a subclass of int: a port or a version of `true` is wrong.
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
+def _field_problem(data: dict[str, Any]) -> str | None:
+    """Why `data` is not a state this version wrote (a hand edit, a bad disk), or None."""
+    required = {f.name for f in dataclasses.fields(State) if f.default is dataclasses.MISSING}
+    missing = sorted(required - data.keys())
+    if missing:
+        return f"fields are missing: {', '.join(missing)}"
+    wrong = sorted(k for k, types in _FIELD_TYPES.items() if k in data and not _has_type(data[k], types))
+    if wrong:
+        return f"fields have the wrong type: {', '.join(wrong)}"
+    if data.get("uuid") is not None and data["secret"] == "":
+        return None  # a v1/v2 enrollment: no node secret (the agent secret lives in config.yml)
+    if not _SECRET_RE.match(data["secret"]):
+        return "the node secret is not letters and digits"
+    return None
+
+
+def _corrupt(paths: Paths, why: str, move_aside: bool) -> str:
+    if not move_aside:
+        return (
+            f"the state file {paths.state_file} is unreadable ({why}); it was left as it is. "
+            "`nezha-bootstrap run` keeps it aside and registers this node anew"
+        )
     aside = paths.state_file.with_name(f"state.json.corrupt-{int(time.time())}")
     try:
         os.replace(paths.state_file, aside)
@@ -95,6 +138,27 @@ def save(paths: Paths, state: State) -> None:
         atomic_write(paths.state_file, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
     except OSError as exc:
         raise StateError(_write_problem(paths.state_file, exc)) from exc
+
+
+ROOM_NEEDED = 4096  # a state file is under 1 KiB; one block more covers the rename's new entry
+
+
+def check_room(paths: Paths) -> None:
+    """Prove a state file can be written now (a read-only or full disk fails here, not after registering)."""
+    ensure_private_dir(paths.state_dir)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{paths.state_file.name}.", suffix=".tmp", dir=paths.state_dir)
+    except OSError as exc:
+        raise StateError(_write_problem(paths.state_file, exc) + "; nothing was registered") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(bytes(ROOM_NEEDED))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise StateError(_write_problem(paths.state_file, exc) + "; nothing was registered") from exc
+    finally:
+        os.unlink(tmp)
 
 
 def remove(paths: Paths) -> bool:

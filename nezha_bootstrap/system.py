@@ -114,9 +114,12 @@ def ensure_private_dir(path: Path) -> None:
     """Create `path` (and parents) and make it 0700."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
     except OSError as exc:
         raise StateError(f"cannot create the private directory {path}: {exc.strerror}") from exc
+    try:
+        os.chmod(path, 0o700)
+    except OSError as exc:  # a read-only file system shows here first
+        raise StateError(f"cannot make the directory {path} private (mode 0700): {exc.strerror}") from exc
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -1,0 +1,596 @@
+"""Benchmarks of issue 4: recovery, fleet, overhead and memory, against the local fake dashboard.
+
+    python benchmarks/bench.py [--quick] [--only NAME] [--json OUT]
+
+Prints a table and writes JSON (default benchmarks/results/latest.json). Only 127.0.0.1 is used;
+every wait is bounded. The figures are measurements, not assertions: the exit status is 0 whether
+or not a target is met (the table and the JSON say which), and non-zero only if a benchmark broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable
+
+from nezha_bootstrap.bootstrap import ATTEMPTS_IN_DEADLINE
+from nezha_bootstrap.config import Settings, build
+from nezha_bootstrap.dashboard import Dashboard, Registration, make_client
+from nezha_bootstrap.errors import BootstrapError, DashboardUnreachable
+from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.fake_dashboard import FakeDashboard, serve
+from nezha_bootstrap.retry import with_retries
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "latest.json"
+SEED_FILE = Path("/work/shared/seed/nezha-api-and-register-script.txt")
+SEED_INSTALL_URL = "https://raw.githubusercontent.com/nezhahq/scripts/main/install.sh"
+TOKEN = "BenchT0kenBenchT0kenBenchT0ken32"
+LOOPBACK = "127.0.0.1"
+REGISTER_PATH = "/api/v1/server/register"
+PROCESS_TIMEOUT = 60.0  # no single child process may run longer than this
+NAMES = ("recovery", "fleet", "overhead", "memory")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Counts and durations; --quick shrinks them for the CI smoke run."""
+
+    recovery_nodes: int = 20
+    recovery_down: float = 30.0
+    fleet_nodes: int = 300
+    overhead_runs: int = 15
+    memory_runs: int = 5
+
+
+@dataclass(frozen=True)
+class Plan:
+    sizes: Sizes
+    seed_file: Path
+
+
+QUICK = Sizes(recovery_nodes=4, recovery_down=2.0, fleet_nodes=16, overhead_runs=3, memory_runs=2)
+
+
+@dataclass
+class Target:
+    name: str
+    value: float | None  # None: nothing to measure (e.g. no node registered): not met
+    limit: float
+    unit: str
+
+    @property
+    def met(self) -> bool:
+        return self.value is not None and self.value < self.limit
+
+
+@dataclass
+class Outcome:
+    """What one benchmark hands back: its figures for the JSON and its targets for the table."""
+
+    figures: dict[str, Any]
+    targets: list[Target] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summary(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    return {"p50": round(percentile(values, 50), 3), "p95": round(percentile(values, 95), 3),
+            "max": round(max(values), 3)}
+
+
+# --- the fake dashboard in its own process (its own GIL, so 300 client threads do not starve it) ---
+
+SHARE_503 = 0.30
+SHARE_429 = 0.20
+
+
+def fault_injector(seed: int, only_path: str | None) -> Callable[[str], Any]:
+    """503 to 30% and 429 with Retry-After: 1 to 20% of requests (of `only_path`'s, when given)."""
+    rng = random.Random(seed)  # called under the fake's lock: one deterministic sequence of rolls
+
+    def fault(path: str) -> Any:
+        if only_path is not None and path != only_path:
+            return None
+        roll = rng.random()
+        if roll < SHARE_503:
+            return 503
+        if roll < SHARE_503 + SHARE_429:
+            return 429, "text/plain", b"too many requests", {"Retry-After": "1"}
+        return None
+
+    return fault
+
+
+def dashboard_process(conn: Connection, port: int, seed: int | None, only_path: str | None) -> None:
+    """Child: serve a fake dashboard on `port`, report when it listens, and its journal when told to stop."""
+    fake = FakeDashboard(TOKEN)
+    if seed is not None:
+        fake.faults.random_faults = fault_injector(seed, only_path)
+    running = serve(fake, LOOPBACK, port)
+    conn.send({"url": running.url, "up": time.monotonic()})
+    if conn.poll(PROCESS_TIMEOUT * 10):
+        conn.recv()
+    with fake.lock:
+        journal = [(entry.method, entry.path) for entry in fake.journal]
+        servers = [(server.name, server.secret) for server in fake.servers]
+    conn.send({"requests": journal, "servers": servers})
+    running.stop()
+
+
+class DashboardProcess:
+    """Handle on the child: `up` is its monotonic time of listening (CLOCK_MONOTONIC is system-wide)."""
+
+    def __init__(self, port: int = 0, seed: int | None = None, only_path: str | None = None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=dashboard_process, args=(child, port, seed, only_path), daemon=True)
+        self.process.start()
+        if not self.conn.poll(PROCESS_TIMEOUT):
+            self.process.kill()
+            raise RuntimeError("the fake dashboard process did not start")
+        hello = self.conn.recv()
+        self.url: str = hello["url"]
+        self.up: float = hello["up"]
+
+    def finish(self) -> dict[str, Any]:
+        """Stop the child and return what it saw: requests (method, path) and servers (name, secret)."""
+        self.conn.send("stop")
+        if not self.conn.poll(PROCESS_TIMEOUT):
+            self.process.kill()
+            raise RuntimeError("the fake dashboard process did not answer")
+        seen: dict[str, Any] = self.conn.recv()
+        self.process.join(PROCESS_TIMEOUT)
+        return seen
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+# --- one simulated node: the package's own registration code, as Runner._register uses it ---
+
+@dataclass
+class Node:
+    name: str
+    secret: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    failures: list[str] = field(default_factory=list)  # why each failed attempt failed
+    started: float = 0.0
+    finished: float = 0.0
+
+
+def node_config(url: str, name: str, deadline: float) -> Any:
+    facts = Facts(hostname=name, primary_ipv4=None, machine_id=secrets.token_hex(16), systemd_running=False)
+    settings = Settings(dashboard_url=url, token=TOKEN, name=name, tag="bench", deadline=deadline)
+    return build(settings, facts).config
+
+
+def prepare(node: Node, url: str, deadline: float) -> Callable[[], None]:
+    """Build the node's config and client before the start: set-up a real node does on its own CPU
+    would otherwise be paid here by all threads one after another, under the GIL."""
+    config = node_config(url, node.name, deadline)
+    client = make_client(config.ca_bundle, urls=(config.dashboard_url, config.script_url))
+    registration = Registration(Dashboard(client, config.dashboard_url, config.token),
+                                config.register_body(), tag=config.tag or "AutoRegister")
+
+    def attempt(seconds_left: float) -> str:
+        node.attempts += 1
+        return registration.attempt(seconds_left)
+
+    def note(message: str) -> None:  # "register: <why>; retrying in <n> s"
+        node.failures.append(message.split(": ", 1)[-1].rsplit("; retrying", 1)[0])
+
+    def register() -> None:
+        """Exactly what `run` does (Runner._register): Registration's attempts inside with_retries."""
+        node.started = time.monotonic()
+        try:
+            node.secret = with_retries(attempt, deadline=config.deadline, what="register",
+                                       give_up=DashboardUnreachable, notify=note,
+                                       attempts_in_deadline=ATTEMPTS_IN_DEADLINE)
+        except BootstrapError as exc:
+            node.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            node.finished = time.monotonic()
+            client.close()
+
+    return register
+
+
+def run_nodes(nodes: list[Node], url: str, deadline: float, spread: float, seed: int,
+              released: threading.Event | None = None) -> None:
+    """One thread per node, each starting at a random moment within `spread` seconds of the release."""
+    rng = random.Random(seed)
+    jobs = [prepare(node, url, deadline) for node in nodes]
+    start = time.monotonic() + 0.2
+    moments = [start + rng.uniform(0.0, spread) for _ in nodes]
+
+    def one(job: Callable[[], None], moment: float) -> None:
+        time.sleep(max(moment - time.monotonic(), 0.0))
+        job()
+
+    threads = [threading.Thread(target=one, args=(j, m), daemon=True) for j, m in zip(jobs, moments)]
+    for thread in threads:
+        thread.start()
+    time.sleep(max(start - time.monotonic(), 0.0))
+    if released is not None:
+        released.set()
+    stop = start + spread + deadline + 30.0
+    for thread in threads:
+        thread.join(max(stop - time.monotonic(), 0.0))
+    for node in nodes:
+        if node.finished == 0.0:
+            node.error = node.error or "still running after the deadline"
+
+
+# --- 1. recovery ---
+
+def bench_recovery(plan: Plan) -> Outcome:
+    """Nodes start while the port is closed; the dashboard comes up after `recovery_down` seconds."""
+    port = free_port()
+    sizes = plan.sizes
+    nodes = [Node(f"recovery-{i:02d}") for i in range(sizes.recovery_nodes)]
+    deadline = sizes.recovery_down + 60.0
+    released = threading.Event()
+    worker = threading.Thread(target=run_nodes, args=(nodes, f"http://{LOOPBACK}:{port}", deadline, 0.0, 1, released))
+    worker.start()
+    if not released.wait(PROCESS_TIMEOUT):
+        raise RuntimeError("the recovery nodes did not start")
+    time.sleep(sizes.recovery_down)
+    dashboard = DashboardProcess(port=port)
+    worker.join(deadline + 60.0)
+    seen = dashboard.finish()
+    after_up = [n.finished - dashboard.up for n in nodes if n.secret is not None]
+    failures = sum(1 for n in nodes if n.secret is None)
+    up_to_registered = summary(after_up)
+    figures = {
+        "nodes": len(nodes), "down_s": sizes.recovery_down, "registered": len(after_up),
+        "failures": failures, "servers": len(seen["servers"]),
+        "attempts_per_node": summary([float(n.attempts) for n in nodes]),
+        "up_to_registered_s": up_to_registered,
+    }
+    return Outcome(figures, [Target("recovery: p95 up->registered", up_to_registered["p95"], 5.0, "s"),
+                             Target("recovery: failures", failures, 1, "")])
+
+
+# --- 2. fleet ---
+
+def bench_fleet(plan: Plan) -> Outcome:
+    """Both fault placements: on the register POST only, and on every request (list GET too)."""
+    figures: dict[str, Any] = {}
+    targets: list[Target] = []
+    for label, only_path in (("register_only", REGISTER_PATH), ("all_requests", None)):
+        figures[label] = fleet_variant(plan.sizes.fleet_nodes, only_path)
+        result = figures[label]
+        targets += [
+            Target(f"fleet[{label}]: duplicates", result["duplicates"], 1, ""),
+            Target(f"fleet[{label}]: failures", result["failures"], 1, ""),
+            Target(f"fleet[{label}]: requests/node", result["requests_per_node"], 3.0, "x"),
+            Target(f"fleet[{label}]: requests/node expected", result["expected_requests_per_node"], 3.0, "x"),
+        ]
+    return Outcome(figures, targets)
+
+
+def expected_requests(only_path: str | None) -> float:
+    """Mean requests per node under the fault model: one list GET and one POST must each get through,
+    and a request that meets a fault takes 1 / (1 - share) tries on average (the seeded total is one draw)."""
+    tries = 1 / (1 - SHARE_503 - SHARE_429)
+    return round((1 if only_path else tries) + tries, 3)
+
+
+def fleet_variant(count: int, only_path: str | None) -> dict[str, Any]:
+    dashboard = DashboardProcess(seed=4, only_path=only_path)
+    nodes = [Node(f"fleet-{i:03d}") for i in range(count)]
+    run_nodes(nodes, dashboard.url, deadline=120.0, spread=1.0, seed=2)
+    seen = dashboard.finish()
+    names = Counter(name for name, _ in seen["servers"])
+    secret_of = dict(seen["servers"])
+    paths = Counter(f"{method} {path}" for method, path in seen["requests"])
+    registered = [n for n in nodes if n.secret is not None]
+    return {
+        "nodes": count,
+        "faults_on": only_path or "every request",
+        "registered": len(registered),
+        "failures": count - len(registered),
+        "errors": sorted({n.error for n in nodes if n.error})[:5],
+        "servers": sum(names.values()),
+        "nodes_with_exactly_one_server": sum(1 for n in nodes if names[n.name] == 1),
+        "duplicates": sum(c - 1 for c in names.values() if c > 1),
+        "secret_mismatches": sum(1 for n in registered if secret_of.get(n.name) != n.secret),
+        "requests": len(seen["requests"]),
+        "requests_by_path": dict(paths),
+        "requests_per_node": round(len(seen["requests"]) / count, 3),
+        "expected_requests_per_node": expected_requests(only_path),
+        "attempts_per_node": summary([float(n.attempts) for n in nodes]),
+        "failed_attempts_by_reason": dict(Counter(why for n in nodes for why in n.failures).most_common(8)),
+        "time_s": summary([n.finished - n.started for n in registered]),
+    }
+
+
+# --- 3. overhead and 4. memory: real processes ---
+
+@dataclass
+class Sample:
+    seconds: float
+    maxrss_kib: int
+    returncode: int
+
+
+# A fork's child inherits its parent's RSS high-water mark until exec, so a child forked from this
+# (large, multi-threaded) process would report our peak, not its own. A fresh, small interpreter
+# starts the measured command instead and reports that command's own ru_maxrss.
+RSS_PROBE = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,"
+    " stderr=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "print(usage.ru_maxrss, os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def measure(argv: list[str], env: dict[str, str], cwd: Path | None = None, rss: bool = False) -> Sample:
+    """Run once: wall time, exit status and (with `rss`) the command's peak RSS; killed at PROCESS_TIMEOUT."""
+    command = [sys.executable, "-c", RSS_PROBE, *argv] if rss else argv
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, _ = process.communicate(timeout=PROCESS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise RuntimeError(f"{argv[0]} ran longer than {PROCESS_TIMEOUT:g} s") from None
+    elapsed = time.perf_counter() - started
+    if not rss:
+        return Sample(elapsed, 0, process.returncode)
+    kib, code = out.split()
+    return Sample(elapsed, int(kib), int(code))
+
+
+def tool_argv() -> list[str]:
+    script = Path(sys.executable).parent / "nezha-bootstrap"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "nezha_bootstrap"]
+
+
+def base_env() -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "SYSTEMROOT", "TMPDIR")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env["NO_PROXY"] = env["no_proxy"] = f"{LOOPBACK},localhost"
+    return env
+
+
+@dataclass
+class Bench:
+    """A fake dashboard (in this process: the child's work is what is timed) and fresh roots."""
+
+    url: str
+    script_sha256: str
+    fake: FakeDashboard
+    workdir: Path
+    counter: int = 0
+
+    def new_root(self) -> Path:
+        self.counter += 1
+        root = self.workdir / f"root-{self.counter}"
+        (root / "etc").mkdir(parents=True)
+        (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
+        return root
+
+    def tool_env(self, root: Path) -> dict[str, str]:
+        return {**base_env(), "NEZHA_DASHBOARD_URL": self.url, "NEZHA_TOKEN": TOKEN,
+                "NEZHA_PROBE_ADDRESS": "probe.example.test", "NEZHA_INSTALL_SCRIPT_URL": f"{self.url}/install.sh",
+                "NEZHA_INSTALL_SCRIPT_SHA256": self.script_sha256, "NEZHA_BOOTSTRAP_ROOT": str(root),
+                "NEZHA_STUB_RECORD": str(root / "stub-record"), "NODE_NAME": f"bench-{self.counter}",
+                "NEZHA_BOOTSTRAP_DEADLINE": "30"}
+
+    def full_run(self, rss: bool = False) -> Sample:
+        root = self.new_root()
+        sample = measure(tool_argv() + ["run", "-q"], self.tool_env(root), rss=rss)
+        check_installed(sample, root, "nezha-bootstrap run")
+        return sample
+
+    def seed_run(self, script: Path) -> Sample:
+        root = self.new_root()
+        cwd = root / "opt/nezha/agent"  # the stub installer writes relative to its cwd, like `run` sets it
+        cwd.mkdir(parents=True)
+        env = {**base_env(), "NEZHA_TOKEN": TOKEN, "NEZHA_PROBE_ADDRESS": "probe.example.test",
+               "NEZHA_PROBE_PORT": "5555", "NEZHA_DASHBOARD_URL": self.url, "NODE_NAME": f"bench-{self.counter}",
+               "NEZHA_STUB_RECORD": str(root / "stub-record")}
+        sample = measure(["bash", str(script)], env, cwd=cwd)
+        check_installed(sample, root, "the seed script")
+        return sample
+
+
+def check_installed(sample: Sample, root: Path, what: str) -> None:
+    unit = root / "etc/systemd/system/nezha-agent.service"
+    if sample.returncode != 0 or not unit.is_file():
+        raise RuntimeError(f"{what} did not do the work (exit {sample.returncode}, unit present: {unit.is_file()})")
+
+
+@contextmanager
+def bench_setup() -> Iterator[Bench]:
+    fake = FakeDashboard(TOKEN)
+    workdir = Path(tempfile.mkdtemp(prefix="nezha-bench-"))
+    try:
+        with serve(fake, LOOPBACK) as running:
+            yield Bench(running.url, fake.script_sha256, fake, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def seed_script(source: Path, url: str, workdir: Path) -> Path:
+    """The seed's bash block (`#!/bin/bash` .. `eval $CMD`), its install.sh URL pointed at the fake."""
+    lines = source.read_text(encoding="utf-8").splitlines()
+    start = lines.index("#!/bin/bash")
+    end = next(i for i in range(start, len(lines)) if lines[i].strip() == "eval $CMD")
+    text = "\n".join(lines[start:end + 1]) + "\n"
+    if SEED_INSTALL_URL not in text:
+        raise RuntimeError("the seed script no longer downloads the expected install.sh URL")
+    path = workdir / "seed-register.sh"
+    path.write_text(text.replace(SEED_INSTALL_URL, f"{url}/install.sh"), encoding="utf-8")
+    return path
+
+
+def median_seconds(samples: list[Sample]) -> float:
+    return round(statistics.median(s.seconds for s in samples), 4)
+
+
+def interleaved(commands: dict[str, Callable[[], Sample]], runs: int) -> dict[str, list[Sample]]:
+    """Run every command once per round, so drift in machine load hits all of them alike."""
+    samples: dict[str, list[Sample]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():
+            sample = command()
+            if sample.returncode != 0:
+                raise RuntimeError(f"{name} exited with {sample.returncode}")
+            samples[name].append(sample)
+    return samples
+
+
+def bench_overhead(plan: Plan) -> Outcome:
+    """Median wall time of each command; the seed comparison needs the seed file (--seed-file)."""
+    with bench_setup() as bench:
+        dry_env = bench.tool_env(bench.new_root())
+        commands: dict[str, Callable[[], Sample]] = {
+            "import_click": lambda: measure([sys.executable, "-c", "import click"], base_env()),
+            "help": lambda: measure(tool_argv() + ["--help"], base_env()),
+            "dry_run": lambda: measure(tool_argv() + ["run", "--dry-run"], dry_env),
+            "full_run": bench.full_run,
+        }
+        if plan.seed_file.is_file():
+            seed = seed_script(plan.seed_file, bench.url, bench.workdir)
+            commands["seed_script"] = lambda: bench.seed_run(seed)
+        samples = interleaved(commands, plan.sizes.overhead_runs)
+        loaded = {"help": heavy_modules(["--help"], base_env()),
+                  "dry_run": heavy_modules(["run", "--dry-run"], dry_env)}
+    medians = {f"{name}_s": median_seconds(runs) for name, runs in samples.items()}
+    ratios = {
+        "help_vs_import_click": round(medians["help_s"] / medians["import_click_s"], 2),
+        "dry_run_vs_import_click": round(medians["dry_run_s"] / medians["import_click_s"], 2),
+    }
+    targets = [
+        Target("overhead: --help / import click", ratios["help_vs_import_click"], 2.0, "x"),
+        Target("overhead: heavy modules loaded by --help", len(loaded["help"]), 1, ""),
+    ]
+    figures: dict[str, Any] = {"runs_each": plan.sizes.overhead_runs, "median": medians, "ratio": ratios,
+                               "heavy_modules_loaded": loaded, "seed_file": str(plan.seed_file)}
+    if "seed_script_s" in medians:
+        ratios["full_run_vs_seed_script"] = round(medians["full_run_s"] / medians["seed_script_s"], 2)
+        targets.append(Target("overhead: full run / seed script", ratios["full_run_vs_seed_script"], 8.0, "x"))
+    else:
+        figures["seed_missing"] = f"{plan.seed_file} not found: full run vs seed script not measured"
+    return Outcome(figures, targets)
+
+
+HEAVY = ("httpx", "httpcore", "h11", "psutil", "ssl")
+
+
+def heavy_modules(args: list[str], env: dict[str, str]) -> list[str]:
+    """Which of HEAVY a CLI invocation imports (python -X importtime); it must succeed."""
+    code = "import sys; from nezha_bootstrap.cli import main; main(sys.argv[1:], prog_name='nezha-bootstrap')"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code, *args], env=env,
+                          capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"nezha-bootstrap {' '.join(args)} exited with {done.returncode}")
+    names = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    return sorted(name for name in names if name in HEAVY)
+
+
+def bench_memory(plan: Plan) -> Outcome:
+    """Peak RSS of full runs, next to the floor the probe itself adds (its own RSS before exec)."""
+    with bench_setup() as bench:
+        samples = [bench.full_run(rss=True) for _ in range(plan.sizes.memory_runs)]
+    floor = measure(["true"], base_env(), rss=True)
+    peaks = [s.maxrss_kib / 1024 for s in samples]
+    peak = round(max(peaks), 1)
+    figures = {"runs": len(samples), "probe_floor_mib": round(floor.maxrss_kib / 1024, 1),
+               "peak_rss_mib": {"max": peak, "median": round(statistics.median(peaks), 1)}}
+    return Outcome(figures, [Target("memory: peak RSS of a full run", peak, 50.0, "MiB")])
+
+
+# --- the table, the JSON, the command line ---
+
+BENCHMARKS: dict[str, Callable[[Plan], Outcome]] = {
+    "recovery": bench_recovery, "fleet": bench_fleet, "overhead": bench_overhead, "memory": bench_memory,
+}
+
+
+def table(targets: list[Target]) -> str:
+    rows = [("target", "measured", "limit", "met")]
+    rows += [(t.name, "n/a" if t.value is None else f"{t.value:g}{t.unit}", f"< {t.limit:g}{t.unit}",
+              "yes" if t.met else "NO") for t in targets]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def meta(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "quick": args.quick,
+        "python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts (the CI smoke run)")
+    parser.add_argument("--only", choices=NAMES, action="append", help="run only this benchmark (repeatable)")
+    parser.add_argument("--seed-file", type=Path, default=SEED_FILE,
+                        help=f"the seed script to compare a full run with (default {SEED_FILE})")
+    parser.add_argument("--json", type=Path, default=DEFAULT_OUT, help=f"write results here (default {DEFAULT_OUT})")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = f"{LOOPBACK},localhost"  # the nodes' httpx trusts env
+    plan = Plan(QUICK if args.quick else Sizes(), args.seed_file)
+    results: dict[str, Any] = {"meta": {**meta(args), "sizes": asdict(plan.sizes)}}
+    targets: list[Target] = []
+    for name in args.only or NAMES:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        outcome = BENCHMARKS[name](plan)
+        results[name] = {**outcome.figures, "elapsed_s": round(time.monotonic() - started, 2)}
+        targets += outcome.targets
+    results["targets"] = [{**asdict(t), "met": t.met} for t in targets]
+    print(table(targets))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    print(f"results written to {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

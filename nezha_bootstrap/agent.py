@@ -1,0 +1,245 @@
+"""Install the Nezha agent directly from its release: download, check, extract, configure, verify.
+
+Facts from dashboard-v1-v2.md ("The agent, installed without the vendor script"): release assets
+`nezha-agent_linux_<arch>.zip` holding only `nezha-agent`, a `checksums.txt` beside them,
+`config.yml` next to the binary, `nezha-agent service -c CONFIG install|restart|uninstall`, and
+`NZ_*` environment variables (also from /etc/sysconfig/nezha-agent) overriding the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nezha_bootstrap.config import display_url
+from nezha_bootstrap.errors import BootstrapError, InstallerFailed
+from nezha_bootstrap.installer import read_exec_start
+from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.retry import Notify, Transient, with_retries
+
+DEFAULT_BASE_URL = "https://github.com/nezhahq/agent/releases/download"
+AGENT_V1 = "2.3.3"  # newest v2 agent read for the reference; needs a dashboard >= v1.1.1
+AGENT_V0 = "0.20.5"  # the last agent a v0 dashboard speaks to (installer-v0.md)
+ZIP_CAP = 64 * 1024 * 1024  # the real zips are ~5 MB
+BINARY_CAP = 128 * 1024 * 1024
+CHECKSUMS_CAP = 64 * 1024
+COMMAND_TIMEOUT = 60.0
+VERSION_RE = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}\Z")
+# `uname -m` -> the release's arch word.
+ARCHES = {
+    "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",
+    "i686": "386", "armv7l": "arm", "armv6l": "arm", "s390x": "s390x", "riscv64": "riscv64",
+    "mips": "mips", "mipsel": "mipsle", "loongarch64": "loong64",
+}
+CONFIG_TARGET = "/opt/nezha/agent/config.yml"
+# Never handed to the agent's commands: NZ_* would override its config (identity), these are ours.
+_PRIVATE_ENV = ("NEZHA_TOKEN", "NEZHA_AGENT_SECRET")
+
+
+def asset_name(machine: str) -> str:
+    """The release asset for `uname -m`."""
+    arch = ARCHES.get(machine)
+    if arch is None:
+        raise InstallerFailed(
+            f"no nezha-agent release for the architecture {machine!r}; known: {', '.join(sorted(set(ARCHES)))}"
+        )
+    return f"nezha-agent_linux_{arch}.zip"
+
+
+@dataclass(frozen=True)
+class Release:
+    """Where the agent zip and its checksums come from."""
+
+    base_url: str
+    version: str
+    asset: str
+    pinned_sha256: str | None = None
+
+    @property
+    def asset_url(self) -> str:
+        return f"{self.base_url}/v{self.version}/{self.asset}"
+
+    @property
+    def checksums_url(self) -> str:
+        return f"{self.base_url}/v{self.version}/checksums.txt"
+
+
+def render_config(values: Mapping[str, Any]) -> str:
+    """config.yml: one `key: value` line each; strings as JSON strings (valid YAML scalars)."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = json.dumps(str(value), ensure_ascii=False)
+        lines.append(f"{key}: {text}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_checksums(text: str, asset: str) -> str:
+    """The SHA-256 that checksums.txt gives for `asset`."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == asset:
+            digest = parts[0].lower()
+            if re.match(r"^[0-9a-f]{64}$", digest):
+                return digest
+    raise InstallerFailed(f"checksums.txt of the release has no SHA-256 for {asset}; refusing the download")
+
+
+def check_zip(data: bytes, release: Release, listed: str) -> None:
+    """The zip must hash to checksums.txt's value and to the pinned one when given."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != listed:
+        raise InstallerFailed(
+            f"{release.asset} has SHA-256 {actual}, but the release's checksums.txt says {listed}: "
+            "refusing it (a broken download or mirror)"
+        )
+    if release.pinned_sha256 and actual != release.pinned_sha256:
+        raise InstallerFailed(
+            f"{release.asset} has SHA-256 {actual}, but --agent-sha256 pins {release.pinned_sha256}: refusing it"
+        )
+
+
+def extract_binary(data: bytes) -> bytes:
+    """The `nezha-agent` member of a release zip (size-capped)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            info = archive.getinfo("nezha-agent")
+            if info.file_size > BINARY_CAP:
+                raise InstallerFailed(f"nezha-agent in the zip is {info.file_size} bytes, over the {BINARY_CAP} cap")
+            return archive.read(info)
+    except KeyError:
+        raise InstallerFailed("the release zip holds no `nezha-agent`") from None
+    except zipfile.BadZipFile as exc:
+        raise InstallerFailed(f"the release zip is not a valid zip: {exc}") from exc
+
+
+def download(client: Any, url: str, cap: int, deadline: float, notify: Notify) -> bytes:
+    """GET `url` (redirects followed: release hosts redirect to storage) with retries and a size cap."""
+    from nezha_bootstrap.dashboard import fetch
+
+    shown = display_url(url)
+
+    def attempt(seconds_left: float) -> bytes:
+        answer = fetch(client, "GET", url, seconds_left=seconds_left, cap=cap, ambiguous=False,
+                       follow_redirects=True)
+        if answer.status == 429 or answer.status >= 500:
+            raise Transient(f"HTTP {answer.status}")
+        if answer.status == 404:
+            raise InstallerFailed(f"{shown} does not exist (HTTP 404): no such agent version or asset")
+        if answer.status != 200:
+            raise InstallerFailed(f"downloading {shown}: HTTP {answer.status}")
+        if answer.truncated:
+            raise InstallerFailed(f"{shown} is larger than {cap} bytes; refusing it")
+        return answer.body
+
+    try:
+        return with_retries(attempt, deadline=deadline, what=f"download {shown}", give_up=InstallerFailed,
+                            notify=notify)
+    except BootstrapError as exc:
+        if isinstance(exc, InstallerFailed):
+            raise
+        raise InstallerFailed(f"downloading {shown}: {exc}") from exc
+
+
+def clean_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment for the agent's own commands: no NZ_* override, none of our secrets."""
+    return {k: v for k, v in environ.items() if not k.startswith("NZ_") and k not in _PRIVATE_ENV}
+
+
+def service_argv(paths: Paths, action: str, config: Path | None = None) -> list[str]:
+    """`nezha-agent service -c CONFIG ACTION` (the secret stays in the 0600 config, never in argv)."""
+    return [str(paths.agent_binary), "service", "-c", str(config or paths.agent_dir / "config.yml"), action]
+
+
+def unit_problems(paths: Paths, expected_config: str) -> list[str]:
+    """What is wrong with the installed agent: unit, its ExecStart, the config, the binary."""
+    unit = paths.agent_unit
+    if not unit.exists():
+        return [f"no agent unit {unit} was written"]
+    problems = []
+    argv = read_exec_start(unit)
+    if not argv or argv[1:] != ["-c", CONFIG_TARGET]:
+        problems.append(f"{unit}'s ExecStart does not run the agent with -c {CONFIG_TARGET}")
+    try:
+        written = (paths.agent_dir / "config.yml").read_text(encoding="utf-8")
+    except OSError:
+        written = None
+    if written != expected_config:
+        problems.append(f"{paths.agent_dir / 'config.yml'} is not what was written (changed by the agent?)")
+    if not os.access(paths.agent_binary, os.X_OK):
+        problems.append(f"{paths.agent_binary} is missing or not executable")
+    return problems
+
+
+def override_warnings(paths: Paths, environ: Mapping[str, str]) -> list[str]:
+    """Warnings about NZ_* values that could change the agent's identity behind the config."""
+    warnings = []
+    names = sorted(k for k in environ if k.startswith("NZ_"))
+    if names:
+        warnings.append(
+            f"{', '.join(names)} set in this environment: ignored (the agent's commands run without NZ_*); "
+            "the identity comes from config.yml"
+        )
+    sysconfig = paths.under("/etc/sysconfig/nezha-agent")
+    if sysconfig.exists():
+        try:
+            keys = sorted({line.split("=", 1)[0].strip().removeprefix("export ").strip()
+                           for line in sysconfig.read_text(errors="replace").splitlines() if "=" in line})
+        except OSError:
+            keys = []
+        shown = f" (it sets {', '.join(k for k in keys if k.startswith('NZ_'))})" if keys else ""
+        warnings.append(
+            f"/etc/sysconfig/nezha-agent exists{shown}: the agent reads NZ_* from it, which overrides "
+            "config.yml (NZ_UUID changes the server it enrolls as); remove it unless you mean it"
+        )
+    return warnings
+
+
+_UUID_LINE = re.compile(r'^uuid:\s*"?([^"\s]*)"?\s*$', re.MULTILINE)
+
+
+def config_uuid(path: Path) -> str | None:
+    """The uuid a config.yml holds, or None."""
+    try:
+        match = _UUID_LINE.search(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A second agent the vendor script installed on a rerun: its config, uuid and unit."""
+
+    config: Path
+    uuid: str | None
+    unit: Path | None = field(default=None)
+
+
+def vendor_leftovers(paths: Paths) -> list[Leftover]:
+    """`config-*.yml` next to the agent, each with its `nezha-agent-<hash>` unit when present."""
+    found = []
+    for config in sorted(paths.agent_dir.glob("config-*.yml")):
+        target = "/" + str(config.relative_to(paths.root))
+        name = f"nezha-agent-{hashlib.md5(target.encode()).hexdigest()[:7]}.service"  # the agent's own naming
+        unit = paths.under(f"/etc/systemd/system/{name}")
+        found.append(Leftover(config, config_uuid(config), unit if unit.exists() else None))
+    return found
+
+
+def identity_files(paths: Paths) -> list[Path]:
+    """Files holding an agent's uuid and secret (config.yml, the vendor's config-*.yml): what `seal` removes."""
+    found = [paths.agent_dir / "config.yml"] + sorted(paths.agent_dir.glob("config-*.yml"))
+    return [path for path in found if path.exists()]

@@ -1,0 +1,168 @@
+"""Fill the first-boot templates: the unit, the settings file and cloud-init user-data (pure).
+
+Every value is quoted for the format it lands in, so no name, note or token can break a document
+or add a key: into YAML as a double-quoted scalar of ASCII only (a JSON string, with YAML's
+\\U escape for characters beyond the BMP), into the settings file by systemd's EnvironmentFile=
+rules. The templates are valid documents as they stand: a placeholder is a quoted YAML scalar
+("@NAME@") or, in the settings file, a line of its own (@SETTINGS@).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Union
+
+UNIT_NAME = "nezha-bootstrap.service"
+TOOL = "/opt/nezha-bootstrap/bin/nezha-bootstrap"  # where cloud-init installs it; the unit's ExecStart
+UNIT_START_TIMEOUT = 20 * 60  # the unit's TimeoutStartSec=20min
+KINDS = ("cloud-init", "cloud-init-minimal", "systemd", "env")
+TEMPLATES = {
+    "systemd": "nezha-bootstrap.service",
+    "env": "nezha-bootstrap.env",
+    "cloud-init": "cloud-init-full.yaml",
+    "cloud-init-minimal": "cloud-init-minimal.yaml",
+}
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_YAML_PLACEHOLDER_RE = re.compile(r'"@([A-Z_]+)@"')
+_SETTINGS_LINE = "@SETTINGS@\n"
+_ENV_ESCAPED = '"\\`$'  # the characters a backslash escapes inside systemd's (and sh's) double quotes
+_SHORT_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+Filling = Union[str, Sequence[str]]
+
+
+def template(kind: str) -> str:
+    """The packaged template of `kind` (one of KINDS), as text."""
+    name = TEMPLATES[kind]
+    return resources.files("nezha_bootstrap").joinpath(f"templates/{name}").read_text(encoding="utf-8")
+
+
+def unit() -> str:
+    """nezha-bootstrap.service: it has no placeholders."""
+    return template("systemd")
+
+
+def yaml_string(value: str) -> str:
+    """`value` as a YAML double-quoted scalar of printable ASCII (a JSON string where JSON can say it).
+
+    ASCII only, because YAML folds a literal U+0085, U+2028 or U+2029 into a space and refuses
+    other non-printable characters; characters beyond the BMP use YAML's \\U escape, since PyYAML
+    (which cloud-init uses) does not join JSON's surrogate pairs.
+    """
+    _refuse_unencodable(value)
+    return '"' + "".join(_yaml_char(ch) for ch in value) + '"'
+
+
+def _yaml_char(ch: str) -> str:
+    code = ord(ch)
+    if ch in '"\\':
+        return "\\" + ch
+    if 0x20 <= code < 0x7F:
+        return ch
+    if ch in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[ch]
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def env_value(value: str) -> str:
+    """`value` in double quotes by systemd's EnvironmentFile= rules (a POSIX shell reads it the same).
+
+    Inside double quotes systemd keeps every character verbatim, newlines included, except that a
+    backslash before one of " \\ ` $ escapes it; those four are escaped, nothing else is.
+    """
+    _refuse_unencodable(value)
+    if "\x00" in value:
+        raise ValueError("a settings value cannot hold a NUL character")
+    escaped = "".join("\\" + ch if ch in _ENV_ESCAPED else ch for ch in value)
+    return f'"{escaped}"'
+
+
+def _refuse_unencodable(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a value is not valid Unicode text (a lone surrogate)") from None
+
+
+def env_file(assignments: Sequence[tuple[str, str]]) -> str:
+    """The settings file: the template's comments, then one NAME="VALUE" line per assignment."""
+    lines = []
+    for name, value in assignments:
+        if not _ENV_NAME_RE.match(name):
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+        lines.append(f"{name}={env_value(value)}\n")
+    text = template("env")
+    if text.count(_SETTINGS_LINE) != 1:
+        raise ValueError("the settings file template must hold exactly one @SETTINGS@ line")
+    return text.replace(_SETTINGS_LINE, "".join(lines))
+
+
+def cloud_init(settings: str, install: Sequence[str]) -> str:
+    """Full user-data: `settings` (the settings file's text) and the unit in write_files; `install`
+    (pip options, then the package spec) as the arguments of `pip install` in runcmd."""
+    if not install:
+        raise ValueError("pip install needs at least the package spec")
+    return fill(template("cloud-init"), {"ENV_FILE": settings, "UNIT": unit(), "PIP_ARGS": list(install)})
+
+
+def cloud_init_minimal(settings: str) -> str:
+    """Minimal user-data: only `settings` (the settings file's text) in write_files."""
+    return fill(template("cloud-init-minimal"), {"ENV_FILE": settings})
+
+
+def fill(text: str, values: Mapping[str, Filling]) -> str:
+    """Replace each "@NAME@" YAML scalar with values[NAME]: a string becomes one quoted scalar, a list
+    the quoted scalars joined by ", " (it must stand in a flow sequence). Every placeholder must be
+    given and every value used."""
+    used = set()
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise ValueError(f"the template has a placeholder @{name}@ that nothing fills")
+        used.add(name)
+        value = values[name]
+        if isinstance(value, str):
+            return yaml_string(value)
+        return ", ".join(yaml_string(item) for item in value)
+
+    # Comments are left alone: they may name a placeholder, and no value belongs in them.
+    filled = "".join(line if line.lstrip().startswith("#") else _YAML_PLACEHOLDER_RE.sub(replace, line)
+                     for line in text.splitlines(keepends=True))
+    unused = sorted(set(values) - used)
+    if unused:
+        raise ValueError(f"the template has no placeholder for {', '.join(unused)}")
+    return filled
+
+
+def install_problems(package: str | None, pip_options: Sequence[str]) -> list[str]:
+    """What is wrong with the package spec and the pip options of the full user-data."""
+    problems = []
+    if not package or not package.strip():
+        problems.append("render cloud-init needs --package (an index name such as nezha-bootstrap==X.Y, "
+                        "a wheel URL or a path on the server)")
+    elif package.startswith("-") or _has_control(package):
+        problems.append(f"--package {package!r} must be a package spec, not an option, without control characters")
+    for option in pip_options:
+        if not option.startswith("-") or _has_control(option):
+            problems.append(f"--pip-option {option!r} must be a pip option (starting with '-'), "
+                            "without control characters")
+    return problems
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
+
+
+def timeout_warning(deadline: float, lock_timeout: float) -> str | None:
+    """A warning when one run may outlast the unit's TimeoutStartSec with these settings."""
+    longest = lock_timeout + 3 * deadline + 75  # register, download, install.sh; old agent 60 s, start 15 s
+    if longest <= UNIT_START_TIMEOUT:
+        return None
+    return (
+        f"with a {deadline:g} s deadline one run may take {longest:g} s, longer than the unit's "
+        f"TimeoutStartSec ({UNIT_START_TIMEOUT} s): add a drop-in with a larger TimeoutStartSec="
+    )

@@ -1,0 +1,265 @@
+"""`install-service`, `seal` and `uninstall`: each plans its actions as data, and `apply` performs them.
+
+A plan only looks at the disk; `--dry-run` prints it. `apply` is the one place that changes
+anything: atomic writes (system.atomic_write), symlinks, removals, and commands through system.run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from nezha_bootstrap import agent, render, system
+from nezha_bootstrap.config import DEFAULT_LOCK_TIMEOUT, display_url
+from nezha_bootstrap.errors import InternalError
+from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.state import State, locked
+
+COMMAND_TIMEOUT = 60.0
+UNIT_TARGET = "/etc/systemd/system/" + render.UNIT_NAME  # what `systemctl enable` links to
+
+
+@dataclass(frozen=True)
+class Write:
+    """Write a file atomically; `private_dir`: its directory is made 0700."""
+
+    path: Path
+    data: bytes = field(repr=False)
+    mode: int
+    private_dir: bool = False
+
+    def describe(self) -> str:
+        return f"write {self.path} (mode {self.mode:04o})"
+
+    def apply(self, reporter: Reporter) -> None:
+        if self.private_dir:
+            system.ensure_private_dir(self.path.parent)
+        system.atomic_write(self.path, self.data, self.mode)
+
+
+@dataclass(frozen=True)
+class Link:
+    """Point the symlink `path` at `target` (what `systemctl enable` leaves behind)."""
+
+    path: Path
+    target: str
+
+    def describe(self) -> str:
+        return f"link {self.path} -> {self.target}"
+
+    def apply(self, reporter: Reporter) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary.unlink(missing_ok=True)
+        os.symlink(self.target, temporary)
+        os.replace(temporary, self.path)
+
+
+@dataclass(frozen=True)
+class Command:
+    """Run `argv` (stdin /dev/null, no NZ_* and none of our secrets in its environment)."""
+
+    argv: tuple[str, ...]
+    cwd: Path | None = None
+    must_succeed: bool = True  # False: a failure is a warning and the plan goes on
+
+    def describe(self) -> str:
+        return f"run: {shlex.join(self.argv)}"
+
+    def apply(self, reporter: Reporter) -> None:
+        try:
+            done = system.run(self.argv, cwd=self.cwd, env=agent.clean_env(os.environ), timeout=COMMAND_TIMEOUT,
+                              on_line=lambda line: reporter.detail(f"  | {line}"))
+            failure = (f"did not finish within {COMMAND_TIMEOUT:g} s" if done.timed_out
+                       else f"exited with status {done.returncode}" if done.returncode else None)
+        except OSError as exc:
+            failure = f"could not start: {exc.strerror or exc}"
+        if failure is None:
+            return
+        message = f"{shlex.join(self.argv)} {failure}"
+        if self.must_succeed:
+            raise InternalError(message)
+        reporter.warn(f"{message}; going on (run with -v to see its output)")
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Remove a file, a symlink or a directory tree; already gone is fine."""
+
+    path: Path
+
+    def describe(self) -> str:
+        return f"remove {self.path}"
+
+    def apply(self, reporter: Reporter) -> None:
+        if self.path.is_dir() and not self.path.is_symlink():
+            shutil.rmtree(self.path)
+        else:
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Empty:
+    """Truncate a file to zero bytes (create it, mode 0444, when missing)."""
+
+    path: Path
+
+    def describe(self) -> str:
+        return f"empty {self.path} (zero bytes)"
+
+    def apply(self, reporter: Reporter) -> None:
+        if self.path.exists():
+            os.truncate(self.path, 0)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch(mode=0o444)
+
+
+Action = Union[Write, Link, Command, Remove, Empty]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a command will do, in order, and what the user should know before."""
+
+    actions: tuple[Action, ...]
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> list[str]:
+        return [action.describe() for action in self.actions]
+
+
+def apply(plan: Plan, reporter: Reporter, lock: Paths | None = None) -> None:
+    """Perform the plan's actions in order; with `lock`, under the run lock of that root."""
+    with _run_lock(lock):
+        for action in plan.actions:
+            reporter.info(action.describe())
+            try:
+                action.apply(reporter)
+            except OSError as exc:
+                raise InternalError(f"cannot {action.describe()}: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def _run_lock(paths: Paths | None) -> Iterator[None]:
+    # Only where a run may be going on (it has a state directory): never create one to lock it.
+    if paths is None or not paths.state_dir.is_dir():
+        yield
+        return
+    with locked(paths, DEFAULT_LOCK_TIMEOUT):
+        yield
+
+
+def plan_install_service(paths: Paths, settings: str | None, *, use_systemctl: bool) -> Plan:
+    """Write the unit (and the settings file unless None), then enable the unit."""
+    actions: list[Action] = [Write(paths.service_unit, render.unit().encode("utf-8"), 0o644)]
+    if settings is not None:
+        actions.append(Write(paths.settings_file, settings.encode("utf-8"), 0o600, private_dir=True))
+    if use_systemctl:
+        actions += [Command(("systemctl", "daemon-reload")), Command(("systemctl", "enable", render.UNIT_NAME))]
+    else:
+        actions.append(Link(paths.service_wants_link, UNIT_TARGET))
+    notes = []
+    if not os.access(paths.under(render.TOOL), os.X_OK):
+        notes.append(
+            f"{paths.under(render.TOOL)} does not exist: the unit runs the tool from {render.TOOL}; install it "
+            "there (python3 -m venv /opt/nezha-bootstrap, then its pip) or link it there"
+        )
+    if settings is None and not paths.settings_file.exists():
+        notes.append(f"there is no {paths.settings_file}: the unit is skipped until one is written "
+                     "(for example by cloud-init-minimal user-data)")
+    return Plan(tuple(actions), tuple(notes))
+
+
+def plan_seal(paths: Paths, *, own_system: bool) -> Plan:
+    """Prepare an image for capture: no agent, no state, an empty machine-id; unit and settings stay."""
+    actions = _agent_removal(paths, own_system) + _state_removal(paths)
+    actions.append(Empty(paths.machine_id))
+    if _present(paths.dbus_machine_id):
+        actions.append(Remove(paths.dbus_machine_id))
+    return Plan(tuple(actions), tuple(_seal_notes(paths)))
+
+
+def plan_uninstall(paths: Paths, *, own_system: bool, use_systemctl: bool, purge: bool) -> Plan:
+    """Remove the agent and the state; with `purge` also the unit and the settings."""
+    actions = _agent_removal(paths, own_system) + _state_removal(paths)
+    notes = []
+    if purge:
+        if use_systemctl:
+            actions.append(Command(("systemctl", "disable", render.UNIT_NAME), must_succeed=False))
+        actions += [Remove(p) for p in (paths.service_wants_link, paths.service_unit, paths.settings_dir)
+                    if _present(p)]
+        if use_systemctl:
+            actions.append(Command(("systemctl", "daemon-reload"), must_succeed=False))
+    elif _present(paths.service_wants_link) and paths.settings_file.exists():
+        notes.append(f"{render.UNIT_NAME} stays enabled with its settings: the next boot registers this "
+                     "server again; use --purge to remove them too")
+    return Plan(tuple(actions), tuple(notes))
+
+
+def _agent_removal(paths: Paths, own_system: bool) -> list[Action]:
+    """Stop and remove the agent: v0, v1/v2 (config.yml) and the vendor script's leftovers."""
+    configs = [c for c in (paths.agent_dir / "config.yml",) if c.exists()]
+    leftovers = agent.vendor_leftovers(paths)
+    configs += [leftover.config for leftover in leftovers]
+    actions: list[Action] = []
+    # The agent's own uninstall stops and disables its service. It acts on the service manager of
+    # the system it runs on, so it runs only when the root is this system's own.
+    if own_system and paths.agent_binary.exists():
+        uninstalls = [agent.service_argv(paths, "uninstall", config) for config in configs]
+        for argv in uninstalls or [[str(paths.agent_binary), "service", "uninstall"]]:
+            actions.append(Command(tuple(argv), cwd=paths.agent_dir, must_succeed=False))
+    units = [leftover.unit for leftover in leftovers if leftover.unit is not None]
+    files = [paths.agent_unit, paths.agent_wants_link, paths.agent_openrc, paths.agent_openrc_link, *units,
+             *(paths.agent_wants_link.with_name(unit.name) for unit in units), *configs, paths.agent_binary]
+    actions += [Remove(path) for path in files if _present(path)]
+    return actions
+
+
+def _state_removal(paths: Paths) -> list[Action]:
+    return [Remove(paths.state_dir)] if _present(paths.state_dir) else []
+
+
+def _seal_notes(paths: Paths) -> list[str]:
+    notes = []
+    if not paths.service_unit.exists():
+        notes.append(f"there is no {paths.service_unit}: clones will not register themselves "
+                     "(run install-service first)")
+    elif not _present(paths.service_wants_link):
+        notes.append(f"{render.UNIT_NAME} is not enabled: clones will not register themselves "
+                     "(run install-service)")
+    if not paths.settings_file.exists():
+        notes.append(f"there is no {paths.settings_file}: clones register only once one is written "
+                     "(for example by cloud-init-minimal user-data)")
+    elif _assigns(paths.settings_file, "NEZHA_AGENT_UUID"):
+        notes.append(f"{paths.settings_file} sets NEZHA_AGENT_UUID: every clone would enroll as the same server")
+    return notes
+
+
+def _assigns(settings_file: Path, name: str) -> bool:
+    try:
+        lines = settings_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    return any(line.strip().startswith(f"{name}=") for line in lines)
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()  # a link into the image dangles when seen from outside
+
+
+def dashboard_note(saved: State | None) -> str:
+    """What the admin must do in the dashboard: the token API cannot delete a server."""
+    if saved is None:
+        return "no saved state: nezha-bootstrap registered no server from this machine"
+    what = f"the server {saved.name!r}" + (f" (uuid {saved.uuid})" if saved.uuid else "")
+    return (f"{what} stays in the dashboard {display_url(saved.dashboard_url)}: delete it there "
+            "(the token API cannot)")
+

@@ -1,0 +1,110 @@
+#!/bin/sh
+# Stub of the nezha-agent v1/v2 binary, shipped in the fake release zip (demo, tests, first-boot test).
+# `service -c CONFIG install|restart|stop|uninstall` does what the real agent's service commands
+# leave behind: a systemd unit whose ExecStart is `nezha-agent "-c" "CONFIG"`, named nezha-agent when
+# CONFIG is config.yml next to the binary, else nezha-agent-<7 hex of md5(CONFIG)>; `install` refuses
+# an existing unit ("Init already exists"). Starting the service "connects": it posts the uuid and
+# secret of the config (NZ_UUID / NZ_CLIENT_SECRET / NZ_SERVER from the environment or
+# /etc/sysconfig/nezha-agent override them, as in the real agent) to the fake dashboard's
+# /_fake/agent-connect hook on the config's server. Paths are taken relative to the binary, which
+# lives at <root>/opt/nezha/agent, so it works under a test root exactly as at `/`.
+# NEZHA_STUB_RECORD: directory for the records (default <root>/var/lib/nezha-stub); calls go to agent/.
+set -eu
+bin=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$bin/../../.." && pwd)
+[ "$root" = "/" ] && prefix="" || prefix="$root"
+record="${NEZHA_STUB_RECORD:-$prefix/var/lib/nezha-stub}/agent"
+mkdir -p "$record"
+n=1
+while [ -e "$record/call-$n" ]; do n=$((n + 1)); done
+call="$record/call-$n"
+mkdir -p "$call"
+(umask 077; printf '%s\0' "$@" > "$call/argv"; env > "$call/env")
+pwd > "$call/cwd"
+readlink "/proc/$$/fd/0" > "$call/stdin" 2>/dev/null || echo unknown > "$call/stdin"
+
+case "${1:-}" in
+  -v|--version) echo "nezha-agent version @VERSION@"; exit 0 ;;
+  service) shift ;;
+  *) exec sleep 2147483647 ;;
+esac
+config=""
+action=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -c|--config) config=$2; shift 2 ;;
+    *) action=$1; shift ;;
+  esac
+done
+[ -n "$config" ] || { echo "stub nezha-agent: no -c CONFIG"; exit 2; }
+target=${config#$prefix}
+if [ "$target" = "/opt/nezha/agent/config.yml" ]; then
+  name=nezha-agent
+else
+  name="nezha-agent-$(printf '%s' "$target" | md5sum | cut -c1-7)"
+fi
+unit="$prefix/etc/systemd/system/$name.service"
+
+value() {  # value KEY: the config's value for KEY, quotes removed
+  sed -n "s/^$1:[[:space:]]*//p" "$config" | head -n 1 | sed 's/^"\(.*\)"$/\1/'
+}
+
+connect() {
+  [ -f "$prefix/etc/sysconfig/nezha-agent" ] && . "$prefix/etc/sysconfig/nezha-agent"
+  server=${NZ_SERVER:-$(value server)}
+  secret=${NZ_CLIENT_SECRET:-$(value client_secret)}
+  uuid=${NZ_UUID:-$(value uuid)}
+  tls=${NZ_TLS:-$(value tls)}
+  scheme=http
+  [ "$tls" = "true" ] && scheme=https
+  # The secret goes on stdin, never in argv, like the real agent's gRPC metadata.
+  if printf '%s\n%s\n' "$uuid" "$secret" | python3 -c '
+import json, ssl, sys, urllib.request
+uuid, secret = sys.stdin.read().splitlines()[:2]
+request = urllib.request.Request(sys.argv[1], data=json.dumps({"uuid": uuid, "secret": secret}).encode(),
+                                 headers={"Content-Type": "application/json"})
+context = ssl._create_unverified_context()
+with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+    sys.stdout.write(answer.read().decode())
+' "$scheme://$server/_fake/agent-connect" > "$call/connect" 2>&1; then
+    echo "stub nezha-agent: connected to $server"
+  else
+    echo "stub nezha-agent: could not connect to $server (the real agent keeps retrying)"
+  fi
+}
+
+case "$action" in
+  install)
+    [ -e "$unit" ] && { echo "Init already exists"; exit 1; }
+    grep -q '^uuid:' "$config" && grep -q '^client_secret:' "$config" && grep -q '^server:' "$config" \
+      || { echo "stub nezha-agent: $config lacks server, client_secret or uuid"; exit 1; }
+    mkdir -p "$prefix/etc/systemd/system"
+    cat > "$unit" <<UNIT
+[Unit]
+Description=哪吒监控 Agent
+ConditionFileIsExecutable=${bin#$prefix}/nezha-agent
+
+[Service]
+StartLimitInterval=5
+StartLimitBurst=10
+ExecStart=${bin#$prefix}/nezha-agent "-c" "$target"
+WorkingDirectory=${bin#$prefix}
+Restart=always
+RestartSec=120
+EnvironmentFile=-/etc/sysconfig/nezha-agent
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    echo "stub nezha-agent: installed $name"
+    connect ;;
+  restart|start)
+    [ -e "$unit" ] || { echo "stub nezha-agent: $name is not installed"; exit 1; }
+    connect ;;
+  stop) echo "stub nezha-agent: stopped $name" ;;
+  uninstall)
+    [ -e "$unit" ] || { echo "stub nezha-agent: $name is not installed"; exit 1; }
+    rm -f "$unit"
+    echo "stub nezha-agent: uninstalled $name" ;;
+  *) echo "stub nezha-agent: unknown action '$action'"; exit 2 ;;
+esac

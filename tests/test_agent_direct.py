@@ -1,0 +1,198 @@
+"""The pieces of the direct agent install: assets, checksums, zip, config.yml, environment, leftovers."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from nezha_bootstrap.agent import (
+    Leftover,
+    Release,
+    asset_name,
+    check_zip,
+    clean_env,
+    extract_binary,
+    identity_files,
+    override_warnings,
+    parse_checksums,
+    render_config,
+    service_argv,
+    unit_problems,
+    vendor_leftovers,
+)
+from nezha_bootstrap.enrollment import AgentSettings, is_public_host, validate
+from nezha_bootstrap.errors import InstallerFailed
+from nezha_bootstrap.fake_v1 import agent_zip
+from nezha_bootstrap.paths import Paths
+
+ZIP = agent_zip(b"#!/bin/sh\necho agent\n")
+SHA = hashlib.sha256(ZIP).hexdigest()
+ASSET = "nezha-agent_linux_amd64.zip"
+
+
+@pytest.mark.parametrize(("machine", "asset"), [
+    ("x86_64", "nezha-agent_linux_amd64.zip"), ("aarch64", "nezha-agent_linux_arm64.zip"),
+    ("i686", "nezha-agent_linux_386.zip"), ("armv7l", "nezha-agent_linux_arm.zip"),
+    ("riscv64", "nezha-agent_linux_riscv64.zip"), ("mipsel", "nezha-agent_linux_mipsle.zip"),
+    ("loongarch64", "nezha-agent_linux_loong64.zip"),
+])
+def test_the_asset_follows_the_architecture(machine: str, asset: str) -> None:
+    assert asset_name(machine) == asset
+
+
+def test_an_unknown_architecture_is_refused() -> None:
+    with pytest.raises(InstallerFailed, match="sparc64"):
+        asset_name("sparc64")
+
+
+def test_release_urls_are_base_version_asset() -> None:
+    release = Release("https://mirror.example/agent", "2.3.3", ASSET)
+    assert (release.asset_url, release.checksums_url) == (
+        "https://mirror.example/agent/v2.3.3/nezha-agent_linux_amd64.zip",
+        "https://mirror.example/agent/v2.3.3/checksums.txt",
+    )
+
+
+def test_checksums_txt_gives_the_assets_hash() -> None:
+    text = f"{'a' * 64} nezha-agent_linux_arm64.zip\n{SHA} {ASSET}\n"
+    assert parse_checksums(text, ASSET) == SHA
+
+
+@pytest.mark.parametrize("text", ["", f"{'a' * 64} nezha-agent_linux_arm64.zip\n", f"xyz {ASSET}\n"])
+def test_checksums_without_the_asset_are_refused(text: str) -> None:
+    with pytest.raises(InstallerFailed, match="no SHA-256 for"):
+        parse_checksums(text, ASSET)
+
+
+@pytest.mark.parametrize(("listed", "pinned", "says"), [
+    ("0" * 64, None, "checksums.txt says"),
+    (SHA, "0" * 64, "--agent-sha256 pins"),
+])
+def test_a_zip_with_another_hash_is_refused(listed: str, pinned: str | None, says: str) -> None:
+    with pytest.raises(InstallerFailed, match=says):
+        check_zip(ZIP, Release("http://x", "2.3.3", ASSET, pinned), listed)
+
+
+def test_a_matching_zip_is_accepted_and_its_binary_extracted() -> None:
+    check_zip(ZIP, Release("http://x", "2.3.3", ASSET, SHA), SHA)
+    assert extract_binary(ZIP) == b"#!/bin/sh\necho agent\n"
+
+
+def test_a_broken_zip_is_refused() -> None:
+    with pytest.raises(InstallerFailed, match="not a valid zip"):
+        extract_binary(b"not a zip")
+
+
+def test_a_zip_without_the_agent_is_refused() -> None:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("README.md", "hi")
+    with pytest.raises(InstallerFailed, match="holds no `nezha-agent`"):
+        extract_binary(buffer.getvalue())
+
+
+def test_config_yml_quotes_strings_and_writes_yaml_booleans() -> None:
+    import yaml
+
+    text = render_config({"server": "h:1", "client_secret": 'a"b: #c', "tls": True, "report_delay": 2})
+    assert text == 'server: "h:1"\nclient_secret: "a\\"b: #c"\ntls: true\nreport_delay: 2\n'
+    assert yaml.safe_load(text) == {"server": "h:1", "client_secret": 'a"b: #c', "tls": True, "report_delay": 2}
+
+
+def test_the_agent_environment_drops_nz_and_our_secrets() -> None:
+    env = {"PATH": "/bin", "NZ_UUID": "x", "NZ_CLIENT_SECRET": "y", "NEZHA_AGENT_SECRET": "s", "NEZHA_TOKEN": "t",
+           "NEZHA_STUB_RECORD": "/r"}
+    assert clean_env(env) == {"PATH": "/bin", "NEZHA_STUB_RECORD": "/r"}
+
+
+def test_service_commands_carry_the_config_never_the_secret(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    assert service_argv(paths, "install") == [
+        str(tmp_path / "opt/nezha/agent/nezha-agent"), "service", "-c", str(tmp_path / "opt/nezha/agent/config.yml"),
+        "install",
+    ]
+
+
+def test_sysconfig_and_nz_environment_are_warned_about(tmp_path: Path) -> None:
+    sysconfig = tmp_path / "etc/sysconfig/nezha-agent"
+    sysconfig.parent.mkdir(parents=True)
+    sysconfig.write_text("NZ_UUID=abc\nexport NZ_SERVER=x:1\n")
+
+    warnings = override_warnings(Paths(tmp_path), {"NZ_UUID": "1", "PATH": "/bin"})
+
+    assert warnings[0].startswith("NZ_UUID set in this environment: ignored")
+    assert warnings[1].startswith("/etc/sysconfig/nezha-agent exists (it sets NZ_SERVER, NZ_UUID)")
+
+
+def test_vendor_leftovers_pair_configs_with_their_hashed_units(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    paths.agent_dir.mkdir(parents=True)
+    (paths.agent_dir / "config-one.yml").write_text("uuid: 11111111-2222-3333-4444-555555555555\n")
+    (paths.agent_dir / "config-two.yml").write_text('uuid: "66666666-7777-8888-9999-000000000000"\n')
+    (paths.agent_dir / "config.yml").write_text("uuid: ours\n")
+    digest = hashlib.md5(b"/opt/nezha/agent/config-one.yml").hexdigest()[:7]
+    unit = tmp_path / f"etc/systemd/system/nezha-agent-{digest}.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Service]\n")
+
+    assert vendor_leftovers(paths) == [
+        Leftover(paths.agent_dir / "config-one.yml", "11111111-2222-3333-4444-555555555555", unit),
+        Leftover(paths.agent_dir / "config-two.yml", "66666666-7777-8888-9999-000000000000", None),
+    ]
+
+
+def test_verification_names_each_difference(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    paths.agent_dir.mkdir(parents=True)
+    (paths.agent_dir / "config.yml").write_text("uuid: changed\n")
+    paths.agent_unit.parent.mkdir(parents=True)
+    paths.agent_unit.write_text('[Service]\nExecStart=/opt/nezha/agent/nezha-agent "-c" "/elsewhere.yml"\n')
+
+    assert unit_problems(paths, "uuid: written\n") == [
+        f"{paths.agent_unit}'s ExecStart does not run the agent with -c /opt/nezha/agent/config.yml",
+        f"{paths.agent_dir / 'config.yml'} is not what was written (changed by the agent?)",
+        f"{paths.agent_binary} is missing or not executable",
+    ]
+
+
+@pytest.mark.parametrize(("host", "public"), [
+    ("127.0.0.1", False), ("localhost", False), ("10.1.2.3", False), ("192.168.0.9", False), ("fd00::1", False),
+    ("203.0.113.7", True), ("8.8.8.8", True), ("dash.example.com", True),
+])
+def test_which_hosts_count_as_public_for_plaintext(host: str, public: bool) -> None:
+    assert is_public_host(host) is public
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    (AgentSettings(secret="short"), "the agent secret must be 8 to 128 letters and digits"),
+    (AgentSettings(version="latest"), "--agent-version must look like 2.3.3"),
+    (AgentSettings(sha256="abc"), "--agent-sha256 must be 64 hexadecimal digits"),
+    (AgentSettings(uuid="nope"), "--uuid: the uuid must be 36 characters"),
+    (AgentSettings(base_url="ftp://x"), "--agent-base-url 'ftp://x' must be an http(s) URL"),
+    (AgentSettings(options=("uuid=x",)), "agent option uuid is set by the tool itself"),
+    (AgentSettings(options=("report_delay=9",)), "agent option 'report_delay=9' is not KEY=VALUE"),
+    (AgentSettings(generation="v0", method="direct"), "--method direct for a v0 dashboard is not supported yet"),
+])
+def test_bad_v1_settings_are_collected(raw: AgentSettings, problem: str) -> None:
+    problems: list[str] = []
+    validate(raw, problems, [])
+    assert len(problems) == 1 and problems[0].startswith(problem)
+
+
+def test_agent_options_land_typed() -> None:
+    config = validate(AgentSettings(options=("report_delay=2 gpu=true", "disable_command_execute=false")), [], [])
+    assert config.options == (("report_delay", 2), ("gpu", True), ("disable_command_execute", False))
+
+
+def test_identity_files_are_the_configs_that_exist(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    assert identity_files(paths) == []
+    paths.agent_dir.mkdir(parents=True)
+    for name in ("config.yml", "config-x.yml", "nezha-agent"):
+        (paths.agent_dir / name).write_text("")
+    assert identity_files(paths) == [paths.agent_dir / "config.yml", paths.agent_dir / "config-x.yml"]

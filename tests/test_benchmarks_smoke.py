@@ -1,0 +1,116 @@
+"""benchmarks/bench.py --quick completes and reports every figure (a smoke run: timings are not checked)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+SEED_FILE = Path("/work/shared/seed/nezha-api-and-register-script.txt")
+PERCENTILES = ("p50", "p95", "max")
+
+# Every figure the JSON must carry: a path of keys, and the kind of value.
+FIGURES: list[tuple[tuple[str, ...], str]] = [
+    (("recovery", "nodes"), "count"),
+    (("recovery", "registered"), "count"),
+    (("recovery", "failures"), "count"),
+    *[(("recovery", "up_to_registered_s", p), "number") for p in PERCENTILES],
+    *[(("fleet", variant, key), kind) for variant in ("register_only", "all_requests") for key, kind in (
+        ("nodes", "count"), ("registered", "count"), ("failures", "count"), ("duplicates", "count"),
+        ("nodes_with_exactly_one_server", "count"), ("secret_mismatches", "count"), ("requests", "count"),
+        ("requests_per_node", "number"), ("expected_requests_per_node", "number"),
+        ("time_s", "percentiles"), ("attempts_per_node", "percentiles"),
+    )],
+    *[(("overhead", "median", f"{name}_s"), "number") for name in ("import_click", "help", "dry_run", "full_run")],
+    (("overhead", "ratio", "help_vs_import_click"), "number"),
+    (("overhead", "ratio", "dry_run_vs_import_click"), "number"),
+    (("memory", "peak_rss_mib", "max"), "number"),
+    (("memory", "peak_rss_mib", "median"), "number"),
+    (("overhead", "heavy_modules_loaded", "help"), "names"),
+    (("overhead", "heavy_modules_loaded", "dry_run"), "names"),
+]
+SEED_FIGURES = [
+    (("overhead", "median", "seed_script_s"), "number"),
+    (("overhead", "ratio", "full_run_vs_seed_script"), "number"),
+]
+
+
+def run_quick(out: Path) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEZHA_")}
+    return subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench") / "out.json"
+    done = run_quick(out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, json.loads(out.read_text())
+
+
+def lookup(results: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = results
+    for key in path:
+        assert isinstance(value, dict) and key in value, f"missing figure {'.'.join(path)}"
+        value = value[key]
+    return value
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def test_quick_run_reports_every_figure(quick: tuple[Any, dict[str, Any]]) -> None:
+    _, results = quick
+    expected = FIGURES + (SEED_FIGURES if SEED_FILE.is_file() else [])
+
+    for path, kind in expected:
+        value = lookup(results, path)
+        if kind == "count":
+            assert isinstance(value, int) and value >= 0, (path, value)
+        elif kind == "names":
+            assert isinstance(value, list) and all(isinstance(name, str) for name in value), (path, value)
+        elif kind == "percentiles":
+            assert all(is_number(value[p]) for p in PERCENTILES), (path, value)
+        else:
+            assert is_number(value), (path, value)
+
+
+def test_quick_run_says_why_the_seed_comparison_is_missing_when_it_is(quick: tuple[Any, dict[str, Any]]) -> None:
+    _, results = quick
+
+    if SEED_FILE.is_file():
+        assert "seed_missing" not in results["overhead"]
+    else:
+        assert results["overhead"]["seed_missing"].startswith(str(SEED_FILE))
+
+
+def test_quick_run_lists_every_target_in_the_json_and_the_table(quick: tuple[Any, dict[str, Any]]) -> None:
+    done, results = quick
+    names = [target["name"] for target in results["targets"]]
+
+    assert {"recovery: p95 up->registered", "fleet[register_only]: duplicates", "fleet[all_requests]: duplicates",
+            "fleet[register_only]: requests/node", "fleet[all_requests]: requests/node",
+            "overhead: --help / import click", "memory: peak RSS of a full run"} <= set(names)
+    assert all(isinstance(target["met"], bool) for target in results["targets"])
+    assert [line.split("  ")[0] for line in done.stdout.splitlines()[1:]] == names
+
+
+def test_the_fleet_registers_every_node_exactly_once(quick: tuple[Any, dict[str, Any]]) -> None:
+    _, results = quick
+
+    for variant in ("register_only", "all_requests"):
+        fleet = results["fleet"][variant]
+        assert (fleet["registered"], fleet["duplicates"], fleet["secret_mismatches"]) == (fleet["nodes"], 0, 0)
+        assert fleet["nodes_with_exactly_one_server"] == fleet["nodes"]
+

@@ -1,0 +1,300 @@
+"""The command line itself: help, the token sources, --json, -q, and the exit code of every failure kind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from nezha_bootstrap import __version__
+from nezha_bootstrap.errors import EXIT_CODES
+from tests.conftest import TOKEN, Cli, make_runner
+
+SETTINGS_ENV = {
+    "NEZHA_DASHBOARD_URL", "NEZHA_TOKEN_FILE", "NEZHA_TOKEN", "NEZHA_PROBE_ADDRESS", "NEZHA_PROBE_PORT",
+    "NEZHA_PROBE_TLS", "NODE_NAME", "NEZHA_TAG", "NEZHA_NOTE", "NEZHA_HIDE_FOR_GUEST", "NEZHA_AGENT_FLAGS",
+    "NEZHA_INSTALL_SCRIPT_URL", "NEZHA_INSTALL_SCRIPT_SHA256", "NEZHA_MIRROR", "NEZHA_BOOTSTRAP_ROOT",
+    "NEZHA_BOOTSTRAP_DEADLINE", "NEZHA_BOOTSTRAP_LOCK_TIMEOUT", "NEZHA_CA_BUNDLE",
+}
+
+
+def help_text(*args: str) -> str:
+    """`--help` of a command, with click's line wrapping undone."""
+    from nezha_bootstrap.cli import main
+
+    result = make_runner().invoke(main, [*args, "--help"], terminal_width=100)
+    assert result.exit_code == 0, result.output
+    return " ".join(result.stdout.split())
+
+
+def env_vars_in_help(*args: str) -> set[str]:
+    return set(re.findall(r"\[env var: ([A-Z0-9_]+)", help_text(*args)))
+
+
+# --- help and version -----------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_python_dash_m_shows_the_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "nezha_bootstrap", "--help"], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: python -m nezha_bootstrap [OPTIONS] COMMAND [ARGS]...")
+    for command in ("run", "check", "status", "demo"):
+        assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE), command
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_help_shows_the_env_var_of_every_setting(command: str) -> None:
+    assert SETTINGS_ENV <= env_vars_in_help(command)
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_every_option_but_the_per_invocation_ones_has_an_env_var(command: str) -> None:
+    from nezha_bootstrap.cli import main
+
+    options = [p for p in main.commands[command].params if isinstance(p, click.Option)]
+    without = sorted(o.name or "" for o in options if not (o.envvar and o.show_envvar))
+
+    assert set(without) <= {"help", "as_json", "quiet", "verbose", "dry_run", "force"}, without
+
+
+@pytest.mark.parametrize("command", [(), ("run",), ("check",), ("status",), ("demo",)])
+def test_help_documents_every_exit_code(command: tuple[str, ...]) -> None:
+    text = help_text(*command)
+
+    for code, meaning in EXIT_CODES:
+        assert f"{code} {meaning}" in text
+
+
+def test_version_is_the_package_version(cli: Cli) -> None:
+    outcome = cli("--version")
+
+    assert (outcome.exit_code, outcome.stdout) == (0, f"nezha-bootstrap, version {__version__}\n")
+
+
+@pytest.mark.parametrize("args", [("frobnicate",), ("run", "--no-such-flag"), ("run", "--tls=maybe")])
+def test_a_usage_error_exits_2_on_stderr(cli: Cli, args: tuple[str, ...]) -> None:
+    outcome = cli(*args)
+
+    assert outcome.exit_code == 2
+    assert outcome.stdout == ""
+    assert "Error: " in outcome.stderr
+    assert cli.fake.journal == []
+
+
+# --- where the token comes from ---------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_token_file_is_read_and_nothing_warns(cli: Cli, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+
+    outcome = cli("run", "--token-file", str(token_file), NEZHA_TOKEN=None)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert cli.fake.registrations()[0].headers["authorization"] == TOKEN
+    assert "warning" not in outcome.stderr
+
+
+@pytest.mark.integration
+def test_token_file_env_var_is_read(cli: Cli, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+
+    outcome = cli("run", NEZHA_TOKEN=None, NEZHA_TOKEN_FILE=str(token_file))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert cli.fake.registrations()[0].headers["authorization"] == TOKEN
+
+
+@pytest.mark.integration
+def test_token_file_dash_reads_stdin(cli: Cli) -> None:
+    outcome = cli("run", "--token-file", "-", input=TOKEN + "\n", NEZHA_TOKEN=None)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert cli.fake.registrations()[0].headers["authorization"] == TOKEN
+
+
+@pytest.mark.integration
+def test_token_flag_works_and_warns_about_the_process_list(cli: Cli) -> None:
+    outcome = cli("run", "--token", TOKEN, NEZHA_TOKEN=None)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "warning: --token puts the token in the process list" in outcome.stderr
+    assert TOKEN not in outcome.stderr + outcome.stdout
+
+
+def test_token_and_token_file_together_exit_2(cli: Cli, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+
+    outcome = cli("run", "--token", TOKEN, "--token-file", str(token_file))
+
+    assert outcome.exit_code == 2
+    assert "give either --token or --token-file, not both" in outcome.stderr
+    assert TOKEN not in outcome.stderr
+    assert cli.fake.journal == []
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        ((), {"NEZHA_TOKEN": None}, "the API token is required"),
+        (("--token-file", "/nonexistent/token"), {"NEZHA_TOKEN": None}, "cannot read the token file /nonexistent"),
+        (("--token-file", "-"), {"NEZHA_TOKEN": None}, "the API token is required"),
+        ((), {"NEZHA_TOKEN": "two words"}, "the API token must be one word"),
+    ],
+)
+def test_a_missing_or_unreadable_token_exits_2(
+    cli: Cli, args: tuple[str, ...], env: dict[str, str | None], message: str
+) -> None:
+    outcome = cli("run", *args, input="", **env)
+
+    assert outcome.exit_code == 2
+    assert message in outcome.stderr
+    assert cli.fake.journal == []
+
+
+# --- --json, progress and -q -------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_json_success_is_one_object_on_stdout_and_progress_on_stderr(cli: Cli) -> None:
+    outcome = cli("run", "--json", NODE_NAME="web-1")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    report = json.loads(outcome.stdout)
+    assert outcome.stdout.count("\n") == 1
+    assert {k: report[k] for k in ("outcome", "name", "dashboard", "exit_code", "generation", "warnings")} == {
+        "outcome": "registered_and_installed", "name": "web-1", "dashboard": cli.dashboard.url, "exit_code": 0,
+        "generation": "v0", "warnings": [],
+    }
+    assert [(step["step"], step["ok"]) for step in report["steps"]] == [
+        ("register", True), ("download", True), ("install", True), ("verify", True)]
+    assert all(isinstance(step["seconds"], float) and step["seconds"] >= 0 for step in report["steps"])
+    assert re.search(r"^  register: done in \d+\.\d\d s$", outcome.stderr, re.MULTILINE)
+
+
+@pytest.mark.integration
+def test_json_of_a_second_run_says_nothing_to_do(cli: Cli) -> None:
+    assert cli("run").exit_code == 0
+
+    report = json.loads(cli("run", "--json").stdout)
+
+    assert (report["outcome"], report["steps"], report["exit_code"]) == ("nothing_to_do", [], 0)
+
+
+@pytest.mark.integration
+def test_json_failure_is_one_object_with_the_error_and_the_failed_step(cli: Cli) -> None:
+    outcome = cli("run", "--json", NODE_NAME="web-1", NEZHA_STUB_MODE="exit1")
+
+    assert outcome.exit_code == 5
+    report = json.loads(outcome.stdout)
+    assert {k: report[k] for k in ("outcome", "name", "dashboard", "exit_code")} == {
+        "outcome": "failed", "name": "web-1", "dashboard": cli.dashboard.url, "exit_code": 5,
+    }
+    assert report["error"].startswith("install.sh exited with status 1")
+    assert [(step["step"], step["ok"]) for step in report["steps"]] == [
+        ("register", True), ("download", True), ("install", False)]
+    assert "error: install.sh exited with status 1" in outcome.stderr
+
+
+def test_json_of_invalid_settings_lists_every_problem(cli: Cli) -> None:
+    outcome = cli("run", "--json", "--deadline", "soon", NEZHA_PROBE_PORT="0", NEZHA_MIRROR="us",
+                  NEZHA_BOOTSTRAP_LOCK_TIMEOUT="-1")
+
+    assert outcome.exit_code == 2
+    report = json.loads(outcome.stdout)
+    assert (report["outcome"], report["exit_code"]) == ("failed", 2)
+    assert report["error"].splitlines() == [
+        "invalid settings:",
+        "  - the probe port must be a number from 1 to 65535, got '0'",
+        "  - the mirror must be 'cn' or unset, got 'us'",
+        "  - the deadline must be a number of seconds up to 86400, got 'soon'",
+        "  - the lock timeout must be a number of seconds up to 86400, got '-1'",
+    ]
+    assert cli.fake.journal == []
+
+
+@pytest.mark.integration
+def test_quiet_prints_no_progress_only_the_summary(cli: Cli) -> None:
+    outcome = cli("run", "-q", NODE_NAME="web-1")
+
+    assert outcome.exit_code == 0
+    assert outcome.stderr == ""
+    assert outcome.stdout == f"registered and installed: 'web-1' on {cli.dashboard.url}\n"
+
+
+@pytest.mark.integration
+def test_quiet_still_shows_warnings_and_errors(cli: Cli) -> None:
+    outcome = cli("run", "-q", "--token", TOKEN, NEZHA_TOKEN=None, NEZHA_STUB_MODE="exit1")
+
+    assert outcome.exit_code == 5
+    assert outcome.stderr.splitlines() == [
+        "warning: --token puts the token in the process list; use NEZHA_TOKEN or --token-file instead",
+        "error: install.sh exited with status 1; run again with -v to see its output",
+    ]
+
+
+@pytest.mark.integration
+def test_verbose_shows_the_installer_output(cli: Cli) -> None:
+    outcome = cli("run", "-v")
+
+    assert outcome.exit_code == 0
+    assert "  | stub install.sh: installing agent for probe.example.test:5555" in outcome.stderr.splitlines()
+
+
+# --- what a command loads: httpx and psutil only when it needs them (issue 4's overhead target) ------
+
+LOADED_PROBE = """
+import json, sys
+from nezha_bootstrap.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted(name for name in ("httpx", "psutil") if name in sys.modules)))
+"""
+
+
+def heavy_modules_loaded(cli: Cli, *args: str, **env: str) -> list[str]:
+    settings = {key: value for key, value in cli.env(**env).items() if value is not None}
+    done = subprocess.run([sys.executable, "-c", LOADED_PROBE, *args], env={**os.environ, **settings},
+                          capture_output=True, text=True, timeout=60)
+    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return loaded
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("args", "name", "loaded"), [
+    (("--help",), "web-1", []),
+    (("run", "--help"), "web-1", []),
+    (("run", "--dry-run"), "web-1", []),
+    (("run", "--dry-run"), "web-{hostname}", []),
+    (("run", "--dry-run"), "web-{ip}", ["psutil"]),  # the address comes from psutil
+])
+def test_httpx_and_psutil_load_only_when_the_command_needs_them(
+    cli: Cli, args: tuple[str, ...], name: str, loaded: list[str]
+) -> None:
+    assert heavy_modules_loaded(cli, *args, NODE_NAME=name) == loaded
+
+
+@pytest.mark.integration
+def test_an_ip_in_the_name_is_still_filled_in(cli: Cli) -> None:
+    from nezha_bootstrap.facts import primary_ipv4
+
+    outcome = cli("run", "--dry-run", "--json", NODE_NAME="web-{ip}")
+
+    address = primary_ipv4()
+    if address is None:  # a host without a non-loopback IPv4
+        assert outcome.exit_code == 2
+        assert "the node name uses {ip} but this host has no value for it" in outcome.stderr
+    else:
+        assert outcome.exit_code == 0, outcome.stderr
+        assert json.loads(outcome.stdout)["name"] == f"web-{address}"

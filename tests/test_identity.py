@@ -1,0 +1,75 @@
+"""The stable uuid: UUIDv5 of the project namespace and /etc/machine-id, and what overrides it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from nezha_bootstrap.identity import (
+    NAMESPACE,
+    Identity,
+    machine_id_problem,
+    machine_uuid,
+    resolve,
+    uuid_problem,
+)
+
+MID = "0123456789abcdef0123456789abcdef"
+OTHER = "fedcba9876543210fedcba9876543210"
+
+
+def test_the_uuid_is_uuidv5_of_the_fixed_namespace_in_lower_case() -> None:
+    assert NAMESPACE == uuid.UUID("6f1c1f2e-5b1a-4d3c-9e57-7a2b0c4d8e91")  # changing it duplicates every server
+    derived = machine_uuid(MID)
+    assert derived == str(uuid.uuid5(NAMESPACE, MID))
+    assert derived == derived.lower()
+    assert uuid.UUID(derived).version == 5
+
+
+def test_the_same_machine_id_gives_the_same_uuid_and_another_gives_another() -> None:
+    assert machine_uuid(MID) == machine_uuid(MID)
+    assert machine_uuid(OTHER) != machine_uuid(MID)
+
+
+@pytest.mark.parametrize(("machine_id", "says"), [
+    (None, "missing or empty"),
+    ("", "missing or empty"),
+    ("uninitialized", "'uninitialized'"),
+    ("0123", "malformed"),
+    ("0123456789ABCDEF0123456789ABCDEF", "malformed"),
+    ("0123456789abcdef0123456789abcdeg", "malformed"),
+])
+def test_unusable_machine_ids_are_refused_with_a_fix(machine_id: str | None, says: str) -> None:
+    problem = machine_id_problem(machine_id)
+    assert problem is not None and says in problem
+    assert "systemd-machine-id-setup" in problem and "--uuid" in problem
+
+
+def test_a_good_machine_id_has_no_problem() -> None:
+    assert machine_id_problem(MID) is None
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("8d3b2c6e-0f41-5a6b-9c7d-1e2f3a4b5c6d", True),
+    ("8D3B2C6E-0F41-5A6B-9C7D-1E2F3A4B5C6D", True),  # the dashboard accepts upper case (a different server)
+    ("8d3b2c6e0f415a6b9c7d1e2f3a4b5c6d", False),
+    ("8d3b2c6e-0f41-5a6b-9c7d-1e2f3a4b5c6", False),
+    ("8d3b2c6e-0f41-5a6b-9c7d-1e2f3a4b5c6z", False),
+    ("8d3b2c6e-0f41-5a6b-9c7d-1e2f3a4b5c6d\n", False),
+])
+def test_uuid_format_is_what_the_dashboard_checks(value: str, ok: bool) -> None:
+    assert (uuid_problem(value) is None) is ok
+
+
+@pytest.mark.parametrize(("override", "machine_id", "saved_mid", "saved_uuid", "expected"), [
+    ("11111111-2222-3333-4444-555555555555", MID, MID, "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+     Identity("11111111-2222-3333-4444-555555555555", "--uuid")),
+    (None, MID, MID, "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", Identity("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", "state")),
+    (None, OTHER, MID, "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", Identity(machine_uuid(OTHER), "machine-id")),
+    (None, MID, None, None, Identity(machine_uuid(MID), "machine-id")),
+])
+def test_resolve_prefers_override_then_this_machines_record_then_derivation(
+        override: str | None, machine_id: str, saved_mid: str | None, saved_uuid: str | None,
+        expected: Identity) -> None:
+    assert resolve(override, machine_id, saved_mid, saved_uuid) == expected

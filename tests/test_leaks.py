@@ -1,0 +1,221 @@
+"""No scenario shows the API token or a node secret: not on stdout or stderr, not in --json, not in a file.
+
+Every scenario of the other CLI tests runs here again with -v (and once more with --json); then every
+output and every file under the root, except the 0600 state file and the agent unit, is searched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from nezha_bootstrap import demo
+from nezha_bootstrap.fake_dashboard import FakeDashboard, serve
+from tests.conftest import TOKEN, Cli, leak_scan, secrets_of
+from tests.test_run import STATE, UNIT, closed_port
+
+pytestmark = pytest.mark.integration
+
+WRONG_TOKEN = "NotTheTokenNotTheTokenNotTheTok1"
+URL_PASSWORD = "pa55w0rdInTheUrl"
+Scenario = Callable[[Cli, tuple[str, ...]], tuple[str, ...]]  # returns extra values that must not show
+
+
+def first_and_second_run(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("run", *flags)
+    cli("run", *flags)
+    return ()
+
+
+def every_request_field(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("run", *flags, "--tag", "edge", "--note", "rack 4", "--show-for-guest", "--mirror", "cn",
+        "--agent-flag", "--gpu", NODE_NAME='say "hi" 🚀 {machine_id}', NEZHA_PROBE_ADDRESS="2001:db8::1",
+        NEZHA_PROBE_PORT="8443", CN="1")
+    return ()
+
+
+def installer_fails_then_resumes(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("run", *flags, NEZHA_STUB_MODE="exit1")
+    cli("run", *flags, "--dry-run")
+    cli("run", *flags)
+    return ()
+
+
+def installer_that_prints_the_secret(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    script = cli.fake.files["/install.sh"]
+    shebang, rest = script.split(b"\n", 1)
+    cli.fake.files["/install.sh"] = (
+        shebang + b'\necho "called with: $*"\necho "secret: ${4:-}" >&2\nenv | grep -i token || true\n' + rest
+    )
+    cli("run", *flags, NEZHA_STUB_MODE="exit1")
+    cli("run", *flags)
+    return ()
+
+
+def unit_not_as_asked(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("run", *flags, NEZHA_STUB_MODE="nounit")
+    cli("run", *flags, NEZHA_STUB_MODE="wrongunit")
+    return ()
+
+
+def installer_hangs(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("run", *flags, NEZHA_STUB_MODE="hang", NEZHA_BOOTSTRAP_DEADLINE="1")
+    return ()
+
+
+def bad_script(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("run", *flags, NEZHA_INSTALL_SCRIPT_SHA256="0" * 64)
+    cli("run", *flags, NEZHA_INSTALL_SCRIPT_URL=f"{cli.dashboard.url}/missing.sh")
+    return ()
+
+
+def registers_anew(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("run", *flags)
+    (cli.root / "etc/machine-id").write_text("f" * 32 + "\n")
+    cli("run", *flags)
+    cli("run", *flags, "--force")
+    cli("run", *flags, NEZHA_PROBE_ADDRESS="probe2.example.test")
+    cli("run", *flags, NODE_NAME="renamed")
+    other = FakeDashboard(TOKEN)
+    with serve(other) as running:
+        cli("run", *flags, NEZHA_DASHBOARD_URL=running.url)
+    return tuple(secrets_of(other))
+
+
+def token_sources(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    token_file = cli.root.parent / "token"
+    token_file.write_text(TOKEN + "\n")
+    cli("run", *flags, "--token", TOKEN, NEZHA_TOKEN=None)
+    cli("run", *flags, "--token-file", str(token_file), "--force", NEZHA_TOKEN=None)
+    cli("run", *flags, "--token-file", "-", "--force", input=TOKEN + "\n", NEZHA_TOKEN=None)
+    cli("run", *flags, "--token", TOKEN, "--token-file", str(token_file))
+    return ()
+
+
+def refused(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("run", *flags, NEZHA_TOKEN=WRONG_TOKEN)
+    cli("run", *flags, NEZHA_TOKEN=f"Bearer:{TOKEN}")
+    cli.fake.faults.v1 = "v1.0"
+    cli("run", *flags)
+    return (WRONG_TOKEN,)
+
+
+def dashboard_trouble(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("run", *flags, NEZHA_DASHBOARD_URL=f"http://127.0.0.1:{closed_port()}", NEZHA_BOOTSTRAP_DEADLINE="1")
+    cli.fake.faults.fail_next = [503, 429, "drop"]
+    cli.fake.faults.retry_after = "0"
+    cli("run", *flags)
+    return ()
+
+
+def lost_answer(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli.fake.faults.lost_response = 1
+    cli("run", *flags)
+    return ()
+
+
+def local_trouble(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("run", *flags)
+    lock = cli.root / "var/lib/nezha-bootstrap/lock"
+    with open(lock, "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        cli("run", *flags, "--force", "--lock-timeout", "0.2")
+    (cli.root / STATE).write_text((cli.root / STATE).read_text()[:40])  # cut off in the middle
+    cli("status", *flags)
+    cli("run", *flags, "--dry-run")
+    cli("run", *flags)  # keeps the broken file aside
+    cli("run", *flags)
+    return ()
+
+
+def invalid_settings(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    url = cli.dashboard.url.replace("http://", f"http://admin:{URL_PASSWORD}@")
+    cli("run", *flags, NEZHA_DASHBOARD_URL=url, NEZHA_PROBE_PORT="0", NEZHA_AGENT_FLAGS="--insecure")
+    cli("run", *flags, NEZHA_TOKEN=f"{TOKEN} extra")
+    cli("check", *flags, NEZHA_DASHBOARD_URL=url)
+    return (URL_PASSWORD,)
+
+
+def dry_runs(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("run", *flags, "--dry-run", "--tag", "edge")
+    cli("run", *flags)
+    cli("run", *flags, "--dry-run", "--force")
+    cli("run", *flags, "--dry-run", NEZHA_PROBE_ADDRESS="probe2.example.test")
+    return ()
+
+
+def checks_and_status(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
+    cli("status", *flags)
+    cli("check", *flags, NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(closed_port()))
+    cli("check", *flags, NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_TOKEN=WRONG_TOKEN,
+        NEZHA_INSTALL_SCRIPT_SHA256="0" * 64)
+    cli("run", *flags)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        cli("check", *flags, NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(listener.getsockname()[1]))
+    cli("status", *flags)
+    return (WRONG_TOKEN,)
+
+
+SCENARIOS: list[Scenario] = [
+    first_and_second_run, every_request_field, installer_fails_then_resumes, installer_that_prints_the_secret,
+    unit_not_as_asked, installer_hangs, bad_script, registers_anew, token_sources, refused, dashboard_trouble,
+    lost_answer, local_trouble, invalid_settings, dry_runs, checks_and_status,
+]
+
+
+@pytest.mark.parametrize("flags", [("-v",), ("-v", "--json")], ids=["verbose", "json"])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
+def test_no_output_and_no_file_shows_a_secret(cli: Cli, scenario: Scenario, flags: tuple[str, ...]) -> None:
+    extra = scenario(cli, flags)
+
+    assert cli.outputs, "the scenario ran nothing"
+    assert leak_scan(cli, extra) == []
+    assert installer_environments_with_the_token(cli.record_dir) == []
+
+
+def installer_environments_with_the_token(record_dir: Path) -> list[str]:
+    """The installer never needs the API token, so its environment never holds it."""
+    return [str(env) for env in record_dir.glob("call-*/env") if TOKEN.encode() in env.read_bytes()]
+
+
+def test_the_scenarios_do_reach_the_secrets(cli: Cli) -> None:
+    """The scan is not vacuous: the secret is in the state file and the unit, which it skips."""
+    installer_that_prints_the_secret(cli, ("-v",))
+
+    [server] = cli.fake.servers
+    assert server.secret in (cli.root / STATE).read_text()
+    assert server.secret in (cli.root / UNIT).read_text()
+    assert any("called with: install_agent probe.example.test 5555 *** --tls" in o.stderr for o in cli.outputs)
+
+
+# --- demo: its own fake dashboard with its own token ----------------------------------------------
+
+@pytest.fixture
+def demo_fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FakeDashboard]]:
+    made: list[FakeDashboard] = []
+
+    class Recorded(FakeDashboard):
+        def __init__(self, token: str) -> None:
+            super().__init__(token)
+            made.append(self)
+
+    monkeypatch.setattr(demo, "FakeDashboard", Recorded)
+    yield made
+
+
+@pytest.mark.parametrize("flags", [("-v",), ("-v", "--json")], ids=["verbose", "json"])
+def test_demo_shows_no_secret(cli: Cli, demo_fakes: list[FakeDashboard], flags: tuple[str, ...]) -> None:
+    outcome = cli("demo", *flags)
+
+    [fake] = demo_fakes
+    needles = [*fake.tokens, *(server.secret for server in fake.servers)]
+    assert outcome.exit_code == 0
+    assert len(needles) == 2
+    assert [n for n in needles if n in outcome.stdout + outcome.stderr] == []

@@ -1,0 +1,336 @@
+"""render.py and `nezha-bootstrap render`: every value lands quoted, and parses back exactly."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nezha_bootstrap import render
+from nezha_bootstrap.cli import main
+from tests import envfile
+from tests.conftest import TOKEN, Outcome, make_runner
+
+URL = "https://nezha.example.com/sub"
+
+# Values that would break a naive template: YAML and env-file syntax, shell, Unicode line breaks.
+HOSTILE = [
+    'say "hi"',
+    "it's",
+    "line one\nline two",
+    "ends with a newline\n",
+    "# not a comment",
+    "key: value",
+    "- [list, item]",
+    "{flow: map}",
+    "$HOME ${HOME} $(reboot) `reboot`",
+    "back\\slash\\",
+    "\\",
+    "\\\nnot a continuation",
+    'X="evil"\nINJECTED=1',
+    "\"\nINJECTED: 1\n\"",
+    "  padded  ",
+    "tab\there",
+    "cr\rlf\r\n",
+    "ünïcödé 名前",
+    "astral 😀 𝄞",
+    "line\u2028separators\u2029and\x85next line",
+    "bom\ufeff and \x7f del",
+    "@ENV_FILE@",
+    '"@UNIT@"',
+    "",
+]
+# What validation lets through into a name, tag or note: no control characters. (An empty env var
+# is unset for click, here and on the server alike.)
+PRINTABLE_HOSTILE = [v for v in HOSTILE if v and not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in v)]
+
+texts = st.text(st.characters(codec="utf-8", exclude_characters="\x00"))  # no lone surrogates, no NUL
+
+
+def comment_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.lstrip().startswith("#")]
+
+
+# --- the settings file and systemd's EnvironmentFile= rules ---------------------------------------
+
+# Files and results from systemd's own test suite (src/test/test-env-file.c, systemd 252).
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a=a\nb=b\\\nc\nd=d\\\ne\\\nf\ng=g\\ \nh=h\ni=i\\",
+     {"a": "a", "b": "bc", "d": "def", "g": "g ", "h": "h", "i": "i"}),
+    ("a=a\\\n", {"a": "a"}),
+    ('#SPAMD_ARGS="-d --socketpath=/var/lib/bulwark/spamd \\\n#--nouser-config                 \\\nnormal=line', {}),
+    ('# Generated\n\nHWMON_MODULES="coretemp f71882fg"\n\n# For compatibility reasons\n\nMODULE_0=coretemp\n'
+     "MODULE_1=f71882fg", {"HWMON_MODULES": "coretemp f71882fg", "MODULE_0": "coretemp", "MODULE_1": "f71882fg"}),
+    ("a=\nb=", {"a": "", "b": ""}),
+])
+def test_the_parser_reads_systemds_own_test_files_as_systemd_does(text: str, expected: dict[str, str]) -> None:
+    assert envfile.parse(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("A='single $quoted \\n'", {"A": "single $quoted \\n"}),
+    ('A="\\"\\\\\\`\\$ \\q"', {"A": '"\\`$ \\q'}),
+    ('A="two\nlines"', {"A": "two\nlines"}),
+    ("  A = padded value  \n", {"A": "padded value"}),
+    ("; comment\n# comment\nA=1\nA=2", {"A": "2"}),
+    ("1BAD=x\nBAD-NAME=y\nno equals sign\nGOOD=z", {"GOOD": "z"}),
+])
+def test_the_parser_follows_the_documented_quoting_rules(text: str, expected: dict[str, str]) -> None:
+    assert envfile.parse(text) == expected
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_a_settings_value_parses_back_exactly_and_adds_no_key(value: str) -> None:
+    text = render.env_file([("NODE_NAME", value), ("NEZHA_TAG", "after")])
+
+    assert envfile.parse(text) == {"NODE_NAME": value, "NEZHA_TAG": "after"}
+
+
+@given(texts, texts)
+def test_any_settings_values_parse_back_exactly(first: str, second: str) -> None:
+    text = render.env_file([("NODE_NAME", first), ("NEZHA_NOTE", second)])
+
+    assert envfile.parse(text) == {"NODE_NAME": first, "NEZHA_NOTE": second}
+
+
+def test_the_settings_file_keeps_the_templates_comments_and_order() -> None:
+    text = render.env_file([("NEZHA_DASHBOARD_URL", URL), ("NEZHA_TOKEN", TOKEN)])
+
+    assert comment_lines(text) == comment_lines(render.template("env"))
+    assert text.endswith(f'NEZHA_DASHBOARD_URL="{URL}"\nNEZHA_TOKEN="{TOKEN}"\n')
+
+
+@pytest.mark.parametrize(("name", "value"), [("BAD-NAME", "x"), ("1ST", "x"), ("A=B", "x"), ("NODE_NAME", "nul\x00"),
+                                             ("NODE_NAME", "lone \udc80 surrogate")])
+def test_a_settings_file_that_systemd_would_misread_is_refused(name: str, value: str) -> None:
+    with pytest.raises(ValueError):
+        render.env_file([(name, value)])
+
+
+# --- YAML ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_a_yaml_value_parses_back_exactly_and_adds_no_key(value: str) -> None:
+    document = f"a: {render.yaml_string(value)}\nb: after\n"
+
+    assert yaml.safe_load(document) == {"a": value, "b": "after"}
+
+
+@given(texts)
+def test_any_yaml_value_parses_back_exactly_as_printable_ascii(value: str) -> None:
+    quoted = render.yaml_string(value)
+
+    assert yaml.safe_load(f"a: {quoted}") == {"a": value}
+    assert all(0x20 <= ord(ch) < 0x7F for ch in quoted)
+
+
+def test_a_yaml_value_is_a_json_string_where_json_can_say_it() -> None:
+    value = 'quote " backslash \\ newline \n é 名'
+
+    assert json.loads(render.yaml_string(value)) == value
+
+
+def test_fill_replaces_scalars_and_flow_items_but_never_comments() -> None:
+    text = '# "@A@" stays\nx: "@A@"\ny: [first, "@B@"]\n'
+
+    filled = render.fill(text, {"A": "v: 1", "B": ["p", "q #"]})
+
+    assert filled.splitlines()[0] == '# "@A@" stays'
+    assert yaml.safe_load(filled) == {"x": "v: 1", "y": ["first", "p", "q #"]}
+
+
+@pytest.mark.parametrize(("text", "values"), [('x: "@A@"\n', {}), ('x: "@A@"\n', {"A": "1", "B": "2"})])
+def test_fill_refuses_a_placeholder_left_empty_or_a_value_without_a_place(text: str, values: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        render.fill(text, values)
+
+
+# --- the user-data documents ---------------------------------------------------------------------
+
+def test_full_user_data_carries_the_settings_the_unit_and_the_package() -> None:
+    settings = render.env_file([("NEZHA_DASHBOARD_URL", URL), ("NEZHA_TOKEN", TOKEN)])
+
+    text = render.cloud_init(settings, ["--index-url=https://pypi.example.test/simple", "nezha-bootstrap==1.0"])
+
+    data = yaml.safe_load(text)
+    assert text.startswith("#cloud-config\n")
+    assert comment_lines(text) == comment_lines(render.template("cloud-init"))
+    assert data["write_files"] == [
+        {"path": "/etc/nezha-bootstrap/env", "owner": "root:root", "permissions": "0600", "content": settings},
+        {"path": "/etc/systemd/system/nezha-bootstrap.service", "owner": "root:root", "permissions": "0644",
+         "content": render.unit()},
+    ]
+    assert data["runcmd"][2] == ["/opt/nezha-bootstrap/bin/python", "-m", "pip", "install", "--quiet",
+                                 "--disable-pip-version-check", "--index-url=https://pypi.example.test/simple",
+                                 "nezha-bootstrap==1.0"]
+    assert data["runcmd"][-1] == ["systemctl", "start", "--no-block", render.UNIT_NAME]
+    assert TOKEN not in json.dumps(data["runcmd"])
+
+
+def test_minimal_user_data_only_writes_the_settings_and_starts_the_unit() -> None:
+    settings = render.env_file([("NEZHA_DASHBOARD_URL", URL), ("NEZHA_TOKEN", TOKEN)])
+
+    data = yaml.safe_load(render.cloud_init_minimal(settings))
+
+    assert data == {
+        "write_files": [{"path": "/etc/nezha-bootstrap/env", "owner": "root:root", "permissions": "0600",
+                         "content": settings}],
+        "runcmd": [["systemctl", "enable", "--now", "--no-block", render.UNIT_NAME]],
+    }
+
+
+@pytest.mark.parametrize(("package", "options", "problem"), [
+    (None, (), "needs --package"),
+    ("  ", (), "needs --package"),
+    ("--editable=.", (), "must be a package spec"),
+    ("nezha-bootstrap\n--pre", (), "must be a package spec"),
+    ("nezha-bootstrap", ("https://x.test/simple",), "must be a pip option"),
+])
+def test_a_package_spec_or_pip_option_that_pip_would_misread_is_a_problem(
+        package: str | None, options: tuple[str, ...], problem: str) -> None:
+    [found] = render.install_problems(package, options)
+
+    assert problem in found
+
+
+@pytest.mark.parametrize(("deadline", "lock_timeout", "warns"),
+                         [(300, 60, False), (355, 60, False), (356, 60, True), (300, 226, True)])
+def test_a_deadline_the_units_start_timeout_cannot_cover_is_a_warning(deadline: float, lock_timeout: float,
+                                                                      warns: bool) -> None:
+    assert (render.timeout_warning(deadline, lock_timeout) is not None) == warns
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def invoke(*args: str, input: str | None = None, **env: str) -> Outcome:
+    result = make_runner().invoke(main, ["render", *args], env=env, input=input, catch_exceptions=False)
+    return Outcome(result, result.stdout, result.stderr)
+
+
+BASE = {"NEZHA_DASHBOARD_URL": URL, "NEZHA_TOKEN": TOKEN}
+
+
+def test_render_env_writes_what_the_user_set_and_no_default() -> None:
+    outcome = invoke("env", "--probe-port", "443", "--no-tls", "--agent-flag", "--gpu", "--agent-flag", "--skip-conn",
+                     "--name", "{hostname}-{ip}-{machine_id}", **BASE, NEZHA_TAG="edge",
+                     NEZHA_BOOTSTRAP_DEADLINE="120", NEZHA_BOOTSTRAP_ROOT="/")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert envfile.parse(outcome.stdout) == {
+        "NEZHA_DASHBOARD_URL": URL, "NEZHA_TOKEN": TOKEN, "NEZHA_PROBE_PORT": "443", "NEZHA_PROBE_TLS": "false",
+        "NODE_NAME": "{hostname}-{ip}-{machine_id}", "NEZHA_TAG": "edge", "NEZHA_AGENT_FLAGS": "--gpu --skip-conn",
+        "NEZHA_BOOTSTRAP_DEADLINE": "120",
+    }
+    assert outcome.stderr == ""
+
+
+@pytest.mark.parametrize("value", PRINTABLE_HOSTILE)
+def test_render_cloud_init_keeps_hostile_names_tags_and_notes_exact(value: str) -> None:
+    outcome = invoke("cloud-init", "--package", "nezha-bootstrap==1.0", **BASE, NODE_NAME=f"n{value}",
+                     NEZHA_TAG=value, NEZHA_NOTE=value)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    data = yaml.safe_load(outcome.stdout)
+    assert set(data) == {"write_files", "runcmd"}
+    settings = envfile.parse(data["write_files"][0]["content"])
+    assert settings == {"NEZHA_DASHBOARD_URL": URL, "NEZHA_TOKEN": TOKEN, "NODE_NAME": f"n{value}",
+                        "NEZHA_TAG": value, "NEZHA_NOTE": value}
+
+
+@pytest.mark.parametrize("kind", ["cloud-init", "cloud-init-minimal"])
+def test_the_token_is_only_in_the_settings_file_content(kind: str) -> None:
+    package = ["--package", "nezha-bootstrap==1.0"] if kind == "cloud-init" else []
+
+    outcome = invoke(kind, *package, **BASE)
+
+    data = yaml.safe_load(outcome.stdout)
+    settings = data["write_files"][0]["content"]
+    assert f'NEZHA_TOKEN="{TOKEN}"' in settings
+    assert TOKEN not in json.dumps(data["runcmd"]) and TOKEN not in json.dumps(data["write_files"][1:])
+    assert outcome.stdout.count(TOKEN) == 1
+    assert TOKEN not in outcome.stderr
+
+
+@pytest.mark.parametrize(("args", "stdin"), [(["--token-file", "-"], f"{TOKEN}\n"), (["--token-file", "FILE"], None)])
+def test_the_token_comes_from_a_file_or_stdin_and_its_value_is_written(tmp_path: Path, args: list[str],
+                                                                       stdin: str | None) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    args = [str(token_file) if arg == "FILE" else arg for arg in args]
+
+    outcome = invoke("env", *args, input=stdin, NEZHA_DASHBOARD_URL=URL)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert envfile.parse(outcome.stdout) == {"NEZHA_DASHBOARD_URL": URL, "NEZHA_TOKEN": TOKEN}
+
+
+def test_an_agent_secret_replaces_the_token_for_v1_dashboards(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("AgentSecret0123456789\n")
+
+    outcome = invoke("env", "--agent-secret-file", str(secret_file), "--dashboard", "v1", NEZHA_DASHBOARD_URL=URL)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert envfile.parse(outcome.stdout) == {"NEZHA_DASHBOARD_URL": URL, "NEZHA_AGENT_SECRET": "AgentSecret0123456789",
+                                             "NEZHA_DASHBOARD_GENERATION": "v1"}
+
+
+def test_settings_for_other_machines_are_not_checked_against_this_one() -> None:
+    outcome = invoke("env", "--ca-bundle", "/etc/ssl/private-ca-on-the-server.pem", "--name", "{ip}", **BASE)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert envfile.parse(outcome.stdout)["NEZHA_CA_BUNDLE"] == "/etc/ssl/private-ca-on-the-server.pem"
+
+
+@pytest.mark.parametrize(("args", "env", "warning"), [
+    (["--deadline", "600"], {}, "TimeoutStartSec"),
+    (["--uuid", "0b0e3f5e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", "--agent-secret", "AgentSecret0123456789"], {},
+     "every server using it enrolls as the same server"),
+])
+def test_settings_that_misbehave_in_a_unit_or_an_image_are_warned_about(args: list[str], env: dict[str, str],
+                                                                        warning: str) -> None:
+    outcome = invoke("env", *args, **BASE, **env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert warning in outcome.stderr
+
+
+def test_invalid_settings_are_all_reported_and_nothing_is_printed() -> None:
+    outcome = invoke("cloud-init", "--probe-port", "0", "--name", "two\nlines")
+
+    assert outcome.exit_code == 2
+    assert outcome.stdout == ""
+    for problem in ("needs --package", "dashboard URL is required", "API token is required", "probe port",
+                    "control characters"):
+        assert problem in outcome.stderr
+
+
+def test_package_options_belong_to_the_full_user_data_only() -> None:
+    outcome = invoke("env", "--package", "nezha-bootstrap", **BASE)
+
+    assert outcome.exit_code == 2
+    assert "for `render cloud-init` only" in outcome.stderr
+
+
+def test_render_systemd_prints_the_unit_and_needs_no_settings() -> None:
+    outcome = invoke("systemd")
+
+    assert outcome.exit_code == 0
+    assert outcome.stdout == render.template("systemd")
+
+
+def test_render_output_goes_to_a_private_file(tmp_path: Path) -> None:
+    target = tmp_path / "user-data"
+
+    outcome = invoke("cloud-init-minimal", "--output", str(target), **BASE)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout == ""
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert yaml.safe_load(target.read_text())["write_files"][0]["path"] == "/etc/nezha-bootstrap/env"
+    assert TOKEN not in outcome.stderr

@@ -1,0 +1,187 @@
+"""Backoff with full jitter, Retry-After honoured, and one deadline per step, on a fake clock."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import pytest
+
+from nezha_bootstrap.errors import BootstrapError, DashboardRefused, DashboardUnreachable, InstallerFailed
+from nezha_bootstrap.retry import Backoff, Transient, with_retries
+
+
+class FakeTime:
+    """A monotonic clock that only moves when something sleeps (or an attempt says it took time)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class Fraction(random.Random):
+    """uniform(a, b) answers the same fraction of the way from a to b every time, and records (a, b)."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__(0)
+        self.fraction = fraction
+        self.bounds: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.bounds.append((a, b))
+        return a + (b - a) * self.fraction
+
+
+class Script:
+    """An attempt that raises the given failures in order, then returns 'done'; records seconds_left."""
+
+    def __init__(self, *failures: BaseException, takes: float = 0.0, time: FakeTime | None = None) -> None:
+        self.failures = list(failures)
+        self.seconds_left: list[float] = []
+        self.takes = takes
+        self.time = time
+
+    def __call__(self, seconds_left: float) -> str:
+        self.seconds_left.append(seconds_left)
+        if self.time is not None:
+            self.time.now += self.takes
+        if self.failures:
+            raise self.failures.pop(0)
+        return "done"
+
+
+def run(attempt: Callable[[float], str], time: FakeTime, *, deadline: float = 30, fraction: float = 1.0,
+        give_up: type[BootstrapError] = DashboardUnreachable, notes: list[str] | None = None,
+        attempts_in_deadline: int = 1) -> str:
+    return with_retries(
+        attempt, deadline=deadline, what="register", give_up=give_up,
+        notify=lambda message: (notes if notes is not None else []).append(message), rng=Fraction(fraction),
+        clock=time.clock, sleep=time.sleep, attempts_in_deadline=attempts_in_deadline,
+    )
+
+
+def always(failure: Transient, times: int = 1000) -> list[Transient]:
+    return [failure] * times
+
+
+# --- the backoff ------------------------------------------------------------------------------------
+
+def test_full_jitter_draws_between_zero_and_the_capped_exponential() -> None:
+    rng = Fraction(0.5)
+    backoff = Backoff(base=0.5, cap=4.0)
+
+    delays = [backoff.delay(attempt, rng) for attempt in (0, 1, 2, 3, 4, 1000)]
+
+    assert rng.bounds == [(0.0, 0.5), (0.0, 1.0), (0.0, 2.0), (0.0, 4.0), (0.0, 4.0), (0.0, 4.0)]
+    assert delays == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+
+
+def test_full_jitter_spreads_over_the_whole_range() -> None:
+    rng = random.Random(7)
+    backoff = Backoff(base=0.5, cap=4.0)
+
+    delays = [backoff.delay(2, rng) for _ in range(2000)]
+
+    assert all(0.0 <= d <= 2.0 for d in delays)
+    assert min(delays) < 0.05 and max(delays) > 1.95
+
+
+# --- retrying --------------------------------------------------------------------------------------------
+
+def test_a_first_success_returns_at_once_with_the_whole_deadline() -> None:
+    time = FakeTime()
+    attempt = Script()
+
+    assert run(attempt, time) == "done"
+    assert (attempt.seconds_left, time.slept) == ([30.0], [])
+
+
+def test_transient_failures_are_retried_with_growing_waits() -> None:
+    time = FakeTime()
+    notes: list[str] = []
+    attempt = Script(Transient("HTTP 503"), Transient("HTTP 503"), Transient("cannot connect to d: refused"))
+
+    assert run(attempt, time, notes=notes) == "done"
+    assert time.slept == [0.5, 1.0, 2.0]
+    assert attempt.seconds_left == [30.0, 29.5, 28.5, 26.5]
+    assert notes == [
+        "register: HTTP 503; retrying in 0.5 s",
+        "register: HTTP 503; retrying in 1.0 s",
+        "register: cannot connect to d: refused; retrying in 2.0 s",
+    ]
+
+
+@pytest.mark.parametrize(("retry_after", "fraction", "waited"), [(7.0, 1.0, 7.0), (0.1, 1.0, 0.5), (3.0, 0.0, 3.0)])
+def test_retry_after_is_honoured_and_never_shortened(retry_after: float, fraction: float, waited: float) -> None:
+    time = FakeTime()
+
+    assert run(Script(Transient("HTTP 429", retry_after=retry_after)), time, fraction=fraction) == "done"
+    assert time.slept == [waited]
+
+
+@pytest.mark.parametrize("give_up", [DashboardUnreachable, InstallerFailed])
+def test_it_gives_up_with_the_given_error_before_passing_the_deadline(give_up: type[BootstrapError]) -> None:
+    time = FakeTime()
+    attempt = Script(*always(Transient("HTTP 503")))
+
+    with pytest.raises(give_up) as caught:
+        run(attempt, time, deadline=10, give_up=give_up)
+
+    # waits of 0.5, 1, 2 and 4 s fit in 10 s; the fifth (4 s more) would end past it.
+    assert str(caught.value) == "register: HTTP 503; gave up after 5 attempt(s) within the 10 s deadline"
+    assert time.slept == [0.5, 1.0, 2.0, 4.0]
+    assert time.now < 1010.0
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_a_retry_after_beyond_the_deadline_gives_up_at_once_and_says_so() -> None:
+    time = FakeTime()
+
+    with pytest.raises(DashboardUnreachable) as caught:
+        run(Script(*always(Transient("HTTP 429 (too many requests)", retry_after=60.0))), time, deadline=30)
+
+    assert str(caught.value) == (
+        "register: HTTP 429 (too many requests); the dashboard asked to wait 60 s (Retry-After); "
+        "gave up after 1 attempt(s) within the 30 s deadline"
+    )
+    assert time.slept == []
+
+
+def test_time_spent_inside_attempts_counts_against_the_deadline() -> None:
+    time = FakeTime()
+    attempt = Script(*always(Transient("no answer from d in time", ambiguous=True)), takes=4.0, time=time)
+
+    with pytest.raises(DashboardUnreachable) as caught:
+        run(attempt, time, deadline=10, fraction=0.0)
+
+    assert str(caught.value) == (
+        "register: no answer from d in time; gave up after 3 attempt(s) within the 10 s deadline"
+    )
+    assert attempt.seconds_left == [10.0, 6.0, 2.0]
+
+
+def test_one_attempt_gets_only_its_share_of_the_deadline_when_asked() -> None:
+    time = FakeTime()
+    attempt = Script(Transient("no answer"), takes=10.0, time=time)
+
+    assert run(attempt, time, deadline=30, fraction=0.0, attempts_in_deadline=3) == "done"
+    assert attempt.seconds_left == [10.0, 10.0]
+
+
+@pytest.mark.parametrize("error", [DashboardRefused("register: the dashboard refused the API token"), KeyError("bug")])
+def test_anything_but_a_transient_failure_ends_at_once(error: Exception) -> None:
+    time = FakeTime()
+    attempt = Script(error, Transient("never reached"))
+
+    with pytest.raises(type(error)) as caught:
+        run(attempt, time)
+
+    assert caught.value is error
+    assert (len(attempt.seconds_left), time.slept) == (1, [])

@@ -1,0 +1,331 @@
+"""`nezha-bootstrap run` against fake v1/v2 dashboards: one server per machine, forever."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from nezha_bootstrap.agent import AGENT_V1
+from nezha_bootstrap.fake_dashboard import Running
+from nezha_bootstrap.fake_v1 import FakeV1, serve_v1
+from nezha_bootstrap.identity import machine_uuid
+from nezha_bootstrap.stubrecord import StubCall, read_calls
+from tests.conftest import MACHINE_ID, Cli, Outcome, make_runner
+
+pytestmark = pytest.mark.integration
+
+OTHER_MACHINE_ID = "fedcba9876543210fedcba9876543210"
+UUID = machine_uuid(MACHINE_ID)
+
+
+@dataclass
+class V1Cli:
+    """Runs the CLI in-process against a fake v1/v2 dashboard that is also the release host."""
+
+    running: Running
+    fake: FakeV1
+    root: Path
+    outputs: list[Outcome] = field(default_factory=list)
+
+    def env(self, **overrides: str | None) -> dict[str, str | None]:
+        env: dict[str, str | None] = {
+            "NEZHA_DASHBOARD_URL": self.running.url,
+            "NEZHA_AGENT_SECRET": self.fake.agent_secret,
+            "NEZHA_AGENT_BASE_URL": f"{self.running.url}/releases",
+            "NEZHA_BOOTSTRAP_ROOT": str(self.root),
+            "NEZHA_BOOTSTRAP_DEADLINE": "5",
+            "NEZHA_STUB_RECORD": str(self.record_dir),
+        }
+        env.update(overrides)
+        return env
+
+    @property
+    def record_dir(self) -> Path:
+        return self.root.parent / "stub-record"
+
+    def __call__(self, *args: str, **env: str | None) -> Outcome:
+        result = make_runner().invoke(__import__("nezha_bootstrap.cli").cli.main, ["run", *args],
+                                      env=self.env(**env), catch_exceptions=False)
+        outcome = Outcome(result, result.stdout, result.stderr)
+        self.outputs.append(outcome)
+        return outcome
+
+    def agent_calls(self) -> list[StubCall]:
+        return read_calls(self.record_dir / "agent")
+
+    def state(self) -> dict[str, object]:
+        return dict(json.loads((self.root / "var/lib/nezha-bootstrap/state.json").read_text()))
+
+
+@pytest.fixture
+def fake_v1() -> FakeV1:
+    fake = FakeV1(profile="v2.1+")
+    fake.add_release(AGENT_V1)
+    return fake
+
+
+@pytest.fixture
+def v1cli(fake_v1: FakeV1, root: Path) -> Iterator[V1Cli]:
+    with serve_v1(fake_v1) as running:
+        yield V1Cli(running, fake_v1, root)
+
+
+def config_yml(root: Path) -> str:
+    return (root / "opt/nezha/agent/config.yml").read_text()
+
+
+def test_fresh_enrollment_makes_one_server_with_the_machine_uuid(v1cli: V1Cli) -> None:
+    outcome = v1cli("--json")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    [server] = v1cli.fake.servers
+    assert server.uuid == UUID
+    summary = json.loads(outcome.stdout)
+    assert (summary["outcome"], summary["generation"], summary["uuid"]) == ("installed", "v2.1+", UUID)
+    assert "naming" in summary
+    port = v1cli.running.port
+    assert config_yml(v1cli.root) == (
+        f'server: "127.0.0.1:{port}"\nclient_secret: "{v1cli.fake.agent_secret}"\nuuid: "{UUID}"\ntls: false\n'
+        "disable_command_execute: true\ndisable_force_update: true\n"
+    )
+    assert stat.S_IMODE((v1cli.root / "opt/nezha/agent/config.yml").stat().st_mode) == 0o600
+    [call] = v1cli.agent_calls()
+    assert call.argv == ["service", "-c", str(v1cli.root / "opt/nezha/agent/config.yml"), "install"]
+    assert call.stdin == "/dev/null"
+    assert not any(key.startswith("NZ_") for key in call.env) and "NEZHA_AGENT_SECRET" not in call.env
+    unit = (v1cli.root / "etc/systemd/system/nezha-agent.service").read_text()
+    assert 'ExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml"' in unit
+    state = v1cli.state()
+    assert (state["generation"], state["uuid"], state["machine_id"], state["secret"]) == (
+        "v2.1+", UUID, MACHINE_ID, "")
+
+
+def test_a_rerun_changes_nothing_and_sends_nothing(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    seen = len(v1cli.fake.journal)
+
+    outcome = v1cli()
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "nothing to do" in outcome.stderr
+    assert len(v1cli.fake.journal) == seen
+    assert len(v1cli.fake.servers) == 1 and len(v1cli.agent_calls()) == 1
+
+
+def test_deleting_opt_nezha_and_rerunning_brings_back_the_same_server(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    shutil.rmtree(v1cli.root / "opt/nezha")
+
+    outcome = v1cli()
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert [s.uuid for s in v1cli.fake.servers] == [UUID]
+    assert [c.outcome for c in v1cli.fake.connections] == ["created", "known"]
+    assert v1cli.agent_calls()[-1].argv[-1] == "restart"  # the unit survived: `install` would fail
+
+
+def test_a_server_deleted_in_the_dashboard_comes_back_with_the_same_uuid(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    [first] = v1cli.fake.servers
+    v1cli.fake.delete_server(first.id)
+    shutil.rmtree(v1cli.root / "opt/nezha")
+
+    assert v1cli().exit_code == 0
+
+    [again] = v1cli.fake.servers
+    assert again.uuid == UUID and again.id != first.id
+
+
+def test_a_new_machine_id_makes_a_second_server(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    (v1cli.root / "etc/machine-id").write_text(OTHER_MACHINE_ID + "\n")
+
+    outcome = v1cli()
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert [s.uuid for s in v1cli.fake.servers] == [UUID, machine_uuid(OTHER_MACHINE_ID)]
+    assert v1cli.state()["machine_id"] == OTHER_MACHINE_ID
+
+
+def test_nz_uuid_in_the_environment_is_ignored(v1cli: V1Cli) -> None:
+    outcome = v1cli(NZ_UUID="11111111-2222-3333-4444-555555555555", NZ_CLIENT_SECRET="x" * 32)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert [s.uuid for s in v1cli.fake.servers] == [UUID]
+    assert "NZ_CLIENT_SECRET, NZ_UUID set in this environment: ignored" in outcome.stderr
+
+
+def test_uuid_override_enrolls_under_that_uuid(v1cli: V1Cli) -> None:
+    chosen = "11111111-2222-3333-4444-555555555555"
+    assert v1cli("--uuid", chosen).exit_code == 0
+    assert [s.uuid for s in v1cli.fake.servers] == [chosen]
+
+
+@pytest.mark.parametrize("machine_id", ["", "uninitialized\n", "not-a-machine-id\n"])
+def test_an_unusable_machine_id_is_refused_before_anything_is_installed(v1cli: V1Cli, machine_id: str) -> None:
+    (v1cli.root / "etc/machine-id").write_text(machine_id)
+
+    outcome = v1cli()
+
+    assert outcome.exit_code == 2
+    assert "systemd-machine-id-setup" in outcome.stderr
+    assert v1cli.fake.servers == [] and not (v1cli.root / "opt/nezha").exists()
+
+
+def test_a_checksum_mismatch_is_refused(v1cli: V1Cli) -> None:
+    path = f"/releases/v{AGENT_V1}/nezha-agent_linux_amd64.zip"
+    v1cli.fake.files[path] = v1cli.fake.files[path] + b"tampered"
+
+    outcome = v1cli()
+
+    assert outcome.exit_code == 5
+    assert "checksums.txt says" in outcome.stderr
+    assert not (v1cli.root / "opt/nezha/agent/nezha-agent").exists()
+    assert v1cli.fake.servers == []
+
+
+def test_a_pinned_hash_that_differs_is_refused(v1cli: V1Cli) -> None:
+    outcome = v1cli("--agent-sha256", "0" * 64)
+
+    assert outcome.exit_code == 5
+    assert "--agent-sha256 pins" in outcome.stderr
+
+
+def test_a_missing_asset_is_refused(v1cli: V1Cli) -> None:
+    outcome = v1cli("--agent-version", "9.9.9")
+
+    assert outcome.exit_code == 5
+    assert "HTTP 404" in outcome.stderr and "v9.9.9" in outcome.stderr
+    assert v1cli.fake.servers == []
+
+
+def test_vendor_leftovers_are_reported_without_adopt(v1cli: V1Cli) -> None:
+    leftover_uuid = plant_vendor_leftover(v1cli)
+
+    outcome = v1cli()
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert f"the vendor script left a second agent: config-ab12cd.yml (uuid {leftover_uuid}" in outcome.stderr
+    assert (v1cli.root / "opt/nezha/agent/config-ab12cd.yml").exists()
+
+
+def test_adopt_uninstalls_vendor_leftovers_and_reports_their_uuids(v1cli: V1Cli) -> None:
+    leftover_uuid = plant_vendor_leftover(v1cli)
+
+    outcome = v1cli("--adopt", "--json")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert json.loads(outcome.stdout)["adopted_uuids"] == [leftover_uuid]
+    assert not (v1cli.root / "opt/nezha/agent/config-ab12cd.yml").exists()
+    assert list((v1cli.root / "etc/systemd/system").glob("nezha-agent-*.service")) == []
+    assert [c.argv[-1] for c in v1cli.agent_calls()][-2:] == ["uninstall", "install"]
+
+
+def plant_vendor_leftover(v1cli: V1Cli) -> str:
+    """What a rerun of the vendor script leaves: a second config and its hashed unit."""
+    import hashlib
+
+    leftover_uuid = "deadbeef-0000-4000-8000-000000000001"
+    agent_dir = v1cli.root / "opt/nezha/agent"
+    agent_dir.mkdir(parents=True)
+    (agent_dir / "config-ab12cd.yml").write_text(f'server: "x:1"\nclient_secret: "s"\nuuid: {leftover_uuid}\n')
+    name = hashlib.md5(b"/opt/nezha/agent/config-ab12cd.yml").hexdigest()[:7]
+    units = v1cli.root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    (units / f"nezha-agent-{name}.service").write_text(
+        '[Service]\nExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config-ab12cd.yml"\n')
+    return leftover_uuid
+
+
+def test_the_agent_secret_never_leaks(v1cli: V1Cli) -> None:
+    assert v1cli("--json").exit_code == 0
+    assert v1cli("-v").exit_code == 0
+    secret = v1cli.fake.agent_secret
+    found = [f"run {i}" for i, o in enumerate(v1cli.outputs) if secret in o.stdout + o.stderr]
+    allowed = {v1cli.root / "opt/nezha/agent/config.yml"}
+    found += [str(p) for p in v1cli.root.rglob("*")
+              if p.is_file() and p not in allowed and secret.encode() in p.read_bytes()]
+    found += [str(p) for p in v1cli.record_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert found == []
+
+
+def test_dashboard_v1_skips_the_probes(v1cli: V1Cli) -> None:
+    outcome = v1cli("--dashboard", "v1", "--json")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert json.loads(outcome.stdout)["generation"] == "v1+"
+    assert not any(j.path.startswith("/api/") for j in v1cli.fake.journal)
+
+
+@pytest.mark.parametrize("address", ["203.0.113.7", "probe.example.test"])
+def test_no_tls_to_a_public_address_needs_allow_plaintext(v1cli: V1Cli, address: str) -> None:
+    outcome = v1cli("--no-tls", NEZHA_PROBE_ADDRESS=address)
+
+    assert outcome.exit_code == 2
+    assert "--allow-plaintext" in outcome.stderr
+    assert v1cli.fake.servers == [] and not (v1cli.root / "opt/nezha").exists()
+
+
+def test_a_v1_dashboard_without_an_agent_secret_says_what_to_set(v1cli: V1Cli) -> None:
+    outcome = v1cli("--dashboard", "v1", NEZHA_AGENT_SECRET=None)
+
+    assert outcome.exit_code == 2
+    assert "NEZHA_AGENT_SECRET_FILE" in outcome.stderr
+
+
+def test_the_agent_secret_file_is_read(v1cli: V1Cli, tmp_path: Path) -> None:
+    secret_file = tmp_path / "agent-secret"
+    secret_file.write_text(v1cli.fake.agent_secret + "\n")
+
+    outcome = v1cli(NEZHA_AGENT_SECRET=None, NEZHA_AGENT_SECRET_FILE=str(secret_file))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert len(v1cli.fake.servers) == 1
+
+
+def test_an_agent_secret_flag_warns_about_the_process_list(v1cli: V1Cli) -> None:
+    outcome = v1cli("--agent-secret", v1cli.fake.agent_secret, NEZHA_AGENT_SECRET=None)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "--agent-secret puts the secret in the process list" in outcome.stderr
+    assert v1cli.fake.agent_secret not in outcome.stderr
+
+
+def test_a_v0_dashboard_found_by_auto_goes_on_with_the_script_flow(cli: Cli) -> None:
+    outcome = cli("run", NEZHA_AGENT_SECRET="A" * 32)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "dashboard generation: v0" in outcome.stderr
+    assert len(cli.fake.servers) == 1 and len(cli.calls()) == 1
+    # the probe (no credential), then the register call
+    assert [r.headers.get("authorization") is None for r in cli.fake.registrations()] == [True, False]
+    seen = len(cli.fake.journal)
+    assert cli("run", NEZHA_AGENT_SECRET="A" * 32).exit_code == 0
+    assert len(cli.fake.journal) == seen  # the generation is cached: no probe on a rerun
+
+
+def test_a_v0_dashboard_with_only_an_agent_secret_asks_for_the_token(cli: Cli) -> None:
+    outcome = cli("run", NEZHA_TOKEN=None, NEZHA_AGENT_SECRET="A" * 32)
+
+    assert outcome.exit_code == 2
+    assert "the dashboard is v0" in outcome.stderr and "NEZHA_TOKEN" in outcome.stderr
+    assert cli.fake.servers == []
+
+
+def test_status_shows_the_v1_layout_and_never_the_secret(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    result = make_runner().invoke(__import__("nezha_bootstrap.cli").cli.main, ["status", "--json"],
+                                  env={"NEZHA_BOOTSTRAP_ROOT": str(v1cli.root)}, catch_exceptions=False)
+
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    expected = {"generation": "v2.1+", "uuid": UUID, "method": "direct", "agent_version": AGENT_V1,
+                "agent_config": str(v1cli.root / "opt/nezha/agent/config.yml"), "agent_config_uuid": UUID}
+    assert {key: report.get(key) for key in expected} == expected
+    assert v1cli.fake.agent_secret not in result.stdout

@@ -1,0 +1,204 @@
+"""The state file (versioned, 0600 in 0700, atomic, corrupt files kept aside) and the run lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from nezha_bootstrap import state as state_mod
+from nezha_bootstrap.errors import LockBusy, StateError
+from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.state import STATE_VERSION, State
+
+SAVED = State(
+    dashboard_url="https://dash.example.com/nezha", name='web "1" 🚀', tag=None, probe_address="2001:db8::1",
+    probe_port=5555, tls=True, secret="gv4eGLwyvHIR9y5E7p", machine_id="0123456789abcdef",
+    registered_at="2025-01-02T03:04:05+00:00", installed_at=None,
+)
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Paths:
+    return Paths(tmp_path / "root")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def write_state(paths: Paths, content: str) -> None:
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    paths.state_file.write_text(content)
+
+
+# --- save and load ----------------------------------------------------------------------------------
+
+def test_a_saved_state_loads_back_equal(paths: Paths) -> None:
+    state_mod.save(paths, SAVED)
+
+    assert state_mod.load(paths) == SAVED
+
+
+def test_no_state_file_loads_as_none(paths: Paths) -> None:
+    assert state_mod.load(paths) is None
+
+
+def test_the_state_file_is_versioned_json(paths: Paths) -> None:
+    state_mod.save(paths, SAVED)
+
+    data = json.loads(paths.state_file.read_text())
+    assert data["version"] == STATE_VERSION == 1
+    assert (data["secret"], data["name"], data["installed_at"]) == (SAVED.secret, SAVED.name, None)
+
+
+def test_the_state_file_is_0600_in_a_0700_directory(paths: Paths) -> None:
+    paths.state_dir.mkdir(parents=True, mode=0o755)
+    os.chmod(paths.state_dir, 0o755)  # a directory someone made too open is tightened
+
+    state_mod.save(paths, SAVED)
+
+    assert (mode(paths.state_file), mode(paths.state_dir)) == (0o600, 0o700)
+
+
+def test_saving_again_replaces_the_file_and_leaves_no_temporary_file(paths: Paths) -> None:
+    state_mod.save(paths, SAVED)
+    installed = State(**{**SAVED.__dict__, "installed_at": "2025-01-02T03:05:00+00:00"})
+
+    state_mod.save(paths, installed)
+
+    assert sorted(p.name for p in paths.state_dir.iterdir()) == ["state.json"]
+    assert state_mod.load(paths) == installed
+    assert mode(paths.state_file) == 0o600
+
+
+def test_a_write_that_fails_midway_keeps_the_old_state_and_no_temporary_file(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_mod.save(paths, SAVED)
+
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+
+    with pytest.raises(StateError) as caught:
+        state_mod.save(paths, State(**{**SAVED.__dict__, "installed_at": "later"}))
+
+    assert str(caught.value) == f"cannot write the state file {paths.state_file}: the disk is full"
+    assert caught.value.exit_code == 1
+    monkeypatch.undo()
+    assert sorted(p.name for p in paths.state_dir.iterdir()) == ["state.json"]
+    assert state_mod.load(paths) == SAVED
+
+
+def test_the_secret_stays_out_of_repr_and_public(paths: Paths) -> None:
+    assert SAVED.secret not in repr(SAVED)
+    assert "secret" not in SAVED.public()
+    assert SAVED.public()["name"] == SAVED.name
+
+
+# --- corrupt and future files ------------------------------------------------------------------------
+
+def valid_data(**changes: object) -> dict[str, object]:
+    data: dict[str, object] = {"version": 1, **SAVED.__dict__}
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("{not json", "it is not valid state JSON"),
+        ("", "it is not valid state JSON"),
+        ("[" * 100_000, "it is not valid state JSON"),
+        ("[]", "it has no version number"),
+        ('{"secret": "x"}', "it has no version number"),
+        ('{"version": "1"}', "it has no version number"),
+        ('{"version": true}', "it has no version number"),
+        ('{"version": 1}', "fields are missing: dashboard_url, machine_id, name, probe_address, probe_port, "
+                           "secret, tag, tls"),
+        (json.dumps(valid_data(probe_port="5555")), "fields have the wrong type: probe_port"),
+        (json.dumps(valid_data(secret=None, tls="yes")), "fields have the wrong type: secret, tls"),
+        (json.dumps(valid_data(secret="abc\n$(reboot)")), "the node secret is not letters and digits"),
+    ],
+)
+def test_a_corrupt_state_file_is_moved_aside_with_a_clear_error(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch, content: str, why: str
+) -> None:
+    write_state(paths, content)
+    monkeypatch.setattr(time, "time", lambda: 1700000000.0)
+
+    with pytest.raises(StateError) as caught:
+        state_mod.load(paths)
+
+    aside = paths.state_dir / "state.json.corrupt-1700000000"
+    assert str(caught.value) == (
+        f"the state file {paths.state_file} is unreadable ({why}); it was kept aside as {aside}. "
+        "Run again to register this node anew (the dashboard keeps any server made before)."
+    )
+    assert not paths.state_file.exists()
+    assert aside.read_text() == content
+    assert state_mod.load(paths) is None
+
+
+def test_a_state_file_from_a_newer_version_is_refused_and_left_in_place(paths: Paths) -> None:
+    content = json.dumps(valid_data(version=2))
+    write_state(paths, content)
+
+    with pytest.raises(StateError) as caught:
+        state_mod.load(paths)
+
+    assert str(caught.value) == (
+        f"the state file {paths.state_file} has version 2, written by a newer nezha-bootstrap (this one reads "
+        "version 1); it was left as it is. Upgrade nezha-bootstrap, or move the file away to register this node again."
+    )
+    assert paths.state_file.read_text() == content
+    assert sorted(p.name for p in paths.state_dir.iterdir()) == ["state.json"]
+
+
+def test_unknown_extra_fields_are_ignored(paths: Paths) -> None:
+    write_state(paths, json.dumps(valid_data(comment="hand-written note")))
+
+    assert state_mod.load(paths) == SAVED
+
+
+# --- the lock ------------------------------------------------------------------------------------------
+
+def test_a_second_holder_waits_for_the_timeout_then_gets_lock_busy(paths: Paths) -> None:
+    with state_mod.locked(paths, timeout=1):
+        started = time.monotonic()
+        with pytest.raises(LockBusy) as caught:
+            with state_mod.locked(paths, timeout=0.3, poll=0.05):
+                pytest.fail("the lock was taken twice")
+        waited = time.monotonic() - started
+
+    assert str(caught.value) == f"another nezha-bootstrap run holds {paths.lock_file}; gave up after 0.3 s"
+    assert caught.value.exit_code == 6
+    assert 0.3 <= waited < 2
+
+
+def test_the_lock_is_released_after_the_with_block(paths: Paths) -> None:
+    with state_mod.locked(paths, timeout=1):
+        pass
+
+    with state_mod.locked(paths, timeout=0):
+        pass
+
+
+def test_the_lock_is_released_when_the_block_raises(paths: Paths) -> None:
+    with pytest.raises(RuntimeError):
+        with state_mod.locked(paths, timeout=1):
+            raise RuntimeError("boom")
+
+    with state_mod.locked(paths, timeout=0):
+        pass
+
+
+def test_the_lock_file_is_private(paths: Paths) -> None:
+    with state_mod.locked(paths, timeout=1):
+        assert (mode(paths.lock_file), mode(paths.state_dir)) == (0o600, 0o700)

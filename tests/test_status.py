@@ -1,0 +1,108 @@
+"""`nezha-bootstrap status`: the saved state without the secret, the agent unit, the agent process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MACHINE_ID, Cli
+from tests.test_run import STATE, UNIT, snapshot
+
+
+def status_json(cli: Cli) -> dict[str, object]:
+    outcome = cli("status", "--json")
+    assert outcome.exit_code == 0, outcome.stderr
+    return json.loads(outcome.stdout)  # type: ignore[no-any-return]
+
+
+def test_status_without_state_says_not_registered(cli: Cli) -> None:
+    outcome = cli("status")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.splitlines() == [
+        f"state_file: {cli.root / STATE}",
+        "registered: False",
+        "installed: False",
+        "agent_unit: None",
+        "agent_running: False",
+        "agent_pids: []",
+    ]
+    assert not (cli.root / "var").exists()
+
+
+def test_status_json_without_state(cli: Cli) -> None:
+    assert status_json(cli) == {
+        "state_file": str(cli.root / STATE), "registered": False, "installed": False, "agent_unit": None,
+        "agent_running": False, "agent_pids": [], "exit_code": 0,
+    }
+
+
+@pytest.mark.integration
+def test_status_after_a_run_shows_the_state_but_never_the_secret(cli: Cli) -> None:
+    assert cli("run", NODE_NAME="web-1", NEZHA_TAG="edge").exit_code == 0
+    [server] = cli.fake.servers
+
+    report = status_json(cli)
+    text = cli("status").stdout
+
+    assert all(isinstance(report[key], str) for key in ("registered_at", "installed_at"))
+    expected = {
+        "state_file": str(cli.root / STATE), "registered": True, "installed": True,
+        "dashboard_url": cli.dashboard.url, "name": "web-1", "tag": "edge", "probe_address": "probe.example.test",
+        "probe_port": 5555, "tls": True, "machine_id": MACHINE_ID, "agent_unit": str(cli.root / UNIT),
+        "agent_running": False, "agent_pids": [], "exit_code": 0,
+    }
+    assert {key: report.get(key) for key in expected} == expected
+    assert "name: web-1" in text.splitlines()
+    assert server.secret not in text + json.dumps(report)
+    assert "secret" not in text
+
+
+@pytest.mark.integration
+def test_status_after_an_installer_failure_shows_registered_not_installed(cli: Cli) -> None:
+    assert cli("run", NEZHA_STUB_MODE="nounit").exit_code == 5
+
+    report = status_json(cli)
+
+    assert (report["registered"], report["installed"], report["agent_unit"]) == (True, False, None)
+
+
+def test_status_with_a_corrupt_state_file_exits_1_and_changes_nothing(cli: Cli) -> None:
+    state_file = cli.root / STATE
+    state_file.parent.mkdir(parents=True, mode=0o700)
+    state_file.write_text("[]")
+    before = snapshot(cli.root)
+
+    outcome = cli("status")
+
+    assert outcome.exit_code == 1
+    assert "it was left as it is" in outcome.stderr
+    assert snapshot(cli.root) == before
+
+
+@pytest.fixture
+def fake_agent(tmp_path: Path) -> Iterator[int]:
+    """A process called nezha-agent (a copy of sleep), stopped by its pid afterwards."""
+    binary = tmp_path / "nezha-agent"
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    shutil.copy(sleep, binary)
+    proc = subprocess.Popen([str(binary), "60"], stdin=subprocess.DEVNULL)
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.integration
+def test_status_sees_a_running_agent_process(cli: Cli, fake_agent: int) -> None:
+    report = status_json(cli)
+
+    assert report["agent_running"] is True
+    assert fake_agent in report["agent_pids"]  # type: ignore[operator]
