@@ -10,7 +10,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from nezha_bootstrap import interrupts, redact, state as state_mod
+from nezha_bootstrap import interrupts, redact
+from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import Config, display_url
 from nezha_bootstrap.errors import BootstrapError, DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
@@ -19,7 +20,6 @@ from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.retry import with_retries
 from nezha_bootstrap.state import State
-
 
 # One request that hangs (accepted, never answered) may use a third of its step's deadline, so
 # that at least two more attempts fit after it.
@@ -93,7 +93,8 @@ class Runner:
                 saved = self._register()
             redact.register(saved.secret)
             self._install(saved)
-            return self._summary("registered_and_installed" if decision.action is Action.REGISTER else "installed", decision)
+            registered = decision.action is Action.REGISTER
+            return self._summary("registered_and_installed" if registered else "installed", decision)
 
     def _announce(self, decision: Decision) -> None:
         self.reporter.info(f"plan: {decision.action.value} ({decision.reason})")
@@ -236,7 +237,9 @@ class Runner:
                 f"install.sh did not finish within {self.config.deadline:g} s; its process group was killed"
             )
         if done.returncode != 0:
-            raise InstallerFailed(f"install.sh exited with status {done.returncode}; run again with -v to see its output")
+            raise InstallerFailed(
+                f"install.sh exited with status {done.returncode}; run again with -v to see its output"
+            )
 
 
 UNINSTALL_TIMEOUT = 60.0

@@ -67,13 +67,19 @@ def settings_options(func: F) -> F:
     every other problem instead of stopping click's parsing at the first.
     """
     options = [
-        _option("--dashboard-url", envvar="NEZHA_DASHBOARD_URL", help="Dashboard URL (http/https, sub-path allowed)."),
+        _option("--dashboard-url", envvar="NEZHA_DASHBOARD_URL",
+                help="Dashboard URL (http/https, sub-path allowed)."),
         _option("--token-file", envvar="NEZHA_TOKEN_FILE", help="File holding the API token; '-' reads stdin."),
-        _option("--token", envvar="NEZHA_TOKEN", help="API token (prefer the env var: a flag shows in the process list)."),
-        _option("--probe-address", envvar="NEZHA_PROBE_ADDRESS", help="Agent's server host. [default: the dashboard's host]"),
-        _option("--probe-port", envvar="NEZHA_PROBE_PORT", default=str(DEFAULT_PROBE_PORT), show_default=True, help="Agent's server port."),
-        _option("--tls/--no-tls", envvar="NEZHA_PROBE_TLS", default=True, show_default=True, help="Agent connects with TLS."),
-        _option("--name", envvar="NODE_NAME", help="Server name; {hostname}, {ip}, {machine_id} are filled in. [default: host name]"),
+        _option("--token", envvar="NEZHA_TOKEN",
+                help="API token (prefer the env var: a flag shows in the process list)."),
+        _option("--probe-address", envvar="NEZHA_PROBE_ADDRESS",
+                help="Agent's server host. [default: the dashboard's host]"),
+        _option("--probe-port", envvar="NEZHA_PROBE_PORT", default=str(DEFAULT_PROBE_PORT), show_default=True,
+                help="Agent's server port."),
+        _option("--tls/--no-tls", envvar="NEZHA_PROBE_TLS", default=True, show_default=True,
+                help="Agent connects with TLS."),
+        _option("--name", envvar="NODE_NAME",
+                help="Server name; {hostname}, {ip}, {machine_id} are filled in. [default: host name]"),
         _option("--tag", envvar="NEZHA_TAG", help="Server tag (unset: the dashboard's AutoRegister)."),
         _option("--note", envvar="NEZHA_NOTE", help="Server note (unset: empty)."),
         _option("--hide-for-guest/--show-for-guest", envvar="NEZHA_HIDE_FOR_GUEST", default=True, show_default=True,
@@ -85,11 +91,12 @@ def settings_options(func: F) -> F:
         _option("--script-sha256", envvar="NEZHA_INSTALL_SCRIPT_SHA256",
                 help="SHA-256 of the script. [default: the pinned hash for the default URL]"),
         _option("--mirror", envvar="NEZHA_MIRROR", metavar="cn", help="cn: the installer uses the China mirror."),
-        _option("--deadline", envvar="NEZHA_BOOTSTRAP_DEADLINE", type=str, metavar="SECONDS", default=DEFAULT_DEADLINE, show_default=True,
-                help="Seconds for all retries of one step together."),
-        _option("--lock-timeout", envvar="NEZHA_BOOTSTRAP_LOCK_TIMEOUT", type=str, metavar="SECONDS", default=DEFAULT_LOCK_TIMEOUT,
-                show_default=True, help="Seconds to wait for another run's lock."),
-        _option("--ca-bundle", envvar="NEZHA_CA_BUNDLE", help="PEM file of a private CA. [default: system trust store]"),
+        _option("--deadline", envvar="NEZHA_BOOTSTRAP_DEADLINE", type=str, metavar="SECONDS",
+                default=DEFAULT_DEADLINE, show_default=True, help="Seconds for all retries of one step together."),
+        _option("--lock-timeout", envvar="NEZHA_BOOTSTRAP_LOCK_TIMEOUT", type=str, metavar="SECONDS",
+                default=DEFAULT_LOCK_TIMEOUT, show_default=True, help="Seconds to wait for another run's lock."),
+        _option("--ca-bundle", envvar="NEZHA_CA_BUNDLE",
+                help="PEM file of a private CA. [default: system trust store]"),
     ]
     for decorator in reversed(options):
         func = decorator(func)
@@ -228,7 +235,7 @@ def handle_errors(func: F) -> F:
             _fail(meta["reporter"], 130, "interrupted")
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
-        except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into exit 1
+        except Exception as exc:
             reporter: Reporter = meta["reporter"]
             if reporter.verbosity > 0:
                 reporter.error(traceback.format_exc())
@@ -273,7 +280,9 @@ def main() -> None:
 @output_options
 @click.pass_context
 @handle_errors
-def run(ctx: click.Context, dry_run: bool, force: bool, as_json: bool, quiet: bool, verbose: bool, **params: Any) -> None:
+def run(
+    ctx: click.Context, /, dry_run: bool, force: bool, as_json: bool, quiet: bool, verbose: bool, **params: Any
+) -> None:
     """Register the node (once) and install the agent with its secret."""
     from nezha_bootstrap.bootstrap import Runner, plan_lines
 
@@ -308,7 +317,7 @@ def run(ctx: click.Context, dry_run: bool, force: bool, as_json: bool, quiet: bo
 @output_options
 @click.pass_context
 @handle_errors
-def check(ctx: click.Context, as_json: bool, quiet: bool, verbose: bool, **params: Any) -> None:
+def check(ctx: click.Context, /, as_json: bool, quiet: bool, verbose: bool, **params: Any) -> None:
     """Preflight that changes nothing: dashboard, TLS, token, probe port, installer."""
     from nezha_bootstrap.checks import run_checks
 

@@ -8,10 +8,11 @@ import json
 import re
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import httpx
 
@@ -218,7 +219,9 @@ def classify_common(answer: Answer, what: str) -> None:
             "around that proxy; use the proxied URL"
         )
     if parsed and isinstance(value, dict) and value.get("code") == 403:
-        raise DashboardRefused(f"{what}: the dashboard refused the API token (HTTP {status} with a 403 body). {_TOKEN_HINT}")
+        raise DashboardRefused(
+            f"{what}: the dashboard refused the API token (HTTP {status} with a 403 body). {_TOKEN_HINT}"
+        )
     if status == 404:
         if _looks_html(answer):
             raise DashboardRefused(
@@ -232,7 +235,9 @@ def classify_common(answer: Answer, what: str) -> None:
             f"nezha-bootstrap {__version__}, please report it"
         )
     if status in (401, 403):
-        raise DashboardRefused(f"{what}: HTTP {status}: access refused (by the dashboard or a proxy in front of it). {_TOKEN_HINT}")
+        raise DashboardRefused(
+            f"{what}: HTTP {status}: access refused (by the dashboard or a proxy in front of it). {_TOKEN_HINT}"
+        )
     if status != 200:
         raise DashboardRefused(f"{what}: unexpected HTTP {status}")
 

@@ -11,10 +11,11 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from nezha_bootstrap.errors import LockBusy, StateError
 from nezha_bootstrap.paths import Paths

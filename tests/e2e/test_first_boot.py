@@ -1,0 +1,339 @@
+"""A real first boot: Debian bookworm under systemd-nspawn, in a netns that holds only the fake dashboard.
+
+1. cloud-init path: the rendered full user-data installs the tool from a wheel and runs the unit;
+2. the second boot of that node makes no request at all;
+3. golden-image path: `install-service` and `seal` in the image, then two clones register once each;
+   and a clone of it whose settings come from the minimal user-data registers as well;
+4. the dashboard is down for the first 20 s of the first boot, and the unit still succeeds alone.
+The seconds from boot start to the registration request are printed for each first boot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IN_CI
+
+from .harness import (
+    GUEST_WHEELHOUSE,
+    BootRecord,
+    Clone,
+    Lab,
+    Wheelhouse,
+    add_wheelhouse,
+    base_rootfs,
+    build_wheelhouse,
+    holders,
+    missing_requirements,
+    mode_of,
+    remove_tree,
+    run_in_image,
+    seed_nocloud,
+    set_identity,
+    state_file,
+    stub_calls,
+    tool_settings,
+    work_dir,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+TOKEN = secrets.token_hex(16)  # 32 characters like a real v0 token, unique to this run for the leak scans
+NODE_NAME = "node-{machine_id}"
+DOWN_FOR = 20.0
+GUEST_TOOL = "/opt/nezha-bootstrap/bin/nezha-bootstrap"
+SETTINGS_FILE = "/etc/nezha-bootstrap/env"
+GUEST_WHEELHOUSE_OPTIONS = ("--no-index", f"--find-links={GUEST_WHEELHOUSE}")  # the guest has no route out
+PIP_OFFLINE = tuple(f"--pip-option={option}" for option in GUEST_WHEELHOUSE_OPTIONS)
+
+
+def settings_env() -> dict[str, str]:
+    """The settings every scenario gives the tool: the lab's fake, its stub installer, a name per machine."""
+    return tool_settings(TOKEN, NODE_NAME=NODE_NAME)
+
+
+# --- the host, the cached rootfs, the wheelhouse ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def host() -> None:
+    """Skip (outside CI) or fail (in CI: these tests must run) when the host cannot boot a guest."""
+    missing = missing_requirements()
+    if missing:
+        reason = "the first-boot test needs root, debootstrap, systemd-nspawn and ip netns: " + "; ".join(missing)
+        if IN_CI:
+            pytest.fail(reason + " (CI is set, so this is a failure, not a skip)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def base(host: None) -> Path:
+    return base_rootfs()
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(host: None) -> Iterator[Wheelhouse]:
+    directory = work_dir("wheelhouse")
+    try:
+        yield build_wheelhouse(directory / "wheels")
+    finally:
+        remove_tree(directory)
+
+
+def render(*args: str) -> str:
+    """`nezha-bootstrap render ...` as a user runs it on their workstation, settings from the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEZHA_")}
+    done = subprocess.run([sys.executable, "-m", "nezha_bootstrap", "render", *args], capture_output=True,
+                          text=True, timeout=60, env={**env, **settings_env()}, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+# --- leak scans -------------------------------------------------------------------------------
+
+def token_holders(record: BootRecord, root: Path) -> list[str]:
+    """Places outside the settings file and cloud-init's own copy of the user-data that hold the token."""
+    texts = {"journal": record.journal, "console": record.console}
+    return holders(TOKEN, texts, root, ["/var/log", "/var/lib/nezha-stub", "/opt/nezha"])
+
+
+def secret_holders(record: BootRecord, root: Path, secret: str) -> list[str]:
+    """Places that hold the node secret; the state file, the agent unit and the stub's argv record may."""
+    texts = {"journal": record.journal, "console": record.console}
+    return holders(secret, texts, root, ["/var/log"])
+
+
+def report_timing(capsys: pytest.CaptureFixture[str], label: str, record: BootRecord) -> None:
+    seconds = record.seconds_to_registration()
+    line = f"{label}: registration request {seconds:.1f} s after boot start" if seconds is not None \
+        else f"{label}: no registration request"
+    with capsys.disabled():
+        print(f"\n[first-boot] {line}")
+
+
+def read_state(root: Path) -> dict[str, object]:
+    data = json.loads(state_file(root).read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+# --- 1 and 2: the cloud-init path -------------------------------------------------------------
+
+@dataclass
+class CloudNode:
+    lab: Lab
+    clone: Clone
+
+
+@pytest.fixture(scope="module")
+def cloud_node(base: Path, wheelhouse: Wheelhouse) -> Iterator[CloudNode]:
+    """A fresh VM seeded with the full user-data, the package spec being our wheel's file:// URL."""
+    user_data = render("cloud-init", "--package", f"file://{wheelhouse.guest_wheel()}", *PIP_OFFLINE)
+    lab = Lab("cloud-init", TOKEN)
+    try:
+        clone = lab.clone([base], "node")
+        add_wheelhouse(clone.root, wheelhouse)  # stands in for the index a real VM's pip would reach
+        set_identity(clone.root, "cloud-node", uuid.uuid4().hex)
+        seed_nocloud(clone.root, user_data, instance_id="i-e2e-cloud-0001")
+        lab.serve()
+        yield CloudNode(lab, clone)
+    finally:
+        lab.close()
+
+
+CLOUD_COMMANDS = {"cloud-init status": ["cloud-init", "status", "--long"]}
+
+
+@pytest.fixture(scope="module")
+def cloud_first_boot(cloud_node: CloudNode) -> BootRecord:
+    return cloud_node.lab.boot(cloud_node.clone, "cloud-node", CLOUD_COMMANDS)
+
+
+@pytest.fixture(scope="module")
+def cloud_second_boot(cloud_node: CloudNode, cloud_first_boot: BootRecord) -> BootRecord:
+    return cloud_node.lab.boot(cloud_node.clone, "cloud-node", CLOUD_COMMANDS)
+
+
+def test_cloud_init_first_boot_registers_once_and_installs_the_agent(
+        cloud_node: CloudNode, cloud_first_boot: BootRecord, capsys: pytest.CaptureFixture[str]) -> None:
+    root, boot = cloud_node.clone.root, cloud_first_boot
+    report_timing(capsys, "cloud-init first boot", boot)
+    assert boot.system_state == "running", boot.failed
+    assert "status: done" in boot.outputs["cloud-init status"], boot.outputs["cloud-init status"]
+    assert [r.sent_name() for r in boot.registrations()] == [f"node-{boot.machine_id[:8]}"], boot.service_log
+    state = read_state(root)
+    assert mode_of(state_file(root)) == 0o600
+    assert mode_of(root / SETTINGS_FILE.lstrip("/")) == 0o600
+    [call] = stub_calls(root)
+    assert (call.argv, call.cwd, call.stdin) == (
+        ["install_agent", "127.0.0.1", "5555", state["secret"], "--tls"], "/opt/nezha/agent", "/dev/null")
+    assert "NEZHA_TOKEN" not in call.env
+    assert (boot.service["ActiveState"], boot.service["Result"], boot.service["UnitFileState"]) == (
+        "active", "success", "enabled")
+    assert (boot.agent["ActiveState"], boot.agent["UnitFileState"]) == ("active", "enabled")
+
+
+def test_cloud_init_first_boot_leaks_neither_token_nor_secret(
+        cloud_node: CloudNode, cloud_first_boot: BootRecord) -> None:
+    root = cloud_node.clone.root
+    output_log = (root / "var/log/cloud-init-output.log").read_text(errors="replace")
+    assert "nezha-bootstrap" in output_log  # the log exists and covers the tool's install: the scan means something
+    assert token_holders(cloud_first_boot, root) == []
+    assert secret_holders(cloud_first_boot, root, str(read_state(root)["secret"])) == []
+
+
+def test_second_boot_makes_no_request_at_all(cloud_node: CloudNode, cloud_second_boot: BootRecord) -> None:
+    boot = cloud_second_boot
+    assert boot.system_state == "running", boot.failed
+    assert boot.requests == []
+    assert (boot.service["ActiveState"], boot.service["Result"]) == ("active", "success"), boot.service_log
+    assert len(stub_calls(cloud_node.clone.root)) == 1
+    assert boot.agent["ActiveState"] == "active"
+
+
+# --- 3: the golden-image path -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Golden:
+    layers: tuple[Path, ...]
+    machine_id: str
+    dbus_machine_id_exists: bool
+    state_exists: bool
+    settings_mode: int
+    unit_enabled: bool
+
+
+def build_golden(image: Clone, wheelhouse: Wheelhouse) -> None:
+    """What an image builder does in the image: install the tool, `install-service`, then `seal`."""
+    add_wheelhouse(image.root, wheelhouse)
+    run_in_image(image.root, ["python3", "-m", "venv", "/opt/nezha-bootstrap"])
+    run_in_image(image.root, ["/opt/nezha-bootstrap/bin/pip", "install", "-q", *GUEST_WHEELHOUSE_OPTIONS,
+                              "nezha-bootstrap"])
+    env = {k: v for k, v in settings_env().items() if k != "NEZHA_TOKEN"}
+    run_in_image(image.root, [GUEST_TOOL, "install-service", "--token-file", "-"], env=env, input=TOKEN + "\n")
+    run_in_image(image.root, [GUEST_TOOL, "seal"])
+
+
+@pytest.fixture(scope="module")
+def golden(base: Path, wheelhouse: Wheelhouse) -> Iterator[Golden]:
+    image = Clone([base], work_dir("golden"))
+    try:
+        build_golden(image, wheelhouse)
+        root = image.root
+        machine_id = (root / "etc/machine-id").read_text()
+        dbus_machine_id_exists = (root / "var/lib/dbus/machine-id").exists()
+        state_exists = state_file(root).exists()
+        settings_mode = mode_of(root / SETTINGS_FILE.lstrip("/"))
+        wants = root / "etc/systemd/system/multi-user.target.wants/nezha-bootstrap.service"
+        unit_enabled = wants.is_symlink() and (root / "etc/systemd/system/nezha-bootstrap.service").is_file()
+        yield Golden(image.frozen(), machine_id, dbus_machine_id_exists, state_exists, settings_mode, unit_enabled)
+    finally:
+        image.close()
+
+
+@dataclass
+class ClonePair:
+    lab: Lab
+    clones: tuple[Clone, Clone]
+    boots: tuple[BootRecord, BootRecord]
+
+
+@pytest.fixture(scope="module")
+def golden_clones(golden: Golden) -> Iterator[ClonePair]:
+    lab = Lab("golden-clones", TOKEN)
+    try:
+        lab.serve()
+        clones = (lab.clone(golden.layers, "clone-a"), lab.clone(golden.layers, "clone-b"))
+        for clone, name in zip(clones, ("clone-a", "clone-b")):
+            set_identity(clone.root, name, None)  # the machine-id stays as `seal` left it
+        boots = (lab.boot(clones[0], "clone-a"), lab.boot(clones[1], "clone-b"))
+        yield ClonePair(lab, clones, boots)
+    finally:
+        lab.close()
+
+
+def test_seal_leaves_an_image_without_identity_but_with_the_enabled_unit(golden: Golden) -> None:
+    assert (golden.machine_id, golden.dbus_machine_id_exists, golden.state_exists) == ("", False, False)
+    assert (golden.settings_mode, golden.unit_enabled) == (0o600, True)
+
+
+def test_golden_image_clones_register_once_each_under_their_own_name(
+        golden_clones: ClonePair, capsys: pytest.CaptureFixture[str]) -> None:
+    (a, b), roots = golden_clones.boots, [c.root for c in golden_clones.clones]
+    for label, boot in (("golden clone a", a), ("golden clone b", b)):
+        report_timing(capsys, label, boot)
+    assert re.fullmatch("[0-9a-f]{32}", a.machine_id) and re.fullmatch("[0-9a-f]{32}", b.machine_id)
+    assert a.machine_id != b.machine_id
+    assert [r.sent_name() for r in a.registrations()] == [f"node-{a.machine_id[:8]}"], a.service_log
+    assert [r.sent_name() for r in b.registrations()] == [f"node-{b.machine_id[:8]}"], b.service_log
+    states = [read_state(root) for root in roots]
+    assert [s["machine_id"] for s in states] == [a.machine_id, b.machine_id]
+    assert states[0]["secret"] != states[1]["secret"]
+    for root, state, boot in zip(roots, states, (a, b)):
+        assert boot.system_state == "running", boot.failed
+        assert [call.argv[3] for call in stub_calls(root)] == [state["secret"]]
+        assert (boot.service["ActiveState"], boot.service["Result"]) == ("active", "success"), boot.service_log
+        assert boot.agent["ActiveState"] == "active"
+        assert token_holders(boot, root) == []
+
+
+def test_a_clone_keeps_its_machine_id_and_makes_no_request_on_its_second_boot(golden_clones: ClonePair) -> None:
+    first = golden_clones.boots[0]
+    again = golden_clones.lab.boot(golden_clones.clones[0], "clone-a")
+    assert again.machine_id == first.machine_id
+    assert again.requests == []
+    assert (again.service["ActiveState"], again.service["Result"]) == ("active", "success"), again.service_log
+
+
+def test_minimal_user_data_gives_an_image_with_the_tool_its_settings_and_it_registers(
+        golden: Golden, capsys: pytest.CaptureFixture[str]) -> None:
+    user_data = render("cloud-init-minimal")
+    lab = Lab("minimal", TOKEN)
+    try:
+        clone = lab.clone(golden.layers, "minimal")
+        set_identity(clone.root, "minimal", None)
+        (clone.root / SETTINGS_FILE.lstrip("/")).unlink()  # an image built with the tool and the unit only
+        seed_nocloud(clone.root, user_data, instance_id="i-e2e-minimal-0001")
+        lab.serve()
+        boot = lab.boot(clone, "minimal", CLOUD_COMMANDS)
+        report_timing(capsys, "cloud-init-minimal first boot", boot)
+        assert boot.system_state == "running", boot.failed
+        assert "status: done" in boot.outputs["cloud-init status"], boot.outputs["cloud-init status"]
+        assert [r.sent_name() for r in boot.registrations()] == [f"node-{boot.machine_id[:8]}"], boot.service_log
+        assert (boot.service["ActiveState"], boot.service["Result"]) == ("active", "success"), boot.service_log
+        assert mode_of(clone.root / SETTINGS_FILE.lstrip("/")) == 0o600
+        assert [call.argv[3] for call in stub_calls(clone.root)] == [read_state(clone.root)["secret"]]
+        assert token_holders(boot, clone.root) == []
+    finally:
+        lab.close()
+
+
+# --- 4: the dashboard is down at first boot ---------------------------------------------------
+
+def test_unit_succeeds_alone_when_the_dashboard_comes_up_20_s_after_boot(
+        golden: Golden, capsys: pytest.CaptureFixture[str]) -> None:
+    lab = Lab("dashboard-down", TOKEN)
+    try:
+        clone = lab.clone(golden.layers, "late")
+        set_identity(clone.root, "late", None)
+        lab.serve(down_for=DOWN_FOR)
+        boot = lab.boot(clone, "late")
+    finally:
+        lab.close()
+    report_timing(capsys, f"dashboard down for {DOWN_FOR:g} s", boot)
+    assert boot.system_state == "running", boot.failed
+    assert (boot.service["ActiveState"], boot.service["Result"]) == ("active", "success"), boot.service_log
+    assert len(boot.registrations()) == 1
+    assert "retrying" in boot.service_log or int(boot.service["NRestarts"]) > 0, boot.service_log
+    seconds = boot.seconds_to_registration()
+    assert seconds is not None and seconds >= DOWN_FOR - 1
