@@ -63,4 +63,6 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (4, "the dashboard stayed unreachable or failing until the deadline"),
     (5, "the installer failed (download, hash, exit status, verification)"),
     (6, "another run holds the lock"),
+    (130, "stopped by SIGINT (Ctrl-C); nothing partial is left behind"),
+    (143, "stopped by SIGTERM; nothing partial is left behind"),
 )
