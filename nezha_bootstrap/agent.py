@@ -8,26 +8,25 @@ Facts from dashboard-v1-v2.md ("The agent, installed without the vendor script")
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import re
-import zipfile
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nezha_bootstrap.config import display_url
+# AGENT_V0 and AGENT_V1 are re-exported: the pinned versions belong with the rest of the release facts.
+from nezha_bootstrap.config import AGENT_V0 as AGENT_V0
+from nezha_bootstrap.config import AGENT_V1 as AGENT_V1
+from nezha_bootstrap.config import DEFAULT_AGENT_BASE_URL, SECRET_RE, Config, display_url, is_valid_host
 from nezha_bootstrap.errors import BootstrapError, InstallerFailed
 from nezha_bootstrap.installer import read_exec_start
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.retry import Notify, Transient, with_retries
 
-DEFAULT_BASE_URL = "https://github.com/nezhahq/agent/releases/download"
-AGENT_V1 = "2.3.3"  # newest v2 agent read for the reference; needs a dashboard >= v1.1.1
-AGENT_V0 = "0.20.5"  # the last agent a v0 dashboard speaks to (installer-v0.md)
+DEFAULT_BASE_URL = DEFAULT_AGENT_BASE_URL
 ZIP_CAP = 64 * 1024 * 1024  # the real zips are ~5 MB
 BINARY_CAP = 128 * 1024 * 1024
 CHECKSUMS_CAP = 64 * 1024
@@ -71,6 +70,15 @@ class Release:
     def checksums_url(self) -> str:
         return f"{self.base_url}/v{self.version}/checksums.txt"
 
+    def describe(self) -> list[str]:
+        """The download step as --dry-run prints it."""
+        pinned = f" and the pinned {self.pinned_sha256}" if self.pinned_sha256 else ""
+        return [
+            f"download {display_url(self.checksums_url)} (at most {CHECKSUMS_CAP} bytes)",
+            f"download {display_url(self.asset_url)} (at most {ZIP_CAP} bytes, redirects followed)",
+            f"check its SHA-256 against checksums.txt{pinned}; extract nezha-agent (0755)",
+        ]
+
 
 def render_config(values: Mapping[str, Any]) -> str:
     """config.yml: one `key: value` line each; strings as JSON strings (valid YAML scalars)."""
@@ -99,6 +107,8 @@ def parse_checksums(text: str, asset: str) -> str:
 
 def check_zip(data: bytes, release: Release, listed: str) -> None:
     """The zip must hash to checksums.txt's value and to the pinned one when given."""
+    import hashlib  # here: `--help` and `--dry-run` never load it
+
     actual = hashlib.sha256(data).hexdigest()
     if actual != listed:
         raise InstallerFailed(
@@ -113,6 +123,9 @@ def check_zip(data: bytes, release: Release, listed: str) -> None:
 
 def extract_binary(data: bytes) -> bytes:
     """The `nezha-agent` member of a release zip (size-capped)."""
+    import io
+    import zipfile  # here: `--help` and `--dry-run` never load it
+
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             info = archive.getinfo("nezha-agent")
@@ -151,6 +164,64 @@ def download(client: Any, url: str, cap: int, deadline: float, notify: Notify) -
         if isinstance(exc, InstallerFailed):
             raise
         raise InstallerFailed(f"downloading {shown}: {exc}") from exc
+
+
+def fetch_binary(client: Any, release: Release, deadline: float, notify: Notify) -> bytes:
+    """checksums.txt, then the zip; both hashes checked; the `nezha-agent` the zip holds."""
+    checksums = download(client, release.checksums_url, CHECKSUMS_CAP, deadline, notify)
+    listed = parse_checksums(checksums.decode("utf-8", errors="replace"), release.asset)
+    data = download(client, release.asset_url, ZIP_CAP, deadline, notify)
+    check_zip(data, release, listed)
+    return extract_binary(data)
+
+
+@dataclass(frozen=True)
+class V0Install:
+    """`--method direct` for a v0 dashboard, as data: the pinned v0 agent runs its own
+    `service install -s HOST:PORT -p SECRET [--tls] [flags]`, which is what install.sh ends in, without
+    the script's package-manager runs, SELinux change and geo probe (installer-v0.md)."""
+
+    release: Release
+    argv: tuple[str, ...] = field(repr=False)  # holds the node secret: the v0 agent takes it only as -p
+    uninstall_first: tuple[str, ...] | None
+    cwd: Path
+    unit: Path
+    expect_server: str
+    expect_tls: bool
+
+    def describe(self) -> list[str]:
+        """Human lines for --dry-run; the secret is shown as <secret>."""
+        lines = self.release.describe()
+        lines.append(f"write {Path(self.argv[0])} (0755)")
+        if self.uninstall_first:
+            lines.append("uninstall the existing agent: " + shlex.join(self.uninstall_first))
+        shown = ["<secret>" if i and self.argv[i - 1] == "-p" else word for i, word in enumerate(self.argv)]
+        lines.append(f"run: {shlex.join(shown)}")
+        lines.append(f"  cwd {self.cwd}, stdin /dev/null, environment without NZ_* and NEZHA_TOKEN")
+        lines.append(f"verify {self.unit}: ExecStart has -s {self.expect_server}, the secret"
+                     + (", --tls" if self.expect_tls else ", no --tls"))
+        return lines
+
+
+def plan_v0(config: Config, paths: Paths, secret: str, release: Release) -> V0Install:
+    """The v0 agent's `service install` call; every value in it is checked here once more."""
+    if not SECRET_RE.match(secret):
+        raise InstallerFailed("refusing to pass a secret that is not letters and digits to the agent")
+    if not is_valid_host(config.probe_address):
+        raise InstallerFailed("refusing to pass an invalid probe address to the agent")
+    server = f"{config.agent_host}:{config.probe_port}"
+    argv = [str(paths.agent_binary), "service", "install", "-s", server, "-p", secret]
+    if config.tls:
+        argv.append("--tls")
+    argv.extend(config.agent_flags)
+    # `service install` refuses an existing unit ("Init already exists"): uninstall it first.
+    present = paths.agent_unit.exists() or paths.agent_openrc.exists()
+    return V0Install(
+        release=release, argv=tuple(argv),
+        uninstall_first=(str(paths.agent_binary), "service", "uninstall") if present else None,
+        cwd=paths.agent_dir,  # kept: the agent's unit uses it as WorkingDirectory
+        unit=paths.agent_unit, expect_server=server, expect_tls=config.tls,
+    )
 
 
 def clean_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -230,6 +301,8 @@ class Leftover:
 
 def vendor_leftovers(paths: Paths) -> list[Leftover]:
     """`config-*.yml` next to the agent, each with its `nezha-agent-<hash>` unit when present."""
+    import hashlib
+
     found = []
     for config in sorted(paths.agent_dir.glob("config-*.yml")):
         target = "/" + str(config.relative_to(paths.root))

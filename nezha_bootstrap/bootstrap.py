@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from nezha_bootstrap import interrupts, redact
 from nezha_bootstrap import state as state_mod
@@ -20,6 +21,10 @@ from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.retry import with_retries
 from nezha_bootstrap.state import State
+
+if TYPE_CHECKING:
+    from nezha_bootstrap.agent import Release, V0Install
+    from nezha_bootstrap.installer import Expected
 
 # One request that hangs (accepted, never answered) may use a third of its step's deadline, so
 # that at least two more attempts fit after it.
@@ -80,6 +85,8 @@ class Runner:
     paths: Paths
     reporter: Reporter
     client: Any = None  # an httpx.Client; built lazily so --dry-run never imports httpx
+    direct: Release | None = None  # --method direct: this agent release runs its own `service install`
+    downloads: Any = None  # the httpx.Client of downloads (system store and --ca-bundle)
 
     def run(self) -> dict[str, Any]:
         """Take the lock, decide, register and install as needed; return the --json summary."""
@@ -109,6 +116,7 @@ class Runner:
             "outcome": outcome,
             "reason": decision.reason,
             "generation": "v0",
+            "method": "direct" if self.direct else "script",
             "name": self.config.name,
             "dashboard": display_url(self.config.dashboard_url),
         }
@@ -117,8 +125,15 @@ class Runner:
         if self.client is None:
             from nezha_bootstrap.dashboard import make_client
 
-            self.client = make_client(self.config.ca_bundle, urls=(self.config.dashboard_url, self.config.script_url))
+            self.client = make_client(self.config.ca_bundle, urls=(self.config.dashboard_url,))
         return self.client
+
+    def _download_client(self, urls: tuple[str, ...]) -> Any:
+        if self.downloads is None:
+            from nezha_bootstrap.dashboard import make_download_client
+
+            self.downloads = make_download_client(self.config.ca_bundle, urls=urls)
+        return self.downloads
 
     def _register(self) -> State:
         from nezha_bootstrap.dashboard import Dashboard, Registration
@@ -165,24 +180,44 @@ class Runner:
         from nezha_bootstrap import installer
 
         config = self.config
-        plan = installer.plan(config, self.paths, saved.secret)
-        with self.reporter.step("download", f"downloading {display_url(plan.script_url)}"):
-            content = self._download(plan)
+        plan, perform, what = self._prepare_direct(saved) if self.direct else self._prepare_script(saved)
         if saved.installed_at is not None:
             # The old agent is about to be replaced: until the new one verifies, nothing is installed,
             # or a failed re-install followed by a run with the old settings would look done.
             state_mod.save(self.paths, dataclasses.replace(saved, installed_at=None))
-        with self.reporter.step("install", "running install.sh install_agent"):
-            self._run_installer(plan, content)
+        with self.reporter.step("install", what):
+            perform()
         with self.reporter.step("verify", f"verifying {plan.unit}"):
             installer.verify_unit(plan, self.paths, saved.secret)
             if self.facts.systemd_running:
                 installer.wait_active(_systemctl_is_active)
         installed = dataclasses.replace(
             saved, probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
-            installed_at=state_mod.now(),
+            installed_at=state_mod.now(), method="direct" if self.direct else "script",
         )
         state_mod.save(self.paths, installed)
+
+    def _prepare_script(self, saved: State) -> tuple[Expected, Callable[[], None], str]:
+        """Download install.sh; return its plan and the call that runs it."""
+        from nezha_bootstrap import installer
+
+        plan = installer.plan(self.config, self.paths, saved.secret)
+        with self.reporter.step("download", f"downloading {display_url(plan.script_url)}"):
+            content = self._download(plan)
+        return plan, functools.partial(self._run_installer, plan, content), "running install.sh install_agent"
+
+    def _prepare_direct(self, saved: State) -> tuple[Expected, Callable[[], None], str]:
+        """Download and check the pinned v0 agent; return its plan and the call that installs it."""
+        from nezha_bootstrap import agent
+
+        assert self.direct is not None
+        release = self.direct
+        plan = agent.plan_v0(self.config, self.paths, saved.secret, release)
+        with self.reporter.step("download", f"downloading nezha-agent v{release.version} ({release.asset})"):
+            client = self._download_client((release.checksums_url, release.asset_url))
+            binary = agent.fetch_binary(client, release, self.config.deadline, self.reporter.info)
+        what = f"nezha-agent service install -s {plan.expect_server}" + (" --tls" if plan.expect_tls else "")
+        return plan, functools.partial(self._run_direct, plan, binary), what
 
     def _download(self, plan: InstallPlan) -> bytes:
         from nezha_bootstrap.dashboard import fetch
@@ -190,8 +225,9 @@ class Runner:
         from nezha_bootstrap.retry import Transient
 
         def attempt(seconds_left: float) -> bytes:
-            answer = fetch(self._http(), "GET", plan.script_url, seconds_left=seconds_left,
-                           cap=SCRIPT_CAP, ambiguous=False)
+            # The client of downloads: a private-CA dashboard (--ca-bundle) and GitHub both verify.
+            answer = fetch(self._download_client((plan.script_url,)), "GET", plan.script_url,
+                           seconds_left=seconds_left, cap=SCRIPT_CAP, ambiguous=False, follow_redirects=False)
             if answer.status == 429 or answer.status >= 500:
                 raise Transient(f"HTTP {answer.status}")
             if answer.status != 200:
@@ -242,6 +278,33 @@ class Runner:
             )
 
 
+    def _run_direct(self, plan: V0Install, binary: bytes) -> None:
+        """Write the agent, uninstall an existing unit, run the agent's `service install` (clean env)."""
+        from nezha_bootstrap import agent, system
+
+        plan.cwd.mkdir(parents=True, exist_ok=True)
+        system.atomic_write(self.paths.agent_binary, binary, mode=0o755)
+        env = agent.clean_env(os.environ)
+        show = functools.partial(_show_line, self.reporter)
+        try:
+            if plan.uninstall_first:
+                self.reporter.info("  uninstalling the existing agent first")
+                system.run(plan.uninstall_first, cwd=plan.cwd, env=env, timeout=UNINSTALL_TIMEOUT, on_line=show)
+            done = system.run(plan.argv, cwd=plan.cwd, env=env, timeout=agent.COMMAND_TIMEOUT, on_line=show)
+        except OSError as exc:
+            raise InstallerFailed(f"cannot run {plan.argv[0]}: {exc.strerror}") from exc
+        if done.timed_out:
+            raise InstallerFailed(f"`nezha-agent service install` did not finish within {agent.COMMAND_TIMEOUT:g} s; "
+                                  "its process group was killed")
+        if done.returncode != 0:
+            raise InstallerFailed(f"`nezha-agent service install` exited with status {done.returncode}; "
+                                  "run again with -v to see its output")
+
+
+def _show_line(reporter: Reporter, line: str) -> None:
+    reporter.detail(f"  | {line}")
+
+
 UNINSTALL_TIMEOUT = 60.0
 
 
@@ -255,9 +318,10 @@ def _systemctl_is_active() -> bool:
     return done.returncode == 0
 
 
-def plan_lines(config: Config, facts: Facts, paths: Paths) -> tuple[list[str], dict[str, Any]]:
+def plan_lines(config: Config, facts: Facts, paths: Paths,
+               direct: Release | None = None) -> tuple[list[str], dict[str, Any]]:
     """The --dry-run plan: what `run` would send, run and write; reads the state, changes nothing."""
-    from nezha_bootstrap import installer
+    from nezha_bootstrap import agent, installer
 
     saved = state_mod.load(paths, move_aside=False)
     unit_present = paths.agent_unit.exists() or paths.agent_openrc.exists()
@@ -266,7 +330,8 @@ def plan_lines(config: Config, facts: Facts, paths: Paths) -> tuple[list[str], d
     lines += [f"note: {note}" for note in decision.notes]
     payload: dict[str, Any] = {
         "outcome": "dry_run", "action": decision.action.name.lower(), "reason": decision.reason,
-        "generation": "v0", "name": config.name, "dashboard": display_url(config.dashboard_url),
+        "generation": "v0", "method": "direct" if direct else "script", "name": config.name,
+        "dashboard": display_url(config.dashboard_url),
     }
     if decision.action is Action.NOTHING:
         return lines, payload
@@ -284,8 +349,9 @@ def plan_lines(config: Config, facts: Facts, paths: Paths) -> tuple[list[str], d
         payload["request"] = {"method": "POST", "url": display_url(config.register_url),
                               "headers": {"Authorization": "<token>"}, "body": config.register_body()}
     secret = saved.secret if saved and decision.action is Action.INSTALL else "0" * 18  # masked in describe()
-    plan = installer.plan(config, paths, secret)
-    lines += plan.describe()
+    described = (installer.plan(config, paths, secret) if direct is None
+                 else agent.plan_v0(config, paths, secret, direct)).describe()
+    lines += described
     lines.append(f"write {paths.state_file} (0600): installed")
-    payload["install"] = plan.describe()
+    payload["install"] = described
     return lines, payload

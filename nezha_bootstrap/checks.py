@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import platform
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nezha_bootstrap.config import Config, display_url
-from nezha_bootstrap.errors import BootstrapError, DashboardRefused, DashboardUnreachable, InstallerFailed
+from nezha_bootstrap.agent import Release, asset_name
+from nezha_bootstrap.config import AGENT_V1, Config, display_url
+from nezha_bootstrap.errors import (
+    BootstrapError,
+    DashboardRefused,
+    DashboardUnreachable,
+    InstallerFailed,
+    SettingsError,
+)
 from nezha_bootstrap.retry import Transient
+
+if TYPE_CHECKING:
+    from nezha_bootstrap.enrollment import AgentConfig
+    from nezha_bootstrap.facts import Facts
+    from nezha_bootstrap.generation import Generation
+    from nezha_bootstrap.paths import Paths
 
 CHECK_TIMEOUT = 10.0
 UNLIKELY_TAG = "nezha-bootstrap-check-0f3c9e"  # lists nothing, creates nothing
@@ -74,7 +88,8 @@ def check_installer(config: Config, client: Any) -> CheckResult:
     from nezha_bootstrap.installer import SCRIPT_CAP, check_script
 
     try:
-        answer = fetch(client, "GET", config.script_url, seconds_left=CHECK_TIMEOUT, cap=SCRIPT_CAP, ambiguous=False)
+        answer = fetch(client, "GET", config.script_url, seconds_left=CHECK_TIMEOUT, cap=SCRIPT_CAP, ambiguous=False,
+                       follow_redirects=False)  # as `run` downloads it
         if answer.status != 200 or answer.truncated:
             raise InstallerFailed(f"downloading {display_url(config.script_url)}: HTTP {answer.status}"
                                   + (", over the size cap" if answer.truncated else ""))
@@ -88,10 +103,98 @@ def check_installer(config: Config, client: Any) -> CheckResult:
     return CheckResult("installer", "ok", f"{display_url(config.script_url)} downloads, {hashed}")
 
 
-def run_checks(config: Config, client: Any = None) -> list[CheckResult]:
-    """All checks in order; `client` is an httpx client (built here when not given)."""
-    if client is None:
-        from nezha_bootstrap.dashboard import make_client
+def run_checks(config: Config, client: Any = None, downloads: Any = None) -> list[CheckResult]:
+    """All checks in order; `client` is the dashboard's httpx client, `downloads` the one of downloads
+    (the system store and --ca-bundle, as `run` downloads); both built here when not given."""
+    from nezha_bootstrap.dashboard import make_client, make_download_client
 
-        client = make_client(config.ca_bundle)
-    return [*check_dashboard(config, client), check_probe(config), check_installer(config, client)]
+    client = client or make_client(config.ca_bundle)
+    downloads = downloads or make_download_client(config.ca_bundle)
+    return [*check_dashboard(config, client), check_probe(config), check_installer(config, downloads)]
+
+
+# --- v1/v2 dashboards, and `--method direct` (dashboard-v1-v2.md) -------------------------------------
+
+def check_generation(config: Config, settings: AgentConfig, client: Any) -> tuple[CheckResult, Generation | None]:
+    """Which generation answers: the three credential-free probes once (or --dashboard as given)."""
+    from nezha_bootstrap.generation import Generation, detect, http_sender
+
+    if settings.generation == "v0":
+        return CheckResult("generation", "skip", "v0, as --dashboard says (not probed)"), Generation.V0
+    if settings.generation == "v1":
+        return CheckResult("generation", "skip", "v1 or newer, as --dashboard says (not probed)"), Generation.V1
+    try:
+        found = detect(http_sender(client, config.dashboard_url), CHECK_TIMEOUT)
+    except (Transient, BootstrapError) as exc:
+        return _failed("generation", exc), None
+    return CheckResult("generation", "ok", f"{found.value} (three requests without credentials)"), found
+
+
+def check_secret(settings: AgentConfig, generation: Generation) -> CheckResult:
+    """A v1/v2 agent enrolls with the agent secret; only that enrollment can tell a wrong one."""
+    if not settings.secret:
+        return CheckResult("secret", "FAIL", f"the dashboard is {generation.value}: agents enroll with an agent "
+                           "secret; set NEZHA_AGENT_SECRET_FILE or NEZHA_AGENT_SECRET", SettingsError.exit_code)
+    return CheckResult("secret", "ok", "given; not tried here (a wrong one counts towards the dashboard's WAF, "
+                       "only the agent's enrollment shows it)")
+
+
+def check_identity(settings: AgentConfig, facts: Facts, paths: Paths) -> CheckResult:
+    """The uuid the agent would enroll with: --uuid, the state's for this machine-id, or derived from it."""
+    from nezha_bootstrap.enrollment import machine_identity
+    from nezha_bootstrap.state import load
+
+    try:
+        ident = machine_identity(settings, facts, load(paths, move_aside=False))
+    except BootstrapError as exc:
+        return CheckResult("identity", "FAIL", str(exc).replace("invalid settings:\n  - ", ""), exc.exit_code)
+    return CheckResult("identity", "ok", f"uuid {ident.uuid} (from {ident.source})")
+
+
+def check_release(release: Release, client: Any) -> CheckResult:
+    """checksums.txt and the agent zip download, the zip's SHA-256 matches, it holds nezha-agent."""
+    from nezha_bootstrap import agent
+    from nezha_bootstrap.dashboard import fetch
+
+    try:
+        texts = []
+        for url, cap in ((release.checksums_url, agent.CHECKSUMS_CAP), (release.asset_url, agent.ZIP_CAP)):
+            answer = fetch(client, "GET", url, seconds_left=CHECK_TIMEOUT, cap=cap, ambiguous=False)
+            if answer.status != 200 or answer.truncated:
+                raise InstallerFailed(f"downloading {display_url(url)}: HTTP {answer.status}"
+                                      + (", over the size cap" if answer.truncated else ""))
+            texts.append(answer.body)
+        agent.check_zip(texts[1], release, agent.parse_checksums(texts[0].decode("utf-8", "replace"), release.asset))
+        agent.extract_binary(texts[1])
+    except Transient as exc:
+        return CheckResult("release", "FAIL", f"downloading v{release.version}: {exc}", InstallerFailed.exit_code)
+    except BootstrapError as exc:
+        return _failed("release", InstallerFailed(str(exc)) if not isinstance(exc, InstallerFailed) else exc)
+    pinned = " and the pinned hash" if release.pinned_sha256 else ""
+    return CheckResult("release", "ok", f"v{release.version} {release.asset} downloads; its SHA-256 matches "
+                       f"checksums.txt{pinned}")
+
+
+def run_agent_checks(config: Config, settings: AgentConfig, facts: Facts, paths: Paths,
+                     client: Any = None, downloads: Any = None) -> list[CheckResult]:
+    """`check` with v1/v2 settings: generation, then the v0 checks or secret, identity, gRPC port, release."""
+    from nezha_bootstrap.dashboard import make_client, make_download_client
+    from nezha_bootstrap.enrollment import v0_release, v1_config
+
+    client = client or make_client(config.ca_bundle)
+    downloads = downloads or make_download_client(config.ca_bundle)
+    first, generation = check_generation(config, settings, client)
+    if generation is None:
+        return [first]
+    if generation.is_v0:
+        release = v0_release(settings)
+        install = check_release(release, downloads) if release else check_installer(config, downloads)
+        return [first, *check_dashboard(config, client), check_probe(config), install]
+    try:
+        config = v1_config(config, settings)
+    except SettingsError as exc:
+        return [first, CheckResult("settings", "FAIL", "; ".join(exc.problems), exc.exit_code)]
+    version = settings.version or AGENT_V1
+    release = Release(settings.base_url, version, asset_name(platform.machine()), settings.sha256)
+    return [first, check_secret(settings, generation), check_identity(settings, facts, paths),
+            check_probe(config), check_release(release, downloads)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVar
 
@@ -12,9 +11,10 @@ import click
 from click.core import ParameterSource
 
 from nezha_bootstrap import __version__, interrupts, redact
-from nezha_bootstrap.agent import AGENT_V1
-from nezha_bootstrap.agent import DEFAULT_BASE_URL as DEFAULT_AGENT_BASE_URL
 from nezha_bootstrap.config import (
+    AGENT_V0,
+    AGENT_V1,
+    DEFAULT_AGENT_BASE_URL,
     DEFAULT_DEADLINE,
     DEFAULT_LOCK_TIMEOUT,
     DEFAULT_PROBE_PORT,
@@ -31,6 +31,7 @@ from nezha_bootstrap.report import Reporter
 
 if TYPE_CHECKING:
     from nezha_bootstrap.enrollment import AgentConfig
+    from nezha_bootstrap.naming import Naming
     from nezha_bootstrap.service import Plan
     from nezha_bootstrap.state import State
 
@@ -137,7 +138,7 @@ def agent_options(func: F) -> F:
         _option("--agent-base-url", envvar="NEZHA_AGENT_BASE_URL", default=DEFAULT_AGENT_BASE_URL, show_default=True,
                 help="Release base: {base}/v{version}/{asset} and {base}/v{version}/checksums.txt."),
         _option("--agent-version", envvar="NEZHA_AGENT_VERSION",
-                help=f"Agent release. [default: {AGENT_V1} for v1.1.1+ dashboards]"),
+                help=f"Agent release. [default: {AGENT_V1} for v1.1.1+ dashboards, {AGENT_V0} for v0]"),
         _option("--agent-sha256", envvar="NEZHA_AGENT_SHA256", help="Pinned SHA-256 of the agent zip."),
         _option("--agent-option", "agent_options", envvar="NEZHA_AGENT_OPTIONS", multiple=True,
                 help="Agent config KEY=VALUE (repeatable; env: space-separated), e.g. report_delay=2."),
@@ -146,10 +147,31 @@ def agent_options(func: F) -> F:
                 help="Uninstall agents the vendor script left (config-*.yml) and report their uuids."),
         _option("--allow-plaintext", is_flag=True, envvar="NEZHA_ALLOW_PLAINTEXT",
                 help="Allow --no-tls to a public address (the agent secret crosses in clear text)."),
+        # Token mode (v2.1+, NEZHA_TOKEN=nzp_...): the access token names the server (naming.py).
+        _option("--public-note", envvar="NEZHA_PUBLIC_NOTE", help="v2.1+ token mode: the server's public note."),
+        _option("--display-index", envvar="NEZHA_DISPLAY_INDEX", help="v2.1+ token mode: sort weight (higher first)."),
+        _option("--group", envvar="NEZHA_GROUP", help="v2.1+ token mode: join the server group of this name."),
+        _option("--group-id", envvar="NEZHA_GROUP_ID", help="v2.1+ token mode: the group's id (names may repeat)."),
+        _option("--create-group", is_flag=True, envvar="NEZHA_CREATE_GROUP",
+                help="v2.1+ token mode: create the --group when it does not exist."),
+        _option("--enroll-timeout", envvar="NEZHA_ENROLL_TIMEOUT", default="120", show_default=True, metavar="SECONDS",
+                help="v2.1+ token mode: how long to wait for the dashboard to list the new server."),
     ]
     for decorator in reversed(options):
         func = decorator(func)
     return func
+
+
+def _naming(params: dict[str, Any], problems: list[str]) -> Naming:
+    """Pop the token-mode options from `params` and validate them (problems are collected)."""
+    from nezha_bootstrap.naming import NamingSettings, validate
+
+    raw = NamingSettings(
+        public_note=params.pop("public_note"), display_index=params.pop("display_index"), group=params.pop("group"),
+        group_id=params.pop("group_id"), create_group=params.pop("create_group"),
+        enroll_timeout=params.pop("enroll_timeout"),
+    )
+    return validate(raw, problems)
 
 
 def _agent_config(ctx: click.Context, params: dict[str, Any], problems: list[str], reporter: Reporter) -> AgentConfig:
@@ -238,6 +260,8 @@ def handle_errors(func: F) -> F:
         except Exception as exc:
             reporter: Reporter = meta["reporter"]
             if reporter.verbosity > 0:
+                import traceback  # only for this rare case: it costs `--help` ~10 ms
+
                 reporter.error(traceback.format_exc())
             _fail(reporter, 1, f"internal error: {type(exc).__name__}: {exc}")
 
@@ -289,41 +313,62 @@ def run(
     reporter = _reporter(as_json, quiet, verbose)
     problems: list[str] = []
     agent = _agent_config(ctx, params, problems, reporter)
+    naming = _naming(params, problems)
     validated = resolve(ctx, params, reporter, dry_run=dry_run, force=force,
                         token_optional=bool(agent.secret) or agent.generation == "v1", problems=problems)
     config, paths = validated.config, Paths(validated.config.root)
-    if agent.active:
+    if agent.active or config.token.startswith("nzp_"):  # an access token is for v2.1+: the agent flow
         from nezha_bootstrap.enrollment import run_agent_flow
 
-        summary = run_agent_flow(config, agent, ctx.meta["facts"], paths, reporter, dry_run=dry_run)
+        summary = run_agent_flow(config, agent, ctx.meta["facts"], paths, reporter, dry_run=dry_run, naming=naming)
         if summary is not None:  # None: the dashboard is v0, the script flow below goes on
             reporter.emit_json({**summary, "exit_code": 0, "steps": reporter.steps, "warnings": reporter.warnings})
             return
+    direct = _v0_release(agent)  # --method direct: the v0 agent's own `service install`, not install.sh
     if dry_run:
-        lines, payload = plan_lines(config, ctx.meta["facts"], paths)
+        lines, payload = plan_lines(config, ctx.meta["facts"], paths, direct=direct)
         for line in lines:
             reporter.result(line)
         reporter.emit_json({**payload, "exit_code": 0, "warnings": reporter.warnings})
         return
-    runner = Runner(config, ctx.meta["facts"], paths, reporter)
+    runner = Runner(config, ctx.meta["facts"], paths, reporter, direct=direct)
     reporter.context.update(name=config.name, dashboard=display_url(config.dashboard_url), generation="v0")
     summary = runner.run()
     reporter.result(f"{summary['outcome'].replace('_', ' ')}: {config.name!r} on {summary['dashboard']}")
     reporter.emit_json({**summary, "exit_code": 0, "steps": reporter.steps, "warnings": reporter.warnings})
 
 
+def _v0_release(agent: AgentConfig) -> Any:
+    if agent.method != "direct":
+        return None
+    from nezha_bootstrap.enrollment import v0_release
+
+    return v0_release(agent)
+
+
 @main.command(epilog=EXIT_HELP)
 @settings_options
+@agent_options
 @output_options
 @click.pass_context
 @handle_errors
 def check(ctx: click.Context, /, as_json: bool, quiet: bool, verbose: bool, **params: Any) -> None:
-    """Preflight that changes nothing: dashboard, TLS, token, probe port, installer."""
-    from nezha_bootstrap.checks import run_checks
+    """Preflight that changes nothing: dashboard, TLS, token, probe port, installer.
+
+    With v1/v2 settings (an agent secret, --dashboard v1 or --method direct): the generation, the
+    agent secret, the uuid, the agent's gRPC port and the release (download and SHA-256).
+    """
+    from nezha_bootstrap.checks import run_agent_checks, run_checks
 
     reporter = _reporter(as_json, quiet, verbose)
-    config = resolve(ctx, params, reporter).config
-    results = run_checks(config)
+    problems: list[str] = []
+    agent = _agent_config(ctx, params, problems, reporter)
+    config = resolve(ctx, params, reporter, problems=problems,
+                     token_optional=bool(agent.secret) or agent.generation == "v1").config
+    if agent.active:
+        results = run_agent_checks(config, agent, ctx.meta["facts"], Paths(config.root))
+    else:
+        results = run_checks(config)
     for result in results:
         reporter.result(f"{result.status:<4}  {result.name:<10} {result.detail}")  # ok, FAIL or skip
     failed = next((r for r in results if not r.ok), None)
@@ -391,6 +436,7 @@ def _settings_file(ctx: click.Context, params: dict[str, Any], reporter: Reporte
     from nezha_bootstrap import render
 
     agent = _agent_config(ctx, params, problems, reporter)
+    _naming(params, problems)
     config = resolve(ctx, params, reporter, token_optional=bool(agent.secret) or agent.generation == "v1",
                      problems=problems, elsewhere=True).config
     for warning in (render.timeout_warning(config.deadline, config.lock_timeout),
@@ -412,6 +458,12 @@ def _settings_file(ctx: click.Context, params: dict[str, Any], reporter: Reporte
 
 def _write_output(text: str, output: str | None, reporter: Reporter) -> None:
     if output is None:
+        if sys.stdout.isatty() and redact.redact(text) != text:
+            # Meant for a file or a cloud API, never for a screen, its scroll-back or a session log.
+            raise SettingsError([
+                "the rendered text holds a secret (the API token or agent secret): "
+                "write it with --output FILE (mode 0600) or redirect stdout to a file"
+            ])
         # Not through the reporter: this output is meant to carry the token (user-data, settings file).
         click.echo(text, nl=False)
         return
@@ -577,3 +629,107 @@ def uninstall(ctx: click.Context, /, root: str, purge: bool, dry_run: bool, as_j
                                   purge=purge)
     _carry_out(plan, reporter, dry_run=dry_run, outcome="uninstalled", done="uninstalled", lock=paths, saved=saved,
                name_server=True)
+
+
+# --- the operator's machine: reconcile a v1/v2 fleet with a manifest -----------------------------
+
+def _read_password(username: str | None, password_file: str | None, problems: list[str]) -> str | None:
+    """The login's password from its file (never from a flag or the environment); None: ask for it."""
+    if not password_file:
+        return None
+    if not username:
+        problems.append("--password-file is for a login: give --username too")
+        return None
+    try:
+        text = sys.stdin.readline() if password_file == "-" else Path(password_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"cannot read the password file {password_file}: {getattr(exc, 'strerror', None) or exc}")
+        return None
+    password = text.splitlines()[0] if text else ""  # the first line, as written; spaces may be part of it
+    redact.register(password)
+    return password
+
+
+@main.command("reconcile", epilog=EXIT_HELP)
+@click.argument("manifest_path", metavar="MANIFEST")
+@_option("--dashboard-url", envvar="NEZHA_DASHBOARD_URL", help="Dashboard URL (a v1 or v2 dashboard).")
+@_option("--token-file", envvar="NEZHA_TOKEN_FILE",
+         help="File holding a v2.1+ access token (nzp_...); '-' reads stdin.")
+@_option("--token", envvar="NEZHA_TOKEN", hidden=True, help="Access token (use the env var: a flag shows in ps).")
+@_option("--username", envvar="NEZHA_USERNAME", help="Log in as this user instead of a token (v1.x, v2.0, v2.1+).")
+@_option("--password-file", envvar="NEZHA_PASSWORD_FILE",
+         help="File holding the login's password ('-': stdin). [default: asked for, not echoed]")
+@_option("--apply/--dry-run", "apply", default=False, show_default=True,
+         help="--dry-run prints the plan and changes nothing; --apply carries it out and verifies it.")
+@_option("--ca-bundle", envvar="NEZHA_CA_BUNDLE", help="PEM file of a private CA. [default: system trust store]")
+@_option("--deadline", envvar="NEZHA_BOOTSTRAP_DEADLINE", default="60", show_default=True, metavar="SECONDS",
+         help="Seconds of retries for one request (network failures, 5xx); refusals are never retried.")
+@output_options
+@click.pass_context
+@handle_errors
+def reconcile_command(ctx: click.Context, /, manifest_path: str, username: str | None, password_file: str | None,
+                      apply: bool, as_json: bool, quiet: bool, verbose: bool, **params: Any) -> None:
+    """Name, note, hide and group the servers of a v1/v2 dashboard as MANIFEST says.
+
+    MANIFEST is a .json or .toml file (TOML needs Python 3.11+ or tomli): a `servers` list whose
+    entries name a server by `uuid` or by the `machine_id` its uuid derives from, with any of name,
+    note, public_note, hide_for_guest, display_index and group; optional `defaults` for every entry.
+    Credentials: an access token (NEZHA_TOKEN or --token-file; v2.1+), or --username with the password
+    from --password-file or a prompt. Nothing is stored.
+    """
+    from nezha_bootstrap import reconcile
+    from nezha_bootstrap.dashboard import make_client
+    from nezha_bootstrap.manifest import load
+    from nezha_bootstrap.operator_api import Credentials, check_target, credential_problems, open_session
+
+    reporter = _reporter(as_json, quiet, verbose)
+    problems: list[str] = []
+    token, from_flag = _read_token(ctx, params, problems)
+    if from_flag:
+        reporter.warn("--token shows in the process list; prefer NEZHA_TOKEN or --token-file")
+    password = _read_password(username, password_file, problems)
+    warnings: list[str] = []
+    url, deadline = check_target(params["dashboard_url"], params["deadline"], problems, warnings)
+    ca_bundle = Path(params["ca_bundle"]) if params["ca_bundle"] else None
+    if ca_bundle is not None and not ca_bundle.is_file():
+        problems.append(f"the CA bundle {ca_bundle} is not a readable file")
+    try:
+        manifest = load(Path(manifest_path))
+    except SettingsError as exc:
+        problems.extend(exc.problems)
+    if username and password is None and not problems:
+        password = click.prompt(f"Password for {username}", hide_input=True, err=True, default="", show_default=False)
+        redact.register(password)
+    problems.extend(credential_problems(Credentials(token, username, password)))
+    if problems:
+        raise SettingsError(problems)
+    for warning in warnings:
+        reporter.warn(warning)
+    with make_client(ca_bundle, urls=(url,)) as client:
+        session, generation = open_session(client, url, Credentials(token, username, password), deadline,
+                                           reporter.info)
+        reporter.context.update(dashboard=display_url(url), generation=generation.value)
+        reporter.info(f"{display_url(url)}: a {generation.value} dashboard; reading servers and groups")
+        plan, failures = reconcile.run(session, manifest, apply=apply, notify=reporter.info)
+    _report_reconcile(reporter, plan, failures, apply=apply)
+
+
+def _report_reconcile(reporter: Reporter, plan: Any, failures: list[str], *, apply: bool) -> None:
+    from nezha_bootstrap import reconcile
+    from nezha_bootstrap.errors import DashboardRefused
+
+    rows = plan.actions()
+    for line in reconcile.table(rows):
+        reporter.result(line)
+    reporter.context["actions"] = rows
+    if failures:
+        raise DashboardRefused(f"{len(failures)} change(s) did not apply or did not hold:\n"
+                               + "\n".join(f"  - {failure}" for failure in failures))
+    if not apply:
+        outcome = "dry_run"
+        reporter.result(f"dry run: {plan.writes} write(s) planned; run with --apply to carry them out")
+    else:
+        outcome = "applied" if plan.writes else "unchanged"
+        reporter.result(f"applied and verified {plan.writes} write(s)" if plan.writes else "nothing to apply")
+    reporter.emit_json({**reporter.context, "outcome": outcome, "writes": plan.writes, "failures": [],
+                        "exit_code": 0, "warnings": reporter.warnings})

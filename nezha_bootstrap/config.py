@@ -8,10 +8,13 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from nezha_bootstrap.errors import SettingsError
-from nezha_bootstrap.facts import Facts
+
+if TYPE_CHECKING:  # facts.py loads socket: `--help` needs neither
+    from nezha_bootstrap.facts import Facts
 
 # nezhahq/scripts, branch v0, frozen at this commit: installs agent v0.20.5 (installer-v0.md).
 DEFAULT_SCRIPT_URL = (
@@ -20,12 +23,18 @@ DEFAULT_SCRIPT_URL = (
 )
 DEFAULT_SCRIPT_SHA256 = "254a352188027882e62cb377a629dc4aa09347486cb91cc341d4ef963d75b1d0"
 DEFAULT_PROBE_PORT = 5555
+# The agent's releases (dashboard-v1-v2.md): `{base}/v{version}/{asset}` and `{base}/v{version}/checksums.txt`.
+# Here, not in agent.py, so that `--help` shows them without loading the installer's modules.
+DEFAULT_AGENT_BASE_URL = "https://github.com/nezhahq/agent/releases/download"
+AGENT_V1 = "2.3.3"  # newest v2 agent read for the reference; needs a dashboard >= v1.1.1
+AGENT_V0 = "0.20.5"  # the last agent a v0 dashboard speaks to (installer-v0.md)
 DEFAULT_DEADLINE = 300.0
 DEFAULT_LOCK_TIMEOUT = 60.0
 
 # \Z, not $: `$` also matches before a trailing newline, which install.sh's eval would run.
 SECRET_RE = re.compile(r"^[0-9A-Za-z]+\Z")
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+\Z")  # one HTTP header value: visible ASCII, no spaces
+ACCESS_TOKEN_RE = re.compile(r"^nzp_[0-9A-Za-z]{32}\Z")  # a v2.1+ personal access token (dashboard-v1-v2.md)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 _PLACEHOLDER_RE = re.compile(r"\{(hostname|ip|machine_id)\}")
@@ -265,6 +274,9 @@ def _token(settings: Settings, problems: list[str], warnings: list[str]) -> str 
         return None
     if not _TOKEN_RE.match(token):
         problems.append("the API token must be one word of visible ASCII characters")
+        return None
+    if token.startswith("nzp_") and not ACCESS_TOKEN_RE.match(token):
+        problems.append("a v2.1+ access token is nzp_ followed by 32 letters and digits (the dashboard shows it once)")
         return None
     if settings.token_from_flag:
         warnings.append(

@@ -66,6 +66,25 @@ def make_client(ca_bundle: Path | None = None, transport: httpx.BaseTransport | 
     )
 
 
+def make_download_client(ca_bundle: Path | None = None, transport: httpx.BaseTransport | None = None,
+                         urls: tuple[str, ...] = ()) -> httpx.Client:
+    """The client for release and script downloads: verified TLS trusting the system store AND
+    `ca_bundle`, env proxies, redirects followed (release hosts redirect to storage).
+
+    It never carries a credential, so following a redirect cannot send one elsewhere; what it
+    downloads is checked against a SHA-256 before use. A private-CA dashboard (`--ca-bundle`) and
+    the public release host (GitHub) are both reachable with one setting.
+    """
+    return httpx.Client(
+        verify=download_context(ca_bundle, urls),
+        trust_env=True,
+        follow_redirects=True,
+        headers={"User-Agent": USER_AGENT},
+        timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+        transport=transport,
+    )
+
+
 _LOCATION_ASIDE = "x-nezha-bootstrap-location"
 
 
@@ -90,6 +109,19 @@ def tls_context(ca_bundle: Path | None, urls: tuple[str, ...] = ()) -> ssl.SSLCo
     if urls and ca_bundle is None and all(url.lower().startswith("http://") for url in urls):
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
     return ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+
+
+def download_context(ca_bundle: Path | None, urls: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """Verification on, trusting the system store plus `ca_bundle` (a mirror may use the private CA).
+
+    Plain http URLs only: nothing is loaded, as in `tls_context` (an https request would fail loudly).
+    """
+    if urls and all(url.lower().startswith("http://") for url in urls):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = ssl.create_default_context()
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    return context
 
 
 def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, cap: int,

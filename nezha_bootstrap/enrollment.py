@@ -12,9 +12,10 @@ import ipaddress
 import os
 import platform
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from nezha_bootstrap import agent, identity, redact
@@ -22,10 +23,13 @@ from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import Config, display_url, is_loopback_host
 from nezha_bootstrap.errors import DashboardUnreachable, InstallerFailed, SettingsError
 from nezha_bootstrap.facts import Facts
-from nezha_bootstrap.generation import Generation
+from nezha_bootstrap.generation import PROBES, Generation
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.state import State
+
+if TYPE_CHECKING:
+    from nezha_bootstrap.naming import Naming, NodeNaming
 
 _AGENT_SECRET_RE = re.compile(r"^[0-9A-Za-z]{8,128}\Z")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
@@ -97,8 +101,6 @@ def validate(raw: AgentSettings, problems: list[str], warnings: list[str]) -> Ag
         warnings.append("--agent-secret puts the secret in the process list; use NEZHA_AGENT_SECRET_FILE instead")
     if raw.method not in (None, "script", "direct"):
         problems.append(f"--method must be script or direct, got {raw.method!r}")
-    if raw.method == "direct" and raw.generation == "v0":
-        problems.append("--method direct for a v0 dashboard is not supported yet; use the script (the default)")
     base = (raw.base_url or agent.DEFAULT_BASE_URL).rstrip("/")
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query:
@@ -182,23 +184,72 @@ def v1_config(config: Config, settings: AgentConfig) -> Config:
         changes["tls"] = parts.scheme == "https"
     config = dataclasses.replace(config, **changes)
     if not config.tls and is_public_host(config.probe_address) and not settings.allow_plaintext:
+        why = "--no-tls" if settings.tls_given else "without TLS (the dashboard URL is http and no --tls was given)"
         raise SettingsError([
-            f"--no-tls to {config.probe_address} sends the agent secret in clear text over a public network; "
-            "use TLS, or pass --allow-plaintext if you accept that",
+            f"the agent would connect to {config.probe_address} {why}, sending the agent secret in clear text "
+            "over a public network; use TLS (--tls, or an https dashboard URL), or pass --allow-plaintext if you "
+            "accept that",
         ])
     return config
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What a v1/v2 run will do, as data."""
+    """What a v1/v2 run will do, as data: --dry-run prints it (V1Runner decides with the same functions)."""
 
     install: bool
     reason: str
     uuid: str
     uuid_source: str
-    config_text: str = field(repr=False)
-    release: agent.Release | None
+    shown_config: str  # config.yml as it will be written, the agent secret replaced by a placeholder
+    release: agent.Release
+    action: str  # install, or restart when the unit exists ("Init already exists")
+
+    def describe(self, paths: Paths, systemd: bool) -> list[str]:
+        """Human lines for --dry-run."""
+        lines = [f"plan: {'install the agent' if self.install else 'nothing to do'} ({self.reason})",
+                 f"uuid {self.uuid} (from {self.uuid_source})"]
+        if not self.install:
+            return lines
+        config = paths.agent_dir / "config.yml"
+        lines += self.release.describe()
+        lines.append(f"write {paths.agent_binary} (0755)")
+        lines.append(f"write {config} (0600):")
+        lines += [f"  {line}" for line in self.shown_config.splitlines()]
+        lines.append(f"run: {shlex.join(agent.service_argv(paths, self.action))}")
+        lines.append(f"  cwd {paths.agent_dir}, stdin /dev/null, environment without NZ_*, NEZHA_TOKEN "
+                     "and NEZHA_AGENT_SECRET")
+        lines.append(f"verify {paths.agent_unit}: ExecStart runs the agent with -c {agent.CONFIG_TARGET}; "
+                     f"config.yml as written" + ("; systemctl is-active nezha-agent" if systemd else ""))
+        lines.append(f"write {paths.state_file} (0600): generation, uuid, machine-id (no secret)")
+        return lines
+
+
+SECRET_PLACEHOLDER = "<agent secret>"
+
+
+def plan_enrollment(saved: State | None, config: Config, settings: AgentConfig, facts: Facts, paths: Paths,
+                    machine: str) -> Plan:
+    """The v1/v2 plan from the settings, the saved state and what is on disk (reads, never writes)."""
+    ident = machine_identity(settings, facts, saved)
+    version = settings.version or agent.AGENT_V1
+    expected = agent.render_config(agent_values(config, settings, ident.uuid))
+    on_disk = _read(paths.agent_dir / "config.yml")
+    install, reason = decide(saved, config, facts, on_disk, expected, paths, version)
+    shown = agent.render_config({**agent_values(config, settings, ident.uuid), "client_secret": SECRET_PLACEHOLDER})
+    release = agent.Release(settings.base_url, version, agent.asset_name(machine), settings.sha256)
+    action = "restart" if paths.agent_unit.exists() else "install"
+    return Plan(install, reason, ident.uuid, ident.source, shown, release, action)
+
+
+def machine_identity(settings: AgentConfig, facts: Facts, saved: State | None) -> identity.Identity:
+    """The uuid to enroll with: --uuid, else the state's for this machine-id, else derived from it."""
+    if not settings.uuid:
+        problem = identity.machine_id_problem(facts.machine_id)
+        if problem:
+            raise SettingsError([problem])
+    return identity.resolve(settings.uuid, facts.machine_id,
+                            saved.machine_id if saved else None, saved.uuid if saved else None)
 
 
 def decide(saved: State | None, config: Config, facts: Facts, on_disk: str | None, expected: str,
@@ -236,6 +287,7 @@ class V1Runner:
     client: Any = None
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     machine: str = field(default_factory=platform.machine)
+    naming: Naming | None = None  # token mode (naming.py): an access token names the server
 
     def run(self) -> dict[str, Any]:
         """The --json summary of the run."""
@@ -251,21 +303,55 @@ class V1Runner:
             self.reporter.info(f"  uuid {ident.uuid} (from {ident.source})")
             for warning in agent.override_warnings(self.paths, self.environ):
                 self.reporter.warn(warning)
+            node = self._node_naming(ident.uuid)
+            row = node.check() if node else None  # the token is checked before anything is installed
             adopted: list[str] = []
             if install:
+                self._before_changes(saved)
                 adopted = self._install(expected, version, on_disk, ident.uuid)
                 self._save(saved, ident.uuid, version)
             else:
                 self._warn_leftovers()
-            return self._summary("installed" if install else "nothing_to_do", reason, ident.uuid, adopted)
+            summary = self._summary("installed" if install else "nothing_to_do", reason, ident.uuid, adopted)
+            if node:
+                summary.update(self._name(node, row, restart=not install))
+                if node.changed and not install:
+                    summary["outcome"] = "updated"
+            return summary
+
+    def _node_naming(self, uuid: str) -> NodeNaming | None:
+        if self.naming is None:
+            return None
+        from nezha_bootstrap.naming import NodeNaming
+        from nezha_bootstrap.v2api import V2Api
+
+        api = V2Api(self._http(), self.config.dashboard_url, self.config.token, deadline=self.config.deadline,
+                    notify=self.reporter.info)
+        return NodeNaming(api, self.config, self.naming, self.reporter, uuid)
+
+    def _name(self, node: NodeNaming, row: dict[str, Any] | None, restart: bool) -> dict[str, Any]:
+        """Wait for our row (restarting an installed agent that has none), then apply the attributes."""
+        if row is None and restart:
+            self.reporter.info("the dashboard does not list this uuid: restarting the agent")
+            self._service(agent.service_argv(self.paths, "restart"))
+        if row is None:
+            row = node.wait_for_row(lambda: self._stop_agent())
+        return node.apply(row)
+
+    def _stop_agent(self) -> None:
+        self.reporter.info(f"stopping the agent: nezha-agent service -c {agent.CONFIG_TARGET} stop")
+        self._service(agent.service_argv(self.paths, "stop"), quiet_failure=True)
+
+    def _before_changes(self, saved: State | None) -> None:
+        """What the v0 flow also does before it acts: prove the state file can be written (a read-only or
+        full disk fails here, with nothing changed), and mark an installed agent unfinished until the new
+        one verifies, so that a run stopped half-way (signal, crash) is redone, never taken for done."""
+        state_mod.check_room(self.paths)
+        if saved is not None and saved.uuid is not None and saved.installed_at is not None:
+            state_mod.save(self.paths, dataclasses.replace(saved, installed_at=None))
 
     def _identity(self, saved: State | None) -> identity.Identity:
-        if not self.settings.uuid:
-            problem = identity.machine_id_problem(self.facts.machine_id)
-            if problem:
-                raise SettingsError([problem])
-        return identity.resolve(self.settings.uuid, self.facts.machine_id,
-                                saved.machine_id if saved else None, saved.uuid if saved else None)
+        return machine_identity(self.settings, self.facts, saved)
 
     def _install(self, expected: str, version: str, on_disk: str | None, uuid: str) -> list[str]:
         from nezha_bootstrap import system
@@ -299,13 +385,12 @@ class V1Runner:
         return adopted
 
     def _download(self, release: agent.Release) -> bytes:
-        client = self._http()
-        deadline, notify = self.config.deadline, self.reporter.info
-        checksums = agent.download(client, release.checksums_url, agent.CHECKSUMS_CAP, deadline, notify)
-        listed = agent.parse_checksums(checksums.decode("utf-8", errors="replace"), release.asset)
-        data = agent.download(client, release.asset_url, agent.ZIP_CAP, deadline, notify)
-        agent.check_zip(data, release, listed)
-        return agent.extract_binary(data)
+        from nezha_bootstrap.dashboard import make_download_client
+
+        # Not the dashboard's client: the release host (GitHub, a mirror) is verified against the
+        # system store plus --ca-bundle, the dashboard against --ca-bundle alone.
+        with make_download_client(self.config.ca_bundle, urls=(release.checksums_url, release.asset_url)) as client:
+            return agent.fetch_binary(client, release, self.config.deadline, self.reporter.info)
 
     def _service(self, argv: list[str], quiet_failure: bool = False) -> bool:
         from nezha_bootstrap import system
@@ -372,7 +457,7 @@ class V1Runner:
         }
         if adopted:
             summary["adopted_uuids"] = adopted
-        if not self.generation.has_access_tokens or not self.config.token:
+        if self.naming is None and (not self.generation.has_access_tokens or not self.config.token):
             summary["naming"] = NAMING_NOTE
         return summary
 
@@ -382,6 +467,14 @@ def _read(path: Any) -> str | None:
         return str(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def v0_release(settings: AgentConfig, machine: str | None = None) -> agent.Release | None:
+    """For `--method direct` on a v0 dashboard: the pinned v0 agent release (v0.20.5 unless overridden)."""
+    if settings.method != "direct":
+        return None
+    asset = agent.asset_name(machine or platform.machine())
+    return agent.Release(settings.base_url, settings.version or agent.AGENT_V0, asset, settings.sha256)
 
 
 def resolve_generation(settings: AgentConfig, saved: State | None, config: Config, client_factory: Any,
@@ -409,25 +502,29 @@ def resolve_generation(settings: AgentConfig, saved: State | None, config: Confi
 
 
 def run_agent_flow(config: Config, settings: AgentConfig, facts: Facts, paths: Paths, reporter: Reporter,
-                   dry_run: bool = False) -> dict[str, Any] | None:
-    """Run against a v1/v2 dashboard and return the summary; None when the dashboard is v0 (script flow)."""
-    from nezha_bootstrap.dashboard import make_client
+                   dry_run: bool = False, naming: Naming | None = None) -> dict[str, Any] | None:
+    """Run against a v1/v2 dashboard and return the summary; None when the dashboard is v0 (script flow).
 
+    `naming`: the token-mode settings, used when the token is an access token (nzp_...).
+    """
     clients: list[Any] = []
 
     def client_factory() -> Any:
         if not clients:
+            from nezha_bootstrap.dashboard import make_client  # here: --dry-run never loads httpx
+
             clients.append(make_client(config.ca_bundle))
         return clients[0]
 
     saved = state_mod.load(paths, move_aside=not dry_run) if paths.state_file.exists() else None
     if dry_run and settings.generation == "auto" and not _cached(saved, config):
-        return _dry_run(config, settings, None, reporter)
+        return _dry_run(config, settings, None, reporter, saved=saved, facts=facts, paths=paths)
     generation = resolve_generation(settings, saved, config, client_factory, reporter)
     reporter.context.update(generation=generation.value, dashboard=display_url(config.dashboard_url))
     if generation.is_v0:
         _check_v0(config, settings)
         return None
+    token_mode = _token_mode(config, generation)
     if not settings.secret:
         raise SettingsError([
             f"the dashboard is {generation.value}: agents enroll with an agent secret (the dashboard's "
@@ -442,8 +539,13 @@ def run_agent_flow(config: Config, settings: AgentConfig, facts: Facts, paths: P
         reporter.warn("a v1.0.x dashboard needs an agent <= v1.0.x (agent v2 needs a dashboard >= v1.1.1); "
                       "if yours is v1.0.x, set --agent-version")
     if dry_run:
-        return _dry_run(config, settings, generation, reporter)
-    runner = V1Runner(config, settings, facts, paths, reporter, generation, client=clients[0] if clients else None)
+        summary = _dry_run(config, settings, generation, reporter, saved=saved, facts=facts, paths=paths)
+        if token_mode:
+            summary["plan"].append(TOKEN_PLAN)
+            reporter.result(TOKEN_PLAN)
+        return summary
+    runner = V1Runner(config, settings, facts, paths, reporter, generation, client=clients[0] if clients else None,
+                      naming=(naming or _default_naming()) if token_mode else None)
     summary = runner.run()
     reporter.result(f"{summary['outcome'].replace('_', ' ')}: uuid {summary['uuid']} on {summary['dashboard']} "
                     f"({generation.value})")
@@ -456,36 +558,86 @@ def _cached(saved: State | None, config: Config) -> bool:
     return bool(saved and saved.dashboard_url == config.dashboard_url and (saved.generation or saved.secret))
 
 
+TOKEN_PLAN = (
+    "with the access token: GET /api/v1/server before installing; after the agent starts, wait for this "
+    "uuid's row; then set name, notes, guest visibility and display index (full-form PATCH, read back), "
+    "and join the group"
+)
+
+
+def _token_mode(config: Config, generation: Generation) -> bool:
+    """Whether an access token names the server; refuses one on a dashboard without access tokens."""
+    from nezha_bootstrap.naming import is_access_token
+
+    if not is_access_token(config.token):
+        return False
+    if generation in (Generation.V1_0, Generation.V1_5, Generation.V2_0):
+        raise SettingsError([
+            f"the dashboard is {generation.value}: access tokens (nzp_...) exist from v2.1.0, so this one cannot "
+            "name the server. Drop NEZHA_TOKEN to enroll unnamed, and name it with `nezha-bootstrap reconcile`",
+        ])
+    return True
+
+
+def _default_naming() -> Naming:
+    from nezha_bootstrap.naming import Naming
+
+    return Naming()
+
+
 def _check_v0(config: Config, settings: AgentConfig) -> None:
-    if settings.method == "direct":
-        raise SettingsError(["--method direct for a v0 dashboard is not supported yet; use the script (the default)"])
     if not config.token:
         raise SettingsError([
             "the dashboard is v0: it registers servers through its API token (NEZHA_TOKEN or --token-file); "
             "the agent secret is for v1/v2 dashboards",
         ])
+    if config.token.startswith("nzp_"):
+        raise SettingsError([
+            "the dashboard is v0, and NEZHA_TOKEN holds a v2.1+ access token (nzp_...): "
+            "use the v0 dashboard's API token instead",
+        ])
 
 
-def _dry_run(config: Config, settings: AgentConfig, generation: Generation | None,
-             reporter: Reporter) -> dict[str, Any]:
+def _dry_run(config: Config, settings: AgentConfig, generation: Generation | None, reporter: Reporter, *,
+             saved: State | None, facts: Facts, paths: Paths) -> dict[str, Any]:
+    """Print the plan: the probes when the generation is not known yet, then what a v1/v2 run does."""
     shown = display_url(config.dashboard_url)
-    lines: list[str]
+    summary: dict[str, Any] = {"outcome": "dry_run", "generation": generation.value if generation else "auto",
+                               "dashboard": shown}
     if generation is None:
-        lines = [f"detect the generation of {shown}: GET /api/v1/setting, POST /api/v1/server/register {{}}, "
-                 "GET /api/v1/api-tokens (no credentials); v0 continues with the script flow"]
+        lines = [f"detect the generation of {shown}, without credentials:",
+                 *(f"  {probe.method} {display_url(config.dashboard_url)}{probe.path}"
+                   + (f" {probe.body.decode()}" if probe.body else "") for probe in PROBES),
+                 "if it is v0: register with the API token and install the v0 agent "
+                 "(`--dashboard v0 --dry-run` shows that plan)"]
+        if not settings.secret:
+            lines.append("if it is v1 or newer: it needs the agent secret (NEZHA_AGENT_SECRET_FILE); stop there")
+            return _print_plan(reporter, summary, lines)
+        lines.append("if it is v1 or newer:")
+        config = v1_config(config, settings)
     else:
-        version = settings.version or agent.AGENT_V1
-        release = agent.Release(settings.base_url, version, agent.asset_name(platform.machine()), settings.sha256)
-        lines = [
-            f"generation: {generation.value}",
-            f"download {display_url(release.checksums_url)} and {display_url(release.asset_url)}; check SHA-256"
-            + (f" (pinned {settings.sha256})" if settings.sha256 else " against checksums.txt"),
-            f"write {agent.CONFIG_TARGET} (0600): server {config.agent_host}:{config.probe_port}, "
-            f"uuid from /etc/machine-id, tls {str(config.tls).lower()}, the agent secret",
-            f"run: nezha-agent service -c {agent.CONFIG_TARGET} install (restart when the unit exists); "
-            "environment without NZ_*",
-        ]
+        lines = [f"generation: {generation.value}"]
+    plan = plan_enrollment(saved, config, settings, facts, paths, platform.machine())
+    for warning in agent.override_warnings(paths, os.environ):
+        reporter.warn(warning)
+    planned = plan.describe(paths, facts.systemd_running) + _leftover_lines(paths, settings.adopt and plan.install)
+    lines += [f"  {line}" for line in planned] if generation is None else planned
+    summary.update(action="install" if plan.install else "nothing", reason=plan.reason, uuid=plan.uuid,
+                   config_yml=plan.shown_config)
+    return _print_plan(reporter, summary, lines)
+
+
+def _leftover_lines(paths: Paths, adopt: bool) -> list[str]:
+    """What happens to the vendor script's second agents (config-*.yml): uninstalled with --adopt, else kept."""
+    return [
+        f"{'uninstall' if adopt else 'keep (no --adopt)'} the vendor script's second agent {leftover.config.name} "
+        f"(uuid {leftover.uuid}): a duplicate server, to delete in the dashboard"
+        for leftover in agent.vendor_leftovers(paths)
+    ]
+
+
+def _print_plan(reporter: Reporter, summary: dict[str, Any], lines: list[str]) -> dict[str, Any]:
     for line in lines:
         reporter.result(line)
-    return {"outcome": "dry_run", "generation": generation.value if generation else "auto",
-            "dashboard": shown, "plan": lines}
+    summary["plan"] = lines
+    return summary

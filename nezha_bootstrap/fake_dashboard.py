@@ -284,7 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
             if retry_after is not None:
                 self.send_header("Retry-After", retry_after)
         for name, value in (extra[0] if extra else {}).items():
-            self.send_header(name, value)
+            for one in value if isinstance(value, list) else [value]:  # a list: the header repeated (Set-Cookie)
+                self.send_header(name, one)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -420,15 +421,22 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.2)
             with fake.lock:
                 new, seen = fake.journal[seen:], len(fake.journal)
-            if args.journal and new:
-                with open(args.journal, "a", encoding="utf-8") as handle:
-                    for entry in new:
-                        handle.write(json.dumps({
-                            "method": entry.method, "path": entry.path, "query": entry.query,
-                            "body": entry.body.decode("utf-8", "replace"), "time": time.time(),
-                        }) + "\n")
+            append_json_lines(args.journal, [journal_line(entry) for entry in new])
     except KeyboardInterrupt:
         running.stop()
+
+
+def journal_line(entry: Journal) -> dict[str, Any]:
+    """One request as the journal file of `main` holds it; `time` is when it arrived (wall clock)."""
+    return {"method": entry.method, "path": entry.path, "query": entry.query,
+            "body": entry.body.decode("utf-8", "replace"), "time": entry.at}
+
+
+def append_json_lines(path: str | None, items: list[dict[str, Any]]) -> None:
+    """Append one JSON line per item to `path` (nothing when there is no path or no item)."""
+    if path and items:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(item) + "\n" for item in items)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,28 @@
 Generation profiles reproduce the detection table; `/_fake/agent-connect` stands in for the agent's
 gRPC enrollment and applies its rules; `/releases/v<X>/...` serves agent zips whose `nezha-agent` is
 templates/stub-agent-v1.sh, with their checksums.txt. Served with fake_dashboard's HTTP server.
+
+The REST API a node or an operator uses (dashboard-v1-v2.md, "Personal access tokens"):
+- users: user 1 (agent secret `agent_secret`) is the admin; `add_user(role=...)` returns a new
+  user's agent secret, `user_of(secret)` its id. An admin sees every server and group, a member
+  only its own (servers are owned by the user whose secret enrolled them).
+- `add_token(user, scopes, expires_in)` returns `nzp_<32 alnum>` (v2.1+ only). Default scopes: the
+  least-privilege pair, the read scope named as the dashboard version names it (`read_scope`).
+  `add_login(user, username, password)` allows `POST /api/v1/login` (JWT; on v2.1+ the answer also
+  sets the `nz-csrf` cookie, whose value every unsafe JWT request must repeat in `X-CSRF-Token`).
+- Answers: `{"success":true,"data":...}`; handler errors HTTP 200 `{"success":false,"error":...}`;
+  no credential or a bad JWT: HTTP 200 ApiErrorUnauthorized; bad/unknown/expired PAT: HTTP 401
+  ApiErrorUnauthorized; missing scope: HTTP 403 `ApiErrorForbidden: api token lacks scope <scope>`.
+  Scopes: `GET /api/v1/server` and `GET /api/v1/server-group` need `read_scope`, writes
+  `nezha:server:write`, `POST /api/v1/batch-delete/server` `nezha:inventory:delete`.
+- `PATCH /api/v1/server/:id` overwrites all eight fields; `PATCH /api/v1/server-group/:id` replaces
+  name and members. `group_race = True`: every `GET /api/v1/server-group` waits up to `race_window` s
+  for a second one and both get the same snapshot, so two read-modify-write clients interleave and
+  the later PATCH drops the earlier one's member (what real timing does now and then).
+- WAF (with `real_ip_header` set, the IP is that header's value): each failed credential from an
+  IP (PAT, JWT, login, agent secret) adds one to its count and blocks it for max(count^4, 3) s on
+  every path (HTTP 403 HTML). `clock` is the time source, for tests that move time.
+- `guest_view()` is the server list a guest sees; `changes` records every server write with its time.
 """
 
 from __future__ import annotations
@@ -10,13 +32,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import secrets
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
 
 from nezha_bootstrap.fake_dashboard import NOT_FOUND_HTML, Faults, Journal, Running, serve
 from nezha_bootstrap.identity import UUID_RE
@@ -37,8 +61,9 @@ def new_agent_secret() -> str:
 
 
 def stub_agent(version: str) -> bytes:
-    """The stub v1 agent, printing `version` for -v."""
-    text = resources.files("nezha_bootstrap").joinpath("templates/stub-agent-v1.sh").read_text(encoding="utf-8")
+    """The stub agent of `version` (v0.x: the v0 agent's `service install -s -p`), printing it for -v."""
+    template = "stub-agent-v0.sh" if version.startswith("0.") else "stub-agent-v1.sh"
+    text = resources.files("nezha_bootstrap").joinpath(f"templates/{template}").read_text(encoding="utf-8")
     return text.replace("@VERSION@", version).encode("utf-8")
 
 
@@ -60,6 +85,50 @@ class V1Server:
     uuid: str
     owner: int
     hide_for_guest: bool = False  # an enrolled server is visible to guests
+    note: str = ""
+    public_note: str = ""
+    display_index: int = 0
+    enable_ddns: bool = False
+    ddns_profiles: list[int] = field(default_factory=list)
+    override_ddns_domains: dict[str, list[str]] = field(default_factory=dict)
+    created_at: float = 0.0
+
+    def listed(self) -> dict[str, Any]:
+        """The item of GET /api/v1/server: empty and false fields are omitted, as Go's omitempty does."""
+        item: dict[str, Any] = {"id": self.id, "name": self.name, "uuid": self.uuid,
+                                "display_index": self.display_index}
+        optional = {"note": self.note, "public_note": self.public_note, "hide_for_guest": self.hide_for_guest,
+                    "enable_ddns": self.enable_ddns, "ddns_profiles": self.ddns_profiles,
+                    "override_ddns_domains": self.override_ddns_domains}
+        item.update({key: value for key, value in optional.items() if value})
+        return item
+
+
+@dataclass
+class V1Group:
+    id: int
+    name: str
+    owner: int
+    servers: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Token:
+    """A personal access token: its owner, scopes and expiry (clock time, None: never)."""
+
+    value: str
+    user: int
+    scopes: tuple[str, ...]
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One server write: when, which server, the fields as written."""
+
+    at: float
+    server_id: int
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -69,6 +138,7 @@ class Connection:
     uuid: str
     outcome: str  # "created", "known", or the refusal
     server_id: int | None = None
+    at: float = field(default_factory=time.time, compare=False)  # wall-clock arrival, for the first-boot timing
 
 
 @dataclass
@@ -85,22 +155,93 @@ class FakeV1:
     failed_credentials: int = 0  # what the WAF counts
     faults: Faults = field(default_factory=Faults)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    version: tuple[int, int, int] | None = None  # the dashboard's version; default: the profile's newest
+    admins: set[int] = field(default_factory=lambda: {1})
+    tokens: dict[str, Token] = field(default_factory=dict)
+    logins: dict[str, tuple[int, str]] = field(default_factory=dict)  # username -> (user, password)
+    sessions: dict[str, tuple[int, str]] = field(default_factory=dict)  # JWT -> (user, CSRF value)
+    groups: list[V1Group] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    group_race: bool = False
+    race_window: float = 0.3
+    waf: dict[str, tuple[int, float]] = field(default_factory=dict)  # ip -> (failures, blocked until)
+    clock: Callable[[], float] = time.monotonic
     _next_id: int = 1
+    _next_group_id: int = 1
+    _race_waiting: list[threading.Event] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; one of {', '.join(PROFILES)}")
+        if self.version is None:
+            self.version = PROFILE_VERSIONS[self.profile]
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.profile == "v2.1+"
+
+    @property
+    def read_scope(self) -> str:
+        """The scope that lists servers: nezha:server:read on v2.1.0 and v2.1.1, later nezha:inventory:read."""
+        return "nezha:server:read" if self.version in ((2, 1, 0), (2, 1, 1)) else "nezha:inventory:read"
 
     @property
     def agent_secret(self) -> str:
         """The first user's agent secret."""
         return next(iter(self.agent_secrets))
 
-    def add_user(self) -> str:
-        """A second user with its own agent secret (v1.4.0+)."""
+    def add_user(self, role: str = "member") -> str:
+        """Another user (role "member" or "admin") with its own agent secret (v1.4.0+); returns the secret."""
         secret = new_agent_secret()
-        self.agent_secrets[secret] = max(self.agent_secrets.values()) + 1
+        user = max(self.agent_secrets.values()) + 1
+        self.agent_secrets[secret] = user
+        if role == "admin":
+            self.admins.add(user)
         return secret
+
+    def user_of(self, secret: str) -> int:
+        """The id of the user whose agent secret this is."""
+        return self.agent_secrets[secret]
+
+    def add_token(self, user: int = 1, scopes: tuple[str, ...] | None = None,
+                  expires_in: float | None = None) -> str:
+        """A personal access token `nzp_...` of `user` (v2.1+); default scopes: read + nezha:server:write."""
+        if not self.has_tokens:
+            raise ValueError(f"profile {self.profile} has no personal access tokens (v2.1.0+)")
+        value = "nzp_" + new_agent_secret()
+        chosen = scopes if scopes is not None else (self.read_scope, "nezha:server:write")
+        expires = None if expires_in is None else self.clock() + expires_in
+        self.tokens[value] = Token(value, user, tuple(chosen), expires)
+        return value
+
+    def add_login(self, user: int, username: str, password: str) -> None:
+        """Let `username`/`password` log in as `user` (POST /api/v1/login)."""
+        self.logins[username] = (user, password)
+
+    def add_group(self, name: str, servers: tuple[int, ...] = (), owner: int = 1) -> V1Group:
+        """A server group, as the UI would create it."""
+        with self.lock:
+            group = V1Group(self._next_group_id, name, owner, sorted(set(servers)))
+            self._next_group_id += 1
+            self.groups.append(group)
+            return group
+
+    def server(self, uuid: str) -> V1Server | None:
+        """The row of `uuid`, if any."""
+        with self.lock:
+            return next((s for s in self.servers if s.uuid == uuid), None)
+
+    def guest_view(self) -> list[dict[str, Any]]:
+        """What a guest (not logged in) sees: the servers not hidden, by display_index then id."""
+        with self.lock:
+            shown = [s for s in self.servers if not s.hide_for_guest]
+        shown.sort(key=lambda s: (-s.display_index, s.id))  # the dashboard puts higher indexes first
+        return [{"id": s.id, "name": s.name, "public_note": s.public_note} for s in shown]
+
+    def blocked(self, ip: str) -> bool:
+        """Whether the WAF blocks `ip` now."""
+        with self.lock:
+            return self.waf.get(ip, (0, 0.0))[1] > self.clock()
 
     def add_release(self, version: str, arches: tuple[str, ...] = ARCHES) -> None:
         """Serve /releases/v<version>/nezha-agent_linux_<arch>.zip and its checksums.txt."""
@@ -118,9 +259,9 @@ class FakeV1:
 
     # --- request handling, pure of sockets (same contract as fake_dashboard.FakeDashboard) ---
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes, client: str) -> Any:
-        path = urlsplit(target).path
+        path, query = urlsplit(target).path, urlsplit(target).query
         with self.lock:
-            self.journal.append(Journal(method, path, urlsplit(target).query, dict(headers), body, client))
+            self.journal.append(Journal(method, path, query, dict(headers), body, client))
             fault = self.faults.fail_next.pop(0) if self.faults.fail_next else None
         if fault is not None:
             return fault
@@ -130,8 +271,14 @@ class FakeV1:
             return 404, "text/plain", b"Not Found"
         if self.real_ip_header and self.real_ip_header.lower() not in headers:
             return 200, "application/json", REAL_IP_JSON.encode()
+        ip = headers.get(self.real_ip_header.lower(), client) if self.real_ip_header else client
+        if self.real_ip_header and self.blocked(ip):
+            return 403, "text/html; charset=utf-8", WAF_PAGE.encode()
         if path == "/_fake/agent-connect" and method == "POST":
-            return self._connect(body)
+            return self._connect(body, ip)
+        route = _route(method, path)
+        if route is not None:
+            return self._rest(route, Request(method, path, query, headers, body, ip))
         return self._api(method, path)
 
     def _api(self, method: str, path: str) -> Any:
@@ -148,42 +295,282 @@ class FakeV1:
         flat = {"site_name": "Nezha", "language": "en_US", "custom_code": ""}
         if self.profile == "v1.0-1.4":
             return flat
-        data: dict[str, Any] = {"config": flat, "version": ".".join(map(str, PROFILE_VERSIONS[self.profile]))}
+        data: dict[str, Any] = {"config": flat, "version": ".".join(map(str, self.dashboard_version))}
         if self.profile in ("v2.0", "v2.1+"):
             data["tsdb_enabled"] = False
         return data
 
-    def _connect(self, body: bytes) -> Any:
+    def _connect(self, body: bytes, ip: str = "") -> Any:
         try:
             value = json.loads(body)
             uuid, secret = str(value["uuid"]), str(value["secret"])
         except (ValueError, KeyError, TypeError):
             return 400, "application/json", b'{"error":"bad hook request"}'
         with self.lock:
-            outcome, server_id = self._enroll(uuid, secret)
+            outcome, server_id = self._enroll(uuid, secret, ip)
             self.connections.append(Connection(uuid, outcome, server_id))
         if server_id is None:
             return 403, "application/json", json.dumps({"error": outcome}).encode()
         return 200, "application/json", json.dumps({"outcome": outcome, "id": server_id}).encode()
 
-    def _enroll(self, uuid: str, secret: str) -> tuple[str, int | None]:
+    def _enroll(self, uuid: str, secret: str, ip: str = "") -> tuple[str, int | None]:
         """The dashboard's rules for an agent's call (caller holds the lock)."""
         owner = self.agent_secrets.get(secret)
         if owner is None:
-            self.failed_credentials += 1
+            self._count_failure(ip)
             return "wrong agent secret", None
         if not UUID_RE.match(uuid):
-            self.failed_credentials += 1
+            self._count_failure(ip)
             return "malformed uuid", None
         known = next((s for s in self.servers if s.uuid == uuid), None)
         if known is not None:
-            if known.owner != owner and PROFILE_VERSIONS[self.profile] >= (2, 0, 10):
+            if known.owner != owner and self.dashboard_version >= (2, 0, 10):
                 return "does not belong to the agent secret owner", None
             return "known", known.id
-        server = V1Server(self._next_id, _two_words(), uuid, owner)
+        server = V1Server(self._next_id, _two_words(), uuid, owner, created_at=self.clock())
         self._next_id += 1
         self.servers.append(server)
         return "created", server.id
+
+    @property
+    def dashboard_version(self) -> tuple[int, int, int]:
+        return self.version or PROFILE_VERSIONS[self.profile]
+
+    # --- the REST API of dashboard-v1-v2.md: auth, then one handler per route ---
+    def _rest(self, route: str, request: Request) -> Any:
+        if route == "login":
+            return self._login(request)
+        scope = self.read_scope if ROUTE_SCOPES[route] == "read" else ROUTE_SCOPES[route]
+        user, refusal = self._authenticate(request, scope)
+        if refusal is not None:
+            return refusal
+        handler = getattr(self, f"_{route}")
+        return handler(request, user)
+
+    def _authenticate(self, request: Request, scope: str) -> tuple[int, Any]:
+        """The user a request acts for, or the refusal to answer with."""
+        header = request.headers.get("authorization", "")
+        credential = header[len("Bearer "):] if header.startswith("Bearer ") else _cookie(request, "nz-jwt")
+        if not credential:
+            return 0, _answer({"success": False, "error": "ApiErrorUnauthorized"})
+        if credential.startswith("nzp_") and self.has_tokens:
+            return self._check_token(credential, scope, request.ip)
+        with self.lock:
+            session = self.sessions.get(credential)
+            if session is None:
+                self._count_failure(request.ip)
+                return 0, _answer({"success": False, "error": "ApiErrorUnauthorized"})
+        unsafe = request.method not in ("GET", "HEAD", "OPTIONS")
+        if unsafe and self.has_tokens and request.headers.get("x-csrf-token") != session[1]:
+            return 0, _answer({"success": False, "error": "ApiErrorForbidden: csrf token mismatch"}, 403)
+        return session[0], None
+
+    def _check_token(self, value: str, scope: str, ip: str) -> tuple[int, Any]:
+        with self.lock:
+            token = self.tokens.get(value)
+            if token is None or (token.expires_at is not None and token.expires_at <= self.clock()):
+                self._count_failure(ip)
+                return 0, _answer({"success": False, "error": "ApiErrorUnauthorized"}, 401)
+        if not _grants(token.scopes, scope):
+            return 0, _answer({"success": False, "error": f"ApiErrorForbidden: api token lacks scope {scope}"}, 403)
+        return token.user, None
+
+    def _count_failure(self, ip: str) -> None:
+        """One failed credential: the WAF blocks the IP for max(count^4, 3) s (caller holds the lock)."""
+        self.failed_credentials += 1
+        if self.real_ip_header:
+            count = self.waf.get(ip, (0, 0.0))[0] + 1
+            self.waf[ip] = (count, self.clock() + max(count ** 4, 3))
+
+    def _login(self, request: Request) -> Any:
+        form = _json_object(request.body) or {}
+        with self.lock:
+            known = self.logins.get(str(form.get("username")))
+            if known is None or known[1] != form.get("password"):
+                self._count_failure(request.ip)
+                return _answer({"success": False, "error": "ApiErrorUnauthorized"})
+            jwt, csrf = "eyJ" + secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+            self.sessions[jwt] = (known[0], csrf)
+        cookies = [f"nz-jwt={jwt}; Path=/; HttpOnly"]
+        if self.has_tokens:
+            cookies.append(f"nz-csrf={csrf}; Path=/")
+        answer = {"success": True, "data": {"token": jwt, "expire": "2099-01-01T00:00:00Z"}}
+        return 200, "application/json; charset=utf-8", json.dumps(answer).encode(), {"Set-Cookie": cookies}
+
+    def _visible(self, user: int) -> list[V1Server]:
+        return [s for s in self.servers if user in self.admins or s.owner == user]
+
+    def _list_servers(self, request: Request, user: int) -> Any:
+        wanted = parse_qs(request.query).get("id", [""])[0]
+        with self.lock:
+            servers = self._visible(user)
+            matched = [s for s in servers if str(s.id) == wanted]
+            items = [s.listed() for s in (matched or servers)]  # no match: the whole list, as the real one
+        return _answer({"success": True, "data": items} if items else {"success": True})
+
+    def _patch_server(self, request: Request, user: int) -> Any:
+        server_id = int(request.path.rsplit("/", 1)[1])
+        form = _json_object(request.body)
+        if form is None:
+            return _answer({"success": False, "error": "invalid request body"})
+        with self.lock:
+            server = next((s for s in self.servers if s.id == server_id), None)
+            if server is None:
+                return _answer({"success": False, "error": f"server id {server_id} does not exist"})
+            if user not in self.admins and server.owner != user:
+                return _answer({"success": False, "error": "permission denied"})
+            written = _server_form(form)  # every field, omitted ones at their zero value
+            if written is None:
+                return _answer({"success": False, "error": "invalid request body"})
+            for key, value in written.items():
+                setattr(server, key, value)
+            self.changes.append(Change(self.clock(), server_id, written))
+        return _answer({"success": True})
+
+    def _list_groups(self, request: Request, user: int) -> Any:
+        if self.group_race:
+            self._pair_up()
+        with self.lock:
+            items = [{"group": {"id": g.id, "name": g.name, "user_id": g.owner}, "servers": list(g.servers) or None}
+                     for g in self.groups if user in self.admins or g.owner == user]
+        return _answer({"success": True, "data": items} if items else {"success": True})
+
+    def _pair_up(self) -> None:
+        """Hold this read until a second one arrives (or race_window passes); then both go on together."""
+        with self.lock:
+            if self._race_waiting:
+                self._race_waiting.pop(0).set()
+                return
+            partner = threading.Event()
+            self._race_waiting.append(partner)
+        if not partner.wait(self.race_window):
+            with self.lock:
+                if partner in self._race_waiting:
+                    self._race_waiting.remove(partner)
+
+    def _create_group(self, request: Request, user: int) -> Any:
+        form = _json_object(request.body)
+        if form is None or not isinstance(form.get("name"), str):
+            return _answer({"success": False, "error": "invalid request body"})
+        with self.lock:
+            problem = self._members_problem(form.get("servers"), user)
+            if problem:
+                return _answer({"success": False, "error": problem})
+            group = V1Group(self._next_group_id, form["name"], user, sorted(set(form.get("servers") or [])))
+            self._next_group_id += 1
+            self.groups.append(group)
+        return _answer({"success": True, "data": group.id})
+
+    def _patch_group(self, request: Request, user: int) -> Any:
+        group_id = int(request.path.rsplit("/", 1)[1])
+        form = _json_object(request.body)
+        if form is None or not isinstance(form.get("name"), str):
+            return _answer({"success": False, "error": "invalid request body"})
+        with self.lock:
+            group = next((g for g in self.groups if g.id == group_id), None)
+            if group is None:
+                return _answer({"success": False, "error": f"group id {group_id} does not exist"})
+            if user not in self.admins and group.owner != user:
+                return _answer({"success": False, "error": "permission denied"})
+            problem = self._members_problem(form.get("servers"), user)
+            if problem:
+                return _answer({"success": False, "error": problem})
+            group.name, group.servers = form["name"], sorted(set(form.get("servers") or []))  # replace-all
+        return _answer({"success": True})
+
+    def _members_problem(self, members: Any, user: int) -> str | None:
+        if members is None:
+            return None
+        if not isinstance(members, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in members):
+            return "invalid request body"
+        mine = {s.id for s in self._visible(user)}
+        missing = [i for i in members if i not in mine]
+        return f"server id {missing[0]} does not exist" if missing else None
+
+    def _delete_servers(self, request: Request, user: int) -> Any:
+        try:
+            ids = set(json.loads(request.body))
+        except (ValueError, TypeError):
+            return _answer({"success": False, "error": "invalid request body"})
+        with self.lock:
+            self.servers = [s for s in self.servers if s.id not in ids or (user not in self.admins and s.owner != user)]
+        return _answer({"success": True})
+
+
+WAF_PAGE = "<!DOCTYPE html><html><body>you were blocked by nezha WAF</body></html>"
+WRITE_SCOPE = "nezha:server:write"
+# route -> the scope a PAT needs ("read" stands for the version's read scope).
+ROUTE_SCOPES = {"login": "", "list_servers": "read", "patch_server": WRITE_SCOPE, "list_groups": "read",
+                "create_group": WRITE_SCOPE, "patch_group": WRITE_SCOPE, "delete_servers": "nezha:inventory:delete"}
+_ROUTES = (
+    ("POST", re.compile(r"/api/v1/login\Z"), "login"),
+    ("GET", re.compile(r"/api/v1/server\Z"), "list_servers"),
+    ("PATCH", re.compile(r"/api/v1/server/\d{1,18}\Z"), "patch_server"),
+    ("GET", re.compile(r"/api/v1/server-group\Z"), "list_groups"),
+    ("POST", re.compile(r"/api/v1/server-group\Z"), "create_group"),
+    ("PATCH", re.compile(r"/api/v1/server-group/\d{1,18}\Z"), "patch_group"),
+    ("POST", re.compile(r"/api/v1/batch-delete/server\Z"), "delete_servers"),
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One REST request as a route handler sees it; `ip` is the WAF's idea of the client."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    ip: str
+
+
+def _route(method: str, path: str) -> str | None:
+    return next((name for verb, pattern, name in _ROUTES if verb == method and pattern.match(path)), None)
+
+
+def _grants(scopes: tuple[str, ...], wanted: str) -> bool:
+    """Whether `scopes` hold `wanted`; `resource:*` covers only its own resource's actions."""
+    resource = wanted.rpartition(":")[0]
+    return wanted in scopes or f"{resource}:*" in scopes
+
+
+def _answer(value: dict[str, Any], status: int = 200) -> Any:
+    return status, "application/json; charset=utf-8", json.dumps(value).encode()
+
+
+def _cookie(request: Request, name: str) -> str:
+    for part in request.headers.get("cookie", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return ""
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+_FORM_TYPES = {"name": str, "note": str, "public_note": str, "display_index": int, "hide_for_guest": bool,
+               "enable_ddns": bool, "ddns_profiles": list, "override_ddns_domains": dict}
+
+
+def _server_form(form: dict[str, Any]) -> dict[str, Any] | None:
+    """The eight fields PATCH /api/v1/server/:id writes; any left out is reset (dashboard-v1-v2.md).
+
+    None when a field has the wrong JSON type (Go's binding refuses it).
+    """
+    written: dict[str, Any] = {}
+    for key, kind in _FORM_TYPES.items():
+        value = form.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            return None
+        written[key] = kind() if value is None else value
+    return written
 
 
 def _two_words() -> str:
@@ -193,3 +580,49 @@ def _two_words() -> str:
 def serve_v1(fake: FakeV1, host: str = "127.0.0.1", port: int = 0) -> Running:
     """Start `fake` on host:port in a background thread (fake_dashboard's server, duck-typed)."""
     return serve(fake, host, port)  # type: ignore[arg-type]  # FakeV1 has the handle/faults FakeDashboard has
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a fake v1/v2 dashboard and its release host in the foreground (the first-boot test runs it
+    in a network namespace); `--journal`: one JSON line per request, `--enrollments`: one per agent call."""
+    import argparse
+
+    from nezha_bootstrap.config import AGENT_V1
+    from nezha_bootstrap.fake_dashboard import append_json_lines, journal_line
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8008)
+    parser.add_argument("--profile", default="v2.1+", choices=PROFILES)
+    parser.add_argument("--agent-secret-file", help="file holding the first user's agent secret [default: random]")
+    parser.add_argument("--release", action="append", help=f"serve this agent version (repeatable) [{AGENT_V1}]")
+    parser.add_argument("--journal", help="append one JSON line per request to this file")
+    parser.add_argument("--enrollments", help="append one JSON line per agent-connect call to this file")
+    args = parser.parse_args(argv)
+    secret = open(args.agent_secret_file, encoding="utf-8").read().strip() if args.agent_secret_file else None
+    fake = FakeV1(profile=args.profile, agent_secrets={secret or new_agent_secret(): 1})
+    for version in args.release or [AGENT_V1]:
+        fake.add_release(version)
+    running = serve_v1(fake, args.host, args.port)
+    print(json.dumps({"url": running.url, "profile": fake.profile, "releases": args.release or [AGENT_V1]}),
+          flush=True)
+    seen = joined = 0
+    try:
+        while True:
+            time.sleep(0.2)
+            with fake.lock:
+                new, seen = fake.journal[seen:], len(fake.journal)
+                calls, joined = fake.connections[joined:], len(fake.connections)
+                names = {server.id: server.name for server in fake.servers}
+            # The hook's body carries the agent secret: the enrollments file has what it tells.
+            append_json_lines(args.journal, [{**journal_line(entry), "body": ""} if entry.path == "/_fake/agent-connect"
+                                             else journal_line(entry) for entry in new])
+            append_json_lines(args.enrollments, [
+                {"uuid": call.uuid, "outcome": call.outcome, "server_id": call.server_id,
+                 "server_name": names.get(call.server_id or 0), "time": call.at} for call in calls])
+    except KeyboardInterrupt:
+        running.stop()
+
+
+if __name__ == "__main__":
+    main()

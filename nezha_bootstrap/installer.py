@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from nezha_bootstrap.config import SECRET_RE, Config, display_url, is_valid_host
 from nezha_bootstrap.errors import InstallerFailed
@@ -89,12 +88,27 @@ def check_script(content: bytes, sha256: str | None) -> None:
     """Refuse a script whose hash is not the pinned one."""
     if sha256 is None:
         return
+    import hashlib  # here: `--help` and `--dry-run` never load it
+
     actual = hashlib.sha256(content).hexdigest()
     if actual != sha256:
         raise InstallerFailed(
             f"the install script's SHA-256 is {actual}, expected {sha256}: refusing to run it "
             "(the URL serves another version, or the download was altered)"
         )
+
+
+class Expected(Protocol):
+    """What the agent unit must say: an InstallPlan (install.sh), or agent.V0Install (`service install`)."""
+
+    @property
+    def unit(self) -> Path: ...
+
+    @property
+    def expect_server(self) -> str: ...
+
+    @property
+    def expect_tls(self) -> bool: ...
 
 
 def read_exec_start(unit: Path) -> list[str] | None:
@@ -113,7 +127,7 @@ def read_exec_start(unit: Path) -> list[str] | None:
     return None
 
 
-def verify_unit(plan: InstallPlan, paths: Paths, secret: str) -> None:
+def verify_unit(plan: Expected, paths: Paths, secret: str) -> None:
     """Check that the agent unit exists and starts the agent exactly as asked."""
     if plan.unit.exists():
         argv = read_exec_start(plan.unit)
@@ -135,7 +149,7 @@ def verify_unit(plan: InstallPlan, paths: Paths, secret: str) -> None:
         raise InstallerFailed(f"the installer exited, but {paths.agent_binary} is missing or not executable")
 
 
-def _exec_start_problems(argv: list[str], plan: InstallPlan, secret: str) -> list[str]:
+def _exec_start_problems(argv: list[str], plan: Expected, secret: str) -> list[str]:
     problems = []
     if _value_after(argv, "-s", "--server") != plan.expect_server:
         problems.append("server address")

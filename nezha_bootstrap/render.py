@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from typing import Union
 
 UNIT_NAME = "nezha-bootstrap.service"
@@ -36,6 +35,8 @@ Filling = Union[str, Sequence[str]]
 
 def template(kind: str) -> str:
     """The packaged template of `kind` (one of KINDS), as text."""
+    from importlib import resources  # here: it loads tempfile, shutil and random, which `--help` does not need
+
     name = TEMPLATES[kind]
     return resources.files("nezha_bootstrap").joinpath(f"templates/{name}").read_text(encoding="utf-8")
 

@@ -240,6 +240,10 @@ def _seal_notes(paths: Paths) -> list[str]:
                      "(for example by cloud-init-minimal user-data)")
     elif _assigns(paths.settings_file, "NEZHA_AGENT_UUID"):
         notes.append(f"{paths.settings_file} sets NEZHA_AGENT_UUID: every clone would enroll as the same server")
+    sysconfig = paths.under("/etc/sysconfig/nezha-agent")
+    if _assigns(sysconfig, "NZ_UUID") or _assigns(sysconfig, "export NZ_UUID"):
+        notes.append(f"{sysconfig} sets NZ_UUID, which overrides config.yml: every clone's agent would enroll as "
+                     "the same server; remove that line")
     return notes
 
 
@@ -259,6 +263,11 @@ def dashboard_note(saved: State | None) -> str:
     """What the admin must do in the dashboard: the token API cannot delete a server."""
     if saved is None:
         return "no saved state: nezha-bootstrap registered no server from this machine"
+    if saved.uuid and not saved.name:
+        # v1/v2 (dashboard-v1-v2.md): the dashboard named it; a deleted row comes back at the agent's next
+        # call, so deleting it sticks only now that the agent is gone.
+        return (f"the server with uuid {saved.uuid} stays in the dashboard {display_url(saved.dashboard_url)}: "
+                "delete it there (its agent is gone, so it stays deleted)")
     what = f"the server {saved.name!r}" + (f" (uuid {saved.uuid})" if saved.uuid else "")
     return (f"{what} stays in the dashboard {display_url(saved.dashboard_url)}: delete it there "
             "(the token API cannot)")

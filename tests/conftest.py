@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from click.testing import CliRunner, Result
@@ -168,18 +168,28 @@ def cli(dashboard: Running, fake: FakeDashboard, root: Path) -> Cli:
 
 # --- the leak scan ----------------------------------------------------------------------------
 
-def secrets_of(fake: FakeDashboard) -> list[str]:
-    return [TOKEN] + [server.secret for server in fake.servers]
+def secrets_of(fake: Any) -> list[str]:
+    """The v0 token and every v0 node secret (v1/v2 servers have none: their agent secret is passed as extra)."""
+    return [TOKEN] + [server.secret for server in fake.servers if hasattr(server, "secret")]
 
 
-def leak_scan(cli: Cli, extra_secrets: tuple[str, ...] = ()) -> list[str]:
-    """Places outside the 0600 state file and the agent unit that hold the token or a node secret."""
+class Scanned(Protocol):
+    """What leak_scan reads: the runs' outputs, the root, the fake (Cli, or test_run_v1's V1Cli)."""
+
+    outputs: list[Outcome]
+    root: Path
+    fake: Any
+
+
+def leak_scan(cli: Scanned, extra_secrets: tuple[str, ...] = (), allowed_files: tuple[Path, ...] = ()) -> list[str]:
+    """Places outside the 0600 state file, the agent unit and `allowed_files` that hold a secret."""
     needles = secrets_of(cli.fake) + list(extra_secrets)
     found = []
     for i, outcome in enumerate(cli.outputs):
         for stream, text in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
             found += [f"run {i} {stream}" for needle in needles if needle in text]
-    allowed = {cli.root / "var/lib/nezha-bootstrap/state.json", cli.root / "etc/systemd/system/nezha-agent.service"}
+    allowed = {cli.root / "var/lib/nezha-bootstrap/state.json", cli.root / "etc/systemd/system/nezha-agent.service",
+               *allowed_files}
     for path in cli.root.rglob("*"):
         if path.is_file() and not path.is_symlink() and path not in allowed:
             data = path.read_bytes()

@@ -17,11 +17,13 @@ from nezha_bootstrap.agent import (
     identity_files,
     override_warnings,
     parse_checksums,
+    plan_v0,
     render_config,
     service_argv,
     unit_problems,
     vendor_leftovers,
 )
+from nezha_bootstrap.config import Config
 from nezha_bootstrap.enrollment import AgentSettings, is_public_host, validate
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.fake_v1 import agent_zip
@@ -176,7 +178,6 @@ def test_which_hosts_count_as_public_for_plaintext(host: str, public: bool) -> N
     (AgentSettings(base_url="ftp://x"), "--agent-base-url 'ftp://x' must be an http(s) URL"),
     (AgentSettings(options=("uuid=x",)), "agent option uuid is set by the tool itself"),
     (AgentSettings(options=("report_delay=9",)), "agent option 'report_delay=9' is not KEY=VALUE"),
-    (AgentSettings(generation="v0", method="direct"), "--method direct for a v0 dashboard is not supported yet"),
 ])
 def test_bad_v1_settings_are_collected(raw: AgentSettings, problem: str) -> None:
     problems: list[str] = []
@@ -196,3 +197,59 @@ def test_identity_files_are_the_configs_that_exist(tmp_path: Path) -> None:
     for name in ("config.yml", "config-x.yml", "nezha-agent"):
         (paths.agent_dir / name).write_text("")
     assert identity_files(paths) == [paths.agent_dir / "config.yml", paths.agent_dir / "config-x.yml"]
+
+
+def v0_config(**overrides: object) -> Config:
+    from dataclasses import replace
+
+    from nezha_bootstrap.config import Settings, build
+    from nezha_bootstrap.facts import STAND_IN
+
+    config = build(Settings(dashboard_url="https://dash.example.com", token="T0ken", name="web-1"), STAND_IN).config
+    return replace(config, **overrides)
+
+
+RELEASE_V0 = Release("https://mirror.example/agent", "0.20.5", ASSET)
+
+
+def test_method_direct_is_valid_for_a_v0_dashboard() -> None:
+    problems: list[str] = []
+    validate(AgentSettings(generation="v0", method="direct"), problems, [])
+    assert problems == []
+
+
+def test_the_v0_agent_installs_itself_with_server_secret_tls_and_flags(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    config = v0_config(agent_flags=("--disable-auto-update", "--report-delay", "2"))
+
+    plan = plan_v0(config, paths, "S3cretS3cretS3cret", RELEASE_V0)
+
+    assert plan.argv == (str(paths.agent_binary), "service", "install", "-s", "dash.example.com:5555", "-p",
+                         "S3cretS3cretS3cret", "--tls", "--disable-auto-update", "--report-delay", "2")
+    assert (plan.cwd, plan.unit, plan.uninstall_first) == (paths.agent_dir, paths.agent_unit, None)
+    assert (plan.expect_server, plan.expect_tls) == ("dash.example.com:5555", True)
+    assert "S3cretS3cretS3cret" not in "\n".join(plan.describe())
+    assert f"run: {paths.agent_binary} service install -s dash.example.com:5555 -p '<secret>' --tls " \
+           "--disable-auto-update --report-delay 2" in plan.describe()
+
+
+def test_an_existing_unit_is_uninstalled_first_and_ipv6_goes_in_brackets(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    paths.agent_unit.parent.mkdir(parents=True)
+    paths.agent_unit.write_text("[Service]\n")
+
+    plan = plan_v0(v0_config(probe_address="2001:db8::1", tls=False), paths, "S3cret", RELEASE_V0)
+
+    assert plan.uninstall_first == (str(paths.agent_binary), "service", "uninstall")
+    assert plan.argv[3:] == ("-s", "[2001:db8::1]:5555", "-p", "S3cret")
+
+
+@pytest.mark.parametrize(("secret", "address", "refusal"), [
+    ("S3cret; reboot", "dash.example.com", "a secret that is not letters and digits"),
+    ("S3cret\n", "dash.example.com", "a secret that is not letters and digits"),
+    ("S3cret", "$(reboot)", "an invalid probe address"),
+])
+def test_values_that_are_not_what_the_agent_expects_are_refused(tmp_path: Path, secret: str, address: str,
+                                                                refusal: str) -> None:
+    with pytest.raises(InstallerFailed, match=refusal):
+        plan_v0(v0_config(probe_address=address), Paths(tmp_path), secret, RELEASE_V0)

@@ -37,6 +37,11 @@ FIGURES: list[tuple[tuple[str, ...], str]] = [
     (("memory", "peak_rss_mib", "median"), "number"),
     (("overhead", "heavy_modules_loaded", "help"), "names"),
     (("overhead", "heavy_modules_loaded", "dry_run"), "names"),
+    *[(("v2fleet", key), "count") for key in ("nodes", "succeeded", "failures", "servers", "named", "hidden",
+                                              "in_group", "duplicates", "group_patches")],
+    (("v2fleet", "api_requests_per_node"), "number"),
+    (("v2fleet", "requests_per_node"), "number"),
+    (("v2fleet", "agent_start_to_named_s"), "percentiles"),
 ]
 SEED_FIGURES = [
     (("overhead", "median", "seed_script_s"), "number"),
@@ -114,3 +119,12 @@ def test_the_fleet_registers_every_node_exactly_once(quick: tuple[Any, dict[str,
         assert (fleet["registered"], fleet["duplicates"], fleet["secret_mismatches"]) == (fleet["nodes"], 0, 0)
         assert fleet["nodes_with_exactly_one_server"] == fleet["nodes"]
 
+
+
+def test_the_v2_fleet_ends_with_every_node_named_once_and_in_the_group(quick: tuple[Any, dict[str, Any]]) -> None:
+    _, results = quick
+    v2 = results["v2fleet"]
+
+    assert (v2["succeeded"], v2["servers"], v2["named"], v2["hidden"], v2["in_group"], v2["duplicates"]) == (
+        v2["nodes"], v2["nodes"], v2["nodes"], v2["nodes"], v2["nodes"], 0)
+    assert "v2fleet: p95 agent start->named" in [target["name"] for target in results["targets"]]

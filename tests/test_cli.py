@@ -250,7 +250,7 @@ def test_verbose_shows_the_installer_output(cli: Cli) -> None:
     assert "  | stub install.sh: installing agent for probe.example.test:5555" in outcome.stderr.splitlines()
 
 
-# --- what a command loads: httpx and psutil only when it needs them (issue 4's overhead target) ------
+# --- what a command loads: httpx, psutil, zipfile, hashlib only when it needs them (the overhead target) ---
 
 LOADED_PROBE = """
 import json, sys
@@ -259,7 +259,7 @@ try:
     main(sys.argv[1:])
 except SystemExit:
     pass
-print(json.dumps(sorted(name for name in ("httpx", "psutil") if name in sys.modules)))
+print(json.dumps(sorted(name for name in ("httpx", "psutil", "zipfile", "hashlib") if name in sys.modules)))
 """
 
 
@@ -278,11 +278,27 @@ def heavy_modules_loaded(cli: Cli, *args: str, **env: str) -> list[str]:
     (("run", "--dry-run"), "web-1", []),
     (("run", "--dry-run"), "web-{hostname}", []),
     (("run", "--dry-run"), "web-{ip}", ["psutil"]),  # the address comes from psutil
+    (("run", "--dry-run", "--method", "direct", "--dashboard", "v0"), "web-1", []),
+    (("check", "--help"), "web-1", []),
+    (("render", "--help"), "web-1", []),
 ])
 def test_httpx_and_psutil_load_only_when_the_command_needs_them(
     cli: Cli, args: tuple[str, ...], name: str, loaded: list[str]
 ) -> None:
     assert heavy_modules_loaded(cli, *args, NODE_NAME=name) == loaded
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("args", [("run", "--dry-run"), ("run", "--dry-run", "--dashboard", "v1")])
+def test_a_v1_dry_run_loads_no_http_client_nor_zip_reader(cli: Cli, args: tuple[str, ...]) -> None:
+    env = cli.env(NEZHA_AGENT_SECRET="A" * 32, NEZHA_PROBE_ADDRESS="127.0.0.1")
+    settings = {key: value for key, value in env.items() if value is not None}
+    done = subprocess.run([sys.executable, "-c", LOADED_PROBE, *args], env={**os.environ, **settings},
+                          capture_output=True, text=True, timeout=60)
+
+    assert "plan: install the agent (not enrolled from this machine yet)" in done.stdout, done.stderr
+    # hashlib it may load: the uuid is a UUIDv5 (SHA-1) of the machine-id
+    assert [name for name in json.loads(done.stdout.splitlines()[-1]) if name != "hashlib"] == []
 
 
 @pytest.mark.integration

@@ -29,6 +29,7 @@ from nezha_bootstrap.dashboard import (
     classify_common,
     classify_list,
     classify_register,
+    download_context,
     fetch,
     make_client,
     retry_after_seconds,
@@ -628,3 +629,14 @@ def test_tls_context_always_loads_a_given_ca_bundle(tmp_path: Path) -> None:
     context = tls_context(bundle, HTTP_ONLY)
 
     assert context.cert_store_stats()["x509_ca"] == 1
+
+
+def test_the_download_context_trusts_the_system_store_and_the_ca_bundle(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+
+    context = download_context(bundle, ("https://github.com/nezhahq/agent/releases/download/v2.3.3/checksums.txt",))
+
+    assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert context.cert_store_stats()["x509_ca"] == system + 1

@@ -329,3 +329,111 @@ def test_status_shows_the_v1_layout_and_never_the_secret(v1cli: V1Cli) -> None:
                 "agent_config": str(v1cli.root / "opt/nezha/agent/config.yml"), "agent_config_uuid": UUID}
     assert {key: report.get(key) for key in expected} == expected
     assert v1cli.fake.agent_secret not in result.stdout
+
+
+# --- --dry-run: the whole plan, nothing sent, nothing written --------------------------------------
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"" for p in sorted(root.rglob("*"))}
+
+
+def test_dry_run_before_detection_prints_the_probes_and_the_v1_plan_and_sends_nothing(v1cli: V1Cli) -> None:
+    before = tree(v1cli.root)
+
+    outcome = v1cli("--dry-run")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    url, agent_dir = v1cli.running.url, v1cli.root / "opt/nezha/agent"
+    port = v1cli.running.port
+    assert outcome.stdout.splitlines() == [
+        f"detect the generation of {url}, without credentials:",
+        f"  GET {url}/api/v1/setting",
+        f"  POST {url}/api/v1/server/register {{}}",
+        f"  GET {url}/api/v1/api-tokens",
+        "if it is v0: register with the API token and install the v0 agent "
+        "(`--dashboard v0 --dry-run` shows that plan)",
+        "if it is v1 or newer:",
+        "  plan: install the agent (not enrolled from this machine yet)",
+        f"  uuid {UUID} (from machine-id)",
+        f"  download {url}/releases/v{AGENT_V1}/checksums.txt (at most 65536 bytes)",
+        f"  download {url}/releases/v{AGENT_V1}/nezha-agent_linux_amd64.zip "
+        "(at most 67108864 bytes, redirects followed)",
+        "  check its SHA-256 against checksums.txt; extract nezha-agent (0755)",
+        f"  write {agent_dir}/nezha-agent (0755)",
+        f"  write {agent_dir}/config.yml (0600):",
+        f'    server: "127.0.0.1:{port}"',
+        '    client_secret: "<agent secret>"',
+        f'    uuid: "{UUID}"',
+        "    tls: false",
+        "    disable_command_execute: true",
+        "    disable_force_update: true",
+        f"  run: {agent_dir}/nezha-agent service -c {agent_dir}/config.yml install",
+        f"    cwd {agent_dir}, stdin /dev/null, environment without NZ_*, NEZHA_TOKEN and NEZHA_AGENT_SECRET",
+        f"  verify {v1cli.root}/etc/systemd/system/nezha-agent.service: ExecStart runs the agent with "
+        "-c /opt/nezha/agent/config.yml; config.yml as written",
+        f"  write {v1cli.root}/var/lib/nezha-bootstrap/state.json (0600): generation, uuid, machine-id (no secret)",
+    ]
+    assert (v1cli.fake.journal, tree(v1cli.root)) == ([], before)
+    assert v1cli.fake.agent_secret not in outcome.stdout + outcome.stderr
+
+
+def test_dry_run_json_of_a_named_generation_carries_the_masked_config(v1cli: V1Cli) -> None:
+    plant_vendor_leftover(v1cli)
+
+    outcome = v1cli("--dry-run", "--json", "--dashboard", "v1", "--adopt")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    plan = json.loads(outcome.stdout)
+    assert {k: plan[k] for k in ("outcome", "generation", "action", "uuid")} == {
+        "outcome": "dry_run", "generation": "v1+", "action": "install", "uuid": UUID}
+    assert 'client_secret: "<agent secret>"\n' in plan["config_yml"]
+    assert plan["plan"][-1] == ("uninstall the vendor script's second agent config-ab12cd.yml "
+                                "(uuid deadbeef-0000-4000-8000-000000000001): a duplicate server, to delete in the "
+                                "dashboard")
+    assert v1cli.fake.journal == []
+    assert v1cli.fake.agent_secret not in outcome.stdout + outcome.stderr
+
+
+def test_dry_run_after_enrolling_uses_the_cached_generation_and_says_nothing_to_do(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    seen = len(v1cli.fake.journal)
+
+    outcome = v1cli("--dry-run")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.splitlines() == [
+        "generation: v2.1+", "plan: nothing to do (enrolled and installed)", f"uuid {UUID} (from state)"]
+    assert len(v1cli.fake.journal) == seen
+
+
+def test_dry_run_refuses_an_unusable_machine_id_as_run_does(v1cli: V1Cli) -> None:
+    (v1cli.root / "etc/machine-id").write_text("uninitialized\n")
+
+    outcome = v1cli("--dry-run", "--dashboard", "v1")
+
+    assert outcome.exit_code == 2
+    assert "systemd-machine-id-setup" in outcome.stderr
+
+
+def test_the_release_download_follows_a_redirect_to_storage(v1cli: V1Cli) -> None:
+    """GitHub answers a release asset with a redirect to its storage host."""
+    zip_path = f"/releases/v{AGENT_V1}/nezha-agent_linux_amd64.zip"
+    v1cli.fake.files["/storage/agent.zip"] = v1cli.fake.files[zip_path]
+    redirect = (302, "text/plain", b"", {"Location": f"{v1cli.running.url}/storage/agent.zip"})
+    v1cli.fake.faults.fail_next = [None, redirect]  # checksums.txt as is, then the zip redirected
+
+    outcome = v1cli("--dashboard", "v1")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert [j.path for j in v1cli.fake.journal][:3] == [
+        f"/releases/v{AGENT_V1}/checksums.txt", zip_path, "/storage/agent.zip"]
+    assert [s.uuid for s in v1cli.fake.servers] == [UUID]
+
+
+def test_an_http_dashboard_url_with_a_public_probe_address_says_why_tls_is_off(v1cli: V1Cli) -> None:
+    outcome = v1cli(NEZHA_PROBE_ADDRESS="203.0.113.7")
+
+    assert outcome.exit_code == 2
+    assert ("the agent would connect to 203.0.113.7 without TLS (the dashboard URL is http and no --tls was "
+            "given), sending the agent secret in clear text") in outcome.stderr
+    assert v1cli.fake.journal[3:] == [] and v1cli.fake.servers == []  # the probes, nothing more

@@ -3,12 +3,16 @@
 # `service -c CONFIG install|restart|stop|uninstall` does what the real agent's service commands
 # leave behind: a systemd unit whose ExecStart is `nezha-agent "-c" "CONFIG"`, named nezha-agent when
 # CONFIG is config.yml next to the binary, else nezha-agent-<7 hex of md5(CONFIG)>; `install` refuses
-# an existing unit ("Init already exists"). Starting the service "connects": it posts the uuid and
-# secret of the config (NZ_UUID / NZ_CLIENT_SECRET / NZ_SERVER from the environment or
-# /etc/sysconfig/nezha-agent override them, as in the real agent) to the fake dashboard's
-# /_fake/agent-connect hook on the config's server. Paths are taken relative to the binary, which
-# lives at <root>/opt/nezha/agent, so it works under a test root exactly as at `/`.
+# an existing unit ("Init already exists"). Running the agent (`nezha-agent -c CONFIG`) "connects": it
+# posts the uuid and secret of the config (NZ_UUID / NZ_CLIENT_SECRET / NZ_SERVER from the environment
+# or /etc/sysconfig/nezha-agent override them, as in the real agent) to the fake dashboard's
+# /_fake/agent-connect hook on the config's server, then idles.
+# Where / is the root and systemd runs (the first-boot test), the service commands go through
+# systemctl (`enable --now`, `restart`, `disable --now`) and systemd runs the agent; elsewhere (a test
+# root) `install` and `restart` connect once themselves. Paths are taken relative to the binary,
+# which lives at <root>/opt/nezha/agent, so it works under a test root exactly as at `/`.
 # NEZHA_STUB_RECORD: directory for the records (default <root>/var/lib/nezha-stub); calls go to agent/.
+# NEZHA_STUB_MODE=hang: service commands hang (a stop signal must kill them).
 set -eu
 bin=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$bin/../../.." && pwd)
@@ -23,15 +27,13 @@ mkdir -p "$call"
 pwd > "$call/cwd"
 readlink "/proc/$$/fd/0" > "$call/stdin" 2>/dev/null || echo unknown > "$call/stdin"
 
-case "${1:-}" in
-  -v|--version) echo "nezha-agent version @VERSION@"; exit 0 ;;
-  service) shift ;;
-  *) exec sleep 2147483647 ;;
-esac
+service=""
 config=""
 action=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    -v|--version) echo "nezha-agent version @VERSION@"; exit 0 ;;
+    service) service=yes; shift ;;
     -c|--config) config=$2; shift 2 ;;
     *) action=$1; shift ;;
   esac
@@ -44,6 +46,8 @@ else
   name="nezha-agent-$(printf '%s' "$target" | md5sum | cut -c1-7)"
 fi
 unit="$prefix/etc/systemd/system/$name.service"
+systemd=""
+[ -z "$prefix" ] && [ -d /run/systemd/system ] && systemd=yes
 
 value() {  # value KEY: the config's value for KEY, quotes removed
   sed -n "s/^$1:[[:space:]]*//p" "$config" | head -n 1 | sed 's/^"\(.*\)"$/\1/'
@@ -73,6 +77,12 @@ with urllib.request.urlopen(request, timeout=10, context=context) as answer:
   fi
 }
 
+if [ -z "$service" ]; then  # the agent itself, as its unit runs it
+  connect
+  exec sleep 2147483647
+fi
+[ "${NEZHA_STUB_MODE:-}" = "hang" ] && { sleep 3600 & wait; }
+
 case "$action" in
   install)
     [ -e "$unit" ] && { echo "Init already exists"; exit 1; }
@@ -97,14 +107,23 @@ EnvironmentFile=-/etc/sysconfig/nezha-agent
 WantedBy=multi-user.target
 UNIT
     echo "stub nezha-agent: installed $name"
-    connect ;;
+    if [ -n "$systemd" ]; then
+      systemctl daemon-reload
+      systemctl enable --now "$name" >/dev/null 2>&1
+    else
+      connect
+    fi ;;
   restart|start)
     [ -e "$unit" ] || { echo "stub nezha-agent: $name is not installed"; exit 1; }
-    connect ;;
-  stop) echo "stub nezha-agent: stopped $name" ;;
+    if [ -n "$systemd" ]; then systemctl "$action" "$name"; else connect; fi ;;
+  stop)
+    [ -n "$systemd" ] && systemctl stop "$name"
+    echo "stub nezha-agent: stopped $name" ;;
   uninstall)
     [ -e "$unit" ] || { echo "stub nezha-agent: $name is not installed"; exit 1; }
+    [ -n "$systemd" ] && { systemctl disable --now "$name" >/dev/null 2>&1 || true; }
     rm -f "$unit"
+    [ -n "$systemd" ] && systemctl daemon-reload
     echo "stub nezha-agent: uninstalled $name" ;;
   *) echo "stub nezha-agent: unknown action '$action'"; exit 2 ;;
 esac

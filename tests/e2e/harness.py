@@ -68,6 +68,16 @@ class HarnessError(Exception):
     """The machinery itself failed (not the behaviour under test)."""
 
 
+def agent_settings(agent_secret: str, **extra: str) -> dict[str, str]:
+    """The environment that points the tool at a lab's fake v1/v2 dashboard and its release host."""
+    return {
+        "NEZHA_DASHBOARD_URL": DASHBOARD_URL,
+        "NEZHA_AGENT_SECRET": agent_secret,
+        "NEZHA_AGENT_BASE_URL": f"{DASHBOARD_URL}/releases",
+        **extra,
+    }
+
+
 def tool_settings(token: str, **extra: str) -> dict[str, str]:
     """The environment that points the tool at the fake dashboard of a lab and at its stub installer."""
     return {
@@ -446,29 +456,47 @@ class Request:
         return value.get("Name") if isinstance(value, dict) else None
 
 
+@dataclass
+class Enrollment:
+    """One agent-connect call at a fake v1/v2 dashboard: the uuid, and whether it made a server."""
+
+    uuid: str
+    outcome: str  # "created", "known", or the refusal
+    server_id: int | None
+    server_name: str | None
+    time: float
+
+
 class FakeDashboardProcess:
     """`python -m nezha_bootstrap.fake_dashboard` run inside the netns, journaling every request to a file."""
+
+    module = "nezha_bootstrap.fake_dashboard"
 
     def __init__(self, netns: Netns, token: str, directory: Path, down_for: float = 0.0) -> None:
         self.journal = directory / "dashboard-journal.jsonl"
         self.log = directory / "dashboard.log"
         self.journal.touch()
-        argv = [sys.executable, "-m", "nezha_bootstrap.fake_dashboard", "--port", str(DASHBOARD_PORT),
-                "--token", token, "--journal", str(self.journal)]
-        if down_for:
-            argv += ["--down-for", str(down_for)]
+        argv = [sys.executable, "-m", self.module, "--port", str(DASHBOARD_PORT), "--journal", str(self.journal),
+                *self._options(token, directory, down_for)]
         self._stdout = open(self.log, "wb")
         self.proc = start(netns.command(argv), self._stdout, env=_python_env())
         if not down_for:
             self.wait_up(timeout=30)
+
+    def _options(self, token: str, directory: Path, down_for: float) -> list[str]:
+        return ["--token", token, *(["--down-for", str(down_for)] if down_for else [])]
 
     def wait_up(self, timeout: float) -> None:
         """Wait for the JSON line it prints once it listens."""
         def listening() -> bool:
             if self.proc.poll() is not None:
                 raise HarnessError(f"the fake dashboard exited: {self.log.read_text(errors='replace')}")
-            return '"script_sha256"' in self.log.read_text(errors="replace")
+            return '"url"' in self.log.read_text(errors="replace")
         wait_for("the fake dashboard to listen", listening, timeout, interval=0.1)
+
+    def enrollments(self, since: float = 0.0) -> list[Enrollment]:
+        """Agent enrollments (a v0 dashboard has none: it registers servers through its API)."""
+        return []
 
     def requests(self, since: float = 0.0) -> list[Request]:
         """Requests journaled so far (the fake flushes its journal every 0.2 s)."""
@@ -479,6 +507,32 @@ class FakeDashboardProcess:
     def close(self) -> None:
         stop(self.proc)
         self._stdout.close()
+
+
+class FakeV1Process(FakeDashboardProcess):
+    """`python -m nezha_bootstrap.fake_v1`: a v1/v2 dashboard and the agent's release host (`/releases`);
+    agents enroll at its agent-connect hook, each call journaled to `enrollments.jsonl`."""
+
+    module = "nezha_bootstrap.fake_v1"
+
+    def __init__(self, netns: Netns, agent_secret: str, directory: Path, profile: str = "v2.1+") -> None:
+        self.profile = profile
+        self.enrollments_file = directory / "enrollments.jsonl"
+        self.enrollments_file.touch()
+        super().__init__(netns, agent_secret, directory)
+
+    def _options(self, token: str, directory: Path, down_for: float) -> list[str]:
+        secret_file = directory / "agent-secret"  # never in argv
+        secret_file.write_text(token + "\n")
+        secret_file.chmod(0o600)
+        return ["--profile", self.profile, "--agent-secret-file", str(secret_file),
+                "--enrollments", str(self.enrollments_file)]
+
+    def enrollments(self, since: float = 0.0) -> list[Enrollment]:
+        """Agent-connect calls journaled so far (flushed every 0.2 s), from `since` on."""
+        lines = self.enrollments_file.read_text(encoding="utf-8").splitlines()
+        found = [Enrollment(**json.loads(line)) for line in lines if line]
+        return [e for e in found if e.time >= since]
 
 
 def _python_env() -> dict[str, str]:
@@ -606,12 +660,22 @@ class BootRecord:
     requests: list[Request] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     console: str = ""
+    enrollments: list[Enrollment] = field(default_factory=list)
 
     def registrations(self) -> list[Request]:
         return [r for r in self.requests if r.is_registration]
 
     def seconds_to_registration(self) -> float | None:
         found = self.registrations()
+        return found[0].time - self.started_at if found else None
+
+    def tool_requests(self) -> list[Request]:
+        """The requests nezha-bootstrap sent (the agent's agent-connect calls left out)."""
+        return [r for r in self.requests if not r.path.startswith("/_fake/")]
+
+    def seconds_to_enrollment(self) -> float | None:
+        """From the boot's start to the agent's first call that made a server."""
+        found = [e for e in self.enrollments if e.outcome == "created"]
         return found[0].time - self.started_at if found else None
 
 
@@ -638,6 +702,7 @@ def boot_and_record(root: Path, netns: Netns, fake: FakeDashboardProcess, machin
             service_log=guest.run(["journalctl", "-b", "-u", SERVICE, "--no-pager", "-o", "cat"]).stdout,
             journal=guest.run(["journalctl", "-b", "--no-pager", "-a", "-o", "verbose"]).stdout,
             requests=fake.requests(since=guest.started_at),
+            enrollments=fake.enrollments(since=guest.started_at),
         )
         for name, argv in (commands or {}).items():
             done = guest.run(argv, check=False)
@@ -694,6 +759,12 @@ class Lab:
     def serve(self, down_for: float = 0.0) -> FakeDashboardProcess:
         """Start the fake dashboard in the netns; with `down_for` it refuses connections that long first."""
         self._fake = FakeDashboardProcess(self.netns, self.token, self.directory, down_for)
+        self._stack.callback(self._fake.close)
+        return self._fake
+
+    def serve_v1(self, profile: str = "v2.1+") -> FakeDashboardProcess:
+        """Start a fake v1/v2 dashboard and release host in the netns; the lab's token is its agent secret."""
+        self._fake = FakeV1Process(self.netns, self.token, self.directory, profile)
         self._stack.callback(self._fake.close)
         return self._fake
 

@@ -4,8 +4,11 @@
 2. the second boot of that node makes no request at all;
 3. golden-image path: `install-service` and `seal` in the image, then two clones register once each;
    and a clone of it whose settings come from the minimal user-data registers as well;
-4. the dashboard is down for the first 20 s of the first boot, and the unit still succeeds alone.
-The seconds from boot start to the registration request are printed for each first boot.
+4. the dashboard is down for the first 20 s of the first boot, and the unit still succeeds alone;
+5. a v2 dashboard: the rendered user-data enrolls the node's agent under the uuid of its machine-id,
+   a reboot makes no server, and two clones of the node, sealed, enroll two servers with two uuids.
+The seconds from boot start to the registration request (v2: the agent's enrollment) are printed for
+each first boot.
 """
 
 from __future__ import annotations
@@ -23,16 +26,20 @@ from pathlib import Path
 
 import pytest
 
+from nezha_bootstrap.identity import machine_uuid
 from tests.conftest import IN_CI
 
 from .harness import (
     GUEST_WHEELHOUSE,
+    SERVICE,
     BootRecord,
     Clone,
     Lab,
     Wheelhouse,
     add_wheelhouse,
+    agent_settings,
     base_rootfs,
+    booted,
     build_wheelhouse,
     holders,
     missing_requirements,
@@ -90,11 +97,12 @@ def wheelhouse(host: None) -> Iterator[Wheelhouse]:
         remove_tree(directory)
 
 
-def render(*args: str) -> str:
+def render(*args: str, settings: dict[str, str] | None = None) -> str:
     """`nezha-bootstrap render ...` as a user runs it on their workstation, settings from the environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEZHA_")}
     done = subprocess.run([sys.executable, "-m", "nezha_bootstrap", "render", *args], capture_output=True,
-                          text=True, timeout=60, env={**env, **settings_env()}, stdin=subprocess.DEVNULL)
+                          text=True, timeout=60, env={**env, **(settings or settings_env())},
+                          stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -337,3 +345,142 @@ def test_unit_succeeds_alone_when_the_dashboard_comes_up_20_s_after_boot(
     assert "retrying" in boot.service_log or int(boot.service["NRestarts"]) > 0, boot.service_log
     seconds = boot.seconds_to_registration()
     assert seconds is not None and seconds >= DOWN_FOR - 1
+
+
+# --- 5: a v2 dashboard: the agent enrolls itself under the machine's uuid -----------------------------
+
+AGENT_SECRET = secrets.token_hex(16)  # 32 letters and digits, like a real agent secret; unique to this run
+AGENT_CONFIG = "/opt/nezha/agent/config.yml"
+
+
+@dataclass
+class V2Node:
+    lab: Lab
+    clone: Clone
+
+
+@pytest.fixture(scope="module")
+def v2_node(base: Path, wheelhouse: Wheelhouse) -> Iterator[V2Node]:
+    """A fresh VM seeded with the full user-data for a v2 dashboard (agent secret, the lab's release host)."""
+    user_data = render("cloud-init", "--package", f"file://{wheelhouse.guest_wheel()}", *PIP_OFFLINE,
+                       settings=agent_settings(AGENT_SECRET))
+    lab = Lab("v2", AGENT_SECRET)
+    try:
+        clone = lab.clone([base], "v2-node")
+        add_wheelhouse(clone.root, wheelhouse)
+        set_identity(clone.root, "v2-node", uuid.uuid4().hex)
+        seed_nocloud(clone.root, user_data, instance_id="i-e2e-v2-0001")
+        lab.serve_v1()
+        yield V2Node(lab, clone)
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="module")
+def v2_first_boot(v2_node: V2Node) -> BootRecord:
+    return v2_node.lab.boot(v2_node.clone, "v2-node", CLOUD_COMMANDS)
+
+
+@pytest.fixture(scope="module")
+def v2_second_boot(v2_node: V2Node, v2_first_boot: BootRecord) -> BootRecord:
+    return v2_node.lab.boot(v2_node.clone, "v2-node", CLOUD_COMMANDS)
+
+
+def report_enrollment(capsys: pytest.CaptureFixture[str], label: str, record: BootRecord) -> None:
+    seconds = record.seconds_to_enrollment()
+    line = f"{label}: agent enrolled {seconds:.1f} s after boot start" if seconds is not None \
+        else f"{label}: no enrollment"
+    with capsys.disabled():
+        print(f"\n[first-boot] {line}")
+
+
+def enrolled(record: BootRecord) -> list[tuple[str, str]]:
+    return [(e.uuid, e.outcome) for e in record.enrollments]
+
+
+def agent_secret_holders(record: BootRecord, root: Path) -> list[str]:
+    """Places that hold the agent secret besides config.yml and the settings file (both 0600)."""
+    texts = {"journal": record.journal, "console": record.console}
+    found = holders(AGENT_SECRET, texts, root, ["/var/log", "/var/lib/nezha-stub", "/var/lib/nezha-bootstrap",
+                                                 "/opt/nezha", "/etc/systemd"])
+    return [place for place in found if place != AGENT_CONFIG]
+
+
+def test_v2_first_boot_enrolls_one_server_under_the_machine_uuid(
+        v2_node: V2Node, v2_first_boot: BootRecord, capsys: pytest.CaptureFixture[str]) -> None:
+    root, boot = v2_node.clone.root, v2_first_boot
+    report_enrollment(capsys, "v2 cloud-init first boot", boot)
+    assert boot.system_state == "running", boot.failed
+    assert "status: done" in boot.outputs["cloud-init status"], boot.outputs["cloud-init status"]
+    node_uuid = machine_uuid(boot.machine_id)
+    assert enrolled(boot) == [(node_uuid, "created")], boot.service_log
+    assert [r.path for r in boot.tool_requests()][:3] == ["/api/v1/setting", "/api/v1/server/register",
+                                                          "/api/v1/api-tokens"]  # generation probes first
+    state = read_state(root)
+    assert (state["generation"], state["uuid"], state["machine_id"], state["secret"]) == (
+        "v2.1+", node_uuid, boot.machine_id, "")
+    config = root / AGENT_CONFIG.lstrip("/")
+    assert mode_of(config) == 0o600 and f'uuid: "{node_uuid}"' in config.read_text().splitlines()
+    assert (boot.service["ActiveState"], boot.service["Result"]) == ("active", "success"), boot.service_log
+    assert (boot.agent["ActiveState"], boot.agent["UnitFileState"]) == ("active", "enabled")
+    assert agent_secret_holders(boot, root) == []
+
+
+def test_v2_reboot_makes_no_server_and_no_request_of_the_tool(v2_node: V2Node, v2_second_boot: BootRecord) -> None:
+    boot = v2_second_boot
+    assert boot.system_state == "running", boot.failed
+    assert boot.tool_requests() == []
+    assert enrolled(boot) == [(machine_uuid(boot.machine_id), "known")]  # the agent reconnects: the same server
+    assert (boot.service["ActiveState"], boot.service["Result"]) == ("active", "success"), boot.service_log
+    assert boot.agent["ActiveState"] == "active"
+
+
+@dataclass
+class V2Clones:
+    lab: Lab
+    node_uuid: str
+    clones: tuple[Clone, Clone]
+    boots: tuple[BootRecord, BootRecord]
+
+
+@pytest.fixture(scope="module")
+def v2_clones(v2_node: V2Node, v2_first_boot: BootRecord, v2_second_boot: BootRecord) -> V2Clones:
+    """The node sealed as its admin does before capturing it, then two clones of it booted."""
+    lab, node = v2_node.lab, v2_node.clone
+    with booted(node.root, lab.netns, "v2-node", lab.directory / "console-seal.log") as guest:
+        guest.wait_settled(SERVICE)
+        guest.run([GUEST_TOOL, "seal"])
+    layers = node.frozen()
+    clones = (lab.clone(layers, "v2-clone-a"), lab.clone(layers, "v2-clone-b"))
+    for clone, name in zip(clones, ("v2-clone-a", "v2-clone-b")):
+        set_identity(clone.root, name, None)  # the machine-id stays as `seal` left it: empty
+    boots = (lab.boot(clones[0], "v2-clone-a"), lab.boot(clones[1], "v2-clone-b"))
+    return V2Clones(lab, machine_uuid(v2_first_boot.machine_id), clones, boots)
+
+
+def test_v2_sealed_clones_enroll_two_servers_under_their_own_uuids(
+        v2_clones: V2Clones, capsys: pytest.CaptureFixture[str]) -> None:
+    (a, b), roots = v2_clones.boots, [clone.root for clone in v2_clones.clones]
+    for label, boot in (("v2 sealed clone a", a), ("v2 sealed clone b", b)):
+        report_enrollment(capsys, label, boot)
+    assert re.fullmatch("[0-9a-f]{32}", a.machine_id) and re.fullmatch("[0-9a-f]{32}", b.machine_id)
+    uuids = [machine_uuid(a.machine_id), machine_uuid(b.machine_id)]
+    assert len({*uuids, v2_clones.node_uuid}) == 3
+    for root, boot, clone_uuid in zip(roots, (a, b), uuids):
+        assert boot.system_state == "running", boot.failed
+        assert enrolled(boot) == [(clone_uuid, "created")], boot.service_log
+        assert read_state(root)["uuid"] == clone_uuid
+        assert f'uuid: "{clone_uuid}"' in (root / AGENT_CONFIG.lstrip("/")).read_text().splitlines()
+        assert (boot.service["ActiveState"], boot.service["Result"]) == ("active", "success"), boot.service_log
+        assert boot.agent["ActiveState"] == "active"
+        assert agent_secret_holders(boot, root) == []
+
+
+def test_v2_a_clones_reboot_makes_no_server_and_the_dashboard_has_one_per_machine(v2_clones: V2Clones) -> None:
+    again = v2_clones.lab.boot(v2_clones.clones[0], "v2-clone-a")
+
+    assert again.tool_requests() == []
+    assert enrolled(again) == [(machine_uuid(again.machine_id), "known")]
+    assert (again.service["ActiveState"], again.service["Result"]) == ("active", "success"), again.service_log
+    created = [e.uuid for e in v2_clones.lab.fake.enrollments() if e.outcome == "created"]
+    assert sorted(created) == sorted({v2_clones.node_uuid, *(machine_uuid(b.machine_id) for b in v2_clones.boots)})

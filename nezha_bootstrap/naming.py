@@ -1,0 +1,187 @@
+"""Token mode of `run` on a v2.1+ dashboard: name, note, hide and group this node's server.
+
+With a personal access token (`nzp_...`, dashboard-v1-v2.md) beside the agent secret, the node
+checks the token (GET /api/v1/server) before installing anything, waits for its uuid's row after
+the agent starts, and applies the attributes at once: until then guests see the new server under
+two random words. A rerun with nothing changed only reads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from nezha_bootstrap.config import Config, has_control_chars, is_encodable
+from nezha_bootstrap.errors import DashboardRefused
+from nezha_bootstrap.report import Reporter
+
+if TYPE_CHECKING:
+    from nezha_bootstrap.v2api import V2Api  # httpx loads only when a request is made
+
+DEFAULT_ENROLL_TIMEOUT = 120.0
+POLL_FIRST, POLL_CAP = 0.25, 3.0  # seconds between looks for the row: doubling from the first to the cap
+ENROLL_CAUSES = (
+    "the agent secret is wrong (copy it from the dashboard's install command of the token's user)",
+    "the agent secret belongs to another user than the token's (the token only sees its user's servers)",
+    "TLS or a proxy stands between the agent and the dashboard (check --tls/--no-tls, the probe address "
+    "and port, and that the proxy passes gRPC)",
+)
+
+
+def is_access_token(token: str | None) -> bool:
+    """Whether the token is a v2.1+ personal access token (by its `nzp_` prefix)."""
+    return bool(token) and str(token).startswith("nzp_")
+
+
+@dataclass(frozen=True)
+class NamingSettings:
+    """The token-mode settings as click resolved them (text: validated below)."""
+
+    public_note: str | None = None
+    display_index: str | None = None
+    group: str | None = None
+    group_id: str | None = None
+    create_group: bool = False
+    enroll_timeout: str | float = DEFAULT_ENROLL_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Naming:
+    """The validated token-mode settings."""
+
+    public_note: str | None = None
+    display_index: int | None = None
+    group: str | None = None
+    group_id: int | None = None
+    create_group: bool = False
+    enroll_timeout: float = DEFAULT_ENROLL_TIMEOUT
+
+
+def validate(raw: NamingSettings, problems: list[str]) -> Naming:
+    """Check the token-mode settings, appending every problem (pure; the token's shape is config.py's)."""
+    public_note = raw.public_note
+    if public_note is not None and (has_control_chars(public_note) or not is_encodable(public_note)):
+        problems.append("the public note must be UTF-8 text without control characters")
+    index = _whole(raw.display_index, "--display-index", problems, low=-(2 ** 31), high=2 ** 31 - 1)
+    group_id = _whole(raw.group_id, "--group-id", problems, low=1, high=2 ** 63 - 1)
+    group = raw.group if raw.group else None
+    if group is not None and (has_control_chars(group) or not is_encodable(group)):
+        problems.append("the group name must be UTF-8 text without control characters")
+    if raw.create_group and not group:
+        problems.append("--create-group needs --group NAME")
+    if raw.create_group and group_id is not None:
+        problems.append("--create-group makes a new group: it cannot go with --group-id")
+    timeout = _whole(str(raw.enroll_timeout), "--enroll-timeout", problems, low=1, high=86400, real=True)
+    return Naming(public_note=public_note, display_index=index, group=group, group_id=group_id,
+                  create_group=raw.create_group,
+                  enroll_timeout=DEFAULT_ENROLL_TIMEOUT if timeout is None else float(timeout))
+
+
+def _whole(raw: str | None, what: str, problems: list[str], *, low: float, high: float,
+           real: bool = False) -> Any:
+    if raw is None or str(raw).strip() == "":
+        return None
+    text = str(raw).strip()
+    try:
+        value = float(text) if real else int(text)
+    except ValueError:
+        value = None
+    if value is None or value != value or not low <= value <= high:  # value != value: NaN
+        problems.append(f"{what} must be a number from {low:g} to {high:g}, got {raw!r}")
+        return None
+    return value
+
+
+def wanted(config: Config, naming: Naming) -> dict[str, Any]:
+    """The server fields this node sets: name and guest visibility always, the rest when given (pure)."""
+    fields: dict[str, Any] = {"name": config.name, "hide_for_guest": config.hide_for_guest}
+    if config.note is not None:
+        fields["note"] = config.note
+    if naming.public_note is not None:
+        fields["public_note"] = naming.public_note
+    if naming.display_index is not None:
+        fields["display_index"] = naming.display_index
+    return fields
+
+
+@dataclass
+class NodeNaming:
+    """The token-mode steps of one run (the edge): check, wait for the row, apply, join the group."""
+
+    api: V2Api
+    config: Config
+    naming: Naming
+    reporter: Reporter
+    uuid: str
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    changed: list[str] = field(default_factory=list)
+
+    def check(self) -> dict[str, Any] | None:
+        """Check the token with GET /api/v1/server (never retried on 401/403); our row, if it exists."""
+        with self.reporter.step("token", "checking the access token (GET /api/v1/server)") as record:
+            servers = self.api.servers()
+            record["servers"] = len(servers)
+        return next((item for item in servers if item.get("uuid") == self.uuid), None)
+
+    def wait_for_row(self, stop_agent: Callable[[], None]) -> dict[str, Any]:
+        """Poll for our uuid's row until --enroll-timeout; on timeout stop the agent and say why."""
+        timeout = self.naming.enroll_timeout
+        with self.reporter.step("enroll", f"waiting for the dashboard to list uuid {self.uuid} "
+                                          f"(up to {timeout:g} s)"):
+            end, pause = self.clock() + timeout, POLL_FIRST
+            while True:
+                item = self.api.server_by_uuid(self.uuid)
+                if item is not None:
+                    return item
+                if self.clock() + pause > end:
+                    break
+                self.sleep(pause)
+                pause = min(pause * 2, POLL_CAP)
+        stop_agent()
+        causes = "".join(f"\n  - {cause}" for cause in ENROLL_CAUSES)
+        raise DashboardRefused(
+            f"the agent started, but the dashboard did not list uuid {self.uuid} within {timeout:g} s; "
+            f"the agent was stopped so that it does not keep failing (the dashboard's WAF counts every "
+            f"refused agent call). Likely causes:{causes}"
+        )
+
+    def apply(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Apply the attributes and the group; what the server is now, for the summary."""
+        fields = wanted(self.config, self.naming)
+        with self.reporter.step("attributes", f"setting name {self.config.name!r}, guest visibility and notes"):
+            if self.api.update_server(item, fields):
+                self.changed.append("attributes")
+        server_id = int(item["id"])
+        result: dict[str, Any] = {"server_id": server_id, "name": self.config.name,
+                                  "hide_for_guest": self.config.hide_for_guest}
+        if self.naming.group or self.naming.group_id is not None:
+            result["group"] = self._group(server_id)
+        return result
+
+    def _group(self, server_id: int) -> dict[str, Any]:
+        naming = self.naming
+        shown = naming.group if naming.group else f"#{naming.group_id}"
+        with self.reporter.step("group", f"joining group {shown}"):
+            group = self.api.find_group(naming.group, naming.group_id)
+            if group is None and not naming.create_group:
+                raise DashboardRefused(f"group: there is no group called {naming.group!r}; create it in the "
+                                       "dashboard, or pass --create-group")
+            if group is None:
+                group_id = self.api.create_group(str(naming.group), [server_id])
+                self.changed.append("group")
+                self._warn_duplicates(str(naming.group))
+            else:
+                group_id = group.id
+            if self.api.join_group(group_id, server_id, known=group):
+                self.changed.append("group")
+        return {"id": group_id, "name": naming.group or (group.name if group else "")}
+
+    def _warn_duplicates(self, name: str) -> None:
+        named = [g for g in self.api.groups() if g.name == name]
+        if len(named) > 1:
+            self.reporter.warn(
+                f"there are now {len(named)} groups called {name!r} (ids {', '.join(str(g.id) for g in named)}): "
+                "nodes created it at the same time. Create the group once beforehand and drop --create-group"
+            )

@@ -1,0 +1,317 @@
+"""The REST API of a v2.1+ dashboard with a personal access token (or of v1/v2 with a JWT login).
+
+Built on dashboard.fetch (the only httpx user: no redirects, capped answers, network failures as
+Transient). What the answers mean is dashboard-v1-v2.md ("Personal access tokens", "WAF"):
+- 401: the credential is bad, unknown or expired. Never retried: the WAF counts every failure.
+- 403 `ApiErrorForbidden: api token lacks scope S`: the message names S. A 403 HTML page: the WAF.
+- HTTP 200 `{"error": ...}`: a handler refused (shown as is, never parsed beyond its prefix).
+- 5xx, 429 and network failures: Transient, retried by `with_retries` until the deadline.
+
+Use:
+    api = V2Api(client, base_url, token, deadline=60)
+    api.servers()                        -> raw items of GET /api/v1/server
+    api.server_by_uuid(uuid)             -> the item, or None (matched client-side)
+    api.update_server(item, {"name": "web-1", "hide_for_guest": True})  -> True when it wrote
+    api.find_group("web") / api.find_group(None, group_id=3)            -> Group or None
+    api.create_group("web", [ids])       -> id;    api.set_group(id, name, [ids])
+    api.join_group(group_id, server_id)  -> True when it wrote (read back, retried with jitter)
+    login(client, base_url, username, password, deadline) -> V2Api with a JWT (and CSRF on v2.1+)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import httpx
+
+from nezha_bootstrap import redact
+from nezha_bootstrap.config import display_url
+from nezha_bootstrap.dashboard import ANSWER_CAP, Answer, fetch, retry_after_seconds
+from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
+from nezha_bootstrap.retry import Notify, Transient, with_retries
+
+LIST_CAP = ANSWER_CAP * 64  # thousands of servers
+# The eight fields PATCH /api/v1/server/:id overwrites; one left out is reset (name to empty, DDNS off).
+FORM_DEFAULTS: dict[str, Any] = {
+    "name": "", "note": "", "public_note": "", "display_index": 0, "hide_for_guest": False,
+    "enable_ddns": False, "ddns_profiles": [], "override_ddns_domains": {},
+}
+WAF_NOTE = (
+    "Not retrying: the dashboard's WAF counts every failed credential from this address and blocks it "
+    "for longer after each (10 failures: about 3 hours)"
+)
+JOIN_CONFIRMATIONS = 2  # a member must show in this many reads in a row, spaced by a jittered pause
+JOIN_PAUSE = (0.3, 1.0)  # seconds: longer than a concurrent client's read-to-PATCH gap on a sane network
+
+
+class TokenRefused(DashboardRefused):
+    """The dashboard refused the credential or its scope: never retried."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """One server group: id, name and member server ids (sorted)."""
+
+    id: int
+    name: str
+    servers: tuple[int, ...]
+
+
+def form_of(item: dict[str, Any]) -> dict[str, Any]:
+    """The full PATCH form of a listed server: every field as it is (absent means empty/false)."""
+    return {key: item.get(key) if item.get(key) is not None else default for key, default in FORM_DEFAULTS.items()}
+
+
+def classify(answer: Answer, what: str) -> Any:
+    """The `data` of a success answer (None when absent), or raise TokenRefused/DashboardRefused/Transient."""
+    status = answer.status
+    if 300 <= status < 400:
+        target = display_url(answer.location) if answer.location else "(no Location header)"
+        raise DashboardRefused(f"{what}: HTTP {status} redirecting to {target}; not followed (it could carry "
+                               "the token to another host): set the dashboard URL to that address")
+    if status == 429 or status >= 500:
+        raise Transient(f"HTTP {status}", retry_after=retry_after_seconds(answer.retry_after),
+                        ambiguous=status in (502, 504))
+    if answer.truncated:
+        raise DashboardRefused(f"{what}: the answer is larger than {LIST_CAP} bytes; not the dashboard's")
+    value = _json(answer.body)
+    error = value.get("error") if isinstance(value, dict) else None
+    if status == 401:
+        raise TokenRefused(f"{what}: HTTP 401: the dashboard refused the access token (wrong, revoked or "
+                           f"expired). {WAF_NOTE}; create a new token and run again")
+    if status == 403:
+        raise TokenRefused(_forbidden(what, error, answer))
+    if status == 404:
+        raise DashboardRefused(f"{what}: HTTP 404: the URL does not point at a v1/v2 dashboard's API")
+    if status != 200 or not isinstance(value, dict):
+        raise DashboardRefused(f"{what}: HTTP {status}, not the dashboard's JSON answer")
+    if isinstance(error, str) and error.startswith("ApiErrorUnauthorized"):
+        raise TokenRefused(f"{what}: the dashboard saw no valid credential (a proxy may drop the Authorization "
+                           f"header, or the login expired). {WAF_NOTE}")
+    if error == "real ip header not found":
+        raise DashboardRefused(f"{what}: the dashboard expects a real-IP header from its reverse proxy and was "
+                               "reached around that proxy; use the proxied URL")
+    if error or value.get("success") is not True:
+        raise DashboardRefused(f"{what}: the dashboard refused: {str(error or 'no success flag')[:200]}")
+    return value.get("data")
+
+
+def _forbidden(what: str, error: Any, answer: Answer) -> str:
+    prefix = "ApiErrorForbidden: api token lacks scope "
+    if isinstance(error, str) and error.startswith(prefix):
+        scope = error[len(prefix):].strip()[:64]
+        return (f"{what}: HTTP 403: the access token lacks scope {scope}; create a token with "
+                f"{scope} (see the README's least-privilege setup). Not retrying")
+    if b"blocked by nezha WAF" in answer.body:
+        return (f"{what}: HTTP 403: the dashboard's WAF blocks this address after failed credentials; "
+                "wait, or unblock it in the dashboard's settings. Not retrying")
+    return f"{what}: HTTP 403: access refused ({str(error or 'no reason given')[:200]}). Not retrying"
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+@dataclass
+class V2Api:
+    """One dashboard's REST API with one credential (a PAT, or a JWT with its CSRF value)."""
+
+    client: httpx.Client
+    base_url: str
+    token: str = field(repr=False)
+    deadline: float = 60.0
+    csrf: str | None = field(default=None, repr=False)
+    notify: Notify = lambda message: None
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        redact.register(self.token, self.csrf)
+
+    # --- one request ------------------------------------------------------------------------------
+    def call(self, method: str, path: str, what: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
+        """One request with retries on Transient until the deadline; the answer's `data`."""
+        return with_retries(lambda left: self.once(method, path, what, left, body, params), deadline=self.deadline,
+                            what=what, give_up=DashboardUnreachable, notify=self.notify, attempts_in_deadline=3)
+
+    def once(self, method: str, path: str, what: str, seconds_left: float, body: Any = None,
+             params: dict[str, str] | None = None) -> Any:
+        """One request, one attempt: the answer's `data`, or Transient/DashboardRefused."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if self.csrf and method != "GET":
+            headers["X-CSRF-Token"] = self.csrf
+        extra: dict[str, Any] = {"headers": headers, "params": params}
+        if body is not None:
+            extra["content"] = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        answer = fetch(self.client, method, f"{self.base_url}{path}", seconds_left=seconds_left, cap=LIST_CAP,
+                       ambiguous=method != "GET", **extra)
+        return classify(answer, what)
+
+    # --- servers ----------------------------------------------------------------------------------
+    def servers(self) -> list[dict[str, Any]]:
+        """Every server the credential's user may see (GET /api/v1/server)."""
+        data = self.call("GET", "/api/v1/server", "server list")
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            raise DashboardRefused("server list: the answer's data is not a list")
+        return [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), int)]
+
+    def server_by_uuid(self, uuid: str) -> dict[str, Any] | None:
+        """The listed server with exactly this uuid (there is no lookup by uuid: matched here)."""
+        return next((item for item in self.servers() if item.get("uuid") == uuid), None)
+
+    def server_by_id(self, server_id: int) -> dict[str, Any] | None:
+        # `?id=` with no match returns the whole list: the id is matched here too.
+        data = self.call("GET", "/api/v1/server", "server list", params={"id": str(server_id)}) or []
+        return next((item for item in data if isinstance(item, dict) and item.get("id") == server_id), None)
+
+    def patch_server(self, server_id: int, form: dict[str, Any]) -> None:
+        """Send the full form: every one of the eight fields (a missing one would be reset)."""
+        self.call("PATCH", f"/api/v1/server/{server_id}", "server update", body={**FORM_DEFAULTS, **form})
+
+    def update_server(self, item: dict[str, Any], changes: dict[str, Any]) -> bool:
+        """Overlay `changes` on the listed `item`, send the full form, read back and compare.
+
+        Returns False without a request when the server already holds `changes`.
+        """
+        current = form_of(item)
+        wanted = {**current, **changes}
+        if wanted == current:
+            return False
+        server_id = int(item["id"])
+        self.patch_server(server_id, wanted)
+        after = self.server_by_id(server_id)
+        if after is None:
+            raise DashboardRefused(f"server update: server {server_id} vanished after the update")
+        differs = sorted(key for key in changes if form_of(after)[key] != wanted[key])
+        if differs:
+            raise DashboardRefused(f"server update: server {server_id} did not keep {', '.join(differs)} "
+                                   "(read back after the update)")
+        return True
+
+    # --- groups -----------------------------------------------------------------------------------
+    def groups(self) -> list[Group]:
+        """Every group the credential's user may see (GET /api/v1/server-group)."""
+        data = self.call("GET", "/api/v1/server-group", "group list") or []
+        if not isinstance(data, list):
+            raise DashboardRefused("group list: the answer's data is not a list")
+        found = []
+        for item in data:
+            group = item.get("group") if isinstance(item, dict) else None
+            if isinstance(group, dict) and isinstance(group.get("id"), int):
+                members = tuple(sorted(i for i in item.get("servers") or [] if isinstance(i, int)))
+                found.append(Group(group["id"], str(group.get("name") or ""), members))
+        return found
+
+    def find_group(self, name: str | None, group_id: int | None = None) -> Group | None:
+        """The group with `group_id` (its name, if given, must match), else the one group called `name`."""
+        groups = self.groups()
+        if group_id is not None:
+            group = next((g for g in groups if g.id == group_id), None)
+            if group is None:
+                raise DashboardRefused(f"group: there is no group with id {group_id} (or the token cannot see it)")
+            if name is not None and group.name != name:
+                raise DashboardRefused(f"group: group {group_id} is called {group.name!r}, not {name!r}")
+            return group
+        named = [g for g in groups if g.name == name]
+        if len(named) > 1:
+            ids = ", ".join(str(g.id) for g in named)
+            raise DashboardRefused(f"group: {len(named)} groups are called {name!r} (ids {ids}); "
+                                   "group names are not unique: give the id as well")
+        return named[0] if named else None
+
+    def create_group(self, name: str, servers: list[int]) -> int:
+        """Create a group (POST /api/v1/server-group); its id.
+
+        A POST is not idempotent: after an answer lost in transit the group may exist already, so the
+        groups are read again and a new one of that name is adopted rather than made twice.
+        """
+        before = {group.id for group in self.groups() if group.name == name}
+        suspect = False
+
+        def attempt(seconds_left: float) -> Any:
+            nonlocal suspect
+            if suspect:
+                made = sorted(group.id for group in self.groups() if group.name == name and group.id not in before)
+                if made:
+                    return made[0]
+                suspect = False
+            try:
+                return self.once("POST", "/api/v1/server-group", "group create", seconds_left,
+                                 body={"name": name, "servers": sorted(set(servers))})
+            except Transient as failure:
+                suspect = failure.ambiguous
+                raise
+
+        data = with_retries(attempt, deadline=self.deadline, what="group create", give_up=DashboardUnreachable,
+                            notify=self.notify, attempts_in_deadline=3)
+        if not isinstance(data, int):
+            raise DashboardRefused("group create: the answer holds no group id")
+        return data
+
+    def set_group(self, group_id: int, name: str, servers: list[int]) -> None:
+        """Replace a group's name and members (PATCH replaces the whole list)."""
+        self.call("PATCH", f"/api/v1/server-group/{group_id}", "group update",
+                  body={"name": name, "servers": sorted(set(servers))})
+
+    def join_group(self, group_id: int, server_id: int, deadline: float | None = None,
+                   known: Group | None = None) -> bool:
+        """Make `server_id` a member of the group and keep it there; True when this call wrote.
+
+        `known`: the group as just read (saves the first read).
+
+        The PATCH replaces the member list, so a node adding itself from a stale read can drop
+        another's membership: read back, and PATCH again (jittered) until the member shows in
+        JOIN_CONFIRMATIONS reads in a row spaced by JOIN_PAUSE.
+        """
+        end = time.monotonic() + (self.deadline if deadline is None else deadline)
+        wrote, seen = False, 0
+        while True:
+            group = known if known is not None and known.id == group_id else self.find_group(None, group_id)
+            known = None
+            assert group is not None  # find_group raises for an unknown id
+            if server_id in group.servers:
+                seen += 1
+                if seen >= JOIN_CONFIRMATIONS or not wrote:
+                    return wrote
+            else:
+                if wrote:
+                    self.notify(f"group {group.name!r}: a concurrent update dropped this server; adding it again")
+                seen = 0
+                self.set_group(group_id, group.name, [*group.servers, server_id])
+                wrote = True
+            if time.monotonic() >= end:
+                raise DashboardUnreachable(f"group {group.name!r}: membership did not hold until the deadline "
+                                           "(other clients keep replacing the member list)")
+            self.sleep(self.rng.uniform(*JOIN_PAUSE))
+
+
+def login(client: httpx.Client, base_url: str, username: str, password: str, deadline: float,
+          notify: Notify = lambda message: None) -> V2Api:
+    """Log in (POST /api/v1/login): a V2Api with the JWT, and on v2.1+ the CSRF value of the nz-csrf cookie."""
+    redact.register(password)
+
+    def attempt(seconds_left: float) -> Any:
+        answer = fetch(client, "POST", f"{base_url}/api/v1/login", seconds_left=seconds_left, cap=ANSWER_CAP,
+                       ambiguous=False, headers={"Content-Type": "application/json"},
+                       content=json.dumps({"username": username, "password": password}).encode("utf-8"))
+        value = _json(answer.body)
+        if answer.status == 200 and isinstance(value, dict) and str(value.get("error", "")).startswith(
+                "ApiErrorUnauthorized"):
+            raise TokenRefused(f"login: wrong username or password. {WAF_NOTE}")
+        return classify(answer, "login")
+
+    data = with_retries(attempt, deadline=deadline, what="login", give_up=DashboardUnreachable, notify=notify)
+    token = data.get("token") if isinstance(data, dict) else None
+    if not isinstance(token, str) or not token:
+        raise DashboardRefused("login: the answer holds no token")
+    return V2Api(client, base_url, token, deadline=deadline, csrf=client.cookies.get("nz-csrf"), notify=notify)

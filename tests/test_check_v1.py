@@ -1,0 +1,139 @@
+"""`nezha-bootstrap check` with v1/v2 settings: generation, agent secret, uuid, gRPC port, release; nothing changed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nezha_bootstrap.agent import AGENT_V0, AGENT_V1
+from nezha_bootstrap.fake_dashboard import Running
+from nezha_bootstrap.fake_v1 import FakeV1, serve_v1
+from nezha_bootstrap.identity import machine_uuid
+from tests.conftest import MACHINE_ID, Cli
+from tests.test_run import closed_port, snapshot
+from tests.test_run_v1 import V1Cli
+
+ASSET = "nezha-agent_linux_amd64.zip"
+
+
+@pytest.fixture
+def v1cli(root: Path) -> Iterator[V1Cli]:
+    fake = FakeV1(profile="v2.1+")
+    fake.add_release(AGENT_V1)
+    with serve_v1(fake) as running:
+        yield V1Cli(running, fake, root)
+
+
+def check(v1cli: V1Cli, *args: str, **env: str | None) -> tuple[int, list[str], str]:
+    from nezha_bootstrap.cli import main
+    from tests.conftest import make_runner
+
+    result = make_runner().invoke(main, ["check", *args], env=v1cli.env(**env), catch_exceptions=False)
+    return result.exit_code, result.stdout.splitlines(), result.stderr
+
+
+def statuses(lines: list[str]) -> list[tuple[str, str]]:
+    return [(line.split()[1], line.split()[0]) for line in lines]
+
+
+def test_every_v1_check_passes_and_nothing_is_enrolled_or_written(v1cli: V1Cli) -> None:
+    before = snapshot(v1cli.root)
+
+    code, lines, stderr = check(v1cli)
+
+    assert code == 0, stderr
+    port = v1cli.running.port
+    assert lines == [
+        "ok    generation v2.1+ (three requests without credentials)",
+        "ok    secret     given; not tried here (a wrong one counts towards the dashboard's WAF, only the agent's "
+        "enrollment shows it)",
+        f"ok    identity   uuid {machine_uuid(MACHINE_ID)} (from machine-id)",
+        f"ok    probe      127.0.0.1:{port} accepts connections",
+        f"ok    release    v{AGENT_V1} {ASSET} downloads; its SHA-256 matches checksums.txt",
+    ]
+    assert [(j.method, j.path) for j in v1cli.fake.journal] == [
+        ("GET", "/api/v1/setting"), ("POST", "/api/v1/server/register"), ("GET", "/api/v1/api-tokens"),
+        ("GET", f"/releases/v{AGENT_V1}/checksums.txt"), ("GET", f"/releases/v{AGENT_V1}/{ASSET}")]
+    assert (v1cli.fake.servers, v1cli.fake.connections, snapshot(v1cli.root)) == ([], [], before)
+    assert not any(v1cli.fake.agent_secret.encode() in j.body for j in v1cli.fake.journal)
+
+
+@pytest.mark.parametrize(("prepare", "args", "env", "expected", "code"), [
+    ("", ("--dashboard", "v1"), {"NEZHA_AGENT_SECRET": None},
+     [("generation", "skip"), ("secret", "FAIL"), ("identity", "ok"), ("probe", "ok"), ("release", "ok")], 2),
+    ("uninitialized", (), {},
+     [("generation", "ok"), ("secret", "ok"), ("identity", "FAIL"), ("probe", "ok"), ("release", "ok")], 2),
+    ("", (), {"NEZHA_PROBE_PORT": "{closed}"},
+     [("generation", "ok"), ("secret", "ok"), ("identity", "ok"), ("probe", "FAIL"), ("release", "ok")], 4),
+    ("", ("--agent-version", "9.9.9"), {},
+     [("generation", "ok"), ("secret", "ok"), ("identity", "ok"), ("probe", "ok"), ("release", "FAIL")], 5),
+    ("tamper", (), {},
+     [("generation", "ok"), ("secret", "ok"), ("identity", "ok"), ("probe", "ok"), ("release", "FAIL")], 5),
+    ("", (), {"NEZHA_DASHBOARD_URL": "http://127.0.0.1:{closed}"}, [("generation", "FAIL")], 4),
+])
+def test_each_v1_failure_is_a_fail_line_and_the_first_sets_the_exit_code(
+        v1cli: V1Cli, prepare: str, args: tuple[str, ...], env: dict[str, str | None],
+        expected: list[tuple[str, str]], code: int) -> None:
+    port = closed_port()
+    env = {key: value.format(closed=port) if value else value for key, value in env.items()}
+    if prepare == "uninitialized":
+        (v1cli.root / "etc/machine-id").write_text("uninitialized\n")
+    if prepare == "tamper":
+        v1cli.fake.files[f"/releases/v{AGENT_V1}/{ASSET}"] += b"tampered"
+
+    exit_code, lines, stderr = check(v1cli, *args, **env)
+
+    assert exit_code == code, stderr
+    assert statuses(lines) == expected
+    assert v1cli.fake.servers == []
+
+
+def test_the_fail_lines_say_what_to_do(v1cli: V1Cli) -> None:
+    (v1cli.root / "etc/machine-id").write_text("")
+    v1cli.fake.files[f"/releases/v{AGENT_V1}/{ASSET}"] += b"tampered"
+
+    _, lines, _ = check(v1cli)
+
+    assert lines[2].startswith("FAIL  identity   /etc/machine-id is missing or empty")
+    assert "systemd-machine-id-setup" in lines[2]
+    assert lines[4].startswith(f"FAIL  release    {ASSET} has SHA-256 ")
+    assert lines[4].endswith("refusing it (a broken download or mirror)")
+
+
+def test_check_json_of_a_v1_dashboard(v1cli: V1Cli) -> None:
+    code, lines, _ = check(v1cli, "--json")
+
+    report = json.loads("\n".join(lines))
+    assert (code, report["exit_code"]) == (0, 0)
+    assert [(c["check"], c["status"]) for c in report["checks"]] == [
+        ("generation", "ok"), ("secret", "ok"), ("identity", "ok"), ("probe", "ok"), ("release", "ok")]
+    assert v1cli.fake.agent_secret not in "\n".join(lines)
+
+
+@pytest.fixture
+def releases() -> Iterator[Running]:
+    host = FakeV1()
+    host.add_release(AGENT_V0)
+    with serve_v1(host) as running:
+        yield running
+
+
+def test_a_v0_dashboard_with_method_direct_checks_the_v0_release_instead_of_install_sh(
+        cli: Cli, releases: Running) -> None:
+    port = cli.dashboard.port
+    outcome = cli("check", "--method", "direct", NEZHA_AGENT_BASE_URL=f"{releases.url}/releases",
+                  NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.splitlines() == [
+        "ok    generation v0 (three requests without credentials)",
+        f"ok    dashboard  {cli.dashboard.url} answers (plain http)",
+        "ok    token      accepted; the dashboard is v0 with the token API",
+        f"ok    probe      127.0.0.1:{port} accepts connections",
+        f"ok    release    v{AGENT_V0} {ASSET} downloads; its SHA-256 matches checksums.txt",
+    ]
+    assert "/install.sh" not in [j.path for j in cli.fake.journal]
+    assert cli.fake.servers == []

@@ -1,0 +1,230 @@
+"""`nezha-bootstrap run` with a v2.1+ access token: the node names, hides and groups its own server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nezha_bootstrap.agent import AGENT_V1
+from nezha_bootstrap.fake_v1 import FakeV1, new_agent_secret, serve_v1
+from nezha_bootstrap.identity import machine_uuid
+from tests.conftest import MACHINE_ID, leak_scan
+from tests.test_run_v1 import V1Cli
+
+pytestmark = pytest.mark.integration
+
+UUID = machine_uuid(MACHINE_ID)
+# The new row shows to guests under two random words until it is hidden; a guest page refreshes
+# every few seconds, so naming and hiding must land well within one second of the agent's enrollment.
+GUEST_POLL_SECONDS = 1.0
+
+
+@pytest.fixture
+def fake_v2() -> FakeV1:
+    fake = FakeV1(profile="v2.1+")
+    fake.add_release(AGENT_V1)
+    return fake
+
+
+@pytest.fixture
+def v2cli(fake_v2: FakeV1, root: Path) -> Iterator[V1Cli]:
+    with serve_v1(fake_v2) as running:
+        yield V1Cli(running, fake_v2, root)
+
+
+def run(v2cli: V1Cli, *args: str, token: str | None = None, **env: str | None) -> tuple[int, str, str]:
+    settings = {"NEZHA_TOKEN": token or v2cli.fake.add_token(), "NODE_NAME": "web-1", **env}
+    outcome = v2cli(*args, **settings)
+    return outcome.exit_code, outcome.stdout, outcome.stderr
+
+
+def api_requests(fake: FakeV1) -> list[str]:
+    """The requests that carried a credential, as 'METHOD path'."""
+    return [f"{j.method} {j.path}" for j in fake.journal if "authorization" in j.headers]
+
+
+def test_first_enrollment_is_named_and_hidden_before_the_first_guest_poll(v2cli: V1Cli) -> None:
+    code, out, err = run(v2cli, "--json", NEZHA_NOTE="rack 4", NEZHA_PUBLIC_NOTE="eu", NEZHA_DISPLAY_INDEX="7")
+
+    assert code == 0, err
+    [server] = v2cli.fake.servers
+    assert (server.uuid, server.name, server.hide_for_guest, server.note, server.public_note,
+            server.display_index) == (UUID, "web-1", True, "rack 4", "eu", 7)
+    [change] = v2cli.fake.changes
+    assert change.at - server.created_at < GUEST_POLL_SECONDS
+    assert v2cli.fake.guest_view() == []
+    summary = json.loads(out)
+    assert (summary["outcome"], summary["server_id"], summary["name"], summary["hide_for_guest"]) == (
+        "installed", server.id, "web-1", True)
+    assert "naming" not in summary
+    assert api_requests(v2cli.fake) == ["GET /api/v1/server", "GET /api/v1/server", "PATCH /api/v1/server/1",
+                                        "GET /api/v1/server"]
+
+
+def test_the_default_shows_nothing_to_guests_and_a_visible_server_is_asked_for(v2cli: V1Cli) -> None:
+    assert run(v2cli)[0] == 0
+    assert v2cli.fake.servers[0].hide_for_guest is True
+
+    assert run(v2cli, NEZHA_HIDE_FOR_GUEST="false")[0] == 0
+    assert v2cli.fake.guest_view() == [{"id": 1, "name": "web-1", "public_note": ""}]
+
+
+def test_a_rerun_with_nothing_changed_only_reads(v2cli: V1Cli) -> None:
+    token = v2cli.fake.add_token()
+    v2cli.fake.add_group("web")
+    assert run(v2cli, token=token, NEZHA_GROUP="web")[0] == 0
+    seen = len(v2cli.fake.journal)
+
+    code, out, err = run(v2cli, "--json", token=token, NEZHA_GROUP="web")
+
+    assert code == 0, err
+    assert json.loads(out)["outcome"] == "nothing_to_do"
+    assert [f"{j.method} {j.path}" for j in v2cli.fake.journal[seen:]] == [
+        "GET /api/v1/server", "GET /api/v1/server-group"]
+    assert len(v2cli.agent_calls()) == 1
+
+
+def test_a_changed_name_is_applied_and_the_other_fields_kept(v2cli: V1Cli) -> None:
+    assert run(v2cli, NEZHA_NOTE="rack 4")[0] == 0
+    v2cli.fake.servers[0].enable_ddns = True  # set in the dashboard: a full-form PATCH must keep it
+
+    code, out, err = run(v2cli, "--json", NODE_NAME="web-2", NEZHA_NOTE="rack 4")
+
+    assert code == 0, err
+    assert json.loads(out)["outcome"] == "updated"
+    server = v2cli.fake.servers[0]
+    assert (server.name, server.note, server.hide_for_guest, server.enable_ddns) == ("web-2", "rack 4", True, True)
+    assert len(v2cli.fake.servers) == 1 and len(v2cli.agent_calls()) == 1
+
+
+def test_a_bad_token_makes_exactly_one_request_and_installs_nothing(v2cli: V1Cli) -> None:
+    code, _, err = run(v2cli, token="nzp_" + "Q" * 32)
+
+    assert code == 3
+    assert api_requests(v2cli.fake) == ["GET /api/v1/server"]
+    assert "HTTP 401" in err and "WAF" in err
+    assert v2cli.fake.failed_credentials == 1
+    assert not (v2cli.root / "opt/nezha").exists() and v2cli.fake.servers == []
+
+
+def test_a_token_without_the_inventory_scope_names_it(v2cli: V1Cli) -> None:
+    code, _, err = run(v2cli, token=v2cli.fake.add_token(scopes=("nezha:server:*",)))
+
+    assert code == 3
+    assert "lacks scope nezha:inventory:read" in err
+    assert api_requests(v2cli.fake) == ["GET /api/v1/server"]
+    assert not (v2cli.root / "opt/nezha").exists()
+
+
+def test_a_malformed_access_token_is_a_settings_problem(v2cli: V1Cli) -> None:
+    code, _, err = run(v2cli, token="nzp_short")
+    assert code == 2
+    assert "nzp_ followed by 32 letters and digits" in err
+    assert v2cli.fake.journal == []
+
+
+def test_an_access_token_on_a_v2_0_dashboard_is_refused_before_installing(root: Path) -> None:
+    fake = FakeV1(profile="v2.0")
+    fake.add_release(AGENT_V1)
+    with serve_v1(fake) as running:
+        outcome = V1Cli(running, fake, root)(NEZHA_TOKEN="nzp_" + "Q" * 32)
+    assert outcome.exit_code == 2
+    assert "access tokens (nzp_...) exist from v2.1.0" in outcome.stderr
+    assert not (root / "opt/nezha").exists()
+
+
+def test_enrollment_that_never_appears_stops_the_agent_and_lists_causes(v2cli: V1Cli) -> None:
+    code, _, err = run(v2cli, NEZHA_AGENT_SECRET=new_agent_secret(), NEZHA_ENROLL_TIMEOUT="1")
+
+    assert code == 3
+    assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "stop"]
+    assert "did not list uuid" in err and "agent secret is wrong" in err and "another user" in err
+    assert "TLS or a proxy" in err
+    assert v2cli.fake.servers == [] and v2cli.fake.failed_credentials == 1
+
+
+def test_a_rerun_restarts_an_agent_whose_server_is_missing(v2cli: V1Cli) -> None:
+    assert run(v2cli)[0] == 0
+    v2cli.fake.delete_server(1)
+
+    code, _, err = run(v2cli)
+
+    assert code == 0, err
+    assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "restart"]
+    assert [(s.id, s.name, s.hide_for_guest) for s in v2cli.fake.servers] == [(2, "web-1", True)]
+
+
+@pytest.mark.parametrize(("groups", "create", "code", "text"), [
+    ((), False, 3, "no group called 'web'; create it in the dashboard, or pass --create-group"),
+    (("web", "web"), False, 3, "2 groups are called 'web'"),
+    ((), True, 0, ""),
+])
+def test_groups_by_name(v2cli: V1Cli, groups: tuple[str, ...], create: bool, code: int, text: str) -> None:
+    for name in groups:
+        v2cli.fake.add_group(name)
+
+    result, _, err = run(v2cli, *(["--create-group"] if create else []), NEZHA_GROUP="web")
+
+    assert result == code, err
+    assert text in err
+    if code == 0:
+        assert [(g.name, g.servers) for g in v2cli.fake.groups] == [("web", [1])]
+
+
+def test_a_group_id_picks_one_of_two_groups_of_that_name(v2cli: V1Cli) -> None:
+    v2cli.fake.add_group("web")
+    v2cli.fake.add_group("web")
+
+    assert run(v2cli, NEZHA_GROUP="web", NEZHA_GROUP_ID="2")[0] == 0
+    assert [g.servers for g in v2cli.fake.groups] == [[], [1]]
+
+
+def test_the_token_and_the_agent_secret_never_leak(v2cli: V1Cli) -> None:
+    token = v2cli.fake.add_token()
+    assert run(v2cli, "--json", token=token)[0] == 0
+    assert run(v2cli, "-v", token=token, NODE_NAME="web-2")[0] == 0
+    assert run(v2cli, token="nzp_" + "Z" * 32)[0] == 3
+
+    secrets = (token, "nzp_" + "Z" * 32, v2cli.fake.agent_secret)
+    allowed = (v2cli.root / "opt/nezha/agent/config.yml",)  # 0600, the agent's own: holds the agent secret
+    assert leak_scan(v2cli, secrets, allowed) == []
+    assert token not in (v2cli.root / "opt/nezha/agent/config.yml").read_text()
+    assert token not in (v2cli.root / "var/lib/nezha-bootstrap/state.json").read_text()
+    records = [p for p in v2cli.record_dir.rglob("*") if p.is_file()]
+    assert [p for p in records if any(s.encode() in p.read_bytes() for s in secrets)] == []
+
+
+def test_twenty_nodes_joining_one_group_at_once_all_end_in_it(fake_v2: FakeV1, tmp_path: Path) -> None:
+    fake_v2.group_race = True
+    fake_v2.add_group("fleet")
+    token = fake_v2.add_token()
+    with serve_v1(fake_v2) as running:
+        nodes = [node_process(running.url, fake_v2, token, tmp_path / f"node{i}", i) for i in range(20)]
+        results = [(node.wait(timeout=120), node) for node in nodes]
+
+    failed = [node.stderr.read() for code, node in results if code != 0]  # type: ignore[union-attr]
+    assert failed == []
+    assert len(fake_v2.servers) == 20
+    assert sorted(s.name for s in fake_v2.servers) == sorted(f"node-{i:02d}" for i in range(20))
+    assert fake_v2.groups[0].servers == sorted(s.id for s in fake_v2.servers)
+    assert sum(1 for j in fake_v2.journal if j.method == "PATCH" and "group" in j.path) > 20  # members were dropped
+
+
+def node_process(url: str, fake: FakeV1, token: str, root: Path, index: int) -> subprocess.Popen[str]:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/machine-id").write_text(f"{index:032x}\n")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("NEZHA_", "NZ_"))},
+        "NEZHA_DASHBOARD_URL": url, "NEZHA_AGENT_SECRET": fake.agent_secret, "NEZHA_TOKEN": token,
+        "NEZHA_AGENT_BASE_URL": f"{url}/releases", "NEZHA_BOOTSTRAP_ROOT": str(root),
+        "NEZHA_BOOTSTRAP_DEADLINE": "60", "NODE_NAME": f"node-{index:02d}", "NEZHA_GROUP": "fleet",
+        "NEZHA_STUB_RECORD": str(root.parent / f"record{index}"), "NO_PROXY": "127.0.0.1",
+    }
+    return subprocess.Popen([sys.executable, "-m", "nezha_bootstrap", "run", "-q"], env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,0 +1,233 @@
+"""The v2 REST client against the fake v2.1+ dashboard: answers, full-form updates, groups that hold."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from nezha_bootstrap.dashboard import make_client
+from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
+from nezha_bootstrap.fake_dashboard import Running
+from nezha_bootstrap.fake_v1 import FakeV1, serve_v1
+from nezha_bootstrap.v2api import TokenRefused, V2Api, login
+
+UUIDS = [f"{i:08x}-0f41-5a6b-9c7d-1e2f3a4b5c6d" for i in range(1, 21)]
+
+
+@pytest.fixture
+def fake() -> FakeV1:
+    return FakeV1(profile="v2.1+")
+
+
+@pytest.fixture
+def running(fake: FakeV1) -> Iterator[Running]:
+    with serve_v1(fake) as served:
+        yield served
+
+
+@pytest.fixture
+def client(running: Running) -> Iterator[httpx.Client]:
+    with make_client(urls=(running.url,)) as made:
+        yield made
+
+
+def enroll(running: Running, fake: FakeV1, count: int) -> list[int]:
+    with httpx.Client(base_url=running.url, trust_env=False) as http:
+        return [http.post("/_fake/agent-connect", json={"uuid": u, "secret": fake.agent_secret}).json()["id"]
+                for u in UUIDS[:count]]
+
+
+def api(client: httpx.Client, running: Running, token: str, **kwargs: object) -> V2Api:
+    return V2Api(client, running.url, token, deadline=3, sleep=lambda s: None, **kwargs)  # type: ignore[arg-type]
+
+
+def requests_to(fake: FakeV1, prefix: str = "/api/") -> int:
+    return sum(1 for j in fake.journal if j.path.startswith(prefix))
+
+
+def test_a_bad_token_is_one_request_and_the_message_names_the_waf(fake: FakeV1, running: Running,
+                                                                   client: httpx.Client) -> None:
+    with pytest.raises(TokenRefused) as refused:
+        api(client, running, "nzp_" + "x" * 32).servers()
+
+    assert requests_to(fake) == 1
+    assert "HTTP 401" in str(refused.value) and "WAF counts every failed credential" in str(refused.value)
+    assert "nzp_" not in str(refused.value)
+
+
+def test_a_missing_scope_is_named(fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    token = fake.add_token(scopes=("nezha:server:write",))
+    with pytest.raises(TokenRefused, match="lacks scope nezha:inventory:read"):
+        api(client, running, token).servers()
+    assert requests_to(fake) == 1
+
+
+def test_server_errors_are_retried_until_an_answer(fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    enroll(running, fake, 1)
+    fake.faults.fail_next = [503, 502]
+
+    [item] = api(client, running, fake.add_token()).servers()
+
+    assert item["uuid"] == UUIDS[0]
+    assert requests_to(fake, "/api/v1/server") == 3
+
+
+def test_a_server_error_that_lasts_ends_unreachable(fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    fake.faults.fail_next = [503] * 1000
+    with pytest.raises(DashboardUnreachable, match="HTTP 503"):
+        V2Api(client, running.url, fake.add_token(), deadline=0.5).servers()
+
+
+def test_server_by_uuid_matches_exactly(fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    enroll(running, fake, 2)
+    v2 = api(client, running, fake.add_token())
+
+    assert v2.server_by_uuid(UUIDS[1])["id"] == 2  # type: ignore[index]
+    assert v2.server_by_uuid(UUIDS[1].upper()) is None
+
+
+def test_update_server_sends_every_field_and_keeps_the_others(fake: FakeV1, running: Running,
+                                                              client: httpx.Client) -> None:
+    enroll(running, fake, 1)
+    fake.servers[0].note, fake.servers[0].enable_ddns, fake.servers[0].ddns_profiles = "keep me", True, [4]
+    v2 = api(client, running, fake.add_token())
+
+    wrote = v2.update_server(v2.servers()[0], {"name": "web-1", "hide_for_guest": True})
+
+    assert wrote is True
+    server = fake.servers[0]
+    assert (server.name, server.hide_for_guest, server.note, server.enable_ddns, server.ddns_profiles) == (
+        "web-1", True, "keep me", True, [4])
+    assert sorted(fake.changes[0].fields) == sorted(
+        ["name", "note", "public_note", "display_index", "hide_for_guest", "enable_ddns", "ddns_profiles",
+         "override_ddns_domains"])
+
+
+def test_update_server_with_nothing_to_change_sends_nothing(fake: FakeV1, running: Running,
+                                                            client: httpx.Client) -> None:
+    enroll(running, fake, 1)
+    v2 = api(client, running, fake.add_token())
+    item = v2.servers()[0]
+    before = requests_to(fake)
+
+    assert v2.update_server(item, {"name": item["name"], "hide_for_guest": False}) is False
+    assert requests_to(fake) == before
+
+
+def test_a_refused_update_raises_with_the_dashboards_text(fake: FakeV1, running: Running,
+                                                          client: httpx.Client) -> None:
+    member = fake.add_user()
+    enroll(running, fake, 1)
+    v2 = api(client, running, fake.add_token(user=fake.user_of(member)))
+    with pytest.raises(DashboardRefused, match="permission denied"):
+        v2.update_server({"id": 1, "name": "x"}, {"name": "y"})
+
+
+def test_find_group_refuses_an_ambiguous_name_unless_an_id_is_given(fake: FakeV1, running: Running,
+                                                                    client: httpx.Client) -> None:
+    fake.add_group("web")
+    fake.add_group("web")
+    v2 = api(client, running, fake.add_token())
+
+    with pytest.raises(DashboardRefused, match="2 groups are called 'web' \\(ids 1, 2\\)"):
+        v2.find_group("web")
+    assert v2.find_group("web", group_id=2).id == 2  # type: ignore[union-attr]
+    assert v2.find_group("db") is None
+    with pytest.raises(DashboardRefused, match="no group with id 9"):
+        v2.find_group(None, group_id=9)
+
+
+def test_create_and_join(fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    ids = enroll(running, fake, 2)
+    v2 = api(client, running, fake.add_token())
+
+    group_id = v2.create_group("web", [ids[0]])
+    assert v2.join_group(group_id, ids[1]) is True
+    assert v2.join_group(group_id, ids[1]) is False
+
+    assert fake.groups[0].servers == ids
+
+
+def test_a_join_that_is_already_done_only_reads(fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    ids = enroll(running, fake, 1)
+    fake.add_group("web", tuple(ids))
+    v2 = api(client, running, fake.add_token())
+
+    assert v2.join_group(1, ids[0]) is False
+    assert [j.method for j in fake.journal if j.path.startswith("/api/")] == ["GET"]
+
+
+def test_twenty_concurrent_joins_all_hold_with_the_race_switch_on(fake: FakeV1, running: Running) -> None:
+    ids = enroll(running, fake, 20)
+    fake.add_group("web")
+    fake.group_race = True
+    token = fake.add_token()
+    errors: list[BaseException] = []
+
+    def join(server_id: int) -> None:
+        with make_client(urls=(running.url,)) as own:
+            try:
+                V2Api(own, running.url, token, deadline=30, rng=random.Random(server_id)).join_group(1, server_id)
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=join, args=(i,)) for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert fake.groups[0].servers == sorted(ids)
+    patches = sum(1 for j in fake.journal if j.method == "PATCH")
+    assert patches > 20  # the switch did drop members, and they were added again
+
+
+def test_login_carries_the_csrf_pair_on_v2_1(fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    enroll(running, fake, 1)
+    fake.add_login(1, "admin", "pw-of-admin")
+
+    v2 = login(client, running.url, "admin", "pw-of-admin", deadline=3)
+    assert v2.update_server(v2.servers()[0], {"name": "named"}) is True
+
+    [patch] = [j for j in fake.journal if j.method == "PATCH"]
+    assert patch.headers["x-csrf-token"] == v2.csrf and v2.csrf
+    assert fake.servers[0].name == "named"
+
+
+def test_a_wrong_password_is_one_request(fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    fake.add_login(1, "admin", "pw-of-admin")
+    with pytest.raises(TokenRefused, match="wrong username or password"):
+        login(client, running.url, "admin", "nope", deadline=3)
+    assert requests_to(fake) == 1 and fake.failed_credentials == 1
+
+
+class LosesFirstGroupCreateAnswer(httpx.BaseTransport):
+    """Passes requests to the fake; the first group create reaches it, but its answer is lost."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.lost = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.method == "POST" and request.url.path == "/api/v1/server-group" and not self.lost:
+            response.read()
+            self.lost = True
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+def test_a_group_create_whose_answer_is_lost_adopts_the_group_instead_of_making_a_second(
+        fake: FakeV1, running: Running) -> None:
+    token = fake.add_token()
+    transport = LosesFirstGroupCreateAnswer()
+    with make_client(urls=(running.url,), transport=transport) as client:
+        group_id = api(client, running, token).create_group("web", [])
+
+    assert transport.lost
+    assert [(group.id, group.name) for group in fake.groups] == [(group_id, "web")]
