@@ -34,7 +34,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
-from nezha_bootstrap.bootstrap import ATTEMPTS_IN_DEADLINE
 from nezha_bootstrap.config import Settings, build
 from nezha_bootstrap.dashboard import Dashboard, Registration, make_client
 from nezha_bootstrap.errors import BootstrapError, DashboardUnreachable
@@ -219,8 +218,7 @@ def prepare(node: Node, url: str, deadline: float) -> Callable[[], None]:
         node.started = time.monotonic()
         try:
             node.secret = with_retries(attempt, deadline=config.deadline, what="register",
-                                       give_up=DashboardUnreachable, notify=note,
-                                       attempts_in_deadline=ATTEMPTS_IN_DEADLINE)
+                                       give_up=DashboardUnreachable, notify=note)
         except BootstrapError as exc:
             node.error = f"{type(exc).__name__}: {exc}"
         finally:

@@ -8,6 +8,7 @@ Facts from dashboard-v1-v2.md ("The agent, installed without the vendor script")
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -21,10 +22,10 @@ from typing import Any
 from nezha_bootstrap.config import AGENT_V0 as AGENT_V0
 from nezha_bootstrap.config import AGENT_V1 as AGENT_V1
 from nezha_bootstrap.config import DEFAULT_AGENT_BASE_URL, SECRET_RE, Config, display_url, is_valid_host
-from nezha_bootstrap.errors import BootstrapError, InstallerFailed
+from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.installer import read_exec_start
 from nezha_bootstrap.paths import Paths
-from nezha_bootstrap.retry import Notify, Transient, with_retries
+from nezha_bootstrap.retry import Notify
 
 DEFAULT_BASE_URL = DEFAULT_AGENT_BASE_URL
 ZIP_CAP = 64 * 1024 * 1024  # the real zips are ~5 MB
@@ -138,39 +139,16 @@ def extract_binary(data: bytes) -> bytes:
         raise InstallerFailed(f"the release zip is not a valid zip: {exc}") from exc
 
 
-def download(client: Any, url: str, cap: int, deadline: float, notify: Notify) -> bytes:
-    """GET `url` (redirects followed: release hosts redirect to storage) with retries and a size cap."""
-    from nezha_bootstrap.dashboard import fetch
-
-    shown = display_url(url)
-
-    def attempt(seconds_left: float) -> bytes:
-        answer = fetch(client, "GET", url, seconds_left=seconds_left, cap=cap, ambiguous=False,
-                       follow_redirects=True)
-        if answer.status == 429 or answer.status >= 500:
-            raise Transient(f"HTTP {answer.status}")
-        if answer.status == 404:
-            raise InstallerFailed(f"{shown} does not exist (HTTP 404): no such agent version or asset")
-        if answer.status != 200:
-            raise InstallerFailed(f"downloading {shown}: HTTP {answer.status}")
-        if answer.truncated:
-            raise InstallerFailed(f"{shown} is larger than {cap} bytes; refusing it")
-        return answer.body
-
-    try:
-        return with_retries(attempt, deadline=deadline, what=f"download {shown}", give_up=InstallerFailed,
-                            notify=notify)
-    except BootstrapError as exc:
-        if isinstance(exc, InstallerFailed):
-            raise
-        raise InstallerFailed(f"downloading {shown}: {exc}") from exc
-
-
 def fetch_binary(client: Any, release: Release, deadline: float, notify: Notify) -> bytes:
     """checksums.txt, then the zip; both hashes checked; the `nezha-agent` the zip holds."""
-    checksums = download(client, release.checksums_url, CHECKSUMS_CAP, deadline, notify)
+    from nezha_bootstrap.dashboard import download
+
+    # Release hosts redirect to their storage: redirects are followed here (no credential is sent).
+    get = functools.partial(download, client, deadline=deadline, notify=notify, follow_redirects=True,
+                            missing=": no such agent version or asset")
+    checksums = get(release.checksums_url, cap=CHECKSUMS_CAP, what="download checksums.txt")
     listed = parse_checksums(checksums.decode("utf-8", errors="replace"), release.asset)
-    data = download(client, release.asset_url, ZIP_CAP, deadline, notify)
+    data = get(release.asset_url, cap=ZIP_CAP, what=f"download {release.asset}")
     check_zip(data, release, listed)
     return extract_binary(data)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from nezha_bootstrap import interrupts, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import Config, display_url
-from nezha_bootstrap.errors import BootstrapError, DashboardUnreachable, InstallerFailed, StateError
+from nezha_bootstrap.errors import DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.installer import InstallPlan
 from nezha_bootstrap.paths import Paths
@@ -25,11 +25,6 @@ from nezha_bootstrap.state import State
 if TYPE_CHECKING:
     from nezha_bootstrap.agent import Release, V0Install
     from nezha_bootstrap.installer import Expected
-
-# One request that hangs (accepted, never answered) may use a third of its step's deadline, so
-# that at least two more attempts fit after it.
-ATTEMPTS_IN_DEADLINE = 3
-
 
 class Action(enum.Enum):
     NOTHING = "nothing to do"
@@ -154,7 +149,6 @@ class Runner:
             with_retries(
                 registration.attempt, deadline=config.deadline, what="register",
                 give_up=DashboardUnreachable, notify=self.reporter.info,
-                attempts_in_deadline=ATTEMPTS_IN_DEADLINE,
             )
         return kept[-1]
 
@@ -220,32 +214,12 @@ class Runner:
         return plan, functools.partial(self._run_direct, plan, binary), what
 
     def _download(self, plan: InstallPlan) -> bytes:
-        from nezha_bootstrap.dashboard import fetch
+        from nezha_bootstrap.dashboard import download
         from nezha_bootstrap.installer import SCRIPT_CAP, check_script
-        from nezha_bootstrap.retry import Transient
 
-        def attempt(seconds_left: float) -> bytes:
-            # The client of downloads: a private-CA dashboard (--ca-bundle) and GitHub both verify.
-            answer = fetch(self._download_client((plan.script_url,)), "GET", plan.script_url,
-                           seconds_left=seconds_left, cap=SCRIPT_CAP, ambiguous=False, follow_redirects=False)
-            if answer.status == 429 or answer.status >= 500:
-                raise Transient(f"HTTP {answer.status}")
-            if answer.status != 200:
-                raise InstallerFailed(f"downloading {display_url(plan.script_url)}: HTTP {answer.status}")
-            if answer.truncated:
-                raise InstallerFailed(f"the install script is larger than {SCRIPT_CAP} bytes; refusing it")
-            return answer.body
-
-        try:
-            content = with_retries(
-                attempt, deadline=self.config.deadline, what="download install.sh",
-                give_up=InstallerFailed, notify=self.reporter.info,
-                attempts_in_deadline=ATTEMPTS_IN_DEADLINE,
-            )
-        except BootstrapError as exc:
-            if isinstance(exc, InstallerFailed):
-                raise
-            raise InstallerFailed(f"downloading the install script: {exc}") from exc
+        # The client of downloads: a private-CA dashboard (--ca-bundle) and GitHub both verify.
+        content = download(self._download_client((plan.script_url,)), plan.script_url, cap=SCRIPT_CAP,
+                           deadline=self.config.deadline, notify=self.reporter.info, what="download install.sh")
         check_script(content, plan.script_sha256)
         return content
 

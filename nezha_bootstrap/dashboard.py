@@ -18,8 +18,8 @@ import httpx
 
 from nezha_bootstrap import __version__
 from nezha_bootstrap.config import display_url
-from nezha_bootstrap.errors import DashboardRefused
-from nezha_bootstrap.retry import Transient
+from nezha_bootstrap.errors import BootstrapError, DashboardRefused, InstallerFailed
+from nezha_bootstrap.retry import Notify, Transient, with_retries
 
 USER_AGENT = f"nezha-bootstrap/{__version__}"
 ANSWER_CAP = 64 * 1024  # a register answer is ~20 bytes; a list of thousands of servers fits easily
@@ -122,6 +122,34 @@ def download_context(ca_bundle: Path | None, urls: tuple[str, ...] = ()) -> ssl.
     if ca_bundle is not None:
         context.load_verify_locations(cafile=str(ca_bundle))
     return context
+
+
+def download(client: httpx.Client, url: str, *, cap: int, deadline: float, notify: Notify, what: str,
+             follow_redirects: bool = False, missing: str = "") -> bytes:
+    """GET a file with retries and a size cap; every failure is InstallerFailed.
+
+    `missing` is added to the message of an HTTP 404 (what the absence probably means).
+    """
+    shown = display_url(url)
+
+    def attempt(seconds_left: float) -> bytes:
+        answer = fetch(client, "GET", url, seconds_left=seconds_left, cap=cap, ambiguous=False,
+                       follow_redirects=follow_redirects)
+        if answer.status == 429 or answer.status >= 500:
+            raise Transient(f"HTTP {answer.status}", retry_after=retry_after_seconds(answer.retry_after))
+        if answer.status != 200:
+            hint = missing if answer.status == 404 else ""
+            raise InstallerFailed(f"downloading {shown}: HTTP {answer.status}{hint}")
+        if answer.truncated:
+            raise InstallerFailed(f"{what}: {shown} is larger than {cap} bytes; refusing it")
+        return answer.body
+
+    try:
+        return with_retries(attempt, deadline=deadline, what=what, give_up=InstallerFailed, notify=notify)
+    except InstallerFailed:
+        raise
+    except BootstrapError as exc:  # TLS verification, or a redirect refused
+        raise InstallerFailed(f"downloading {shown}: {exc}") from exc
 
 
 def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, cap: int,

@@ -71,8 +71,7 @@ def open_session(client: Any, base_url: str, creds: Credentials, deadline: float
                  notify: Notify) -> tuple[Session, Generation]:
     """Tell the generation (no credential sent), then authenticate as that generation allows."""
     generation = with_retries(lambda left: detect(http_sender(client, base_url), left), deadline=deadline,
-                              what="generation detection", give_up=DashboardUnreachable, notify=notify,
-                              attempts_in_deadline=3)
+                              what="generation detection", give_up=DashboardUnreachable, notify=notify)
     if generation.is_v0:
         raise DashboardRefused(
             "this is a v0 dashboard: reconcile is for v1/v2 dashboards (on v0, `run` names the server when "

@@ -37,6 +37,11 @@ class Backoff:
         return rng.uniform(0.0, min(self.cap, self.base * (2 ** min(attempt, 30))))
 
 
+# One attempt gets at most a third of a step's deadline, so a connection that hangs leaves time for
+# two more attempts (at the default 300 s deadline the 30 s read timeout is the shorter bound).
+ATTEMPTS_IN_DEADLINE = 3
+
+
 class Notify(Protocol):
     def __call__(self, message: str) -> None: ...
 
@@ -49,7 +54,7 @@ def with_retries(
     give_up: type[BootstrapError],
     notify: Notify,
     backoff: Backoff = Backoff(),
-    attempts_in_deadline: int = 1,
+    attempts_in_deadline: int = ATTEMPTS_IN_DEADLINE,
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,

@@ -139,7 +139,7 @@ class V2Api:
     def call(self, method: str, path: str, what: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
         """One request with retries on Transient until the deadline; the answer's `data`."""
         return with_retries(lambda left: self.once(method, path, what, left, body, params), deadline=self.deadline,
-                            what=what, give_up=DashboardUnreachable, notify=self.notify, attempts_in_deadline=3)
+                            what=what, give_up=DashboardUnreachable, notify=self.notify)
 
     def once(self, method: str, path: str, what: str, seconds_left: float, body: Any = None,
              params: dict[str, str] | None = None) -> Any:
@@ -253,7 +253,7 @@ class V2Api:
                 raise
 
         data = with_retries(attempt, deadline=self.deadline, what="group create", give_up=DashboardUnreachable,
-                            notify=self.notify, attempts_in_deadline=3)
+                            notify=self.notify)
         if not isinstance(data, int):
             raise DashboardRefused("group create: the answer holds no group id")
         return data

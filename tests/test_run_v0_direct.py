@@ -123,7 +123,7 @@ def test_no_tls_leaves_tls_out(direct: Cli) -> None:
 
 @pytest.mark.parametrize(("tamper", "message"), [
     ("zip", "checksums.txt says"),
-    ("version", "does not exist (HTTP 404)"),
+    ("version", "checksums.txt: HTTP 404: no such agent version or asset"),
     ("pin", "--agent-sha256 pins"),
 ])
 def test_a_bad_release_is_refused_after_registering_and_the_next_run_only_installs(
