@@ -44,7 +44,8 @@ from nezha_bootstrap.retry import with_retries
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "latest.json"
-SEED_FILE = Path("/work/shared/seed/nezha-api-and-register-script.txt")
+# The seed lives in shared/ beside the repository (a CI clone gets a copy there too).
+SEED_FILE = Path(__file__).resolve().parents[2] / "shared/seed/nezha-api-and-register-script.txt"
 SEED_INSTALL_URL = "https://raw.githubusercontent.com/nezhahq/scripts/main/install.sh"
 TOKEN = "BenchT0kenBenchT0kenBenchT0ken32"
 LOOPBACK = "127.0.0.1"
