@@ -24,15 +24,16 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import httpx
+from typing import TYPE_CHECKING, Any, Callable
 
 from nezha_bootstrap import redact
 from nezha_bootstrap.config import display_url
 from nezha_bootstrap.dashboard import ANSWER_CAP, Answer, fetch, retry_after_seconds
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
 from nezha_bootstrap.retry import Notify, Transient, with_retries
+
+if TYPE_CHECKING:
+    import httpx  # its one home is dashboard.py; here only for the client's type
 
 LIST_CAP = ANSWER_CAP * 64  # thousands of servers
 # The eight fields PATCH /api/v1/server/:id overwrites; one left out is reset (name to empty, DDNS off).
