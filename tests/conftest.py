@@ -123,9 +123,30 @@ class Outcome:
         return self.result.exit_code
 
 
+class CliSession:
+    """Runs `nezha-bootstrap` in-process with `env()` as its environment; keeps every outcome."""
+
+    root: Path
+    outputs: list[Outcome]
+
+    def env(self, **overrides: str | None) -> dict[str, str | None]:
+        raise NotImplementedError
+
+    @property
+    def record_dir(self) -> Path:
+        """Where the stub installer and stub agents record their calls (outside the root)."""
+        return self.root.parent / "stub-record"
+
+    def invoke(self, args: list[str], input: str | None = None, **env: str | None) -> Outcome:
+        result = make_runner().invoke(main, args, env=self.env(**env), input=input, catch_exceptions=False)
+        outcome = Outcome(result, result.stdout, result.stderr)
+        self.outputs.append(outcome)
+        return outcome
+
+
 @dataclass
-class Cli:
-    """Runs `nezha-bootstrap` in-process with a settings environment pointing at the fake."""
+class Cli(CliSession):
+    """The v0 flow: settings pointing at the fake v0 dashboard and its stub installer."""
 
     dashboard: Running
     fake: FakeDashboard
@@ -146,16 +167,8 @@ class Cli:
         env.update(overrides)
         return env
 
-    @property
-    def record_dir(self) -> Path:
-        return self.root.parent / "stub-record"
-
     def __call__(self, *args: str, input: str | None = None, **env: str | None) -> Outcome:
-        runner = make_runner()
-        result = runner.invoke(main, list(args), env=self.env(**env), input=input, catch_exceptions=False)
-        outcome = Outcome(result, result.stdout, result.stderr)
-        self.outputs.append(outcome)
-        return outcome
+        return self.invoke(list(args), input=input, **env)
 
     def calls(self) -> list[StubCall]:
         return read_calls(self.record_dir)

@@ -16,7 +16,7 @@ from nezha_bootstrap.fake_dashboard import Running
 from nezha_bootstrap.fake_v1 import FakeV1, serve_v1
 from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.stubrecord import StubCall, read_calls
-from tests.conftest import MACHINE_ID, Cli, Outcome, make_runner
+from tests.conftest import MACHINE_ID, Cli, CliSession, Outcome
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,8 @@ UUID = machine_uuid(MACHINE_ID)
 
 
 @dataclass
-class V1Cli:
-    """Runs the CLI in-process against a fake v1/v2 dashboard that is also the release host."""
+class V1Cli(CliSession):
+    """`run` against a fake v1/v2 dashboard that is also the release host."""
 
     running: Running
     fake: FakeV1
@@ -45,16 +45,8 @@ class V1Cli:
         env.update(overrides)
         return env
 
-    @property
-    def record_dir(self) -> Path:
-        return self.root.parent / "stub-record"
-
     def __call__(self, *args: str, **env: str | None) -> Outcome:
-        result = make_runner().invoke(__import__("nezha_bootstrap.cli").cli.main, ["run", *args],
-                                      env=self.env(**env), catch_exceptions=False)
-        outcome = Outcome(result, result.stdout, result.stderr)
-        self.outputs.append(outcome)
-        return outcome
+        return self.invoke(["run", *args], **env)
 
     def agent_calls(self) -> list[StubCall]:
         return read_calls(self.record_dir / "agent")
@@ -320,8 +312,7 @@ def test_a_v0_dashboard_with_only_an_agent_secret_asks_for_the_token(cli: Cli) -
 
 def test_status_shows_the_v1_layout_and_never_the_secret(v1cli: V1Cli) -> None:
     assert v1cli().exit_code == 0
-    result = make_runner().invoke(__import__("nezha_bootstrap.cli").cli.main, ["status", "--json"],
-                                  env={"NEZHA_BOOTSTRAP_ROOT": str(v1cli.root)}, catch_exceptions=False)
+    result = v1cli.invoke(["status", "--json"])
 
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
