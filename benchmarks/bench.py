@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nezha_bootstrap.config import Settings, build
-from nezha_bootstrap.dashboard import Dashboard, Registration, make_client
+from nezha_bootstrap.v0.api import Dashboard, Registration, make_client
 from nezha_bootstrap.errors import BootstrapError, DashboardUnreachable
 from nezha_bootstrap.facts import Facts
-from nezha_bootstrap.fake_dashboard import FakeDashboard, serve
-from nezha_bootstrap.fake_v1 import FakeV1, serve_v1
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, serve
+from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from nezha_bootstrap.retry import with_retries
 
 HERE = Path(__file__).resolve().parent

@@ -23,7 +23,7 @@ from nezha_bootstrap.config import AGENT_V0 as AGENT_V0
 from nezha_bootstrap.config import AGENT_V1 as AGENT_V1
 from nezha_bootstrap.config import DEFAULT_AGENT_BASE_URL, SECRET_RE, Config, display_url, is_valid_host
 from nezha_bootstrap.errors import InstallerFailed
-from nezha_bootstrap.installer import read_exec_start
+from nezha_bootstrap.v0.script import read_exec_start
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.retry import Notify
 
@@ -141,7 +141,7 @@ def extract_binary(data: bytes) -> bytes:
 
 def fetch_binary(client: Any, release: Release, deadline: float, notify: Notify) -> bytes:
     """checksums.txt, then the zip; both hashes checked; the `nezha-agent` the zip holds."""
-    from nezha_bootstrap.dashboard import download
+    from nezha_bootstrap.v0.api import download
 
     # Release hosts redirect to their storage: redirects are followed here (no credential is sent).
     get = functools.partial(download, client, deadline=deadline, notify=notify, follow_redirects=True,

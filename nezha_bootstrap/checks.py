@@ -19,7 +19,7 @@ from nezha_bootstrap.errors import (
 from nezha_bootstrap.retry import Transient
 
 if TYPE_CHECKING:
-    from nezha_bootstrap.enrollment import AgentConfig
+    from nezha_bootstrap.v1.flow import AgentConfig
     from nezha_bootstrap.facts import Facts
     from nezha_bootstrap.generation import Generation
     from nezha_bootstrap.paths import Paths
@@ -50,7 +50,7 @@ def _failed(name: str, exc: BootstrapError | Transient) -> CheckResult:
 
 def check_dashboard(config: Config, client: Any) -> list[CheckResult]:
     """Reachable, TLS valid, token accepted, v0 generation: one GET of an unlikely tag."""
-    from nezha_bootstrap.dashboard import Dashboard
+    from nezha_bootstrap.v0.api import Dashboard
 
     shown = display_url(config.dashboard_url)
     try:
@@ -84,8 +84,8 @@ def check_probe(config: Config) -> CheckResult:
 
 def check_installer(config: Config, client: Any) -> CheckResult:
     """The install script downloads and has the pinned hash."""
-    from nezha_bootstrap.dashboard import fetch
-    from nezha_bootstrap.installer import SCRIPT_CAP, check_script
+    from nezha_bootstrap.v0.api import fetch
+    from nezha_bootstrap.v0.script import SCRIPT_CAP, check_script
 
     try:
         answer = fetch(client, "GET", config.script_url, seconds_left=CHECK_TIMEOUT, cap=SCRIPT_CAP, ambiguous=False,
@@ -106,7 +106,7 @@ def check_installer(config: Config, client: Any) -> CheckResult:
 def run_checks(config: Config, client: Any = None, downloads: Any = None) -> list[CheckResult]:
     """All checks in order; `client` is the dashboard's httpx client, `downloads` the one of downloads
     (the system store and --ca-bundle, as `run` downloads); both built here when not given."""
-    from nezha_bootstrap.dashboard import make_client, make_download_client
+    from nezha_bootstrap.v0.api import make_client, make_download_client
 
     client = client or make_client(config.ca_bundle)
     downloads = downloads or make_download_client(config.ca_bundle)
@@ -141,7 +141,7 @@ def check_secret(settings: AgentConfig, generation: Generation) -> CheckResult:
 
 def check_identity(settings: AgentConfig, facts: Facts, paths: Paths) -> CheckResult:
     """The uuid the agent would enroll with: --uuid, the state's for this machine-id, or derived from it."""
-    from nezha_bootstrap.enrollment import machine_identity
+    from nezha_bootstrap.v1.flow import machine_identity
     from nezha_bootstrap.state import load
 
     try:
@@ -154,7 +154,7 @@ def check_identity(settings: AgentConfig, facts: Facts, paths: Paths) -> CheckRe
 def check_release(release: Release, client: Any) -> CheckResult:
     """checksums.txt and the agent zip download, the zip's SHA-256 matches, it holds nezha-agent."""
     from nezha_bootstrap import agent
-    from nezha_bootstrap.dashboard import fetch
+    from nezha_bootstrap.v0.api import fetch
 
     try:
         texts = []
@@ -178,8 +178,8 @@ def check_release(release: Release, client: Any) -> CheckResult:
 def run_agent_checks(config: Config, settings: AgentConfig, facts: Facts, paths: Paths,
                      client: Any = None, downloads: Any = None) -> list[CheckResult]:
     """`check` with v1/v2 settings: generation, then the v0 checks or secret, identity, gRPC port, release."""
-    from nezha_bootstrap.dashboard import make_client, make_download_client
-    from nezha_bootstrap.enrollment import v0_release, v1_config
+    from nezha_bootstrap.v0.api import make_client, make_download_client
+    from nezha_bootstrap.v1.flow import v0_release, v1_config
 
     client = client or make_client(config.ca_bundle)
     downloads = downloads or make_download_client(config.ca_bundle)

@@ -26,13 +26,13 @@ from nezha_bootstrap.config import (
 )
 from nezha_bootstrap.errors import EXIT_CODES, BootstrapError, InternalError, SettingsError
 from nezha_bootstrap.paths import Paths
-from nezha_bootstrap.render import KINDS as RENDER_KINDS
+from nezha_bootstrap.firstboot.render import KINDS as RENDER_KINDS
 from nezha_bootstrap.report import Reporter
 
 if TYPE_CHECKING:
-    from nezha_bootstrap.enrollment import AgentConfig
-    from nezha_bootstrap.naming import Naming
-    from nezha_bootstrap.service import Plan
+    from nezha_bootstrap.v1.flow import AgentConfig
+    from nezha_bootstrap.v1.naming import Naming
+    from nezha_bootstrap.firstboot.service import Plan
     from nezha_bootstrap.state import State
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -164,7 +164,7 @@ def agent_options(func: F) -> F:
 
 def _naming(params: dict[str, Any], problems: list[str]) -> Naming:
     """Pop the token-mode options from `params` and validate them (problems are collected)."""
-    from nezha_bootstrap.naming import NamingSettings, validate
+    from nezha_bootstrap.v1.naming import NamingSettings, validate
 
     raw = NamingSettings(
         public_note=params.pop("public_note"), display_index=params.pop("display_index"), group=params.pop("group"),
@@ -176,7 +176,7 @@ def _naming(params: dict[str, Any], problems: list[str]) -> Naming:
 
 def _agent_config(ctx: click.Context, params: dict[str, Any], problems: list[str], reporter: Reporter) -> AgentConfig:
     """Pop the v1/v2 options from `params`, read the secret file, validate (problems are collected)."""
-    from nezha_bootstrap.enrollment import AgentSettings, validate
+    from nezha_bootstrap.v1.flow import AgentSettings, validate
 
     secret_file, secret = params.pop("agent_secret_file"), params.pop("agent_secret")
     from_flag = ctx.get_parameter_source("agent_secret") is ParameterSource.COMMANDLINE
@@ -308,7 +308,7 @@ def run(
     ctx: click.Context, /, dry_run: bool, force: bool, as_json: bool, quiet: bool, verbose: bool, **params: Any
 ) -> None:
     """Register the node (once) and install the agent with its secret."""
-    from nezha_bootstrap.bootstrap import Runner, plan_lines
+    from nezha_bootstrap.v0.flow import Runner, plan_lines
 
     reporter = _reporter(as_json, quiet, verbose)
     problems: list[str] = []
@@ -318,7 +318,7 @@ def run(
                         token_optional=bool(agent.secret) or agent.generation == "v1", problems=problems)
     config, paths = validated.config, Paths(validated.config.root)
     if agent.active or config.token.startswith("nzp_"):  # an access token is for v2.1+: the agent flow
-        from nezha_bootstrap.enrollment import run_agent_flow
+        from nezha_bootstrap.v1.flow import run_agent_flow
 
         summary = run_agent_flow(config, agent, ctx.meta["facts"], paths, reporter, dry_run=dry_run, naming=naming)
         if summary is not None:  # None: the dashboard is v0, the script flow below goes on
@@ -341,7 +341,7 @@ def run(
 def _v0_release(agent: AgentConfig) -> Any:
     if agent.method != "direct":
         return None
-    from nezha_bootstrap.enrollment import v0_release
+    from nezha_bootstrap.v1.flow import v0_release
 
     return v0_release(agent)
 
@@ -433,7 +433,7 @@ def _settings_file(ctx: click.Context, params: dict[str, Any], reporter: Reporte
     Only the settings the user set (flag or env var) are written, as given: a name such as
     "{hostname}" is filled on each server, and defaults stay those of the version installed there.
     """
-    from nezha_bootstrap import render
+    from nezha_bootstrap.firstboot import render
 
     agent = _agent_config(ctx, params, problems, reporter)
     _naming(params, problems)
@@ -496,7 +496,7 @@ def render_command(ctx: click.Context, /, kind: str, package: str | None, pip_op
     (for images with the tool and the unit: writes the settings), systemd (the unit) or env (the
     settings file). All but systemd hold the API token: keep the output private.
     """
-    from nezha_bootstrap import render
+    from nezha_bootstrap.firstboot import render
 
     reporter = _reporter(False, False, False)
     if kind == "systemd":
@@ -540,7 +540,7 @@ def _saved_state(paths: Paths, reporter: Reporter) -> State | None:
 def _carry_out(plan: Plan, reporter: Reporter, *, dry_run: bool, outcome: str, done: str, lock: Paths | None = None,
                saved: State | None = None, name_server: bool = False) -> None:
     """Print the plan (--dry-run) or apply it; then the server to delete in the dashboard, and --json."""
-    from nezha_bootstrap import service
+    from nezha_bootstrap.firstboot import service
     from nezha_bootstrap.config import display_url
 
     for note in plan.notes:
@@ -575,7 +575,7 @@ def install_service(ctx: click.Context, /, unit_only: bool, dry_run: bool, as_js
     Under --root it links the unit into multi-user.target.wants itself; `systemctl enable` is used
     only when the root is / and systemd runs. The unit starts at the next boot.
     """
-    from nezha_bootstrap import service
+    from nezha_bootstrap.firstboot import service
     from nezha_bootstrap.facts import systemd_running
 
     reporter = _reporter(as_json, quiet, verbose)
@@ -598,7 +598,7 @@ def seal(ctx: click.Context, /, root: str, dry_run: bool, as_json: bool, quiet: 
     Uninstalls the agent, removes the saved state, empties /etc/machine-id and removes
     /var/lib/dbus/machine-id; keeps nezha-bootstrap.service and its settings file.
     """
-    from nezha_bootstrap import service
+    from nezha_bootstrap.firstboot import service
 
     reporter = _reporter(as_json, quiet, verbose)
     paths = _root_paths(root)
@@ -619,7 +619,7 @@ def seal(ctx: click.Context, /, root: str, dry_run: bool, as_json: bool, quiet: 
 def uninstall(ctx: click.Context, /, root: str, purge: bool, dry_run: bool, as_json: bool, quiet: bool,
               verbose: bool) -> None:
     """Remove the agent and the saved state, and name the server to delete in the dashboard."""
-    from nezha_bootstrap import service
+    from nezha_bootstrap.firstboot import service
     from nezha_bootstrap.facts import systemd_running
 
     reporter = _reporter(as_json, quiet, verbose)
@@ -677,10 +677,10 @@ def reconcile_command(ctx: click.Context, /, manifest_path: str, username: str |
     Credentials: an access token (NEZHA_TOKEN or --token-file; v2.1+), or --username with the password
     from --password-file or a prompt. Nothing is stored.
     """
-    from nezha_bootstrap import reconcile
-    from nezha_bootstrap.dashboard import make_client
-    from nezha_bootstrap.manifest import load
-    from nezha_bootstrap.operator_api import Credentials, check_target, credential_problems, open_session
+    from nezha_bootstrap.fleet import reconcile
+    from nezha_bootstrap.v0.api import make_client
+    from nezha_bootstrap.fleet.manifest import load
+    from nezha_bootstrap.fleet.session import Credentials, check_target, credential_problems, open_session
 
     reporter = _reporter(as_json, quiet, verbose)
     problems: list[str] = []
@@ -715,7 +715,7 @@ def reconcile_command(ctx: click.Context, /, manifest_path: str, username: str |
 
 
 def _report_reconcile(reporter: Reporter, plan: Any, failures: list[str], *, apply: bool) -> None:
-    from nezha_bootstrap import reconcile
+    from nezha_bootstrap.fleet import reconcile
     from nezha_bootstrap.errors import DashboardRefused
 
     rows = plan.actions()

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nezha_bootstrap import redact
-from nezha_bootstrap.bootstrap import Runner
+from nezha_bootstrap.v0.flow import Runner
 from nezha_bootstrap.config import Settings, build
 from nezha_bootstrap.facts import gather
-from nezha_bootstrap.fake_dashboard import FakeDashboard, serve
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, serve
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
-from nezha_bootstrap.stubrecord import read_calls
+from nezha_bootstrap.testing.stubrecord import read_calls
 
 
 def run_demo(reporter: Reporter) -> None:

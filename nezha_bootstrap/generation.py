@@ -146,7 +146,7 @@ def detect(send: Send, seconds_left: float) -> Generation:
 
 def http_sender(client: Any, base_url: str) -> Send:
     """A `send` that performs a probe with the shared client through dashboard.fetch."""
-    from nezha_bootstrap.dashboard import fetch
+    from nezha_bootstrap.v0.api import fetch
 
     def send(probe: Probe, seconds_left: float) -> Reply:
         kwargs: dict[str, Any] = {}

@@ -17,8 +17,8 @@ from click.testing import CliRunner, Result
 
 from nezha_bootstrap import redact
 from nezha_bootstrap.cli import main
-from nezha_bootstrap.fake_dashboard import FakeDashboard, Running, serve
-from nezha_bootstrap.stubrecord import StubCall, read_calls
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
+from nezha_bootstrap.testing.stubrecord import StubCall, read_calls
 
 TOKEN = "T0kenT0kenT0kenT0kenT0kenT0ken32"  # 32 of [0-9A-Za-z], like a real v0 token
 MACHINE_ID = "0123456789abcdef0123456789abcdef"

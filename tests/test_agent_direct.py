@@ -24,9 +24,9 @@ from nezha_bootstrap.agent import (
     vendor_leftovers,
 )
 from nezha_bootstrap.config import Config
-from nezha_bootstrap.enrollment import AgentSettings, is_public_host, validate
+from nezha_bootstrap.v1.flow import AgentSettings, is_public_host, validate
 from nezha_bootstrap.errors import InstallerFailed
-from nezha_bootstrap.fake_v1 import agent_zip
+from nezha_bootstrap.testing.fake_v1 import agent_zip
 from nezha_bootstrap.paths import Paths
 
 ZIP = agent_zip(b"#!/bin/sh\necho agent\n")

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nezha_bootstrap import __version__
-from nezha_bootstrap.dashboard import (
+from nezha_bootstrap.v0.api import (
     ANSWER_CAP,
     V1_MESSAGE,
     Answer,
@@ -36,7 +36,7 @@ from nezha_bootstrap.dashboard import (
     tls_context,
 )
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
-from nezha_bootstrap.fake_dashboard import FakeDashboard
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard
 from nezha_bootstrap.retry import Transient, with_retries
 from tests.conftest import TOKEN
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nezha_bootstrap import demo
-from nezha_bootstrap.fake_dashboard import FakeDashboard
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard
 from tests.conftest import Cli
 
 pytestmark = pytest.mark.integration

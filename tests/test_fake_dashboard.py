@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from nezha_bootstrap.fake_dashboard import FakeDashboard, Running, Server
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, Server
 from tests.conftest import TOKEN
 
 FORBIDDEN = '{"code":403,"message":"访问此接口需要认证"}'

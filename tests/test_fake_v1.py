@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from nezha_bootstrap.fake_dashboard import Running
-from nezha_bootstrap.fake_v1 import FakeV1, serve_v1
+from nezha_bootstrap.testing.fake_v0 import Running
+from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 
 UUID = "8d3b2c6e-0f41-5a6b-9c7d-1e2f3a4b5c6d"
 

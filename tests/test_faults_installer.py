@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from nezha_bootstrap.fake_dashboard import FakeDashboard
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard
 from tests.conftest import Cli
 from tests.processes import leaks, leftovers, stub_processes
 

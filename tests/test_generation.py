@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from nezha_bootstrap.dashboard import make_client
+from nezha_bootstrap.v0.api import make_client
 from nezha_bootstrap.errors import DashboardRefused
-from nezha_bootstrap.fake_dashboard import FakeDashboard, Running, serve
-from nezha_bootstrap.fake_v1 import PROFILES, FakeV1, serve_v1
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
+from nezha_bootstrap.testing.fake_v1 import PROFILES, FakeV1, serve_v1
 from nezha_bootstrap.generation import (
     REAL_IP_MESSAGE,
     TOO_OLD_MESSAGE,

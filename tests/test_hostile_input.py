@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nezha_bootstrap.fake_dashboard import FakeDashboard, Running
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running
 from tests.conftest import MACHINE_ID, TOKEN, Cli
 from tests.processes import leaks
 

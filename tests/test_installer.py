@@ -13,7 +13,7 @@ import pytest
 from nezha_bootstrap.config import Config, Settings, build
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.facts import Facts
-from nezha_bootstrap.installer import InstallPlan, check_script, plan, read_exec_start, verify_unit
+from nezha_bootstrap.v0.script import InstallPlan, check_script, plan, read_exec_start, verify_unit
 from nezha_bootstrap.paths import Paths
 from tests.conftest import TOKEN
 

@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 
 from nezha_bootstrap import demo
-from nezha_bootstrap.fake_dashboard import FakeDashboard, serve
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, serve
 from tests.conftest import TOKEN, Cli, leak_scan, secrets_of
 from tests.test_run import STATE, UNIT, closed_port
 

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nezha_bootstrap import render
+from nezha_bootstrap.firstboot import render
 from nezha_bootstrap.cli import main
 from tests import envfile
 from tests.conftest import TOKEN, Outcome, make_runner

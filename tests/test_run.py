@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nezha_bootstrap.fake_dashboard import FakeDashboard, Running, serve
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
 from tests.conftest import MACHINE_ID, TOKEN, Cli, leak_scan
 
 pytestmark = pytest.mark.integration

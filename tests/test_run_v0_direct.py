@@ -1,6 +1,6 @@
 """`run --method direct` against a v0 dashboard: register as always, then the pinned v0 agent installs itself.
 
-The release host is a fake serving a zip whose `nezha-agent` is templates/stub-agent-v0.sh: its
+The release host is a fake serving a zip whose `nezha-agent` is nezha_bootstrap/testing/stubs/stub-agent-v0.sh: its
 `service install -s HOST:PORT -p SECRET [--tls] [flags]` writes the unit the real agent writes.
 """
 
@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from nezha_bootstrap.agent import AGENT_V0
-from nezha_bootstrap.fake_dashboard import Running
-from nezha_bootstrap.fake_v1 import FakeV1, serve_v1
-from nezha_bootstrap.stubrecord import StubCall, read_calls
+from nezha_bootstrap.testing.fake_v0 import Running
+from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
+from nezha_bootstrap.testing.stubrecord import StubCall, read_calls
 from tests.conftest import TOKEN, Cli, leak_scan
 from tests.test_run import snapshot
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from nezha_bootstrap import render, service, state
+from nezha_bootstrap import state
+from nezha_bootstrap.firstboot import render
+from nezha_bootstrap.firstboot import service
 from nezha_bootstrap.cli import main
 from nezha_bootstrap.errors import InternalError
 from nezha_bootstrap.paths import Paths

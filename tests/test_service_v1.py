@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from nezha_bootstrap import service
+from nezha_bootstrap.firstboot import service
 from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.cli import main
-from nezha_bootstrap.fake_v1 import FakeV1, serve_v1
-from nezha_bootstrap.identity import machine_uuid
+from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
+from nezha_bootstrap.v1.identity import machine_uuid
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from tests.conftest import MACHINE_ID, Outcome, make_runner

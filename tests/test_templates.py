@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nezha_bootstrap import render
+from nezha_bootstrap.firstboot import render
 from nezha_bootstrap.cli import main
 from nezha_bootstrap.config import DEFAULT_DEADLINE, DEFAULT_LOCK_TIMEOUT
 from nezha_bootstrap.paths import Paths
@@ -80,7 +80,7 @@ def test_the_repository_copy_is_the_packaged_template(copy: str, kind: str) -> N
 
 
 def test_every_first_boot_template_has_a_repository_copy() -> None:
-    packaged = {p.name for p in (REPO / "nezha_bootstrap/templates").iterdir() if not p.name.startswith("stub-")}
+    packaged = {p.name for p in (REPO / "nezha_bootstrap/firstboot/templates").iterdir()}
 
     assert packaged == {render.TEMPLATES[kind] for kind in COPIES.values()} == {Path(c).name for c in COPIES}
 

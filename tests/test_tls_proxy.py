@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from nezha_bootstrap.fake_dashboard import FakeDashboard, Running, serve
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
 from tests.conftest import TOKEN, Cli
 from tests.processes import leaks
 

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from nezha_bootstrap.dashboard import make_client
+from nezha_bootstrap.v0.api import make_client
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
-from nezha_bootstrap.fake_dashboard import Running
-from nezha_bootstrap.fake_v1 import FakeV1, serve_v1
-from nezha_bootstrap.v2api import TokenRefused, V2Api, login
+from nezha_bootstrap.testing.fake_v0 import Running
+from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
+from nezha_bootstrap.v1.api import TokenRefused, V2Api, login
 
 UUIDS = [f"{i:08x}-0f41-5a6b-9c7d-1e2f3a4b5c6d" for i in range(1, 21)]
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from nezha_bootstrap.fake_dashboard import stub_installer
-from nezha_bootstrap.stubrecord import StubCall, read_calls
+from nezha_bootstrap.testing.fake_v0 import stub_installer
+from nezha_bootstrap.testing.stubrecord import StubCall, read_calls
 
 T = TypeVar("T")
 
@@ -468,9 +468,9 @@ class Enrollment:
 
 
 class FakeDashboardProcess:
-    """`python -m nezha_bootstrap.fake_dashboard` run inside the netns, journaling every request to a file."""
+    """`python -m nezha_bootstrap.testing.fake_v0` run inside the netns, journaling every request to a file."""
 
-    module = "nezha_bootstrap.fake_dashboard"
+    module = "nezha_bootstrap.testing.fake_v0"
 
     def __init__(self, netns: Netns, token: str, directory: Path, down_for: float = 0.0) -> None:
         self.journal = directory / "dashboard-journal.jsonl"
@@ -510,10 +510,10 @@ class FakeDashboardProcess:
 
 
 class FakeV1Process(FakeDashboardProcess):
-    """`python -m nezha_bootstrap.fake_v1`: a v1/v2 dashboard and the agent's release host (`/releases`);
+    """`python -m nezha_bootstrap.testing.fake_v1`: a v1/v2 dashboard and the agent's release host (`/releases`);
     agents enroll at its agent-connect hook, each call journaled to `enrollments.jsonl`."""
 
-    module = "nezha_bootstrap.fake_v1"
+    module = "nezha_bootstrap.testing.fake_v1"
 
     def __init__(self, netns: Netns, agent_secret: str, directory: Path, profile: str = "v2.1+") -> None:
         self.profile = profile

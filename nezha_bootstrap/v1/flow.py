@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from nezha_bootstrap import agent, identity, redact
+from nezha_bootstrap import agent, redact
+from nezha_bootstrap.v1 import identity
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import Config, display_url, is_loopback_host
 from nezha_bootstrap.errors import DashboardUnreachable, InstallerFailed, SettingsError
@@ -29,7 +30,7 @@ from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.state import State
 
 if TYPE_CHECKING:
-    from nezha_bootstrap.naming import Naming, NodeNaming
+    from nezha_bootstrap.v1.naming import Naming, NodeNaming
 
 _AGENT_SECRET_RE = re.compile(r"^[0-9A-Za-z]{8,128}\Z")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
@@ -322,8 +323,8 @@ class V1Runner:
     def _node_naming(self, uuid: str) -> NodeNaming | None:
         if self.naming is None:
             return None
-        from nezha_bootstrap.naming import NodeNaming
-        from nezha_bootstrap.v2api import V2Api
+        from nezha_bootstrap.v1.naming import NodeNaming
+        from nezha_bootstrap.v1.api import V2Api
 
         api = V2Api(self._http(), self.config.dashboard_url, self.config.token, deadline=self.config.deadline,
                     notify=self.reporter.info)
@@ -378,14 +379,14 @@ class V1Runner:
             if problems:
                 raise InstallerFailed("the agent install is not as asked: " + "; ".join(problems))
             if self.facts.systemd_running:
-                from nezha_bootstrap.bootstrap import _systemctl_is_active
-                from nezha_bootstrap.installer import wait_active
+                from nezha_bootstrap.v0.flow import _systemctl_is_active
+                from nezha_bootstrap.v0.script import wait_active
 
                 wait_active(_systemctl_is_active)
         return adopted
 
     def _download(self, release: agent.Release) -> bytes:
-        from nezha_bootstrap.dashboard import make_download_client
+        from nezha_bootstrap.v0.api import make_download_client
 
         # Not the dashboard's client: the release host (GitHub, a mirror) is verified against the
         # system store plus --ca-bundle, the dashboard against --ca-bundle alone.
@@ -435,7 +436,7 @@ class V1Runner:
 
     def _http(self) -> Any:
         if self.client is None:
-            from nezha_bootstrap.dashboard import make_client
+            from nezha_bootstrap.v0.api import make_client
 
             self.client = make_client(self.config.ca_bundle)
         return self.client
@@ -511,7 +512,7 @@ def run_agent_flow(config: Config, settings: AgentConfig, facts: Facts, paths: P
 
     def client_factory() -> Any:
         if not clients:
-            from nezha_bootstrap.dashboard import make_client  # here: --dry-run never loads httpx
+            from nezha_bootstrap.v0.api import make_client  # here: --dry-run never loads httpx
 
             clients.append(make_client(config.ca_bundle))
         return clients[0]
@@ -567,7 +568,7 @@ TOKEN_PLAN = (
 
 def _token_mode(config: Config, generation: Generation) -> bool:
     """Whether an access token names the server; refuses one on a dashboard without access tokens."""
-    from nezha_bootstrap.naming import is_access_token
+    from nezha_bootstrap.v1.naming import is_access_token
 
     if not is_access_token(config.token):
         return False
@@ -580,7 +581,7 @@ def _token_mode(config: Config, generation: Generation) -> bool:
 
 
 def _default_naming() -> Naming:
-    from nezha_bootstrap.naming import Naming
+    from nezha_bootstrap.v1.naming import Naming
 
     return Naming()
 

@@ -2,7 +2,7 @@
 
 Generation profiles reproduce the detection table; `/_fake/agent-connect` stands in for the agent's
 gRPC enrollment and applies its rules; `/releases/v<X>/...` serves agent zips whose `nezha-agent` is
-templates/stub-agent-v1.sh, with their checksums.txt. Served with fake_dashboard's HTTP server.
+stubs/stub-agent-v1.sh, with their checksums.txt. Served with fake_dashboard's HTTP server.
 
 The REST API a node or an operator uses (dashboard-v1-v2.md, "Personal access tokens"):
 - users: user 1 (agent secret `agent_secret`) is the admin; `add_user(role=...)` returns a new
@@ -42,8 +42,8 @@ from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from nezha_bootstrap.fake_dashboard import NOT_FOUND_HTML, Faults, Journal, Running, serve
-from nezha_bootstrap.identity import UUID_RE
+from nezha_bootstrap.testing.fake_v0 import NOT_FOUND_HTML, Faults, Journal, Running, serve
+from nezha_bootstrap.v1.identity import UUID_RE
 
 PROFILES = ("v1.0-1.4", "v1.5-1.14", "v2.0", "v2.1+")
 # The newest release of each profile's range: the ownership check exists from v2.0.10.
@@ -63,7 +63,7 @@ def new_agent_secret() -> str:
 def stub_agent(version: str) -> bytes:
     """The stub agent of `version` (v0.x: the v0 agent's `service install -s -p`), printing it for -v."""
     template = "stub-agent-v0.sh" if version.startswith("0.") else "stub-agent-v1.sh"
-    text = resources.files("nezha_bootstrap").joinpath(f"templates/{template}").read_text(encoding="utf-8")
+    text = resources.files("nezha_bootstrap.testing").joinpath(f"stubs/{template}").read_text(encoding="utf-8")
     return text.replace("@VERSION@", version).encode("utf-8")
 
 
@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from nezha_bootstrap.config import AGENT_V1
-    from nezha_bootstrap.fake_dashboard import append_json_lines, journal_line
+    from nezha_bootstrap.testing.fake_v0 import append_json_lines, journal_line
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-from nezha_bootstrap import agent, render, system
+from nezha_bootstrap import agent, system
+from nezha_bootstrap.firstboot import render
 from nezha_bootstrap.config import DEFAULT_LOCK_TIMEOUT, display_url
 from nezha_bootstrap.errors import InternalError
 from nezha_bootstrap.paths import Paths

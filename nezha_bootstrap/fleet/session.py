@@ -15,9 +15,9 @@ from typing import Any
 from nezha_bootstrap import redact
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
 from nezha_bootstrap.generation import Generation, detect, http_sender
-from nezha_bootstrap.reconcile import Group, Server
+from nezha_bootstrap.fleet.reconcile import Group, Server
 from nezha_bootstrap.retry import Notify, with_retries
-from nezha_bootstrap.v2api import V2Api, login
+from nezha_bootstrap.v1.api import V2Api, login
 
 PAT_SHAPE = re.compile(r"^nzp_[0-9A-Za-z]{32}\Z")
 

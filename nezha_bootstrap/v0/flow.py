@@ -16,7 +16,7 @@ from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import Config, display_url
 from nezha_bootstrap.errors import DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
-from nezha_bootstrap.installer import InstallPlan
+from nezha_bootstrap.v0.script import InstallPlan
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.retry import with_retries
@@ -24,7 +24,7 @@ from nezha_bootstrap.state import State
 
 if TYPE_CHECKING:
     from nezha_bootstrap.agent import Release, V0Install
-    from nezha_bootstrap.installer import Expected
+    from nezha_bootstrap.v0.script import Expected
 
 class Action(enum.Enum):
     NOTHING = "nothing to do"
@@ -118,20 +118,20 @@ class Runner:
 
     def _http(self) -> Any:
         if self.client is None:
-            from nezha_bootstrap.dashboard import make_client
+            from nezha_bootstrap.v0.api import make_client
 
             self.client = make_client(self.config.ca_bundle, urls=(self.config.dashboard_url,))
         return self.client
 
     def _download_client(self, urls: tuple[str, ...]) -> Any:
         if self.downloads is None:
-            from nezha_bootstrap.dashboard import make_download_client
+            from nezha_bootstrap.v0.api import make_download_client
 
             self.downloads = make_download_client(self.config.ca_bundle, urls=urls)
         return self.downloads
 
     def _register(self) -> State:
-        from nezha_bootstrap.dashboard import Dashboard, Registration
+        from nezha_bootstrap.v0.api import Dashboard, Registration
 
         config = self.config
         kept: list[State] = []
@@ -171,7 +171,7 @@ class Runner:
         return saved
 
     def _install(self, saved: State) -> None:
-        from nezha_bootstrap import installer
+        from nezha_bootstrap.v0 import script as installer
 
         config = self.config
         plan, perform, what = self._prepare_direct(saved) if self.direct else self._prepare_script(saved)
@@ -193,7 +193,7 @@ class Runner:
 
     def _prepare_script(self, saved: State) -> tuple[Expected, Callable[[], None], str]:
         """Download install.sh; return its plan and the call that runs it."""
-        from nezha_bootstrap import installer
+        from nezha_bootstrap.v0 import script as installer
 
         plan = installer.plan(self.config, self.paths, saved.secret)
         with self.reporter.step("download", f"downloading {display_url(plan.script_url)}"):
@@ -214,8 +214,8 @@ class Runner:
         return plan, functools.partial(self._run_direct, plan, binary), what
 
     def _download(self, plan: InstallPlan) -> bytes:
-        from nezha_bootstrap.dashboard import download
-        from nezha_bootstrap.installer import SCRIPT_CAP, check_script
+        from nezha_bootstrap.v0.api import download
+        from nezha_bootstrap.v0.script import SCRIPT_CAP, check_script
 
         # The client of downloads: a private-CA dashboard (--ca-bundle) and GitHub both verify.
         content = download(self._download_client((plan.script_url,)), plan.script_url, cap=SCRIPT_CAP,
@@ -295,7 +295,8 @@ def _systemctl_is_active() -> bool:
 def plan_lines(config: Config, facts: Facts, paths: Paths,
                direct: Release | None = None) -> tuple[list[str], dict[str, Any]]:
     """The --dry-run plan: what `run` would send, run and write; reads the state, changes nothing."""
-    from nezha_bootstrap import agent, installer
+    from nezha_bootstrap import agent
+    from nezha_bootstrap.v0 import script as installer
 
     saved = state_mod.load(paths, move_aside=False)
     unit_present = paths.agent_unit.exists() or paths.agent_openrc.exists()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from nezha_bootstrap import redact
 from nezha_bootstrap.config import display_url
-from nezha_bootstrap.dashboard import ANSWER_CAP, Answer, fetch, retry_after_seconds
+from nezha_bootstrap.v0.api import ANSWER_CAP, Answer, fetch, retry_after_seconds
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
 from nezha_bootstrap.retry import Notify, Transient, with_retries
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from nezha_bootstrap.errors import DashboardRefused, SettingsError
-from nezha_bootstrap.manifest import Entry, GroupRef, Manifest
-from nezha_bootstrap.v2api import TokenRefused
+from nezha_bootstrap.fleet.manifest import Entry, GroupRef, Manifest
+from nezha_bootstrap.v1.api import TokenRefused
 
 FIELDS = ("name", "note", "public_note", "hide_for_guest", "display_index")
 # The eight fields of PATCH /api/v1/server/:id; any one left out is reset (name to empty, DDNS off).

@@ -2,7 +2,7 @@
 
 It also serves a stub `install.sh` that records how it was called and installs a fake agent the way
 the real script does. `demo`, the tests, the benchmarks and the first-boot test all use it.
-Run it alone with `python -m nezha_bootstrap.fake_dashboard --port 8008 --token TOKEN`.
+Run it alone with `python -m nezha_bootstrap.testing.fake_v0 --port 8008 --token TOKEN`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def go_json(value: Any) -> bytes:
 
 def stub_installer() -> bytes:
     """The stub install.sh served at /install.sh."""
-    return resources.files("nezha_bootstrap").joinpath("templates/stub-install.sh").read_bytes()
+    return resources.files("nezha_bootstrap.testing").joinpath("stubs/stub-install.sh").read_bytes()
 
 
 @dataclass

@@ -38,7 +38,7 @@ def template(kind: str) -> str:
     from importlib import resources  # here: it loads tempfile, shutil and random, which `--help` does not need
 
     name = TEMPLATES[kind]
-    return resources.files("nezha_bootstrap").joinpath(f"templates/{name}").read_text(encoding="utf-8")
+    return resources.files("nezha_bootstrap.firstboot").joinpath(f"templates/{name}").read_text(encoding="utf-8")
 
 
 def unit() -> str:

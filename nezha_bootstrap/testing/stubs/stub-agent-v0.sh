@@ -1,7 +1,7 @@
 #!/bin/sh
 # Stub of the nezha-agent v0.20.5 binary, shipped in the fake release zip of a v0.x version (tests).
 # `service install -s HOST:PORT -p SECRET [FLAGS...]` writes what the real agent writes
-# (installer-v0.md), as templates/stub-install.sh does: a 0600 unit whose ExecStart carries the
+# (installer-v0.md), as stubs/stub-install.sh does: a 0600 unit whose ExecStart carries the
 # arguments, `WorkingDirectory=` the caller's cwd; it refuses an existing unit ("Init already
 # exists"). `service uninstall` removes the unit. Where / is the root and systemd runs, install and
 # uninstall also `systemctl enable --now` / `disable --now` it. Anything else is the agent itself: it

@@ -17,7 +17,7 @@ from nezha_bootstrap.errors import DashboardRefused
 from nezha_bootstrap.report import Reporter
 
 if TYPE_CHECKING:
-    from nezha_bootstrap.v2api import V2Api  # httpx loads only when a request is made
+    from nezha_bootstrap.v1.api import V2Api  # httpx loads only when a request is made
 
 DEFAULT_ENROLL_TIMEOUT = 120.0
 POLL_FIRST, POLL_CAP = 0.25, 3.0  # seconds between looks for the row: doubling from the first to the cap
