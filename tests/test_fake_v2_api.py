@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -257,6 +259,37 @@ def test_the_race_switch_makes_two_concurrent_joins_lose_one(fake: FakeV1, runni
         thread.join(10)
 
     assert len(fake.groups[0].servers) == members
+
+
+def direct(fake: FakeV1, method: str, path: str, token: str, body: Any = None) -> Any:
+    """One request straight to `fake.handle`, no sockets; its decoded JSON answer."""
+    answered = fake.handle(method, path, {"authorization": f"Bearer {token}"},
+                           b"" if body is None else json.dumps(body).encode(), "127.0.0.1")
+    return json.loads(answered[2])
+
+
+def test_a_paired_group_read_answers_the_group_as_it_was_when_its_partner_came(fake: FakeV1) -> None:
+    # No sockets: the partner's PATCH follows its GET at once, before the waiting read's thread runs again.
+    # A waiter that read the group only then would see that member; it must answer the snapshot of the pairing.
+    fake.group_race, fake.race_window = True, 5.0
+    token = fake.add_token()
+    server_id = direct(fake, "POST", "/_fake/agent-connect", token, {"uuid": UUID_A, "secret": fake.agent_secret})["id"]
+    fake.add_group("web")
+    answers: list[Any] = []
+    waiter = threading.Thread(target=lambda: answers.append(direct(fake, "GET", "/api/v1/server-group", token)))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not any(j.method == "GET" for j in fake.journal) and time.monotonic() < deadline:  # the waiter's is in
+        time.sleep(0.001)
+
+    answers.append(direct(fake, "GET", "/api/v1/server-group", token))
+    patched = direct(fake, "PATCH", "/api/v1/server-group/1", token, {"name": "web", "servers": [server_id]})
+    waiter.join(10)
+
+    old = {"success": True, "data": [{"group": {"id": 1, "name": "web", "user_id": 1}, "servers": None}]}
+    assert answers == [old, old]
+    assert patched == {"success": True}
+    assert fake.groups[0].servers == [server_id]
 
 
 # --- WAF and login -------------------------------------------------------------------------------

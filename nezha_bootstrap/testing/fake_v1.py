@@ -19,8 +19,9 @@ The REST API a node or an operator uses (dashboard-v1-v2.md, "Personal access to
   `nezha:server:write`, `POST /api/v1/batch-delete/server` `nezha:inventory:delete`.
 - `PATCH /api/v1/server/:id` overwrites all eight fields; `PATCH /api/v1/server-group/:id` replaces
   name and members. `group_race = True`: every `GET /api/v1/server-group` waits up to `race_window` s
-  for a second one and both get the same snapshot, so two read-modify-write clients interleave and
-  the later PATCH drops the earlier one's member (what real timing does now and then).
+  for a second one and both get the same snapshot, taken when the second arrives, so two
+  read-modify-write clients interleave and the later PATCH drops the earlier one's member (what real
+  timing does now and then).
 - WAF (with `real_ip_header` set, the IP is that header's value): each failed credential from an
   IP (PAT, JWT, login, agent secret) adds one to its count and blocks it for max(count^4, 3) s on
   every path (HTTP 403 HTML). `clock` is the time source, for tests that move time.
@@ -42,8 +43,8 @@ from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from nezha_bootstrap.identity import UUID_RE
 from nezha_bootstrap.testing.fake_v0 import NOT_FOUND_HTML, Faults, Journal, Running, serve
-from nezha_bootstrap.v1.identity import UUID_RE
 
 PROFILES = ("v1.0-1.4", "v1.5-1.14", "v2.0", "v2.1+")
 # The newest release of each profile's range: the ownership check exists from v2.0.10.
@@ -112,6 +113,15 @@ class V1Group:
     servers: list[int] = field(default_factory=list)
 
 
+@dataclass(eq=False)  # identity, not field equality: a waiting read is found and removed by `in`/remove
+class _RaceSlot:
+    """A group read held by the race switch, waiting for a partner read."""
+
+    paired: threading.Event = field(default_factory=threading.Event)
+    # Filled by the partner, under the lock, before it sets `paired`: the one snapshot both reads answer.
+    groups: tuple[V1Group, ...] = ()
+
+
 @dataclass(frozen=True)
 class Token:
     """A personal access token: its owner, scopes and expiry (clock time, None: never)."""
@@ -168,7 +178,7 @@ class FakeV1:
     clock: Callable[[], float] = time.monotonic
     _next_id: int = 1
     _next_group_id: int = 1
-    _race_waiting: list[threading.Event] = field(default_factory=list)
+    _race_waiting: list[_RaceSlot] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -429,24 +439,41 @@ class FakeV1:
 
     def _list_groups(self, request: Request, user: int) -> Any:
         if self.group_race:
-            self._pair_up()
-        with self.lock:
-            items = [{"group": {"id": g.id, "name": g.name, "user_id": g.owner}, "servers": list(g.servers) or None}
-                     for g in self.groups if user in self.admins or g.owner == user]
+            groups = self._pair_up()
+        else:
+            with self.lock:
+                groups = self._groups_snapshot()
+        items = [{"group": {"id": g.id, "name": g.name, "user_id": g.owner}, "servers": list(g.servers) or None}
+                 for g in groups if user in self.admins or g.owner == user]
         return _answer({"success": True, "data": items} if items else {"success": True})
 
-    def _pair_up(self) -> None:
-        """Hold this read until a second one arrives (or race_window passes); then both go on together."""
+    def _groups_snapshot(self) -> tuple[V1Group, ...]:
+        """Copies of the groups as they are now (caller holds the lock); later PATCHes do not reach them."""
+        return tuple(V1Group(g.id, g.name, g.owner, list(g.servers)) for g in self.groups)
+
+    def _pair_up(self) -> tuple[V1Group, ...]:
+        """Hold this read until a second one arrives (or race_window passes); both answer one snapshot.
+
+        The second read takes the snapshot for both before it wakes the first. Were the first to read
+        only once it runs again, the second's client could have read, PATCHed and added its member by
+        then, the first would see that member and keep it, and the promised lost update would not happen.
+        """
         with self.lock:
             if self._race_waiting:
-                self._race_waiting.pop(0).set()
-                return
-            partner = threading.Event()
-            self._race_waiting.append(partner)
-        if not partner.wait(self.race_window):
-            with self.lock:
-                if partner in self._race_waiting:
-                    self._race_waiting.remove(partner)
+                waiting = self._race_waiting.pop(0)
+                waiting.groups = self._groups_snapshot()
+                waiting.paired.set()
+                return waiting.groups
+            slot = _RaceSlot()
+            self._race_waiting.append(slot)
+        slot.paired.wait(self.race_window)
+        with self.lock:
+            # Still listed: nobody came in time, read alone. Not listed: a partner came (perhaps just
+            # after the wait timed out) and has already filled `groups` under this lock.
+            if slot in self._race_waiting:
+                self._race_waiting.remove(slot)
+                slot.groups = self._groups_snapshot()
+        return slot.groups
 
     def _create_group(self, request: Request, user: int) -> Any:
         form = _json_object(request.body)
