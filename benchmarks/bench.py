@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nezha_bootstrap.config import Settings, build
-from nezha_bootstrap.v0.api import Dashboard, Registration, make_client
 from nezha_bootstrap.errors import BootstrapError, DashboardUnreachable
 from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.http import make_client
+from nezha_bootstrap.retry import with_retries
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard, serve
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
-from nezha_bootstrap.retry import with_retries
+from nezha_bootstrap.v0.api import Dashboard, Registration
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "latest.json"

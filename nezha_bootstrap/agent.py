@@ -13,25 +13,28 @@ import json
 import os
 import re
 import shlex
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 # AGENT_V0 and AGENT_V1 are re-exported: the pinned versions belong with the rest of the release facts.
 from nezha_bootstrap.config import AGENT_V0 as AGENT_V0
 from nezha_bootstrap.config import AGENT_V1 as AGENT_V1
-from nezha_bootstrap.config import DEFAULT_AGENT_BASE_URL, SECRET_RE, Config, display_url, is_valid_host
+from nezha_bootstrap.config import DEFAULT_AGENT_BASE_URL, display_url
 from nezha_bootstrap.errors import InstallerFailed
-from nezha_bootstrap.v0.script import read_exec_start
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.retry import Notify
+
+if TYPE_CHECKING:
+    import httpx  # its one home is http.py; here only for the client's type
 
 DEFAULT_BASE_URL = DEFAULT_AGENT_BASE_URL
 ZIP_CAP = 64 * 1024 * 1024  # the real zips are ~5 MB
 BINARY_CAP = 128 * 1024 * 1024
 CHECKSUMS_CAP = 64 * 1024
-COMMAND_TIMEOUT = 60.0
+ACTIVE_WAIT = 15.0  # seconds for `systemctl is-active` to say active after an install
 VERSION_RE = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}\Z")
 # `uname -m` -> the release's arch word.
 ARCHES = {
@@ -40,8 +43,6 @@ ARCHES = {
     "mips": "mips", "mipsel": "mipsle", "loongarch64": "loong64",
 }
 CONFIG_TARGET = "/opt/nezha/agent/config.yml"
-# Never handed to the agent's commands: NZ_* would override its config (identity), these are ours.
-_PRIVATE_ENV = ("NEZHA_TOKEN", "NEZHA_AGENT_SECRET")
 
 
 def asset_name(machine: str) -> str:
@@ -139,9 +140,9 @@ def extract_binary(data: bytes) -> bytes:
         raise InstallerFailed(f"the release zip is not a valid zip: {exc}") from exc
 
 
-def fetch_binary(client: Any, release: Release, deadline: float, notify: Notify) -> bytes:
+def fetch_binary(client: httpx.Client, release: Release, deadline: float, notify: Notify) -> bytes:
     """checksums.txt, then the zip; both hashes checked; the `nezha-agent` the zip holds."""
-    from nezha_bootstrap.v0.api import download
+    from nezha_bootstrap.http import download
 
     # Release hosts redirect to their storage: redirects are followed here (no credential is sent).
     get = functools.partial(download, client, deadline=deadline, notify=notify, follow_redirects=True,
@@ -151,60 +152,6 @@ def fetch_binary(client: Any, release: Release, deadline: float, notify: Notify)
     data = get(release.asset_url, cap=ZIP_CAP, what=f"download {release.asset}")
     check_zip(data, release, listed)
     return extract_binary(data)
-
-
-@dataclass(frozen=True)
-class V0Install:
-    """`--method direct` for a v0 dashboard, as data: the pinned v0 agent runs its own
-    `service install -s HOST:PORT -p SECRET [--tls] [flags]`, which is what install.sh ends in, without
-    the script's package-manager runs, SELinux change and geo probe (installer-v0.md)."""
-
-    release: Release
-    argv: tuple[str, ...] = field(repr=False)  # holds the node secret: the v0 agent takes it only as -p
-    uninstall_first: tuple[str, ...] | None
-    cwd: Path
-    unit: Path
-    expect_server: str
-    expect_tls: bool
-
-    def describe(self) -> list[str]:
-        """Human lines for --dry-run; the secret is shown as <secret>."""
-        lines = self.release.describe()
-        lines.append(f"write {Path(self.argv[0])} (0755)")
-        if self.uninstall_first:
-            lines.append("uninstall the existing agent: " + shlex.join(self.uninstall_first))
-        shown = ["<secret>" if i and self.argv[i - 1] == "-p" else word for i, word in enumerate(self.argv)]
-        lines.append(f"run: {shlex.join(shown)}")
-        lines.append(f"  cwd {self.cwd}, stdin /dev/null, environment without NZ_* and NEZHA_TOKEN")
-        lines.append(f"verify {self.unit}: ExecStart has -s {self.expect_server}, the secret"
-                     + (", --tls" if self.expect_tls else ", no --tls"))
-        return lines
-
-
-def plan_v0(config: Config, paths: Paths, secret: str, release: Release) -> V0Install:
-    """The v0 agent's `service install` call; every value in it is checked here once more."""
-    if not SECRET_RE.match(secret):
-        raise InstallerFailed("refusing to pass a secret that is not letters and digits to the agent")
-    if not is_valid_host(config.probe_address):
-        raise InstallerFailed("refusing to pass an invalid probe address to the agent")
-    server = f"{config.agent_host}:{config.probe_port}"
-    argv = [str(paths.agent_binary), "service", "install", "-s", server, "-p", secret]
-    if config.tls:
-        argv.append("--tls")
-    argv.extend(config.agent_flags)
-    # `service install` refuses an existing unit ("Init already exists"): uninstall it first.
-    present = paths.agent_unit.exists() or paths.agent_openrc.exists()
-    return V0Install(
-        release=release, argv=tuple(argv),
-        uninstall_first=(str(paths.agent_binary), "service", "uninstall") if present else None,
-        cwd=paths.agent_dir,  # kept: the agent's unit uses it as WorkingDirectory
-        unit=paths.agent_unit, expect_server=server, expect_tls=config.tls,
-    )
-
-
-def clean_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment for the agent's own commands: no NZ_* override, none of our secrets."""
-    return {k: v for k, v in environ.items() if not k.startswith("NZ_") and k not in _PRIVATE_ENV}
 
 
 def service_argv(paths: Paths, action: str, config: Path | None = None) -> list[str]:
@@ -290,7 +237,95 @@ def vendor_leftovers(paths: Paths) -> list[Leftover]:
     return found
 
 
-def identity_files(paths: Paths) -> list[Path]:
-    """Files holding an agent's uuid and secret (config.yml, the vendor's config-*.yml): what `seal` removes."""
-    found = [paths.agent_dir / "config.yml"] + sorted(paths.agent_dir.glob("config-*.yml"))
-    return [path for path in found if path.exists()]
+class Expected(Protocol):
+    """What a v0 agent unit must say: v0.script.InstallPlan (install.sh) or v0.direct.V0Install."""
+
+    @property
+    def unit(self) -> Path: ...
+
+    @property
+    def expect_server(self) -> str: ...
+
+    @property
+    def expect_tls(self) -> bool: ...
+
+
+def read_exec_start(unit: Path) -> list[str] | None:
+    """The ExecStart argv of a systemd unit, or None when there is none."""
+    try:
+        text = unit.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.strip() == "ExecStart":
+            try:
+                return shlex.split(value)
+            except ValueError:
+                return None
+    return None
+
+
+def verify_v0_unit(plan: Expected, paths: Paths, secret: str) -> None:
+    """Check that the v0 agent unit exists and starts the agent with this server, secret and TLS."""
+    if plan.unit.exists():
+        argv = read_exec_start(plan.unit)
+        if argv is None:
+            raise InstallerFailed(f"the installer exited, but {plan.unit} has no readable ExecStart")
+        problems = _exec_start_problems(argv, plan, secret)
+    elif paths.agent_openrc.exists():
+        text = paths.agent_openrc.read_text(encoding="utf-8", errors="replace")
+        problems = [] if plan.expect_server in text and secret in text else ["server or secret"]
+    else:
+        raise InstallerFailed(
+            f"the installer exited, but wrote no agent unit ({plan.unit} or {paths.agent_openrc}); "
+            "install.sh reports success even when the agent failed to install. Run again with -v "
+            "to see its output"
+        )
+    if problems:
+        raise InstallerFailed(f"the agent unit does not start the agent as asked: {', '.join(problems)} differ")
+    if not os.access(paths.agent_binary, os.X_OK):
+        raise InstallerFailed(f"the installer exited, but {paths.agent_binary} is missing or not executable")
+
+
+def _exec_start_problems(argv: list[str], plan: Expected, secret: str) -> list[str]:
+    problems = []
+    if _value_after(argv, "-s", "--server") != plan.expect_server:
+        problems.append("server address")
+    if _value_after(argv, "-p", "--password") != secret:
+        problems.append("secret")
+    if ("--tls" in argv) != plan.expect_tls:
+        problems.append("TLS")
+    return problems
+
+
+def _value_after(argv: list[str], *names: str) -> str | None:
+    for i, word in enumerate(argv[:-1]):
+        if word in names:
+            return argv[i + 1]
+    return None
+
+
+def wait_active(is_active: Callable[[], bool], seconds: float = ACTIVE_WAIT) -> None:
+    """Poll `systemctl is-active` for a short while; the agent may need a moment to start."""
+    end = time.monotonic() + seconds
+    while True:
+        if is_active():
+            return
+        if time.monotonic() >= end:
+            raise InstallerFailed(
+                f"the agent unit was written, but `systemctl is-active nezha-agent` is not active "
+                f"after {seconds:g} s; see `journalctl -u nezha-agent`"
+            )
+        time.sleep(0.5)
+
+
+def is_active() -> bool:
+    """Whether systemd says the nezha-agent unit is active."""
+    from nezha_bootstrap import system
+
+    try:
+        done = system.run(["systemctl", "is-active", "--quiet", "nezha-agent"], timeout=10)
+    except OSError:
+        return False
+    return done.returncode == 0

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from nezha_bootstrap.errors import SettingsError
+from nezha_bootstrap.identity import uuid_problem
 
 if TYPE_CHECKING:  # facts.py loads socket: `--help` needs neither
     from nezha_bootstrap.facts import Facts
@@ -36,6 +38,9 @@ SECRET_RE = re.compile(r"^[0-9A-Za-z]+\Z")
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+\Z")  # one HTTP header value: visible ASCII, no spaces
 ACCESS_TOKEN_RE = re.compile(r"^nzp_[0-9A-Za-z]{32}\Z")  # a v2.1+ personal access token (dashboard-v1-v2.md)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_AGENT_SECRET_RE = re.compile(r"^[0-9A-Za-z]{8,128}\Z")
+VERSION_RE = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}\Z")
+DEFAULT_ENROLL_TIMEOUT = 120.0
 _LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 _PLACEHOLDER_RE = re.compile(r"\{(hostname|ip|machine_id)\}")
 
@@ -56,7 +61,6 @@ class Settings:
     dashboard_url: str | None = None
     token: str | None = None
     token_from_flag: bool = False
-    token_optional: bool = False  # an agent secret was given: a v1/v2 run needs no API token
     probe_address: str | None = None
     probe_port: str | int | None = DEFAULT_PROBE_PORT
     tls: bool = True
@@ -72,8 +76,9 @@ class Settings:
     deadline: float | str = DEFAULT_DEADLINE  # text from click: a bad value is one more collected problem
     lock_timeout: float | str = DEFAULT_LOCK_TIMEOUT
     ca_bundle: str | None = None
-    dry_run: bool = False
     force: bool = False
+    agent: AgentSettings = field(default_factory=lambda: AgentSettings())
+    naming: NamingSettings = field(default_factory=lambda: NamingSettings())
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ class Config:
     """Everything one run needs, validated once."""
 
     dashboard_url: str
-    token: str = field(repr=False)
+    token: str | None = field(repr=False)  # None: no token (a v1/v2 run with the agent secret alone)
     probe_address: str
     probe_port: int
     tls: bool
@@ -97,8 +102,9 @@ class Config:
     deadline: float
     lock_timeout: float
     ca_bundle: Path | None
-    dry_run: bool
     force: bool
+    agent: AgentConfig
+    naming: Naming
 
     @property
     def register_url(self) -> str:
@@ -136,7 +142,9 @@ def build(settings: Settings, facts: Facts, problems: list[str] | None = None) -
     problems = list(problems or [])
     warnings: list[str] = []
     url = _dashboard_url(settings.dashboard_url, problems, warnings)
-    token = _token(settings, problems, warnings)
+    agent = validate_agent(settings.agent, problems, warnings)
+    naming = validate_naming(settings.naming, problems)
+    token = _token(settings, agent, problems, warnings)
     probe = _probe_address(settings.probe_address, url, problems)
     port = _port(settings.probe_port, problems)
     name = _name(settings.name, facts, problems)
@@ -152,28 +160,26 @@ def build(settings: Settings, facts: Facts, problems: list[str] | None = None) -
         problems.append(f"root must be an absolute path, got {settings.root!r}")
     if problems:
         raise SettingsError(problems)
+    assert url is not None and probe is not None and port is not None and name is not None and script_url is not None
     config = Config(
-        dashboard_url=url or "",
-        token=token or "",
-        probe_address=probe or "",
-        probe_port=port or 0,
-        tls=settings.tls,
-        name=name or "",
-        tag=tag,
-        note=note,
-        hide_for_guest=settings.hide_for_guest,
-        agent_flags=flags,
-        script_url=script_url or "",
-        script_sha256=script_sha256,
-        mirror=mirror,
-        root=root,
-        deadline=deadline,
-        lock_timeout=lock_timeout,
-        ca_bundle=Path(settings.ca_bundle) if settings.ca_bundle else None,
-        dry_run=settings.dry_run,
-        force=settings.force,
+        dashboard_url=url, token=token, probe_address=probe, probe_port=port, tls=settings.tls, name=name, tag=tag,
+        note=note, hide_for_guest=settings.hide_for_guest, agent_flags=flags, script_url=script_url,
+        script_sha256=script_sha256, mirror=mirror, root=root, deadline=deadline, lock_timeout=lock_timeout,
+        ca_bundle=Path(settings.ca_bundle) if settings.ca_bundle else None, force=settings.force, agent=agent,
+        naming=naming,
     )
+    # Known to be v1/v2 before any probe: refuse a plaintext agent secret now (auto: run.check_v1_settings).
+    if agent.generation == "v1":
+        plaintext = plaintext_problem(v1_config(config))
+        if plaintext:
+            raise SettingsError([plaintext])
     return Validated(config, tuple(warnings))
+
+
+def check_target(url: str | None, deadline: str, problems: list[str], warnings: list[str]) -> tuple[str, float]:
+    """`reconcile`'s dashboard URL and per-request deadline, checked as `run` checks them."""
+    checked = _dashboard_url(url, problems, warnings)
+    return checked or "", _seconds("deadline", deadline, problems)
 
 
 def display_url(url: str) -> str:
@@ -265,9 +271,9 @@ def _dashboard_url(raw: str | None, problems: list[str], warnings: list[str]) ->
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def _token(settings: Settings, problems: list[str], warnings: list[str]) -> str | None:
+def _token(settings: Settings, agent: AgentConfig, problems: list[str], warnings: list[str]) -> str | None:
     token = settings.token
-    if not token and settings.token_optional:
+    if not token and (agent.secret or agent.generation == "v1"):  # v1/v2 agents enroll with the secret alone
         return None
     if not token:
         problems.append("the API token is required (NEZHA_TOKEN, or --token-file PATH, '-' for stdin)")
@@ -275,7 +281,7 @@ def _token(settings: Settings, problems: list[str], warnings: list[str]) -> str 
     if not _TOKEN_RE.match(token):
         problems.append("the API token must be one word of visible ASCII characters")
         return None
-    if token.startswith("nzp_") and not ACCESS_TOKEN_RE.match(token):
+    if is_access_token(token) and not ACCESS_TOKEN_RE.match(token):
         problems.append("a v2.1+ access token is nzp_ followed by 32 letters and digits (the dashboard shows it once)")
         return None
     if settings.token_from_flag:
@@ -429,4 +435,217 @@ def _seconds(what: str, raw: float | str, problems: list[str], allow_zero: bool 
     if math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or value > 86400:
         problems.append(f"the {what} must be a number of seconds up to 86400, got {raw!r}")
         return 0.0
+    return value
+
+
+# --- v1/v2: the agent secret, release and identity -----------------------------------------------
+
+# Agent config options a user may set (`--agent-option KEY=VALUE`): key -> type or (low, high).
+_BOOL_OPTIONS = {
+    "insecure_tls", "disable_command_execute", "disable_force_update", "disable_auto_update",
+    "skip_connection_count", "skip_procs_count", "gpu", "temperature", "debug", "disable_nat",
+    "disable_send_query", "use_ipv6_country_code", "use_gitee_to_upgrade",
+}
+_INT_OPTIONS = {"report_delay": (1, 4), "ip_report_period": (30, 86400 * 30)}
+_TOOL_KEYS = {"server", "client_secret", "uuid", "tls"}
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """The v1/v2 settings as click resolved them."""
+
+    generation: str = "auto"  # auto | v0 | v1
+    secret: str | None = field(default=None, repr=False)
+    secret_from_flag: bool = False
+    method: str | None = None  # script | direct; unset: script for v0, direct for v1/v2
+    base_url: str = DEFAULT_AGENT_BASE_URL
+    version: str | None = None
+    sha256: str | None = None
+    uuid: str | None = None
+    adopt: bool = False
+    allow_plaintext: bool = False
+    options: tuple[str, ...] = ()
+    probe_port_given: bool = False
+    tls_given: bool = False
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The validated v1/v2 settings."""
+
+    generation: str
+    secret: str = field(repr=False)
+    method: str | None
+    base_url: str
+    version: str | None
+    sha256: str | None
+    uuid: str | None
+    adopt: bool
+    allow_plaintext: bool
+    options: tuple[tuple[str, Any], ...]
+    probe_port_given: bool
+    tls_given: bool
+
+    @property
+    def active(self) -> bool:
+        """Whether this run leaves the plain v0 flow (an agent secret, --dashboard v1 or --method direct)."""
+        return bool(self.secret) or self.generation == "v1" or self.method == "direct"
+
+
+def validate_agent(raw: AgentSettings, problems: list[str], warnings: list[str]) -> AgentConfig:
+    """Check the v1/v2 settings, appending every problem (pure)."""
+    if raw.generation not in ("auto", "v0", "v1"):
+        problems.append(f"--dashboard must be auto, v0 or v1, got {raw.generation!r}")
+    secret = (raw.secret or "").strip()
+    if secret and not _AGENT_SECRET_RE.match(secret):
+        problems.append("the agent secret must be 8 to 128 letters and digits (the dashboard's agent secret)")
+    if secret and raw.secret_from_flag:
+        warnings.append("--agent-secret puts the secret in the process list; use NEZHA_AGENT_SECRET_FILE instead")
+    if raw.method not in (None, "script", "direct"):
+        problems.append(f"--method must be script or direct, got {raw.method!r}")
+    base = (raw.base_url or DEFAULT_AGENT_BASE_URL).rstrip("/")
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query:
+        problems.append(f"--agent-base-url {display_url(base)!r} must be an http(s) URL with a host and no query")
+    version = (raw.version or "").strip().lstrip("v") or None
+    if version and not VERSION_RE.match(version):
+        problems.append(f"--agent-version must look like 2.3.3, got {raw.version!r}")
+    sha = (raw.sha256 or "").strip().lower() or None
+    if sha and not _SHA256_RE.match(sha):
+        problems.append("--agent-sha256 must be 64 hexadecimal digits")
+    uuid = (raw.uuid or "").strip() or None
+    if uuid and uuid_problem(uuid):
+        problems.append(f"--uuid: {uuid_problem(uuid)}")
+    return AgentConfig(
+        generation=raw.generation, secret=secret, method=raw.method, base_url=base, version=version,
+        sha256=sha, uuid=uuid, adopt=raw.adopt, allow_plaintext=raw.allow_plaintext,
+        options=_options(raw.options, problems), probe_port_given=raw.probe_port_given, tls_given=raw.tls_given,
+    )
+
+
+def _options(raw: tuple[str, ...], problems: list[str]) -> tuple[tuple[str, Any], ...]:
+    words = [word for value in raw for word in value.split()]
+    options: dict[str, Any] = {}
+    for word in words:
+        key, eq, value = word.partition("=")
+        if key in _TOOL_KEYS:
+            problems.append(f"agent option {key} is set by the tool itself")
+        elif key in _BOOL_OPTIONS and value in ("true", "false"):
+            options[key] = value == "true"
+        elif key in _INT_OPTIONS and value.isdigit() and _in_range(int(value), _INT_OPTIONS[key]):
+            options[key] = int(value)
+        else:
+            allowed = ", ".join(sorted(_BOOL_OPTIONS)) + " (=true|false); " + ", ".join(
+                f"{k} (={lo}..{hi})" for k, (lo, hi) in sorted(_INT_OPTIONS.items()))
+            problems.append(f"agent option {word!r} is not KEY=VALUE with a known key; allowed: {allowed}")
+    return tuple(options.items())
+
+
+def _in_range(value: int, bounds: tuple[int, int]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+def is_public_host(host: str) -> bool:
+    """True unless `host` is loopback or a private/link-local literal (names count as public)."""
+    if is_loopback_host(host):
+        return False
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return True
+    # Only the private-use and link-local ranges: Python's is_private also covers documentation nets.
+    return not any(address in network for network in _PRIVATE_NETS if network.version == address.version)
+
+
+_PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "fc00::/7", "fe80::/10",
+))
+
+
+def v1_config(config: Config) -> Config:
+    """In v1/v2 the agent talks gRPC on the web port: default the probe port and TLS from the URL."""
+    parts = urlsplit(config.dashboard_url)
+    changes: dict[str, Any] = {}
+    if not config.agent.probe_port_given:
+        changes["probe_port"] = parts.port or (443 if parts.scheme == "https" else 80)
+    if not config.agent.tls_given:
+        changes["tls"] = parts.scheme == "https"
+    return dataclasses.replace(config, **changes)
+
+
+def plaintext_problem(config: Config) -> str | None:
+    """Why the v1/v2 agent must not connect as configured (its secret in clear text on a public net)."""
+    if config.tls or not is_public_host(config.probe_address) or config.agent.allow_plaintext:
+        return None
+    why = "--no-tls" if config.agent.tls_given else "without TLS (the dashboard URL is http and no --tls was given)"
+    return (
+        f"the agent would connect to {config.probe_address} {why}, sending the agent secret in clear text "
+        "over a public network; use TLS (--tls, or an https dashboard URL), or pass --allow-plaintext if you "
+        "accept that"
+    )
+
+
+# --- v2.1+ token mode: naming the server ---------------------------------------------------------
+
+def is_access_token(token: str | None) -> bool:
+    """Whether the token is a v2.1+ personal access token (by its `nzp_` prefix)."""
+    return bool(token) and str(token).startswith("nzp_")
+
+
+@dataclass(frozen=True)
+class NamingSettings:
+    """The token-mode settings as click resolved them (text: validated below)."""
+
+    public_note: str | None = None
+    display_index: str | None = None
+    group: str | None = None
+    group_id: str | None = None
+    create_group: bool = False
+    enroll_timeout: str | float = DEFAULT_ENROLL_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Naming:
+    """The validated token-mode settings."""
+
+    public_note: str | None = None
+    display_index: int | None = None
+    group: str | None = None
+    group_id: int | None = None
+    create_group: bool = False
+    enroll_timeout: float = DEFAULT_ENROLL_TIMEOUT
+
+
+def validate_naming(raw: NamingSettings, problems: list[str]) -> Naming:
+    """Check the token-mode settings, appending every problem (pure; the token's shape is config.py's)."""
+    public_note = raw.public_note
+    if public_note is not None and (has_control_chars(public_note) or not is_encodable(public_note)):
+        problems.append("the public note must be UTF-8 text without control characters")
+    index = _whole(raw.display_index, "--display-index", problems, low=-(2 ** 31), high=2 ** 31 - 1)
+    group_id = _whole(raw.group_id, "--group-id", problems, low=1, high=2 ** 63 - 1)
+    group = raw.group if raw.group else None
+    if group is not None and (has_control_chars(group) or not is_encodable(group)):
+        problems.append("the group name must be UTF-8 text without control characters")
+    if raw.create_group and not group:
+        problems.append("--create-group needs --group NAME")
+    if raw.create_group and group_id is not None:
+        problems.append("--create-group makes a new group: it cannot go with --group-id")
+    timeout = _whole(str(raw.enroll_timeout), "--enroll-timeout", problems, low=1, high=86400, real=True)
+    return Naming(public_note=public_note, display_index=index, group=group, group_id=group_id,
+                  create_group=raw.create_group,
+                  enroll_timeout=DEFAULT_ENROLL_TIMEOUT if timeout is None else float(timeout))
+
+
+def _whole(raw: str | None, what: str, problems: list[str], *, low: float, high: float,
+           real: bool = False) -> Any:
+    if raw is None or str(raw).strip() == "":
+        return None
+    text = str(raw).strip()
+    try:
+        value = float(text) if real else int(text)
+    except ValueError:
+        value = None
+    if value is None or value != value or not low <= value <= high:  # value != value: NaN
+        problems.append(f"{what} must be a number from {low:g} to {high:g}, got {raw!r}")
+        return None
     return value

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nezha_bootstrap import redact
-from nezha_bootstrap.v0.flow import Runner
 from nezha_bootstrap.config import Settings, build
 from nezha_bootstrap.facts import gather
-from nezha_bootstrap.testing.fake_v0 import FakeDashboard, serve
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, serve
 from nezha_bootstrap.testing.stubrecord import read_calls
+from nezha_bootstrap.v0 import flow
 
 
 def run_demo(reporter: Reporter) -> None:
@@ -41,14 +41,14 @@ def run_demo(reporter: Reporter) -> None:
             config = build(settings, facts).config
             reporter.result(f"fake v0 dashboard on {running.url}; temporary root {root}")
             reporter.result("\n== first run ==")
-            first = Runner(config, facts, paths, reporter).run()
-            _show_first(reporter, fake, paths, first["outcome"])
+            first = flow.run(config, facts, paths, reporter)
+            _show_first(reporter, fake, paths, first.outcome)
             reporter.result("\n== second run ==")
             before = len(fake.journal)
-            second = Runner(config, facts, paths, reporter).run()
-            reporter.result(f"outcome: {second['outcome']}; requests made: {len(fake.journal) - before}")
+            second = flow.run(config, facts, paths, reporter)
+            reporter.result(f"outcome: {second.outcome}; requests made: {len(fake.journal) - before}")
             reporter.emit_json({
-                "first": first["outcome"], "second": second["outcome"],
+                "first": first.outcome, "second": second.outcome,
                 "registrations": len(fake.registrations()), "second_run_requests": len(fake.journal) - before,
                 "exit_code": 0,
             })

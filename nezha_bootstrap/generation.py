@@ -8,12 +8,13 @@ towards the dashboard's WAF.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from nezha_bootstrap.errors import DashboardRefused
-from nezha_bootstrap.retry import Transient
+
+if TYPE_CHECKING:
+    import httpx  # its one home is http.py; here only for the client's type
 
 PROBE_CAP = 64 * 1024
 
@@ -74,10 +75,9 @@ TOO_OLD_MESSAGE = (
 
 
 def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
+    from nezha_bootstrap.http import json_body  # here: a --dry-run that probes nothing never loads httpx
+
+    return json_body(body)[1]
 
 
 def _error_is(reply: Reply, text: str) -> bool:
@@ -87,7 +87,9 @@ def _error_is(reply: Reply, text: str) -> bool:
 
 def classify(replies: dict[str, Reply]) -> Generation:
     """The generation the three replies show, or DashboardRefused saying what answered instead."""
-    if any(_error_is(reply, "real ip header not found") for reply in replies.values()):
+    from nezha_bootstrap.http import REAL_IP_ERROR
+
+    if any(_error_is(reply, REAL_IP_ERROR) for reply in replies.values()):
         raise DashboardRefused(REAL_IP_MESSAGE)
     setting = replies["setting"]
     if setting.status == 404 and _json(setting.body) is None:
@@ -130,23 +132,19 @@ Send = Callable[[Probe, float], Reply]
 
 def detect(send: Send, seconds_left: float) -> Generation:
     """Send the three probes through `send` and classify; 5xx and 429 are Transient (retry)."""
+    from nezha_bootstrap.http import check_status
+
     replies: dict[str, Reply] = {}
     for probe in PROBES:
         reply = send(probe, seconds_left)
-        if reply.status == 429 or reply.status >= 500:
-            raise Transient(f"{probe.method} {probe.path}: HTTP {reply.status}")
-        if 300 <= reply.status < 400:
-            raise DashboardRefused(
-                f"generation detection: {probe.method} {probe.path} was answered with a redirect "
-                f"(HTTP {reply.status}); set the dashboard URL to the address it redirects to"
-            )
+        check_status(f"generation detection: {probe.method} {probe.path}", reply.status)
         replies[probe.name] = reply
     return classify(replies)
 
 
-def http_sender(client: Any, base_url: str) -> Send:
-    """A `send` that performs a probe with the shared client through dashboard.fetch."""
-    from nezha_bootstrap.v0.api import fetch
+def http_sender(client: httpx.Client, base_url: str) -> Send:
+    """A `send` that performs a probe with the shared client through http.fetch."""
+    from nezha_bootstrap.http import fetch
 
     def send(probe: Probe, seconds_left: float) -> Reply:
         kwargs: dict[str, Any] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -69,3 +70,41 @@ class Reporter:
     def emit_json(self, payload: dict[str, Any]) -> None:
         if self.as_json:
             print(redact(json.dumps(payload, ensure_ascii=False, sort_keys=True)), file=self.out, flush=True)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `run` did, or with --dry-run would do: the flows return it, only the CLI prints it."""
+
+    outcome: str  # registered_and_installed, installed, updated, nothing_to_do or dry_run
+    generation: str  # a Generation's value, or "auto" when a dry run probed nothing
+    dashboard: str  # the dashboard URL as it may be shown (no user-info)
+    method: str | None  # script or direct; None when a dry run does not know yet
+    reason: str = ""
+    name: str | None = None  # v0: the registered name
+    uuid: str | None = None  # v1/v2: the agent's uuid
+    plan: tuple[str, ...] = ()  # --dry-run: the plan, line by line
+    notes: tuple[str, ...] = ()  # shown after the headline (on stderr)
+    details: dict[str, Any] = field(default_factory=dict)  # further --json keys
+
+    def headline(self) -> list[str]:
+        """The result lines for stdout: the plan of a dry run, else one line saying what happened."""
+        if self.outcome == "dry_run":
+            return list(self.plan)
+        what = self.outcome.replace("_", " ")
+        if self.uuid is not None:
+            return [f"{what}: uuid {self.uuid} on {self.dashboard} ({self.generation})"]
+        return [f"{what}: {self.name!r} on {self.dashboard}"]
+
+    def as_json(self) -> dict[str, Any]:
+        """The --json object (without exit code, steps and warnings, which the CLI adds)."""
+        payload: dict[str, Any] = {"outcome": self.outcome, "generation": self.generation,
+                                   "dashboard": self.dashboard, "method": self.method}
+        optional = {"reason": self.reason, "name": self.name, "uuid": self.uuid, "plan": list(self.plan)}
+        payload.update({key: value for key, value in optional.items() if value})
+        payload.update(self.details)
+        return payload
+
+    def with_plan(self, lines: list[str]) -> RunResult:
+        """The same result with another plan (a dry run that wraps another's)."""
+        return dataclasses.replace(self, plan=tuple(lines))

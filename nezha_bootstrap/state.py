@@ -8,7 +8,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nezha_bootstrap.config import SECRET_RE
 from nezha_bootstrap.errors import LockBusy, StateError
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.system import atomic_write, ensure_private_dir
@@ -90,7 +90,6 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "registered_at": _TEXT_OR_NONE, "installed_at": _TEXT_OR_NONE,
     "generation": _TEXT_OR_NONE, "uuid": _TEXT_OR_NONE, "method": _TEXT_OR_NONE, "agent_version": _TEXT_OR_NONE,
 }
-_SECRET_RE = re.compile(r"^[0-9A-Za-z]+\Z")
 
 
 def _has_type(value: Any, types: tuple[type, ...]) -> bool:
@@ -109,7 +108,7 @@ def _field_problem(data: dict[str, Any]) -> str | None:
         return f"fields have the wrong type: {', '.join(wrong)}"
     if data.get("uuid") is not None and data["secret"] == "":
         return None  # a v1/v2 enrollment: no node secret (the agent secret lives in config.yml)
-    if not _SECRET_RE.match(data["secret"]):
+    if not SECRET_RE.match(data["secret"]):
         return "the node secret is not letters and digits"
     return None
 
@@ -160,15 +159,6 @@ def check_room(paths: Paths) -> None:
         raise StateError(_write_problem(paths.state_file, exc) + "; nothing was registered") from exc
     finally:
         os.unlink(tmp)
-
-
-def remove(paths: Paths) -> bool:
-    """Delete the state file; True when there was one."""
-    try:
-        paths.state_file.unlink()
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def _write_problem(path: Path, exc: OSError) -> str:

@@ -14,6 +14,18 @@ from typing import Callable
 
 from nezha_bootstrap.errors import StateError
 
+COMMAND_TIMEOUT = 60.0  # an agent or systemctl command; install.sh gets the step's deadline instead
+# Never handed to a child: NZ_* would override the agent's config (its identity), these are our
+# secrets, and CN switches install.sh to the China mirror only when --mirror cn asks for it.
+_PRIVATE_ENV = ("NEZHA_TOKEN", "NEZHA_AGENT_SECRET", "CN")
+
+
+def child_env(environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    """The one environment every child gets: `environ` without NZ_* and our secrets, plus `extra`."""
+    env = {k: v for k, v in environ.items() if not k.startswith("NZ_") and k not in _PRIVATE_ENV}
+    env.update(extra)
+    return env
+
 
 @dataclass(frozen=True)
 class Completed:

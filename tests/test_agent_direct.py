@@ -12,22 +12,21 @@ from nezha_bootstrap.agent import (
     Release,
     asset_name,
     check_zip,
-    clean_env,
     extract_binary,
-    identity_files,
     override_warnings,
     parse_checksums,
-    plan_v0,
     render_config,
     service_argv,
     unit_problems,
     vendor_leftovers,
 )
-from nezha_bootstrap.config import Config
-from nezha_bootstrap.v1.flow import AgentSettings, is_public_host, validate
+from nezha_bootstrap.config import AgentSettings, Config, is_public_host
+from nezha_bootstrap.config import validate_agent as validate
 from nezha_bootstrap.errors import InstallerFailed
-from nezha_bootstrap.testing.fake_v1 import agent_zip
 from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.system import child_env
+from nezha_bootstrap.testing.fake_v1 import agent_zip
+from nezha_bootstrap.v0.direct import plan_v0
 
 ZIP = agent_zip(b"#!/bin/sh\necho agent\n")
 SHA = hashlib.sha256(ZIP).hexdigest()
@@ -108,8 +107,8 @@ def test_config_yml_quotes_strings_and_writes_yaml_booleans() -> None:
 
 def test_the_agent_environment_drops_nz_and_our_secrets() -> None:
     env = {"PATH": "/bin", "NZ_UUID": "x", "NZ_CLIENT_SECRET": "y", "NEZHA_AGENT_SECRET": "s", "NEZHA_TOKEN": "t",
-           "NEZHA_STUB_RECORD": "/r"}
-    assert clean_env(env) == {"PATH": "/bin", "NEZHA_STUB_RECORD": "/r"}
+           "NEZHA_STUB_RECORD": "/r", "CN": "1"}
+    assert child_env(env) == {"PATH": "/bin", "NEZHA_STUB_RECORD": "/r"}
 
 
 def test_service_commands_carry_the_config_never_the_secret(tmp_path: Path) -> None:
@@ -188,15 +187,6 @@ def test_bad_v1_settings_are_collected(raw: AgentSettings, problem: str) -> None
 def test_agent_options_land_typed() -> None:
     config = validate(AgentSettings(options=("report_delay=2 gpu=true", "disable_command_execute=false")), [], [])
     assert config.options == (("report_delay", 2), ("gpu", True), ("disable_command_execute", False))
-
-
-def test_identity_files_are_the_configs_that_exist(tmp_path: Path) -> None:
-    paths = Paths(tmp_path)
-    assert identity_files(paths) == []
-    paths.agent_dir.mkdir(parents=True)
-    for name in ("config.yml", "config-x.yml", "nezha-agent"):
-        (paths.agent_dir / name).write_text("")
-    assert identity_files(paths) == [paths.agent_dir / "config.yml", paths.agent_dir / "config-x.yml"]
 
 
 def v0_config(**overrides: object) -> Config:

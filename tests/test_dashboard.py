@@ -20,24 +20,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nezha_bootstrap import __version__
-from nezha_bootstrap.v0.api import (
+from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
+from nezha_bootstrap.http import (
     ANSWER_CAP,
-    V1_MESSAGE,
     Answer,
-    Dashboard,
-    Registration,
-    classify_common,
-    classify_list,
-    classify_register,
     download_context,
     fetch,
     make_client,
     retry_after_seconds,
     tls_context,
 )
-from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
-from nezha_bootstrap.testing.fake_v0 import FakeDashboard
 from nezha_bootstrap.retry import Transient, with_retries
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard
+from nezha_bootstrap.v0.api import (
+    V1_MESSAGE,
+    Dashboard,
+    Registration,
+    classify_common,
+    classify_list,
+    classify_register,
+)
 from tests.conftest import TOKEN
 
 SECRET = "gv4eGLwyvHIR9y5E7p"

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from nezha_bootstrap.v0 import api as dashboard
-from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
 from nezha_bootstrap.retry import Backoff
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
+from nezha_bootstrap.v0 import api as dashboard
 from tests.conftest import TOKEN, Cli
 from tests.processes import free_port, leaks, run
 

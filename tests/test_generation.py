@@ -6,10 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nezha_bootstrap.v0.api import make_client
 from nezha_bootstrap.errors import DashboardRefused
-from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
-from nezha_bootstrap.testing.fake_v1 import PROFILES, FakeV1, serve_v1
 from nezha_bootstrap.generation import (
     REAL_IP_MESSAGE,
     TOO_OLD_MESSAGE,
@@ -20,7 +17,10 @@ from nezha_bootstrap.generation import (
     detect,
     http_sender,
 )
+from nezha_bootstrap.http import make_client
 from nezha_bootstrap.retry import Transient
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
+from nezha_bootstrap.testing.fake_v1 import PROFILES, FakeV1, serve_v1
 from tests.conftest import TOKEN
 
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from nezha_bootstrap.v1.identity import (
+from nezha_bootstrap.identity import (
     NAMESPACE,
     Identity,
     machine_id_problem,

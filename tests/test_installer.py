@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
+from nezha_bootstrap.agent import read_exec_start
+from nezha_bootstrap.agent import verify_v0_unit as verify_unit
 from nezha_bootstrap.config import Config, Settings, build
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.facts import Facts
-from nezha_bootstrap.v0.script import InstallPlan, check_script, plan, read_exec_start, verify_unit
 from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.v0.script import InstallPlan, check_script, plan
 from tests.conftest import TOKEN
 
 SECRET = "gv4eGLwyvHIR9y5E7p"

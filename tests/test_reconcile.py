@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 
 from nezha_bootstrap.cli import main
-from nezha_bootstrap.v0.api import make_client
 from nezha_bootstrap.errors import DashboardRefused, SettingsError
+from nezha_bootstrap.fleet.manifest import Entry, Manifest, parse, toml_loads, validate
+from nezha_bootstrap.fleet.reconcile import Applier, GroupChange, Server, make_plan, run
+from nezha_bootstrap.fleet.session import Session
+from nezha_bootstrap.http import make_client
+from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.testing.fake_v0 import Running
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
-from nezha_bootstrap.v1.identity import machine_uuid
-from nezha_bootstrap.fleet.manifest import Entry, Manifest, parse, toml_loads, validate
-from nezha_bootstrap.fleet.session import Session
-from nezha_bootstrap.fleet.reconcile import Applier, Group, GroupChange, Server, make_plan, run
-from nezha_bootstrap.v1.api import TokenRefused, V2Api
+from nezha_bootstrap.v1.api import Group, TokenRefused, V2Api
 from tests.conftest import Outcome, make_runner
 
 MID_A = "0123456789abcdef0123456789abcdef"

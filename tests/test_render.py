@@ -11,8 +11,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nezha_bootstrap.firstboot import render
 from nezha_bootstrap.cli import main
+from nezha_bootstrap.firstboot import render
 from tests import envfile
 from tests.conftest import TOKEN, Outcome, make_runner
 

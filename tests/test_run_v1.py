@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from nezha_bootstrap.agent import AGENT_V1
+from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.testing.fake_v0 import Running
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
-from nezha_bootstrap.v1.identity import machine_uuid
 from nezha_bootstrap.testing.stubrecord import StubCall, read_calls
 from tests.conftest import MACHINE_ID, Cli, CliSession, Outcome
 

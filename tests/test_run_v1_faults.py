@@ -14,9 +14,9 @@ import pytest
 import trustme
 
 from nezha_bootstrap.agent import AGENT_V0, AGENT_V1
+from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
 from nezha_bootstrap.testing.fake_v1 import FakeV1
-from nezha_bootstrap.v1.identity import machine_uuid
 from tests.conftest import MACHINE_ID, TOKEN, Cli
 from tests.processes import STATE_DIR, finish, leftovers, lock_is_free, run, start, stub_processes, wait_for
 from tests.test_faults_process import FULL, READ_ONLY, error_line, mount_namespace  # noqa: F401 - a fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from nezha_bootstrap.agent import AGENT_V1
+from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.testing.fake_v1 import FakeV1, new_agent_secret, serve_v1
-from nezha_bootstrap.v1.identity import machine_uuid
 from tests.conftest import MACHINE_ID, leak_scan
 from tests.test_run_v1 import V1Cli
 

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from nezha_bootstrap import state
-from nezha_bootstrap.firstboot import render
-from nezha_bootstrap.firstboot import service
+from nezha_bootstrap import effects, state
 from nezha_bootstrap.cli import main
 from nezha_bootstrap.errors import InternalError
+from nezha_bootstrap.firstboot import render, service
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from tests import envfile
@@ -64,7 +63,7 @@ def install_v0_agent(root: Path) -> Paths:
 
 
 def install_service_by_hand(paths: Paths) -> None:
-    service.apply(service.plan_install_service(
+    effects.apply(service.plan_install_service(
         paths, render.env_file([("NEZHA_DASHBOARD_URL", URL), ("NEZHA_TOKEN", TOKEN)]), use_systemctl=False),
         Reporter(verbosity=-1))
 
@@ -115,9 +114,9 @@ def test_applying_install_service_twice_leaves_the_same_files(root: Path) -> Non
     settings = render.env_file([("NEZHA_DASHBOARD_URL", URL), ("NEZHA_TOKEN", TOKEN)])
     plan = service.plan_install_service(paths, settings, use_systemctl=False)
 
-    service.apply(plan, Reporter(verbosity=-1))
+    effects.apply(plan, Reporter(verbosity=-1))
     first = tree(root)
-    service.apply(plan, Reporter(verbosity=-1))
+    effects.apply(plan, Reporter(verbosity=-1))
 
     assert tree(root) == first
     assert paths.service_unit.read_text() == render.unit()
@@ -271,7 +270,7 @@ def test_seal_warns_when_clones_would_not_register_or_would_share_a_server(root:
 def test_seal_waits_for_a_running_bootstrap_and_gives_up_with_exit_6(root: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     paths = install_v0_agent(root)
-    monkeypatch.setattr(service, "DEFAULT_LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(effects, "DEFAULT_LOCK_TIMEOUT", 0.2)
 
     with state.locked(paths, timeout=1):
         outcome = invoke("seal", "--root", str(root))
@@ -341,9 +340,9 @@ def test_a_failing_command_that_may_fail_is_a_warning_and_the_plan_goes_on(tmp_p
     marker = tmp_path / "marker"
     marker.write_text("x")
     err = io.StringIO()
-    plan = service.Plan((service.Command(("sh", "-c", "exit 3"), must_succeed=False), service.Remove(marker)))
+    plan = effects.Plan((effects.Command(("sh", "-c", "exit 3"), must_succeed=False), effects.Remove(marker)))
 
-    service.apply(plan, Reporter(err=err))
+    effects.apply(plan, Reporter(err=err))
 
     assert "sh -c 'exit 3' exited with status 3; going on" in err.getvalue()
     assert not marker.exists()
@@ -354,10 +353,10 @@ def test_a_failing_command_that_may_fail_is_a_warning_and_the_plan_goes_on(tmp_p
 def test_a_failing_command_that_must_succeed_stops_the_plan(tmp_path: Path, argv: tuple[str, ...]) -> None:
     marker = tmp_path / "marker"
     marker.write_text("x")
-    plan = service.Plan((service.Command(argv), service.Remove(marker)))
+    plan = effects.Plan((effects.Command(argv), effects.Remove(marker)))
 
     with pytest.raises(InternalError):
-        service.apply(plan, Reporter(err=io.StringIO()))
+        effects.apply(plan, Reporter(err=io.StringIO()))
 
     assert marker.exists()
 
@@ -369,7 +368,7 @@ def test_seal_after_a_real_run_lets_the_agent_uninstall_itself_and_leaves_no_sec
     install_service_by_hand(paths)
     err = io.StringIO()
 
-    service.apply(service.plan_seal(paths, own_system=True), Reporter(verbosity=1, err=err), lock=paths)
+    effects.apply(service.plan_seal(paths, own_system=True), Reporter(verbosity=1, err=err), lock=paths)
 
     assert "stub nezha-agent: service uninstalled" in err.getvalue()
     assert not paths.agent_unit.exists() and not paths.agent_binary.exists() and not paths.state_dir.exists()

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from nezha_bootstrap.firstboot import service
+from nezha_bootstrap import effects
 from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.cli import main
-from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
-from nezha_bootstrap.v1.identity import machine_uuid
+from nezha_bootstrap.firstboot import service
+from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from tests.conftest import MACHINE_ID, Outcome, make_runner
 from tests.test_run_v1 import OTHER_MACHINE_ID, V1Cli
 
@@ -75,7 +76,7 @@ def test_uninstall_lets_the_agent_uninstall_itself_by_its_config_then_removes_it
     err = io.StringIO()
 
     plan = service.plan_uninstall(paths, own_system=True, use_systemctl=False, purge=False)
-    service.apply(plan, Reporter(verbosity=1, err=err), lock=paths)
+    effects.apply(plan, Reporter(verbosity=1, err=err), lock=paths)
 
     config = paths.agent_dir / "config.yml"
     assert plan.describe()[0] == f"run: {paths.agent_binary} service -c {config} uninstall"

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nezha_bootstrap.firstboot import render
 from nezha_bootstrap.cli import main
 from nezha_bootstrap.config import DEFAULT_DEADLINE, DEFAULT_LOCK_TIMEOUT
+from nezha_bootstrap.firstboot import render
 from nezha_bootstrap.paths import Paths
 from tests import envfile
 from tests.conftest import IN_CI, TOKEN, make_runner

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from nezha_bootstrap.v0.api import make_client
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
+from nezha_bootstrap.http import make_client
 from nezha_bootstrap.testing.fake_v0 import Running
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from nezha_bootstrap.v1.api import TokenRefused, V2Api, login

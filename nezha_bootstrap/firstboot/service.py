@@ -1,161 +1,21 @@
-"""`install-service`, `seal` and `uninstall`: each plans its actions as data, and `apply` performs them.
+"""`install-service`, `seal` and `uninstall`: each plans its actions as data (effects.Plan).
 
-A plan only looks at the disk; `--dry-run` prints it. `apply` is the one place that changes
-anything: atomic writes (system.atomic_write), symlinks, removals, and commands through system.run.
+A plan only looks at the disk; `--dry-run` prints it, and effects.apply performs it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shlex
-import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
-from nezha_bootstrap import agent, system
+from nezha_bootstrap import agent
+from nezha_bootstrap.config import display_url
+from nezha_bootstrap.effects import Action, Command, Empty, Link, Plan, Remove, Write
 from nezha_bootstrap.firstboot import render
-from nezha_bootstrap.config import DEFAULT_LOCK_TIMEOUT, display_url
-from nezha_bootstrap.errors import InternalError
 from nezha_bootstrap.paths import Paths
-from nezha_bootstrap.report import Reporter
-from nezha_bootstrap.state import State, locked
+from nezha_bootstrap.state import State
 
-COMMAND_TIMEOUT = 60.0
 UNIT_TARGET = "/etc/systemd/system/" + render.UNIT_NAME  # what `systemctl enable` links to
-
-
-@dataclass(frozen=True)
-class Write:
-    """Write a file atomically; `private_dir`: its directory is made 0700."""
-
-    path: Path
-    data: bytes = field(repr=False)
-    mode: int
-    private_dir: bool = False
-
-    def describe(self) -> str:
-        return f"write {self.path} (mode {self.mode:04o})"
-
-    def apply(self, reporter: Reporter) -> None:
-        if self.private_dir:
-            system.ensure_private_dir(self.path.parent)
-        system.atomic_write(self.path, self.data, self.mode)
-
-
-@dataclass(frozen=True)
-class Link:
-    """Point the symlink `path` at `target` (what `systemctl enable` leaves behind)."""
-
-    path: Path
-    target: str
-
-    def describe(self) -> str:
-        return f"link {self.path} -> {self.target}"
-
-    def apply(self, reporter: Reporter) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        temporary.unlink(missing_ok=True)
-        os.symlink(self.target, temporary)
-        os.replace(temporary, self.path)
-
-
-@dataclass(frozen=True)
-class Command:
-    """Run `argv` (stdin /dev/null, no NZ_* and none of our secrets in its environment)."""
-
-    argv: tuple[str, ...]
-    cwd: Path | None = None
-    must_succeed: bool = True  # False: a failure is a warning and the plan goes on
-
-    def describe(self) -> str:
-        return f"run: {shlex.join(self.argv)}"
-
-    def apply(self, reporter: Reporter) -> None:
-        try:
-            done = system.run(self.argv, cwd=self.cwd, env=agent.clean_env(os.environ), timeout=COMMAND_TIMEOUT,
-                              on_line=lambda line: reporter.detail(f"  | {line}"))
-            failure = (f"did not finish within {COMMAND_TIMEOUT:g} s" if done.timed_out
-                       else f"exited with status {done.returncode}" if done.returncode else None)
-        except OSError as exc:
-            failure = f"could not start: {exc.strerror or exc}"
-        if failure is None:
-            return
-        message = f"{shlex.join(self.argv)} {failure}"
-        if self.must_succeed:
-            raise InternalError(message)
-        reporter.warn(f"{message}; going on (run with -v to see its output)")
-
-
-@dataclass(frozen=True)
-class Remove:
-    """Remove a file, a symlink or a directory tree; already gone is fine."""
-
-    path: Path
-
-    def describe(self) -> str:
-        return f"remove {self.path}"
-
-    def apply(self, reporter: Reporter) -> None:
-        if self.path.is_dir() and not self.path.is_symlink():
-            shutil.rmtree(self.path)
-        else:
-            self.path.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class Empty:
-    """Truncate a file to zero bytes (create it, mode 0444, when missing)."""
-
-    path: Path
-
-    def describe(self) -> str:
-        return f"empty {self.path} (zero bytes)"
-
-    def apply(self, reporter: Reporter) -> None:
-        if self.path.exists():
-            os.truncate(self.path, 0)
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch(mode=0o444)
-
-
-Action = Union[Write, Link, Command, Remove, Empty]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a command will do, in order, and what the user should know before."""
-
-    actions: tuple[Action, ...]
-    notes: tuple[str, ...] = ()
-
-    def describe(self) -> list[str]:
-        return [action.describe() for action in self.actions]
-
-
-def apply(plan: Plan, reporter: Reporter, lock: Paths | None = None) -> None:
-    """Perform the plan's actions in order; with `lock`, under the run lock of that root."""
-    with _run_lock(lock):
-        for action in plan.actions:
-            reporter.info(action.describe())
-            try:
-                action.apply(reporter)
-            except OSError as exc:
-                raise InternalError(f"cannot {action.describe()}: {exc.strerror or exc}") from exc
-
-
-@contextlib.contextmanager
-def _run_lock(paths: Paths | None) -> Iterator[None]:
-    # Only where a run may be going on (it has a state directory): never create one to lock it.
-    if paths is None or not paths.state_dir.is_dir():
-        yield
-        return
-    with locked(paths, DEFAULT_LOCK_TIMEOUT):
-        yield
 
 
 def plan_install_service(paths: Paths, settings: str | None, *, use_systemctl: bool) -> Plan:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from nezha_bootstrap.errors import SettingsError
-from nezha_bootstrap.v1.identity import machine_uuid, uuid_problem
+from nezha_bootstrap.identity import machine_uuid, uuid_problem
 
 MACHINE_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")

@@ -17,11 +17,13 @@ from typing import Any, Callable, Protocol
 
 from nezha_bootstrap.errors import DashboardRefused, SettingsError
 from nezha_bootstrap.fleet.manifest import Entry, GroupRef, Manifest
-from nezha_bootstrap.v1.api import TokenRefused
+from nezha_bootstrap.v1.api import FORM_DEFAULTS, Group, TokenRefused
 
 FIELDS = ("name", "note", "public_note", "hide_for_guest", "display_index")
-# The eight fields of PATCH /api/v1/server/:id; any one left out is reset (name to empty, DDNS off).
-DDNS_DEFAULTS: dict[str, Any] = {"enable_ddns": False, "ddns_profiles": [], "override_ddns_domains": {}}
+# PATCH /api/v1/server/:id resets any of its eight fields left out (v1.api.FORM_DEFAULTS): the DDNS ones
+# are carried over as read.
+DDNS_DEFAULTS: dict[str, Any] = {key: FORM_DEFAULTS[key] for key in ("enable_ddns", "ddns_profiles",
+                                                                     "override_ddns_domains")}
 
 
 @dataclass(frozen=True)
@@ -54,21 +56,6 @@ class Server:
 
     def label(self) -> str:
         return f"#{self.id} {self.name or '(no name)'}"
-
-
-@dataclass(frozen=True)
-class Group:
-    """One item of GET /api/v1/server-group."""
-
-    id: int
-    name: str
-    members: frozenset[int]
-
-    @classmethod
-    def from_api(cls, item: dict[str, Any]) -> Group:
-        group = item.get("group") or {}
-        return cls(id=int(group["id"]), name=str(group.get("name") or ""),
-                   members=frozenset(int(i) for i in item.get("servers") or []))
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,20 @@ every failure and blocks the address for max(count^4, 3) s.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nezha_bootstrap import redact
+from nezha_bootstrap.config import ACCESS_TOKEN_RE
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
+from nezha_bootstrap.fleet.reconcile import Server
 from nezha_bootstrap.generation import Generation, detect, http_sender
-from nezha_bootstrap.fleet.reconcile import Group, Server
 from nezha_bootstrap.retry import Notify, with_retries
-from nezha_bootstrap.v1.api import V2Api, login
+from nezha_bootstrap.v1.api import Group, V2Api, login
 
-PAT_SHAPE = re.compile(r"^nzp_[0-9A-Za-z]{32}\Z")
+if TYPE_CHECKING:
+    import httpx  # its one home is http.py; here only for the client's type
+
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ def credential_problems(creds: Credentials) -> list[str]:
         return ["give either an access token (NEZHA_TOKEN / --token-file) or --username, not both"]
     if not creds.token and not creds.username:
         return ["give an access token (NEZHA_TOKEN or --token-file; v2.1+) or --username (a password login)"]
-    if creds.token and not PAT_SHAPE.match(creds.token):
+    if creds.token and not ACCESS_TOKEN_RE.match(creds.token):
         return ["the access token must look like nzp_ followed by 32 letters and digits (Settings, API Tokens "
                 "on a v2.1+ dashboard); a v0 API token or an agent secret does not work here"]
     if creds.username is not None and not creds.password:
@@ -55,7 +57,7 @@ class Session:
         return [Server.from_api(item) for item in self.api.servers()]
 
     def groups(self) -> list[Group]:
-        return [Group(g.id, g.name, frozenset(g.servers)) for g in self.api.groups()]
+        return self.api.groups()
 
     def patch_server(self, server_id: int, form: dict[str, Any]) -> None:
         self.api.patch_server(server_id, form)
@@ -67,7 +69,7 @@ class Session:
         self.api.set_group(group_id, name, members)
 
 
-def open_session(client: Any, base_url: str, creds: Credentials, deadline: float,
+def open_session(client: httpx.Client, base_url: str, creds: Credentials, deadline: float,
                  notify: Notify) -> tuple[Session, Generation]:
     """Tell the generation (no credential sent), then authenticate as that generation allows."""
     generation = with_retries(lambda left: detect(http_sender(client, base_url), left), deadline=deadline,
@@ -87,11 +89,3 @@ def open_session(client: Any, base_url: str, creds: Credentials, deadline: float
     redact.register(creds.password)
     api = login(client, base_url, str(creds.username), str(creds.password), deadline, notify)
     return Session(api), generation
-
-
-def check_target(url: str | None, deadline: str, problems: list[str], warnings: list[str]) -> tuple[str, float]:
-    """The dashboard URL and the per-request deadline, checked as `run` checks them."""
-    from nezha_bootstrap.config import _dashboard_url, _seconds
-
-    checked = _dashboard_url(url, problems, warnings)
-    return checked or "", _seconds("deadline", deadline, problems)

@@ -1,30 +1,33 @@
-"""The `run` flow: decide what to do from config and saved state (pure), then do it (the edge)."""
+"""The v0 `run`: decide from config and saved state (pure), then register and install (the edge)."""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import json
-import os
 import shutil
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Union
 
 from nezha_bootstrap import interrupts, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import Config, display_url
+from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
-from nezha_bootstrap.v0.script import InstallPlan
 from nezha_bootstrap.paths import Paths
-from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.report import Reporter, RunResult
 from nezha_bootstrap.retry import with_retries
 from nezha_bootstrap.state import State
+from nezha_bootstrap.system import COMMAND_TIMEOUT
+from nezha_bootstrap.v0.direct import V0Install, plan_v0, v0_release
+from nezha_bootstrap.v0.script import InstallPlan
 
 if TYPE_CHECKING:
-    from nezha_bootstrap.agent import Release, V0Install
-    from nezha_bootstrap.v0.script import Expected
+    import httpx  # its one home is http.py; here only for the client's type
+
+Install = Union[InstallPlan, V0Install]
+
 
 class Action(enum.Enum):
     NOTHING = "nothing to do"
@@ -79,53 +82,43 @@ class Runner:
     facts: Facts
     paths: Paths
     reporter: Reporter
-    client: Any = None  # an httpx.Client; built lazily so --dry-run never imports httpx
-    direct: Release | None = None  # --method direct: this agent release runs its own `service install`
-    downloads: Any = None  # the httpx.Client of downloads (system store and --ca-bundle)
+    client: httpx.Client | None = None  # built lazily, so --dry-run never imports httpx
+    downloads: httpx.Client | None = None  # the client of downloads (system store and --ca-bundle)
 
-    def run(self) -> dict[str, Any]:
-        """Take the lock, decide, register and install as needed; return the --json summary."""
+    def run(self) -> RunResult:
+        """Take the lock, decide, register and install as needed."""
         with state_mod.locked(self.paths, self.config.lock_timeout):
             saved = state_mod.load(self.paths)
-            decision = decide(self.config, saved, self.facts, self._unit_present())
+            decision = decide(self.config, saved, self.facts, unit_present(self.paths))
             self._announce(decision)
             if decision.action is Action.NOTHING:
-                return self._summary("nothing_to_do", decision)
+                return self._result("nothing_to_do", decision)
             if decision.action is Action.REGISTER or saved is None:
                 saved = self._register()
             redact.register(saved.secret)
             self._install(saved)
             registered = decision.action is Action.REGISTER
-            return self._summary("registered_and_installed" if registered else "installed", decision)
+            return self._result("registered_and_installed" if registered else "installed", decision)
 
     def _announce(self, decision: Decision) -> None:
         self.reporter.info(f"plan: {decision.action.value} ({decision.reason})")
         for note in decision.notes:
             self.reporter.warn(note)
 
-    def _unit_present(self) -> bool:
-        return self.paths.agent_unit.exists() or self.paths.agent_openrc.exists()
+    def _result(self, outcome: str, decision: Decision) -> RunResult:
+        return RunResult(outcome=outcome, generation="v0", dashboard=display_url(self.config.dashboard_url),
+                         method=method_of(self.config), reason=decision.reason, name=self.config.name)
 
-    def _summary(self, outcome: str, decision: Decision) -> dict[str, Any]:
-        return {
-            "outcome": outcome,
-            "reason": decision.reason,
-            "generation": "v0",
-            "method": "direct" if self.direct else "script",
-            "name": self.config.name,
-            "dashboard": display_url(self.config.dashboard_url),
-        }
-
-    def _http(self) -> Any:
+    def _http(self) -> httpx.Client:
         if self.client is None:
-            from nezha_bootstrap.v0.api import make_client
+            from nezha_bootstrap.http import make_client
 
             self.client = make_client(self.config.ca_bundle, urls=(self.config.dashboard_url,))
         return self.client
 
-    def _download_client(self, urls: tuple[str, ...]) -> Any:
+    def _download_client(self, urls: tuple[str, ...]) -> httpx.Client:
         if self.downloads is None:
-            from nezha_bootstrap.v0.api import make_download_client
+            from nezha_bootstrap.http import make_download_client
 
             self.downloads = make_download_client(self.config.ca_bundle, urls=urls)
         return self.downloads
@@ -134,6 +127,7 @@ class Runner:
         from nezha_bootstrap.v0.api import Dashboard, Registration
 
         config = self.config
+        assert config.token is not None  # a v0 run has its token: config.build and run.check_v0_settings
         kept: list[State] = []
         registration = Registration(
             Dashboard(self._http(), config.dashboard_url, config.token),
@@ -171,162 +165,138 @@ class Runner:
         return saved
 
     def _install(self, saved: State) -> None:
-        from nezha_bootstrap.v0 import script as installer
+        from nezha_bootstrap import agent
 
         config = self.config
-        plan, perform, what = self._prepare_direct(saved) if self.direct else self._prepare_script(saved)
+        plan = install_plan(config, self.paths, saved.secret)
+        payload = self._fetch(plan)
         if saved.installed_at is not None:
             # The old agent is about to be replaced: until the new one verifies, nothing is installed,
             # or a failed re-install followed by a run with the old settings would look done.
             state_mod.save(self.paths, dataclasses.replace(saved, installed_at=None))
-        with self.reporter.step("install", what):
-            perform()
+        with self.reporter.step("install", _install_what(plan)):
+            self._perform(plan, payload)
         with self.reporter.step("verify", f"verifying {plan.unit}"):
-            installer.verify_unit(plan, self.paths, saved.secret)
+            agent.verify_v0_unit(plan, self.paths, saved.secret)
             if self.facts.systemd_running:
-                installer.wait_active(_systemctl_is_active)
+                agent.wait_active(agent.is_active)
         installed = dataclasses.replace(
             saved, probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
-            installed_at=state_mod.now(), method="direct" if self.direct else "script",
+            installed_at=state_mod.now(), method=method_of(config),
         )
         state_mod.save(self.paths, installed)
 
-    def _prepare_script(self, saved: State) -> tuple[Expected, Callable[[], None], str]:
-        """Download install.sh; return its plan and the call that runs it."""
-        from nezha_bootstrap.v0 import script as installer
-
-        plan = installer.plan(self.config, self.paths, saved.secret)
-        with self.reporter.step("download", f"downloading {display_url(plan.script_url)}"):
-            content = self._download(plan)
-        return plan, functools.partial(self._run_installer, plan, content), "running install.sh install_agent"
-
-    def _prepare_direct(self, saved: State) -> tuple[Expected, Callable[[], None], str]:
-        """Download and check the pinned v0 agent; return its plan and the call that installs it."""
+    def _fetch(self, plan: Install) -> bytes:
+        """install.sh, or the pinned v0 agent's binary, downloaded and checked."""
         from nezha_bootstrap import agent
+        from nezha_bootstrap.v0.script import download_script
 
-        assert self.direct is not None
-        release = self.direct
-        plan = agent.plan_v0(self.config, self.paths, saved.secret, release)
+        notify = self.reporter.info
+        if isinstance(plan, InstallPlan):
+            with self.reporter.step("download", f"downloading {display_url(plan.script_url)}"):
+                # The client of downloads: a private-CA dashboard (--ca-bundle) and GitHub both verify.
+                client = self._download_client((plan.script_url,))
+                return download_script(client, self.config, self.config.deadline, notify)
+        release = plan.release
         with self.reporter.step("download", f"downloading nezha-agent v{release.version} ({release.asset})"):
             client = self._download_client((release.checksums_url, release.asset_url))
-            binary = agent.fetch_binary(client, release, self.config.deadline, self.reporter.info)
-        what = f"nezha-agent service install -s {plan.expect_server}" + (" --tls" if plan.expect_tls else "")
-        return plan, functools.partial(self._run_direct, plan, binary), what
+            return agent.fetch_binary(client, release, self.config.deadline, notify)
 
-    def _download(self, plan: InstallPlan) -> bytes:
-        from nezha_bootstrap.v0.api import download
-        from nezha_bootstrap.v0.script import SCRIPT_CAP, check_script
-
-        # The client of downloads: a private-CA dashboard (--ca-bundle) and GitHub both verify.
-        content = download(self._download_client((plan.script_url,)), plan.script_url, cap=SCRIPT_CAP,
-                           deadline=self.config.deadline, notify=self.reporter.info, what="download install.sh")
-        check_script(content, plan.script_sha256)
-        return content
-
-    def _run_installer(self, plan: InstallPlan, content: bytes) -> None:
+    def _perform(self, plan: Install, payload: bytes) -> None:
+        """Write the script or the binary, uninstall an existing agent, run the install command."""
         from nezha_bootstrap import system
 
-        system.ensure_private_dir(plan.script_path.parent)
-        system.atomic_write(plan.script_path, content, mode=0o700)
+        if isinstance(plan, InstallPlan):
+            system.ensure_private_dir(plan.script_path.parent)
+            system.atomic_write(plan.script_path, payload, mode=0o700)
         plan.cwd.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k not in plan.env_unset}
-        env.update(dict(plan.env_set))
+        if isinstance(plan, V0Install):
+            system.atomic_write(self.paths.agent_binary, payload, mode=0o755)
         try:
-            if plan.uninstall_first:
-                self.reporter.info("  uninstalling the existing agent first")
-                system.run(plan.uninstall_first, cwd=plan.cwd, env=env, timeout=UNINSTALL_TIMEOUT,
-                           on_line=lambda line: self.reporter.detail(f"  | {line}"))
-            done = system.run(plan.argv, cwd=plan.cwd, env=env, timeout=self.config.deadline,
-                              on_line=lambda line: self.reporter.detail(f"  | {line}"))
-        except OSError as exc:
-            raise InstallerFailed(f"cannot start the installer: {exc.strerror}") from exc
+            for command in install_commands(plan, self.config.deadline):
+                if command is not None:
+                    command.apply(self.reporter)
         finally:
-            shutil.rmtree(plan.script_path.parent, ignore_errors=True)
-        if done.timed_out:
-            raise InstallerFailed(
-                f"install.sh did not finish within {self.config.deadline:g} s; its process group was killed"
-            )
-        if done.returncode != 0:
-            raise InstallerFailed(
-                f"install.sh exited with status {done.returncode}; run again with -v to see its output"
-            )
+            if isinstance(plan, InstallPlan):
+                shutil.rmtree(plan.script_path.parent, ignore_errors=True)
 
 
-    def _run_direct(self, plan: V0Install, binary: bytes) -> None:
-        """Write the agent, uninstall an existing unit, run the agent's `service install` (clean env)."""
-        from nezha_bootstrap import agent, system
-
-        plan.cwd.mkdir(parents=True, exist_ok=True)
-        system.atomic_write(self.paths.agent_binary, binary, mode=0o755)
-        env = agent.clean_env(os.environ)
-        show = functools.partial(_show_line, self.reporter)
-        try:
-            if plan.uninstall_first:
-                self.reporter.info("  uninstalling the existing agent first")
-                system.run(plan.uninstall_first, cwd=plan.cwd, env=env, timeout=UNINSTALL_TIMEOUT, on_line=show)
-            done = system.run(plan.argv, cwd=plan.cwd, env=env, timeout=agent.COMMAND_TIMEOUT, on_line=show)
-        except OSError as exc:
-            raise InstallerFailed(f"cannot run {plan.argv[0]}: {exc.strerror}") from exc
-        if done.timed_out:
-            raise InstallerFailed(f"`nezha-agent service install` did not finish within {agent.COMMAND_TIMEOUT:g} s; "
-                                  "its process group was killed")
-        if done.returncode != 0:
-            raise InstallerFailed(f"`nezha-agent service install` exited with status {done.returncode}; "
-                                  "run again with -v to see its output")
+def method_of(config: Config) -> str:
+    """How the v0 agent is installed: install.sh (script) or its own `service install` (direct)."""
+    return "direct" if config.agent.method == "direct" else "script"
 
 
-def _show_line(reporter: Reporter, line: str) -> None:
-    reporter.detail(f"  | {line}")
+def unit_present(paths: Paths) -> bool:
+    """Whether an agent unit (systemd or OpenRC) is installed."""
+    return paths.agent_unit.exists() or paths.agent_openrc.exists()
 
 
-UNINSTALL_TIMEOUT = 60.0
+def install_plan(config: Config, paths: Paths, secret: str) -> Install:
+    """The install step as data: install.sh's call, or the v0 agent's own `service install`."""
+    from nezha_bootstrap.v0 import script
+
+    release = v0_release(config)
+    return plan_v0(config, paths, secret, release) if release else script.plan(config, paths, secret)
 
 
-def _systemctl_is_active() -> bool:
-    from nezha_bootstrap import system
+def install_commands(plan: Install, deadline: float) -> list[Command | None]:
+    """The commands that install the agent: uninstall the existing one (if any), then install."""
+    if isinstance(plan, InstallPlan):
+        name, timeout, env = "install.sh", deadline, plan.env_set
+    else:
+        name, timeout, env = "`nezha-agent service install`", COMMAND_TIMEOUT, ()
+    uninstall = None
+    if plan.uninstall_first:
+        uninstall = Command(plan.uninstall_first, cwd=plan.cwd, must_succeed=False, name="the uninstall of the agent")
+    return [uninstall, Command(plan.argv, cwd=plan.cwd, timeout=timeout, error=InstallerFailed, name=name, env=env)]
 
-    try:
-        done = system.run(["systemctl", "is-active", "--quiet", "nezha-agent"], timeout=10)
-    except OSError:
-        return False
-    return done.returncode == 0
+
+def _install_what(plan: Install) -> str:
+    if isinstance(plan, InstallPlan):
+        return "running install.sh install_agent"
+    return f"nezha-agent service install -s {plan.expect_server}" + (" --tls" if plan.expect_tls else "")
 
 
-def plan_lines(config: Config, facts: Facts, paths: Paths,
-               direct: Release | None = None) -> tuple[list[str], dict[str, Any]]:
-    """The --dry-run plan: what `run` would send, run and write; reads the state, changes nothing."""
-    from nezha_bootstrap import agent
-    from nezha_bootstrap.v0 import script as installer
+def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter) -> RunResult:
+    """A v0 run: register once and install the agent with the node secret."""
+    reporter.context.update(name=config.name, dashboard=display_url(config.dashboard_url), generation="v0")
+    return Runner(config, facts, paths, reporter).run()
 
+
+def dry_run(config: Config, facts: Facts, paths: Paths) -> RunResult:
+    """The v0 plan: what `run` would send, run and write; reads the state, changes nothing."""
     saved = state_mod.load(paths, move_aside=False)
-    unit_present = paths.agent_unit.exists() or paths.agent_openrc.exists()
-    decision = decide(config, saved, facts, unit_present)
+    decision = decide(config, saved, facts, unit_present(paths))
     lines = [f"plan: {decision.action.value} ({decision.reason})"]
     lines += [f"note: {note}" for note in decision.notes]
-    payload: dict[str, Any] = {
-        "outcome": "dry_run", "action": decision.action.name.lower(), "reason": decision.reason,
-        "generation": "v0", "method": "direct" if direct else "script", "name": config.name,
-        "dashboard": display_url(config.dashboard_url),
-    }
-    if decision.action is Action.NOTHING:
-        return lines, payload
-    if decision.action is Action.REGISTER:
-        tag = config.tag or "AutoRegister"
-        lines += [
-            f"GET {display_url(config.dashboard_url)}/api/v1/server/list?tag={tag} "
-            "(servers already named like this node)",
-            f"POST {display_url(config.register_url)}",
-            "  Authorization: <token>",
-            "  Content-Type: application/json",
-            f"  body: {json.dumps(config.register_body(), ensure_ascii=False)}",
-            f"write {paths.state_file} (0600): the node secret",
-        ]
-        payload["request"] = {"method": "POST", "url": display_url(config.register_url),
-                              "headers": {"Authorization": "<token>"}, "body": config.register_body()}
-    secret = saved.secret if saved and decision.action is Action.INSTALL else "0" * 18  # masked in describe()
-    described = (installer.plan(config, paths, secret) if direct is None
-                 else agent.plan_v0(config, paths, secret, direct)).describe()
-    lines += described
-    lines.append(f"write {paths.state_file} (0600): installed")
-    payload["install"] = described
-    return lines, payload
+    details: dict[str, Any] = {"action": decision.action.name.lower()}
+    if decision.action is not Action.NOTHING:
+        if decision.action is Action.REGISTER:
+            request = register_request(config)
+            lines += _request_lines(config, paths, request)
+            details["request"] = request
+        secret = saved.secret if saved and decision.action is Action.INSTALL else "0" * 18  # masked in describe()
+        described = install_plan(config, paths, secret).describe()
+        lines += [*described, f"write {paths.state_file} (0600): installed"]
+        details["install"] = described
+    return RunResult(outcome="dry_run", generation="v0", dashboard=display_url(config.dashboard_url),
+                     method=method_of(config), reason=decision.reason, name=config.name, plan=tuple(lines),
+                     details=details)
+
+
+def register_request(config: Config) -> dict[str, Any]:
+    """The register request as --dry-run shows it (the token masked)."""
+    return {"method": "POST", "url": display_url(config.register_url),
+            "headers": {"Authorization": "<token>"}, "body": config.register_body()}
+
+
+def _request_lines(config: Config, paths: Paths, request: dict[str, Any]) -> list[str]:
+    tag = config.tag or "AutoRegister"
+    return [
+        f"GET {display_url(config.dashboard_url)}/api/v1/server/list?tag={tag} (servers already named like this node)",
+        f"POST {request['url']}",
+        "  Authorization: <token>",
+        "  Content-Type: application/json",
+        f"  body: {json.dumps(request['body'], ensure_ascii=False)}",
+        f"write {paths.state_file} (0600): the node secret",
+    ]

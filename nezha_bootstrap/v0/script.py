@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import shlex
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING
 
 from nezha_bootstrap.config import SECRET_RE, Config, display_url, is_valid_host
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.retry import Notify
+
+if TYPE_CHECKING:
+    import httpx  # its one home is http.py; here only for the client's type
 
 SCRIPT_CAP = 1024 * 1024
-UNINSTALL_TIMEOUT = 60.0
-ACTIVE_WAIT = 15.0
 SECRET_ARG = 5  # sh SCRIPT install_agent HOST PORT SECRET ...
 
 
@@ -84,6 +84,16 @@ def plan(config: Config, paths: Paths, secret: str) -> InstallPlan:
     )
 
 
+def download_script(client: httpx.Client, config: Config, deadline: float, notify: Notify) -> bytes:
+    """install.sh from --script-url, at most SCRIPT_CAP bytes, refused unless it has the pinned hash."""
+    from nezha_bootstrap.http import download
+
+    content = download(client, config.script_url, cap=SCRIPT_CAP, deadline=deadline, notify=notify,
+                       what="download install.sh")
+    check_script(content, config.script_sha256)
+    return content
+
+
 def check_script(content: bytes, sha256: str | None) -> None:
     """Refuse a script whose hash is not the pinned one."""
     if sha256 is None:
@@ -96,86 +106,3 @@ def check_script(content: bytes, sha256: str | None) -> None:
             f"the install script's SHA-256 is {actual}, expected {sha256}: refusing to run it "
             "(the URL serves another version, or the download was altered)"
         )
-
-
-class Expected(Protocol):
-    """What the agent unit must say: an InstallPlan (install.sh), or agent.V0Install (`service install`)."""
-
-    @property
-    def unit(self) -> Path: ...
-
-    @property
-    def expect_server(self) -> str: ...
-
-    @property
-    def expect_tls(self) -> bool: ...
-
-
-def read_exec_start(unit: Path) -> list[str] | None:
-    """The ExecStart argv of a systemd unit, or None when there is none."""
-    try:
-        text = unit.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and key.strip() == "ExecStart":
-            try:
-                return shlex.split(value)
-            except ValueError:
-                return None
-    return None
-
-
-def verify_unit(plan: Expected, paths: Paths, secret: str) -> None:
-    """Check that the agent unit exists and starts the agent exactly as asked."""
-    if plan.unit.exists():
-        argv = read_exec_start(plan.unit)
-        if argv is None:
-            raise InstallerFailed(f"the installer exited, but {plan.unit} has no readable ExecStart")
-        problems = _exec_start_problems(argv, plan, secret)
-    elif paths.agent_openrc.exists():
-        text = paths.agent_openrc.read_text(encoding="utf-8", errors="replace")
-        problems = [] if plan.expect_server in text and secret in text else ["server or secret"]
-    else:
-        raise InstallerFailed(
-            f"the installer exited, but wrote no agent unit ({plan.unit} or {paths.agent_openrc}); "
-            "install.sh reports success even when the agent failed to install. Run again with -v "
-            "to see its output"
-        )
-    if problems:
-        raise InstallerFailed(f"the agent unit does not start the agent as asked: {', '.join(problems)} differ")
-    if not os.access(paths.agent_binary, os.X_OK):
-        raise InstallerFailed(f"the installer exited, but {paths.agent_binary} is missing or not executable")
-
-
-def _exec_start_problems(argv: list[str], plan: Expected, secret: str) -> list[str]:
-    problems = []
-    if _value_after(argv, "-s", "--server") != plan.expect_server:
-        problems.append("server address")
-    if _value_after(argv, "-p", "--password") != secret:
-        problems.append("secret")
-    if ("--tls" in argv) != plan.expect_tls:
-        problems.append("TLS")
-    return problems
-
-
-def _value_after(argv: list[str], *names: str) -> str | None:
-    for i, word in enumerate(argv[:-1]):
-        if word in names:
-            return argv[i + 1]
-    return None
-
-
-def wait_active(is_active: Callable[[], bool], seconds: float = ACTIVE_WAIT) -> None:
-    """Poll `systemctl is-active` for a short while; the agent may need a moment to start."""
-    end = time.monotonic() + seconds
-    while True:
-        if is_active():
-            return
-        if time.monotonic() >= end:
-            raise InstallerFailed(
-                f"the agent unit was written, but `systemctl is-active nezha-agent` is not active "
-                f"after {seconds:g} s; see `journalctl -u nezha-agent`"
-            )
-        time.sleep(0.5)

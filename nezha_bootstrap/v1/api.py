@@ -1,6 +1,6 @@
 """The REST API of a v2.1+ dashboard with a personal access token (or of v1/v2 with a JWT login).
 
-Built on dashboard.fetch (the only httpx user: no redirects, capped answers, network failures as
+Built on http.fetch (the only httpx user: no redirects, capped answers, network failures as
 Transient). What the answers mean is dashboard-v1-v2.md ("Personal access tokens", "WAF"):
 - 401: the credential is bad, unknown or expired. Never retried: the WAF counts every failure.
 - 403 `ApiErrorForbidden: api token lacks scope S`: the message names S. A 403 HTML page: the WAF.
@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from nezha_bootstrap import redact
-from nezha_bootstrap.config import display_url
-from nezha_bootstrap.v0.api import ANSWER_CAP, Answer, fetch, retry_after_seconds
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
+from nezha_bootstrap.http import ANSWER_CAP, Answer, check_answer, fetch, json_body
 from nezha_bootstrap.retry import Notify, Transient, with_retries
 
 if TYPE_CHECKING:
-    import httpx  # its one home is dashboard.py; here only for the client's type
+    import httpx  # its one home is http.py; here only for the client's type
 
 LIST_CAP = ANSWER_CAP * 64  # thousands of servers
 # The eight fields PATCH /api/v1/server/:id overwrites; one left out is reset (name to empty, DDNS off).
@@ -55,11 +54,16 @@ class TokenRefused(DashboardRefused):
 
 @dataclass(frozen=True)
 class Group:
-    """One server group: id, name and member server ids (sorted)."""
+    """One server group of GET /api/v1/server-group: id, name and member server ids."""
 
     id: int
     name: str
-    servers: tuple[int, ...]
+    members: frozenset[int]
+
+    @property
+    def servers(self) -> tuple[int, ...]:
+        """The member ids, sorted (as a replace-all PATCH sends them)."""
+        return tuple(sorted(self.members))
 
 
 def form_of(item: dict[str, Any]) -> dict[str, Any]:
@@ -70,16 +74,7 @@ def form_of(item: dict[str, Any]) -> dict[str, Any]:
 def classify(answer: Answer, what: str) -> Any:
     """The `data` of a success answer (None when absent), or raise TokenRefused/DashboardRefused/Transient."""
     status = answer.status
-    if 300 <= status < 400:
-        target = display_url(answer.location) if answer.location else "(no Location header)"
-        raise DashboardRefused(f"{what}: HTTP {status} redirecting to {target}; not followed (it could carry "
-                               "the token to another host): set the dashboard URL to that address")
-    if status == 429 or status >= 500:
-        raise Transient(f"HTTP {status}", retry_after=retry_after_seconds(answer.retry_after),
-                        ambiguous=status in (502, 504))
-    if answer.truncated:
-        raise DashboardRefused(f"{what}: the answer is larger than {LIST_CAP} bytes; not the dashboard's")
-    value = _json(answer.body)
+    value = check_answer(answer, what, LIST_CAP)
     error = value.get("error") if isinstance(value, dict) else None
     if status == 401:
         raise TokenRefused(f"{what}: HTTP 401: the dashboard refused the access token (wrong, revoked or "
@@ -93,9 +88,6 @@ def classify(answer: Answer, what: str) -> Any:
     if isinstance(error, str) and error.startswith("ApiErrorUnauthorized"):
         raise TokenRefused(f"{what}: the dashboard saw no valid credential (a proxy may drop the Authorization "
                            f"header, or the login expired). {WAF_NOTE}")
-    if error == "real ip header not found":
-        raise DashboardRefused(f"{what}: the dashboard expects a real-IP header from its reverse proxy and was "
-                               "reached around that proxy; use the proxied URL")
     if error or value.get("success") is not True:
         raise DashboardRefused(f"{what}: the dashboard refused: {str(error or 'no success flag')[:200]}")
     return value.get("data")
@@ -111,13 +103,6 @@ def _forbidden(what: str, error: Any, answer: Answer) -> str:
         return (f"{what}: HTTP 403: the dashboard's WAF blocks this address after failed credentials; "
                 "wait, or unblock it in the dashboard's settings. Not retrying")
     return f"{what}: HTTP 403: access refused ({str(error or 'no reason given')[:200]}). Not retrying"
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
 
 
 @dataclass
@@ -209,7 +194,7 @@ class V2Api:
         for item in data:
             group = item.get("group") if isinstance(item, dict) else None
             if isinstance(group, dict) and isinstance(group.get("id"), int):
-                members = tuple(sorted(i for i in item.get("servers") or [] if isinstance(i, int)))
+                members = frozenset(i for i in item.get("servers") or [] if isinstance(i, int))
                 found.append(Group(group["id"], str(group.get("name") or ""), members))
         return found
 
@@ -305,7 +290,7 @@ def login(client: httpx.Client, base_url: str, username: str, password: str, dea
         answer = fetch(client, "POST", f"{base_url}/api/v1/login", seconds_left=seconds_left, cap=ANSWER_CAP,
                        ambiguous=False, headers={"Content-Type": "application/json"},
                        content=json.dumps({"username": username, "password": password}).encode("utf-8"))
-        value = _json(answer.body)
+        value = json_body(answer.body)[1]
         if answer.status == 200 and isinstance(value, dict) and str(value.get("error", "")).startswith(
                 "ApiErrorUnauthorized"):
             raise TokenRefused(f"login: wrong username or password. {WAF_NOTE}")

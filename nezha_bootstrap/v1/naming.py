@@ -12,14 +12,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from nezha_bootstrap.config import Config, has_control_chars, is_encodable
+from nezha_bootstrap.config import Config, Naming
 from nezha_bootstrap.errors import DashboardRefused
 from nezha_bootstrap.report import Reporter
 
 if TYPE_CHECKING:
     from nezha_bootstrap.v1.api import V2Api  # httpx loads only when a request is made
 
-DEFAULT_ENROLL_TIMEOUT = 120.0
 POLL_FIRST, POLL_CAP = 0.25, 3.0  # seconds between looks for the row: doubling from the first to the cap
 ENROLL_CAUSES = (
     "the agent secret is wrong (copy it from the dashboard's install command of the token's user)",
@@ -27,70 +26,6 @@ ENROLL_CAUSES = (
     "TLS or a proxy stands between the agent and the dashboard (check --tls/--no-tls, the probe address "
     "and port, and that the proxy passes gRPC)",
 )
-
-
-def is_access_token(token: str | None) -> bool:
-    """Whether the token is a v2.1+ personal access token (by its `nzp_` prefix)."""
-    return bool(token) and str(token).startswith("nzp_")
-
-
-@dataclass(frozen=True)
-class NamingSettings:
-    """The token-mode settings as click resolved them (text: validated below)."""
-
-    public_note: str | None = None
-    display_index: str | None = None
-    group: str | None = None
-    group_id: str | None = None
-    create_group: bool = False
-    enroll_timeout: str | float = DEFAULT_ENROLL_TIMEOUT
-
-
-@dataclass(frozen=True)
-class Naming:
-    """The validated token-mode settings."""
-
-    public_note: str | None = None
-    display_index: int | None = None
-    group: str | None = None
-    group_id: int | None = None
-    create_group: bool = False
-    enroll_timeout: float = DEFAULT_ENROLL_TIMEOUT
-
-
-def validate(raw: NamingSettings, problems: list[str]) -> Naming:
-    """Check the token-mode settings, appending every problem (pure; the token's shape is config.py's)."""
-    public_note = raw.public_note
-    if public_note is not None and (has_control_chars(public_note) or not is_encodable(public_note)):
-        problems.append("the public note must be UTF-8 text without control characters")
-    index = _whole(raw.display_index, "--display-index", problems, low=-(2 ** 31), high=2 ** 31 - 1)
-    group_id = _whole(raw.group_id, "--group-id", problems, low=1, high=2 ** 63 - 1)
-    group = raw.group if raw.group else None
-    if group is not None and (has_control_chars(group) or not is_encodable(group)):
-        problems.append("the group name must be UTF-8 text without control characters")
-    if raw.create_group and not group:
-        problems.append("--create-group needs --group NAME")
-    if raw.create_group and group_id is not None:
-        problems.append("--create-group makes a new group: it cannot go with --group-id")
-    timeout = _whole(str(raw.enroll_timeout), "--enroll-timeout", problems, low=1, high=86400, real=True)
-    return Naming(public_note=public_note, display_index=index, group=group, group_id=group_id,
-                  create_group=raw.create_group,
-                  enroll_timeout=DEFAULT_ENROLL_TIMEOUT if timeout is None else float(timeout))
-
-
-def _whole(raw: str | None, what: str, problems: list[str], *, low: float, high: float,
-           real: bool = False) -> Any:
-    if raw is None or str(raw).strip() == "":
-        return None
-    text = str(raw).strip()
-    try:
-        value = float(text) if real else int(text)
-    except ValueError:
-        value = None
-    if value is None or value != value or not low <= value <= high:  # value != value: NaN
-        problems.append(f"{what} must be a number from {low:g} to {high:g}, got {raw!r}")
-        return None
-    return value
 
 
 def wanted(config: Config, naming: Naming) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from nezha_bootstrap.v1.identity import machine_uuid
+from nezha_bootstrap.identity import machine_uuid
 from tests.conftest import IN_CI
 
 from .harness import (

@@ -1,0 +1,171 @@
+"""Actions as data, and the one function that performs them.
+
+A flow decides what to do as a `Plan` of `Write`, `Link`, `Command`, `Remove` and `Empty`; `--dry-run`
+prints `Plan.describe()`, and `apply` carries out the same plan: atomic writes (system.atomic_write),
+symlinks, removals, and commands through system.run with a scrubbed environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from nezha_bootstrap import system
+from nezha_bootstrap.config import DEFAULT_LOCK_TIMEOUT
+from nezha_bootstrap.errors import BootstrapError, InternalError
+from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.state import locked
+
+
+@dataclass(frozen=True)
+class Write:
+    """Write a file atomically; `private_dir`: its directory is made 0700."""
+
+    path: Path
+    data: bytes = field(repr=False)
+    mode: int
+    private_dir: bool = False
+
+    def describe(self) -> str:
+        return f"write {self.path} (mode {self.mode:04o})"
+
+    def apply(self, reporter: Reporter) -> None:
+        if self.private_dir:
+            system.ensure_private_dir(self.path.parent)
+        system.atomic_write(self.path, self.data, self.mode)
+
+
+@dataclass(frozen=True)
+class Link:
+    """Point the symlink `path` at `target` (what `systemctl enable` leaves behind)."""
+
+    path: Path
+    target: str
+
+    def describe(self) -> str:
+        return f"link {self.path} -> {self.target}"
+
+    def apply(self, reporter: Reporter) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary.unlink(missing_ok=True)
+        os.symlink(self.target, temporary)
+        os.replace(temporary, self.path)
+
+
+@dataclass(frozen=True)
+class Command:
+    """Run `argv` with stdin /dev/null and the one scrubbed environment (system.child_env) plus `env`.
+
+    `name` is how messages call it (default: the argv); a failure raises `error`, or with
+    `must_succeed=False` is a warning and the plan goes on.
+    """
+
+    argv: tuple[str, ...] = field(repr=False)  # may hold a v0 node secret (install.sh takes it as an argument)
+    cwd: Path | None = None
+    must_succeed: bool = True
+    timeout: float = system.COMMAND_TIMEOUT
+    error: type[BootstrapError] = InternalError
+    name: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        return f"run: {shlex.join(self.argv)}"
+
+    def apply(self, reporter: Reporter) -> None:
+        failure = self.failure(reporter)
+        if failure is None:
+            return
+        if self.must_succeed:
+            raise self.error(failure)
+        reporter.warn(f"{failure}; going on (run with -v to see its output)")
+
+    def failure(self, reporter: Reporter) -> str | None:
+        """Run the command; what went wrong, in words, or None when it succeeded."""
+        name = self.name or shlex.join(self.argv)
+        try:
+            done = system.run(self.argv, cwd=self.cwd, env=system.child_env(os.environ, self.env),
+                              timeout=self.timeout, on_line=lambda line: reporter.detail(f"  | {line}"))
+        except OSError as exc:
+            return f"cannot run {name}: {exc.strerror or exc}"
+        if done.timed_out:
+            return f"{name} did not finish within {self.timeout:g} s; its process group was killed"
+        if done.returncode:
+            hint = "; run again with -v to see its output" if self.must_succeed else ""
+            return f"{name} exited with status {done.returncode}{hint}"
+        return None
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Remove a file, a symlink or a directory tree; already gone is fine."""
+
+    path: Path
+
+    def describe(self) -> str:
+        return f"remove {self.path}"
+
+    def apply(self, reporter: Reporter) -> None:
+        if self.path.is_dir() and not self.path.is_symlink():
+            shutil.rmtree(self.path)
+        else:
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Empty:
+    """Truncate a file to zero bytes (create it, mode 0444, when missing)."""
+
+    path: Path
+
+    def describe(self) -> str:
+        return f"empty {self.path} (zero bytes)"
+
+    def apply(self, reporter: Reporter) -> None:
+        if self.path.exists():
+            os.truncate(self.path, 0)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch(mode=0o444)
+
+
+Action = Union[Write, Link, Command, Remove, Empty]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a command will do, in order, and what the user should know before."""
+
+    actions: tuple[Action, ...]
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> list[str]:
+        return [action.describe() for action in self.actions]
+
+
+def apply(plan: Plan, reporter: Reporter, lock: Paths | None = None) -> None:
+    """Perform the plan's actions in order; with `lock`, under the run lock of that root."""
+    with run_lock(lock):
+        for action in plan.actions:
+            reporter.info(action.describe())
+            try:
+                action.apply(reporter)
+            except OSError as exc:
+                raise InternalError(f"cannot {action.describe()}: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def run_lock(paths: Paths | None) -> Iterator[None]:
+    # Only where a run may be going on (it has a state directory): never create one to lock it.
+    if paths is None or not paths.state_dir.is_dir():
+        yield
+        return
+    with locked(paths, DEFAULT_LOCK_TIMEOUT):
+        yield

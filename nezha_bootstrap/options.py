@@ -1,0 +1,283 @@
+"""The click option tables, and click's values turned into one validated Config (with cli.py, the only click user).
+
+Every option has its environment variable (`show_envvar`, so `--help` documents it). Values are
+taken as text and checked by config.build, so a bad one is reported together with every other
+problem instead of stopping click's parsing at the first.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from nezha_bootstrap import redact
+from nezha_bootstrap.config import (
+    AGENT_V0,
+    AGENT_V1,
+    DEFAULT_AGENT_BASE_URL,
+    DEFAULT_DEADLINE,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_PROBE_PORT,
+    DEFAULT_SCRIPT_URL,
+    AgentSettings,
+    Config,
+    NamingSettings,
+    Settings,
+    build,
+)
+from nezha_bootstrap.errors import SettingsError
+from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.report import Reporter
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Never written to the settings file: the root is where this command works, and secrets are
+# written by value (NEZHA_TOKEN, NEZHA_AGENT_SECRET), not as a path to a file on this machine.
+NOT_SETTINGS = frozenset({"root", "token", "token_file", "agent_secret", "agent_secret_file"})
+SET_BY_USER = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def option(*decls: str, **kwargs: Any) -> Callable[[F], F]:
+    """click.option with the environment variable shown in --help."""
+    kwargs.setdefault("show_envvar", True)
+    return click.option(*decls, **kwargs)
+
+
+def _apply(func: F, options: list[Callable[[F], F]]) -> F:
+    for decorator in reversed(options):
+        func = decorator(func)
+    return func
+
+
+def output_options(func: F) -> F:
+    return _apply(func, [
+        option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
+        option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr."),
+        option("-v", "--verbose", is_flag=True, help="Also show the installer's output (redacted)."),
+    ])
+
+
+def root_option(func: F) -> F:
+    return option("--root", envvar="NEZHA_BOOTSTRAP_ROOT", default="/", show_default=True,
+                  help="Resolve every path the tool reads or writes under this directory.")(func)
+
+
+def settings_options(func: F) -> F:
+    """The options shared by run, check and render: one table, one env var each."""
+    func = _apply(func, [
+        option("--dashboard-url", envvar="NEZHA_DASHBOARD_URL", help="Dashboard URL (http/https, sub-path allowed)."),
+        option("--token-file", envvar="NEZHA_TOKEN_FILE", help="File holding the API token; '-' reads stdin."),
+        option("--token", envvar="NEZHA_TOKEN",
+               help="API token (prefer the env var: a flag shows in the process list)."),
+        option("--probe-address", envvar="NEZHA_PROBE_ADDRESS",
+               help="Agent's server host. [default: the dashboard's host]"),
+        option("--probe-port", envvar="NEZHA_PROBE_PORT", default=str(DEFAULT_PROBE_PORT), show_default=True,
+               help="Agent's server port."),
+        option("--tls/--no-tls", envvar="NEZHA_PROBE_TLS", default=True, show_default=True,
+               help="Agent connects with TLS."),
+        option("--name", envvar="NODE_NAME",
+               help="Server name; {hostname}, {ip}, {machine_id} are filled in. [default: host name]"),
+        option("--tag", envvar="NEZHA_TAG", help="Server tag (unset: the dashboard's AutoRegister)."),
+        option("--note", envvar="NEZHA_NOTE", help="Server note (unset: empty)."),
+        option("--hide-for-guest/--show-for-guest", envvar="NEZHA_HIDE_FOR_GUEST", default=True, show_default=True,
+               help="Hide the server from guests."),
+        option("--agent-flag", "agent_flags", envvar="NEZHA_AGENT_FLAGS", multiple=True,
+               help="Extra agent flag (repeatable; env: space-separated)."),
+        option("--script-url", envvar="NEZHA_INSTALL_SCRIPT_URL", default=DEFAULT_SCRIPT_URL, show_default=True,
+               help="install.sh to run (the commit-pinned v0 script)."),
+        option("--script-sha256", envvar="NEZHA_INSTALL_SCRIPT_SHA256",
+               help="SHA-256 of the script. [default: the pinned hash for the default URL]"),
+        option("--mirror", envvar="NEZHA_MIRROR", metavar="cn", help="cn: the installer uses the China mirror."),
+        option("--deadline", envvar="NEZHA_BOOTSTRAP_DEADLINE", type=str, metavar="SECONDS",
+               default=DEFAULT_DEADLINE, show_default=True, help="Seconds for all retries of one step together."),
+        option("--lock-timeout", envvar="NEZHA_BOOTSTRAP_LOCK_TIMEOUT", type=str, metavar="SECONDS",
+               default=DEFAULT_LOCK_TIMEOUT, show_default=True, help="Seconds to wait for another run's lock."),
+        option("--ca-bundle", envvar="NEZHA_CA_BUNDLE", help="PEM file of a private CA. [default: system trust store]"),
+    ])
+    return root_option(func)
+
+
+def agent_options(func: F) -> F:
+    """The v1/v2 options of `run` (dashboard-v1-v2.md): agent secret, install method, release, identity, naming."""
+    return _apply(func, [
+        option("--dashboard", "generation", envvar="NEZHA_DASHBOARD_GENERATION", default="auto", show_default=True,
+               type=click.Choice(["auto", "v0", "v1"]), help="Dashboard generation; auto probes it (no credentials)."),
+        option("--agent-secret-file", envvar="NEZHA_AGENT_SECRET_FILE",
+               help="File holding the v1/v2 agent secret; '-' reads stdin."),
+        option("--agent-secret", envvar="NEZHA_AGENT_SECRET",
+               help="v1/v2 agent secret (prefer the env var or the file: a flag shows in the process list)."),
+        option("--method", envvar="NEZHA_INSTALL_METHOD", type=click.Choice(["script", "direct"]),
+               help="script: install.sh (v0 only); direct: the pinned agent release. [default: by generation]"),
+        option("--agent-base-url", envvar="NEZHA_AGENT_BASE_URL", default=DEFAULT_AGENT_BASE_URL, show_default=True,
+               help="Release base: {base}/v{version}/{asset} and {base}/v{version}/checksums.txt."),
+        option("--agent-version", envvar="NEZHA_AGENT_VERSION",
+               help=f"Agent release. [default: {AGENT_V1} for v1.1.1+ dashboards, {AGENT_V0} for v0]"),
+        option("--agent-sha256", envvar="NEZHA_AGENT_SHA256", help="Pinned SHA-256 of the agent zip."),
+        option("--agent-option", "agent_options", envvar="NEZHA_AGENT_OPTIONS", multiple=True,
+               help="Agent config KEY=VALUE (repeatable; env: space-separated), e.g. report_delay=2."),
+        option("--uuid", envvar="NEZHA_AGENT_UUID", help="Agent uuid. [default: UUIDv5 of /etc/machine-id]"),
+        option("--adopt", is_flag=True, envvar="NEZHA_ADOPT",
+               help="Uninstall agents the vendor script left (config-*.yml) and report their uuids."),
+        option("--allow-plaintext", is_flag=True, envvar="NEZHA_ALLOW_PLAINTEXT",
+               help="Allow --no-tls to a public address (the agent secret crosses in clear text)."),
+        # Token mode (v2.1+, NEZHA_TOKEN=nzp_...): the access token names the server (v1/naming.py).
+        option("--public-note", envvar="NEZHA_PUBLIC_NOTE", help="v2.1+ token mode: the server's public note."),
+        option("--display-index", envvar="NEZHA_DISPLAY_INDEX", help="v2.1+ token mode: sort weight (higher first)."),
+        option("--group", envvar="NEZHA_GROUP", help="v2.1+ token mode: join the server group of this name."),
+        option("--group-id", envvar="NEZHA_GROUP_ID", help="v2.1+ token mode: the group's id (names may repeat)."),
+        option("--create-group", is_flag=True, envvar="NEZHA_CREATE_GROUP",
+               help="v2.1+ token mode: create the --group when it does not exist."),
+        option("--enroll-timeout", envvar="NEZHA_ENROLL_TIMEOUT", default="120", show_default=True, metavar="SECONDS",
+               help="v2.1+ token mode: how long to wait for the dashboard to list the new server."),
+    ])
+
+
+def read_secret(path: str, what: str, problems: list[str], *, first_line: bool = False) -> str | None:
+    """A secret from its file ('-': one line of stdin), registered for redaction; a problem when unreadable.
+
+    `first_line`: the first line as written (a password may hold spaces); else the text stripped.
+    """
+    try:
+        text = sys.stdin.readline() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"cannot read the {what} file {path}: {getattr(exc, 'strerror', None) or exc}")
+        return None
+    value = (text.splitlines()[0] if text else "") if first_line else text.strip()
+    redact.register(value)
+    return value
+
+
+def read_password(username: str | None, password_file: str | None, problems: list[str]) -> str | None:
+    """The login's password from its file (never from a flag or the environment); None: ask for it."""
+    if not password_file:
+        return None
+    if not username:
+        problems.append("--password-file is for a login: give --username too")
+        return None
+    return read_secret(password_file, "password", problems, first_line=True)
+
+
+def _from_flag(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+
+
+def read_token(ctx: click.Context, params: dict[str, Any], problems: list[str]) -> tuple[str | None, bool]:
+    """Pop --token/--token-file: the token, and whether it came from the --token flag (shown in ps)."""
+    token_file, token = params.pop("token_file"), params.pop("token")
+    from_flag = _from_flag(ctx, "token")
+    if token_file and from_flag:
+        problems.append("give either --token or --token-file, not both")
+    if token_file:
+        token, from_flag = read_secret(token_file, "token", problems), False
+    redact.register(token)
+    return token, from_flag
+
+
+def _agent_settings(ctx: click.Context, params: dict[str, Any], problems: list[str]) -> AgentSettings:
+    secret_file, secret = params.pop("agent_secret_file"), params.pop("agent_secret")
+    from_flag = _from_flag(ctx, "agent_secret")
+    if secret_file:
+        secret, from_flag = read_secret(secret_file, "agent secret", problems), False
+    redact.register(secret)
+    return AgentSettings(
+        generation=params.pop("generation"), secret=secret, secret_from_flag=from_flag, method=params.pop("method"),
+        base_url=params.pop("agent_base_url"), version=params.pop("agent_version"), sha256=params.pop("agent_sha256"),
+        uuid=params.pop("uuid"), adopt=params.pop("adopt"), allow_plaintext=params.pop("allow_plaintext"),
+        options=tuple(params.pop("agent_options")),
+        probe_port_given=ctx.get_parameter_source("probe_port") is not ParameterSource.DEFAULT,
+        tls_given=ctx.get_parameter_source("tls") is not ParameterSource.DEFAULT,
+    )
+
+
+def _naming_settings(params: dict[str, Any]) -> NamingSettings:
+    return NamingSettings(
+        public_note=params.pop("public_note"), display_index=params.pop("display_index"), group=params.pop("group"),
+        group_id=params.pop("group_id"), create_group=params.pop("create_group"),
+        enroll_timeout=params.pop("enroll_timeout"),
+    )
+
+
+def settings_of(ctx: click.Context, params: dict[str, Any], problems: list[str], *, force: bool = False) -> Settings:
+    """Pop the settings options from `params` (reading the secret files) into raw Settings."""
+    token, from_flag = read_token(ctx, params, problems)
+    agent = _agent_settings(ctx, params, problems)
+    return Settings(
+        dashboard_url=params.pop("dashboard_url"), token=token, token_from_flag=from_flag,
+        probe_address=params.pop("probe_address"), probe_port=params.pop("probe_port"), tls=params.pop("tls"),
+        name=params.pop("name"), tag=params.pop("tag"), note=params.pop("note"),
+        hide_for_guest=params.pop("hide_for_guest"), agent_flags=tuple(params.pop("agent_flags")),
+        script_url=params.pop("script_url"), script_sha256=params.pop("script_sha256"), mirror=params.pop("mirror"),
+        root=params.pop("root"), deadline=params.pop("deadline"), lock_timeout=params.pop("lock_timeout"),
+        ca_bundle=params.pop("ca_bundle"), force=force, agent=agent, naming=_naming_settings(params),
+    )
+
+
+def config_of(ctx: click.Context, params: dict[str, Any], reporter: Reporter, *, force: bool = False,
+              elsewhere: bool = False, problems: list[str] | None = None) -> tuple[Config, Facts]:
+    """click's values as one validated Config and the host facts (every problem reported at once).
+
+    `elsewhere`: the settings are for other machines (render, install-service for an image), so the
+    name is checked against stand-in facts and the CA bundle is not looked for here.
+    """
+    from nezha_bootstrap.facts import STAND_IN, gather
+
+    problems = list(problems or [])
+    if params.get("token_file") == "-" and params.get("agent_secret_file") == "-":
+        problems.append("--token-file - and --agent-secret-file - both read stdin: give one of them a file")
+    settings = settings_of(ctx, params, problems, force=force)
+    if settings.ca_bundle and not elsewhere and not Path(settings.ca_bundle).is_file():
+        problems.append(f"the CA bundle {settings.ca_bundle} is not a readable file")
+    if elsewhere:
+        facts = STAND_IN
+    else:  # only {ip} needs psutil
+        facts = gather(Paths(Path(settings.root)), want_ip="{ip}" in (settings.name or ""))
+    validated = build(settings, facts, problems)
+    for warning in validated.warnings:
+        reporter.warn(warning)
+    return validated.config, facts
+
+
+def settings_file(ctx: click.Context, params: dict[str, Any], reporter: Reporter,
+                  problems: list[str] | None = None) -> str:
+    """Validate the settings as `run` would, for other machines; return the settings file's text.
+
+    Only the settings the user set (flag or env var) are written, as given: a name such as
+    "{hostname}" is filled on each server, and defaults stay those of the version installed there.
+    """
+    from nezha_bootstrap.firstboot import render
+
+    config, _ = config_of(ctx, params, reporter, elsewhere=True, problems=problems)
+    for warning in (render.timeout_warning(config.deadline, config.lock_timeout),
+                    "--uuid is written to the settings file: every server using it enrolls as the same server"
+                    if config.agent.uuid else None):
+        if warning:
+            reporter.warn(warning)
+    assignments = [(str(item.envvar), setting_text(ctx.params[item.name])) for item in run_setting_options()
+                   if item.name not in NOT_SETTINGS and item.name and item.envvar
+                   and ctx.get_parameter_source(item.name) in SET_BY_USER]
+    secrets = [(name, value) for name, value in (("NEZHA_TOKEN", config.token),
+                                                 ("NEZHA_AGENT_SECRET", config.agent.secret)) if value]
+    after_url = next((i + 1 for i, (name, _) in enumerate(assignments) if name == "NEZHA_DASHBOARD_URL"), 0)
+    try:
+        return render.env_file(assignments[:after_url] + secrets + assignments[after_url:])
+    except ValueError as exc:
+        raise SettingsError([str(exc)]) from exc
+
+
+def run_setting_options() -> list[click.Parameter]:
+    """The options `run` takes its settings from (settings_options and agent_options), in order."""
+    return click.command()(agent_options(settings_options(lambda **_: None))).params
+
+
+def setting_text(value: Any) -> str:
+    """A click value as its environment variable spells it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return " ".join(str(item) for item in value)  # multiple=True options: space-separated
+    return str(value)

@@ -1,0 +1,197 @@
+"""`run` and `check`: resolve the dashboard's generation once, then hand off to v0/ or v1/.
+
+The generation comes from `--dashboard v0|v1`, else the state cached for this dashboard URL, else
+the three credential-free probes (generation.py). A run with only an API token and no v1/v2
+setting is a v0 run without probes: a finished v0 node's rerun keeps its promise of no request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from nezha_bootstrap import state as state_mod
+from nezha_bootstrap.config import Config, display_url, is_access_token, plaintext_problem, v1_config
+from nezha_bootstrap.errors import DashboardUnreachable, SettingsError
+from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.generation import PROBES, Generation
+from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.report import Reporter, RunResult
+from nezha_bootstrap.state import State
+
+if TYPE_CHECKING:
+    import httpx  # its one home is http.py; here only for the client's type
+
+    from nezha_bootstrap.checks import CheckResult
+
+ClientFactory = Callable[[], "httpx.Client"]
+
+
+def needs_probe(config: Config) -> bool:
+    """Whether the generation must be resolved: any v1/v2 setting, or an access token (nzp_...)."""
+    return config.agent.generation != "v0" and (config.agent.active or is_access_token(config.token))
+
+
+def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter, *, dry_run: bool) -> RunResult:
+    """Carry out `run` (or, with `dry_run`, describe it) on whichever generation the dashboard is."""
+    from nezha_bootstrap.v0 import flow as v0_flow
+
+    if not needs_probe(config):
+        return v0_flow.dry_run(config, facts, paths) if dry_run else v0_flow.run(config, facts, paths, reporter)
+    clients = _Clients(config)
+    saved = state_mod.load(paths, move_aside=not dry_run) if paths.state_file.exists() else None
+    if dry_run and cached_generation(config, saved) is None and config.agent.generation == "auto":
+        return _unprobed_plan(config, saved, facts, paths, reporter)
+    generation = resolve_generation(config, saved, clients.dashboard, reporter)
+    reporter.context.update(generation=generation.value, dashboard=display_url(config.dashboard_url))
+    if generation.is_v0:
+        check_v0_settings(config)
+        return v0_flow.dry_run(config, facts, paths) if dry_run else v0_flow.run(config, facts, paths, reporter)
+    return _run_v1(config, generation, saved, facts, paths, reporter, clients, dry_run=dry_run)
+
+
+def _run_v1(config: Config, generation: Generation, saved: State | None, facts: Facts, paths: Paths,
+            reporter: Reporter, clients: _Clients, *, dry_run: bool) -> RunResult:
+    from nezha_bootstrap.v1 import flow as v1_flow
+
+    token_mode = token_names_server(config, generation)
+    check_v1_settings(config, generation)
+    config = v1_config(config)
+    if generation is Generation.V1_0 and not config.agent.version:
+        reporter.warn("a v1.0.x dashboard needs an agent <= v1.0.x (agent v2 needs a dashboard >= v1.1.1); "
+                      "if yours is v1.0.x, set --agent-version")
+    if dry_run:
+        return v1_flow.dry_run(config, generation, saved, facts, paths, reporter, token_mode=token_mode)
+    return v1_flow.run(config, generation, facts, paths, reporter, client=clients.existing(),
+                       token_mode=token_mode)
+
+
+class _Clients:
+    """The dashboard's HTTP client, made on first use: a --dry-run that probes nothing never loads httpx."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._client: httpx.Client | None = None
+
+    def dashboard(self) -> httpx.Client:
+        if self._client is None:
+            from nezha_bootstrap.http import make_client
+
+            self._client = make_client(self._config.ca_bundle)
+        return self._client
+
+    def existing(self) -> httpx.Client | None:
+        return self._client
+
+
+def cached_generation(config: Config, saved: State | None) -> Generation | None:
+    """The generation the state recorded for this dashboard URL, if any."""
+    if saved is None or saved.dashboard_url != config.dashboard_url:
+        return None
+    if saved.generation:
+        return Generation(saved.generation)
+    return Generation.V0 if saved.secret else None  # a v0 state written before generations were recorded
+
+
+def resolve_generation(config: Config, saved: State | None, client: ClientFactory, reporter: Reporter) -> Generation:
+    """--dashboard v0|v1, else the generation cached in the state for this URL, else the probes."""
+    if config.agent.generation == "v0":
+        return Generation.V0
+    cached = cached_generation(config, saved)
+    if config.agent.generation == "v1":
+        return cached if cached and not cached.is_v0 else Generation.V1
+    if cached:
+        return cached
+    return probe_generation(config, client, reporter)
+
+
+def probe_generation(config: Config, client: ClientFactory, reporter: Reporter) -> Generation:
+    """Send the three credential-free probes, with retries until the deadline."""
+    from nezha_bootstrap.generation import detect, http_sender
+    from nezha_bootstrap.retry import with_retries
+
+    with reporter.step("detect", f"detecting the generation of {display_url(config.dashboard_url)}") as record:
+        send = http_sender(client(), config.dashboard_url)
+        found = with_retries(lambda left: detect(send, left), deadline=config.deadline, what="generation detection",
+                             give_up=DashboardUnreachable, notify=reporter.info)
+        record["generation"] = found.value
+    reporter.info(f"  dashboard generation: {found.value}")
+    return found
+
+
+def check_v0_settings(config: Config) -> None:
+    """A v0 dashboard registers with its API token: refuse settings that cannot do that."""
+    if not config.token:
+        raise SettingsError([
+            "the dashboard is v0: it registers servers through its API token (NEZHA_TOKEN or --token-file); "
+            "the agent secret is for v1/v2 dashboards",
+        ])
+    if is_access_token(config.token):
+        raise SettingsError([
+            "the dashboard is v0, and NEZHA_TOKEN holds a v2.1+ access token (nzp_...): "
+            "use the v0 dashboard's API token instead",
+        ])
+
+
+def check_v1_settings(config: Config, generation: Generation) -> None:
+    """A v1/v2 agent enrolls with the agent secret and installs directly: refuse settings that cannot."""
+    if not config.agent.secret:
+        raise SettingsError([
+            f"the dashboard is {generation.value}: agents enroll with an agent secret (the dashboard's "
+            "install command shows it); set NEZHA_AGENT_SECRET_FILE or NEZHA_AGENT_SECRET",
+        ])
+    if config.agent.method == "script":
+        raise SettingsError([
+            f"--method script installs the v0 agent; a {generation.value} dashboard needs --method direct",
+        ])
+    plaintext = plaintext_problem(v1_config(config))
+    if plaintext:
+        raise SettingsError([plaintext])
+
+
+def token_names_server(config: Config, generation: Generation) -> bool:
+    """Whether an access token names the server; refuses one on a dashboard without access tokens."""
+    if not is_access_token(config.token):
+        return False
+    if generation in (Generation.V1_0, Generation.V1_5, Generation.V2_0):
+        raise SettingsError([
+            f"the dashboard is {generation.value}: access tokens (nzp_...) exist from v2.1.0, so this one cannot "
+            "name the server. Drop NEZHA_TOKEN to enroll unnamed, and name it with `nezha-bootstrap reconcile`",
+        ])
+    return True
+
+
+def _unprobed_plan(config: Config, saved: State | None, facts: Facts, paths: Paths, reporter: Reporter) -> RunResult:
+    """--dry-run before the generation is known: the probes, then what each generation would do."""
+    from nezha_bootstrap.v1 import flow as v1_flow
+
+    shown = display_url(config.dashboard_url)
+    lines = [f"detect the generation of {shown}, without credentials:",
+             *(f"  {probe.method} {shown}{probe.path}" + (f" {probe.body.decode()}" if probe.body else "")
+               for probe in PROBES),
+             "if it is v0: register with the API token and install the v0 agent "
+             "(`--dashboard v0 --dry-run` shows that plan)"]
+    if not config.agent.secret:
+        lines.append("if it is v1 or newer: it needs the agent secret (NEZHA_AGENT_SECRET_FILE); stop there")
+        return RunResult(outcome="dry_run", generation="auto", dashboard=shown, method=None, plan=tuple(lines))
+    lines.append("if it is v1 or newer:")
+    planned = v1_flow.dry_run(v1_config(config), None, saved, facts, paths, reporter,
+                              token_mode=is_access_token(config.token))
+    return planned.with_plan(lines + [f"  {line}" for line in planned.plan])
+
+
+def check(config: Config, facts: Facts, paths: Paths) -> list[CheckResult]:
+    """`check`: the v0 checks for a v0 run, else the generation first and that generation's checks."""
+    from nezha_bootstrap.checks import check_generation
+    from nezha_bootstrap.http import make_client, make_download_client
+    from nezha_bootstrap.v0 import checks as v0_checks
+    from nezha_bootstrap.v1 import checks as v1_checks
+
+    client, downloads = make_client(config.ca_bundle), make_download_client(config.ca_bundle)
+    if not needs_probe(config):
+        return v0_checks.run_checks(config, client, downloads)
+    first, generation = check_generation(config, client)
+    if generation is None:
+        return [first]
+    if generation.is_v0:
+        return [first, *v0_checks.run_checks(config, client, downloads)]
+    return [first, *v1_checks.run_checks(config, generation, facts, paths, downloads)]

@@ -1,0 +1,51 @@
+"""`check` on a v1/v2 dashboard: the agent secret, the uuid, the agent's gRPC port and the release."""
+
+from __future__ import annotations
+
+import platform
+from typing import TYPE_CHECKING
+
+from nezha_bootstrap.agent import Release, asset_name
+from nezha_bootstrap.checks import CheckResult, check_probe, check_release
+from nezha_bootstrap.config import AGENT_V1, Config, plaintext_problem, v1_config
+from nezha_bootstrap.errors import BootstrapError, SettingsError
+from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.generation import Generation
+from nezha_bootstrap.paths import Paths
+
+if TYPE_CHECKING:
+    import httpx  # its one home is http.py; here only for the client's type
+
+
+def check_secret(config: Config, generation: Generation) -> CheckResult:
+    """A v1/v2 agent enrolls with the agent secret; only that enrollment can tell a wrong one."""
+    if not config.agent.secret:
+        return CheckResult("secret", "FAIL", f"the dashboard is {generation.value}: agents enroll with an agent "
+                           "secret; set NEZHA_AGENT_SECRET_FILE or NEZHA_AGENT_SECRET", SettingsError.exit_code)
+    return CheckResult("secret", "ok", "given; not tried here (a wrong one counts towards the dashboard's WAF, "
+                       "only the agent's enrollment shows it)")
+
+
+def check_identity(config: Config, facts: Facts, paths: Paths) -> CheckResult:
+    """The uuid the agent would enroll with: --uuid, the state's for this machine-id, or derived from it."""
+    from nezha_bootstrap.state import load
+    from nezha_bootstrap.v1.flow import machine_identity
+
+    try:
+        ident = machine_identity(config.agent, facts, load(paths, move_aside=False))
+    except BootstrapError as exc:
+        return CheckResult("identity", "FAIL", str(exc).replace("invalid settings:\n  - ", ""), exc.exit_code)
+    return CheckResult("identity", "ok", f"uuid {ident.uuid} (from {ident.source})")
+
+
+def run_checks(config: Config, generation: Generation, facts: Facts, paths: Paths,
+               downloads: httpx.Client) -> list[CheckResult]:
+    """The v1/v2 checks in order, after the generation's: secret, identity, gRPC port, release."""
+    config = v1_config(config)
+    plaintext = plaintext_problem(config) if config.agent.secret else None
+    if plaintext:
+        return [CheckResult("settings", "FAIL", plaintext, SettingsError.exit_code)]
+    release = Release(config.agent.base_url, config.agent.version or AGENT_V1, asset_name(platform.machine()),
+                      config.agent.sha256)
+    return [check_secret(config, generation), check_identity(config, facts, paths), check_probe(config),
+            check_release(release, downloads)]
