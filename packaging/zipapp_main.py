@@ -1,0 +1,347 @@
+"""Start nezha-bootstrap from its zipapp (this file is `__main__.py` inside the .pyz, byte for byte).
+
+The archive holds every pure-Python package at its top level, so those import straight from the
+zip (zipimport, no disk writes). Only the native part cannot: `_native/psutil/` is extracted on
+the first `import psutil`, into a private cache directory keyed by the archive's SHA-256:
+
+- `NEZHA_BOOTSTRAP_CACHE` if set (tests), else `/var/cache/nezha-bootstrap` for root, else
+  `$XDG_CACHE_HOME/nezha-bootstrap` or `~/.cache/nezha-bootstrap`; created 0700;
+- refused, with the reason, when it is not a directory owned by this uid, is group- or
+  world-writable, or sits in a directory that someone else could rename it out of;
+- filled in a temporary directory that is renamed into place, so two starts at once are safe, a
+  second start reuses it, and an upgraded file (another hash) gets its own.
+
+Before anything else the host's site-packages are dropped (sys.path, import hooks, and modules a
+.pth file already loaded), so even `python3 x.pyz` without `-I` imports nothing the file does not
+carry. Run it as `python3 -I x.pyz` (or `-I -S`, which also skips the host's .pth files).
+
+Standard library only, and parseable by Python 3.6 so that an old python3 gets a clear message.
+"""
+
+import os
+import sys
+
+ENTRY_POINT = "nezha_bootstrap.cli:main"  # packaging/build checks it against the wheel's console script
+NATIVE = ("psutil",)  # top-level packages under _native/ (packaging/build checks this list)
+NATIVE_PREFIX = "_native/"
+CACHE_ENV = "NEZHA_BOOTSTRAP_CACHE"
+SYSTEM_CACHE = "/var/cache/nezha-bootstrap"
+APP = "nezha-bootstrap"
+MIN_PYTHON = (3, 9)
+STALE_TEMP_SECONDS = 3600
+
+
+class CacheError(ImportError):
+    """The native-code cache cannot be used safely; the message says why and what to do."""
+
+
+# --- isolation: only the standard library and this archive --------------------------------------
+
+_IMPORT_MACHINERY = frozenset({
+    "_frozen_importlib", "_frozen_importlib_external", "importlib._bootstrap",
+    "importlib._bootstrap_external", "importlib.machinery", "zipimport",
+})
+
+
+def _stdlib_dirs():
+    """The directories (and zip) the running interpreter's standard library comes from."""
+    import encodings  # always loaded at startup, always from the standard library
+
+    stdlib = os.path.dirname(os.path.dirname(os.path.abspath(encodings.__file__)))
+    dirs = [stdlib]
+    for entry in sys.path:
+        path = os.path.abspath(entry) if entry else ""
+        if os.path.basename(path) == "lib-dynload" and (
+            os.path.dirname(path) == stdlib or path.startswith(os.path.join(sys.base_exec_prefix, ""))
+        ):
+            dirs.append(path)
+        elif path.endswith(".zip") and os.path.basename(path).startswith("python") and (
+            os.path.dirname(path) == os.path.dirname(stdlib)
+        ):
+            dirs.append(path)
+    return dirs
+
+
+def _within(path, dirs):
+    """True when `path` is one of `dirs` or inside one, but not in a site-packages below it."""
+    for top in dirs:
+        if path == top:
+            return True
+        if path.startswith(top + os.sep):
+            first = path[len(top) + 1:].split(os.sep, 1)[0]
+            return first not in ("site-packages", "dist-packages")
+    return False
+
+
+def _origin_paths(module):
+    paths = []
+    file = getattr(module, "__file__", None)
+    if isinstance(file, str):
+        paths.append(os.path.abspath(file))
+    search = getattr(module, "__path__", None)
+    if search is not None and file is None:  # a namespace package: where its portions are
+        try:
+            paths.extend(os.path.abspath(p) for p in list(search) if isinstance(p, str))
+        except Exception:  # an exotic __path__: treat the module as foreign
+            paths.append("")
+    return paths
+
+
+def _machinery(hook):
+    module = hook.__module__ if isinstance(hook, type) else getattr(hook, "__module__", None)
+    if module is None:
+        module = type(hook).__module__
+    return module in _IMPORT_MACHINERY
+
+
+def isolate(archive):
+    """Leave sys.path, the import hooks and sys.modules with the standard library and `archive`."""
+    allowed = _stdlib_dirs() + [archive]
+    kept = [archive]
+    for entry in sys.path:
+        path = os.path.abspath(entry) if entry else ""
+        if path and path != archive and _within(path, allowed) and path not in kept:
+            kept.append(path)
+    sys.path[:] = kept
+    sys.meta_path[:] = [finder for finder in sys.meta_path if _machinery(finder)]
+    sys.path_hooks[:] = [hook for hook in sys.path_hooks if _machinery(hook)]
+    for key in list(sys.path_importer_cache):
+        if key not in kept:
+            del sys.path_importer_cache[key]
+    for name, module in list(sys.modules.items()):
+        if name == "__main__" or module is None:
+            continue
+        if any(not _within(path, allowed) for path in _origin_paths(module)):
+            del sys.modules[name]  # loaded by a .pth file from the host's site-packages
+
+
+# --- the native-code cache -----------------------------------------------------------------------
+
+def cache_root(euid, environ, home=None):
+    """Where the extraction cache lives for this user (see the module docstring)."""
+    override = environ.get(CACHE_ENV)
+    if override:
+        if not os.path.isabs(override):
+            raise CacheError(f"{APP}: {CACHE_ENV} must be an absolute path, not {override!r}")
+        return os.path.normpath(override)
+    if euid == 0:
+        return SYSTEM_CACHE
+    base = environ.get("XDG_CACHE_HOME")
+    if not base or not os.path.isabs(base):  # the XDG spec: a relative value is ignored
+        home = home or os.path.expanduser("~")
+        if not os.path.isabs(home):
+            raise CacheError(f"{APP}: no home directory for the native-code cache: set {CACHE_ENV} or XDG_CACHE_HOME")
+        base = os.path.join(home, ".cache")
+    return os.path.join(base, APP)
+
+
+def _problem(path, st, euid, leaf):
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if leaf:
+        if st.st_uid != euid:
+            return f"it is owned by uid {st.st_uid}, not by uid {euid} that runs this"
+        writable = st.st_mode & 0o022
+        if writable:
+            who = " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if writable & bit)
+            return f"it is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})"
+        return None
+    if st.st_uid not in (0, euid):
+        return f"its parent {path} is owned by uid {st.st_uid}, neither root nor uid {euid}"
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return (f"its parent {path} is writable by group or others without the sticky bit "
+                f"(mode {stat.S_IMODE(st.st_mode):04o})")
+    return None
+
+
+def check_private(path, euid):
+    """Raise CacheError unless `path` is a directory only `euid` can change, in safe parents."""
+    real = os.path.realpath(path)
+    parts = real.split(os.sep)
+    for depth in range(1, len(parts) + 1):
+        current = os.sep.join(parts[:depth]) or os.sep
+        try:
+            reason = _problem(current, os.stat(current), euid, leaf=depth == len(parts))
+        except OSError as exc:
+            reason = f"cannot check {current}: {exc.strerror or exc}"
+        if reason:
+            raise CacheError(
+                f"{APP}: refusing the native-code cache {path}: {reason}. It must be a directory owned by uid "
+                f"{euid} and writable by no one else, in directories only root or uid {euid} can change: fix it "
+                f"(e.g. chmod 700 {path}) or remove it, or set {CACHE_ENV} to another directory")
+
+
+def make_private_dir(path, euid, parents=True):
+    """Create `path` (and, with `parents`, missing parents) with mode 0700 unless it exists; check it."""
+    missing = []
+    current = path
+    while not os.path.lexists(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current or not parents:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass  # made at the same moment by a concurrent start: checked below like any other
+        except OSError as exc:
+            raise CacheError(f"{APP}: cannot create the native-code cache {directory}: {exc.strerror or exc} "
+                             f"(set {CACHE_ENV} to a writable directory)") from exc
+    check_private(path, euid)
+
+
+def _digest(handle):
+    import hashlib
+
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    handle.seek(0)
+    return digest.hexdigest()
+
+
+def _extract(handle, root, final):
+    """Write the `_native/` members to a temporary directory in `root`, then rename it to `final`."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    _sweep(root)
+    temp = tempfile.mkdtemp(prefix=".tmp-", dir=root)  # mode 0700
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            for info in archive.infolist():
+                if not info.filename.startswith(NATIVE_PREFIX) or info.filename == NATIVE_PREFIX:
+                    continue
+                relative = info.filename[len(NATIVE_PREFIX):]
+                parts = relative.rstrip("/").split("/")
+                if any(part in ("", ".", "..") for part in parts):
+                    raise CacheError(f"{APP}: the archive has a bad member name {info.filename!r}")
+                target = os.path.join(temp, *parts)
+                if info.is_dir():
+                    os.makedirs(target, 0o700, exist_ok=True)
+                    continue
+                os.makedirs(os.path.dirname(target), 0o700, exist_ok=True)
+                mode = 0o700 if parts[-1].endswith(".so") else 0o600
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(archive.read(info))
+                    out.flush()
+                    os.fsync(out.fileno())
+        try:
+            os.rename(temp, final)
+        except OSError:
+            if not os.path.isdir(final):  # not a concurrent start that got there first
+                raise
+            shutil.rmtree(temp, ignore_errors=True)
+        else:
+            _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sweep(root):
+    """Remove temporary directories left by starts that died mid-extraction (best effort)."""
+    import shutil
+    import time
+
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(".tmp-"):
+            path = os.path.join(root, name)
+            try:
+                if time.time() - os.lstat(path).st_mtime > STALE_TEMP_SECONDS:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+
+
+def native_dir(archive, environ=None, euid=None):
+    """The checked cache directory holding this archive's `_native/` tree, extracting it once."""
+    environ = os.environ if environ is None else environ
+    euid = os.geteuid() if euid is None else euid
+    root = cache_root(euid, environ)
+    make_private_dir(root, euid, parents=root != SYSTEM_CACHE)  # /var/cache is the system's to make
+    with open(archive, "rb") as handle:  # one open file: the hash and the extraction see the same bytes
+        final = os.path.join(root, _digest(handle))
+        if not os.path.isdir(final):
+            try:
+                _extract(handle, root, final)
+            except CacheError:
+                raise
+            except OSError as exc:
+                raise CacheError(f"{APP}: cannot extract the native code into {root}: {exc}") from exc
+    check_private(final, euid)
+    return final
+
+
+class NativeFinder:
+    """Finds the packages listed in NATIVE in the extraction cache, extracting on first import."""
+
+    def __init__(self, archive):
+        self.archive = archive
+        self.directory = None
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in NATIVE:
+            return None
+        if self.directory is None:
+            self.directory = native_dir(self.archive)
+        from importlib.machinery import PathFinder
+
+        return PathFinder.find_spec(fullname, [self.directory])
+
+    def invalidate_caches(self):
+        pass
+
+
+# --- start -------------------------------------------------------------------------------------
+
+def archive_path():
+    archive = getattr(globals().get("__loader__"), "archive", None)  # zipimport's loader knows its file
+    if not archive:
+        archive = os.path.dirname(__file__)
+    archive = os.path.abspath(archive)
+    if not os.path.isfile(archive):
+        sys.exit(f"{APP}: run this as the .pyz file it belongs in, not from {archive}")
+    return archive
+
+
+def main():
+    if sys.version_info < MIN_PYTHON:
+        sys.exit(f"{APP} needs Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer; "
+                 f"this is {sys.version.split()[0]} ({sys.executable})")
+    archive = archive_path()
+    isolate(archive)
+    sys.meta_path.insert(0, NativeFinder(archive))
+    module_name, _, attribute = ENTRY_POINT.partition(":")
+    __import__(module_name)
+    entry = sys.modules[module_name]
+    for name in attribute.split("."):
+        entry = getattr(entry, name)
+    sys.exit(entry())
+
+
+if __name__ == "__main__":
+    main()
