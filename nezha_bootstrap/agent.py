@@ -159,15 +159,31 @@ def service_argv(paths: Paths, action: str, config: Path | None = None) -> list[
     return [str(paths.agent_binary), "service", "-c", str(config or paths.agent_dir / "config.yml"), action]
 
 
+def installed_unit(paths: Paths) -> Path | None:
+    """The agent's service definition: the systemd unit, else the init script, else None.
+
+    Observed with the real agent v2.3.3 (and v0.20.5): `nezha-agent service install` on a host without
+    systemd writes a SysV script /etc/init.d/nezha-agent (plus rc?.d links) and starts it; on an
+    OpenRC host it writes /etc/init.d/nezha-agent too (kardianos/service). Either counts as installed.
+    """
+    for unit in (paths.agent_unit, paths.agent_openrc):
+        if unit.exists():
+            return unit
+    return None
+
+
 def unit_problems(paths: Paths, expected_config: str) -> list[str]:
-    """What is wrong with the installed agent: unit, its ExecStart, the config, the binary."""
-    unit = paths.agent_unit
-    if not unit.exists():
-        return [f"no agent unit {unit} was written"]
+    """What is wrong with the installed agent: unit or init script, its command, the config, the binary."""
+    unit = installed_unit(paths)
+    if unit is None:
+        return [f"no agent unit ({paths.agent_unit} or {paths.agent_openrc}) was written"]
     problems = []
-    argv = read_exec_start(unit)
+    if unit == paths.agent_unit:
+        argv, what = read_exec_start(unit), f"{unit}'s ExecStart"
+    else:
+        argv, what = read_init_command(unit), f"{unit}'s command"
     if not argv or argv[1:] != ["-c", CONFIG_TARGET]:
-        problems.append(f"{unit}'s ExecStart does not run the agent with -c {CONFIG_TARGET}")
+        problems.append(f"{what} does not run the agent with -c {CONFIG_TARGET}")
     try:
         written = (paths.agent_dir / "config.yml").read_text(encoding="utf-8")
     except OSError:
@@ -263,6 +279,32 @@ def read_exec_start(unit: Path) -> list[str] | None:
                 return shlex.split(value)
             except ValueError:
                 return None
+    return None
+
+
+def read_init_command(script: Path) -> list[str] | None:
+    """The agent's argv in an init script the agent's `service install` wrote, or None.
+
+    SysV (observed, real agent v2.3.3 on a host without systemd):
+    `cmd="/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml""`, which sh reads as one word
+    and splits at `$cmd`. OpenRC (kardianos/service's template): `command=PATH` and `command_args="ARGS "`.
+    """
+    try:
+        text = script.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key in ("cmd", "command", "command_args") and key not in values:
+            try:
+                values[key] = " ".join(shlex.split(value))
+            except ValueError:
+                return None
+    if "cmd" in values:
+        return values["cmd"].split() or None
+    if "command" in values:
+        return [values["command"], *values.get("command_args", "").split()]
     return None
 
 

@@ -13,8 +13,10 @@ from nezha_bootstrap.agent import (
     asset_name,
     check_zip,
     extract_binary,
+    installed_unit,
     override_warnings,
     parse_checksums,
+    read_init_command,
     render_config,
     service_argv,
     unit_problems,
@@ -158,6 +160,63 @@ def test_verification_names_each_difference(tmp_path: Path) -> None:
         f"{paths.agent_unit}'s ExecStart does not run the agent with -c /opt/nezha/agent/config.yml",
         f"{paths.agent_dir / 'config.yml'} is not what was written (changed by the agent?)",
         f"{paths.agent_binary} is missing or not executable",
+    ]
+
+
+# The `cmd=` line the real agent v2.3.3's `service install` wrote to /etc/init.d/nezha-agent on a host
+# without systemd (observed), and the OpenRC form of the same service library's template.
+SYSV_SCRIPT = '#!/bin/sh\ncmd="/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml""\nname=$(basename $0)\n'
+OPENRC_SCRIPT = ('#!/sbin/openrc-run\nsupervisor=supervise-daemon\ncommand=/opt/nezha/agent/nezha-agent\n'
+                 'command_args="-c /opt/nezha/agent/config.yml "\n')
+
+
+@pytest.mark.parametrize(("script", "argv"), [
+    (SYSV_SCRIPT, ["/opt/nezha/agent/nezha-agent", "-c", "/opt/nezha/agent/config.yml"]),
+    (OPENRC_SCRIPT, ["/opt/nezha/agent/nezha-agent", "-c", "/opt/nezha/agent/config.yml"]),
+    ('#!/bin/sh\ncmd="/opt/nezha/agent/nezha-agent "-s" "a:1" "-p" "x""\n',
+     ["/opt/nezha/agent/nezha-agent", "-s", "a:1", "-p", "x"]),
+    ("#!/bin/sh\necho no command here\n", None),
+])
+def test_an_init_script_gives_the_agent_command_it_runs(tmp_path: Path, script: str, argv: list[str] | None) -> None:
+    path = tmp_path / "nezha-agent"
+    path.write_text(script)
+
+    assert read_init_command(path) == argv
+
+
+def installed_agent(tmp_path: Path, script: str) -> Paths:
+    paths = Paths(tmp_path)
+    paths.agent_dir.mkdir(parents=True)
+    (paths.agent_dir / "config.yml").write_text("uuid: written\n")
+    paths.agent_binary.write_text("#!/bin/sh\n")
+    paths.agent_binary.chmod(0o755)
+    paths.agent_openrc.parent.mkdir(parents=True)
+    paths.agent_openrc.write_text(script)
+    return paths
+
+
+@pytest.mark.parametrize("script", [SYSV_SCRIPT, OPENRC_SCRIPT])
+def test_an_init_script_that_runs_the_agent_with_our_config_is_an_install(tmp_path: Path, script: str) -> None:
+    paths = installed_agent(tmp_path, script)
+
+    assert installed_unit(paths) == paths.agent_openrc
+    assert unit_problems(paths, "uuid: written\n") == []
+
+
+def test_an_init_script_that_runs_the_agent_otherwise_is_named(tmp_path: Path) -> None:
+    paths = installed_agent(tmp_path, SYSV_SCRIPT.replace("/opt/nezha/agent/config.yml", "/elsewhere.yml"))
+
+    assert unit_problems(paths, "uuid: written\n") == [
+        f"{paths.agent_openrc}'s command does not run the agent with -c /opt/nezha/agent/config.yml",
+    ]
+
+
+def test_neither_unit_nor_init_script_is_no_install(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+
+    assert installed_unit(paths) is None
+    assert unit_problems(paths, "uuid: written\n") == [
+        f"no agent unit ({paths.agent_unit} or {paths.agent_openrc}) was written",
     ]
 
 

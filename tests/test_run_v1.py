@@ -84,7 +84,7 @@ def test_fresh_enrollment_makes_one_server_with_the_machine_uuid(v1cli: V1Cli) -
     port = v1cli.running.port
     assert config_yml(v1cli.root) == (
         f'server: "127.0.0.1:{port}"\nclient_secret: "{v1cli.fake.agent_secret}"\nuuid: "{UUID}"\ntls: false\n'
-        "disable_command_execute: true\ndisable_force_update: true\n"
+        "disable_command_execute: true\ndisable_force_update: true\ndisable_auto_update: true\n"
     )
     assert stat.S_IMODE((v1cli.root / "opt/nezha/agent/config.yml").stat().st_mode) == 0o600
     [call] = v1cli.agent_calls()
@@ -96,6 +96,22 @@ def test_fresh_enrollment_makes_one_server_with_the_machine_uuid(v1cli: V1Cli) -
     state = v1cli.state()
     assert (state["generation"], state["uuid"], state["machine_id"], state["secret"]) == (
         "v2.1+", UUID, MACHINE_ID, "")
+
+
+def test_a_host_without_systemd_enrolls_with_the_init_script_the_agent_writes(v1cli: V1Cli) -> None:
+    # The real agent v2.3.3 writes /etc/init.d/nezha-agent (SysV) where systemd does not run (observed).
+    first = v1cli("--json", NEZHA_STUB_INIT="sysv")
+    again = v1cli("--json", NEZHA_STUB_INIT="sysv")
+
+    assert first.exit_code == 0, first.stderr
+    assert json.loads(first.stdout)["outcome"] == "installed"
+    assert 'cmd="/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml""' in (
+        v1cli.root / "etc/init.d/nezha-agent").read_text()
+    assert not (v1cli.root / "etc/systemd/system/nezha-agent.service").exists()
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["outcome"] == "nothing_to_do"
+    assert [s.uuid for s in v1cli.fake.servers] == [UUID]
+    assert len(v1cli.agent_calls()) == 1
 
 
 def test_a_rerun_changes_nothing_and_sends_nothing(v1cli: V1Cli) -> None:
@@ -358,10 +374,11 @@ def test_dry_run_before_detection_prints_the_probes_and_the_v1_plan_and_sends_no
         "    tls: false",
         "    disable_command_execute: true",
         "    disable_force_update: true",
+        "    disable_auto_update: true",
         f"  run: {agent_dir}/nezha-agent service -c {agent_dir}/config.yml install",
         f"    cwd {agent_dir}, stdin /dev/null, environment without NZ_*, NEZHA_TOKEN and NEZHA_AGENT_SECRET",
-        f"  verify {v1cli.root}/etc/systemd/system/nezha-agent.service: ExecStart runs the agent with "
-        "-c /opt/nezha/agent/config.yml; config.yml as written",
+        f"  verify {v1cli.root}/etc/systemd/system/nezha-agent.service or {v1cli.root}/etc/init.d/nezha-agent: "
+        "it runs the agent with -c /opt/nezha/agent/config.yml; config.yml as written",
         f"  write {v1cli.root}/var/lib/nezha-bootstrap/state.json (0600): generation, uuid, machine-id (no secret)",
     ]
     assert (v1cli.fake.journal, tree(v1cli.root)) == ([], before)

@@ -23,6 +23,13 @@ _TOKEN_HINT = (
     "Check NEZHA_TOKEN: it must be the whole token from the dashboard's API Token page, "
     "sent as is (no 'Bearer' or 'Token' word)"
 )
+# Observed on the real v0.20.13: with no row in its `users` table (nobody has logged in yet, or a database
+# seeded by hand) the dashboard answers every token, valid ones included, with this same HTTP 200 + 403
+# body; once a user exists the same token works at once, without a restart.
+_NO_USER_HINT = (
+    "A dashboard that has no user yet (nobody has logged in since it was installed) refuses every "
+    "token this way, a valid one too: log in to the dashboard once, then run again"
+)
 V1_MESSAGE = (
     "this dashboard is v1 or newer; the v0 register API is not available there "
     "(v1/v2 agents enroll with an agent secret instead)"
@@ -38,7 +45,8 @@ def classify_common(answer: Answer, what: str) -> None:
         raise DashboardRefused(f"{what}: {V1_MESSAGE}")
     if parsed and isinstance(value, dict) and value.get("code") == 403:
         raise DashboardRefused(
-            f"{what}: the dashboard refused the API token (HTTP {status} with a 403 body). {_TOKEN_HINT}"
+            f"{what}: the dashboard refused the API token (HTTP {status} with a 403 body). {_TOKEN_HINT}. "
+            f"{_NO_USER_HINT}"
         )
     if status == 404:
         if looks_html(answer):

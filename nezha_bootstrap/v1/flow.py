@@ -47,6 +47,10 @@ def agent_values(config: Config, uuid: str) -> dict[str, Any]:
         "tls": config.tls,
         "disable_command_execute": True,  # the dashboard's users must not get a root shell by default
         "disable_force_update": True,  # the pinned, checked agent stays what runs
+        # Also no self-update at start: the real agent v2.3.3 without this runs its updater before it
+        # connects (observed: offline it failed at once and enrolled in 0.11-0.14 s; online it would
+        # replace the pinned binary). --agent-option disable_auto_update=false overrides it.
+        "disable_auto_update": True,
     }
     values.update(dict(config.agent.options))
     return values
@@ -80,7 +84,8 @@ class Plan:
         lines.append(f"run: {shlex.join(agent.service_argv(paths, self.action))}")
         lines.append(f"  cwd {paths.agent_dir}, stdin /dev/null, environment without NZ_*, NEZHA_TOKEN "
                      "and NEZHA_AGENT_SECRET")
-        lines.append(f"verify {paths.agent_unit}: ExecStart runs the agent with -c {agent.CONFIG_TARGET}; "
+        unit = f"{paths.agent_unit}: ExecStart" if systemd else f"{paths.agent_unit} or {paths.agent_openrc}: it"
+        lines.append(f"verify {unit} runs the agent with -c {agent.CONFIG_TARGET}; "
                      f"config.yml as written" + ("; systemctl is-active nezha-agent" if systemd else ""))
         lines.append(f"write {paths.state_file} (0600): generation, uuid, machine-id (no secret)")
         return lines
@@ -100,7 +105,7 @@ def plan_enrollment(saved: State | None, config: Config, facts: Facts, paths: Pa
     install, reason = decide(saved, config, facts, on_disk, expected, paths, version)
     shown = agent.render_config({**values, "client_secret": SECRET_PLACEHOLDER})
     release = agent.Release(settings.base_url, version, agent.asset_name(machine), settings.sha256)
-    action = "restart" if paths.agent_unit.exists() else "install"
+    action = "restart" if agent.installed_unit(paths) else "install"
     return Plan(install, reason, ident.uuid, ident.source, shown, release, action, expected, on_disk)
 
 
@@ -127,7 +132,7 @@ def decide(saved: State | None, config: Config, facts: Facts, on_disk: str | Non
         return True, "the machine-id changed: this clone enrolls under its own uuid"
     if not paths.agent_binary.exists():
         return True, "the agent binary is gone"
-    if not paths.agent_unit.exists():
+    if agent.installed_unit(paths) is None:
         return True, "the agent unit is gone"
     if on_disk != expected:
         return True, "config.yml differs from the settings"
@@ -234,7 +239,7 @@ class V1Runner:
         system.atomic_write(self.paths.agent_dir / "config.yml", expected.encode("utf-8"), mode=0o600)
         with self.reporter.step("install", f"nezha-agent service -c {agent.CONFIG_TARGET} {plan.action}"):
             self._service(agent.service_argv(self.paths, plan.action))
-        with self.reporter.step("verify", f"verifying {self.paths.agent_unit}"):
+        with self.reporter.step("verify", f"verifying {agent.installed_unit(self.paths) or self.paths.agent_unit}"):
             problems = agent.unit_problems(self.paths, expected)
             if problems:
                 raise InstallerFailed("the agent install is not as asked: " + "; ".join(problems))

@@ -13,6 +13,8 @@
 # which lives at <root>/opt/nezha/agent, so it works under a test root exactly as at `/`.
 # NEZHA_STUB_RECORD: directory for the records (default <root>/var/lib/nezha-stub); calls go to agent/.
 # NEZHA_STUB_MODE=hang: service commands hang (a stop signal must kill them).
+# NEZHA_STUB_INIT=sysv: a host without systemd: `install` writes /etc/init.d/<name> as the real agent
+# v2.3.3 does there (observed: a SysV script whose `cmd="<bin> "-c" "<config>""` line runs the agent).
 set -eu
 bin=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$bin/../../.." && pwd)
@@ -46,6 +48,7 @@ else
   name="nezha-agent-$(printf '%s' "$target" | md5sum | cut -c1-7)"
 fi
 unit="$prefix/etc/systemd/system/$name.service"
+[ "${NEZHA_STUB_INIT:-}" = "sysv" ] && unit="$prefix/etc/init.d/$name"
 systemd=""
 [ -z "$prefix" ] && [ -d /run/systemd/system ] && systemd=yes
 
@@ -88,7 +91,22 @@ case "$action" in
     [ -e "$unit" ] && { echo "Init already exists"; exit 1; }
     grep -q '^uuid:' "$config" && grep -q '^client_secret:' "$config" && grep -q '^server:' "$config" \
       || { echo "stub nezha-agent: $config lacks server, client_secret or uuid"; exit 1; }
-    mkdir -p "$prefix/etc/systemd/system"
+    mkdir -p "$(dirname "$unit")"
+    if [ "${NEZHA_STUB_INIT:-}" = "sysv" ]; then
+      cat > "$unit" <<SYSV
+#!/bin/sh
+# For RedHat and cousins:
+# chkconfig: - 99 01
+# description: 哪吒监控 Agent
+# processname: ${bin#$prefix}/nezha-agent
+
+cmd="${bin#$prefix}/nezha-agent "-c" "$target""
+
+name=\$(basename \$(readlink -f \$0))
+pid_file="/var/run/\$name.pid"
+SYSV
+      chmod 755 "$unit"
+    else
     cat > "$unit" <<UNIT
 [Unit]
 Description=哪吒监控 Agent
@@ -106,6 +124,7 @@ EnvironmentFile=-/etc/sysconfig/nezha-agent
 [Install]
 WantedBy=multi-user.target
 UNIT
+    fi
     echo "stub nezha-agent: installed $name"
     if [ -n "$systemd" ]; then
       systemctl daemon-reload
