@@ -181,7 +181,7 @@ def demo(ctx: click.Context, as_json: bool, quiet: bool, verbose: bool) -> None:
 
 def _write_output(text: str, output: str | None, reporter: Reporter) -> None:
     if output is None:
-        if sys.stdout.isatty() and redact.redact(text) != text:
+        if sys.stdout.isatty() and redact.holds_secret(text):
             # Meant for a file or a cloud API, never for a screen, its scroll-back or a session log.
             raise SettingsError([
                 "the rendered text holds a secret (the API token or agent secret): "
@@ -190,8 +190,11 @@ def _write_output(text: str, output: str | None, reporter: Reporter) -> None:
         # Not through the reporter: this output is meant to carry the token (user-data, settings file).
         click.echo(text, nl=False)
         return
-    from nezha_bootstrap.system import atomic_write
+    from nezha_bootstrap.system import atomic_write, regular_file_problem
 
+    problem = regular_file_problem(Path(output))
+    if problem:  # a device, a link or a pipe would be replaced by a 0600 file holding the token
+        raise SettingsError([f"--output {output}: {problem}; give the path of a regular file"])
     try:
         atomic_write(Path(output), text.encode("utf-8"), mode=0o600)
     except OSError as exc:

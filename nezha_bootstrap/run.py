@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import Config, display_url, is_access_token, plaintext_problem, v1_config
-from nezha_bootstrap.errors import DashboardUnreachable, SettingsError
+from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, SettingsError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.generation import PROBES, Generation
 from nezha_bootstrap.paths import Paths
@@ -41,7 +41,7 @@ def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter, *, dry_r
     saved = state_mod.load(paths, move_aside=not dry_run) if paths.state_file.exists() else None
     if dry_run and cached_generation(config, saved) is None and config.agent.generation == "auto":
         return _unprobed_plan(config, saved, facts, paths, reporter)
-    generation = resolve_generation(config, saved, clients.dashboard, reporter)
+    generation = resolve_generation(config, saved, clients.dashboard, reporter, dry_run=dry_run)
     reporter.context.update(generation=generation.value, dashboard=display_url(config.dashboard_url))
     if generation.is_v0:
         check_v0_settings(config)
@@ -92,16 +92,35 @@ def cached_generation(config: Config, saved: State | None) -> Generation | None:
     return Generation.V0 if saved.secret else None  # a v0 state written before generations were recorded
 
 
-def resolve_generation(config: Config, saved: State | None, client: ClientFactory, reporter: Reporter) -> Generation:
-    """--dashboard v0|v1, else the generation cached in the state for this URL, else the probes."""
+def resolve_generation(config: Config, saved: State | None, client: ClientFactory, reporter: Reporter, *,
+                       dry_run: bool = False) -> Generation:
+    """--dashboard v0|v1, else the generation cached in the state for this URL, else the probes.
+
+    The cache is not trusted where the settings disagree with it: settings that cannot run on v0 (an agent
+    secret without a v0 API token) against a cached v0 mean the dashboard may have been upgraded at the same
+    URL, and --dashboard v1 overrides a cached v0. Settings that work on both keep the cache: a finished
+    node's rerun sends nothing. An access token is sent only where the probes saw v2.1+, whatever
+    --dashboard says (a token sent to an older dashboard is one more failed credential for its WAF); a dry
+    run sends nothing, so it trusts --dashboard v1.
+    """
     if config.agent.generation == "v0":
         return Generation.V0
     cached = cached_generation(config, saved)
-    if config.agent.generation == "v1":
-        return cached if cached and not cached.is_v0 else Generation.V1
-    if cached:
+    v0_token = bool(config.token) and not is_access_token(config.token)
+    if cached and cached.is_v0 and config.agent.secret and not v0_token:
+        reporter.info(f"the state says {display_url(config.dashboard_url)} was v0, but the settings are for "
+                      "v1/v2: probing it again (a dashboard upgraded at the same URL)")
+        cached = None
+    if cached and cached.is_v0 and config.agent.generation == "v1":
+        cached = None
+    if cached and (cached is not Generation.V1 or dry_run or not is_access_token(config.token)):
         return cached
-    return probe_generation(config, client, reporter)
+    if config.agent.generation == "v1" and (dry_run or not is_access_token(config.token)):
+        return Generation.V1
+    found = probe_generation(config, client, reporter)
+    if found.is_v0 and config.agent.generation == "v1":
+        raise DashboardRefused(f"--dashboard v1, but {display_url(config.dashboard_url)} answers as a v0 dashboard")
+    return found
 
 
 def probe_generation(config: Config, client: ClientFactory, reporter: Reporter) -> Generation:
@@ -152,7 +171,7 @@ def token_names_server(config: Config, generation: Generation) -> bool:
     """Whether an access token names the server; refuses one on a dashboard without access tokens."""
     if not is_access_token(config.token):
         return False
-    if generation in (Generation.V1_0, Generation.V1_5, Generation.V2_0):
+    if generation in (Generation.V0, Generation.V1_0, Generation.V1_5, Generation.V2_0):
         raise SettingsError([
             f"the dashboard is {generation.value}: access tokens (nzp_...) exist from v2.1.0, so this one cannot "
             "name the server. Drop NEZHA_TOKEN to enroll unnamed, and name it with `nezha-bootstrap reconcile`",
@@ -188,10 +207,38 @@ def check(config: Config, facts: Facts, paths: Paths) -> list[CheckResult]:
 
     client, downloads = make_client(config.ca_bundle), make_download_client(config.ca_bundle)
     if not needs_probe(config):
-        return v0_checks.run_checks(config, client, downloads)
+        results = v0_checks.run_checks(config, client, downloads)
+        return [*results, *upgraded_check(config, paths, results)]
     first, generation = check_generation(config, client)
     if generation is None:
         return [first]
     if generation.is_v0:
         return [first, *v0_checks.run_checks(config, client, downloads)]
     return [first, *v1_checks.run_checks(config, generation, facts, paths, downloads)]
+
+
+UPGRADED = (
+    "this node registered with {url} when it was a v0 dashboard; it answers as v1 or newer now: the dashboard "
+    "was upgraded at the same URL, and the node's v0 agent cannot connect to it. Give the node the dashboard's "
+    "agent secret (NEZHA_AGENT_SECRET_FILE) and run again: it installs a v1/v2 agent in place of the v0 one "
+    "(README: After upgrading the dashboard)"
+)
+
+
+def upgraded_check(config: Config, paths: Paths, results: list[CheckResult]) -> list[CheckResult]:
+    """A FAIL naming the change when a v0 answer was expected from a dashboard that now answers as v1+."""
+    from nezha_bootstrap.checks import CheckResult
+    from nezha_bootstrap.errors import StateError
+    from nezha_bootstrap.v0.api import V1_MESSAGE
+
+    if not any(V1_MESSAGE in result.detail for result in results):
+        return []
+    try:
+        saved = state_mod.load(paths, move_aside=False)
+    except StateError:
+        return []
+    cached = cached_generation(config, saved)
+    if cached is None or not cached.is_v0:
+        return []
+    return [CheckResult("generation", "FAIL", UPGRADED.format(url=display_url(config.dashboard_url)),
+                        DashboardRefused.exit_code)]

@@ -135,6 +135,23 @@ def ensure_private_dir(path: Path) -> None:
         raise StateError(f"cannot make the directory {path} private (mode 0700): {exc.strerror}") from exc
 
 
+def regular_file_problem(path: Path) -> str | None:
+    """Why `path` is not a regular file (or a name for a new one), looked at without following a link."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot look at it: {exc.strerror}"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISLNK: "a symbolic link", stat.S_ISCHR: "a device", stat.S_ISBLK: "a device",
+             stat.S_ISFIFO: "a pipe", stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a directory"}
+    return "it is " + next((kind for test, kind in kinds.items() if test(mode)), "not a regular file")
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write `data` to `path` atomically: temp file in the same directory, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,17 @@ def test_token_flag_works_and_warns_about_the_process_list(cli: Cli) -> None:
     assert TOKEN not in outcome.stderr + outcome.stdout
 
 
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_token_file_and_agent_secret_file_both_from_stdin_are_refused_as_ambiguous(cli: Cli, command: str) -> None:
+    outcome = cli(command, "--token-file", "-", "--agent-secret-file", "-",
+                  input="Agent5ecretAgent5ecret\n" + TOKEN + "\n", NEZHA_TOKEN=None)
+
+    assert outcome.exit_code == 2
+    assert "--token-file - and --agent-secret-file - both read stdin: give one of them a file" in outcome.stderr
+    assert "Agent5ecretAgent5ecret" not in outcome.stderr and TOKEN not in outcome.stderr
+    assert cli.fake.journal == []
+
+
 def test_token_and_token_file_together_exit_2(cli: Cli, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)

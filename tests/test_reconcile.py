@@ -478,6 +478,19 @@ def test_a_wrong_password_makes_exactly_one_login_request(fleet_at: Fleet) -> No
     assert "wrong username or password" in outcome.stderr
 
 
+@pytest.mark.parametrize("password", ["wrong", "username", "password"])
+def test_a_wrong_password_that_is_a_word_of_the_message_is_neither_masked_nor_pointed_at(
+    fleet_at: Fleet, password: str
+) -> None:
+    fleet_at.fake.add_login(1, "admin", PASSWORD)
+
+    outcome = fleet_at("--apply", "--username", "admin", input=f"{password}\n")
+
+    assert outcome.exit_code == 3
+    assert "error: login: wrong username or password. Not retrying" in outcome.stderr
+    assert "***" not in outcome.stderr  # a mask inside the sentence would show which word it was
+
+
 def test_a_token_without_the_inventory_scope_names_it(fleet_at: Fleet) -> None:
     token = fleet_at.fake.add_token(scopes=("nezha:server:write",))
 

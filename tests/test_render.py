@@ -305,7 +305,7 @@ def test_invalid_settings_are_all_reported_and_nothing_is_printed() -> None:
 
     assert outcome.exit_code == 2
     assert outcome.stdout == ""
-    for problem in ("needs --package", "dashboard URL is required", "API token is required", "probe port",
+    for problem in ("needs --pyz-url URL", "dashboard URL is required", "API token is required", "probe port",
                     "control characters"):
         assert problem in outcome.stderr
 
@@ -334,3 +334,41 @@ def test_render_output_goes_to_a_private_file(tmp_path: Path) -> None:
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert yaml.safe_load(target.read_text())["write_files"][0]["path"] == "/etc/nezha-bootstrap/env"
     assert TOKEN not in outcome.stderr
+
+
+def _planted(tmp_path: Path, kind: str) -> Path:
+    import os
+
+    path = tmp_path / kind
+    if kind == "symlink":
+        (tmp_path / "elsewhere").write_text("kept\n")
+        path.symlink_to(tmp_path / "elsewhere")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "says"), [("symlink", "a symbolic link"), ("fifo", "a pipe")])
+def test_render_output_refuses_anything_but_a_regular_file(tmp_path: Path, kind: str, says: str) -> None:
+    target = _planted(tmp_path, kind)
+    before = target.lstat()
+
+    outcome = invoke("env", "--output", str(target), **BASE)
+
+    assert outcome.exit_code == 2
+    assert f"--output {target}: it is {says}; give the path of a regular file" in outcome.stderr
+    assert target.lstat().st_mode == before.st_mode and target.lstat().st_ino == before.st_ino
+    if kind == "symlink":
+        assert (tmp_path / "elsewhere").read_text() == "kept\n"
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/stdout"])
+def test_render_output_never_replaces_a_device_or_its_link(device: str) -> None:
+    before = Path(device).lstat()
+
+    outcome = invoke("env", "--output", device, **BASE)
+
+    assert outcome.exit_code == 2
+    assert "give the path of a regular file" in outcome.stderr
+    after = Path(device).lstat()
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)

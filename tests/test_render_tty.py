@@ -14,9 +14,14 @@ from tests.conftest import TOKEN
 pytestmark = pytest.mark.integration
 
 
-def _render_to_terminal(kind: str) -> tuple[int, str]:
+def _render_to_terminal(kind: str, **overrides: str | None) -> tuple[int, str]:
     leader, follower = pty.openpty()
     env = {**os.environ, "NEZHA_DASHBOARD_URL": "https://nezha.example.test", "NEZHA_TOKEN": TOKEN}
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "nezha_bootstrap", "render", kind],
@@ -51,3 +56,17 @@ def test_the_unit_holds_no_secret_and_prints_on_a_terminal() -> None:
 
     assert code == 0
     assert "[Service]" in shown
+
+
+@pytest.mark.parametrize("secret", [
+    pytest.param("Agent5ecretAgent5ecret  ", id="trailing spaces"),
+    pytest.param("Agent5ecretAgent5ecret\n", id="trailing newline"),
+    pytest.param("\tAgent5ecretAgent5ecret", id="leading tab"),
+])
+@pytest.mark.parametrize("kind", ["env", "cloud-init-minimal"])
+def test_an_agent_secret_in_any_spelling_is_refused_on_a_terminal(kind: str, secret: str) -> None:
+    code, shown = _render_to_terminal(kind, NEZHA_TOKEN=None, NEZHA_AGENT_SECRET=secret)
+
+    assert code == 2
+    assert "--output FILE" in shown
+    assert secret.strip() not in shown

@@ -122,6 +122,29 @@ def test_a_token_without_the_inventory_scope_names_it(v2cli: V1Cli) -> None:
     assert not (v2cli.root / "opt/nezha").exists()
 
 
+@pytest.mark.parametrize("profile", ["v2.0", "v1.5-1.14"])
+def test_dashboard_v1_with_an_access_token_probes_and_never_sends_the_token_to_an_older_dashboard(
+    root: Path, profile: str
+) -> None:
+    fake = FakeV1(profile=profile)
+    fake.add_release(AGENT_V1)
+    with serve_v1(fake) as running:
+        outcome = V1Cli(running, fake, root)("--dashboard", "v1", NEZHA_TOKEN="nzp_" + "Q" * 32)
+
+    assert outcome.exit_code == 2
+    assert "access tokens (nzp_...) exist from v2.1.0" in outcome.stderr
+    assert [j for j in fake.journal if "authorization" in j.headers] == []
+    assert fake.failed_credentials == 0
+    assert not (root / "opt/nezha").exists()
+
+
+def test_dashboard_v1_with_an_access_token_on_v2_1_names_the_server(v2cli: V1Cli) -> None:
+    code, _, err = run(v2cli, "--dashboard", "v1")
+
+    assert code == 0, err
+    assert [server.name for server in v2cli.fake.servers] == ["web-1"]
+
+
 def test_a_malformed_access_token_is_a_settings_problem(v2cli: V1Cli) -> None:
     code, _, err = run(v2cli, token="nzp_short")
     assert code == 2

@@ -89,7 +89,8 @@ def classify(answer: Answer, what: str) -> Any:
         raise TokenRefused(f"{what}: the dashboard saw no valid credential (a proxy may drop the Authorization "
                            f"header, or the login expired). {WAF_NOTE}")
     if error or value.get("success") is not True:
-        raise DashboardRefused(f"{what}: the dashboard refused: {str(error or 'no success flag')[:200]}")
+        said = redact.quote(str(error or "no success flag")[:200], "(its words held a credential: not shown)")
+        raise DashboardRefused(f"{what}: the dashboard refused: {said}")
     return value.get("data")
 
 
@@ -102,7 +103,8 @@ def _forbidden(what: str, error: Any, answer: Answer) -> str:
     if b"blocked by nezha WAF" in answer.body:
         return (f"{what}: HTTP 403: the dashboard's WAF blocks this address after failed credentials; "
                 "wait, or unblock it in the dashboard's settings. Not retrying")
-    return f"{what}: HTTP 403: access refused ({str(error or 'no reason given')[:200]}). Not retrying"
+    said = redact.quote(str(error or "no reason given")[:200], "its words held a credential: not shown")
+    return f"{what}: HTTP 403: access refused ({said}). Not retrying"
 
 
 @dataclass
@@ -293,7 +295,7 @@ def login(client: httpx.Client, base_url: str, username: str, password: str, dea
         value = json_body(answer.body)[1]
         if answer.status == 200 and isinstance(value, dict) and str(value.get("error", "")).startswith(
                 "ApiErrorUnauthorized"):
-            raise TokenRefused(f"login: wrong username or password. {WAF_NOTE}")
+            raise TokenRefused(redact.ours(f"login: wrong username or password. {WAF_NOTE}"))
         return classify(answer, "login")
 
     data = with_retries(attempt, deadline=deadline, what="login", give_up=DashboardUnreachable, notify=notify)

@@ -66,7 +66,7 @@ class Plan:
     uuid_source: str
     shown_config: str  # config.yml as it will be written, the agent secret replaced by a placeholder
     release: agent.Release
-    action: str  # install, or restart when the unit exists ("Init already exists")
+    action: str  # install; restart when a v1/v2 unit exists ("Init already exists"); replace a v0 unit
     config_text: str = field(repr=False)  # config.yml as it will be written: holds the agent secret
     on_disk: str | None = field(default=None, repr=False)  # config.yml as found
 
@@ -81,7 +81,10 @@ class Plan:
         lines.append(f"write {paths.agent_binary} (0755)")
         lines.append(f"write {config} (0600):")
         lines += [f"  {line}" for line in self.shown_config.splitlines()]
-        lines.append(f"run: {shlex.join(agent.service_argv(paths, self.action))}")
+        if self.action == "replace":
+            lines.append(f"uninstall the v0 agent: {shlex.join([str(paths.agent_binary), 'service', 'uninstall'])}")
+        action = "install" if self.action == "replace" else self.action
+        lines.append(f"run: {shlex.join(agent.service_argv(paths, action))}")
         lines.append(f"  cwd {paths.agent_dir}, stdin /dev/null, environment without NZ_*, NEZHA_TOKEN "
                      "and NEZHA_AGENT_SECRET")
         unit = f"{paths.agent_unit}: ExecStart" if systemd else f"{paths.agent_unit} or {paths.agent_openrc}: it"
@@ -105,8 +108,18 @@ def plan_enrollment(saved: State | None, config: Config, facts: Facts, paths: Pa
     install, reason = decide(saved, config, facts, on_disk, expected, paths, version)
     shown = agent.render_config({**values, "client_secret": SECRET_PLACEHOLDER})
     release = agent.Release(settings.base_url, version, agent.asset_name(machine), settings.sha256)
-    action = "restart" if agent.installed_unit(paths) else "install"
+    action = unit_action(paths)
     return Plan(install, reason, ident.uuid, ident.source, shown, release, action, expected, on_disk)
+
+
+def unit_action(paths: Paths) -> str:
+    """install where no unit is; restart a v1/v2 unit; replace (uninstall, then install) a v0 agent's unit:
+    a restart would keep its `-s HOST:PORT -p SECRET` command (a dashboard upgraded from v0)."""
+    unit = agent.installed_unit(paths)
+    if unit is None:
+        return "install"
+    argv = agent.read_exec_start(unit) if unit == paths.agent_unit else agent.read_init_command(unit)
+    return "restart" if argv and argv[1:] == ["-c", agent.CONFIG_TARGET] else "replace"
 
 
 def machine_identity(settings: AgentConfig, facts: Facts, saved: State | None) -> identity.Identity:
@@ -228,6 +241,9 @@ class V1Runner:
             binary = self._download(release)
         system.ensure_private_dir(self.paths.state_dir)
         self.paths.agent_dir.mkdir(parents=True, exist_ok=True)
+        if plan.action == "replace" and self.paths.agent_binary.exists():
+            self.reporter.info("replacing the v0 agent: nezha-agent service uninstall")
+            self._service([str(self.paths.agent_binary), "service", "uninstall"], quiet_failure=True)
         system.atomic_write(self.paths.agent_binary, binary, mode=0o755)
         adopted = self._leftovers()
         old_uuid = agent.config_uuid(self.paths.agent_dir / "config.yml") if plan.on_disk else None
@@ -237,8 +253,11 @@ class V1Runner:
                 f"{old_uuid}: delete it there once its agent is gone"
             )
         system.atomic_write(self.paths.agent_dir / "config.yml", expected.encode("utf-8"), mode=0o600)
-        with self.reporter.step("install", f"nezha-agent service -c {agent.CONFIG_TARGET} {plan.action}"):
-            self._service(agent.service_argv(self.paths, plan.action))
+        action = "install" if plan.action == "replace" else plan.action
+        if plan.action == "replace" and agent.installed_unit(self.paths):  # the old binary could not remove it
+            self._service(agent.service_argv(self.paths, "uninstall"), quiet_failure=True)
+        with self.reporter.step("install", f"nezha-agent service -c {agent.CONFIG_TARGET} {action}"):
+            self._service(agent.service_argv(self.paths, action))
         with self.reporter.step("verify", f"verifying {agent.installed_unit(self.paths) or self.paths.agent_unit}"):
             problems = agent.unit_problems(self.paths, expected)
             if problems:
