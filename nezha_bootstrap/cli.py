@@ -15,9 +15,11 @@ from nezha_bootstrap.config import display_url
 from nezha_bootstrap.errors import EXIT_CODES, BootstrapError, InternalError, SettingsError
 from nezha_bootstrap.firstboot.render import KINDS as RENDER_KINDS
 from nezha_bootstrap.options import (
+    INSTALL_OPTIONS,
     F,
     agent_options,
     config_of,
+    install_options,
     option,
     output_options,
     read_password,
@@ -206,40 +208,28 @@ def _write_output(text: str, output: str | None, reporter: Reporter) -> None:
 @click.argument("kind", type=click.Choice(RENDER_KINDS))
 @settings_options
 @agent_options
-@option("--package", envvar="NEZHA_BOOTSTRAP_PACKAGE",
-         help="cloud-init: what pip installs into /opt/nezha-bootstrap: an index name "
-              "(nezha-bootstrap==X.Y), a wheel URL or a path on the server.")
-@option("--pip-option", "pip_options", envvar="NEZHA_BOOTSTRAP_PIP_OPTIONS", multiple=True,
-         help="cloud-init: one more `pip install` argument, e.g. --index-url=URL (repeatable; env: space-separated).")
+@install_options
 @option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file (mode 0600), not stdout.")
 @click.pass_context
 @handle_errors
-def render_command(ctx: click.Context, /, kind: str, package: str | None, pip_options: tuple[str, ...],
-                   output: str | None, **params: Any) -> None:
+def render_command(ctx: click.Context, /, kind: str, output: str | None, **params: Any) -> None:
     """Print the unit, the settings file or cloud-init user-data, filled from the settings of `run`.
 
-    KIND: cloud-init (installs the tool, writes settings and unit, starts it), cloud-init-minimal
-    (for images with the tool and the unit: writes the settings), systemd (the unit) or env (the
-    settings file). All but systemd hold the API token: keep the output private.
+    KIND: cloud-init (installs the tool: the zipapp with --pyz-url, or pip with --package; writes
+    settings and unit, starts it), cloud-init-minimal (for images with the tool and the unit: writes
+    the settings), systemd (the unit) or env (the settings file). All but systemd hold the API
+    token: keep the output private.
     """
-    from nezha_bootstrap.firstboot import render
+    from nezha_bootstrap.firstboot import render, zipapp
 
     reporter = _reporter(False, False, False)
     if kind == "systemd":
         _write_output(render.unit(), output, reporter)
         return
-    if kind == "cloud-init":
-        problems = render.install_problems(package, pip_options)
-    else:
-        problems = ["--package and --pip-option are for `render cloud-init` only"] if package or pip_options else []
+    install, problems = zipapp.choose(kind, **{name: params.pop(name) for name in INSTALL_OPTIONS})
     settings = settings_file(ctx, params, reporter, problems)
     try:
-        if kind == "env":
-            text = settings
-        elif kind == "cloud-init-minimal":
-            text = render.cloud_init_minimal(settings)
-        else:
-            text = render.cloud_init(settings, [*pip_options, str(package)])
+        text = zipapp.document(kind, settings, install)
     except ValueError as exc:
         raise SettingsError([str(exc)]) from exc
     _write_output(text, output, reporter)
@@ -290,24 +280,31 @@ def _carry_out(plan: Plan, reporter: Reporter, *, dry_run: bool, outcome: str, d
 @agent_options
 @option("--unit-only", is_flag=True,
          help="Write and enable the unit only; the settings file comes later (cloud-init-minimal user-data).")
+@option("--pyz", envvar="NEZHA_BOOTSTRAP_PYZ", type=click.Path(dir_okay=False),
+         help="Also install this zipapp as the tool: /opt/nezha-bootstrap/nezha-bootstrap.pyz and its launcher.")
 @option("--dry-run", is_flag=True, help="Print what would be written and run; change nothing.")
 @output_options
 @click.pass_context
 @handle_errors
-def install_service(ctx: click.Context, /, unit_only: bool, dry_run: bool, as_json: bool, quiet: bool, verbose: bool,
-                    **params: Any) -> None:
+def install_service(ctx: click.Context, /, unit_only: bool, pyz: str | None, dry_run: bool, as_json: bool, quiet: bool,
+                    verbose: bool, **params: Any) -> None:
     """For image builders: write nezha-bootstrap.service and its 0600 settings file, enable the unit.
 
     Under --root it links the unit into multi-user.target.wants itself; `systemctl enable` is used
-    only when the root is / and systemd runs. The unit starts at the next boot.
+    only when the root is / and systemd runs. The unit starts at the next boot. --pyz also installs
+    the tool: the zipapp and a launcher that name only paths inside the image.
     """
     from nezha_bootstrap.facts import systemd_running
-    from nezha_bootstrap.firstboot import service
+    from nezha_bootstrap.firstboot import service, zipapp
 
     reporter = _reporter(as_json, quiet, verbose)
     paths = _root_paths(params["root"])
     settings = None if unit_only else settings_file(ctx, params, reporter)
-    plan = service.plan_install_service(paths, settings, use_systemctl=systemd_running(paths))
+    try:
+        tool = None if pyz is None else zipapp.read_pyz(Path(pyz))
+    except ValueError as exc:
+        raise SettingsError([str(exc)]) from exc
+    plan = service.plan_install_service(paths, settings, use_systemctl=systemd_running(paths), pyz=tool)
     _carry_out(plan, reporter, dry_run=dry_run, outcome="installed",
                done="installed: nezha-bootstrap.service runs at the next boot")
 

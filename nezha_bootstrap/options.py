@@ -137,6 +137,27 @@ def agent_options(func: F) -> F:
     ])
 
 
+INSTALL_OPTIONS = ("pyz_url", "pyz_sha256", "pyz", "package", "pip_options")  # parameter names of install_options
+
+
+def install_options(func: F) -> F:
+    """How `render cloud-init` puts the tool on each node: the zipapp (recommended) or pip."""
+    return _apply(func, [
+        option("--pyz-url", envvar="NEZHA_BOOTSTRAP_PYZ_URL",
+               help="cloud-init: where each node downloads the zipapp (https, or http: the hash is pinned)."),
+        option("--pyz-sha256", envvar="NEZHA_BOOTSTRAP_PYZ_SHA256",
+               help="cloud-init: the zipapp's SHA-256 (its line in SHA256SUMS); nodes refuse any other file."),
+        option("--pyz", envvar="NEZHA_BOOTSTRAP_PYZ", type=click.Path(dir_okay=False),
+               help="cloud-init: a local copy of the zipapp, whose SHA-256 is pinned (instead of --pyz-sha256)."),
+        option("--package", envvar="NEZHA_BOOTSTRAP_PACKAGE",
+               help="cloud-init with pip instead: what pip installs into a venv in /opt/nezha-bootstrap: an index "
+                    "name (nezha-bootstrap==X.Y), a wheel URL or a path on the server."),
+        option("--pip-option", "pip_options", envvar="NEZHA_BOOTSTRAP_PIP_OPTIONS", multiple=True,
+               help="cloud-init with pip: one more `pip install` argument, e.g. --index-url=URL "
+                    "(repeatable; env: space-separated)."),
+    ])
+
+
 def read_secret(path: str, what: str, problems: list[str], *, first_line: bool = False) -> str | None:
     """A secret from its file ('-': one line of stdin), registered for redaction; a problem when unreadable.
 

@@ -1,15 +1,21 @@
 """Start nezha-bootstrap from its zipapp (this file is `__main__.py` inside the .pyz, byte for byte).
 
-The archive holds every pure-Python package at its top level, so those import straight from the
-zip (zipimport, no disk writes). Only the native part cannot: `_native/psutil/` is extracted on
-the first `import psutil`, into a private cache directory keyed by the archive's SHA-256:
+The archive holds every pure-Python package at its top level and psutil's native code under
+`_native/`. On the first start the whole tree (the `_native/` members at the top level beside the
+others) is extracted once into a private cache directory keyed by the archive's SHA-256, and that
+directory replaces the archive on sys.path. Python then keeps its bytecode there (`__pycache__`,
+written atomically by importlib), so a warm start imports compiled modules instead of compiling
+every module from the zip again (zipimport never caches bytecode), and psutil's .so is on disk.
 
-- `NEZHA_BOOTSTRAP_CACHE` if set (tests), else `/var/cache/nezha-bootstrap` for root, else
-  `$XDG_CACHE_HOME/nezha-bootstrap` or `~/.cache/nezha-bootstrap`; created 0700;
+- The cache: `NEZHA_BOOTSTRAP_CACHE` if set (tests), else `/var/cache/nezha-bootstrap` for root,
+  else `$XDG_CACHE_HOME/nezha-bootstrap` or `~/.cache/nezha-bootstrap`; created 0700;
 - refused, with the reason, when it is not a directory owned by this uid, is group- or
   world-writable, or sits in a directory that someone else could rename it out of;
 - filled in a temporary directory that is renamed into place, so two starts at once are safe, a
   second start reuses it, and an upgraded file (another hash) gets its own.
+
+When the cache cannot be used, pure-Python code is imported from the zip itself (slower, nothing
+written) and `import psutil` fails with the reason.
 
 Before anything else the host's site-packages are dropped (sys.path, import hooks, and modules a
 .pth file already loaded), so even `python3 x.pyz` without `-I` imports nothing the file does not
@@ -204,8 +210,19 @@ def _digest(handle):
     return digest.hexdigest()
 
 
+def _member_target(name):
+    """Where a member lands in the tree (`_native/` stripped), as path parts; None for the start-up code."""
+    if name == "__main__.py" or name == NATIVE_PREFIX:
+        return None
+    relative = name[len(NATIVE_PREFIX):] if name.startswith(NATIVE_PREFIX) else name
+    parts = relative.rstrip("/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise CacheError(f"{APP}: the archive has a bad member name {name!r}")
+    return parts
+
+
 def _extract(handle, root, final):
-    """Write the `_native/` members to a temporary directory in `root`, then rename it to `final`."""
+    """Write the archive's tree to a temporary directory in `root`, then rename it to `final`."""
     import shutil
     import tempfile
     import zipfile
@@ -215,12 +232,9 @@ def _extract(handle, root, final):
     try:
         with zipfile.ZipFile(handle) as archive:
             for info in archive.infolist():
-                if not info.filename.startswith(NATIVE_PREFIX) or info.filename == NATIVE_PREFIX:
+                parts = _member_target(info.filename)
+                if parts is None:
                     continue
-                relative = info.filename[len(NATIVE_PREFIX):]
-                parts = relative.rstrip("/").split("/")
-                if any(part in ("", ".", "..") for part in parts):
-                    raise CacheError(f"{APP}: the archive has a bad member name {info.filename!r}")
                 target = os.path.join(temp, *parts)
                 if info.is_dir():
                     os.makedirs(target, 0o700, exist_ok=True)
@@ -277,8 +291,8 @@ def _sweep(root):
                 pass
 
 
-def native_dir(archive, environ=None, euid=None):
-    """The checked cache directory holding this archive's `_native/` tree, extracting it once."""
+def cache_tree(archive, environ=None, euid=None):
+    """The checked cache directory holding this archive's tree, extracting it once."""
     environ = os.environ if environ is None else environ
     euid = os.geteuid() if euid is None else euid
     root = cache_root(euid, environ)
@@ -291,13 +305,13 @@ def native_dir(archive, environ=None, euid=None):
             except CacheError:
                 raise
             except OSError as exc:
-                raise CacheError(f"{APP}: cannot extract the native code into {root}: {exc}") from exc
+                raise CacheError(f"{APP}: cannot extract the archive into {root}: {exc}") from exc
     check_private(final, euid)
     return final
 
 
 class NativeFinder:
-    """Finds the packages listed in NATIVE in the extraction cache, extracting on first import."""
+    """Without the cache tree on sys.path: `import psutil` tries the cache again and raises its reason."""
 
     def __init__(self, archive):
         self.archive = archive
@@ -307,7 +321,7 @@ class NativeFinder:
         if fullname not in NATIVE:
             return None
         if self.directory is None:
-            self.directory = native_dir(self.archive)
+            self.directory = cache_tree(self.archive)
         from importlib.machinery import PathFinder
 
         return PathFinder.find_spec(fullname, [self.directory])
@@ -334,7 +348,10 @@ def main():
                  f"this is {sys.version.split()[0]} ({sys.executable})")
     archive = archive_path()
     isolate(archive)
-    sys.meta_path.insert(0, NativeFinder(archive))
+    try:
+        sys.path[0] = cache_tree(archive)  # isolate() left the archive first
+    except CacheError:
+        sys.meta_path.insert(0, NativeFinder(archive))  # pure Python from the zip; psutil says why not
     module_name, _, attribute = ENTRY_POINT.partition(":")
     __import__(module_name)
     entry = sys.modules[module_name]

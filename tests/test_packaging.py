@@ -35,6 +35,8 @@ from typing import Any
 import pytest
 
 from nezha_bootstrap import __version__
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running
+from nezha_bootstrap.testing.stubrecord import read_calls
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -308,7 +310,6 @@ def test_pyz_runs_isolated(native: Path, tmp_path: Path, python: str) -> None:
     help_ = start(python, native, ["--help"], env)
     assert help_.returncode == 0, help_.stderr
     assert "Usage:" in help_.stdout and "run" in help_.stdout
-    assert not (tmp_path / "cache").exists(), "--help must not need the native-code cache"
 
     run = start(python, native, [*RUN_ARGS, "--root", str(tmp_path / "root")], {**env, "NEZHA_TOKEN": TOKEN})
     assert run.returncode == 0, run.stdout + run.stderr
@@ -318,6 +319,31 @@ def test_pyz_runs_isolated(native: Path, tmp_path: Path, python: str) -> None:
     demo = start(python, native, ["demo"], env)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "127.0.0.1" in demo.stdout
+
+
+@pytest.mark.parametrize("python", INTERPRETERS)
+def test_pyz_registers_with_the_fake_dashboard_and_installs_the_agent(native: Path, tmp_path: Path, python: str,
+                                                                      dashboard: Running, fake: FakeDashboard) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    env = bare_env(tmp_path, NEZHA_DASHBOARD_URL=dashboard.url, NEZHA_TOKEN=TOKEN, NODE_NAME="pyz-node",
+                   NEZHA_PROBE_ADDRESS="probe.example.test", NEZHA_INSTALL_SCRIPT_URL=f"{dashboard.url}/install.sh",
+                   NEZHA_INSTALL_SCRIPT_SHA256=fake.script_sha256, NEZHA_BOOTSTRAP_ROOT=str(root),
+                   NEZHA_BOOTSTRAP_DEADLINE="30", NEZHA_STUB_RECORD=str(tmp_path / "stub-record"),
+                   NO_PROXY="127.0.0.1")
+
+    first = start(python, native, ["run"], env)
+    again = start(python, native, ["run"], env)
+
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert [server.name for server in fake.servers] == ["pyz-node"]
+    [call] = read_calls(tmp_path / "stub-record")
+    assert call.argv[:4] == ["install_agent", "probe.example.test", "5555", fake.servers[0].secret]
+    assert (root / "etc/systemd/system/nezha-agent.service").is_file()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(fake.registrations()) == 1, "the second run must make no registration"
+    assert TOKEN not in first.stdout + first.stderr + again.stdout + again.stderr
 
 
 @pytest.mark.parametrize("version", OTHER_PYTHONS, ids=[f"python{v[0]}.{v[1]}" for v in OTHER_PYTHONS])
@@ -377,6 +403,36 @@ def test_cache_is_private_keyed_and_reused(native: Path, tmp_path: Path) -> None
     _timed(sys.executable, other, args, env)
     assert sorted(p.name for p in cache.iterdir()) == sorted([digest, hashlib.sha256(other.read_bytes()).hexdigest()])
     assert _identity(entry) == before[1]
+
+
+def test_a_warm_start_imports_bytecode_kept_in_the_cache(native: Path, tmp_path: Path) -> None:
+    """zipimport compiles every module at every start; the extracted tree keeps its .pyc files."""
+    env = bare_env(tmp_path)
+    tree = tmp_path / "cache" / hashlib.sha256(native.read_bytes()).hexdigest()
+    tag = sys.implementation.cache_tag
+
+    cold = start(sys.executable, native, ["--help"], env)
+    assert cold.returncode == 0, cold.stderr
+    compiled = {p: _identity(p) for p in tree.rglob(f"*.{tag}.pyc")}
+    warm = start(sys.executable, native, ["--help"], env)
+    assert warm.returncode == 0, warm.stderr
+
+    assert tree / "nezha_bootstrap" / "__pycache__" / f"cli.{tag}.pyc" in compiled
+    assert tree / "click" / "__pycache__" / f"core.{tag}.pyc" in compiled
+    assert {p: _identity(p) for p in tree.rglob(f"*.{tag}.pyc")} == compiled, "the warm start recompiled"
+    assert not [p for p in tree.rglob("*") if p.stat().st_mode & 0o077 and not p.is_dir()], "cache files are private"
+
+
+def test_a_refused_cache_still_serves_help_from_the_zip_and_is_left_untouched(native: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+
+    result = start(sys.executable, native, ["--help"], bare_env(tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+    assert list(cache.iterdir()) == []
 
 
 def test_concurrent_first_starts_share_one_extraction(native: Path, tmp_path: Path) -> None:
@@ -559,9 +615,10 @@ def test_nothing_is_imported_from_host_site_packages(native: Path, tmp_path: Pat
         bundled = {n.split("/")[0].removesuffix(".py") for n in archive.namelist() if not n.startswith("_native/")}
     from_zip = {n: f for n, f in modules.items() if n.split(".")[0] in bundled - {"__main__"} and f}
     assert {"nezha_bootstrap", "click", "httpx", "httpcore", "h11"} <= set(from_zip)
-    wrong = {n: f for n, f in from_zip.items() if not f.startswith(f"{native}{os.sep}")}
-    assert not wrong, f"not from the zipapp: {wrong}"
-    assert modules["psutil"].startswith(str(tmp_path / "cache")), modules["psutil"]
+    tree = tmp_path / "cache" / hashlib.sha256(native.read_bytes()).hexdigest()
+    wrong = {n: f for n, f in from_zip.items() if not f.startswith(f"{tree}{os.sep}")}
+    assert not wrong, f"not from the zipapp's extracted tree: {wrong}"
+    assert modules["psutil"].startswith(f"{tree}{os.sep}"), modules["psutil"]
 
 
 # --- the release workflow ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 from pathlib import Path
@@ -172,6 +173,55 @@ def test_full_user_data_carries_the_settings_the_unit_and_the_package() -> None:
     assert TOKEN not in json.dumps(data["runcmd"])
 
 
+PYZ_URL = "https://downloads.example.test/nezha-bootstrap-0.1.0-x86_64.pyz"
+PYZ_SHA256 = "ab" * 32
+
+
+def test_zipapp_user_data_writes_the_tool_its_fetcher_and_the_unit_and_starts_the_unit() -> None:
+    settings = render.env_file([("NEZHA_DASHBOARD_URL", URL), ("NEZHA_TOKEN", TOKEN)])
+
+    text = render.cloud_init_pyz(settings, PYZ_URL, PYZ_SHA256)
+
+    data = yaml.safe_load(text)
+    assert comment_lines(text) == comment_lines(render.template("cloud-init-pyz"))
+    assert [(f["path"], f["owner"], f["permissions"], f["content"]) for f in data["write_files"]] == [
+        ("/etc/nezha-bootstrap/env", "root:root", "0600", settings),
+        ("/etc/nezha-bootstrap/pyz-source.json", "root:root", "0644",
+         json.dumps({"url": PYZ_URL, "sha256": PYZ_SHA256}) + "\n"),
+        ("/opt/nezha-bootstrap/bin/nezha-bootstrap-fetch", "root:root", "0755", render.template("fetch")),
+        (render.TOOL, "root:root", "0755", render.launcher()),
+        ("/etc/systemd/system/nezha-bootstrap.service.d/fetch.conf", "root:root", "0644",
+         render.template("fetch-drop-in")),
+        ("/etc/systemd/system/nezha-bootstrap.service", "root:root", "0644", render.unit()),
+    ]
+    assert data["runcmd"] == [["systemctl", "daemon-reload"], ["systemctl", "enable", render.UNIT_NAME],
+                              ["systemctl", "start", "--no-block", render.UNIT_NAME]]
+
+
+def test_zipapp_user_data_needs_no_venv_pip_apt_or_download_tool() -> None:
+    data = yaml.safe_load(render.cloud_init_pyz("", PYZ_URL, PYZ_SHA256))
+    commands = json.dumps(data["runcmd"]) + render.launcher() + render.template("fetch-drop-in")
+
+    for word in ("venv", "pip", "apt", "curl", "wget"):
+        assert word not in commands
+    assert render.launcher().splitlines()[-1] == 'exec python3 -I /opt/nezha-bootstrap/nezha-bootstrap.pyz "$@"'
+
+
+def test_the_drop_in_fetches_to_where_the_launcher_runs_from() -> None:
+    [line] = [line for line in render.template("fetch-drop-in").splitlines() if line.startswith("ExecStartPre=")]
+
+    assert line.split()[-2:] == ["/etc/nezha-bootstrap/pyz-source.json", "/opt/nezha-bootstrap/nezha-bootstrap.pyz"]
+    assert line.split()[-2] in render.template("cloud-init-pyz")
+
+
+def test_zipapp_user_data_with_real_settings_fits_in_16_kib() -> None:
+    """EC2 refuses user-data over 16 KiB (before base64); others allow more."""
+    settings = render.env_file([("NEZHA_DASHBOARD_URL", URL), ("NEZHA_TOKEN", TOKEN), ("NODE_NAME", "web-{ip}"),
+                                ("NEZHA_TAG", "edge"), ("NEZHA_CA_BUNDLE", "/etc/ssl/private/ca.pem")])
+
+    assert len(render.cloud_init_pyz(settings, PYZ_URL, PYZ_SHA256).encode()) < 16384
+
+
 def test_minimal_user_data_only_writes_the_settings_and_starts_the_unit() -> None:
     settings = render.env_file([("NEZHA_DASHBOARD_URL", URL), ("NEZHA_TOKEN", TOKEN)])
 
@@ -315,6 +365,72 @@ def test_package_options_belong_to_the_full_user_data_only() -> None:
 
     assert outcome.exit_code == 2
     assert "for `render cloud-init` only" in outcome.stderr
+
+
+def make_pyz(path: Path, main: bytes = b"print('zipapp')\n") -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("__main__.py", main)
+    return path
+
+
+def test_render_cloud_init_pins_the_hash_of_a_local_zipapp(tmp_path: Path) -> None:
+    pyz = make_pyz(tmp_path / "nezha-bootstrap.pyz")
+
+    outcome = invoke("cloud-init", "--pyz-url", PYZ_URL, "--pyz", str(pyz), **BASE)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    [source] = [f for f in yaml.safe_load(outcome.stdout)["write_files"] if f["path"].endswith("pyz-source.json")]
+    assert json.loads(source["content"]) == {"url": PYZ_URL, "sha256": hashlib.sha256(pyz.read_bytes()).hexdigest()}
+
+
+def test_render_cloud_init_takes_the_pinned_hash_as_given_in_lower_case() -> None:
+    outcome = invoke("cloud-init", **BASE, NEZHA_BOOTSTRAP_PYZ_URL=PYZ_URL, NEZHA_BOOTSTRAP_PYZ_SHA256="AB" * 32)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert json.dumps({"url": PYZ_URL, "sha256": PYZ_SHA256}) in outcome.stdout.replace('\\"', '"')
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (["--pyz-sha256", PYZ_SHA256], "--pyz-url is required"),
+    (["--pyz-url", PYZ_URL], "needs --pyz-sha256 HEX or --pyz FILE"),
+    (["--pyz-url", "ftp://downloads.example.test/x.pyz", "--pyz-sha256", PYZ_SHA256], "must be an http or https URL"),
+    (["--pyz-url", "/srv/x.pyz", "--pyz-sha256", PYZ_SHA256], "must be an http or https URL"),
+    (["--pyz-url", "https://example.test/a b.pyz", "--pyz-sha256", PYZ_SHA256], "must not hold spaces"),
+    (["--pyz-url", PYZ_URL, "--pyz-sha256", "abc"], "must be 64 hexadecimal digits"),
+    (["--pyz-url", PYZ_URL, "--pyz-sha256", "g" * 64], "must be 64 hexadecimal digits"),
+    (["--pyz-url", PYZ_URL, "--pyz", "PYZ", "--pyz-sha256", PYZ_SHA256], "not --pyz-sha256 " + PYZ_SHA256),
+    (["--pyz-url", PYZ_URL, "--pyz", "NOT_A_ZIP"], "not a zipapp"),
+    (["--pyz-url", PYZ_URL, "--pyz", "MISSING"], "No such file"),
+    (["--pyz-url", PYZ_URL, "--pyz-sha256", PYZ_SHA256, "--package", "nezha-bootstrap"], "exclude each other"),
+])
+def test_a_zipapp_source_nodes_could_not_use_is_refused_before_anything_is_printed(
+        tmp_path: Path, args: list[str], problem: str) -> None:
+    files = {"PYZ": make_pyz(tmp_path / "x.pyz"), "NOT_A_ZIP": tmp_path / "plain.txt", "MISSING": tmp_path / "none"}
+    files["NOT_A_ZIP"].write_text("not a zip\n")
+
+    outcome = invoke("cloud-init", *[str(files.get(arg, arg)) for arg in args], **BASE)
+
+    assert outcome.exit_code == 2
+    assert outcome.stdout == ""
+    assert problem in outcome.stderr
+
+
+@pytest.mark.parametrize("kind", ["env", "cloud-init-minimal"])
+def test_zipapp_options_belong_to_the_full_user_data_only(kind: str) -> None:
+    outcome = invoke(kind, "--pyz-url", PYZ_URL, "--pyz-sha256", PYZ_SHA256, **BASE)
+
+    assert outcome.exit_code == 2
+    assert "for `render cloud-init` only" in outcome.stderr
+
+
+def test_the_token_is_only_in_the_settings_file_of_the_zipapp_user_data() -> None:
+    outcome = invoke("cloud-init", "--pyz-url", PYZ_URL, "--pyz-sha256", PYZ_SHA256, **BASE)
+
+    data = yaml.safe_load(outcome.stdout)
+    assert outcome.stdout.count(TOKEN) == 1
+    assert f'NEZHA_TOKEN="{TOKEN}"' in data["write_files"][0]["content"]
 
 
 def test_render_systemd_prints_the_unit_and_needs_no_settings() -> None:

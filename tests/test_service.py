@@ -163,6 +163,96 @@ def test_install_service_refuses_invalid_settings_before_writing(args: list[str]
     assert outcome.stdout == ""
 
 
+# --- install-service --pyz: the tool itself, for images built from outside ----------------------------
+
+ZIPAPP_MAIN = b"import sys\nprint('zipapp ran with', sys.argv[1:], 'isolated' if sys.flags.isolated else '')\n"
+
+
+def make_zipapp(path: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("__main__.py", ZIPAPP_MAIN)
+    return path
+
+
+def test_install_service_pyz_into_a_root_installs_the_zipapp_and_its_launcher(root: Path, tmp_path: Path) -> None:
+    pyz = make_zipapp(tmp_path / "nezha-bootstrap-9.9-x86_64.pyz")
+
+    outcome = invoke("install-service", "--root", str(root), "--pyz", str(pyz), NEZHA_DASHBOARD_URL=URL,
+                     NEZHA_TOKEN=TOKEN)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    installed, launcher = root / "opt/nezha-bootstrap/nezha-bootstrap.pyz", root / render.TOOL.lstrip("/")
+    assert installed.read_bytes() == pyz.read_bytes()
+    assert launcher.read_text() == render.launcher()
+    assert stat.S_IMODE(installed.stat().st_mode) == stat.S_IMODE(launcher.stat().st_mode) == 0o755
+    assert Paths(root).service_unit.read_text() == render.unit()
+    assert os.readlink(Paths(root).service_wants_link) == UNIT_LINK
+    assert "does not exist" not in outcome.stderr, "the tool is there now: no note that it is missing"
+
+
+def test_nothing_install_service_pyz_writes_names_a_path_of_the_building_machine(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "build").mkdir()
+    pyz = make_zipapp(tmp_path / "build" / "x.pyz")
+
+    outcome = invoke("install-service", "--root", str(root), "--pyz", str(pyz), NEZHA_DASHBOARD_URL=URL,
+                     NEZHA_TOKEN=TOKEN)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    written = {path: path.read_bytes() for path in root.rglob("*") if path.is_file() and not path.is_symlink()}
+    assert root / "opt/nezha-bootstrap/nezha-bootstrap.pyz" in written
+    assert [p for p, data in written.items() if str(tmp_path).encode() in data] == []
+    assert [p for p in root.rglob("*") if p.is_symlink() and str(tmp_path) in os.readlink(p)] == []
+
+
+@pytest.mark.parametrize(("content", "problem"), [(None, "No such file"), (b"not a zip", "not a zipapp")])
+def test_install_service_refuses_a_pyz_that_is_not_a_zipapp_before_writing(root: Path, tmp_path: Path,
+                                                                           content: bytes | None, problem: str) -> None:
+    pyz = tmp_path / "x.pyz"
+    if content is not None:
+        pyz.write_bytes(content)
+    before = tree(root)
+
+    outcome = invoke("install-service", "--root", str(root), "--pyz", str(pyz), NEZHA_DASHBOARD_URL=URL,
+                     NEZHA_TOKEN=TOKEN)
+
+    assert outcome.exit_code == 2
+    assert problem in outcome.stderr
+    assert tree(root) == before
+
+
+def test_install_service_pyz_over_a_venv_says_its_script_is_replaced(root: Path, tmp_path: Path) -> None:
+    (root / "opt/nezha-bootstrap/bin").mkdir(parents=True)
+    (root / "opt/nezha-bootstrap/bin/python").symlink_to("/usr/bin/python3")
+
+    plan = service.plan_install_service(Paths(root), None, use_systemctl=False,
+                                        pyz=make_zipapp(tmp_path / "x.pyz").read_bytes())
+
+    assert any("holds a virtualenv" in note for note in plan.notes)
+
+
+@pytest.mark.root
+def test_the_launcher_runs_the_zipapp_when_the_tree_is_the_system(root: Path, tmp_path: Path) -> None:
+    """/opt of the built tree mounted over this machine's /opt (a private mount namespace): the launcher
+    finds the zipapp by the path it names, as it will in the image."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("python3"):
+        pytest.skip("needs root, unshare and a python3 on PATH")
+    outcome = invoke("install-service", "--root", str(root), "--unit-only", "--pyz",
+                     str(make_zipapp(tmp_path / "x.pyz")))
+    assert outcome.exit_code == 0, outcome.stderr
+    script = f"mount --make-rprivate / && mount --bind {root}/opt /opt && exec {render.TOOL} run --flag"
+
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "zipapp ran with ['run', '--flag'] isolated\n"
+
+
 # --- seal ----------------------------------------------------------------------------------------
 
 def test_seal_under_a_root_removes_agent_and_state_and_empties_the_machine_id(root: Path) -> None:

@@ -30,7 +30,12 @@ COPIES = {
     "systemd/nezha-bootstrap.env": "env",
     "cloud-init/cloud-init-full.yaml": "cloud-init",
     "cloud-init/cloud-init-minimal.yaml": "cloud-init-minimal",
+    "cloud-init/cloud-init-pyz.yaml": "cloud-init-pyz",
+    "cloud-init/nezha-bootstrap-fetch": "fetch",
+    "systemd/nezha-bootstrap-fetch.conf": "fetch-drop-in",
+    "systemd/nezha-bootstrap-launcher": "launcher",
 }
+PYZ_SHA256 = "0123456789abcdef" * 4
 URL = "https://nezha.example.com"
 VALIDATOR_TIMEOUT = 120
 
@@ -69,6 +74,8 @@ def filled_documents() -> dict[str, str]:
         "cloud-init": render.cloud_init(settings, ["--index-url=https://pypi.example.test/simple",
                                                    "nezha-bootstrap @ https://example.test/nezha.whl"]),
         "cloud-init-minimal": render.cloud_init_minimal(settings),
+        "cloud-init-pyz": render.cloud_init_pyz(settings, "https://example.test/nezha-bootstrap.pyz?sig=a&b=%20",
+                                                PYZ_SHA256),
     }
 
 
@@ -132,7 +139,7 @@ def test_the_settings_template_sets_nothing_and_no_comment_continues_a_line() ->
     assert not [line for line in text.splitlines() if line.startswith("#") and line.endswith("\\")]
 
 
-@pytest.mark.parametrize("kind", ["cloud-init", "cloud-init-minimal"])
+@pytest.mark.parametrize("kind", ["cloud-init", "cloud-init-minimal", "cloud-init-pyz"])
 def test_user_data_holds_only_the_keys_we_mean(kind: str) -> None:
     # cloud-init's schema accepts any unknown top-level key, so this one is ours to check.
     for text in (render.template(kind), filled_documents()[kind]):
@@ -153,7 +160,8 @@ def cloud_init_schema(path: Path) -> str:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["cloud-init", "cloud-init-minimal", "filled cloud-init", "filled cloud-init-minimal"])
+@pytest.mark.parametrize("name", ["cloud-init", "cloud-init-minimal", "cloud-init-pyz", "filled cloud-init",
+                                  "filled cloud-init-minimal", "filled cloud-init-pyz"])
 def test_cloud_init_accepts_the_templates_and_what_render_makes(tmp_path: Path, name: str) -> None:
     require("cloud-init")
     kind = name.replace("filled ", "")
@@ -213,6 +221,24 @@ def test_systemd_accepts_the_unit_install_service_writes(unit_root: Path) -> Non
     written = Paths(unit_root).service_unit.read_text()
 
     assert systemd_verify(unit_root, written) == ""
+
+
+@pytest.mark.integration
+def test_systemd_accepts_the_unit_with_the_zipapp_fetch_drop_in(unit_root: Path) -> None:
+    require("systemd-analyze")
+    drop_in = unit_root / "etc/systemd/system" / f"{render.UNIT_NAME}.d" / "fetch.conf"
+    env = unit_root / "usr/bin/env"  # what ExecStartPre runs: it must exist and be executable in the root
+    env.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/usr/bin/env", env)
+    drop_in.parent.mkdir(parents=True)
+    drop_in.write_text(render.template("fetch-drop-in"))
+    try:
+        assert systemd_verify(unit_root, render.unit()) == ""
+        drop_in.write_text(render.template("fetch-drop-in").replace("ExecStartPre=", "ExecStartPre=/nonexistent "))
+        assert "not executable" in systemd_verify(unit_root, render.unit())
+    finally:
+        shutil.rmtree(drop_in.parent)
+        env.unlink()
 
 
 @pytest.mark.integration

@@ -9,6 +9,7 @@ rules. The templates are valid documents as they stand: a placeholder is a quote
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Union
@@ -22,6 +23,11 @@ TEMPLATES = {
     "env": "nezha-bootstrap.env",
     "cloud-init": "cloud-init-full.yaml",
     "cloud-init-minimal": "cloud-init-minimal.yaml",
+    # The zipapp install: its user-data and the files it writes (install-service --pyz writes the launcher).
+    "cloud-init-pyz": "cloud-init-pyz.yaml",
+    "fetch": "nezha-bootstrap-fetch",
+    "fetch-drop-in": "nezha-bootstrap-fetch.conf",
+    "launcher": "nezha-bootstrap-launcher",
 }
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -107,6 +113,20 @@ def cloud_init(settings: str, install: Sequence[str]) -> str:
     if not install:
         raise ValueError("pip install needs at least the package spec")
     return fill(template("cloud-init"), {"ENV_FILE": settings, "UNIT": unit(), "PIP_ARGS": list(install)})
+
+
+def launcher() -> str:
+    """The script at TOOL that runs the zipapp with the system's python3, isolated (-I)."""
+    return template("launcher")
+
+
+def cloud_init_pyz(settings: str, url: str, sha256: str) -> str:
+    """Zipapp user-data: `settings`, the unit and a drop-in whose ExecStartPre fetches the zipapp from
+    `url` and checks it against `sha256` (the fetcher is in write_files too), and the launcher."""
+    pinned = json.dumps({"url": url, "sha256": sha256}) + "\n"
+    return fill(template("cloud-init-pyz"), {"ENV_FILE": settings, "PYZ_SOURCE": pinned, "FETCHER": template("fetch"),
+                                             "LAUNCHER": launcher(), "DROP_IN": template("fetch-drop-in"),
+                                             "UNIT": unit()})
 
 
 def cloud_init_minimal(settings: str) -> str:

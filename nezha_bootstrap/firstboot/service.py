@@ -11,32 +11,43 @@ from pathlib import Path
 from nezha_bootstrap import agent
 from nezha_bootstrap.config import display_url
 from nezha_bootstrap.effects import Action, Command, Empty, Link, Plan, Remove, Write
-from nezha_bootstrap.firstboot import render
+from nezha_bootstrap.firstboot import render, zipapp
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.state import State
 
 UNIT_TARGET = "/etc/systemd/system/" + render.UNIT_NAME  # what `systemctl enable` links to
 
 
-def plan_install_service(paths: Paths, settings: str | None, *, use_systemctl: bool) -> Plan:
-    """Write the unit (and the settings file unless None), then enable the unit."""
-    actions: list[Action] = [Write(paths.service_unit, render.unit().encode("utf-8"), 0o644)]
+def plan_install_service(paths: Paths, settings: str | None, *, use_systemctl: bool, pyz: bytes | None = None) -> Plan:
+    """Write the unit (and the settings file unless None), then enable the unit; with `pyz`, first the
+    tool: the zipapp and its launcher (absolute paths as seen inside the root, so an image works)."""
+    actions: list[Action] = []
+    if pyz is not None:
+        actions += [Write(paths.under(zipapp.PYZ), pyz, 0o755),
+                    Write(paths.under(render.TOOL), render.launcher().encode("utf-8"), 0o755)]
+    actions.append(Write(paths.service_unit, render.unit().encode("utf-8"), 0o644))
     if settings is not None:
         actions.append(Write(paths.settings_file, settings.encode("utf-8"), 0o600, private_dir=True))
     if use_systemctl:
         actions += [Command(("systemctl", "daemon-reload")), Command(("systemctl", "enable", render.UNIT_NAME))]
     else:
         actions.append(Link(paths.service_wants_link, UNIT_TARGET))
+    return Plan(tuple(actions), tuple(_install_notes(paths, settings, pyz)))
+
+
+def _install_notes(paths: Paths, settings: str | None, pyz: bytes | None) -> list[str]:
     notes = []
-    if not os.access(paths.under(render.TOOL), os.X_OK):
-        notes.append(
-            f"{paths.under(render.TOOL)} does not exist: the unit runs the tool from {render.TOOL}; install it "
-            "there (python3 -m venv /opt/nezha-bootstrap, then its pip) or link it there"
-        )
+    tool = paths.under(render.TOOL)
+    if pyz is None and not os.access(tool, os.X_OK):
+        notes.append(f"{tool} does not exist: the unit runs the tool from {render.TOOL}; install it there "
+                     "(--pyz FILE with the zipapp, or python3 -m venv /opt/nezha-bootstrap and its pip)")
+    elif pyz is not None and (tool.parent / "python").exists():
+        notes.append(f"{tool.parent.parent} holds a virtualenv: its {render.TOOL} script is replaced by the "
+                     "zipapp's launcher")
     if settings is None and not paths.settings_file.exists():
         notes.append(f"there is no {paths.settings_file}: the unit is skipped until one is written "
                      "(for example by cloud-init-minimal user-data)")
-    return Plan(tuple(actions), tuple(notes))
+    return notes
 
 
 def plan_seal(paths: Paths, *, own_system: bool) -> Plan:
