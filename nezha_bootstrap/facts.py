@@ -19,6 +19,7 @@ class Facts:
     primary_ipv4: str | None
     machine_id: str | None
     systemd_running: bool
+    instance_id: str | None = None  # cloud-init's, where cloud-init ran (read_instance_id)
 
 
 def gather(paths: Paths, want_ip: bool = True) -> Facts:
@@ -32,6 +33,7 @@ def gather(paths: Paths, want_ip: bool = True) -> Facts:
         primary_ipv4=primary_ipv4() if want_ip else None,
         machine_id=read_machine_id(paths.machine_id),
         systemd_running=systemd_running(paths),
+        instance_id=read_instance_id(paths.instance_id),
     )
 
 
@@ -53,6 +55,18 @@ def read_machine_id(path: Path) -> str | None:
     except OSError:
         return None
     return value or None
+
+
+def read_instance_id(path: Path) -> str | None:
+    """cloud-init's instance-id (/var/lib/cloud/data/instance-id): one per instance a cloud boots, so a
+    new one under an unchanged machine-id is an image captured without `seal`. None without cloud-init."""
+    try:
+        value = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    # cloud-init writes "iid-datasource-none" when no datasource answered: not an instance's identity.
+    usable = value.isprintable() and len(value) <= 256 and value != "iid-datasource-none"
+    return value if value and usable else None
 
 
 def primary_ipv4() -> str | None:

@@ -50,6 +50,31 @@ def machine_uuid(machine_id: str) -> str:
     return str(uuid.uuid5(NAMESPACE, machine_id)).lower()
 
 
+def instance_uuid(machine_id: str, instance_id: str) -> str:
+    """The uuid of an unsealed clone: UUIDv5 of the project namespace and "<machine-id>/<instance-id>".
+
+    Clones of an image captured without `seal` share the machine-id; cloud-init's instance-id is the one
+    value that differs per instance, so it joins the machine-id only for such a clone (every other machine
+    keeps its uuid from the machine-id alone, as before)."""
+    return str(uuid.uuid5(NAMESPACE, f"{machine_id}/{instance_id}")).lower()
+
+
+def unsealed_clone(saved_instance_id: str | None, instance_id: str | None) -> bool:
+    """Whether the state was written on another cloud-init instance (the caller saw the same machine-id)."""
+    return bool(saved_instance_id and instance_id and saved_instance_id != instance_id)
+
+
+def unsealed_note(saved_instance_id: str | None, instance_id: str | None) -> str:
+    """The loud warning about an image captured without `seal`."""
+    return (
+        f"THIS MACHINE IS AN UNSEALED CLONE: cloud-init's instance-id is {instance_id}, the state was written on "
+        f"instance {saved_instance_id}, and the machine-id is the same. The image was captured without "
+        "`nezha-bootstrap seal`, so its clones share the machine-id and the state; this one registers as its own "
+        "server. Seal images before capturing them, and give this machine its own machine-id "
+        "(systemd-machine-id-setup)"
+    )
+
+
 @dataclass(frozen=True)
 class Identity:
     """The uuid this run enrolls with and where it came from."""

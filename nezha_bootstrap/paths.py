@@ -29,6 +29,11 @@ class Paths:
         return self.state_dir / "state.json"
 
     @property
+    def pending_file(self) -> Path:
+        """A v0 registration under way (state.Pending)."""
+        return self.state_dir / "pending.json"
+
+    @property
     def lock_file(self) -> Path:
         return self.state_dir / "lock"
 
@@ -40,6 +45,11 @@ class Paths:
     @property
     def machine_id(self) -> Path:
         return self.under("/etc/machine-id")
+
+    @property
+    def instance_id(self) -> Path:
+        """cloud-init's record of the instance it last booted as."""
+        return self.under("/var/lib/cloud/data/instance-id")
 
     @property
     def dbus_machine_id(self) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 from nezha_bootstrap.config import SECRET_RE
 from nezha_bootstrap.errors import LockBusy, StateError
 from nezha_bootstrap.paths import Paths
-from nezha_bootstrap.system import atomic_write, ensure_private_dir
+from nezha_bootstrap.system import atomic_write, ensure_private_dir, fsync_dir
 
 STATE_VERSION = 1
 
@@ -43,6 +43,12 @@ class State:
     uuid: str | None = None
     method: str | None = None
     agent_version: str | None = None
+    # What the install put in place beyond the probe address, port and TLS (None: not recorded by the
+    # version that installed it): a difference from the settings reinstalls with the saved secret.
+    agent_flags: tuple[str, ...] | None = None
+    # cloud-init's instance-id when the node registered: a new one under the same machine-id is an image
+    # captured without `seal` and booted as another instance (facts.read_instance_id).
+    instance_id: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The state without the secret, for `status` and `--json`."""
@@ -80,7 +86,10 @@ def load(paths: Paths, *, move_aside: bool = True) -> State | None:
     problem = _field_problem(data)
     if problem:
         raise StateError(_corrupt(paths, problem, move_aside))
-    return State(**{k: data[k] for k in _FIELD_TYPES if k in data})
+    values = {k: data[k] for k in _FIELD_TYPES if k in data}
+    if values.get("agent_flags") is not None:
+        values["agent_flags"] = tuple(values["agent_flags"])
+    return State(**values)
 
 
 _TEXT_OR_NONE = (str, type(None))
@@ -89,6 +98,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "probe_port": (int,), "tls": (bool,), "secret": (str,), "machine_id": _TEXT_OR_NONE,
     "registered_at": _TEXT_OR_NONE, "installed_at": _TEXT_OR_NONE,
     "generation": _TEXT_OR_NONE, "uuid": _TEXT_OR_NONE, "method": _TEXT_OR_NONE, "agent_version": _TEXT_OR_NONE,
+    "agent_flags": (list, type(None)), "instance_id": _TEXT_OR_NONE,
 }
 
 
@@ -104,6 +114,8 @@ def _field_problem(data: dict[str, Any]) -> str | None:
     if missing:
         return f"fields are missing: {', '.join(missing)}"
     wrong = sorted(k for k, types in _FIELD_TYPES.items() if k in data and not _has_type(data[k], types))
+    if isinstance(data.get("agent_flags"), list) and not all(isinstance(f, str) for f in data["agent_flags"]):
+        wrong.append("agent_flags")
     if wrong:
         return f"fields have the wrong type: {', '.join(wrong)}"
     if data.get("uuid") is not None and data["secret"] == "":
@@ -138,6 +150,60 @@ def save(paths: Paths, state: State) -> None:
         atomic_write(paths.state_file, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
     except OSError as exc:
         raise StateError(_write_problem(paths.state_file, exc)) from exc
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A v0 registration under way: saved (fsync) before the register POST, removed once its secret is
+    saved. A run killed in between (SIGKILL, power loss) leaves it, and the next run looks for the server
+    it may have made before registering anything (dashboard-v0-register.md: the token API cannot read a
+    secret back, so a server whose answer was lost can only be found by its name and deleted)."""
+
+    dashboard_url: str
+    name: str
+    tag: str
+    before: tuple[int, ...]  # ids of the servers so named under the tag just before the POST
+    machine_id: str | None
+    started_at: str
+
+
+def save_pending(paths: Paths, pending: Pending) -> None:
+    """Record the registration about to be sent, durably (atomic write, file and directory fsync)."""
+    ensure_private_dir(paths.state_dir)
+    data = {"version": STATE_VERSION, **dataclasses.asdict(pending)}
+    try:
+        atomic_write(paths.pending_file, (json.dumps(data, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        raise StateError(_write_problem(paths.pending_file, exc) + "; nothing was registered") from exc
+
+
+def load_pending(paths: Paths) -> Pending | None:
+    """The registration an earlier run left under way, or None."""
+    try:
+        data = json.loads(paths.pending_file.read_bytes())
+        pending = Pending(dashboard_url=str(data["dashboard_url"]), name=str(data["name"]), tag=str(data["tag"]),
+                          before=tuple(int(i) for i in data["before"]), machine_id=data.get("machine_id"),
+                          started_at=str(data["started_at"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise StateError(
+            f"{paths.pending_file} records a registration an earlier run did not finish, but it is unreadable; "
+            "look in the dashboard for a server named like this node that never connected, delete it, then "
+            "remove that file and run again"
+        ) from exc
+    return pending
+
+
+def clear_pending(paths: Paths) -> None:
+    """Forget the registration under way (its secret is saved, or it is known to have made nothing)."""
+    try:
+        os.unlink(paths.pending_file)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateError(f"cannot remove {paths.pending_file}: {exc.strerror}") from exc
+    fsync_dir(paths.state_dir)
 
 
 ROOM_NEEDED = 4096  # a state file is under 1 KiB; one block more covers the rename's new entry

@@ -8,6 +8,7 @@ from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import display_url
 from nezha_bootstrap.facts import agent_processes
 from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.state import State
 
 
 def collect(paths: Paths) -> dict[str, Any]:
@@ -19,6 +20,8 @@ def collect(paths: Paths) -> dict[str, Any]:
         public["dashboard_url"] = display_url(public["dashboard_url"])
         info.update(public)
     info["installed"] = bool(saved and saved.installed_at)
+    if saved is not None and saved.installed_at:
+        info["drift"] = drift(paths, saved)  # what the next run repairs (v0: with the saved secret)
     info["agent_unit"] = str(paths.agent_unit) if paths.agent_unit.exists() else (
         str(paths.agent_openrc) if paths.agent_openrc.exists() else None)
     info.update(_agent_layout(paths))
@@ -26,6 +29,29 @@ def collect(paths: Paths) -> dict[str, Any]:
     info["agent_running"] = bool(pids)
     info["agent_pids"] = pids
     return info
+
+
+def drift(paths: Paths, saved: State) -> list[str]:
+    """How the agent on disk differs from what the state says was installed."""
+    from nezha_bootstrap import agent
+
+    unit = agent.installed_unit(paths)
+    found = [] if paths.agent_binary.exists() else [f"the agent binary {paths.agent_binary} is gone"]
+    if unit is None:
+        return [*found, "the agent unit is gone"]
+    if saved.uuid is not None or unit != paths.agent_unit:
+        return found  # v1/v2: `run` compares config.yml with the settings
+    argv = agent.read_exec_start(unit) or []
+    host = f"[{saved.probe_address}]" if ":" in saved.probe_address else saved.probe_address
+    server = next((argv[i + 1] for i, word in enumerate(argv[:-1]) if word in ("-s", "--server")), None)
+    if server != f"{host}:{saved.probe_port}":
+        found.append(f"the unit's server is {server or 'missing'}, the install was for {host}:{saved.probe_port}")
+    if ("--tls" in argv) != saved.tls:
+        found.append(f"the unit runs the agent {'with' if '--tls' in argv else 'without'} --tls, the install did not")
+    missing = [flag for flag in saved.agent_flags or () if flag not in argv]
+    if missing:
+        found.append(f"the unit lacks the agent flags {' '.join(missing)}")
+    return found
 
 
 def _agent_layout(paths: Paths) -> dict[str, Any]:

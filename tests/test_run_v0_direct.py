@@ -106,7 +106,8 @@ def test_a_reinstall_over_an_installed_agent_uninstalls_it_first(direct: Cli) ->
     outcome = direct("run", "--agent-flag", "--disable-auto-update", NEZHA_PROBE_PORT="5556")
 
     assert outcome.exit_code == 0, outcome.stderr
-    assert "plan: install only (the probe address, port or TLS setting changed)" in outcome.stderr
+    assert ("plan: install only (the probe address, port or TLS setting changed; "
+            "the agent flags changed (none -> --disable-auto-update))") in outcome.stderr
     [server] = direct.fake.servers
     assert [c.argv for c in agent_calls(direct)][1:] == [
         ["service", "uninstall"],

@@ -162,6 +162,9 @@ class Registration:
     # the caller may hold stop signals, so a server the dashboard made never loses its secret.
     keep: Callable[[str], None] = lambda secret: None
     guard: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    # `pending` records the registration durably before the first POST, with the ids seen before it:
+    # a run killed while the answer is on its way leaves the next run what it needs to look for.
+    pending: Callable[[set[int]], None] = lambda before: None
     before: set[int] | None = None
     suspect: bool = False
 
@@ -170,6 +173,7 @@ class Registration:
         name = self.body["Name"]
         if self.before is None:
             self.before = self.dashboard.ids_named(name, self.tag, seconds_left)
+            self.pending(self.before)
         if self.suspect:
             new = self.dashboard.ids_named(name, self.tag, seconds_left) - self.before
             if new:

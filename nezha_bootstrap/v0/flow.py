@@ -9,11 +9,11 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
-from nezha_bootstrap import interrupts, redact
+from nezha_bootstrap import identity, interrupts, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import Config, display_url
 from nezha_bootstrap.effects import Command
-from nezha_bootstrap.errors import DashboardUnreachable, InstallerFailed, StateError
+from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter, RunResult
@@ -25,6 +25,8 @@ from nezha_bootstrap.v0.script import InstallPlan
 
 if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
+
+    from nezha_bootstrap.v0.api import Dashboard
 
 Install = Union[InstallPlan, V0Install]
 
@@ -42,7 +44,8 @@ class Decision:
     notes: tuple[str, ...] = ()
 
 
-def decide(config: Config, saved: State | None, facts: Facts, unit_present: bool) -> Decision:
+def decide(config: Config, saved: State | None, facts: Facts, unit_present: bool,
+           binary_present: bool = True) -> Decision:
     """What this run must do, from what the last run left behind."""
     if saved is None:
         return Decision(Action.REGISTER, "no saved state: this node was never registered")
@@ -55,14 +58,36 @@ def decide(config: Config, saved: State | None, facts: Facts, unit_present: bool
         return Decision(Action.REGISTER, f"registered with another dashboard ({display_url(saved.dashboard_url)})")
     if saved.machine_id != facts.machine_id:
         return Decision(Action.REGISTER, "the machine-id changed: this is a clone of a registered image")
+    if identity.unsealed_clone(saved.instance_id, facts.instance_id):
+        return Decision(Action.REGISTER, "cloud-init's instance-id changed under the same machine-id",
+                        (identity.unsealed_note(saved.instance_id, facts.instance_id),))
     notes = _unchangeable(config, saved)
     if saved.installed_at is None:
         return Decision(Action.INSTALL, "registered earlier, the install did not finish", notes)
     if not unit_present:
         return Decision(Action.INSTALL, "the agent unit is gone", notes)
-    if (saved.probe_address, saved.probe_port, saved.tls) != (config.probe_address, config.probe_port, config.tls):
-        return Decision(Action.INSTALL, "the probe address, port or TLS setting changed", notes)
+    if not binary_present:
+        return Decision(Action.INSTALL, "the agent binary is gone", notes)
+    drift = install_drift(config, saved)
+    if drift:
+        return Decision(Action.INSTALL, "; ".join(drift), notes)
     return Decision(Action.NOTHING, "registered and installed", notes)
+
+
+def install_drift(config: Config, saved: State) -> list[str]:
+    """How the settings differ from what the last install put in place (a value not recorded is not compared)."""
+    drift = []
+    if (saved.probe_address, saved.probe_port, saved.tls) != (config.probe_address, config.probe_port, config.tls):
+        drift.append("the probe address, port or TLS setting changed")
+    if saved.method is not None and saved.method != method_of(config):
+        drift.append(f"the install method changed ({saved.method} -> {method_of(config)})")
+    if saved.agent_flags is not None and saved.agent_flags != config.agent_flags:
+        drift.append(f"the agent flags changed ({' '.join(saved.agent_flags) or 'none'} -> "
+                     f"{' '.join(config.agent_flags) or 'none'})")
+    wanted = agent_version_of(config)
+    if saved.method == method_of(config) == "direct" and saved.agent_version not in (None, wanted):
+        drift.append(f"the agent version changed ({saved.agent_version} -> {wanted})")
+    return drift
 
 
 def _unchangeable(config: Config, saved: State) -> tuple[str, ...]:
@@ -89,16 +114,28 @@ class Runner:
         """Take the lock, decide, register and install as needed."""
         with state_mod.locked(self.paths, self.config.lock_timeout):
             saved = state_mod.load(self.paths)
-            decision = decide(self.config, saved, self.facts, unit_present(self.paths))
+            pending = state_mod.load_pending(self.paths)
+            decision = decide(self.config, saved, self.facts, unit_present(self.paths),
+                              self.paths.agent_binary.exists())
             self._announce(decision)
+            if decision.action is not Action.REGISTER and saved is not None:
+                self._settle(saved, pending)
             if decision.action is Action.NOTHING:
                 return self._result("nothing_to_do", decision)
             if decision.action is Action.REGISTER or saved is None:
-                saved = self._register()
+                saved = self._register(pending)
             redact.register(saved.secret)
             self._install(saved)
             registered = decision.action is Action.REGISTER
             return self._result("registered_and_installed" if registered else "installed", decision)
+
+    def _settle(self, saved: State, pending: state_mod.Pending | None) -> None:
+        """Local upkeep of a registered node: forget a registration its state has saved since (a run killed
+        between the save and the removal), and record cloud-init's instance-id where none was recorded."""
+        if pending is not None and saved.registered_at is not None and pending.started_at <= saved.registered_at:
+            state_mod.clear_pending(self.paths)
+        if saved.instance_id is None and self.facts.instance_id is not None:
+            state_mod.save(self.paths, dataclasses.replace(saved, instance_id=self.facts.instance_id))
 
     def _announce(self, decision: Decision) -> None:
         self.reporter.info(f"plan: {decision.action.value} ({decision.reason})")
@@ -123,18 +160,23 @@ class Runner:
             self.downloads = make_download_client(self.config.ca_bundle, urls=urls)
         return self.downloads
 
-    def _register(self) -> State:
+    def _register(self, pending: state_mod.Pending | None) -> State:
         from nezha_bootstrap.v0.api import Dashboard, Registration
 
         config = self.config
         assert config.token is not None  # a v0 run has its token: config.build and run.check_v0_settings
+        dashboard = Dashboard(self._http(), config.dashboard_url, config.token)
+        if pending is not None:
+            self._look_for(pending, dashboard)
         kept: list[State] = []
+        tag = config.tag or "AutoRegister"  # the dashboard's default tag
         registration = Registration(
-            Dashboard(self._http(), config.dashboard_url, config.token),
-            config.register_body(),
-            tag=config.tag or "AutoRegister",  # the dashboard's default tag
+            dashboard, config.register_body(), tag=tag,
             keep=lambda secret: kept.append(self._save_registration(secret)),
-            # A stop signal waits for the POST and the save (at most the request's timeout).
+            pending=lambda before: state_mod.save_pending(self.paths, state_mod.Pending(
+                dashboard_url=config.dashboard_url, name=config.name, tag=tag, before=tuple(sorted(before)),
+                machine_id=self.facts.machine_id, started_at=state_mod.now())),
+            # A stop signal that arrives between the complete answer and its save waits for the save.
             guard=interrupts.deferred,
         )
         # A server whose secret cannot be kept must never be made: prove the state fits first.
@@ -146,6 +188,30 @@ class Runner:
             )
         return kept[-1]
 
+    def _look_for(self, pending: state_mod.Pending, dashboard: Dashboard) -> None:
+        """An earlier run stopped while registering (killed, power lost): never register blindly. Look for the
+        server it may have made, as the lost-answer path does, and stop if it is there."""
+        shown = display_url(pending.dashboard_url)
+        if pending.dashboard_url != self.config.dashboard_url:
+            self.reporter.warn(f"an earlier run was stopped while registering {pending.name!r} with {shown} "
+                               f"({pending.started_at}); if a server of that name that never connected is there, "
+                               "delete it")
+            state_mod.clear_pending(self.paths)
+            return
+        self.reporter.info(f"an earlier run was stopped while registering {pending.name!r} ({pending.started_at}): "
+                           "looking for the server it may have made")
+        now = with_retries(lambda left: dashboard.ids_named(pending.name, pending.tag, left),
+                           deadline=self.config.deadline, what="server list", give_up=DashboardUnreachable,
+                           notify=self.reporter.info)
+        made = sorted(now - set(pending.before))
+        if made:
+            raise DashboardRefused(
+                f"register: an earlier run was stopped while registering {pending.name!r} under tag {pending.tag!r} "
+                f"({pending.started_at}), and the dashboard now has a new server so named (id "
+                f"{', '.join(str(i) for i in made)}), whose secret never arrived. Not registering again: delete "
+                "that server in the dashboard, then run again"
+            )
+
     def _save_registration(self, secret: str) -> State:
         """Save a new secret at once: a failed install must never cost a second server."""
         config = self.config
@@ -154,6 +220,7 @@ class Runner:
             dashboard_url=config.dashboard_url, name=config.name, tag=config.tag,
             probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
             secret=secret, machine_id=self.facts.machine_id, registered_at=state_mod.now(),
+            instance_id=self.facts.instance_id,
         )
         try:
             state_mod.save(self.paths, saved)
@@ -162,6 +229,7 @@ class Runner:
                 f"{exc}. The dashboard made the server {config.name!r}, whose secret is lost now: "
                 "delete it in the dashboard, fix the state directory, then run again"
             ) from exc
+        state_mod.clear_pending(self.paths)
         return saved
 
     def _install(self, saved: State) -> None:
@@ -182,7 +250,8 @@ class Runner:
                 agent.wait_active(agent.is_active)
         installed = dataclasses.replace(
             saved, probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
-            installed_at=state_mod.now(), method=method_of(config),
+            installed_at=state_mod.now(), method=method_of(config), agent_flags=config.agent_flags,
+            agent_version=agent_version_of(config), instance_id=self.facts.instance_id or saved.instance_id,
         )
         state_mod.save(self.paths, installed)
 
@@ -219,6 +288,12 @@ class Runner:
         finally:
             if isinstance(plan, InstallPlan):
                 shutil.rmtree(plan.script_path.parent, ignore_errors=True)
+
+
+def agent_version_of(config: Config) -> str | None:
+    """The v0 agent version an install pins: --method direct's release; install.sh picks its own (None)."""
+    release = v0_release(config, machine="x86_64")  # the version only: any architecture names it
+    return release.version if release else None
 
 
 def method_of(config: Config) -> str:
@@ -266,7 +341,7 @@ def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter) -> RunRe
 def dry_run(config: Config, facts: Facts, paths: Paths) -> RunResult:
     """The v0 plan: what `run` would send, run and write; reads the state, changes nothing."""
     saved = state_mod.load(paths, move_aside=False)
-    decision = decide(config, saved, facts, unit_present(paths))
+    decision = decide(config, saved, facts, unit_present(paths), paths.agent_binary.exists())
     lines = [f"plan: {decision.action.value} ({decision.reason})"]
     lines += [f"note: {note}" for note in decision.notes]
     details: dict[str, Any] = {"action": decision.action.name.lower()}

@@ -128,6 +128,10 @@ def machine_identity(settings: AgentConfig, facts: Facts, saved: State | None) -
         problem = identity.machine_id_problem(facts.machine_id)
         if problem:
             raise SettingsError([problem])
+    if (not settings.uuid and saved and facts.machine_id and saved.machine_id == facts.machine_id
+            and facts.instance_id and identity.unsealed_clone(saved.instance_id, facts.instance_id)):
+        return identity.Identity(identity.instance_uuid(facts.machine_id, facts.instance_id),
+                                 "machine-id and cloud-init instance-id: an unsealed clone")
     return identity.resolve(settings.uuid, facts.machine_id,
                             saved.machine_id if saved else None, saved.uuid if saved else None)
 
@@ -143,6 +147,8 @@ def decide(saved: State | None, config: Config, facts: Facts, on_disk: str | Non
         return True, f"enrolled with another dashboard ({display_url(saved.dashboard_url)})"
     if saved.machine_id != facts.machine_id:
         return True, "the machine-id changed: this clone enrolls under its own uuid"
+    if identity.unsealed_clone(saved.instance_id, facts.instance_id):
+        return True, "cloud-init's instance-id changed under the same machine-id: this clone enrolls under its own uuid"
     if not paths.agent_binary.exists():
         return True, "the agent binary is gone"
     if agent.installed_unit(paths) is None:
@@ -179,6 +185,9 @@ class V1Runner:
             saved = state_mod.load(self.paths)
             plan = plan_enrollment(saved, self.config, self.facts, self.paths, self.machine)
             install, reason = plan.install, plan.reason
+            if saved and saved.machine_id == self.facts.machine_id and identity.unsealed_clone(
+                    saved.instance_id, self.facts.instance_id):
+                self.reporter.warn(identity.unsealed_note(saved.instance_id, self.facts.instance_id))
             self.reporter.info(f"plan: {'install the agent' if install else 'nothing to do'} ({reason})")
             self.reporter.info(f"  uuid {plan.uuid} (from {plan.uuid_source})")
             for warning in agent.override_warnings(self.paths, self.environ):
@@ -192,6 +201,8 @@ class V1Runner:
                 self._save(saved, plan.uuid, plan.release.version)
             else:
                 self._warn_leftovers()
+                if saved and saved.instance_id is None and self.facts.instance_id:
+                    state_mod.save(self.paths, dataclasses.replace(saved, instance_id=self.facts.instance_id))
             outcome = "installed" if install else "nothing_to_do"
             details: dict[str, Any] = {"adopted_uuids": adopted} if adopted else {}
             if node:
@@ -319,6 +330,7 @@ class V1Runner:
             probe_port=config.probe_port, tls=config.tls, secret="", machine_id=self.facts.machine_id,
             registered_at=saved.registered_at if saved and saved.uuid == uuid else when, installed_at=when,
             generation=self.generation.value, uuid=uuid, method="direct", agent_version=version,
+            instance_id=self.facts.instance_id,
         ))
 
     def _result(self, outcome: str, reason: str, uuid: str, details: dict[str, Any]) -> RunResult:
