@@ -68,7 +68,7 @@ def test_simple_ok_answers_a_json_string_literal_with_its_quotes(
 
     server = only_server(fake)
     assert response.status_code == 200
-    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-type"] == "application/json; charset=utf-8"  # as the real v0.20.13 sends it
     assert response.text == f'"{server.secret}"'
     assert SECRET.match(server.secret)
     assert (server.name, server.tag, server.note, server.hide_for_guest) == ("n1", "AutoRegister", "", True)
@@ -285,7 +285,7 @@ def test_a_v0_older_than_0_20_12_has_no_register_route(http: httpx.Client, fake:
 def listed(server: Server) -> dict[str, object]:
     return {
         "id": server.id, "name": server.name, "tag": server.tag, "last_active": -62135596800, "ipv4": "",
-        "ipv6": "", "valid_ip": "", "display_index": 0, "hide_for_guest": server.hide_for_guest,
+        "ipv6": "", "valid_ip": "", "display_index": 0, "hide_for_guest": False,  # never copied (observed)
     }
 
 
@@ -335,3 +335,25 @@ def test_every_request_is_journaled_with_path_query_headers_and_body(http: httpx
     assert (entry.method, entry.path, entry.query, entry.body) == ("POST", REGISTER, "simple=true", b'{"Name":"j"}')
     assert entry.headers["authorization"] == TOKEN
     assert entry.client == "127.0.0.1"
+
+
+def test_the_list_never_shows_hidden_but_details_without_parameters_does(http: httpx.Client,
+                                                                          fake: FakeDashboard) -> None:
+    # Observed on v0.20.13: /list and /details?id= or ?tag= always say hide_for_guest false, display_index 0.
+    register(http, b'{"Name":"n1","Tag":"t"}', query="simple=true")
+    token = {"Authorization": TOKEN}
+
+    listed = http.get("/api/v1/server/list", headers=token).json()["result"]
+    by_id = http.get("/api/v1/server/details", params={"id": "1"}, headers=token).json()["result"]
+    everything = http.get("/api/v1/server/details", headers=token).json()["result"]
+
+    assert [(item["hide_for_guest"], item["display_index"]) for item in listed + by_id] == [(False, 0), (False, 0)]
+    assert [item["hide_for_guest"] for item in everything] == [True]
+
+
+def test_without_a_user_every_token_is_refused(http: httpx.Client, fake: FakeDashboard) -> None:
+    fake.has_user = False
+
+    answered = http.get("/api/v1/server/list", headers={"Authorization": TOKEN})
+
+    assert (answered.status_code, answered.json()) == (200, {"code": 403, "message": "访问此接口需要认证"})

@@ -102,8 +102,9 @@ def test_the_release_host_serves_zips_that_match_their_checksums(fake: FakeV1, h
     checksums = http.get("/releases/v2.3.3/checksums.txt").text.splitlines()
     zipped = http.get("/releases/v2.3.3/nezha-agent_linux_arm64.zip").content
 
-    assert [line.split(" ")[1] for line in checksums] == ["nezha-agent_linux_amd64.zip", "nezha-agent_linux_arm64.zip"]
-    assert checksums[1] == f"{hashlib.sha256(zipped).hexdigest()} nezha-agent_linux_arm64.zip"
+    assert [line.split()[1] for line in checksums] == ["nezha-agent_linux_amd64.zip", "nezha-agent_linux_arm64.zip"]
+    # sha256sum's format, as the real releases' checksums.txt: two spaces
+    assert checksums[1] == f"{hashlib.sha256(zipped).hexdigest()}  nezha-agent_linux_arm64.zip"
     with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
         assert archive.namelist() == ["nezha-agent"]
         assert b"nezha-agent version 2.3.3" in archive.read("nezha-agent")

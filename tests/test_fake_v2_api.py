@@ -1,4 +1,8 @@
-"""The fake v1/v2 dashboard's REST API answers as dashboard-v1-v2.md says: tokens, PATCH, groups, WAF, login."""
+"""The fake v1/v2 dashboard's REST API answers as dashboard-v1-v2.md says: tokens, PATCH, groups, WAF, login.
+
+Error bodies, texts, item keys and cookies are the real dashboards' (tests/test_fakes_match_real.py replays
+what they answered); these tests were changed where they encoded the fake's earlier guesses.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +51,18 @@ def answer(response: httpx.Response) -> tuple[int, Any]:
     return response.status_code, response.json()
 
 
+RECORD_KEYS = ("created_at", "updated_at", "host", "state", "geoip", "last_active", "owner")
+
+
+def fields(item: dict[str, Any]) -> dict[str, Any]:
+    """A server item without what the dashboard keeps of its own (times, agent reports, owner)."""
+    return {key: value for key, value in item.items() if key not in RECORD_KEYS}
+
+
+def group_fields(item: dict[str, Any]) -> dict[str, Any]:
+    return {"group": {k: v for k, v in item["group"].items() if k not in RECORD_KEYS}, "servers": item["servers"]}
+
+
 FULL_FORM = {"name": "web-1", "note": "n", "public_note": "p", "display_index": 3, "hide_for_guest": True,
              "enable_ddns": True, "ddns_profiles": [1], "override_ddns_domains": {"1": ["a.example"]}}
 
@@ -60,8 +76,10 @@ def test_the_server_list_shows_the_fixed_fields_and_omits_empty_ones(fake: FakeV
     status, body = answer(http.get("/api/v1/server", headers=bearer(token)))
 
     assert status == 200
-    assert body == {"success": True, "data": [{"id": 1, "name": fake.servers[0].name, "uuid": UUID_A,
-                                               "display_index": 0}]}
+    [item] = body["data"]
+    assert fields(item) == {"id": 1, "name": fake.servers[0].name, "uuid": UUID_A, "display_index": 0}
+    assert list(item) == ["id", "created_at", "updated_at", "name", "uuid", "display_index", "host", "state",
+                          "geoip", "last_active", "owner"]  # the real v2.x order (owner from v2.0.14)
 
 
 def test_an_empty_list_has_no_data(fake: FakeV1, http: httpx.Client) -> None:
@@ -90,7 +108,7 @@ def test_a_bad_or_expired_token_is_401_and_counted(fake: FakeV1, http: httpx.Cli
 
     status, body = answer(http.get("/api/v1/server", headers=bearer(credential)))
 
-    assert (status, body) == (401, {"success": False, "error": "ApiErrorUnauthorized"})
+    assert (status, body) == (401, {"error": "ApiErrorUnauthorized: invalid api token"})
     assert fake.failed_credentials == 1
 
 
@@ -99,7 +117,7 @@ def test_no_credential_is_an_http_200_unauthorized_and_not_counted(fake: FakeV1,
                                                                    headers: dict[str, str]) -> None:
     status, body = answer(http.get("/api/v1/server", headers=headers))
 
-    assert (status, body) == (200, {"success": False, "error": "ApiErrorUnauthorized"})
+    assert (status, body) == (200, {"error": "ApiErrorUnauthorized"})
     assert fake.failed_credentials == 0
 
 
@@ -121,8 +139,7 @@ def test_listing_needs_the_read_scope_named_as_the_version_names_it(
     if granted:
         assert (status, body) == (200, {"success": True})
     else:
-        assert (status, body) == (403, {"success": False,
-                                        "error": f"ApiErrorForbidden: api token lacks scope {fake.read_scope}"})
+        assert (status, body) == (403, {"error": f"ApiErrorForbidden: api token lacks scope {fake.read_scope}"})
     assert fake.failed_credentials == 0
 
 
@@ -132,7 +149,7 @@ def test_a_read_only_token_cannot_patch(fake: FakeV1, http: httpx.Client) -> Non
 
     status, body = answer(http.patch("/api/v1/server/1", json=FULL_FORM, headers=bearer(token)))
 
-    assert (status, body) == (403, {"success": False, "error": "ApiErrorForbidden: api token lacks scope "
+    assert (status, body) == (403, {"error": "ApiErrorForbidden: api token lacks scope "
                                                                "nezha:server:write"})
 
 
@@ -154,7 +171,7 @@ def test_a_member_sees_only_its_own_servers(fake: FakeV1, http: httpx.Client) ->
 
     assert [item["uuid"] for item in mine] == [UUID_B]
     assert [item["uuid"] for item in everything] == [UUID_A, UUID_B]
-    assert refused == (200, {"success": False, "error": "permission denied"})
+    assert refused == (200, {"error": "permission denied"})
 
 
 # --- PATCH overwrites every field ----------------------------------------------------------------
@@ -166,7 +183,7 @@ def test_patch_writes_all_eight_fields_and_the_list_shows_them(fake: FakeV1, htt
     assert answer(http.patch("/api/v1/server/1", json=FULL_FORM, headers=bearer(token))) == (200, {"success": True})
 
     [item] = http.get("/api/v1/server", headers=bearer(token)).json()["data"]
-    assert item == {"id": 1, "uuid": UUID_A, **FULL_FORM}
+    assert fields(item) == {"id": 1, "uuid": UUID_A, **FULL_FORM}
 
 
 def test_patch_resets_the_fields_it_leaves_out(fake: FakeV1, http: httpx.Client) -> None:
@@ -177,19 +194,21 @@ def test_patch_resets_the_fields_it_leaves_out(fake: FakeV1, http: httpx.Client)
     http.patch("/api/v1/server/1", json={"note": "only this"}, headers=bearer(token))
 
     [item] = http.get("/api/v1/server", headers=bearer(token)).json()["data"]
-    assert item == {"id": 1, "name": "", "uuid": UUID_A, "display_index": 0, "note": "only this"}
+    assert fields(item) == {"id": 1, "name": "", "uuid": UUID_A, "display_index": 0, "note": "only this"}
     assert [c.fields["name"] for c in fake.changes] == ["web-1", ""]
 
 
 @pytest.mark.parametrize(("path", "body", "error"), [
     ("/api/v1/server/9", FULL_FORM, "server id 9 does not exist"),
-    ("/api/v1/server/1", {**FULL_FORM, "display_index": "3"}, "invalid request body"),
+    ("/api/v1/server/1", {**FULL_FORM, "display_index": "3"},
+     "json: cannot unmarshal string into Go struct field ServerForm.display_index of type int"),
+    ("/api/v1/server/abc", FULL_FORM, 'strconv.ParseUint: parsing "abc": invalid syntax'),
 ])
 def test_patch_errors_are_http_200(fake: FakeV1, http: httpx.Client, path: str, body: dict[str, Any],
                                    error: str) -> None:
     enroll(http, UUID_A, fake.agent_secret)
     assert answer(http.patch(path, json=body, headers=bearer(fake.add_token()))) == (
-        200, {"success": False, "error": error})
+        200, {"error": error})
 
 
 def test_the_guest_view_leaves_hidden_servers_out(fake: FakeV1, http: httpx.Client) -> None:
@@ -216,17 +235,40 @@ def test_groups_are_created_listed_and_replaced(fake: FakeV1, http: httpx.Client
 
     assert created == (200, {"success": True, "data": 1})
     assert replaced == (200, {"success": True})
-    assert listed == {"success": True, "data": [
-        {"group": {"id": 1, "name": "web", "user_id": 1}, "servers": [2]},
-        {"group": {"id": 2, "name": "web", "user_id": 1}, "servers": None},
-    ]}
+    assert [group_fields(item) for item in listed["data"]] == [
+        {"group": {"id": 1, "name": "web"}, "servers": [2]},
+        {"group": {"id": 2, "name": "web"}, "servers": None},
+    ]
+    assert list(listed["data"][0]["group"]) == ["id", "created_at", "updated_at", "name"]  # no user_id
 
 
 def test_a_group_member_must_be_an_existing_server(fake: FakeV1, http: httpx.Client) -> None:
     token = fake.add_token()
     assert answer(http.post("/api/v1/server-group", json={"name": "web", "servers": [7]}, headers=bearer(token))) == (
-        200, {"success": False, "error": "server id 7 does not exist"})
+        200, {"error": "have invalid server id"})
     assert fake.groups == []
+
+
+def test_a_group_write_without_a_name_empties_the_name(fake: FakeV1, http: httpx.Client) -> None:
+    token = fake.add_token()
+    http.post("/api/v1/server-group", json={"name": "web"}, headers=bearer(token))
+
+    patched = answer(http.patch("/api/v1/server-group/1", json={"servers": []}, headers=bearer(token)))
+
+    assert patched == (200, {"success": True})
+    assert fake.groups[0].name == ""  # replace-all of both fields, as the real one does
+
+
+def test_a_guest_lists_only_groups_with_servers_it_sees(fake: FakeV1, http: httpx.Client) -> None:
+    enroll(http, UUID_A, fake.agent_secret)
+    enroll(http, UUID_B, fake.agent_secret)
+    http.patch("/api/v1/server/1", json=FULL_FORM, headers=bearer(fake.add_token()))  # hides server 1
+    fake.add_group("hidden-only", (1,))
+    fake.add_group("mixed", (1, 2))
+
+    listed = http.get("/api/v1/server-group").json()
+
+    assert [group_fields(item) for item in listed["data"]] == [{"group": {"id": 2, "name": "mixed"}, "servers": [2]}]
 
 
 def read_modify_write(http: httpx.Client, token: str, server_id: int) -> None:
@@ -286,8 +328,8 @@ def test_a_paired_group_read_answers_the_group_as_it_was_when_its_partner_came(f
     patched = direct(fake, "PATCH", "/api/v1/server-group/1", token, {"name": "web", "servers": [server_id]})
     waiter.join(10)
 
-    old = {"success": True, "data": [{"group": {"id": 1, "name": "web", "user_id": 1}, "servers": None}]}
-    assert answers == [old, old]
+    old = [{"group": {"id": 1, "name": "web"}, "servers": None}]
+    assert [[group_fields(item) for item in got["data"]] for got in answers] == [old, old]
     assert patched == {"success": True}
     assert fake.groups[0].servers == [server_id]
 
@@ -337,12 +379,47 @@ def test_a_login_gets_a_jwt_and_on_v2_1_a_csrf_pair(profile: str, csrf: bool) ->
         with_pair = answer(http.patch("/api/v1/server/1", json=FULL_FORM,
                                       headers={**bearer(jwt), "X-CSRF-Token": login.cookies.get("nz-csrf") or ""}))
 
-    assert wrong == (200, {"success": False, "error": "ApiErrorUnauthorized"})
+    assert wrong == (200, {"error": "ApiErrorUnauthorized"})
     assert [item["uuid"] for item in listed] == [UUID_A]
     assert ("nz-csrf" in login.cookies) is csrf
     if csrf:
-        assert without == (403, {"success": False, "error": "ApiErrorForbidden: csrf token mismatch"})
+        assert without == (403, {"error": "ApiErrorForbidden: missing or invalid CSRF token"})
     else:
         assert without == (200, {"success": True})
     assert with_pair == (200, {"success": True})
     assert fake.failed_credentials == 1
+
+
+@pytest.mark.parametrize(("version", "counted"), [((1, 14, 14), False), ((2, 3, 7), True)])
+def test_the_waf_of_v1_counts_neither_bad_jwts_nor_wrong_agent_secrets(version: tuple[int, int, int],
+                                                                       counted: bool) -> None:
+    # Observed: v1.14.14 let a garbage JWT and an agent with a wrong secret through; v2.3.7 blocked both.
+    fake = FakeV1(profile="v1.5-1.14" if version < (2, 0, 0) else "v2.1+", version=version,
+                  real_ip_header="X-Real-IP")
+    headers = {"x-real-ip": "203.0.113.5"}
+    fake.handle("GET", "/api/v1/server", {**headers, "authorization": "Bearer garbage"}, b"", "")
+    after_jwt = fake.waf.pop("203.0.113.5", (0, 0.0))[0]  # and unblocked, for the second failure
+    fake.handle("POST", "/_fake/agent-connect", headers, json.dumps({"uuid": UUID_A, "secret": "wrong"}).encode(), "")
+    after_agent = fake.waf.get("203.0.113.5", (0, 0.0))[0]
+
+    assert fake.failed_credentials == 2
+    assert (after_jwt, after_agent) == ((1, 1) if counted else (0, 0))
+
+
+def test_a_good_login_forgets_the_login_failures_but_not_the_others() -> None:
+    now = [1000.0]
+    fake = FakeV1(profile="v2.1+", real_ip_header="X-Real-IP", clock=lambda: now[0])
+    fake.add_login(1, "admin", "pw")
+    headers = {"x-real-ip": "203.0.113.5"}
+
+    def login(password: str) -> None:
+        fake.handle("POST", "/api/v1/login", headers, json.dumps({"username": "admin", "password": password}).encode(),
+                    "")
+
+    login("wrong")
+    now[0] += 4
+    fake.handle("GET", "/api/v1/server", {**headers, "authorization": "Bearer nzp_" + "x" * 32}, b"", "")
+    now[0] += 17
+    login("pw")
+
+    assert fake.waf["203.0.113.5"][0] == 1  # the PAT failure still counts: the next failure blocks for 16 s

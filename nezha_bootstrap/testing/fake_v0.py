@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 FORBIDDEN_BODY = '{"code":403,"message":"访问此接口需要认证"}'
 PARSE_FAILED_BODY = '{"code":400,"message":"Parse JSON failed","secret":""}'
 V1_BODY = '{"error":"404 Not Found"}'
+JSON_UTF8 = "application/json; charset=utf-8"  # gin's c.JSON, every JSON answer of the real v0.20.13
 NOT_FOUND_HTML = "<!DOCTYPE html><html><head><title>404</title></head><body>404 page not found</body></html>"
 NEVER = -62135596800  # last_active of a server that never connected
 _ALNUM = string.ascii_letters + string.digits
@@ -59,10 +60,12 @@ class Server:
     hide_for_guest: bool
     secret: str
 
-    def listed(self) -> dict[str, Any]:
+    def listed(self, real_hidden: bool = False) -> dict[str, Any]:
+        """An item of /api/v1/server/list and /details. The real v0.20.13 never copies hide_for_guest
+        nor display_index there (false and 0), except in /details without parameters (observed)."""
         return {
             "id": self.id, "name": self.name, "tag": self.tag, "last_active": NEVER, "ipv4": "",
-            "ipv6": "", "valid_ip": "", "display_index": 0, "hide_for_guest": self.hide_for_guest,
+            "ipv6": "", "valid_ip": "", "display_index": 0, "hide_for_guest": self.hide_for_guest and real_hidden,
         }
 
 
@@ -97,6 +100,9 @@ class FakeDashboard:
 
     def __init__(self, token: str) -> None:
         self.tokens = {token}
+        # The real v0.20.13 checks a token against the first `users` row: with none (a database nobody
+        # has logged in to yet) every token is refused with the 403 body (observed).
+        self.has_user = True
         self.servers: list[Server] = []
         self.journal: list[Journal] = []
         self.faults = Faults()
@@ -140,15 +146,28 @@ class FakeDashboard:
             if method != "POST":
                 return 404, "text/html", NOT_FOUND_HTML.encode()
             return self._register(parts.query, headers, body, client)
-        if parts.path == "/api/v1/server/list" and method == "GET":
+        if parts.path in ("/api/v1/server/list", "/api/v1/server/details") and method == "GET":
             if not self._authorized(headers):
-                return 200, "application/json; charset=utf-8", FORBIDDEN_BODY.encode()
-            tag = parse_qs(parts.query).get("tag", [""])[0]
-            with self.lock:
-                items = [s.listed() for s in self.servers if not tag or s.tag == tag]
-            envelope = {"code": 0, "message": "success", "result": items}
-            return 200, "application/json; charset=utf-8", go_json(envelope)
+                return 200, JSON_UTF8, FORBIDDEN_BODY.encode()
+            return 200, JSON_UTF8, go_json({"code": 0, "message": "success", "result": self._listing(parts)})
         return 404, "text/html", NOT_FOUND_HTML.encode()
+
+    def _listing(self, parts: Any) -> list[dict[str, Any]]:
+        """list[?tag=] or details[?tag=|?id=a,b] (the tag wins); details carries host and status."""
+        query = parse_qs(parts.query)
+        tag, ids = query.get("tag", [""])[0], query.get("id", [""])[0]
+        details = parts.path.endswith("/details")
+        with self.lock:
+            if tag or not details:
+                chosen = [s for s in self.servers if not tag or s.tag == tag]
+            elif ids:
+                wanted = {word.strip() for word in ids.split(",")}
+                chosen = [s for s in self.servers if str(s.id) in wanted]
+            else:
+                chosen = list(self.servers)
+            items = [s.listed(real_hidden=details and not tag and not ids) for s in chosen]
+        extra: dict[str, Any] = {"host": {}, "status": {}} if details else {}
+        return [{**item, **extra} for item in items]
 
     def _take_fault(self, path: str) -> Any:
         faults = self.faults
@@ -161,7 +180,7 @@ class FakeDashboard:
         return None
 
     def _authorized(self, headers: dict[str, str]) -> bool:
-        return headers.get("authorization", "") in self.tokens
+        return self.has_user and headers.get("authorization", "") in self.tokens
 
     def _register(self, query: str, headers: dict[str, str], body: bytes, client: str) -> Any:
         if not self._authorized(headers):  # auth runs before the body is parsed
@@ -188,9 +207,9 @@ class FakeDashboard:
             self.faults.lost_response -= 1
             return "drop"
         if simple:
-            return 200, "application/json", go_json(server.secret)
+            return 200, JSON_UTF8, go_json(server.secret)
         full = {"code": 200, "message": "Server created successfully", "secret": server.secret}
-        return 200, "application/json", go_json(full)
+        return 200, JSON_UTF8, go_json(full)
 
 
 def _parse_form(body: bytes) -> dict[str, str | None] | None:

@@ -12,9 +12,13 @@ The REST API a node or an operator uses (dashboard-v1-v2.md, "Personal access to
   least-privilege pair, the read scope named as the dashboard version names it (`read_scope`).
   `add_login(user, username, password)` allows `POST /api/v1/login` (JWT; on v2.1+ the answer also
   sets the `nz-csrf` cookie, whose value every unsafe JWT request must repeat in `X-CSRF-Token`).
-- Answers: `{"success":true,"data":...}`; handler errors HTTP 200 `{"success":false,"error":...}`;
-  no credential or a bad JWT: HTTP 200 ApiErrorUnauthorized; bad/unknown/expired PAT: HTTP 401
-  ApiErrorUnauthorized; missing scope: HTTP 403 `ApiErrorForbidden: api token lacks scope <scope>`.
+- Answers, as the real v1.14.14, v2.0.14, v2.1.5 and v2.3.7 gave them (tests/data/real/, replayed by
+  tests/test_fakes_match_real.py): `{"success":true,"data":...}` (an empty list: `{"success":true}`);
+  handler errors HTTP 200 `{"error":...}` (no `success` key); no credential or a bad JWT: HTTP 200
+  `{"error":"ApiErrorUnauthorized"}` with `WWW-Authenticate: JWT realm=<site_name>`; bad/unknown/expired
+  PAT: HTTP 401 `ApiErrorUnauthorized: invalid api token`; missing scope: HTTP 403
+  `ApiErrorForbidden: api token lacks scope <scope>`; a JWT write without the CSRF header (v2.1+): HTTP 403
+  `ApiErrorForbidden: missing or invalid CSRF token`. A guest (no credential) may list groups.
   Scopes: `GET /api/v1/server` and `GET /api/v1/server-group` need `read_scope`, writes
   `nezha:server:write`, `POST /api/v1/batch-delete/server` `nezha:inventory:delete`.
 - `PATCH /api/v1/server/:id` overwrites all eight fields; `PATCH /api/v1/server-group/:id` replaces
@@ -23,8 +27,9 @@ The REST API a node or an operator uses (dashboard-v1-v2.md, "Personal access to
   read-modify-write clients interleave and the later PATCH drops the earlier one's member (what real
   timing does now and then).
 - WAF (with `real_ip_header` set, the IP is that header's value): each failed credential from an
-  IP (PAT, JWT, login, agent secret) adds one to its count and blocks it for max(count^4, 3) s on
-  every path (HTTP 403 HTML). `clock` is the time source, for tests that move time.
+  IP adds one to its count and blocks it for max(count^4, 3) s on every path (HTTP 403 HTML): logins,
+  PATs, and from v2.0 also bad JWTs and agent secrets (the real v1.14.14 counted neither); a good
+  login forgets the IP's login failures, not its others (observed). `clock` is the time source.
 - `guest_view()` is the server list a guest sees; `changes` records every server write with its time.
 """
 
@@ -93,15 +98,25 @@ class V1Server:
     ddns_profiles: list[int] = field(default_factory=list)
     override_ddns_domains: dict[str, list[str]] = field(default_factory=dict)
     created_at: float = 0.0
+    last_active: float | None = None  # wall-clock time of the agent's last report (the connect hook)
 
-    def listed(self) -> dict[str, Any]:
-        """The item of GET /api/v1/server: empty and false fields are omitted, as Go's omitempty does."""
-        item: dict[str, Any] = {"id": self.id, "name": self.name, "uuid": self.uuid,
-                                "display_index": self.display_index}
-        optional = {"note": self.note, "public_note": self.public_note, "hide_for_guest": self.hide_for_guest,
-                    "enable_ddns": self.enable_ddns, "ddns_profiles": self.ddns_profiles,
-                    "override_ddns_domains": self.override_ddns_domains}
-        item.update({key: value for key, value in optional.items() if value})
+    def listed(self, with_owner: bool = True) -> dict[str, Any]:
+        """The item of GET /api/v1/server: empty and false fields are omitted, as Go's omitempty does.
+
+        Keys in the real dashboards' order; `owner` observed on v2.0.14, v2.1.5 and v2.3.7, not v1.14.14;
+        host/state/geoip are what the agent reported (kept minimal here); last_active is Go's zero time
+        until the agent reports."""
+        stamp = rfc3339(self.created_at)
+        item: dict[str, Any] = {"id": self.id, "created_at": stamp, "updated_at": stamp, "name": self.name,
+                                "uuid": self.uuid}
+        optional = {"note": self.note, "public_note": self.public_note, "display_index": self.display_index,
+                    "hide_for_guest": self.hide_for_guest, "enable_ddns": self.enable_ddns,
+                    "ddns_profiles": self.ddns_profiles, "override_ddns_domains": self.override_ddns_domains}
+        item.update({key: value for key, value in optional.items() if value or key == "display_index"})
+        item.update({"host": {"version": ""} if self.last_active else {}, "state": {}, "geoip": {"ip": {}},
+                     "last_active": rfc3339(self.last_active) if self.last_active else GO_ZERO_TIME})
+        if with_owner:
+            item["owner"] = {"id": 0}
         return item
 
 
@@ -111,6 +126,22 @@ class V1Group:
     name: str
     owner: int
     servers: list[int] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+
+    def listed(self) -> dict[str, Any]:
+        """The item of GET /api/v1/server-group (no user_id in the real answer)."""
+        stamp = rfc3339(self.created_at)
+        return {"group": {"id": self.id, "created_at": stamp, "updated_at": stamp, "name": self.name},
+                "servers": list(self.servers) or None}
+
+
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def rfc3339(when: float) -> str:
+    """A wall-clock time as Go's time.Time marshals it (UTC, nanoseconds)."""
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when))
+    return f"{whole}.{int((when % 1) * 1e9):09d}Z"
 
 
 @dataclass(eq=False)  # identity, not field equality: a waiting read is found and removed by `in`/remove
@@ -175,6 +206,7 @@ class FakeV1:
     group_race: bool = False
     race_window: float = 0.3
     waf: dict[str, tuple[int, float]] = field(default_factory=dict)  # ip -> (failures, blocked until)
+    login_failures: dict[str, int] = field(default_factory=dict)  # ip -> the failures a good login forgets
     clock: Callable[[], float] = time.monotonic
     _next_id: int = 1
     _next_group_id: int = 1
@@ -260,7 +292,7 @@ class FakeV1:
             asset = f"nezha-agent_linux_{arch}.zip"
             data = agent_zip(stub_agent(version))
             self.files[f"/releases/v{version}/{asset}"] = data
-            lines.append(f"{hashlib.sha256(data).hexdigest()} {asset}\n")
+            lines.append(f"{hashlib.sha256(data).hexdigest()}  {asset}\n")  # sha256sum's two spaces, as released
         self.files[f"/releases/v{version}/checksums.txt"] = "".join(lines).encode()
 
     def delete_server(self, server_id: int) -> None:
@@ -293,19 +325,19 @@ class FakeV1:
 
     def _api(self, method: str, path: str) -> Any:
         if path == "/api/v1/setting" and method == "GET":
-            return 200, "application/json", json.dumps({"success": True, "data": self._setting()}).encode()
+            return _answer({"success": True, "data": self._setting()})
         if path == "/api/v1/api-tokens" and self.profile == "v2.1+":
-            return (200, "application/json", b'{"error":"ApiErrorUnauthorized"}',
-                    {"WWW-Authenticate": 'JWT realm="nezha"'})
+            return _unauthorized()
         if path.startswith("/api/"):
-            return (200 if self.profile == "v1.0-1.4" else 404), "application/json", NOT_FOUND_JSON.encode()
+            return (200 if self.profile == "v1.0-1.4" else 404), JSON_TYPE, NOT_FOUND_JSON.encode()
         return 404, "text/html", NOT_FOUND_HTML.encode()
 
     def _setting(self) -> dict[str, Any]:
-        flat = {"site_name": "Nezha", "language": "en_US", "custom_code": ""}
         if self.profile == "v1.0-1.4":
-            return flat
-        data: dict[str, Any] = {"config": flat, "version": ".".join(map(str, self.dashboard_version))}
+            return {"site_name": SITE_NAME, "language": "en_US", "custom_code": ""}
+        # The guest view of the real v1.14.14-v2.3.7: no `version` (only a logged-in view has it).
+        data: dict[str, Any] = {"config": {"language": "en-US", "site_name": SITE_NAME,
+                                           "ip_change_notification_group_id": 0, "cover": 0}}
         if self.profile in ("v2.0", "v2.1+"):
             data["tsdb_enabled"] = False
         return data
@@ -327,17 +359,18 @@ class FakeV1:
         """The dashboard's rules for an agent's call (caller holds the lock)."""
         owner = self.agent_secrets.get(secret)
         if owner is None:
-            self._count_failure(ip)
+            self._count_failure(ip, counted=self.counts_jwt_and_agent)
             return "wrong agent secret", None
         if not UUID_RE.match(uuid):
-            self._count_failure(ip)
+            self._count_failure(ip, counted=self.counts_jwt_and_agent)
             return "malformed uuid", None
         known = next((s for s in self.servers if s.uuid == uuid), None)
         if known is not None:
             if known.owner != owner and self.dashboard_version >= (2, 0, 10):
                 return "does not belong to the agent secret owner", None
+            known.last_active = time.time()
             return "known", known.id
-        server = V1Server(self._next_id, _two_words(), uuid, owner, created_at=self.clock())
+        server = V1Server(self._next_id, _two_words(), uuid, owner, created_at=self.clock(), last_active=time.time())
         self._next_id += 1
         self.servers.append(server)
         return "created", server.id
@@ -346,11 +379,23 @@ class FakeV1:
     def dashboard_version(self) -> tuple[int, int, int]:
         return self.version or PROFILE_VERSIONS[self.profile]
 
+    @property
+    def counts_jwt_and_agent(self) -> bool:
+        """Whether the WAF counts a bad JWT and a wrong agent secret: not on v1.x (observed on v1.14.14)."""
+        return self.dashboard_version >= (2, 0, 0)
+
+    @property
+    def lists_owner(self) -> bool:
+        """Server items carry `owner` (observed on v2.0.14, v2.1.5, v2.3.7; not on v1.14.14)."""
+        return self.dashboard_version >= (2, 0, 14)
+
     # --- the REST API of dashboard-v1-v2.md: auth, then one handler per route ---
     def _rest(self, route: str, request: Request) -> Any:
         if route == "login":
             return self._login(request)
         scope = self.read_scope if ROUTE_SCOPES[route] == "read" else ROUTE_SCOPES[route]
+        if route == "list_groups" and not _credential(request):
+            return self._list_groups(request, GUEST)  # guests may (force_auth off, the default)
         user, refusal = self._authenticate(request, scope)
         if refusal is not None:
             return refusal
@@ -359,20 +404,19 @@ class FakeV1:
 
     def _authenticate(self, request: Request, scope: str) -> tuple[int, Any]:
         """The user a request acts for, or the refusal to answer with."""
-        header = request.headers.get("authorization", "")
-        credential = header[len("Bearer "):] if header.startswith("Bearer ") else _cookie(request, "nz-jwt")
+        credential = _credential(request)
         if not credential:
-            return 0, _answer({"success": False, "error": "ApiErrorUnauthorized"})
+            return 0, _unauthorized()
         if credential.startswith("nzp_") and self.has_tokens:
             return self._check_token(credential, scope, request.ip)
         with self.lock:
             session = self.sessions.get(credential)
             if session is None:
-                self._count_failure(request.ip)
-                return 0, _answer({"success": False, "error": "ApiErrorUnauthorized"})
+                self._count_failure(request.ip, counted=self.counts_jwt_and_agent)
+                return 0, _unauthorized()
         unsafe = request.method not in ("GET", "HEAD", "OPTIONS")
         if unsafe and self.has_tokens and request.headers.get("x-csrf-token") != session[1]:
-            return 0, _answer({"success": False, "error": "ApiErrorForbidden: csrf token mismatch"}, 403)
+            return 0, _answer({"error": "ApiErrorForbidden: missing or invalid CSRF token"}, 403)
         return session[0], None
 
     def _check_token(self, value: str, scope: str, ip: str) -> tuple[int, Any]:
@@ -380,30 +424,44 @@ class FakeV1:
             token = self.tokens.get(value)
             if token is None or (token.expires_at is not None and token.expires_at <= self.clock()):
                 self._count_failure(ip)
-                return 0, _answer({"success": False, "error": "ApiErrorUnauthorized"}, 401)
+                return 0, _answer({"error": "ApiErrorUnauthorized: invalid api token"}, 401)
         if not _grants(token.scopes, scope):
-            return 0, _answer({"success": False, "error": f"ApiErrorForbidden: api token lacks scope {scope}"}, 403)
+            return 0, _answer({"error": f"ApiErrorForbidden: api token lacks scope {scope}"}, 403)
         return token.user, None
 
-    def _count_failure(self, ip: str) -> None:
-        """One failed credential: the WAF blocks the IP for max(count^4, 3) s (caller holds the lock)."""
+    def _count_failure(self, ip: str, counted: bool = True, login: bool = False) -> None:
+        """One failed credential: the WAF blocks the IP for max(count^4, 3) s (caller holds the lock).
+
+        `counted` False: a failure the real dashboard's WAF does not count (v1.x: bad JWTs, agents)."""
         self.failed_credentials += 1
-        if self.real_ip_header:
+        if self.real_ip_header and counted:
             count = self.waf.get(ip, (0, 0.0))[0] + 1
             self.waf[ip] = (count, self.clock() + max(count ** 4, 3))
+            if login:
+                self.login_failures[ip] = self.login_failures.get(ip, 0) + 1
+
+    def _forget_login_failures(self, ip: str) -> None:
+        """A good login: the IP's login failures no longer count, its others do (caller holds the lock)."""
+        forgotten = self.login_failures.pop(ip, 0)
+        if forgotten and ip in self.waf:
+            count, until = self.waf[ip]
+            self.waf[ip] = (count - forgotten, until)
 
     def _login(self, request: Request) -> Any:
         form = _json_object(request.body) or {}
         with self.lock:
             known = self.logins.get(str(form.get("username")))
             if known is None or known[1] != form.get("password"):
-                self._count_failure(request.ip)
-                return _answer({"success": False, "error": "ApiErrorUnauthorized"})
+                self._count_failure(request.ip, login=True)
+                return _unauthorized()
             jwt, csrf = "eyJ" + secrets.token_urlsafe(24), secrets.token_urlsafe(24)
             self.sessions[jwt] = (known[0], csrf)
-        cookies = [f"nz-jwt={jwt}; Path=/; HttpOnly"]
+            self._forget_login_failures(request.ip)
+        # The real cookies (observed): no HttpOnly; Max-Age = jwt_timeout (24 h by default); SameSite=Lax
+        # on nz-jwt from v2.0; nz-csrf (v2.1+) SameSite=Strict, its value repeated in X-CSRF-Token.
+        cookies = [f"nz-jwt={jwt}; Path=/; Max-Age=86400" + ("; SameSite=Lax" if self.profile != "v1.5-1.14" else "")]
         if self.has_tokens:
-            cookies.append(f"nz-csrf={csrf}; Path=/")
+            cookies.append(f"nz-csrf={csrf}; Path=/; SameSite=Strict")
         answer = {"success": True, "data": {"token": jwt, "expire": "2099-01-01T00:00:00Z"}}
         return 200, "application/json; charset=utf-8", json.dumps(answer).encode(), {"Set-Cookie": cookies}
 
@@ -415,23 +473,24 @@ class FakeV1:
         with self.lock:
             servers = self._visible(user)
             matched = [s for s in servers if str(s.id) == wanted]
-            items = [s.listed() for s in (matched or servers)]  # no match: the whole list, as the real one
+            items = [s.listed(self.lists_owner) for s in (matched or servers)]  # no match: the whole list
         return _answer({"success": True, "data": items} if items else {"success": True})
 
     def _patch_server(self, request: Request, user: int) -> Any:
-        server_id = int(request.path.rsplit("/", 1)[1])
-        form = _json_object(request.body)
-        if form is None:
-            return _answer({"success": False, "error": "invalid request body"})
+        """Id, then the form (Go's binding errors, as the real one words them), then the server."""
+        word = request.path.rsplit("/", 1)[1]
+        if not word.isdigit():
+            return _answer({"error": f'strconv.ParseUint: parsing "{word}": invalid syntax'})
+        server_id = int(word)
+        written, problem = _server_form(request.body)  # every field, omitted ones at their zero value
+        if problem is not None:
+            return _answer({"error": problem})
         with self.lock:
             server = next((s for s in self.servers if s.id == server_id), None)
             if server is None:
-                return _answer({"success": False, "error": f"server id {server_id} does not exist"})
+                return _answer({"error": f"server id {server_id} does not exist"})
             if user not in self.admins and server.owner != user:
-                return _answer({"success": False, "error": "permission denied"})
-            written = _server_form(form)  # every field, omitted ones at their zero value
-            if written is None:
-                return _answer({"success": False, "error": "invalid request body"})
+                return _answer({"error": "permission denied"})
             for key, value in written.items():
                 setattr(server, key, value)
             self.changes.append(Change(self.clock(), server_id, written))
@@ -443,13 +502,17 @@ class FakeV1:
         else:
             with self.lock:
                 groups = self._groups_snapshot()
-        items = [{"group": {"id": g.id, "name": g.name, "user_id": g.owner}, "servers": list(g.servers) or None}
-                 for g in groups if user in self.admins or g.owner == user]
+        if user == GUEST:  # only groups with a server guests see, and only those servers (observed source)
+            with self.lock:
+                shown = {s.id for s in self.servers if not s.hide_for_guest}
+            groups = tuple(V1Group(g.id, g.name, g.owner, [i for i in g.servers if i in shown], g.created_at)
+                           for g in groups if shown & set(g.servers))
+        items = [g.listed() for g in groups if user in (*self.admins, GUEST) or g.owner == user]
         return _answer({"success": True, "data": items} if items else {"success": True})
 
     def _groups_snapshot(self) -> tuple[V1Group, ...]:
         """Copies of the groups as they are now (caller holds the lock); later PATCHes do not reach them."""
-        return tuple(V1Group(g.id, g.name, g.owner, list(g.servers)) for g in self.groups)
+        return tuple(V1Group(g.id, g.name, g.owner, list(g.servers), g.created_at) for g in self.groups)
 
     def _pair_up(self) -> tuple[V1Group, ...]:
         """Hold this read until a second one arrives (or race_window passes); both answer one snapshot.
@@ -477,13 +540,13 @@ class FakeV1:
 
     def _create_group(self, request: Request, user: int) -> Any:
         form = _json_object(request.body)
-        if form is None or not isinstance(form.get("name"), str):
-            return _answer({"success": False, "error": "invalid request body"})
+        if form is None or not isinstance(form.get("name", ""), str):
+            return _answer({"error": "invalid request body"})
         with self.lock:
             problem = self._members_problem(form.get("servers"), user)
             if problem:
-                return _answer({"success": False, "error": problem})
-            group = V1Group(self._next_group_id, form["name"], user, sorted(set(form.get("servers") or [])))
+                return _answer({"error": problem})
+            group = V1Group(self._next_group_id, form.get("name", ""), user, sorted(set(form.get("servers") or [])))
             self._next_group_id += 1
             self.groups.append(group)
         return _answer({"success": True, "data": group.id})
@@ -491,18 +554,19 @@ class FakeV1:
     def _patch_group(self, request: Request, user: int) -> Any:
         group_id = int(request.path.rsplit("/", 1)[1])
         form = _json_object(request.body)
-        if form is None or not isinstance(form.get("name"), str):
-            return _answer({"success": False, "error": "invalid request body"})
+        if form is None or not isinstance(form.get("name", ""), str):
+            return _answer({"error": "invalid request body"})
         with self.lock:
             group = next((g for g in self.groups if g.id == group_id), None)
             if group is None:
-                return _answer({"success": False, "error": f"group id {group_id} does not exist"})
+                return _answer({"error": f"group id {group_id} does not exist"})
             if user not in self.admins and group.owner != user:
-                return _answer({"success": False, "error": "permission denied"})
+                return _answer({"error": "permission denied"})
             problem = self._members_problem(form.get("servers"), user)
             if problem:
-                return _answer({"success": False, "error": problem})
-            group.name, group.servers = form["name"], sorted(set(form.get("servers") or []))  # replace-all
+                return _answer({"error": problem})
+            # Replace-all of both fields (observed): an omitted name becomes "", omitted servers none.
+            group.name, group.servers = form.get("name", ""), sorted(set(form.get("servers") or []))
         return _answer({"success": True})
 
     def _members_problem(self, members: Any, user: int) -> str | None:
@@ -511,20 +575,22 @@ class FakeV1:
         if not isinstance(members, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in members):
             return "invalid request body"
         mine = {s.id for s in self._visible(user)}
-        missing = [i for i in members if i not in mine]
-        return f"server id {missing[0]} does not exist" if missing else None
+        return "have invalid server id" if any(i not in mine for i in members) else None  # the real text
 
     def _delete_servers(self, request: Request, user: int) -> Any:
         try:
             ids = set(json.loads(request.body))
         except (ValueError, TypeError):
-            return _answer({"success": False, "error": "invalid request body"})
+            return _answer({"error": "invalid request body"})
         with self.lock:
             self.servers = [s for s in self.servers if s.id not in ids or (user not in self.admins and s.owner != user)]
         return _answer({"success": True})
 
 
 WAF_PAGE = "<!DOCTYPE html><html><body>you were blocked by nezha WAF</body></html>"
+JSON_TYPE = "application/json; charset=utf-8"
+SITE_NAME = "Nezha"
+GUEST = 0  # the user a request without a credential acts as, where guests are allowed
 WRITE_SCOPE = "nezha:server:write"
 # route -> the scope a PAT needs ("read" stands for the version's read scope).
 ROUTE_SCOPES = {"login": "", "list_servers": "read", "patch_server": WRITE_SCOPE, "list_groups": "read",
@@ -532,7 +598,7 @@ ROUTE_SCOPES = {"login": "", "list_servers": "read", "patch_server": WRITE_SCOPE
 _ROUTES = (
     ("POST", re.compile(r"/api/v1/login\Z"), "login"),
     ("GET", re.compile(r"/api/v1/server\Z"), "list_servers"),
-    ("PATCH", re.compile(r"/api/v1/server/\d{1,18}\Z"), "patch_server"),
+    ("PATCH", re.compile(r"/api/v1/server/[^/]{1,40}\Z"), "patch_server"),
     ("GET", re.compile(r"/api/v1/server-group\Z"), "list_groups"),
     ("POST", re.compile(r"/api/v1/server-group\Z"), "create_group"),
     ("PATCH", re.compile(r"/api/v1/server-group/\d{1,18}\Z"), "patch_group"),
@@ -563,7 +629,18 @@ def _grants(scopes: tuple[str, ...], wanted: str) -> bool:
 
 
 def _answer(value: dict[str, Any], status: int = 200) -> Any:
-    return status, "application/json; charset=utf-8", json.dumps(value).encode()
+    return status, JSON_TYPE, json.dumps(value, separators=(",", ":")).encode()
+
+
+def _unauthorized() -> Any:
+    """The JWT middleware's refusal: HTTP 200, and the realm is the site name, unquoted (observed)."""
+    return (200, JSON_TYPE, b'{"error":"ApiErrorUnauthorized"}', {"WWW-Authenticate": f"JWT realm={SITE_NAME}"})
+
+
+def _credential(request: Request) -> str:
+    """The credential a request carries: `Bearer X` (case as sent: the real one is case-sensitive), else nz-jwt."""
+    header = request.headers.get("authorization", "")
+    return header[len("Bearer "):] if header.startswith("Bearer ") else _cookie(request, "nz-jwt")
 
 
 def _cookie(request: Request, name: str) -> str:
@@ -586,18 +663,47 @@ _FORM_TYPES = {"name": str, "note": str, "public_note": str, "display_index": in
                "enable_ddns": bool, "ddns_profiles": list, "override_ddns_domains": dict}
 
 
-def _server_form(form: dict[str, Any]) -> dict[str, Any] | None:
-    """The eight fields PATCH /api/v1/server/:id writes; any left out is reset (dashboard-v1-v2.md).
+_GO_TYPES = {"name": "string", "note": "string", "public_note": "string", "display_index": "int",
+             "hide_for_guest": "bool", "enable_ddns": "bool", "ddns_profiles": "[]uint64",
+             "override_ddns_domains": "map[uint64][]string"}
 
-    None when a field has the wrong JSON type (Go's binding refuses it).
+
+def _json_kind(value: Any) -> str:
+    kinds = ((bool, "bool"), (str, "string"), ((int, float), "number"), (list, "array"), (dict, "object"))
+    return next(word for kind, word in kinds if isinstance(value, kind))
+
+
+def go_json_problem(body: bytes) -> tuple[Any, str | None]:
+    """The JSON value of `body`, or the words of Go's decoder for the common malformed bodies (observed:
+    `{bad` gives "invalid character 'b' looking for beginning of object key string")."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(text.rstrip()):
+            return None, "unexpected end of JSON input"
+        looking = "object key string" if exc.msg.startswith("Expecting property name") else "value"
+        return None, f"invalid character '{text[exc.pos]}' looking for beginning of {looking}"
+
+
+def _server_form(body: bytes) -> tuple[dict[str, Any], str | None]:
+    """The eight fields PATCH /api/v1/server/:id writes; any left out is reset (observed on v1.14.14-v2.3.7).
+
+    A malformed body or a field of the wrong JSON type: the refusal Go's binding words.
     """
+    form, problem = go_json_problem(body)
+    if problem is not None:
+        return {}, problem
+    if not isinstance(form, dict):
+        return {}, f"json: cannot unmarshal {_json_kind(form)} into Go value of type model.ServerForm"
     written: dict[str, Any] = {}
     for key, kind in _FORM_TYPES.items():
         value = form.get(key)
         if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
-            return None
+            return {}, (f"json: cannot unmarshal {_json_kind(value)} into Go struct field ServerForm.{key} "
+                        f"of type {_GO_TYPES[key]}")
         written[key] = kind() if value is None else value
-    return written
+    return written, None
 
 
 def _two_words() -> str:
