@@ -75,6 +75,9 @@ class Command:
     error: type[BootstrapError] = InternalError
     name: str | None = None
     env: tuple[tuple[str, str], ...] = ()
+    # Where the running command is recorded (system.run): a command an earlier run left running there
+    # is stopped before this one starts (paths.child_file).
+    track: Path | None = None
 
     def describe(self) -> str:
         return f"run: {shlex.join(self.argv)}"
@@ -90,9 +93,16 @@ class Command:
     def failure(self, reporter: Reporter) -> str | None:
         """Run the command; what went wrong, in words, or None when it succeeded."""
         name = self.name or shlex.join(self.argv)
+        if self.track is not None:
+            stopped = system.stop_leftover(self.track)
+            if stopped:
+                pids = ", ".join(str(pid) for pid in stopped)
+                reporter.warn(f"a command an earlier run started was still running (pid {pids}); "
+                              "it was stopped before this one starts")
         try:
             done = system.run(self.argv, cwd=self.cwd, env=system.child_env(os.environ, self.env),
-                              timeout=self.timeout, on_line=lambda line: reporter.detail(f"  | {line}"))
+                              timeout=self.timeout, on_line=lambda line: reporter.detail(f"  | {line}"),
+                              track=self.track)
         except OSError as exc:
             return f"cannot run {name}: {exc.strerror or exc}"
         if done.timed_out:

@@ -63,6 +63,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (4, "the dashboard stayed unreachable or failing until the deadline"),
     (5, "the installer failed (download, hash, exit status, verification)"),
     (6, "another run holds the lock"),
+    (129, "stopped by SIGHUP (the terminal or ssh session closed); nothing partial is left behind"),
     (130, "stopped by SIGINT (Ctrl-C); nothing partial is left behind"),
     (143, "stopped by SIGTERM; nothing partial is left behind"),
 )

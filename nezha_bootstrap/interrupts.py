@@ -16,7 +16,9 @@ from typing import Any
 
 from nezha_bootstrap.errors import BootstrapError
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP: the ssh session of a one-off run dropped. Stopping cleanly kills the installer's process group
+# (it would run on in its own session, the secret in its argv) and removes the installer copy.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Stopped(BaseException):

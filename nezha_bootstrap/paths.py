@@ -34,6 +34,11 @@ class Paths:
         return self.state_dir / "pending.json"
 
     @property
+    def child_file(self) -> Path:
+        """The installer or agent command running now (system.run's record, system.stop_leftover)."""
+        return self.state_dir / "child"
+
+    @property
     def lock_file(self) -> Path:
         return self.state_dir / "lock"
 

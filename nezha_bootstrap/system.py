@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,17 +45,24 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float,
     on_line: Callable[[str], None] | None = None,
+    track: Path | None = None,
 ) -> Completed:
     """Run `argv` (never a shell string) with stdin from /dev/null in its own process group.
 
     stdout and stderr are merged and handed line by line to `on_line`; at the timeout the whole
-    process group is killed (install.sh starts children that would otherwise outlive it).
+    process group is killed (install.sh starts children that would otherwise outlive it). With `track`,
+    the child is recorded there while it runs (see `stop_leftover`).
     """
     started = time.monotonic()
+    marker = os.urandom(8).hex()
+    child_env = dict(env if env is not None else os.environ)
+    if track is not None:
+        child_env[CHILD_MARKER] = marker  # inherited by everything the command starts
+        atomic_write(track, f"{marker}\n".encode())  # before the start: a kill at any moment leaves it
     proc = subprocess.Popen(
         list(argv),
         cwd=cwd,
-        env=dict(env) if env is not None else None,
+        env=child_env if (env is not None or track is not None) else None,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -70,12 +78,61 @@ def run(
         proc.wait()
         if proc.stdout:
             proc.stdout.close()
+        if track is not None:
+            track.unlink(missing_ok=True)
     return Completed(proc.returncode, "".join(lines), timed_out, time.monotonic() - started)
+
+
+CHILD_MARKER = "NEZHA_BOOTSTRAP_CHILD"  # names the run that started a process, in its environment
+LEFTOVER_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a command an earlier run left running
+
+
+def stop_leftover(track: Path) -> list[int]:
+    """Stop the command an earlier run recorded in `track` and left running (that run was killed, or its
+    ssh session hung up before SIGHUP was handled): install.sh keeps running in its own session with the
+    secret in its argv, and a second installer beside it would fight over the same files. The record is
+    a random marker the command and all it starts inherit in their environment (written before the start,
+    so a kill at any moment leaves it); only processes carrying it are signalled, never a reused pid.
+    Returns the pids that were stopped."""
+    try:
+        marker = track.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError):
+        marker = ""
+    found = _carrying(marker) if marker else []
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _carrying(marker) if found else []:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        end = time.monotonic() + LEFTOVER_GRACE
+        while found and _carrying(marker) and time.monotonic() < end:
+            time.sleep(0.05)
+    track.unlink(missing_ok=True)
+    return found
+
+
+def _carrying(marker: str) -> list[int]:
+    """Live processes whose environment holds CHILD_MARKER=marker (Linux /proc; a zombie has none)."""
+    wanted = f"{CHILD_MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def _pump(proc: subprocess.Popen[bytes], lines: list[str], on_line: Callable[[str], None] | None,
           deadline: float) -> bool:
-    """Copy output until the process ends or the deadline passes; True when it timed out."""
+    """Copy output until the process ends or the deadline passes; True when it timed out.
+
+    The process is done when it exits: a background child that keeps the output pipe open (install.sh
+    starting something with `&`) is read from for AFTER_EXIT seconds more, then left alone.
+    """
     import selectors
 
     assert proc.stdout is not None

@@ -261,3 +261,62 @@ def test_sigkill_at_random_moments_never_makes_a_second_server(cli: Cli) -> None
     assert set(outcomes) <= {0, 3}
     assert outcomes.count(3) >= 1  # some kills did land between the server's creation and its saved secret
     print(f"reruns: {outcomes.count(0)} finished, {outcomes.count(3)} found the killed run's server")
+
+
+# --- 2. SIGHUP, and an installer an earlier run left running --------------------------------------
+
+def test_sighup_is_a_stop_like_sigterm_and_takes_the_installer_with_it(cli: Cli) -> None:
+    import signal
+    import time
+
+    from tests.processes import finish, leftovers, lock_is_free, start, stub_processes, wait_for
+
+    proc = start(cli, "run", "-v", "--deadline", "60", NEZHA_STUB_MODE="hang")
+    wait_for(lambda: any("sleep 3600" in p for p in stub_processes(cli.record_dir)), what="the installer")
+
+    proc.send_signal(signal.SIGHUP)
+    finished = finish(proc, time.monotonic(), timeout=10)
+
+    assert finished.exit_code == 129
+    assert finished.stderr.rstrip("\n").splitlines()[-1] == (
+        "error: stopped by SIGHUP; nothing was left half-done: run again to finish")
+    assert stub_processes(cli.record_dir) == []
+    assert leftovers(cli.root) == [] and lock_is_free(cli.root)
+    assert not (cli.root / "var/lib/nezha-bootstrap/child").exists()
+    assert saved(cli.root)["installed_at"] is None
+
+
+def test_a_rerun_stops_the_installer_a_killed_run_left_before_starting_its_own(cli: Cli) -> None:
+    import signal
+    import time
+
+    from tests.processes import finish, run, start, stub_processes, wait_for
+
+    proc = start(cli, "run", "--deadline", "60", NEZHA_STUB_MODE="hang")
+    wait_for(lambda: any("sleep 3600" in p for p in stub_processes(cli.record_dir)), what="the installer")
+    proc.send_signal(signal.SIGKILL)
+    finish(proc, time.monotonic(), timeout=10)
+    assert any("sleep 3600" in p for p in stub_processes(cli.record_dir))  # install.sh runs on, orphaned
+
+    rerun = run(cli, "run", timeout=60)
+
+    assert rerun.exit_code == 0, rerun.stderr
+    assert "warning: a command an earlier run started was still running (pid " in rerun.stderr
+    assert stub_processes(cli.record_dir) == []
+    assert len(cli.fake.servers) == 1 and len(cli.calls()) == 2
+
+
+# --- 10. what install.sh leaves in /opt/nezha/agent ----------------------------------------------
+
+def test_the_release_zip_and_readme_install_sh_leaves_are_removed_after_a_verified_install(cli: Cli) -> None:
+    outcome = cli("run")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert sorted(path.name for path in (cli.root / "opt/nezha/agent").iterdir()) == ["nezha-agent"]
+
+
+def test_the_leftovers_stay_when_the_install_did_not_verify(cli: Cli) -> None:
+    outcome = cli("run", NEZHA_STUB_MODE="wrongunit")
+
+    assert outcome.exit_code == 5
+    assert (cli.root / "opt/nezha/agent/README.md").exists()  # nothing is cleaned up on an unverified install

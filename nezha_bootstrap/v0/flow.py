@@ -7,6 +7,7 @@ import enum
 import json
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from nezha_bootstrap import identity, interrupts, redact
@@ -248,12 +249,23 @@ class Runner:
             agent.verify_v0_unit(plan, self.paths, saved.secret)
             if self.facts.systemd_running:
                 agent.wait_active(agent.is_active)
+        if isinstance(plan, InstallPlan):
+            self._remove_script_leftovers()
         installed = dataclasses.replace(
             saved, probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
             installed_at=state_mod.now(), method=method_of(config), agent_flags=config.agent_flags,
             agent_version=agent_version_of(config), instance_id=self.facts.instance_id or saved.instance_id,
         )
         state_mod.save(self.paths, installed)
+
+    def _remove_script_leftovers(self) -> None:
+        """install.sh unzips its release into its cwd (/opt/nezha/agent); there its `mv nezha-agent` onto
+        itself fails ("are the same file"), which skips its `rm` of the zip and README (installer-v0.md).
+        Removed after a verified install; only regular files (a link is left as it is)."""
+        for path in [*self.paths.agent_dir.glob("nezha-agent_linux_*.zip"), self.paths.agent_dir / "README.md"]:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                self.reporter.detail(f"removed install.sh's leftover {path}")
 
     def _fetch(self, plan: Install) -> bytes:
         """install.sh, or the pinned v0 agent's binary, downloaded and checked."""
@@ -282,7 +294,7 @@ class Runner:
         if isinstance(plan, V0Install):
             system.atomic_write(self.paths.agent_binary, payload, mode=0o755)
         try:
-            for command in install_commands(plan, self.config.deadline):
+            for command in install_commands(plan, self.config.deadline, track=self.paths.child_file):
                 if command is not None:
                     command.apply(self.reporter)
         finally:
@@ -314,16 +326,19 @@ def install_plan(config: Config, paths: Paths, secret: str) -> Install:
     return plan_v0(config, paths, secret, release) if release else script.plan(config, paths, secret)
 
 
-def install_commands(plan: Install, deadline: float) -> list[Command | None]:
-    """The commands that install the agent: uninstall the existing one (if any), then install."""
+def install_commands(plan: Install, deadline: float, track: Path | None = None) -> list[Command | None]:
+    """The commands that install the agent: uninstall the existing one (if any), then install; each recorded
+    in `track` while it runs, so that no run starts one while one of an earlier run is alive."""
     if isinstance(plan, InstallPlan):
         name, timeout, env = "install.sh", deadline, plan.env_set
     else:
         name, timeout, env = "`nezha-agent service install`", COMMAND_TIMEOUT, ()
     uninstall = None
     if plan.uninstall_first:
-        uninstall = Command(plan.uninstall_first, cwd=plan.cwd, must_succeed=False, name="the uninstall of the agent")
-    return [uninstall, Command(plan.argv, cwd=plan.cwd, timeout=timeout, error=InstallerFailed, name=name, env=env)]
+        uninstall = Command(plan.uninstall_first, cwd=plan.cwd, must_succeed=False, name="the uninstall of the agent",
+                            track=track)
+    return [uninstall, Command(plan.argv, cwd=plan.cwd, timeout=timeout, error=InstallerFailed, name=name, env=env,
+                               track=track)]
 
 
 def _install_what(plan: Install) -> str:

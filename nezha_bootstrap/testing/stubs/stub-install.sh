@@ -50,6 +50,10 @@ fi
 exec sleep 2147483647
 AGENT
 chmod 755 "$agent"
+# The real script downloads the release zip into its cwd, unzips it, then `mv nezha-agent` onto itself
+# fails ("are the same file") when the cwd is /opt/nezha/agent, skipping its `rm` of the zip and README.
+printf 'PK stub release zip\n' > "$here/nezha-agent_linux_amd64.zip"
+printf '# nezha-agent\n' > "$here/README.md"
 
 exec_start="/opt/nezha/agent/nezha-agent \"-s\" \"$host:$port\" \"-p\" \"$secret\""
 for flag in "$@"; do exec_start="$exec_start \"$flag\""; done
