@@ -196,11 +196,16 @@ def test_zipapp_user_data_writes_the_tool_its_fetcher_and_the_unit_and_starts_th
     ]
     assert data["runcmd"] == [["systemctl", "daemon-reload"], ["systemctl", "enable", render.UNIT_NAME],
                               ["systemctl", "start", "--no-block", render.UNIT_NAME]]
+    # Earlier than runcmd: once per instance, a transient unit after cloud-init.service (which writes the files).
+    assert data["bootcmd"] == [[
+        "cloud-init-per", "instance", "nezha-bootstrap-start", "systemd-run", "--no-block", "--quiet",
+        "--unit=nezha-bootstrap-start", "--property=After=cloud-init.service", "--", "sh", "-c",
+        f"systemctl daemon-reload && systemctl start --no-block {render.UNIT_NAME}"]]
 
 
 def test_zipapp_user_data_needs_no_venv_pip_apt_or_download_tool() -> None:
     data = yaml.safe_load(render.cloud_init_pyz("", PYZ_URL, PYZ_SHA256))
-    commands = json.dumps(data["runcmd"]) + render.launcher() + render.template("fetch-drop-in")
+    commands = json.dumps([data["bootcmd"], data["runcmd"]]) + render.launcher() + render.template("fetch-drop-in")
 
     for word in ("venv", "pip", "apt", "curl", "wget"):
         assert word not in commands

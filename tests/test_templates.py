@@ -94,7 +94,7 @@ def test_every_first_boot_template_has_a_repository_copy() -> None:
 
 @pytest.mark.parametrize(("section", "key", "values"), [
     ("Unit", "Wants", ["network-online.target"]),
-    ("Unit", "After", ["network-online.target nss-lookup.target"]),
+    ("Unit", "After", ["network-online.target nss-lookup.target time-sync.target"]),
     ("Unit", "ConditionPathExists", ["/etc/nezha-bootstrap/env"]),
     ("Unit", "StartLimitIntervalSec", ["1h"]),
     ("Unit", "StartLimitBurst", ["6"]),
@@ -142,9 +142,10 @@ def test_the_settings_template_sets_nothing_and_no_comment_continues_a_line() ->
 @pytest.mark.parametrize("kind", ["cloud-init", "cloud-init-minimal", "cloud-init-pyz"])
 def test_user_data_holds_only_the_keys_we_mean(kind: str) -> None:
     # cloud-init's schema accepts any unknown top-level key, so this one is ours to check.
+    keys = {"write_files", "runcmd", *(["bootcmd"] if kind == "cloud-init-pyz" else [])}
     for text in (render.template(kind), filled_documents()[kind]):
         assert text.startswith("#cloud-config\n")
-        assert set(yaml.safe_load(text)) == {"write_files", "runcmd"}
+        assert set(yaml.safe_load(text)) == keys
 
 
 # --- the real validators -----------------------------------------------------------------------------

@@ -786,3 +786,49 @@ class Lab:
             print(f"kept {self.directory} (NEZHA_E2E_KEEP)", file=sys.stderr)
             return
         remove_tree(self.directory)
+
+
+# --- the zipapp and a plain file server inside the netns ----------------------------------------
+
+FILES_PORT = 8009  # beside the fake dashboard: where the zipapp user-data downloads the tool from
+FILES_URL = f"http://127.0.0.1:{FILES_PORT}"
+
+
+def build_zipapp(dest: Path) -> Path:
+    """packaging/build into `dest` (pinned downloads cached in build/packaging-cache); the host's .pyz."""
+    run([sys.executable, str(REPO / "packaging" / "build"), "--out", str(dest)], timeout=PIP_TIMEOUT, env=HOST_ENV)
+    [pyz] = dest.glob(f"nezha-bootstrap-*-{platform.machine()}.pyz")
+    return pyz
+
+
+class FileServer:
+    """`python3 -m http.server` on FILES_PORT in the netns, serving `directory`; it starts listening
+    only after `down_for` seconds (connections are refused until then). Requests go to its log."""
+
+    def __init__(self, netns: Netns, directory: Path, log: Path, down_for: float = 0.0) -> None:
+        self.log = log
+        self._out = open(log, "wb")
+        serve = [sys.executable, "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(directory),
+                 str(FILES_PORT)]
+        argv = ["sh", "-c", f'sleep {down_for:g} && exec "$@"', "serve", *serve] if down_for else serve
+        self.proc = start(netns.command(argv), self._out)
+        if not down_for:
+            wait_for("the file server to listen", lambda: "Serving HTTP" in self.text(), 30, interval=0.1)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def requests(self) -> list[str]:
+        """The request lines served so far ("GET /x.pyz HTTP/1.1"), in order."""
+        return re.findall(r'"([A-Z]+ \S+ HTTP/[0-9.]+)"', self.text())
+
+    def close(self) -> None:
+        stop(self.proc)
+        self._out.close()
+
+
+def serve_files(lab: Lab, directory: Path, down_for: float = 0.0) -> FileServer:
+    """A FileServer in the lab's netns, stopped when the lab closes."""
+    server = FileServer(lab.netns, directory, lab.directory / "files.log", down_for)
+    lab._stack.callback(server.close)
+    return server

@@ -13,6 +13,7 @@ each first boot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -30,10 +31,13 @@ from nezha_bootstrap.identity import machine_uuid
 from tests.conftest import IN_CI
 
 from .harness import (
+    FILES_URL,
     GUEST_WHEELHOUSE,
     SERVICE,
     BootRecord,
     Clone,
+    FileServer,
+    Guest,
     Lab,
     Wheelhouse,
     add_wheelhouse,
@@ -41,16 +45,19 @@ from .harness import (
     base_rootfs,
     booted,
     build_wheelhouse,
+    build_zipapp,
     holders,
     missing_requirements,
     mode_of,
     remove_tree,
     run_in_image,
     seed_nocloud,
+    serve_files,
     set_identity,
     state_file,
     stub_calls,
     tool_settings,
+    wait_for,
     work_dir,
 )
 
@@ -484,3 +491,151 @@ def test_v2_a_clones_reboot_makes_no_server_and_the_dashboard_has_one_per_machin
     assert (again.service["ActiveState"], again.service["Result"]) == ("active", "success"), again.service_log
     created = [e.uuid for e in v2_clones.lab.fake.enrollments() if e.outcome == "created"]
     assert sorted(created) == sorted({v2_clones.node_uuid, *(machine_uuid(b.machine_id) for b in v2_clones.boots)})
+
+
+# --- 6: the zipapp user-data: one checked file, no venv, no pip, no apt ----------------------------
+
+@dataclass
+class PyzNode:
+    lab: Lab
+    clone: Clone
+    files: FileServer
+    pyz: Path
+
+
+@pytest.fixture(scope="module")
+def dist(host: None) -> Iterator[Path]:
+    """packaging/build's output, served to the guests by a FileServer."""
+    directory = work_dir("dist")
+    try:
+        build_zipapp(directory / "dist")
+        yield directory / "dist"
+    finally:
+        remove_tree(directory)
+
+
+def pyz_user_data(pyz: Path, **fetch_bounds: float) -> str:
+    """The zipapp user-data as an operator renders it (the hash taken from the local file); `fetch_bounds`
+    (attempts, deadline) shorten the fetcher's retries for a test that wants it to give up quickly."""
+    text = render("cloud-init", "--pyz-url", f"{FILES_URL}/{pyz.name}", "--pyz", str(pyz))
+    extra = "".join(f'\\"{key}\\": {value:g}, ' for key, value in fetch_bounds.items())
+    return text.replace('\\"sha256\\": ', extra + '\\"sha256\\": ', 1)
+
+
+def pyz_of(dist: Path) -> Path:
+    [pyz] = dist.glob(f"nezha-bootstrap-*-{os.uname().machine}.pyz")
+    return pyz
+
+
+@pytest.fixture(scope="module")
+def pyz_node(base: Path, dist: Path) -> Iterator[PyzNode]:
+    """A fresh VM seeded with the zipapp user-data; the zipapp is served on the loopback of its netns."""
+    pyz = pyz_of(dist)
+    lab = Lab("zipapp", TOKEN)
+    try:
+        clone = lab.clone([base], "pyz-node")
+        set_identity(clone.root, "pyz-node", uuid.uuid4().hex)
+        seed_nocloud(clone.root, pyz_user_data(pyz), instance_id="i-e2e-pyz-0001")
+        lab.serve()
+        yield PyzNode(lab, clone, serve_files(lab, dist), pyz)
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="module")
+def pyz_first_boot(pyz_node: PyzNode) -> BootRecord:
+    return pyz_node.lab.boot(pyz_node.clone, "pyz-node", CLOUD_COMMANDS)
+
+
+@pytest.fixture(scope="module")
+def pyz_second_boot(pyz_node: PyzNode, pyz_first_boot: BootRecord) -> BootRecord:
+    return pyz_node.lab.boot(pyz_node.clone, "pyz-node", CLOUD_COMMANDS)
+
+
+GUEST_PYZ = "/opt/nezha-bootstrap/nezha-bootstrap.pyz"
+
+
+def test_zipapp_first_boot_fetches_the_checked_file_and_registers_once(
+        pyz_node: PyzNode, pyz_first_boot: BootRecord, capsys: pytest.CaptureFixture[str]) -> None:
+    root, boot = pyz_node.clone.root, pyz_first_boot
+    report_timing(capsys, "zipapp cloud-init first boot", boot)
+    assert boot.system_state == "running", boot.failed
+    assert "status: done" in boot.outputs["cloud-init status"], boot.outputs["cloud-init status"]
+    assert pyz_node.files.requests() == [f"GET /{pyz_node.pyz.name} HTTP/1.1"]
+    assert "nezha-bootstrap-start.service" in boot.journal, "bootcmd's transient unit started it, not runcmd"
+    installed = root / GUEST_PYZ.lstrip("/")
+    assert installed.read_bytes() == pyz_node.pyz.read_bytes() and mode_of(installed) == 0o755
+    assert not (root / "opt/nezha-bootstrap/bin/python").exists(), "no venv"
+    assert [r.sent_name() for r in boot.registrations()] == [f"node-{boot.machine_id[:8]}"], boot.service_log
+    state = read_state(root)
+    assert [call.argv[3] for call in stub_calls(root)] == [state["secret"]]
+    assert (boot.service["ActiveState"], boot.service["Result"], boot.service["UnitFileState"]) == (
+        "active", "success", "enabled")
+    assert boot.agent["ActiveState"] == "active"
+    cache = root / "var/cache/nezha-bootstrap"
+    assert mode_of(cache) == 0o700 and [p.name for p in cache.iterdir()] == [
+        hashlib.sha256(pyz_node.pyz.read_bytes()).hexdigest()]
+    output_log = (root / "var/log/cloud-init-output.log").read_text(errors="replace")
+    assert re.search(r"\b(pip|venv|apt-get)\b", output_log) is None, output_log
+    assert token_holders(boot, root) == [] and holders(TOKEN, {}, root, ["/var/cache/nezha-bootstrap"]) == []
+
+
+def test_zipapp_second_boot_makes_no_request_and_fetches_nothing(pyz_node: PyzNode,
+                                                                 pyz_second_boot: BootRecord) -> None:
+    boot = pyz_second_boot
+    assert boot.system_state == "running", boot.failed
+    assert boot.requests == []
+    assert len(pyz_node.files.requests()) == 1, "the file in place has the pinned hash: no second download"
+    assert "nezha-bootstrap-start.service" not in boot.journal, "bootcmd's start runs once per instance"
+    assert (boot.service["ActiveState"], boot.service["Result"]) == ("active", "success"), boot.service_log
+    assert boot.agent["ActiveState"] == "active"
+
+
+def test_zipapp_first_boot_registers_sooner_than_the_pip_user_data(
+        pyz_first_boot: BootRecord, cloud_first_boot: BootRecord, capsys: pytest.CaptureFixture[str]) -> None:
+    """Both from this run: the seconds from the boot's start to the registration request."""
+    pyz, pip = pyz_first_boot.seconds_to_registration(), cloud_first_boot.seconds_to_registration()
+    with capsys.disabled():
+        print(f"\n[first-boot] boot start -> registration request: zipapp {pyz:.2f} s, pip {pip:.2f} s")
+    assert pyz is not None and pip is not None and pyz < pip
+
+
+FILES_DOWN_FOR = 15.0
+
+
+def test_a_zipapp_fetch_that_fails_at_first_heals_without_a_person(base: Path, dist: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The file server is down for the first 15 s: the fetcher gives up (2 attempts within 5 s), the unit
+    fails and Restart=on-failure runs it again 60 s later, when the download succeeds."""
+    pyz = pyz_of(dist)
+    lab = Lab("zipapp-heals", TOKEN)
+    try:
+        clone = lab.clone([base], "pyz-late")
+        set_identity(clone.root, "pyz-late", uuid.uuid4().hex)
+        seed_nocloud(clone.root, pyz_user_data(pyz, attempts=2, deadline=5), instance_id="i-e2e-pyz-0002")
+        fake = lab.serve()
+        files = serve_files(lab, dist, down_for=FILES_DOWN_FOR)
+        with booted(clone.root, lab.netns, "pyz-late", lab.directory / "console-heal.log") as guest:
+            service = wait_active(guest, SERVICE)
+            log = guest.run(["journalctl", "-b", "-u", SERVICE, "--no-pager", "-o", "cat"]).stdout
+            started = guest.started_at
+        registrations = [r for r in fake.requests(since=started) if r.is_registration]
+        served = files.requests()
+    finally:
+        lab.close()
+    seconds = f"{registrations[0].time - started:.1f} s" if registrations else "none"
+    with capsys.disabled():
+        print(f"\n[first-boot] zipapp fetch down for {FILES_DOWN_FOR:g} s: registration request {seconds} "
+              f"after boot start, {service['NRestarts']} restart(s)")
+    assert "gave up on" in log and "installed /opt/nezha-bootstrap/nezha-bootstrap.pyz" in log, log
+    assert int(service["NRestarts"]) >= 1
+    assert (service["ActiveState"], service["Result"]) == ("active", "success"), log
+    assert len(registrations) == 1 and served == [f"GET /{pyz.name} HTTP/1.1"]
+
+
+def wait_active(guest: Guest, name: str, timeout: float = 240.0) -> dict[str, str]:
+    """Wait until `name` is active, through any failed starts and restarts on the way."""
+    def active() -> dict[str, str] | None:
+        props = guest.unit(name)
+        return props if props["ActiveState"] == "active" else None
+    return wait_for(f"{name} to become active", active, timeout, interval=0.5)
