@@ -639,3 +639,34 @@ def wait_active(guest: Guest, name: str, timeout: float = 240.0) -> dict[str, st
         props = guest.unit(name)
         return props if props["ActiveState"] == "active" else None
     return wait_for(f"{name} to become active", active, timeout, interval=0.5)
+
+
+def test_an_image_built_from_outside_with_the_zipapp_registers_its_clone(base: Path, dist: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`install-service --root IMAGE --pyz FILE` and `seal --root IMAGE`, run by the zipapp on the build host:
+    the image names none of the host's paths, and a clone of it registers at its first boot."""
+    pyz = pyz_of(dist)
+    image = Clone([base], work_dir("golden-pyz"))
+    lab = Lab("golden-pyz", TOKEN)
+    try:
+        env = {**{k: v for k, v in settings_env().items() if k != "NEZHA_TOKEN"}, "PATH": os.environ["PATH"],
+               "NEZHA_BOOTSTRAP_CACHE": str(lab.directory / "host-cache")}
+        for args in (["install-service", "--pyz", str(pyz), "--token-file", "-"], ["seal"]):
+            done = subprocess.run([sys.executable, "-I", str(pyz), *args, "--root", str(image.root)], input=TOKEN,
+                                  capture_output=True, text=True, timeout=120, env=env)
+            assert done.returncode == 0, done.stderr
+        tool_files = [p for p in (image.root / "opt/nezha-bootstrap").rglob("*") if p.is_file()]
+        assert sorted(p.name for p in tool_files) == ["nezha-bootstrap", "nezha-bootstrap.pyz"]
+        assert [p for p in tool_files if str(image.root).encode() in p.read_bytes()] == []
+        lab.serve()
+        clone = lab.clone(image.frozen(), "pyz-golden")
+        set_identity(clone.root, "pyz-golden", None)  # the machine-id stays as `seal` left it: empty
+        boot = lab.boot(clone, "pyz-golden")
+    finally:
+        lab.close()
+        image.close()
+    report_timing(capsys, "zipapp golden image clone", boot)
+    assert boot.system_state == "running", boot.failed
+    assert [r.sent_name() for r in boot.registrations()] == [f"node-{boot.machine_id[:8]}"], boot.service_log
+    assert (boot.service["ActiveState"], boot.service["Result"]) == ("active", "success"), boot.service_log
+    assert boot.agent["ActiveState"] == "active"
