@@ -139,11 +139,13 @@ class Empty:
         return f"empty {self.path} (zero bytes)"
 
     def apply(self, reporter: Reporter) -> None:
-        if self.path.exists():
-            os.truncate(self.path, 0)
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch(mode=0o444)
+        # O_NOFOLLOW: a link here is refused (ELOOP), never followed out of an image's root (paths.py).
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+        os.close(fd)
 
 
 Action = Union[Write, Link, Command, Remove, Empty]

@@ -1,9 +1,22 @@
-"""Every path the tool reads or writes, resolved under one root (`--root`, default `/`)."""
+"""Every path the tool reads or writes, resolved under one root (`--root`, default `/`).
+
+Under a root other than `/` (an image), a symbolic link is read as the image's own system would read
+it, like a chroot: an absolute target starts again at the root, and `..` never climbs above it. So an
+image's `/etc -> /host/etc` or `lock -> /etc/passwd` can never lead a write onto the host. Directories
+are resolved through their last component; a file's last component is not followed (a link there is
+replaced or removed as itself, and the writers open files with O_NOFOLLOW).
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from nezha_bootstrap.errors import SettingsError
+
+MAX_LINKS = 40  # as the kernel's path walk allows
 
 
 @dataclass(frozen=True)
@@ -12,9 +25,15 @@ class Paths:
 
     root: Path
 
-    def under(self, absolute: str) -> Path:
-        """Map an absolute path of the target system to the same path under root."""
-        return self.root / absolute.lstrip("/")
+    def under(self, absolute: str, *, follow_last: bool = False) -> Path:
+        """Map an absolute path of the target system to the same path under root (see the module's text)."""
+        if self.is_host_root:
+            return self.root / absolute.lstrip("/")
+        return inside(self.root, absolute, follow_last=follow_last)
+
+    def directory(self, absolute: str) -> Path:
+        """A directory of the target system under root, resolved through its last component."""
+        return self.under(absolute, follow_last=True)
 
     @property
     def is_host_root(self) -> bool:
@@ -22,7 +41,7 @@ class Paths:
 
     @property
     def state_dir(self) -> Path:
-        return self.under("/var/lib/nezha-bootstrap")
+        return self.directory("/var/lib/nezha-bootstrap")
 
     @property
     def state_file(self) -> Path:
@@ -45,11 +64,11 @@ class Paths:
     @property
     def script_dir(self) -> Path:
         """Private 0700 directory that holds the downloaded installer."""
-        return self.state_dir / "installer"
+        return self.directory("/var/lib/nezha-bootstrap/installer")
 
     @property
     def machine_id(self) -> Path:
-        return self.under("/etc/machine-id")
+        return self.under("/etc/machine-id", follow_last=True)  # read, or emptied in place by `seal`
 
     @property
     def instance_id(self) -> Path:
@@ -62,7 +81,7 @@ class Paths:
 
     @property
     def agent_dir(self) -> Path:
-        return self.under("/opt/nezha/agent")
+        return self.directory("/opt/nezha/agent")
 
     @property
     def agent_binary(self) -> Path:
@@ -78,7 +97,7 @@ class Paths:
 
     @property
     def settings_dir(self) -> Path:
-        return self.under("/etc/nezha-bootstrap")
+        return self.directory("/etc/nezha-bootstrap")
 
     @property
     def settings_file(self) -> Path:
@@ -99,3 +118,32 @@ class Paths:
     @property
     def agent_openrc_link(self) -> Path:
         return self.under("/etc/runlevels/default/nezha-agent")
+
+
+def inside(root: Path, absolute: str, *, follow_last: bool = False) -> Path:
+    """`absolute` resolved under `root` as a chroot at `root` would resolve it (pure but for lstat/readlink)."""
+    todo = [part for part in absolute.split("/") if part not in ("", ".")]
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if done:
+                done.pop()  # at the root, `..` stays there
+            continue
+        candidate = root.joinpath(*done, part)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(candidate).st_mode)
+        except OSError:
+            return root.joinpath(*done, part, *todo)  # missing: nothing below it can be a link
+        if not is_link or (not todo and not follow_last):
+            done.append(part)
+            continue
+        links += 1
+        if links > MAX_LINKS:
+            raise SettingsError([f"{absolute} under {root}: too many levels of symbolic links"])
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            done = []
+        todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+    return root.joinpath(*done)

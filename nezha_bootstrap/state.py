@@ -65,11 +65,11 @@ def load(paths: Paths, *, move_aside: bool = True) -> State | None:
     """Read the state file; None when there is none. A corrupt file is moved aside (unless told not to:
     --dry-run and `status` change nothing)."""
     try:
-        raw = paths.state_file.read_bytes()
+        raw = read_nofollow(paths.state_file)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StateError(f"cannot read the state file {paths.state_file}: {exc.strerror}") from exc
+        raise StateError(f"cannot read the state file {paths.state_file}: {_open_problem(exc)}") from exc
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
@@ -227,6 +227,19 @@ def check_room(paths: Paths) -> None:
         os.unlink(tmp)
 
 
+def read_nofollow(path: Path) -> bytes:
+    """The bytes of `path`, never through a symbolic link as its last component (ELOOP then)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def _open_problem(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link, which nezha-bootstrap does not follow there; remove the link"
+    return exc.strerror or str(exc)
+
+
 def _write_problem(path: Path, exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         why = "the disk is full"
@@ -242,8 +255,10 @@ def locked(paths: Paths, timeout: float, poll: float = 0.1) -> Iterator[None]:
     """Hold the exclusive run lock; wait up to `timeout` seconds, then raise LockBusy."""
     ensure_private_dir(paths.state_dir)
     try:
-        fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(f"cannot open the lock file {paths.lock_file}: {_open_problem(exc)}") from exc
         raise StateError(_write_problem(paths.lock_file, exc).replace("state file", "lock file")) from exc
     try:
         deadline = time.monotonic() + timeout

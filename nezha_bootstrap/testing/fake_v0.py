@@ -103,6 +103,7 @@ class FakeDashboard:
         # The real v0.20.13 checks a token against the first `users` row: with none (a database nobody
         # has logged in to yet) every token is refused with the 403 body (observed).
         self.has_user = True
+        self.sessions: set[str] = set()  # values of the web login's `nezha-dashboard` cookie: they may register too
         self.servers: list[Server] = []
         self.journal: list[Journal] = []
         self.faults = Faults()
@@ -180,6 +181,9 @@ class FakeDashboard:
         return None
 
     def _authorized(self, headers: dict[str, str]) -> bool:
+        cookies = dict(part.strip().partition("=")[::2] for part in headers.get("cookie", "").split(";") if part)
+        if cookies.get("nezha-dashboard") in self.sessions:
+            return True
         return self.has_user and headers.get("authorization", "") in self.tokens
 
     def _register(self, query: str, headers: dict[str, str], body: bytes, client: str) -> Any:

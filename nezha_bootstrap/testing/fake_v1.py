@@ -400,7 +400,12 @@ class FakeV1:
         if refusal is not None:
             return refusal
         handler = getattr(self, f"_{route}")
-        return handler(request, user)
+        answer = handler(request, user)
+        if self.has_tokens and route == "list_servers" and not _cookie(request, "nz-csrf"):
+            # v2.1+ hands a CSRF cookie to an authenticated read that came without one (observed on
+            # GET /api/v1/server with a JWT or an access token; not on writes nor on the guest routes).
+            answer = (*answer[:3], {"Set-Cookie": [f"nz-csrf={secrets.token_urlsafe(24)}; Path=/; SameSite=Strict"]})
+        return answer
 
     def _authenticate(self, request: Request, scope: str) -> tuple[int, Any]:
         """The user a request acts for, or the refusal to answer with."""

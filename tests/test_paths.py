@@ -1,0 +1,168 @@
+"""Paths under `--root`: an image's symbolic links are read as a chroot would, never onto the host."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from nezha_bootstrap.cli import main
+from nezha_bootstrap.errors import SettingsError
+from nezha_bootstrap.paths import Paths, inside
+from tests.conftest import TOKEN, Cli, Outcome, make_runner
+
+URL = "https://nezha.example.com"
+
+
+def invoke(*args: str, **env: str) -> Outcome:
+    result = make_runner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return Outcome(result, result.stdout, result.stderr)
+
+
+def snapshot(top: Path) -> dict[str, tuple[int, bytes | str | None]]:
+    """Every path under `top`: mode and content (a link's target), to prove nothing there changed."""
+    found: dict[str, tuple[int, bytes | str | None]] = {}
+    for path in [top, *sorted(top.rglob("*"))]:
+        mode = path.lstat().st_mode
+        content: bytes | str | None = None
+        if stat.S_ISLNK(mode):
+            content = os.readlink(path)
+        elif stat.S_ISREG(mode):
+            content = path.read_bytes()
+        found[str(path)] = (mode, content)
+    return found
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    """Files of the host that an image's absolute links point at."""
+    top = tmp_path / "host"
+    for directory in ("etc/nezha-bootstrap", "etc/systemd/system/multi-user.target.wants", "opt/nezha/agent",
+                      "var/lib/nezha-bootstrap"):
+        (top / directory).mkdir(parents=True)
+        os.chmod(top / directory, 0o755)
+    (top / "machine-id").write_text("hosthosthosthosthosthosthosthost\n")
+    (top / "opt/nezha/agent/nezha-agent").write_text("#!/bin/sh\n")
+    (top / "opt/nezha/agent/config.yml").write_text("uuid: host\n")
+    (top / "var/lib/nezha-bootstrap/state.json").write_text("{}\n")
+    return top
+
+
+def link(root: Path, inside_path: str, target: Path | str) -> None:
+    path = root / inside_path.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+
+
+# --- the resolution ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("links", "asked", "expected"), [
+    ({"etc": "/elsewhere/etc"}, "/etc/machine-id", "elsewhere/etc/machine-id"),
+    ({"etc": "../../../../usr/etc"}, "/etc/machine-id", "usr/etc/machine-id"),  # `..` stops at the root
+    ({"opt/nezha": "/a", "a": "b", "b": "/c"}, "/opt/nezha/agent", "c/agent"),
+    ({"var/lib": "../usr/lib"}, "/var/lib/x", "usr/lib/x"),
+])
+def test_links_are_resolved_inside_the_root(tmp_path: Path, links: dict[str, str], asked: str,
+                                            expected: str) -> None:
+    for path, target in links.items():
+        link(tmp_path, path, target)
+
+    assert inside(tmp_path, asked) == tmp_path / expected
+
+
+def test_the_last_component_is_followed_only_when_asked(tmp_path: Path) -> None:
+    link(tmp_path, "etc/machine-id", "/real-id")
+
+    assert inside(tmp_path, "/etc/machine-id") == tmp_path / "etc/machine-id"
+    assert inside(tmp_path, "/etc/machine-id", follow_last=True) == tmp_path / "real-id"
+
+
+def test_a_link_loop_is_refused(tmp_path: Path) -> None:
+    link(tmp_path, "a", "/b")
+    link(tmp_path, "b", "/a")
+
+    with pytest.raises(SettingsError, match="too many levels of symbolic links"):
+        inside(tmp_path, "/a/x")
+
+
+def test_the_host_root_is_left_to_the_kernel() -> None:
+    assert Paths(Path("/")).under("/etc/machine-id") == Path("/etc/machine-id")
+
+
+# --- every command that writes under --root, against an image full of hostile links -------------
+
+def test_seal_empties_the_images_machine_id_not_the_hosts(tmp_path: Path, host: Path) -> None:
+    root = tmp_path / "image"
+    link(root, "/etc/machine-id", host / "machine-id")
+    before = snapshot(host)
+
+    outcome = invoke("seal", "--root", str(root))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert snapshot(host) == before
+    assert (root / str(host / "machine-id").lstrip("/")).read_bytes() == b""  # the link's target, in the image
+
+
+def test_a_lock_link_in_the_image_is_refused_and_creates_nothing_on_the_host(tmp_path: Path, host: Path) -> None:
+    root = tmp_path / "image"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/machine-id").write_text("0" * 32 + "\n")
+    link(root, "/var/lib/nezha-bootstrap/lock", host / "made-by-the-lock")
+    before = snapshot(host)
+
+    outcome = invoke("seal", "--root", str(root))
+
+    assert outcome.exit_code == 1
+    assert "lock" in outcome.stderr and "is a symbolic link" in outcome.stderr
+    assert snapshot(host) == before
+    assert not (host / "made-by-the-lock").exists()
+
+
+def test_install_service_writes_the_token_inside_the_image(tmp_path: Path, host: Path) -> None:
+    root = tmp_path / "image"
+    link(root, "/etc/nezha-bootstrap", host / "etc/nezha-bootstrap")
+    link(root, "/etc/systemd/system", host / "etc/systemd/system")
+    before = snapshot(host)
+
+    outcome = invoke("install-service", "--root", str(root), NEZHA_DASHBOARD_URL=URL, NEZHA_TOKEN=TOKEN)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert snapshot(host) == before  # no file written, no directory made 0700 on the host
+    settings = root / str(host / "etc/nezha-bootstrap/env").lstrip("/")
+    assert TOKEN in settings.read_text()
+    assert stat.S_IMODE(settings.stat().st_mode) == 0o600
+    assert (root / str(host / "etc/systemd/system/nezha-bootstrap.service").lstrip("/")).is_file()
+
+
+def test_uninstall_removes_nothing_of_the_host(tmp_path: Path, host: Path) -> None:
+    root = tmp_path / "image"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/machine-id").write_text("0" * 32 + "\n")
+    link(root, "/opt/nezha/agent", host / "opt/nezha/agent")
+    link(root, "/var/lib/nezha-bootstrap", host / "var/lib/nezha-bootstrap")
+    link(root, "/etc/nezha-bootstrap", host / "etc/nezha-bootstrap")
+    link(root, "/etc/systemd/system/nezha-agent.service", host / "etc/systemd/system/nezha-agent.service")
+    before = snapshot(host)
+
+    outcome = invoke("uninstall", "--root", str(root), "--purge")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert snapshot(host) == before
+    assert not (root / "etc/systemd/system/nezha-agent.service").is_symlink()  # the image's own link: removed
+
+
+@pytest.mark.integration
+def test_run_under_a_root_keeps_state_agent_and_unit_inside_the_image(cli: Cli, host: Path) -> None:
+    link(cli.root, "/var/lib/nezha-bootstrap", host / "var/lib/nezha-bootstrap")
+    link(cli.root, "/opt/nezha/agent", host / "opt/nezha/agent")
+    link(cli.root, "/etc/systemd/system", host / "etc/systemd/system")
+    before = snapshot(host)
+
+    outcome = cli("run")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert snapshot(host) == before
+    assert (cli.root / str(host / "var/lib/nezha-bootstrap/state.json").lstrip("/")).is_file()
+    assert (cli.root / str(host / "etc/systemd/system/nezha-agent.service").lstrip("/")).is_file()
