@@ -7,6 +7,16 @@ Transient). What the answers mean is dashboard-v1-v2.md ("Personal access tokens
 - HTTP 200 `{"error": ...}`: a handler refused (shown as is, never parsed beyond its prefix).
 - 5xx, 429 and network failures: Transient, retried by `with_retries` until the deadline.
 
+Observed on the real v1.14.14, v2.0.14, v2.1.5 and v2.3.7 (tests/data/real, replayed against the fakes by
+tests/test_fakes_match_real.py; run again against a live one by tests/live):
+- errors carry no `success` key (`{"error": ...}`), so `error` is checked before `success`;
+- a bad or unknown access token: HTTP 401 `ApiErrorUnauthorized: invalid api token`; no credential,
+  a bad JWT or a login failure: HTTP 200 `ApiErrorUnauthorized` (the JWT middleware);
+- the login answers `data.token` and sets the cookie `nz-jwt` (the same JWT) and on v2.1+ `nz-csrf`,
+  whose value every JWT write must repeat in `X-CSRF-Token` (else HTTP 403 `ApiErrorForbidden: missing
+  or invalid CSRF token`); access tokens need no CSRF. Neither cookie is HttpOnly;
+- PATCH /api/v1/server/:id and /api/v1/server-group/:id replace every field they carry (omitted: reset).
+
 Use:
     api = V2Api(client, base_url, token, deadline=60)
     api.servers()                        -> raw items of GET /api/v1/server
