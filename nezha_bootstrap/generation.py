@@ -3,6 +3,13 @@
 The probes and the answers they tell apart are the table in dashboard-v1-v2.md ("Telling the
 generation apart without credentials"); none of them sends a credential, so none can count
 towards the dashboard's WAF.
+
+Observed on the real dashboards (tests/data/real; tests/live repeats the probes against a live one):
+v0.20.13 answers the settings probe with a themed HTML 404 and the register probe with HTTP 200
+`{"code":403,...}`; v1.14.14 has `data.config` without `tsdb_enabled`; v2.0.14 adds `tsdb_enabled`
+and answers /api/v1/api-tokens with a JSON 404; v2.1.5 and v2.3.7 answer it with HTTP 200
+`{"error":"ApiErrorUnauthorized"}` and `WWW-Authenticate: JWT realm=<site name>`. The guest settings
+carry no `version`, so the probes never rely on one.
 """
 
 from __future__ import annotations
