@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT: stop at a safe point, never between the dashboard's answer and its save.
+"""SIGTERM, SIGINT and SIGHUP: stop at a safe point, never between the dashboard's answer and its save.
 
 A stop signal raises `Stopped` in the main thread, so `finally` blocks remove temporary files, kill
 the installer's process group and release the lock. Inside `deferred()` (one register attempt and

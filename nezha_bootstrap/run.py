@@ -45,8 +45,30 @@ def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter, *, dry_r
     reporter.context.update(generation=generation.value, dashboard=display_url(config.dashboard_url))
     if generation.is_v0:
         check_v0_settings(config)
-        return v0_flow.dry_run(config, facts, paths) if dry_run else v0_flow.run(config, facts, paths, reporter)
+        if dry_run:
+            return v0_flow.dry_run(config, facts, paths)
+        try:
+            return v0_flow.run(config, facts, paths, reporter)
+        except DashboardRefused as refused:
+            generation = _probe_after_v1_answer(config, refused, clients, reporter)
+        saved = state_mod.load(paths)
     return _run_v1(config, generation, saved, facts, paths, reporter, clients, dry_run=dry_run)
+
+
+def _probe_after_v1_answer(config: Config, refused: DashboardRefused, clients: _Clients,
+                           reporter: Reporter) -> Generation:
+    """A v0 request answered the way only v1/v2 dashboards answer (the cached generation is stale: the
+    dashboard was upgraded at the same URL): with an agent secret, probe again and go on as v1/v2."""
+    from nezha_bootstrap.v0.api import V1_MESSAGE
+
+    if V1_MESSAGE not in str(refused) or not config.agent.secret or config.agent.generation == "v0":
+        raise refused
+    reporter.info("the dashboard answered as v1 or newer, not as the v0 the state recorded: probing it again")
+    found = probe_generation(config, clients.dashboard, reporter)
+    if found.is_v0:
+        raise refused
+    reporter.context.update(generation=found.value)
+    return found
 
 
 def _run_v1(config: Config, generation: Generation, saved: State | None, facts: Facts, paths: Paths,

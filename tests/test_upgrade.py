@@ -88,3 +88,16 @@ def test_with_v1_settings_the_v0_agent_is_replaced_by_a_working_v1_agent(
     assert again[0] == 0, again[2]
     assert json.loads(again[1])["outcome"] == "nothing_to_do"
     assert len(upgraded.v1.servers) == 1
+
+
+def test_a_v0_answer_from_the_upgraded_dashboard_sends_a_node_with_both_settings_to_v1(upgraded: Upgraded) -> None:
+    # The cached v0 stays trusted while the settings work on v0 (the token is there), until the dashboard
+    # answers a v0 request as only v1/v2 dashboards do: here a clone (new machine-id) registers.
+    (upgraded.cli.root / "etc/machine-id").write_text("fedcba9876543210fedcba9876543210\n")
+
+    code, out, err = upgraded.run("run", "--json", **upgraded.v1_settings())
+
+    assert code == 0, err
+    assert "the dashboard answered as v1 or newer, not as the v0 the state recorded: probing it again" in err
+    assert json.loads(out)["generation"] == "v2.1+"
+    assert [server.uuid for server in upgraded.v1.servers] == [machine_uuid("fedcba9876543210fedcba9876543210")]
