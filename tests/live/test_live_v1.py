@@ -286,3 +286,18 @@ def reconcile_credentials(credential: str, tmp_path: Path) -> tuple[list[str], d
     password.write_text(SETTINGS.password + "\n")
     password.chmod(0o600)
     return ["--username", SETTINGS.username, "--password-file", str(password)], {}
+
+
+def test_an_access_token_on_a_dashboard_without_them_stops_the_run_before_installing(fleet: Fleet,
+                                                                                     tmp_path: Path) -> None:
+    need_generation("v1.0-1.4", "v1.5-1.14", "v2.0")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
+
+    ran = tool("run", "--root", str(root), *run_arguments(fleet.release.base_url), secrets_env={
+        "NEZHA_AGENT_SECRET": SETTINGS.agent_secret, "NEZHA_TOKEN": "nzp_" + secrets.token_hex(16)})
+
+    assert ran.exit_code == 2, ran.stdout + ran.stderr  # access tokens exist from v2.1.0: a settings error
+    assert "v2.1" in ran.stderr
+    assert not (root / "opt/nezha/agent/nezha-agent").exists()
