@@ -320,3 +320,14 @@ def test_the_leftovers_stay_when_the_install_did_not_verify(cli: Cli) -> None:
 
     assert outcome.exit_code == 5
     assert (cli.root / "opt/nezha/agent/README.md").exists()  # nothing is cleaned up on an unverified install
+
+
+def test_dry_run_shows_the_lookup_of_a_registration_left_under_way(cli: Cli) -> None:
+    plant_pending(cli.root, "web-9", [3], cli.dashboard.url)
+
+    outcome = cli("run", "--dry-run")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (f"GET {cli.dashboard.url}/api/v1/server/list?tag=AutoRegister (the registration of 'web-9' an earlier "
+            "run left under way at 2026-01-01T00:00:00+00:00: stop if it made a server)") in outcome.stdout
+    assert cli.fake.journal == []

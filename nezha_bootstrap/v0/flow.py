@@ -363,6 +363,7 @@ def dry_run(config: Config, facts: Facts, paths: Paths) -> RunResult:
     if decision.action is not Action.NOTHING:
         if decision.action is Action.REGISTER:
             request = register_request(config)
+            lines += _pending_lines(config, state_mod.load_pending(paths))
             lines += _request_lines(config, paths, request)
             details["request"] = request
         secret = saved.secret if saved and decision.action is Action.INSTALL else "0" * 18  # masked in describe()
@@ -378,6 +379,17 @@ def register_request(config: Config) -> dict[str, Any]:
     """The register request as --dry-run shows it (the token masked)."""
     return {"method": "POST", "url": display_url(config.register_url),
             "headers": {"Authorization": "<token>"}, "body": config.register_body()}
+
+
+def _pending_lines(config: Config, pending: state_mod.Pending | None) -> list[str]:
+    """What a run does first about a registration an earlier, killed run left under way."""
+    if pending is None:
+        return []
+    if pending.dashboard_url != config.dashboard_url:
+        return [f"warn about the registration of {pending.name!r} left under way with "
+                f"{display_url(pending.dashboard_url)} ({pending.started_at}), and forget it"]
+    return [f"GET {display_url(config.dashboard_url)}/api/v1/server/list?tag={pending.tag} (the registration of "
+            f"{pending.name!r} an earlier run left under way at {pending.started_at}: stop if it made a server)"]
 
 
 def _request_lines(config: Config, paths: Paths, request: dict[str, Any]) -> list[str]:

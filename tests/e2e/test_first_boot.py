@@ -670,3 +670,43 @@ def test_an_image_built_from_outside_with_the_zipapp_registers_its_clone(base: P
     assert [r.sent_name() for r in boot.registrations()] == [f"node-{boot.machine_id[:8]}"], boot.service_log
     assert (boot.service["ActiveState"], boot.service["Result"]) == ("active", "success"), boot.service_log
     assert boot.agent["ActiveState"] == "active"
+
+
+# --- an image captured without `seal` (issue 11): two clones, each its own server ----------------
+
+def test_two_unsealed_clones_say_so_and_register_as_their_own_servers(base: Path, wheelhouse: Wheelhouse) -> None:
+    """An image that registered at its own first boot is captured without `seal` (machine-id and state
+    kept) and booted twice as new cloud-init instances: each clone warns and registers once."""
+    lab = Lab("unsealed-clones", TOKEN)
+    machine_id = uuid.uuid4().hex
+    try:
+        lab.serve()
+        image = lab.clone([base], "unsealed-image")
+        add_wheelhouse(image.root, wheelhouse)
+        run_in_image(image.root, ["python3", "-m", "venv", "/opt/nezha-bootstrap"])
+        run_in_image(image.root, ["/opt/nezha-bootstrap/bin/pip", "install", "-q", *GUEST_WHEELHOUSE_OPTIONS,
+                                  "nezha-bootstrap"])
+        env = {k: v for k, v in settings_env().items() if k != "NEZHA_TOKEN"}
+        run_in_image(image.root, [GUEST_TOOL, "install-service", "--token-file", "-"], env=env, input=TOKEN + "\n")
+        set_identity(image.root, "unsealed-image", machine_id)
+        seed_nocloud(image.root, "#cloud-config\n{}\n", instance_id="i-e2e-original")
+        original = lab.boot(image, "unsealed-image")
+        layers = image.frozen()  # captured as it is: no `seal`
+        boots, roots = [], []
+        for name in ("unsealed-a", "unsealed-b"):
+            clone = lab.clone(layers, name)
+            set_identity(clone.root, name, None)  # the machine-id stays the image's
+            seed_nocloud(clone.root, "#cloud-config\n{}\n", instance_id=f"i-e2e-{name}")
+            boots.append(lab.boot(clone, name))
+            roots.append(clone.root)
+        states = [read_state(root) for root in roots]
+    finally:
+        lab.close()
+    assert [r.sent_name() for r in original.registrations()] == [f"node-{machine_id[:8]}"], original.service_log
+    for boot, state, name in zip(boots, states, ("unsealed-a", "unsealed-b")):
+        assert boot.machine_id == machine_id  # a clone that was not sealed
+        assert "THIS MACHINE IS AN UNSEALED CLONE" in boot.service_log
+        assert [r.sent_name() for r in boot.registrations()] == [f"node-{machine_id[:8]}"], boot.service_log
+        assert (state["instance_id"], state["machine_id"]) == (f"i-e2e-{name}", machine_id)
+        assert (boot.service["ActiveState"], boot.service["Result"]) == ("active", "success"), boot.service_log
+    assert len({state["secret"] for state in states}) == 2  # two servers, one per clone
