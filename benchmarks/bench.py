@@ -10,6 +10,7 @@ or not a target is met (the table and the JSON say which), and non-zero only if 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import multiprocessing
@@ -44,6 +45,7 @@ from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from nezha_bootstrap.v0.api import Dashboard, Registration
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests.hostile: the hostile server the tests use too
 DEFAULT_OUT = HERE / "results" / "latest.json"
 # The seed lives in shared/ beside the repository (a CI clone gets a copy there too).
 SEED_FILE = Path(__file__).resolve().parents[2] / "shared/seed/nezha-api-and-register-script.txt"
@@ -52,7 +54,7 @@ TOKEN = "BenchT0kenBenchT0kenBenchT0ken32"
 LOOPBACK = "127.0.0.1"
 REGISTER_PATH = "/api/v1/server/register"
 PROCESS_TIMEOUT = 60.0  # no single child process may run longer than this
-NAMES = ("recovery", "fleet", "overhead", "memory", "v2fleet")
+NAMES = ("recovery", "fleet", "overhead", "memory", "v2fleet", "bombs", "hostile", "zipapp")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class Sizes:
     overhead_runs: int = 15
     memory_runs: int = 5
     v2fleet_nodes: int = 100
+    bomb_mib: int = 1024  # the decoded size of each `gzip, gzip` bomb (1.8 KB on the wire for 1 GiB)
+    hostile_deadline: float = 10.0  # --deadline of the runs against a hostile server
+    zipapp_runs: int = 9
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,8 @@ class Plan:
     seed_file: Path
 
 
-QUICK = Sizes(recovery_nodes=4, recovery_down=2.0, fleet_nodes=16, overhead_runs=3, memory_runs=2, v2fleet_nodes=6)
+QUICK = Sizes(recovery_nodes=4, recovery_down=2.0, fleet_nodes=16, overhead_runs=3, memory_runs=2, v2fleet_nodes=6,
+              bomb_mib=64, hostile_deadline=3.0, zipapp_runs=2)
 
 
 @dataclass
@@ -615,11 +621,155 @@ def v2fleet_figures(fake: FakeV1, count: int, codes: list[int], errors: list[lis
     return figures, targets
 
 
+# --- 6. bombs and 7. hostile: issue 10's hostile networks (tests/hostile.py, on 127.0.0.1) ---
+
+# The CLI in a fresh interpreter; with "silent-resolver" first, http.resolve never answers (the
+# in-process seam the tests use: the system resolver and /etc/hosts stay untouched).
+HOSTILE_CHILD = (
+    "import sys, threading\n"
+    "from nezha_bootstrap import http\n"
+    "if sys.argv[1] == 'silent-resolver':\n"
+    "    http.resolve = lambda host, port: threading.Event().wait(3600) or []\n"
+    "from nezha_bootstrap.cli import main\n"
+    "sys.argv = ['nezha-bootstrap', *sys.argv[2:]]\n"
+    "main()\n"
+)
+V0_LIST = b'{"code": 200, "result": []}'
+V0_SECRET = b"BenchSecret0123456"  # 18 letters and digits: a v0 register answer (simple=true)
+
+
+def hostile_node(url: str, root: Path, resolver: str = "system", **settings: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of one `run` against `url` with a fresh root."""
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
+    env = {**base_env(), "NEZHA_DASHBOARD_URL": url, "NEZHA_TOKEN": TOKEN, "NEZHA_BOOTSTRAP_ROOT": str(root),
+           "NEZHA_PROBE_ADDRESS": "probe.example.test", "NEZHA_INSTALL_SCRIPT_SHA256": "0" * 64, **settings}
+    return [sys.executable, "-c", HOSTILE_CHILD, resolver, "run"], env
+
+
+def bench_bombs(plan: Plan) -> Outcome:
+    """Peak RSS of a run whose probes, register answer or checksums.txt is a `gzip, gzip` bomb."""
+    from tests.hostile import HostileServer, Route, bomb
+
+    payload = bomb(plan.sizes.bomb_mib << 20)
+    listing, secret = Route("ok", body=V0_LIST), Route("ok", body=V0_SECRET)
+    cases = {  # name: (routes, settings, the exit code expected)
+        "probes": ({}, {"NEZHA_AGENT_SECRET": "BenchAgentSecret01"}, 3),
+        "register_answer": ({"/api/v1/server/list": listing}, {"NEZHA_DASHBOARD_GENERATION": "v0"}, 3),
+        "checksums_txt": ({"/api/v1/server/list": listing, "/api/v1/server/register": secret},
+                          {"NEZHA_DASHBOARD_GENERATION": "v0", "NEZHA_INSTALL_METHOD": "direct"}, 5),
+    }
+    figures: dict[str, Any] = {"wire_bytes": len(payload), "decoded_mib": plan.sizes.bomb_mib}
+    targets = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (routes, settings, expected) in cases.items():
+            with HostileServer(Route("bomb", body=payload), routes=routes) as server:
+                argv, env = hostile_node(server.url, Path(tmp) / name, **settings,
+                                         NEZHA_AGENT_BASE_URL=f"{server.url}/releases")
+                sample = measure(argv, env, rss=True)
+            peak = round(sample.maxrss_kib / 1024, 1)
+            figures[name] = {"peak_rss_mib": peak, "exit_code": sample.returncode, "expected_exit": expected}
+            targets.append(Target(f"bombs: peak RSS, {name} bomb (exit {sample.returncode})", peak, 64.0, "MiB"))
+    return Outcome(figures, targets)
+
+
+def timed_run(argv: list[str], env: dict[str, str], stop_after: float | None = None) -> tuple[float, int]:
+    """Seconds from start to exit (or from SIGTERM to exit, with `stop_after`) and the exit code."""
+    process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    started = time.monotonic()
+    if stop_after is not None:
+        time.sleep(stop_after)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout=PROCESS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise RuntimeError(f"a run against a hostile server ran longer than {PROCESS_TIMEOUT:g} s") from None
+    return round(time.monotonic() - started, 2), code
+
+
+def bench_hostile(plan: Plan) -> Outcome:
+    """Seconds to exit under header trickle, `100 Continue`, body trickle and a silent resolver, and
+    from SIGTERM to exit while each holds the run."""
+    from tests.hostile import HostileServer, Route
+
+    deadline = plan.sizes.hostile_deadline
+    cases = {"header_trickle": "header_trickle", "continue": "continue", "body_trickle": "body_trickle",
+             "silent_resolver": "silent"}
+    figures: dict[str, Any] = {"deadline_s": deadline}
+    targets = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, mode in cases.items():
+            resolver = "silent-resolver" if name == "silent_resolver" else "system"
+            with HostileServer(Route(mode)) as server:
+                url = "http://dashboard.invalid:8008" if resolver != "system" else server.url
+                argv, env = hostile_node(url, Path(tmp) / name, resolver, NEZHA_DASHBOARD_GENERATION="v0")
+                to_exit, code = timed_run([*argv, "--deadline", f"{deadline:g}"], env)
+                argv, env = hostile_node(url, Path(tmp) / f"{name}-stop", resolver, NEZHA_DASHBOARD_GENERATION="v0")
+                to_stop, stop_code = timed_run([*argv, "--deadline", "60"], env, stop_after=1.5)
+            figures[name] = {"start_to_exit_s": to_exit, "exit_code": code, "sigterm_to_exit_s": to_stop,
+                             "sigterm_exit_code": stop_code}
+            targets.append(Target(f"hostile: {name} start->exit (exit {code})", to_exit, deadline + 2.0, "s"))
+            targets.append(Target(f"hostile: {name} SIGTERM->exit (exit {stop_code})", to_stop, 2.0, "s"))
+    return Outcome(figures, targets)
+
+
+# --- 8. zipapp: cold and warm starts of the .pyz against the installed tool ---
+
+def build_pyz(out: Path) -> Path:
+    """packaging/build into `out` (its pinned downloads are cached in build/packaging-cache); this machine's .pyz."""
+    done = subprocess.run([sys.executable, str(HERE.parent / "packaging" / "build"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"packaging/build failed: {done.stderr[-500:]}")
+    [pyz] = out.glob(f"nezha-bootstrap-*-{platform.machine()}.pyz")
+    return pyz
+
+
+def bench_zipapp(plan: Plan) -> Outcome:
+    """`--help` and `run --dry-run`: the zipapp cold (empty cache: it extracts its tree) and warm (cached
+    bytecode), against the installed tool, interleaved; plus the first-boot figures, measured elsewhere."""
+    runs = plan.sizes.zipapp_runs
+    with tempfile.TemporaryDirectory(prefix="nezha-bench-pyz-") as tmp:
+        pyz, cache = build_pyz(Path(tmp) / "dist"), Path(tmp) / "cache"
+        root = Path(tmp) / "root"
+        (root / "etc").mkdir(parents=True)
+        (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
+        env = {**base_env(), "NEZHA_BOOTSTRAP_CACHE": str(cache), "NEZHA_DASHBOARD_URL": f"http://{LOOPBACK}:9",
+               "NEZHA_TOKEN": TOKEN, "NEZHA_BOOTSTRAP_ROOT": str(root)}
+        zipapp = [sys.executable, "-I", str(pyz)]
+
+        def cold(args: list[str]) -> Sample:
+            shutil.rmtree(cache, ignore_errors=True)
+            return measure(zipapp + args, env)
+
+        commands: dict[str, Callable[[], Sample]] = {}
+        for name, args in (("help", ["--help"]), ("dry_run", ["run", "--dry-run"])):
+            commands[f"installed_{name}"] = functools.partial(measure, tool_argv() + args, env)
+            commands[f"pyz_cold_{name}"] = functools.partial(cold, args)
+            commands[f"pyz_warm_{name}"] = functools.partial(measure, zipapp + args, env)
+        samples = interleaved(commands, runs)
+        size = pyz.stat().st_size
+    medians = {f"{name}_s": median_seconds(runs_) for name, runs_ in samples.items()}
+    ratios = {f"pyz_{kind}_{name}_vs_installed":
+              round(medians[f"pyz_{kind}_{name}_s"] / medians[f"installed_{name}_s"], 2)
+              for kind in ("warm", "cold") for name in ("help", "dry_run")}
+    targets = [Target(f"zipapp: warm {name} / installed", ratios[f"pyz_warm_{name}_vs_installed"], 1.5, "x")
+               for name in ("help", "dry_run")]
+    figures = {"runs_each": runs, "pyz_bytes": size, "median": medians, "ratio": ratios,
+               "first_boot": "boot start -> registration request, zipapp vs pip user-data: measured by "
+                             "tests/e2e/test_first_boot.py (systemd-nspawn, root), printed as [first-boot] lines"}
+    return Outcome(figures, targets)
+
+
 # --- the table, the JSON, the command line ---
 
 BENCHMARKS: dict[str, Callable[[Plan], Outcome]] = {
     "recovery": bench_recovery, "fleet": bench_fleet, "overhead": bench_overhead, "memory": bench_memory,
-    "v2fleet": bench_v2fleet,
+    "v2fleet": bench_v2fleet, "bombs": bench_bombs, "hostile": bench_hostile, "zipapp": bench_zipapp,
 }
 
 

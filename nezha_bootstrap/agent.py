@@ -141,15 +141,26 @@ def extract_binary(data: bytes) -> bytes:
 
 
 def fetch_binary(client: httpx.Client, release: Release, deadline: float, notify: Notify) -> bytes:
-    """checksums.txt, then the zip; both hashes checked; the `nezha-agent` the zip holds."""
+    """checksums.txt, then the zip, both within the one `deadline` of the step; both hashes checked;
+    the `nezha-agent` the zip holds.
+
+    checksums.txt comes over the same channel as the zip, so it authenticates nothing by itself: it
+    catches a broken download or mirror. A plain-http release is used only when --agent-sha256 pins
+    it (config.validate_agent), and an https release is never followed to http (http.refuse_downgrade).
+    """
     from nezha_bootstrap.http import download
 
+    end = time.monotonic() + deadline
     # Release hosts redirect to their storage: redirects are followed here (no credential is sent).
-    get = functools.partial(download, client, deadline=deadline, notify=notify, follow_redirects=True,
+    get = functools.partial(download, client, notify=notify, follow_redirects=True,
                             missing=": no such agent version or asset")
-    checksums = get(release.checksums_url, cap=CHECKSUMS_CAP, what="download checksums.txt")
+    checksums = get(release.checksums_url, cap=CHECKSUMS_CAP, deadline=deadline, what="download checksums.txt")
     listed = parse_checksums(checksums.decode("utf-8", errors="replace"), release.asset)
-    data = get(release.asset_url, cap=ZIP_CAP, what=f"download {release.asset}")
+    left = end - time.monotonic()
+    if left <= 0:
+        raise InstallerFailed(f"download {release.asset}: no time left within the {deadline:g} s deadline "
+                              "after checksums.txt")
+    data = get(release.asset_url, cap=ZIP_CAP, deadline=left, what=f"download {release.asset}")
     check_zip(data, release, listed)
     return extract_binary(data)
 

@@ -387,7 +387,7 @@ def reconcile_command(ctx: click.Context, /, manifest_path: str, username: str |
     from nezha_bootstrap.fleet import reconcile
     from nezha_bootstrap.fleet.manifest import load
     from nezha_bootstrap.fleet.session import Credentials, credential_problems, open_session
-    from nezha_bootstrap.http import make_client
+    from nezha_bootstrap.http import ca_bundle_problem, make_client
 
     reporter = _reporter(as_json, quiet, verbose)
     problems: list[str] = []
@@ -398,8 +398,7 @@ def reconcile_command(ctx: click.Context, /, manifest_path: str, username: str |
     warnings: list[str] = []
     url, deadline = check_target(params["dashboard_url"], params["deadline"], problems, warnings)
     ca_bundle = Path(params["ca_bundle"]) if params["ca_bundle"] else None
-    if ca_bundle is not None and not ca_bundle.is_file():
-        problems.append(f"the CA bundle {ca_bundle} is not a readable file")
+    problems.extend(filter(None, [ca_bundle_problem(ca_bundle) if ca_bundle else None]))
     try:
         manifest = load(Path(manifest_path))
     except SettingsError as exc:

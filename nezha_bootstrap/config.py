@@ -422,6 +422,9 @@ def _mirror(raw: str | None, problems: list[str]) -> str | None:
     if raw is None or raw == "":
         return None
     if raw.lower() != "cn":
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname) and sha is None:
+        problems.append(unpinned_http("the install script URL", url, "--script-sha256"))
+        return None, None
         problems.append(f"the mirror must be 'cn' or unset, got {raw!r}")
         return None
     return "cn"
@@ -432,6 +435,18 @@ def _seconds(what: str, raw: float | str, problems: list[str], allow_zero: bool 
         value = float(str(raw).strip())
     except ValueError:
         value = math.nan
+def unpinned_http(what: str, url: str, pin: str) -> str:
+    """The problem of a plain-http source of something that runs as root, with no hash to check it by.
+
+    Loopback is exempt (nothing crosses a network); anything else could be swapped on the way, and a
+    checksums.txt fetched over the same channel would be swapped with it.
+    """
+    return (
+        f"{what} {display_url(url)} is plain http: what it serves would run as root unauthenticated. "
+        f"Use https, or pin the SHA-256 with {pin}"
+    )
+
+
     if math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or value > 86400:
         problems.append(f"the {what} must be a number of seconds up to 86400, got {raw!r}")
         return 0.0
@@ -527,6 +542,8 @@ def _options(raw: tuple[str, ...], problems: list[str]) -> tuple[tuple[str, Any]
     words = [word for value in raw for word in value.split()]
     options: dict[str, Any] = {}
     for word in words:
+    elif not sha and parts.scheme == "http" and parts.hostname and not is_loopback_host(parts.hostname):
+        problems.append(unpinned_http("--agent-base-url", base, "--agent-sha256"))
         key, eq, value = word.partition("=")
         if key in _TOOL_KEYS:
             problems.append(f"agent option {key} is set by the tool itself")

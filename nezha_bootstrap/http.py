@@ -1,26 +1,33 @@
 """The one home of httpx: clients, TLS, one capped request, downloads and the checks every answer shares.
 
-Every request of the tool goes through `fetch`: no redirects for credentialed clients, a size cap,
-one deadline, and network failures translated where they enter (Transient or DashboardRefused).
+Every request of the tool goes through `fetch`: no redirects for credentialed clients, a size cap
+on the bytes as read (identity encoding only: a compressed answer could expand without bound), one
+wall-clock budget for name resolution, connect, TLS, headers, 1xx answers and body, and network
+failures translated where they enter (Transient, DashboardRefused or, for a CA bundle, SettingsError).
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import ipaddress
 import json
+import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import httpx
 
 from nezha_bootstrap import __version__
 from nezha_bootstrap.config import display_url
-from nezha_bootstrap.errors import BootstrapError, DashboardRefused, InstallerFailed
+from nezha_bootstrap.errors import BootstrapError, DashboardRefused, InstallerFailed, SettingsError
 from nezha_bootstrap.retry import Notify, Transient, with_retries
 
 USER_AGENT = f"nezha-bootstrap/{__version__}"
@@ -28,6 +35,12 @@ ANSWER_CAP = 64 * 1024  # a register answer is ~20 bytes; a list of thousands of
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 REAL_IP_ERROR = "real ip header not found"  # every v0-v2 answer when the real-IP header is required but absent
+# Identity only: httpx decodes gzip/deflate/br/zstd whole chunks at a time, so 1.8 KB of `gzip, gzip`
+# becomes gigabytes before any cap could count them. An answer in another encoding is refused.
+HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+# X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: what a clock behind (a fresh VM
+# before NTP syncs) or far ahead makes of a good certificate.
+_CLOCK_CODES = {9: "is not valid yet", 10: "has expired"}
 
 
 @dataclass(frozen=True)
@@ -48,15 +61,15 @@ def make_client(ca_bundle: Path | None = None, transport: httpx.BaseTransport | 
 
     `urls`: every URL the client will be used for, when known (see `tls_context`).
     """
-    return httpx.Client(
+    return bounded(httpx.Client(
         verify=tls_context(ca_bundle, urls),
         trust_env=True,  # HTTPS_PROXY / NO_PROXY
         follow_redirects=False,  # a redirect would turn the POST into a GET or carry the token away
-        headers={"User-Agent": USER_AGENT},
+        headers=HEADERS,
         timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
         transport=transport,
         event_hooks={"response": [_set_location_aside]},
-    )
+    ))
 
 
 def make_download_client(ca_bundle: Path | None = None, transport: httpx.BaseTransport | None = None,
@@ -65,17 +78,29 @@ def make_download_client(ca_bundle: Path | None = None, transport: httpx.BaseTra
     `ca_bundle`, env proxies, redirects followed (release hosts redirect to storage).
 
     It never carries a credential, so following a redirect cannot send one elsewhere; what it
-    downloads is checked against a SHA-256 before use. A private-CA dashboard (`--ca-bundle`) and
+    downloads is checked against a SHA-256 before use. A redirect from https to plain http is never
+    followed (what arrives over http is unauthenticated). A private-CA dashboard (`--ca-bundle`) and
     the public release host (GitHub) are both reachable with one setting.
     """
-    return httpx.Client(
+    return bounded(httpx.Client(
         verify=download_context(ca_bundle, urls),
         trust_env=True,
         follow_redirects=True,
-        headers={"User-Agent": USER_AGENT},
+        headers=HEADERS,
         timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
         transport=transport,
-    )
+        event_hooks={"response": [refuse_downgrade]},
+    ))
+
+
+def refuse_downgrade(response: httpx.Response) -> None:
+    """A redirect from https to plain http ends the download (a response hook: runs before it is followed)."""
+    location = response.headers.get("location", "").strip()
+    if response.is_redirect and response.request.url.scheme == "https" and location.lower().startswith("http:"):
+        raise InstallerFailed(
+            f"{display_url(str(response.request.url))} redirected to plain http ({display_url(location)}); "
+            "not followed: nothing fetched over plain http is used unless its SHA-256 was pinned"
+        )
 
 
 _LOCATION_ASIDE = "x-nezha-bootstrap-location"
@@ -101,7 +126,10 @@ def tls_context(ca_bundle: Path | None, urls: tuple[str, ...] = ()) -> ssl.SSLCo
     """
     if urls and ca_bundle is None and all(url.lower().startswith("http://") for url in urls):
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
-    return ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+    if ca_bundle is None:
+        return ssl.create_default_context()
+    with _ca_bundle_errors(ca_bundle):
+        return ssl.create_default_context(cafile=str(ca_bundle))
 
 
 def download_context(ca_bundle: Path | None, urls: tuple[str, ...] = ()) -> ssl.SSLContext:
@@ -113,8 +141,30 @@ def download_context(ca_bundle: Path | None, urls: tuple[str, ...] = ()) -> ssl.
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context = ssl.create_default_context()
     if ca_bundle is not None:
-        context.load_verify_locations(cafile=str(ca_bundle))
+        with _ca_bundle_errors(ca_bundle):
+            context.load_verify_locations(cafile=str(ca_bundle))
     return context
+
+
+def ca_bundle_problem(path: Path) -> str | None:
+    """What is wrong with a --ca-bundle file (missing, unreadable, not PEM certificates), or None."""
+    if not path.is_file():
+        return f"the CA bundle {path} is not a readable file"
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return f"the CA bundle {path} is not a PEM file of certificates ({_reason(exc)})"
+    return None
+
+
+@contextlib.contextmanager
+def _ca_bundle_errors(path: Path) -> Iterator[None]:
+    # ssl says "[X509: NO_CERTIFICATE_OR_CRL_FOUND]" for a file that is not PEM: a settings problem.
+    try:
+        yield
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        problem = ca_bundle_problem(path) or f"the CA bundle {path} cannot be used: {_reason(exc)}"
+        raise SettingsError([problem]) from exc
 
 
 def download(client: httpx.Client, url: str, *, cap: int, deadline: float, notify: Notify, what: str,
@@ -147,11 +197,18 @@ def download(client: httpx.Client, url: str, *, cap: int, deadline: float, notif
 
 def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, cap: int,
           ambiguous: bool, **kwargs: Any) -> Answer:
-    """Send one request and read at most `cap` bytes; network failures become Transient or refusals."""
+    """Send one request and read at most `cap` bytes, all within `seconds_left` of wall-clock time.
+
+    Name resolution, connect, TLS, headers, 1xx answers and the body share that one budget (see
+    `BoundedBackend`); network failures become Transient or refusals.
+    """
     timeout = httpx.Timeout(min(READ_TIMEOUT, seconds_left), connect=min(CONNECT_TIMEOUT, seconds_left))
+    deadline = time.monotonic() + seconds_left
     try:
-        with client.stream(method, url, timeout=timeout, **kwargs) as response:
-            body, truncated = _read_capped(response.iter_bytes(), cap, time.monotonic() + seconds_left)
+        with within(deadline), client.stream(method, url, timeout=timeout, **kwargs) as response:
+            _check_encoding(response.headers.get("content-encoding", ""), url)
+            # identity only (checked above): iter_bytes decodes nothing, the cap counts what arrives
+            body, truncated = _read_capped(response.iter_bytes(), cap, deadline)
             return Answer(
                 status=response.status_code,
                 content_type=response.headers.get("content-type", ""),
@@ -167,9 +224,22 @@ def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, c
         raise Transient(f"no answer from {host_of(url)} in time", ambiguous=ambiguous) from exc
     except httpx.TransportError as exc:
         raise Transient(f"the connection to {host_of(url)} broke: {_reason(exc)}", ambiguous=ambiguous) from exc
+    except httpx.TooManyRedirects as exc:
+        raise DashboardRefused(f"{host_of(url)} redirected more than {client.max_redirects} times; "
+                               "not followed further (a redirect loop?)") from exc
+    except httpx.DecodingError as exc:
+        raise DashboardRefused(f"the answer of {host_of(url)} could not be decoded: {_reason(exc)}") from exc
 
 
-def _read_capped(chunks: Iterator[bytes], cap: int, deadline: float) -> tuple[bytes, bool]:
+def _check_encoding(encoding: str, url: str) -> None:
+    if encoding.strip().lower() not in ("", "identity"):
+        raise DashboardRefused(
+            f"{host_of(url)} answered with Content-Encoding {encoding[:60]!r} although only identity was "
+            "accepted; refusing it (a compressed answer can expand to gigabytes). A proxy in between?"
+        )
+
+
+def _read_capped(chunks: Iterable[bytes], cap: int, deadline: float) -> tuple[bytes, bool]:
     """Read until the end, `cap` bytes, or the deadline (a body trickling in must not hold us)."""
     buffer = bytearray()
     for chunk in chunks:
@@ -179,6 +249,135 @@ def _read_capped(chunks: Iterator[bytes], cap: int, deadline: float) -> tuple[by
         if len(buffer) > cap:
             return bytes(buffer[:cap]), True
     return bytes(buffer), False
+
+
+# --- one wall-clock budget per request ------------------------------------------------------------
+
+_budget = threading.local()  # .deadline: the monotonic time the request this thread makes must end by
+
+
+@contextlib.contextmanager
+def within(deadline: float) -> Iterator[None]:
+    """Every network operation of this thread, in the block, ends by `deadline` (monotonic)."""
+    previous = getattr(_budget, "deadline", None)
+    _budget.deadline = deadline if previous is None else min(previous, deadline)
+    try:
+        yield
+    finally:
+        _budget.deadline = previous
+
+
+def _clip(timeout: float | None, error: type[Exception]) -> float | None:
+    """`timeout` shortened to what is left of this thread's budget; `error` once nothing is left."""
+    deadline: float | None = getattr(_budget, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the time for this request ran out")
+    return left if timeout is None else min(timeout, left)
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """The addresses of `host` from the system resolver (tests replace this function in-process)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def resolve_within(host: str, port: int, seconds: float | None) -> list[str]:
+    """`resolve` in a helper thread, given up after `seconds`: getaddrinfo has no timeout of its own,
+    and waiting on an Event leaves the main thread free to take a stop signal."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return [host]
+    found: dict[str, Any] = {}
+    done = threading.Event()
+
+    def look() -> None:
+        try:
+            found["addresses"] = resolve(host, port)
+        except OSError as exc:
+            found["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=look, name=f"resolve {host}", daemon=True).start()
+    if not done.wait(seconds):
+        raise httpcore.ConnectTimeout(f"the name {host} did not resolve within {seconds:.1f} s")
+    if "error" in found or not found.get("addresses"):
+        raise httpcore.ConnectError(f"cannot resolve {host}: {found.get('error', 'no address')}")
+    return list(found["addresses"])
+
+
+class BoundedStream(httpcore.NetworkStream):
+    """A connection whose every read, write and handshake ends within the budget of the request
+    (httpx's timeouts are per read: a server sending a byte a second would hold it for ever)."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self.stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.stream.read(max_bytes, _clip(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.stream.write(buffer, _clip(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        # CPython bounds a whole handshake by the socket's timeout, not each read of it.
+        return BoundedStream(self.stream.start_tls(ssl_context, server_hostname,
+                                                   _clip(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.stream.get_extra_info(info)
+
+
+class BoundedBackend(httpcore.NetworkBackend):
+    """httpcore's sync backend, with name resolution and every later step inside the request's budget.
+
+    It connects to the resolved address; TLS still checks (and SNI still names) the URL's host,
+    which httpcore passes to `start_tls` itself.
+    """
+
+    def __init__(self) -> None:
+        self.backend = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        failure: Exception | None = None
+        for address in resolve_within(host, port, _clip(timeout, httpcore.ConnectTimeout)):
+            try:
+                return BoundedStream(self.backend.connect_tcp(
+                    address, port, _clip(timeout, httpcore.ConnectTimeout), local_address, socket_options))
+            except httpcore.ConnectError as exc:  # the next address may answer (IPv6, then IPv4)
+                failure = exc
+        raise failure or httpcore.ConnectError(f"no address for {host}")
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return BoundedStream(self.backend.connect_unix_socket(
+            path, _clip(timeout, httpcore.ConnectTimeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self.backend.sleep(seconds)
+
+
+def bounded(client: httpx.Client) -> httpx.Client:
+    """Give every connection pool of `client` the BoundedBackend; returns `client`.
+
+    httpx has no parameter for httpcore's network backend, so it is set on the pools httpx made: the
+    client's own and one per proxy from the environment (tests/test_hostile_network.py checks both).
+    A transport passed in (httpx.MockTransport in tests) has no pool and is left as it is.
+    """
+    transports = [client._transport, *client._mounts.values()]  # private: no public way, see above
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        if pool is not None:
+            pool._network_backend = BoundedBackend()
+    return client
 
 
 def host_of(url: str) -> str:
@@ -191,9 +390,20 @@ def _reason(exc: Exception) -> str:
 
 
 def _raise_if_tls(exc: Exception, url: str) -> None:
+    """Refuse for good what TLS verification rejects; a handshake cut short or a clock that looks wrong
+    is Transient (a dashboard restarting, a load balancer draining, a VM before NTP syncs)."""
     chain = _causes(exc)
     # httpx wraps ssl's error twice; the innermost one carries the short verify_message.
     verify = next((c for c in chain if isinstance(c, ssl.SSLCertVerificationError)), None)
+    code = getattr(verify, "verify_code", None)  # absent on one built by hand
+    if verify is not None and code in _CLOCK_CODES:
+        local = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        raise Transient(
+            f"the TLS certificate of {host_of(url)} {_CLOCK_CODES[code]} by this machine's clock "
+            f"(local time {local}); the clock looks wrong (not synced with NTP yet?)"
+        ) from exc
+    if verify is None and any(_handshake_cut(c) for c in chain):
+        return  # the caller raises Transient
     if verify is not None or any("CERTIFICATE_VERIFY_FAILED" in str(c) for c in chain):
         detail = getattr(verify, "verify_message", None) or _reason(exc)
         raise DashboardRefused(
@@ -203,6 +413,13 @@ def _raise_if_tls(exc: Exception, url: str) -> None:
         ) from exc
     if any(isinstance(c, ssl.SSLError) for c in chain):
         raise DashboardRefused(f"TLS handshake with {host_of(url)} failed: {_reason(exc)}") from exc
+
+
+def _handshake_cut(error: BaseException) -> bool:
+    # EOF or a reset in the middle of the handshake: the peer went away, it did not refuse us.
+    if isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError)):
+        return True
+    return isinstance(error, ssl.SSLError) and "UNEXPECTED_EOF" in str(error)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

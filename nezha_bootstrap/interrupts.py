@@ -1,9 +1,10 @@
 """SIGTERM, SIGINT and SIGHUP: stop at a safe point, never between the dashboard's answer and its save.
 
 A stop signal raises `Stopped` in the main thread, so `finally` blocks remove temporary files, kill
-the installer's process group and release the lock. Inside `deferred()` (one register attempt and
-the saving of its secret, bounded by the attempt's timeout) the signal waits for the block to end:
-a server made by the dashboard must not lose its secret to a stop. A second signal stops at once.
+the installer's process group and release the lock. Inside `deferred()` (from a complete register
+answer to its saved secret: a local write, never a network wait) the signal waits for the block to
+end, so an answer that arrived is never lost to a stop. A second signal stops at once. Nothing else
+holds a signal back: every network wait is interruptible (name resolution runs in a helper thread).
 """
 
 from __future__ import annotations

@@ -251,8 +251,10 @@ def config_of(ctx: click.Context, params: dict[str, Any], reporter: Reporter, *,
     if params.get("token_file") == "-" and params.get("agent_secret_file") == "-":
         problems.append("--token-file - and --agent-secret-file - both read stdin: give one of them a file")
     settings = settings_of(ctx, params, problems, force=force)
-    if settings.ca_bundle and not elsewhere and not Path(settings.ca_bundle).is_file():
-        problems.append(f"the CA bundle {settings.ca_bundle} is not a readable file")
+    if settings.ca_bundle and not elsewhere:
+        from nezha_bootstrap.http import ca_bundle_problem  # only with --ca-bundle: it loads httpx
+
+        problems.extend(filter(None, [ca_bundle_problem(Path(settings.ca_bundle))]))
     if elsewhere:
         facts = STAND_IN
     else:  # only {ip} needs psutil

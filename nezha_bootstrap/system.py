@@ -16,6 +16,7 @@ from typing import Callable
 from nezha_bootstrap.errors import StateError
 
 COMMAND_TIMEOUT = 60.0  # an agent or systemctl command; install.sh gets the step's deadline instead
+AFTER_EXIT = 1.0  # seconds of output still read after a command exits (a child of it may hold the pipe)
 # Never handed to a child: NZ_* would override the agent's config (its identity), these are our
 # secrets, and CN switches install.sh to the China mirror only when --mirror cn asks for it.
 _PRIVATE_ENV = ("NEZHA_TOKEN", "NEZHA_AGENT_SECRET", "CN")
@@ -139,10 +140,16 @@ def _pump(proc: subprocess.Popen[bytes], lines: list[str], on_line: Callable[[st
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
     buffer = b""
+    exited: float | None = None  # when the process was first seen gone
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
         while True:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if exited is None and proc.poll() is not None:
+                exited = now
+            remaining = min(deadline, exited + AFTER_EXIT if exited is not None else deadline) - now
+            if remaining <= 0 and exited is not None:
+                break
             if remaining <= 0:
                 _kill_group(proc)
                 return True

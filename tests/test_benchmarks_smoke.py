@@ -43,6 +43,14 @@ FIGURES: list[tuple[tuple[str, ...], str]] = [
     (("v2fleet", "api_requests_per_node"), "number"),
     (("v2fleet", "requests_per_node"), "number"),
     (("v2fleet", "agent_start_to_named_s"), "percentiles"),
+    *[(("zipapp", "median", f"{who}_{name}_s"), "number") for who in ("installed", "pyz_cold", "pyz_warm")
+      for name in ("help", "dry_run")],
+    *[(("zipapp", "ratio", f"pyz_{kind}_{name}_vs_installed"), "number") for kind in ("warm", "cold")
+      for name in ("help", "dry_run")],
+    *[(("bombs", case, key), kind) for case in ("probes", "register_answer", "checksums_txt")
+      for key, kind in (("peak_rss_mib", "number"), ("exit_code", "count"))],
+    *[(("hostile", case, key), "number") for case in ("header_trickle", "continue", "body_trickle", "silent_resolver")
+      for key in ("start_to_exit_s", "sigterm_to_exit_s")],
 ]
 SEED_FIGURES = [
     (("overhead", "median", "seed_script_s"), "number"),

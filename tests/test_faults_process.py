@@ -73,11 +73,12 @@ def test_a_signal_during_an_unanswered_registration_leaves_no_state_no_temp_file
 
 
 @pytest.mark.parametrize("signum", SIGNALS)
-def test_a_signal_while_the_register_answer_is_on_its_way_waits_for_it_and_keeps_the_secret(
+def test_a_signal_while_the_register_answer_is_on_its_way_stops_within_2_s_and_says_the_secret_may_be_lost(
     cli: Cli, signum: int
 ) -> None:
-    cli.fake.faults.answer_delay = 1.0  # the server exists; its secret is on its way
-    proc = start(cli, "run", "-v", "--deadline", str(DEADLINE))
+    # A stop waits only between a complete answer and its save (issue 10): never for the network.
+    cli.fake.faults.answer_delay = 5.0  # the server exists; its secret is on its way
+    proc = start(cli, "run", "-v", "--deadline", "30")
     wait_for(lambda: bool(cli.fake.servers), what="the server to be made")
     signalled = time.monotonic()
 
@@ -85,18 +86,14 @@ def test_a_signal_while_the_register_answer_is_on_its_way_waits_for_it_and_keeps
     finished = finish(proc, signalled, timeout=10)
 
     assert finished.exit_code == 128 + signum
-    assert error_line(finished.stderr) == stopped_line(signum)
-    [server] = cli.fake.servers
-    assert (saved(cli)["secret"], saved(cli)["installed_at"]) == (server.secret, None)
+    assert finished.seconds < 2
+    assert error_line(finished.stderr) == (
+        f"error: stopped by {signal.Signals(signum).name} after the register request got no answer; if the "
+        "dashboard made the server anyway, its secret never arrived: delete it there. Run again to finish"
+    )
+    assert not (cli.root / STATE).exists()
     assert cli.calls() == []  # stopped before the installer
     assert leftovers(cli.root) == [] and lock_is_free(cli.root)
-
-    cli.fake.faults.answer_delay = 0.0
-    again = cli("run", "-v")
-
-    assert again.exit_code == 0, again.stderr
-    assert "plan: install only" in again.stderr
-    assert len(cli.fake.registrations()) == 1 and len(cli.fake.servers) == 1
     assert leaks(cli, finished) == []
 
 

@@ -86,11 +86,15 @@ def parse(text: str, fmt: str, where: str = "the manifest") -> Manifest:
             value = loads(text)
         except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
             raise SettingsError([f"{where} is not valid TOML: {exc}"]) from exc
+        except RecursionError:  # "a = [[[[...": the parsers recurse once per level
+            raise SettingsError([f"{where} is nested too deeply to read"]) from None
     else:
         try:
             value = json.loads(text)
         except ValueError as exc:
             raise SettingsError([f"{where} is not valid JSON: {exc}"]) from exc
+        except RecursionError:
+            raise SettingsError([f"{where} is nested too deeply to read"]) from None
     return validate(value, where)
 
 

@@ -41,11 +41,13 @@ class Server:
 
     @classmethod
     def from_api(cls, item: dict[str, Any]) -> Server:
+        """A server from the dashboard's list; DashboardRefused naming the field when an item is malformed."""
         ddns = {key: item.get(key) or default for key, default in DDNS_DEFAULTS.items()}
-        return cls(id=int(item["id"]), uuid=str(item.get("uuid", "")), name=str(item.get("name") or ""),
+        server_id = _whole(item, "id", None)
+        return cls(id=server_id, uuid=str(item.get("uuid", "")), name=str(item.get("name") or ""),
                    note=str(item.get("note") or ""), public_note=str(item.get("public_note") or ""),
-                   hide_for_guest=bool(item.get("hide_for_guest")), display_index=int(item.get("display_index") or 0),
-                   ddns=ddns)
+                   hide_for_guest=bool(item.get("hide_for_guest")),
+                   display_index=_whole(item, "display_index", server_id), ddns=ddns)
 
     def form(self, **changes: Any) -> dict[str, Any]:
         """The full PATCH body: every field as it is, overlaid with `changes`."""
@@ -55,7 +57,26 @@ class Server:
         return body
 
     def label(self) -> str:
-        return f"#{self.id} {self.name or '(no name)'}"
+        return f"#{self.id} {printable(self.name) or '(no name)'}"
+
+
+def _whole(item: dict[str, Any], key: str, server_id: int | None) -> int:
+    value = item.get(key) if key != "id" else item.get(key, "(missing)")
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    which = "a server" if server_id is None else f"server #{server_id}"
+    raise DashboardRefused(
+        f"the dashboard's server list is malformed: {which} has {key} {printable(repr(value))[:80]}, "
+        "not a whole number; nothing was changed"
+    )
+
+
+def printable(text: str) -> str:
+    """Dashboard text as it may reach a terminal: control and format characters (ESC, BEL, bidi
+    overrides, newlines) escaped as \\x1b, \\u202e, \\n."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 @dataclass(frozen=True)
@@ -283,12 +304,12 @@ def verify(api: Api, manifest: Manifest) -> list[str]:
     """Plan again from a fresh read: every change still to do is one that did not hold."""
     again = make_plan(api.servers(), api.groups(), manifest)
     return [f"{row['action']} {_who(row)} did not hold (the dashboard shows {row['from']!r})"
-            if row["from"] is not None else f"{row['action']} {_who(row)} -> {row['to']} did not hold"
+            if row["from"] is not None else f"{row['action']} {_who(row)} -> {_cell(row['to'])} did not hold"
             for row in again.actions() if row["action"] not in ("no server yet", "not in manifest")]
 
 
 def _who(row: dict[str, Any]) -> str:
-    return f"#{row['server_id']} {row['server'] or ''}".strip()
+    return f"#{row['server_id']} {printable(row['server'] or '')}".strip()
 
 
 def run(api: Api, manifest: Manifest, *, apply: bool, notify: Callable[[str], None]) -> tuple[Plan, list[str]]:
@@ -307,8 +328,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         return ["nothing to change: the dashboard matches the manifest"]
     cells = [("ACTION", "SERVER", "UUID", "FROM", "TO")]
     for row in rows:
-        server = "-" if row["server_id"] is None else f"#{row['server_id']} {row['server'] or ''}".strip()
-        cells.append((row["action"], server, row["uuid"], _cell(row["from"]), _cell(row["to"])))
+        server = "-" if row["server_id"] is None else _who(row)
+        cells.append((row["action"], server, printable(str(row["uuid"])), _cell(row["from"]), _cell(row["to"])))
     widths = [max(len(line[i]) for line in cells) for i in range(4)]
     return ["  ".join([*(value.ljust(width) for value, width in zip(line, widths)), line[4]]).rstrip()
             for line in cells]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from nezha_bootstrap import __version__
 from nezha_bootstrap.errors import DashboardRefused
 from nezha_bootstrap.http import ANSWER_CAP, Answer, check_answer, fetch, json_body, looks_html
+from nezha_bootstrap.interrupts import Stopped
 from nezha_bootstrap.retry import Transient
 
 if TYPE_CHECKING:
@@ -158,8 +159,9 @@ class Registration:
     dashboard: Dashboard
     body: dict[str, str]
     tag: str
-    # `keep` saves the secret the moment it arrives; the POST and `keep` run inside `guard()`, where
-    # the caller may hold stop signals, so a server the dashboard made never loses its secret.
+    # `keep` saves the secret the moment it arrives, inside `guard()`, where the caller may hold stop
+    # signals: an answer that arrived is never lost to a stop. The POST itself is not guarded (a stop
+    # must end the run within 2 s whatever the network does).
     keep: Callable[[str], None] = lambda secret: None
     guard: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     # `pending` records the registration durably before the first POST, with the ids seen before it:
@@ -185,11 +187,13 @@ class Registration:
                 )
             self.suspect = False
         left = max(seconds_left - (time.monotonic() - started), 0.001)
-        with self.guard():
-            try:
-                secret = self.dashboard.register(self.body, left)
-            except Transient as failure:
-                self.suspect = self.suspect or failure.ambiguous
-                raise
+        try:
+            secret = self.dashboard.register(self.body, left)
+        except Transient as failure:
+            self.suspect = self.suspect or failure.ambiguous
+            raise
+        except Stopped as stop:  # the POST may have made the server: say its secret may be lost
+            raise Stopped(stop.signum, unanswered=True) from None
+        with self.guard():  # from a complete answer to the saved secret: a stop waits for the save only
             self.keep(secret)
-            return secret
+        return secret

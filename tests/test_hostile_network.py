@@ -1,0 +1,434 @@
+"""Hostile networks: every step bounded, every byte capped, nothing executed that came over plain http.
+
+Against tests/hostile.py (raw sockets on 127.0.0.1): trickles, `100 Continue` floods, encoded bombs,
+handshakes cut short, redirects and certificates outside their validity.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+
+from nezha_bootstrap import agent, http, system
+from nezha_bootstrap.cli import main
+from nezha_bootstrap.config import AgentSettings, Settings, build
+from nezha_bootstrap.errors import DashboardRefused, InstallerFailed, SettingsError
+from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.fleet import reconcile
+from nezha_bootstrap.fleet.manifest import parse
+from nezha_bootstrap.generation import Reply, classify
+from nezha_bootstrap.retry import Transient
+from tests.conftest import MACHINE_ID, TOKEN, Cli, make_runner
+from tests.hostile import TRICKLE_MODES, HostileServer, Route, bomb, elapsed
+
+pytestmark = pytest.mark.integration
+SLACK = 0.6  # seconds past a budget that scheduling on a busy 2-CPU machine may add
+SHA = "a" * 64
+FACTS = Facts(hostname="node-1", primary_ipv4="192.0.2.10", machine_id=MACHINE_ID, systemd_running=False)
+
+
+def nothing(message: str) -> None:
+    pass
+
+
+def serve(mode: str, **route: Any) -> HostileServer:
+    return HostileServer(Route(mode, **route))
+
+
+def cli_run(root: Path, url: str, *args: str, **env: str) -> tuple[int, str, float]:
+    """`nezha-bootstrap run --dashboard v0` in-process against `url`: exit code, stderr, seconds."""
+    settings = {"NEZHA_DASHBOARD_URL": url, "NEZHA_TOKEN": TOKEN, "NEZHA_PROBE_ADDRESS": "probe.example.test",
+                "NEZHA_BOOTSTRAP_ROOT": str(root), "NEZHA_INSTALL_SCRIPT_SHA256": SHA, **env}
+    started = time.monotonic()
+    result = make_runner().invoke(main, ["run", "--dashboard", "v0", *args],
+                                  env=settings, catch_exceptions=False)
+    return result.exit_code, result.stderr, elapsed(started)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+def tls_context(ca: trustme.CA, *names: str, not_before: datetime.datetime | None = None,
+                not_after: datetime.datetime | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*(names or ("127.0.0.1",)), not_before=not_before, not_after=not_after).configure_cert(context)
+    return context
+
+
+# --- 1. one wall-clock budget per attempt -----------------------------------------------------------
+
+@pytest.mark.parametrize("mode", TRICKLE_MODES)
+def test_one_request_ends_within_its_budget_whatever_the_server_trickles(mode: str) -> None:
+    with serve(mode) as server, http.make_client() as client:
+        started = time.monotonic()
+        with pytest.raises(Transient) as failure:
+            http.fetch(client, "POST", f"{server.url}/api", seconds_left=1.5, cap=1000, ambiguous=True, content=b"{}")
+
+    assert elapsed(started) < 1.5 + SLACK
+    assert failure.value.ambiguous  # a POST that got no answer may have been processed
+
+
+def blocking_resolver(release: threading.Event) -> Any:
+    def resolve(host: str, port: int) -> list[str]:
+        release.wait(30)  # a resolver that never answers (until the test ends)
+        return ["127.0.0.1"]
+
+    return resolve
+
+
+@pytest.fixture
+def silent_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    release = threading.Event()
+    monkeypatch.setattr(http, "resolve", blocking_resolver(release))
+    yield
+    release.set()
+
+
+def test_a_resolver_that_never_answers_counts_against_the_budget(silent_resolver: None) -> None:
+    with http.make_client() as client:
+        started = time.monotonic()
+        with pytest.raises(Transient, match="the name dashboard.test did not resolve within"):
+            http.fetch(client, "GET", "http://dashboard.test:8008/", seconds_left=1.0, cap=1000, ambiguous=False)
+
+    assert elapsed(started) < 1.0 + SLACK
+
+
+def test_the_connection_goes_to_the_resolved_address_with_the_url_host_for_tls_and_host(
+    ca: trustme.CA, ca_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up: list[str] = []
+    monkeypatch.setattr(http, "resolve", lambda host, port: looked_up.append(host) or ["127.0.0.1"])
+    server = HostileServer(Route("ok", body=b"hello"), tls=tls_context(ca, "dashboard.test"))
+    with server, http.make_client(ca_file) as client:
+        url = f"https://dashboard.test:{server.port}/x"
+        answer = http.fetch(client, "GET", url, seconds_left=5, cap=1000, ambiguous=False)
+
+    assert (answer.status, answer.body, looked_up) == (200, b"hello", ["dashboard.test"])
+    assert f"host: dashboard.test:{server.port}".encode() in server.requests[0].lower()
+    assert b"accept-encoding: identity" in server.requests[0].lower()
+
+
+def test_every_connection_pool_of_a_client_is_bounded_proxies_from_the_environment_too(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY")
+    for client in (http.make_client(), http.make_download_client()):
+        pools = [getattr(t, "_pool", None) for t in (client._transport, *client._mounts.values())]
+        assert len(pools) >= 2 and all(isinstance(p._network_backend, http.BoundedBackend) for p in pools)
+
+
+@pytest.mark.parametrize("mode", TRICKLE_MODES)
+def test_a_v0_run_against_a_trickling_dashboard_ends_within_its_deadline_exit_4(root: Path, mode: str) -> None:
+    with serve(mode) as server:
+        code, stderr, seconds = cli_run(root, server.url, "--deadline", "3")
+
+    assert code == 4, stderr
+    assert seconds < 3 + 2
+    assert "Traceback" not in stderr
+
+
+def test_a_v0_run_with_a_silent_resolver_ends_within_its_deadline_exit_4(root: Path, silent_resolver: None) -> None:
+    code, stderr, seconds = cli_run(root, "http://dashboard.test:8008", "--deadline", "3")
+
+    assert code == 4, stderr
+    assert "did not resolve" in stderr
+    assert seconds < 3 + 2
+
+
+def sigterm_in(seconds: float) -> threading.Timer:
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("where", ["header_trickle", "continue", "silent", "resolver"])
+def test_sigterm_ends_a_run_within_2_s_wherever_it_waits(
+    root: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    if where == "resolver":
+        monkeypatch.setattr(http, "resolve", blocking_resolver(release))
+    with serve("silent" if where == "resolver" else where) as server:
+        url = "http://dashboard.test:8008" if where == "resolver" else server.url
+        timer = sigterm_in(1.0)
+        code, stderr, seconds = cli_run(root, url, "--deadline", "60")
+        timer.join()
+    release.set()
+
+    assert code == 143, stderr
+    assert seconds < 1.0 + 2
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+
+
+# --- 2. caps count what arrives: encodings other than identity are refused ----------------------------
+
+@pytest.mark.parametrize("encoding", ["gzip, gzip", "gzip", "deflate", "br", "zstd", "GZIP"])
+def test_an_encoded_answer_is_refused_before_any_byte_is_decoded(encoding: str) -> None:
+    with serve("bomb", body=bomb(16 << 20), encoding=encoding) as server, http.make_client() as client:
+        with pytest.raises(DashboardRefused, match="Content-Encoding .* although only identity was accepted"):
+            http.fetch(client, "GET", f"{server.url}/x", seconds_left=5, cap=64 * 1024, ambiguous=False)
+
+    assert b"accept-encoding: identity" in server.requests[0].lower()
+
+
+def test_a_register_answer_bomb_ends_the_run_with_exit_3(root: Path) -> None:
+    with serve("bomb", body=bomb(64 << 20)) as server:
+        code, stderr, _ = cli_run(root, server.url, "--deadline", "5")
+
+    assert code == 3, stderr
+    assert "Content-Encoding 'gzip, gzip'" in stderr
+
+
+def test_a_checksums_bomb_fails_the_download_exit_5_style() -> None:
+    with serve("bomb", body=bomb(64 << 20)) as server, http.make_download_client() as client:
+        release = agent.Release(server.url, "1.0.0", "nezha-agent_linux_amd64.zip")
+        with pytest.raises(InstallerFailed, match="Content-Encoding"):
+            agent.fetch_binary(client, release, 5, nothing)
+
+
+# --- 3. nothing from plain http runs unless pinned ---------------------------------------------------
+
+def settings_problems(**fields: Any) -> list[str]:
+    try:
+        build(Settings(dashboard_url="https://dash.example", token=TOKEN, **fields), FACTS)
+    except SettingsError as exc:
+        return exc.problems
+    return []
+
+
+@pytest.mark.parametrize(
+    ("fields", "refused"),
+    [
+        ({"script_url": "http://mirror.example/install.sh"}, True),
+        ({"script_url": "http://mirror.example/install.sh", "script_sha256": SHA}, False),
+        ({"script_url": "https://mirror.example/install.sh"}, False),
+        ({"script_url": "http://127.0.0.1:8008/install.sh"}, False),  # loopback: nothing crosses a network
+        ({"agent": AgentSettings(base_url="http://mirror.example/releases")}, True),
+        ({"agent": AgentSettings(base_url="http://mirror.example/releases", sha256=SHA)}, False),
+        ({"agent": AgentSettings(base_url="https://mirror.example/releases")}, False),
+        ({"agent": AgentSettings(base_url="http://127.0.0.1:8008/releases")}, False),
+    ],
+)
+def test_an_http_source_of_what_runs_as_root_is_refused_unless_its_hash_is_pinned(
+    fields: dict[str, Any], refused: bool
+) -> None:
+    problems = settings_problems(**fields)
+
+    assert any("is plain http" in p and "pin the SHA-256" in p for p in problems) is refused, problems
+
+
+def test_an_https_release_redirecting_to_http_is_not_followed(ca: trustme.CA, ca_file: Path) -> None:
+    with serve("ok", body=b"a" * 64 + b"  nezha-agent_linux_amd64.zip\n") as plain:
+        https = HostileServer(Route("redirect", location=f"{plain.url}/checksums.txt"), tls=tls_context(ca))
+        with https, http.make_download_client(ca_file) as client:
+            release = agent.Release(https.url, "1.0.0", "nezha-agent_linux_amd64.zip")
+            with pytest.raises(InstallerFailed, match="redirected to plain http .* not followed"):
+                agent.fetch_binary(client, release, 5, nothing)
+
+    assert plain.requests == []
+
+
+def test_an_https_to_https_redirect_is_still_followed(ca: trustme.CA, ca_file: Path) -> None:
+    target = HostileServer(Route("ok", body=b"payload"), tls=tls_context(ca))
+    with target:
+        source = HostileServer(Route("redirect", location=f"{target.url}/file"), tls=tls_context(ca))
+        with source, http.make_download_client(ca_file) as client:
+            got = http.download(client, f"{source.url}/file", cap=100, deadline=5, notify=nothing, what="get",
+                                follow_redirects=True)
+
+    assert got == b"payload"
+
+
+# --- 4. transient TLS is transient ----------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["eof_handshake", "reset_handshake"])
+def test_a_handshake_cut_short_is_transient(ca: trustme.CA, ca_file: Path, mode: str) -> None:
+    server = HostileServer(Route(mode), tls=tls_context(ca))
+    with server, http.make_client(ca_file) as client:
+        with pytest.raises(Transient, match="cannot connect to 127.0.0.1"):
+            http.fetch(client, "GET", f"{server.url}/", seconds_left=3, cap=100, ambiguous=False)
+
+
+def test_a_dashboard_cutting_handshakes_gives_exit_4_so_the_unit_restarts(
+    root: Path, ca: trustme.CA, ca_file: Path
+) -> None:
+    with HostileServer(Route("eof_handshake"), tls=tls_context(ca)) as server:
+        code, stderr, _ = cli_run(root, server.url, "--deadline", "2", "--ca-bundle", str(ca_file))
+
+    assert code == 4, stderr
+    assert server.connections >= 2  # retried
+
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("not_before", "not_after", "words"),
+    [
+        (NOW + datetime.timedelta(days=1), NOW + datetime.timedelta(days=30), "is not valid yet"),
+        (NOW - datetime.timedelta(days=30), NOW - datetime.timedelta(days=1), "has expired"),
+    ],
+)
+def test_a_certificate_outside_its_validity_is_transient_and_blames_the_clock(
+    ca: trustme.CA, ca_file: Path, not_before: datetime.datetime, not_after: datetime.datetime, words: str
+) -> None:
+    server = HostileServer(Route("ok"), tls=tls_context(ca, not_before=not_before, not_after=not_after))
+    with server, http.make_client(ca_file) as client:
+        with pytest.raises(Transient) as failure:
+            http.fetch(client, "GET", f"{server.url}/", seconds_left=3, cap=100, ambiguous=False)
+
+    assert words in failure.value.message
+    assert "the clock looks wrong" in failure.value.message
+    assert time.strftime("%Y-%m-%d") in failure.value.message  # the local time is shown
+
+
+def test_a_certificate_from_an_unknown_ca_is_still_refused_exit_3(root: Path, ca: trustme.CA) -> None:
+    with HostileServer(Route("ok"), tls=tls_context(ca)) as server:
+        code, stderr, _ = cli_run(root, server.url, "--deadline", "2")
+
+    assert code == 3, stderr
+    assert "--ca-bundle" in stderr
+
+
+def test_the_unit_waits_for_the_clock_to_sync() -> None:
+    for path in ("nezha_bootstrap/firstboot/templates/nezha-bootstrap.service", "systemd/nezha-bootstrap.service"):
+        text = (Path(__file__).resolve().parent.parent / path).read_text()
+        after = next(line for line in text.splitlines() if line.startswith("After="))
+        assert "time-sync.target" in after.split("=", 1)[1].split()
+
+
+# --- 5. foreign failures end in documented exit codes -------------------------------------------------
+
+def test_endless_redirects_of_a_download_are_an_installer_failure() -> None:
+    with serve("redirect", location="/again") as server, http.make_download_client() as client:
+        with pytest.raises(InstallerFailed, match="redirected more than 20 times"):
+            http.download(client, f"{server.url}/again", cap=100, deadline=5, notify=nothing, what="get",
+                          follow_redirects=True)
+
+
+def test_a_decoding_error_is_a_refusal() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.DecodingError("broken", request=request)
+
+    client = http.make_client(transport=httpx.MockTransport(handler))
+    with pytest.raises(DashboardRefused, match="could not be decoded"):
+        http.fetch(client, "GET", "http://127.0.0.1:1/", seconds_left=1, cap=10, ambiguous=False)
+
+
+def test_deeply_nested_json_from_a_probe_is_a_refusal() -> None:
+    nested = Reply(200, b"[" * 200_000)
+
+    with pytest.raises(DashboardRefused, match="which no Nezha dashboard answers"):
+        classify({"setting": nested, "register": nested, "api-tokens": nested})
+
+
+@pytest.mark.parametrize("fmt, text", [("json", "[" * 200_000), ("toml", "a = " + "[" * 200_000)])
+def test_a_deeply_nested_manifest_is_a_settings_error(fmt: str, text: str) -> None:
+    pytest.importorskip("tomllib" if fmt == "toml" else "json")
+    with pytest.raises(SettingsError, match="nested too deeply"):
+        parse(text, fmt)
+
+
+def test_a_ca_bundle_that_is_not_pem_is_a_settings_error_exit_2(root: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("this is not a certificate\n")
+
+    code, stderr, _ = cli_run(root, "https://dash.example.test", "--ca-bundle", str(bundle))
+
+    assert code == 2, stderr
+    assert f"the CA bundle {bundle} is not a PEM file of certificates" in stderr
+    with pytest.raises(SettingsError):
+        http.make_client(bundle)
+
+
+# --- 6. one deadline per step ---------------------------------------------------------------------
+
+def test_the_release_download_shares_one_deadline_between_checksums_and_zip() -> None:
+    checksums = Route("slow_ok", body=b"a" * 64 + b"  nezha-agent_linux_amd64.zip\n", delay=1.2)
+    server = HostileServer(Route("body_trickle"), routes={"/v1.0.0/checksums.txt": checksums})
+    with server, http.make_download_client() as client:
+        release = agent.Release(server.url, "1.0.0", "nezha-agent_linux_amd64.zip")
+        started = time.monotonic()
+        with pytest.raises(InstallerFailed):
+            agent.fetch_binary(client, release, 2.5, nothing)
+
+    assert elapsed(started) < 2.5 + SLACK
+
+
+# --- 7. the installer is done when it exits -----------------------------------------------------------
+
+def test_a_command_is_done_when_it_exits_even_if_a_child_keeps_its_output_open() -> None:
+    done = system.run(["sh", "-c", "sleep 6 & echo installed; exit 0"], timeout=20)
+
+    assert (done.returncode, done.timed_out, done.output) == (0, False, "installed\n")
+    assert done.seconds < system.AFTER_EXIT + 1.5
+
+
+# --- 8. one scrubbed environment for every child ------------------------------------------------------
+
+def test_the_child_environment_has_no_secret_and_no_nz_variable() -> None:
+    environ = {"PATH": "/bin", "NEZHA_TOKEN": "t", "NEZHA_AGENT_SECRET": "s", "NZ_UUID": "u", "NZ_SERVER": "x",
+               "CN": "1", "LANG": "C"}
+
+    assert system.child_env(environ, (("CN", "1"),)) == {"PATH": "/bin", "LANG": "C", "CN": "1"}
+
+
+def test_install_sh_gets_neither_the_agent_secret_nor_nz_variables(cli: Cli) -> None:
+    outcome = cli("run", "--dashboard", "v0", NEZHA_AGENT_SECRET="AgentSecret0123", NZ_UUID="u-1", NZ_SERVER="x:1",
+                  NEZHA_TOKEN_EXTRA="kept")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    [call] = cli.calls()
+    assert call.argv[:1] == ["install_agent"]
+    assert not {"NEZHA_AGENT_SECRET", "NEZHA_TOKEN", "NZ_UUID", "NZ_SERVER", "CN"} & set(call.env)
+    assert call.env["NEZHA_TOKEN_EXTRA"] == "kept"  # only the named secrets and NZ_* go
+
+
+# --- 9. dashboard data is data ------------------------------------------------------------------------
+
+def test_control_characters_from_the_dashboard_are_escaped_in_the_table() -> None:
+    server = reconcile.Server.from_api({"id": 7, "uuid": "u\x1b[2J", "name": "web\x1b]0;owned\x07\u202e"})
+    rows = [{"action": "rename", "server_id": 7, "uuid": server.uuid, "server": server.name,
+             "from": server.name, "to": "web-1"}]
+
+    lines = reconcile.table(rows)
+
+    assert all(ch.isprintable() for line in lines for ch in line)
+    assert "web\\x1b]0;owned\\x07\\u202e" in lines[1]
+    assert server.label() == "#7 web\\x1b]0;owned\\x07\\u202e"
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"id": 7, "display_index": "first"}, "server #7 has display_index 'first', not a whole number"),
+        ({"id": 7, "display_index": 1.5}, "server #7 has display_index 1.5, not a whole number"),
+        ({"id": "7\x1b", "display_index": 1}, "a server has id '7\\x1b', not a whole number"),
+    ],
+)
+def test_malformed_dashboard_data_is_reported_clearly(item: dict[str, Any], message: str) -> None:
+    with pytest.raises(DashboardRefused) as refused:
+        reconcile.Server.from_api(item)
+
+    assert message in str(refused.value)
