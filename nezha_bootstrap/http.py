@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import httpcore
 import httpx
@@ -168,16 +168,20 @@ def _ca_bundle_errors(path: Path) -> Iterator[None]:
 
 
 def download(client: httpx.Client, url: str, *, cap: int, deadline: float, notify: Notify, what: str,
-             follow_redirects: bool = False, missing: str = "") -> bytes:
+             follow_redirects: bool = False, missing: str = "", into: BinaryIO | None = None) -> bytes:
     """GET a file with retries and a size cap; every failure is InstallerFailed.
 
-    `missing` is added to the message of an HTTP 404 (what the absence probably means).
+    `missing` is added to the message of an HTTP 404 (what the absence probably means). With `into`
+    the body goes to that file (emptied before each attempt) instead of memory, and b"" is returned.
     """
     shown = display_url(url)
 
     def attempt(seconds_left: float) -> bytes:
+        if into is not None:
+            into.seek(0)
+            into.truncate()
         answer = fetch(client, "GET", url, seconds_left=seconds_left, cap=cap, ambiguous=False,
-                       follow_redirects=follow_redirects)
+                       follow_redirects=follow_redirects, sink=into.write if into is not None else None)
         if answer.status == 429 or answer.status >= 500:
             raise Transient(f"HTTP {answer.status}", retry_after=retry_after_seconds(answer.retry_after))
         if answer.status != 200:
@@ -196,11 +200,12 @@ def download(client: httpx.Client, url: str, *, cap: int, deadline: float, notif
 
 
 def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, cap: int,
-          ambiguous: bool, **kwargs: Any) -> Answer:
+          ambiguous: bool, sink: Callable[[bytes], Any] | None = None, **kwargs: Any) -> Answer:
     """Send one request and read at most `cap` bytes, all within `seconds_left` of wall-clock time.
 
     Name resolution, connect, TLS, headers, 1xx answers and the body share that one budget (see
-    `BoundedBackend`); network failures become Transient or refusals.
+    `BoundedBackend`); network failures become Transient or refusals. With `sink` the body is handed
+    to it chunk by chunk instead of kept (a release zip need not sit in memory).
     """
     timeout = httpx.Timeout(min(READ_TIMEOUT, seconds_left), connect=min(CONNECT_TIMEOUT, seconds_left))
     deadline = time.monotonic() + seconds_left
@@ -208,7 +213,7 @@ def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, c
         with within(deadline), client.stream(method, url, timeout=timeout, **kwargs) as response:
             _check_encoding(response.headers.get("content-encoding", ""), url)
             # identity only (checked above): iter_bytes decodes nothing, the cap counts what arrives
-            body, truncated = _read_capped(response.iter_bytes(), cap, deadline)
+            body, truncated = _read_capped(response.iter_bytes(), cap, deadline, sink)
             return Answer(
                 status=response.status_code,
                 content_type=response.headers.get("content-type", ""),
@@ -239,14 +244,20 @@ def _check_encoding(encoding: str, url: str) -> None:
         )
 
 
-def _read_capped(chunks: Iterable[bytes], cap: int, deadline: float) -> tuple[bytes, bool]:
+def _read_capped(chunks: Iterable[bytes], cap: int, deadline: float,
+                 sink: Callable[[bytes], Any] | None = None) -> tuple[bytes, bool]:
     """Read until the end, `cap` bytes, or the deadline (a body trickling in must not hold us)."""
     buffer = bytearray()
+    size = 0
     for chunk in chunks:
         if time.monotonic() > deadline:
             raise httpx.ReadTimeout("the answer arrived too slowly")
-        buffer.extend(chunk)
-        if len(buffer) > cap:
+        if sink is None:
+            buffer.extend(chunk)
+        else:
+            sink(chunk)  # at most one chunk past the cap, and a truncated download is refused
+        size += len(chunk)
+        if size > cap:
             return bytes(buffer[:cap]), True
     return bytes(buffer), False
 

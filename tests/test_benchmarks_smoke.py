@@ -47,7 +47,7 @@ FIGURES: list[tuple[tuple[str, ...], str]] = [
       for name in ("help", "dry_run")],
     *[(("zipapp", "ratio", f"pyz_{kind}_{name}_vs_installed"), "number") for kind in ("warm", "cold")
       for name in ("help", "dry_run")],
-    *[(("bombs", case, key), kind) for case in ("probes", "register_answer", "checksums_txt")
+    *[(("bombs", case, key), kind) for case in ("probes", "register_answer", "checksums_txt", "big_junk_zip")
       for key, kind in (("peak_rss_mib", "number"), ("exit_code", "count"))],
     *[(("hostile", case, key), "number") for case in ("header_trickle", "continue", "body_trickle", "silent_resolver")
       for key in ("start_to_exit_s", "sigterm_to_exit_s")],

@@ -376,6 +376,33 @@ def test_the_release_download_shares_one_deadline_between_checksums_and_zip() ->
     assert elapsed(started) < 2.5 + SLACK
 
 
+def release_zip(binary: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("nezha-agent", binary)
+    return buffer.getvalue()
+
+
+def test_the_release_zip_goes_to_a_file_and_only_the_binary_to_memory(tmp_path: Path) -> None:
+    import hashlib
+
+    zipped = release_zip(b"#!/bin/sh\necho agent\n")
+    sums = hashlib.sha256(zipped).hexdigest().encode() + b"  nezha-agent_linux_amd64.zip\n"
+    server = HostileServer(Route("ok", body=zipped), routes={"/v1.0.0/checksums.txt": Route("ok", body=sums)})
+    with server, http.make_download_client() as client, (tmp_path / "zip").open("w+b") as into:
+        release = agent.Release(server.url, "1.0.0", "nezha-agent_linux_amd64.zip")
+        binary = agent.fetch_binary(client, release, 5, nothing)
+        kept = http.download(client, f"{server.url}/x.zip", cap=len(zipped), deadline=5, notify=nothing,
+                             what="get", into=into)
+        into.seek(0)
+        on_disk = into.read()
+
+    assert (binary, kept, on_disk) == (b"#!/bin/sh\necho agent\n", b"", zipped)
+
+
 # --- 7. the installer is done when it exits -----------------------------------------------------------
 
 def test_a_command_is_done_when_it_exits_even_if_a_child_keeps_its_output_open() -> None:
@@ -425,6 +452,7 @@ def test_control_characters_from_the_dashboard_are_escaped_in_the_table() -> Non
         ({"id": 7, "display_index": "first"}, "server #7 has display_index 'first', not a whole number"),
         ({"id": 7, "display_index": 1.5}, "server #7 has display_index 1.5, not a whole number"),
         ({"id": "7\x1b", "display_index": 1}, "a server has id '7\\x1b', not a whole number"),
+        ({"name": "web", "display_index": 1}, "a server has no id; nothing was changed"),
     ],
 )
 def test_malformed_dashboard_data_is_reported_clearly(item: dict[str, Any], message: str) -> None:

@@ -61,16 +61,14 @@ class Server:
 
 
 def _whole(item: dict[str, Any], key: str, server_id: int | None) -> int:
-    value = item.get(key) if key != "id" else item.get(key, "(missing)")
-    if value is None:
-        return 0
+    value = item.get(key)
+    if value is None and key == "display_index":
+        return 0  # absent on older dashboards: the form's default
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     which = "a server" if server_id is None else f"server #{server_id}"
-    raise DashboardRefused(
-        f"the dashboard's server list is malformed: {which} has {key} {printable(repr(value))[:80]}, "
-        "not a whole number; nothing was changed"
-    )
+    what = f"no {key}" if value is None else f"{key} {printable(repr(value))[:80]}, not a whole number"
+    raise DashboardRefused(f"the dashboard's server list is malformed: {which} has {what}; nothing was changed")
 
 
 def printable(text: str) -> str:
