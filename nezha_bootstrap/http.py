@@ -227,6 +227,8 @@ def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, c
         raise Transient(f"cannot connect to {host_of(url)}: {_reason(exc)}") from exc
     except httpx.TimeoutException as exc:
         raise Transient(f"no answer from {host_of(url)} in time", ambiguous=ambiguous) from exc
+    except httpx.UnsupportedProtocol as exc:  # a redirect to ftp:// or the like: no retry will help
+        raise DashboardRefused(f"{host_of(url)}: {_reason(exc)}") from exc
     except httpx.TransportError as exc:
         raise Transient(f"the connection to {host_of(url)} broke: {_reason(exc)}", ambiguous=ambiguous) from exc
     except httpx.TooManyRedirects as exc:

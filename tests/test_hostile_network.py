@@ -327,6 +327,17 @@ def test_endless_redirects_of_a_download_are_an_installer_failure() -> None:
                           follow_redirects=True)
 
 
+def test_a_redirect_to_another_protocol_is_refused_at_once() -> None:
+    with serve("redirect", location="ftp://127.0.0.1/agent.zip") as server, http.make_download_client() as client:
+        started = time.monotonic()
+        with pytest.raises(InstallerFailed, match="unsupported protocol"):
+            http.download(client, f"{server.url}/x", cap=100, deadline=5, notify=nothing, what="get",
+                          follow_redirects=True)
+
+    assert elapsed(started) < 1  # not retried until the deadline
+    assert server.connections == 1
+
+
 def test_a_decoding_error_is_a_refusal() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.DecodingError("broken", request=request)
