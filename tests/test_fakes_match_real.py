@@ -115,7 +115,7 @@ def recorded(version: str) -> list[dict[str, Any]]:
 def skip_reason(entry: dict[str, Any]) -> str | None:
     """Why an exchange is not replayed (a key of SKIPPED), or None."""
     request = entry["request"]
-    path = request["path"].split("?")[0]
+    path = str(request["path"]).split("?")[0]
     if "WAF on" in entry["name"]:
         return "WAF on"
     if path in ("/api/v1/profile", "/api/v1/refresh-token", "/api/v1/waf", "/api/token"):

@@ -193,6 +193,7 @@ class ReleaseHost:
 
 @pytest.fixture(scope="session")
 def release_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReleaseHost]:
+    need("URL", "GENERATION")
     need("AGENT_DIR")
     site = tmp_path_factory.mktemp("releases")
     (site / f"v{SETTINGS.version}").symlink_to(Path(SETTINGS.agent_dir).resolve())
