@@ -2,7 +2,8 @@
 
 It also serves a stub `install.sh` that records how it was called and installs a fake agent the way
 the real script does. `demo`, the tests, the benchmarks and the first-boot test all use it.
-Run it alone with `python -m nezha_bootstrap.testing.fake_v0 --port 8008 --token TOKEN`.
+Run it alone with `python -m nezha_bootstrap.testing.fake_v0 --port 8008 --token-file FILE` (README,
+"Rehearsing with the fakes").
 """
 
 from __future__ import annotations
@@ -429,12 +430,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8008)
-    parser.add_argument("--token", required=True)
+    token = parser.add_mutually_exclusive_group(required=True)
+    token.add_argument("--token", help="the API token it accepts (visible in ps: prefer --token-file)")
+    token.add_argument("--token-file", help="file holding the API token it accepts")
     parser.add_argument("--down-for", type=float, default=0.0, help="refuse connections for this many seconds first")
     parser.add_argument("--journal", help="append one JSON line per request to this file")
     args = parser.parse_args(argv)
     if args.down_for:
         time.sleep(args.down_for)
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as handle:
+            args.token = handle.readline().strip()
     fake = FakeDashboard(args.token)
     running = serve(fake, args.host, args.port)
     print(json.dumps({"url": running.url, "script_sha256": fake.script_sha256}), flush=True)

@@ -2,7 +2,8 @@
 
 Generation profiles reproduce the detection table; `/_fake/agent-connect` stands in for the agent's
 gRPC enrollment and applies its rules; `/releases/v<X>/...` serves agent zips whose `nezha-agent` is
-stubs/stub-agent-v1.sh, with their checksums.txt. Served with fake_dashboard's HTTP server.
+stubs/stub-agent-v1.sh, with their checksums.txt. Served with fake_v0's HTTP server.
+Run it alone: `python -m nezha_bootstrap.testing.fake_v1 --help` (README, "Rehearsing with the fakes").
 
 The REST API a node or an operator uses (dashboard-v1-v2.md, "Personal access tokens"):
 - users: user 1 (agent secret `agent_secret`) is the admin; `add_user(role=...)` returns a new
@@ -246,11 +247,12 @@ class FakeV1:
         return self.agent_secrets[secret]
 
     def add_token(self, user: int = 1, scopes: tuple[str, ...] | None = None,
-                  expires_in: float | None = None) -> str:
-        """A personal access token `nzp_...` of `user` (v2.1+); default scopes: read + nezha:server:write."""
+                  expires_in: float | None = None, value: str | None = None) -> str:
+        """A personal access token `nzp_...` of `user` (v2.1+; `value`: this one, else a new one);
+        default scopes: read + nezha:server:write."""
         if not self.has_tokens:
             raise ValueError(f"profile {self.profile} has no personal access tokens (v2.1.0+)")
-        value = "nzp_" + new_agent_secret()
+        value = value or "nzp_" + new_agent_secret()
         chosen = scopes if scopes is not None else (self.read_scope, "nezha:server:write")
         expires = None if expires_in is None else self.clock() + expires_in
         self.tokens[value] = Token(value, user, tuple(chosen), expires)
@@ -720,6 +722,27 @@ def serve_v1(fake: FakeV1, host: str = "127.0.0.1", port: int = 0) -> Running:
     return serve(fake, host, port)  # type: ignore[arg-type]  # FakeV1 has the handle/faults FakeDashboard has
 
 
+def _first_line(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.readline().rstrip("\n")
+
+
+def _fake_from(args: Any, parser: Any) -> FakeV1:
+    """The fake the command line asks for: credentials come from files, never from argv."""
+    secret = _first_line(args.agent_secret_file).strip() if args.agent_secret_file else new_agent_secret()
+    fake = FakeV1(profile=args.profile, agent_secrets={secret: 1})
+    if args.token_file:
+        token = _first_line(args.token_file).strip()
+        if not (token.startswith("nzp_") and len(token) == 36 and token[4:].isalnum()) or not fake.has_tokens:
+            parser.error("--token-file must hold nzp_ and 32 letters and digits, with --profile v2.1+")
+        fake.add_token(value=token)
+    if bool(args.username) != bool(args.password_file):
+        parser.error("--username and --password-file go together")
+    if args.username:
+        fake.add_login(1, args.username, _first_line(args.password_file))
+    return fake
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve a fake v1/v2 dashboard and its release host in the foreground (the first-boot test runs it
     in a network namespace); `--journal`: one JSON line per request, `--enrollments`: one per agent call."""
@@ -732,13 +755,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8008)
     parser.add_argument("--profile", default="v2.1+", choices=PROFILES)
-    parser.add_argument("--agent-secret-file", help="file holding the first user's agent secret [default: random]")
+    parser.add_argument("--agent-secret-file", help="file holding the admin's agent secret [default: random]")
+    parser.add_argument("--token-file", help="file holding an access token nzp_... the admin may use (v2.1+)")
+    parser.add_argument("--username", help="a login of the admin, for `reconcile --username` (with --password-file)")
+    parser.add_argument("--password-file", help="file holding that login's password (its first line)")
     parser.add_argument("--release", action="append", help=f"serve this agent version (repeatable) [{AGENT_V1}]")
     parser.add_argument("--journal", help="append one JSON line per request to this file")
     parser.add_argument("--enrollments", help="append one JSON line per agent-connect call to this file")
     args = parser.parse_args(argv)
-    secret = open(args.agent_secret_file, encoding="utf-8").read().strip() if args.agent_secret_file else None
-    fake = FakeV1(profile=args.profile, agent_secrets={secret or new_agent_secret(): 1})
+    fake = _fake_from(args, parser)
     for version in args.release or [AGENT_V1]:
         fake.add_release(version)
     running = serve_v1(fake, args.host, args.port)
