@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from nezha_bootstrap.state import State
 
 EXIT_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES) + "."
+SEE_EXIT_CODES = "See `nezha-bootstrap --help` for the exit codes."
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -91,13 +92,16 @@ def _reporter(as_json: bool, quiet: bool, verbose: bool) -> Reporter:
     return reporter
 
 
-@click.group(context_settings=CONTEXT, epilog=EXIT_HELP)
+@click.group(context_settings=CONTEXT, epilog=EXIT_HELP, invoke_without_command=True)
 @click.version_option(__version__, prog_name="nezha-bootstrap")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Register this server with a Nezha dashboard and install its agent, once."""
+    if ctx.invoked_subcommand is None:  # no command: the help, as a question answered (exit 0)
+        click.echo(ctx.get_help())
 
 
-@main.command(epilog=EXIT_HELP)
+@main.command(epilog=SEE_EXIT_CODES)
 @settings_options
 @option("--dry-run", is_flag=True, help="Validate and print the plan; touch neither network nor disk.")
 @option("--force", is_flag=True, help="Register again even if this node is registered.")
@@ -126,7 +130,7 @@ def _print_result(reporter: Reporter, result: RunResult) -> None:
     reporter.emit_json({**result.as_json(), "exit_code": 0, **steps, "warnings": reporter.warnings})
 
 
-@main.command(epilog=EXIT_HELP)
+@main.command(epilog=SEE_EXIT_CODES)
 @settings_options
 @agent_options
 @output_options
@@ -151,23 +155,23 @@ def check(ctx: click.Context, /, as_json: bool, quiet: bool, verbose: bool, **pa
     sys.exit(code)
 
 
-@main.command(epilog=EXIT_HELP)
+@main.command(epilog=SEE_EXIT_CODES)
 @root_option
 @output_options
 @click.pass_context
 @handle_errors
 def status(ctx: click.Context, root: str, as_json: bool, quiet: bool, verbose: bool) -> None:
     """Show the saved state (never the secret), the agent unit and the agent process."""
-    from nezha_bootstrap.status import collect
+    from nezha_bootstrap.status import collect, shown
 
     reporter = _reporter(as_json, quiet, verbose)
     info = collect(Paths(Path(root)))
     for key, value in info.items():
-        reporter.result(f"{key}: {value}")
+        reporter.result(f"{key}: {shown(value)}")
     reporter.emit_json({**info, "exit_code": 0})
 
 
-@main.command(epilog=EXIT_HELP)
+@main.command(epilog=SEE_EXIT_CODES)
 @output_options
 @click.pass_context
 @handle_errors
@@ -204,7 +208,7 @@ def _write_output(text: str, output: str | None, reporter: Reporter) -> None:
     reporter.info(f"wrote {output} (mode 0600)")
 
 
-@main.command("render", epilog=EXIT_HELP)
+@main.command("render", epilog=SEE_EXIT_CODES)
 @click.argument("kind", type=click.Choice(RENDER_KINDS))
 @settings_options
 @agent_options
@@ -275,7 +279,7 @@ def _carry_out(plan: Plan, reporter: Reporter, *, dry_run: bool, outcome: str, d
                         "server": server, "exit_code": 0, "warnings": reporter.warnings})
 
 
-@main.command("install-service", epilog=EXIT_HELP)
+@main.command("install-service", epilog=SEE_EXIT_CODES)
 @settings_options
 @agent_options
 @option("--unit-only", is_flag=True,
@@ -309,7 +313,7 @@ def install_service(ctx: click.Context, /, unit_only: bool, pyz: str | None, dry
                done="installed: nezha-bootstrap.service runs at the next boot")
 
 
-@main.command(epilog=EXIT_HELP)
+@main.command(epilog=SEE_EXIT_CODES)
 @root_option
 @option("--dry-run", is_flag=True, help="Print what would be removed and run; change nothing.")
 @output_options
@@ -332,7 +336,7 @@ def seal(ctx: click.Context, /, root: str, dry_run: bool, as_json: bool, quiet: 
                lock=paths, saved=saved, name_server=saved is not None)
 
 
-@main.command(epilog=EXIT_HELP)
+@main.command(epilog=SEE_EXIT_CODES)
 @root_option
 @option("--purge", is_flag=True, help="Also remove nezha-bootstrap.service and /etc/nezha-bootstrap.")
 @option("--dry-run", is_flag=True, help="Print what would be removed and run; change nothing.")
@@ -356,7 +360,7 @@ def uninstall(ctx: click.Context, /, root: str, purge: bool, dry_run: bool, as_j
 
 # --- the operator's machine: reconcile a v1/v2 fleet with a manifest -----------------------------
 
-@main.command("reconcile", epilog=EXIT_HELP)
+@main.command("reconcile", epilog=SEE_EXIT_CODES)
 @click.argument("manifest_path", metavar="MANIFEST")
 @option("--dashboard-url", envvar="NEZHA_DASHBOARD_URL", help="Dashboard URL (a v1 or v2 dashboard).")
 @option("--token-file", envvar="NEZHA_TOKEN_FILE",
@@ -391,8 +395,8 @@ def reconcile_command(ctx: click.Context, /, manifest_path: str, username: str |
 
     reporter = _reporter(as_json, quiet, verbose)
     problems: list[str] = []
-    token, from_flag = read_token(ctx, params, problems)
-    if from_flag:
+    token, source = read_token(ctx, params, problems)
+    if source == "--token":
         reporter.warn("--token shows in the process list; prefer NEZHA_TOKEN or --token-file")
     password = read_password(username, password_file, problems)
     warnings: list[str] = []

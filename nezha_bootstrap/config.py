@@ -60,7 +60,7 @@ class Settings:
 
     dashboard_url: str | None = None
     token: str | None = None
-    token_from_flag: bool = False
+    token_source: str | None = None  # NEZHA_TOKEN, --token or --token-file PATH: named in messages
     probe_address: str | None = None
     probe_port: str | int | None = DEFAULT_PROBE_PORT
     tls: bool = True
@@ -87,6 +87,7 @@ class Config:
 
     dashboard_url: str
     token: str | None = field(repr=False)  # None: no token (a v1/v2 run with the agent secret alone)
+    token_source: str  # where the token came from (NEZHA_TOKEN, --token, --token-file PATH), for messages
     probe_address: str
     probe_port: int
     tls: bool
@@ -162,11 +163,11 @@ def build(settings: Settings, facts: Facts, problems: list[str] | None = None) -
         raise SettingsError(problems)
     assert url is not None and probe is not None and port is not None and name is not None and script_url is not None
     config = Config(
-        dashboard_url=url, token=token, probe_address=probe, probe_port=port, tls=settings.tls, name=name, tag=tag,
-        note=note, hide_for_guest=settings.hide_for_guest, agent_flags=flags, script_url=script_url,
-        script_sha256=script_sha256, mirror=mirror, root=root, deadline=deadline, lock_timeout=lock_timeout,
-        ca_bundle=Path(settings.ca_bundle) if settings.ca_bundle else None, force=settings.force, agent=agent,
-        naming=naming,
+        dashboard_url=url, token=token, token_source=settings.token_source or "NEZHA_TOKEN", probe_address=probe,
+        probe_port=port, tls=settings.tls, name=name, tag=tag, note=note, hide_for_guest=settings.hide_for_guest,
+        agent_flags=flags, script_url=script_url, script_sha256=script_sha256, mirror=mirror, root=root,
+        deadline=deadline, lock_timeout=lock_timeout, force=settings.force, agent=agent, naming=naming,
+        ca_bundle=Path(settings.ca_bundle) if settings.ca_bundle else None,
     )
     # Known to be v1/v2 before any probe: refuse a plaintext agent secret now (auto: run.check_v1_settings).
     if agent.generation == "v1":
@@ -272,23 +273,36 @@ def _dashboard_url(raw: str | None, problems: list[str], warnings: list[str]) ->
 
 
 def _token(settings: Settings, agent: AgentConfig, problems: list[str], warnings: list[str]) -> str | None:
-    token = settings.token
+    token, source = settings.token, settings.token_source or "NEZHA_TOKEN"
+    if token is None and source.startswith("--token-file"):
+        return None  # its file could not be read: that problem is already collected
     if not token and (agent.secret or agent.generation == "v1"):  # v1/v2 agents enroll with the secret alone
+        return None
+    if token == "" and source.startswith("--token-file"):
+        path = source.split(" ", 1)[1]
+        problems.append("stdin gave no token (--token-file -)" if path == "-" else f"the token file {path} is empty")
         return None
     if not token:
         problems.append("the API token is required (NEZHA_TOKEN, or --token-file PATH, '-' for stdin)")
         return None
-    if not _TOKEN_RE.match(token):
-        problems.append("the API token must be one word of visible ASCII characters")
+    problem = _token_problem(token, source)
+    if problem:
+        problems.append(problem)
         return None
-    if is_access_token(token) and not ACCESS_TOKEN_RE.match(token):
-        problems.append("a v2.1+ access token is nzp_ followed by 32 letters and digits (the dashboard shows it once)")
-        return None
-    if settings.token_from_flag:
-        warnings.append(
-            "--token puts the token in the process list; use NEZHA_TOKEN or --token-file instead"
-        )
+    if source == "--token":
+        warnings.append("--token puts the token in the process list; use NEZHA_TOKEN or --token-file instead")
     return token
+
+
+def _token_problem(token: str, source: str) -> str | None:
+    words = token.split()
+    if len(words) == 2 and words[0].lower() in ("bearer", "token"):
+        return f"the API token in {source} starts with {words[0]!r}: give the token alone, without that word"
+    if not _TOKEN_RE.match(token):
+        return f"the API token in {source} must be one word of visible ASCII characters"
+    if is_access_token(token) and not ACCESS_TOKEN_RE.match(token):
+        return "a v2.1+ access token is nzp_ followed by 32 letters and digits (the dashboard shows it once)"
+    return None
 
 
 def _probe_address(raw: str | None, url: str | None, problems: list[str]) -> str | None:
@@ -408,6 +422,9 @@ def _script(settings: Settings, problems: list[str], warnings: list[str]) -> tup
         return None, None
     if url == DEFAULT_SCRIPT_URL and sha is None:
         sha = DEFAULT_SCRIPT_SHA256
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname) and sha is None:
+        problems.append(unpinned_http("the install script URL", url, "--script-sha256"))
+        return None, None
     if sha is None:
         warnings.append(
             f"WARNING: the install script {display_url(url)} will run as root WITHOUT a hash check; "
@@ -418,23 +435,6 @@ def _script(settings: Settings, problems: list[str], warnings: list[str]) -> tup
     return url, sha
 
 
-def _mirror(raw: str | None, problems: list[str]) -> str | None:
-    if raw is None or raw == "":
-        return None
-    if raw.lower() != "cn":
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname) and sha is None:
-        problems.append(unpinned_http("the install script URL", url, "--script-sha256"))
-        return None, None
-        problems.append(f"the mirror must be 'cn' or unset, got {raw!r}")
-        return None
-    return "cn"
-
-
-def _seconds(what: str, raw: float | str, problems: list[str], allow_zero: bool = False) -> float:
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        value = math.nan
 def unpinned_http(what: str, url: str, pin: str) -> str:
     """The problem of a plain-http source of something that runs as root, with no hash to check it by.
 
@@ -447,6 +447,20 @@ def unpinned_http(what: str, url: str, pin: str) -> str:
     )
 
 
+def _mirror(raw: str | None, problems: list[str]) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if raw.lower() != "cn":
+        problems.append(f"the mirror must be 'cn' or unset, got {raw!r}")
+        return None
+    return "cn"
+
+
+def _seconds(what: str, raw: float | str, problems: list[str], allow_zero: bool = False) -> float:
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        value = math.nan
     if math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or value > 86400:
         problems.append(f"the {what} must be a number of seconds up to 86400, got {raw!r}")
         return 0.0
@@ -509,8 +523,8 @@ class AgentConfig:
 
 def validate_agent(raw: AgentSettings, problems: list[str], warnings: list[str]) -> AgentConfig:
     """Check the v1/v2 settings, appending every problem (pure)."""
-    if raw.generation not in ("auto", "v0", "v1"):
-        problems.append(f"--dashboard must be auto, v0 or v1, got {raw.generation!r}")
+    if raw.generation not in ("auto", "v0", "v1", "v2"):
+        problems.append(f"--dashboard must be auto, v0, v1 or v2, got {raw.generation!r}")
     secret = (raw.secret or "").strip()
     if secret and not _AGENT_SECRET_RE.match(secret):
         problems.append("the agent secret must be 8 to 128 letters and digits (the dashboard's agent secret)")
@@ -528,11 +542,14 @@ def validate_agent(raw: AgentSettings, problems: list[str], warnings: list[str])
     sha = (raw.sha256 or "").strip().lower() or None
     if sha and not _SHA256_RE.match(sha):
         problems.append("--agent-sha256 must be 64 hexadecimal digits")
+    elif not sha and parts.scheme == "http" and parts.hostname and not is_loopback_host(parts.hostname):
+        problems.append(unpinned_http("--agent-base-url", base, "--agent-sha256"))
     uuid = (raw.uuid or "").strip() or None
     if uuid and uuid_problem(uuid):
         problems.append(f"--uuid: {uuid_problem(uuid)}")
     return AgentConfig(
-        generation=raw.generation, secret=secret, method=raw.method, base_url=base, version=version,
+        generation="v1" if raw.generation == "v2" else raw.generation,  # v2 means "v1 or newer" too
+        secret=secret, method=raw.method, base_url=base, version=version,
         sha256=sha, uuid=uuid, adopt=raw.adopt, allow_plaintext=raw.allow_plaintext,
         options=_options(raw.options, problems), probe_port_given=raw.probe_port_given, tls_given=raw.tls_given,
     )
@@ -542,8 +559,6 @@ def _options(raw: tuple[str, ...], problems: list[str]) -> tuple[tuple[str, Any]
     words = [word for value in raw for word in value.split()]
     options: dict[str, Any] = {}
     for word in words:
-    elif not sha and parts.scheme == "http" and parts.hostname and not is_loopback_host(parts.hostname):
-        problems.append(unpinned_http("--agent-base-url", base, "--agent-sha256"))
         key, eq, value = word.partition("=")
         if key in _TOOL_KEYS:
             problems.append(f"agent option {key} is set by the tool itself")

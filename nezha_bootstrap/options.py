@@ -58,7 +58,8 @@ def output_options(func: F) -> F:
     return _apply(func, [
         option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
         option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr."),
-        option("-v", "--verbose", is_flag=True, help="Also show the installer's output (redacted)."),
+        option("-v", "--verbose", is_flag=True,
+               help="Also show details: the commands run and their output (redacted)."),
     ])
 
 
@@ -106,7 +107,8 @@ def agent_options(func: F) -> F:
     """The v1/v2 options of `run` (dashboard-v1-v2.md): agent secret, install method, release, identity, naming."""
     return _apply(func, [
         option("--dashboard", "generation", envvar="NEZHA_DASHBOARD_GENERATION", default="auto", show_default=True,
-               type=click.Choice(["auto", "v0", "v1"]), help="Dashboard generation; auto probes it (no credentials)."),
+               type=click.Choice(["auto", "v0", "v1", "v2"]),
+               help="Dashboard generation; auto probes it (no credentials); v1 and v2 mean the same: v1 or newer."),
         option("--agent-secret-file", envvar="NEZHA_AGENT_SECRET_FILE",
                help="File holding the v1/v2 agent secret; '-' reads stdin."),
         option("--agent-secret", envvar="NEZHA_AGENT_SECRET",
@@ -187,16 +189,16 @@ def _from_flag(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
 
 
-def read_token(ctx: click.Context, params: dict[str, Any], problems: list[str]) -> tuple[str | None, bool]:
-    """Pop --token/--token-file: the token, and whether it came from the --token flag (shown in ps)."""
+def read_token(ctx: click.Context, params: dict[str, Any], problems: list[str]) -> tuple[str | None, str | None]:
+    """Pop --token/--token-file: the token (None: none given, or its file unreadable) and where it came from."""
     token_file, token = params.pop("token_file"), params.pop("token")
-    from_flag = _from_flag(ctx, "token")
-    if token_file and from_flag:
+    source = "--token" if _from_flag(ctx, "token") else ("NEZHA_TOKEN" if token else None)
+    if token_file and source == "--token":
         problems.append("give either --token or --token-file, not both")
     if token_file:
-        token, from_flag = read_secret(token_file, "token", problems), False
+        token, source = read_secret(token_file, "token", problems), f"--token-file {token_file}"
     redact.register(token)
-    return token, from_flag
+    return token, source
 
 
 def _agent_settings(ctx: click.Context, params: dict[str, Any], problems: list[str]) -> AgentSettings:
@@ -225,10 +227,10 @@ def _naming_settings(params: dict[str, Any]) -> NamingSettings:
 
 def settings_of(ctx: click.Context, params: dict[str, Any], problems: list[str], *, force: bool = False) -> Settings:
     """Pop the settings options from `params` (reading the secret files) into raw Settings."""
-    token, from_flag = read_token(ctx, params, problems)
+    token, source = read_token(ctx, params, problems)
     agent = _agent_settings(ctx, params, problems)
     return Settings(
-        dashboard_url=params.pop("dashboard_url"), token=token, token_from_flag=from_flag,
+        dashboard_url=params.pop("dashboard_url"), token=token, token_source=source,
         probe_address=params.pop("probe_address"), probe_port=params.pop("probe_port"), tls=params.pop("tls"),
         name=params.pop("name"), tag=params.pop("tag"), note=params.pop("note"),
         hide_for_guest=params.pop("hide_for_guest"), agent_flags=tuple(params.pop("agent_flags")),

@@ -236,7 +236,7 @@ def check(config: Config, facts: Facts, paths: Paths) -> list[CheckResult]:
         return [first]
     if generation.is_v0:
         return [first, *v0_checks.run_checks(config, client, downloads)]
-    return [first, *v1_checks.run_checks(config, generation, facts, paths, downloads)]
+    return [first, *v1_checks.run_checks(config, generation, facts, paths, client, downloads)]
 
 
 UPGRADED = (

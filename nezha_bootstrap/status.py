@@ -18,6 +18,8 @@ def collect(paths: Paths) -> dict[str, Any]:
     if saved is not None:
         public = saved.public()
         public["dashboard_url"] = display_url(public["dashboard_url"])
+        if public.get("generation") is None and saved.secret:
+            public["generation"] = "v0"  # v0 runs register with the API token; older states did not record it
         info.update(public)
     info["installed"] = bool(saved and saved.installed_at)
     if saved is not None and saved.installed_at:
@@ -67,3 +69,16 @@ def _agent_layout(paths: Paths) -> dict[str, Any]:
     if leftovers:
         info["vendor_leftovers"] = [{"config": str(item.config), "uuid": item.uuid} for item in leftovers]
     return info
+
+
+def shown(value: Any) -> str:
+    """A value as `status` prints it for a person: words, not Python's None/True/False."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(shown(item) for item in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {shown(item)}" for key, item in value.items())
+    return str(value)

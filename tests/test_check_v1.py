@@ -137,3 +137,26 @@ def test_a_v0_dashboard_with_method_direct_checks_the_v0_release_instead_of_inst
     ]
     assert "/install.sh" not in [j.path for j in cli.fake.journal]
     assert cli.fake.servers == []
+
+
+def test_an_access_token_is_checked_with_one_read(v1cli: V1Cli) -> None:
+    token = v1cli.fake.add_token()
+
+    code, lines, stderr = check(v1cli, NEZHA_TOKEN=token)
+
+    assert code == 0, stderr
+    assert "ok    token      the access token reads the server list" in lines
+    assert [(j.method, j.path) for j in v1cli.fake.journal].count(("GET", "/api/v1/server")) == 1
+    assert token not in stderr + "\n".join(lines)
+
+
+def test_a_bad_access_token_fails_the_check_once_with_the_waf_warning(v1cli: V1Cli) -> None:
+    token = "nzp_" + "B" * 32
+
+    code, lines, stderr = check(v1cli, NEZHA_TOKEN=token)
+
+    [line] = [line for line in lines if line.split()[1] == "token"]
+    assert code == 3 and line.startswith("FAIL  token")
+    assert "HTTP 401" in line and "WAF" in line
+    assert [(j.method, j.path) for j in v1cli.fake.journal].count(("GET", "/api/v1/server")) == 1
+    assert token not in stderr + "\n".join(lines)

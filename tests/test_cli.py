@@ -13,6 +13,7 @@ import click
 import pytest
 
 from nezha_bootstrap import __version__
+from nezha_bootstrap.cli import main as cli_main
 from nezha_bootstrap.errors import EXIT_CODES
 from tests.conftest import TOKEN, Cli, make_runner
 
@@ -45,9 +46,30 @@ def test_python_dash_m_shows_the_help() -> None:
                           timeout=60, stdin=subprocess.DEVNULL)
 
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("Usage: python -m nezha_bootstrap [OPTIONS] COMMAND [ARGS]...")
+    assert done.stdout.startswith("Usage: python -m nezha_bootstrap [OPTIONS] [COMMAND] [ARGS]...")
     for command in ("run", "check", "status", "demo"):
         assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE), command
+
+
+def test_no_command_prints_the_help_and_exits_0() -> None:
+    outcome = make_runner().invoke(cli_main, [])
+
+    assert outcome.exit_code == 0
+    assert "Usage:" in outcome.output and "Exit codes:" in outcome.output
+
+
+@pytest.mark.parametrize("command", ["run", "check", "status", "render", "install-service", "seal", "reconcile"])
+def test_the_exit_codes_are_listed_once_on_the_top_level_help_only(command: str) -> None:
+    assert "Exit codes:" not in make_runner().invoke(cli_main, [command, "--help"]).output
+    assert make_runner().invoke(cli_main, ["--help"]).output.count("Exit codes:") == 1
+
+
+def test_dashboard_v2_is_accepted_as_v1_or_newer() -> None:
+    outcome = make_runner().invoke(cli_main, ["run", "--dry-run", "--dashboard", "v2", "--dashboard-url",
+                                        "http://127.0.0.1:9", "--agent-secret-file", "/nonexistent"])
+
+    assert "is not one of" not in outcome.output
+    assert "cannot read the agent secret file /nonexistent" in outcome.output
 
 
 @pytest.mark.parametrize("command", ["run", "check"])
@@ -65,9 +87,8 @@ def test_every_option_but_the_per_invocation_ones_has_an_env_var(command: str) -
     assert set(without) <= {"help", "as_json", "quiet", "verbose", "dry_run", "force"}, without
 
 
-@pytest.mark.parametrize("command", [(), ("run",), ("check",), ("status",), ("demo",)])
-def test_help_documents_every_exit_code(command: tuple[str, ...]) -> None:
-    text = help_text(*command)
+def test_the_top_level_help_documents_every_exit_code() -> None:
+    text = help_text()
 
     for code, meaning in EXIT_CODES:
         assert f"{code} {meaning}" in text
@@ -159,8 +180,8 @@ def test_token_and_token_file_together_exit_2(cli: Cli, tmp_path: Path) -> None:
     [
         ((), {"NEZHA_TOKEN": None}, "the API token is required"),
         (("--token-file", "/nonexistent/token"), {"NEZHA_TOKEN": None}, "cannot read the token file /nonexistent"),
-        (("--token-file", "-"), {"NEZHA_TOKEN": None}, "the API token is required"),
-        ((), {"NEZHA_TOKEN": "two words"}, "the API token must be one word"),
+        (("--token-file", "-"), {"NEZHA_TOKEN": None}, "stdin gave no token (--token-file -)"),
+        ((), {"NEZHA_TOKEN": "two words"}, "the API token in NEZHA_TOKEN must be one word"),
     ],
 )
 def test_a_missing_or_unreadable_token_exits_2(

@@ -154,17 +154,42 @@ def test_a_token_is_required(token: str | None) -> None:
     ]
 
 
-@pytest.mark.parametrize("token", [f"Bearer {TOKEN}", f"{TOKEN}\n", f"T{TOKEN}ö", f"{TOKEN}\x00"])
+@pytest.mark.parametrize("token", [f"{TOKEN}\n", f"T{TOKEN}ö", f"{TOKEN}\x00", f"{TOKEN} {TOKEN}"])
 def test_a_token_that_is_not_one_visible_ascii_word_is_refused_without_showing_it(token: str) -> None:
     with pytest.raises(SettingsError) as caught:
         validate(token=token)
 
-    assert caught.value.problems == ["the API token must be one word of visible ASCII characters"]
+    assert caught.value.problems == ["the API token in NEZHA_TOKEN must be one word of visible ASCII characters"]
     assert "T0ken" not in str(caught.value)
 
 
+@pytest.mark.parametrize(("token", "word"), [(f"Bearer {TOKEN}", "Bearer"), (f"token {TOKEN}", "token")])
+def test_a_token_with_a_scheme_word_says_to_drop_the_word(token: str, word: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        validate(token=token, token_source="--token-file /etc/nezha/token")
+
+    assert caught.value.problems == [
+        f"the API token in --token-file /etc/nezha/token starts with {word!r}: give the token alone, without that word"
+    ]
+    assert "T0ken" not in str(caught.value)
+
+
+def test_an_empty_token_file_says_it_is_empty() -> None:
+    assert problems_of(token="", token_source="--token-file /etc/nezha/token") == [
+        "the token file /etc/nezha/token is empty"
+    ]
+
+
+def test_an_unreadable_token_file_is_one_problem_not_two() -> None:
+    with pytest.raises(SettingsError) as caught:
+        build(Settings(dashboard_url=DASHBOARD, token=None, token_source="--token-file /nope"), FACTS,
+              problems=["cannot read the token file /nope: No such file or directory"])
+
+    assert caught.value.problems == ["cannot read the token file /nope: No such file or directory"]
+
+
 def test_a_token_from_the_flag_is_warned_about_and_kept_out_of_repr() -> None:
-    validated = validate(token_from_flag=True)
+    validated = validate(token_source="--token")
 
     assert validated.warnings == (
         "--token puts the token in the process list; use NEZHA_TOKEN or --token-file instead",

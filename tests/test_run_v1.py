@@ -385,6 +385,20 @@ def test_dry_run_before_detection_prints_the_probes_and_the_v1_plan_and_sends_no
     assert v1cli.fake.agent_secret not in outcome.stdout + outcome.stderr
 
 
+@pytest.mark.parametrize("dashboard", ["auto", "v1", "v2"])
+def test_dry_run_with_an_access_token_shows_the_naming_steps_whatever_dashboard_says(
+    v1cli: V1Cli, dashboard: str
+) -> None:
+    token = v1cli.fake.add_token()
+
+    outcome = v1cli("--dry-run", "--dashboard", dashboard, NEZHA_TOKEN=token, NEZHA_GROUP="web")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    [line] = [line for line in outcome.stdout.splitlines() if "with the access token" in line]
+    assert "set name, notes, guest visibility and display index" in line and "join the group" in line
+    assert v1cli.fake.journal == [] and token not in outcome.stdout + outcome.stderr
+
+
 def test_dry_run_json_of_a_named_generation_carries_the_masked_config(v1cli: V1Cli) -> None:
     plant_vendor_leftover(v1cli)
 

@@ -26,13 +26,23 @@ def test_status_without_state_says_not_registered(cli: Cli) -> None:
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.stdout.splitlines() == [
         f"state_file: {cli.root / STATE}",
-        "registered: False",
-        "installed: False",
-        "agent_unit: None",
-        "agent_running: False",
-        "agent_pids: []",
+        "registered: no",
+        "installed: no",
+        "agent_unit: -",
+        "agent_running: no",
+        "agent_pids: -",
     ]
     assert not (cli.root / "var").exists()
+
+
+@pytest.mark.integration
+def test_status_after_a_v0_run_says_v0_in_words(cli: Cli) -> None:
+    assert cli("run").exit_code == 0
+
+    lines = cli("status").stdout.splitlines()
+
+    assert "generation: v0" in lines and "registered: yes" in lines and "installed: yes" in lines
+    assert not any(value in line for line in lines for value in (": None", ": True", ": False"))
 
 
 def test_status_json_without_state(cli: Cli) -> None:

@@ -6,12 +6,13 @@ import platform
 from typing import TYPE_CHECKING
 
 from nezha_bootstrap.agent import Release, asset_name
-from nezha_bootstrap.checks import CheckResult, check_probe, check_release
-from nezha_bootstrap.config import AGENT_V1, Config, plaintext_problem, v1_config
+from nezha_bootstrap.checks import CHECK_TIMEOUT, CheckResult, check_probe, check_release, failed
+from nezha_bootstrap.config import AGENT_V1, Config, is_access_token, plaintext_problem, v1_config
 from nezha_bootstrap.errors import BootstrapError, SettingsError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.generation import Generation
 from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.retry import Transient
 
 if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
@@ -38,14 +39,31 @@ def check_identity(config: Config, facts: Facts, paths: Paths) -> CheckResult:
     return CheckResult("identity", "ok", f"uuid {ident.uuid} (from {ident.source})")
 
 
-def run_checks(config: Config, generation: Generation, facts: Facts, paths: Paths,
+def check_token(config: Config, generation: Generation, client: httpx.Client) -> CheckResult:
+    """An access token (nzp_...) is tried with one read: a bad one fails here, not after the install."""
+    from nezha_bootstrap.v1.api import V2Api
+
+    if not generation.has_access_tokens:
+        return CheckResult("token", "FAIL", f"the dashboard is {generation.value}: access tokens (nzp_...) exist "
+                           "from v2.1.0; drop NEZHA_TOKEN, or name servers with `reconcile`", SettingsError.exit_code)
+    assert config.token is not None  # is_access_token(config.token) holds: see run_checks
+    api = V2Api(client, config.dashboard_url, config.token, deadline=CHECK_TIMEOUT)
+    try:
+        api.once("GET", "/api/v1/server", "token check", CHECK_TIMEOUT)  # one attempt: the WAF counts failures
+    except (Transient, BootstrapError) as exc:
+        return failed("token", exc)
+    return CheckResult("token", "ok", "the access token reads the server list")
+
+
+def run_checks(config: Config, generation: Generation, facts: Facts, paths: Paths, client: httpx.Client,
                downloads: httpx.Client) -> list[CheckResult]:
-    """The v1/v2 checks in order, after the generation's: secret, identity, gRPC port, release."""
+    """The v1/v2 checks in order, after the generation's: secret, token, identity, gRPC port, release."""
     config = v1_config(config)
     plaintext = plaintext_problem(config) if config.agent.secret else None
     if plaintext:
         return [CheckResult("settings", "FAIL", plaintext, SettingsError.exit_code)]
     release = Release(config.agent.base_url, config.agent.version or AGENT_V1, asset_name(platform.machine()),
                       config.agent.sha256)
-    return [check_secret(config, generation), check_identity(config, facts, paths), check_probe(config),
+    token = [check_token(config, generation, client)] if is_access_token(config.token) else []
+    return [check_secret(config, generation), *token, check_identity(config, facts, paths), check_probe(config),
             check_release(release, downloads)]
