@@ -660,6 +660,20 @@ def test_release_workflow_does_what_the_issue_asks() -> None:
     assert "pypa/gh-action-pypi-publish" in steps["pypi"]
     assert "mv dist/*.whl dist/*.tar.gz pypi/" in steps["pypi"] and "packages-dir': 'pypi/'" in steps["pypi"]
     assert workflow["permissions"] == {"contents": "read"}
+    smoke = jobs["zipapp-smoke"]
+    assert smoke["strategy"]["matrix"]["python-version"] == ["3.9", "3.11"]
+    assert "python packaging/smoke_zipapp.py dist/nezha-bootstrap-*-x86_64.pyz" in steps["zipapp-smoke"]
+    assert jobs["github-release"]["needs"] == jobs["pypi"]["needs"] == ["build", "zipapp-smoke"]
+
+
+@pytest.mark.parametrize("python", INTERPRETERS)
+def test_the_release_smoke_script_passes(native: Path, python: str) -> None:
+    """What the release workflow's zipapp-smoke job runs, on each interpreter."""
+    done = subprocess.run([str(python), str(REPO / "packaging" / "smoke_zipapp.py"), str(native)], capture_output=True,
+                          text=True, timeout=300, env={"PATH": os.environ["PATH"]})
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("\nok   ") == 5
 
 
 def test_zip_writer_output_is_a_valid_zipapp(tmp_path: Path) -> None:
