@@ -306,9 +306,24 @@ def test_force_registers_again_and_warns_about_the_old_server(cli: Cli) -> None:
     outcome = cli("run", "--force")
 
     assert outcome.exit_code == 0, outcome.stderr
-    assert "warning: the dashboard keeps the server registered before" in outcome.stderr
+    assert "warning: the dashboard keeps the server registered before ('vm', tag 'AutoRegister', registered" \
+        in outcome.stderr
+    assert "delete it in the dashboard" in outcome.stderr
     assert len(cli.fake.registrations()) == 2
     assert saved_state(cli)["secret"] == cli.fake.servers[1].secret
+
+
+def test_a_node_registering_under_a_name_the_dashboard_has_says_so(cli: Cli) -> None:
+    assert cli("run").exit_code == 0
+    (cli.root / "var/lib/nezha-bootstrap/state.json").unlink()  # another machine, same name
+
+    outcome = cli("run")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    old = cli.fake.servers[0].id
+    assert f"warning: the dashboard already had a server named 'vm' under tag 'AutoRegister' (id {old})" \
+        in outcome.stderr
+    assert len(cli.fake.servers) == 2
 
 
 def test_a_changed_probe_address_reinstalls_without_registering(cli: Cli) -> None:

@@ -53,7 +53,8 @@ def decide(config: Config, saved: State | None, facts: Facts, unit_present: bool
     if config.force:
         return Decision(
             Action.REGISTER, "--force",
-            ("the dashboard keeps the server registered before; the token API cannot delete it",),
+            (f"the dashboard keeps the server registered before ({saved.name!r}, tag {saved.tag or 'AutoRegister'!r}, "
+             f"registered {saved.registered_at}); the token API cannot delete it: delete it in the dashboard",),
         )
     if saved.dashboard_url != config.dashboard_url:
         return Decision(Action.REGISTER, f"registered with another dashboard ({display_url(saved.dashboard_url)})")
@@ -187,6 +188,11 @@ class Runner:
                 registration.attempt, deadline=config.deadline, what="register",
                 give_up=DashboardUnreachable, notify=self.reporter.info,
             )
+        if registration.before:
+            ids = ", ".join(str(i) for i in sorted(registration.before))
+            self.reporter.warn(f"the dashboard already had a server named {config.name!r} under tag {tag!r} "
+                               f"(id {ids}); this one is registered beside it: give nodes distinct names (NODE_NAME "
+                               "with {ip} or {machine_id}), or delete the old one if its machine is gone")
         return kept[-1]
 
     def _look_for(self, pending: state_mod.Pending, dashboard: Dashboard) -> None:
