@@ -46,7 +46,7 @@ SECRET = "gv4eGLwyvHIR9y5E7p"
 JSON = "application/json"
 JSON_UTF8 = "application/json; charset=utf-8"
 TOKEN_HINT = (
-    "Check NEZHA_TOKEN: it must be the whole token from the dashboard's API Token page, "
+    "Check the token in NEZHA_TOKEN: it must be the whole token from the dashboard's API Token page, "
     "sent as is (no 'Bearer' or 'Token' word)"
 )
 # The real v0.20.13 with no users row refuses every token with the same body (observed).

@@ -411,6 +411,17 @@ def test_a_refused_token_exits_3_without_retrying(cli: Cli, setup: dict[str, str
     assert cli.fake.servers == [] and cli.calls() == []
 
 
+def test_a_refused_token_names_the_file_it_came_from(cli: Cli, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("wrong-token\n")
+
+    outcome = cli("run", "--token-file", str(token_file), NEZHA_TOKEN=None)
+
+    assert outcome.exit_code == 3
+    assert f"Check the token in --token-file {token_file}:" in outcome.stderr
+    assert "wrong-token" not in outcome.stderr
+
+
 @pytest.mark.parametrize("generation", ["v1.0", "v1.5"])
 def test_a_v1_dashboard_exits_3_and_says_so(cli: Cli, generation: str) -> None:
     cli.fake.faults.v1 = generation

@@ -6,7 +6,7 @@ import contextlib
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from nezha_bootstrap import __version__
@@ -20,10 +20,13 @@ if TYPE_CHECKING:
 
 SECRET_SHAPE = re.compile(r"^[0-9A-Za-z]{18}\Z")  # v0 secrets: 18 of [0-9A-Za-z]; \Z: no trailing newline
 _V1_BODY = {"error": "404 Not Found"}
-_TOKEN_HINT = (
-    "Check NEZHA_TOKEN: it must be the whole token from the dashboard's API Token page, "
-    "sent as is (no 'Bearer' or 'Token' word)"
-)
+
+
+def _token_hint(source: str) -> str:
+    return (f"Check the token in {source}: it must be the whole token from the dashboard's API Token page, "
+            "sent as is (no 'Bearer' or 'Token' word)")
+
+
 # Observed on the real v0.20.13: with no row in its `users` table (nobody has logged in yet, or a database
 # seeded by hand) the dashboard answers every token, valid ones included, with this same HTTP 200 + 403
 # body; once a user exists the same token works at once, without a restart.
@@ -37,7 +40,7 @@ V1_MESSAGE = (
 )
 
 
-def classify_common(answer: Answer, what: str) -> None:
+def classify_common(answer: Answer, what: str, source: str = "NEZHA_TOKEN") -> None:
     """Raise for answers every token endpoint shares: redirects, v1, disguised 403, 4xx, 5xx, 429."""
     status = answer.status
     value = check_answer(answer, what, ANSWER_CAP)
@@ -46,7 +49,7 @@ def classify_common(answer: Answer, what: str) -> None:
         raise DashboardRefused(f"{what}: {V1_MESSAGE}")
     if parsed and isinstance(value, dict) and value.get("code") == 403:
         raise DashboardRefused(
-            f"{what}: the dashboard refused the API token (HTTP {status} with a 403 body). {_TOKEN_HINT}. "
+            f"{what}: the dashboard refused the API token (HTTP {status} with a 403 body). {_token_hint(source)}. "
             f"{_NO_USER_HINT}"
         )
     if status == 404:
@@ -63,16 +66,18 @@ def classify_common(answer: Answer, what: str) -> None:
         )
     if status in (401, 403):
         raise DashboardRefused(
-            f"{what}: HTTP {status}: access refused (by the dashboard or a proxy in front of it). {_TOKEN_HINT}"
+            f"{what}: HTTP {status}: access refused (by the dashboard or a proxy in front of it). {_token_hint(source)}"
         )
     if status != 200:
         raise DashboardRefused(f"{what}: unexpected HTTP {status}")
 
 
-def classify_register(answer: Answer) -> str:
-    """Return the node secret from a register answer, or raise exactly as dashboard-v0-register.md says."""
+def classify_register(answer: Answer, source: str = "NEZHA_TOKEN") -> str:
+    """Return the node secret from a register answer, or raise exactly as dashboard-v0-register.md says.
+
+    `source` is where the token came from (NEZHA_TOKEN, --token-file PATH): a refusal names it."""
     what = "register"
-    classify_common(answer, what)
+    classify_common(answer, what, source)
     if not answer.body.strip():
         raise DashboardRefused(f"{what}: HTTP 200 with an empty body, not a secret")
     if looks_html(answer):
@@ -99,10 +104,10 @@ def classify_register(answer: Answer) -> str:
     return value
 
 
-def classify_list(answer: Answer) -> list[dict[str, Any]]:
+def classify_list(answer: Answer, source: str = "NEZHA_TOKEN") -> list[dict[str, Any]]:
     """Return the servers of a list answer, or raise as for register."""
     what = "server list"
-    classify_common(answer, what)
+    classify_common(answer, what, source)
     parsed, value = json_body(answer.body)
     if not parsed or not isinstance(value, dict) or not isinstance(value.get("result"), list):
         raise DashboardRefused(f"{what}: HTTP 200, but not the dashboard's list envelope")
@@ -115,7 +120,8 @@ class Dashboard:
 
     client: httpx.Client
     base_url: str
-    token: str
+    token: str = field(repr=False)
+    source: str = "NEZHA_TOKEN"  # where the token came from: a refusal names it
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": self.token}  # the whole value is the token: no scheme word
@@ -128,7 +134,7 @@ class Dashboard:
             headers={**self._headers(), "Content-Type": "application/json"},
             content=json.dumps(body, ensure_ascii=False).encode("utf-8"),
         )
-        return classify_register(answer)
+        return classify_register(answer, self.source)
 
     def servers(self, tag: str, seconds_left: float) -> list[dict[str, Any]]:
         """GET the servers under `tag` (creates nothing; checks the token)."""
@@ -137,7 +143,7 @@ class Dashboard:
             seconds_left=seconds_left, cap=ANSWER_CAP * 64, ambiguous=False,
             headers=self._headers(), params={"tag": tag},
         )
-        return classify_list(answer)
+        return classify_list(answer, self.source)
 
     def ids_named(self, name: str, tag: str, seconds_left: float) -> set[int]:
         """Ids of the servers called `name` under `tag`."""

@@ -25,7 +25,7 @@ def check_dashboard(config: Config, client: httpx.Client) -> list[CheckResult]:
         return [CheckResult("token", "FAIL", "a v0 dashboard registers servers with its API token: set NEZHA_TOKEN "
                             "or --token-file", SettingsError.exit_code)]
     try:
-        Dashboard(client, config.dashboard_url, config.token).servers(UNLIKELY_TAG, CHECK_TIMEOUT)
+        Dashboard(client, config.dashboard_url, config.token, config.token_source).servers(UNLIKELY_TAG, CHECK_TIMEOUT)
     except Transient as exc:
         return [failed("dashboard", exc), CheckResult("token", "skip", "not checked: dashboard unreachable")]
     except DashboardRefused as exc:

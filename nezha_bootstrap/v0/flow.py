@@ -167,7 +167,7 @@ class Runner:
 
         config = self.config
         assert config.token is not None  # a v0 run has its token: config.build and run.check_v0_settings
-        dashboard = Dashboard(self._http(), config.dashboard_url, config.token)
+        dashboard = Dashboard(self._http(), config.dashboard_url, config.token, config.token_source)
         if pending is not None:
             self._look_for(pending, dashboard)
         kept: list[State] = []
