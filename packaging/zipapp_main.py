@@ -230,6 +230,7 @@ def _extract(handle, root, final):
     _sweep(root)
     temp = tempfile.mkdtemp(prefix=".tmp-", dir=root)  # mode 0700
     try:
+        written = []
         with zipfile.ZipFile(handle) as archive:
             for info in archive.infolist():
                 parts = _member_target(info.filename)
@@ -244,8 +245,13 @@ def _extract(handle, root, final):
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
                 with os.fdopen(fd, "wb") as out:
                     out.write(archive.read(info))
-                    out.flush()
-                    os.fsync(out.fileno())
+                written.append(target)
+        for target in written:  # durable before the rename; one pass after all writes costs less than one each
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         try:
             os.rename(temp, final)
         except OSError:
