@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
+from nezha_bootstrap.facts import read_instance_id
 from nezha_bootstrap.identity import (
     NAMESPACE,
     Identity,
+    instance_uuid,
     machine_id_problem,
     machine_uuid,
     resolve,
+    unsealed_clone,
     uuid_problem,
 )
 
@@ -73,3 +77,35 @@ def test_resolve_prefers_override_then_this_machines_record_then_derivation(
         override: str | None, machine_id: str, saved_mid: str | None, saved_uuid: str | None,
         expected: Identity) -> None:
     assert resolve(override, machine_id, saved_mid, saved_uuid) == expected
+
+
+def test_an_unsealed_clones_uuid_differs_per_instance_and_from_the_machines() -> None:
+    uuids = {machine_uuid(MID), instance_uuid(MID, "i-1"), instance_uuid(MID, "i-2")}
+
+    assert len(uuids) == 3
+    assert instance_uuid(MID, "i-1") == str(uuid.uuid5(NAMESPACE, f"{MID}/i-1"))  # what the README says
+    assert all(uuid_problem(value) is None and value == value.lower() for value in uuids)
+
+
+@pytest.mark.parametrize(("saved", "now", "clone"), [
+    ("i-1", "i-2", True),
+    ("i-1", "i-1", False),
+    (None, "i-2", False),  # a state from before instance-ids were kept: nothing to compare
+    ("i-1", None, False),  # cloud-init gone or not run: nothing to compare
+])
+def test_an_unsealed_clone_is_another_instance_id(saved: str | None, now: str | None, clone: bool) -> None:
+    assert unsealed_clone(saved, now) is clone
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("i-0abc123\n", "i-0abc123"),
+    ("iid-datasource-none\n", None),  # cloud-init found no datasource: no instance to tell apart
+    ("", None),
+    ("bad\x1bid", None),
+])
+def test_the_instance_id_is_read_from_cloud_inits_record(tmp_path: Path, content: str, expected: str | None) -> None:
+    path = tmp_path / "instance-id"
+    path.write_text(content)
+
+    assert read_instance_id(path) == expected
+    assert read_instance_id(tmp_path / "missing") is None
