@@ -331,3 +331,26 @@ def test_dry_run_shows_the_lookup_of_a_registration_left_under_way(cli: Cli) -> 
     assert (f"GET {cli.dashboard.url}/api/v1/server/list?tag=AutoRegister (the registration of 'web-9' an earlier "
             "run left under way at 2026-01-01T00:00:00+00:00: stop if it made a server)") in outcome.stdout
     assert cli.fake.journal == []
+
+
+def test_sigterm_while_the_register_answer_is_on_its_way_never_costs_a_second_server(cli: Cli) -> None:
+    import signal
+    import time
+
+    from tests.processes import finish, run, start, wait_for
+
+    cli.fake.faults.answer_delay = 2.0  # the server exists; its secret is on its way
+    proc = start(cli, "run", "--deadline", "6")
+    wait_for(lambda: bool(cli.fake.servers), what="the server")
+    proc.send_signal(signal.SIGTERM)
+    stopped = finish(proc, time.monotonic(), timeout=10)
+    cli.fake.faults.answer_delay = 0.0
+
+    rerun = run(cli, "run", timeout=60)
+
+    assert stopped.exit_code in (0, 143), stopped.stderr  # 0: the answer arrived and its save was waited for
+    assert len(cli.fake.servers) == 1
+    if stopped.exit_code == 143:
+        assert rerun.exit_code == 3 and "Not registering again" in rerun.stderr, rerun.stderr
+    else:
+        assert rerun.exit_code == 0, rerun.stderr
