@@ -192,12 +192,13 @@ def display_url(url: str) -> str:
     """
     if "@" not in url:
         return url
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, sep, rest = url.partition(":")
-        if not sep or not scheme.isalpha():
-            scheme, sep, rest = "", "", url
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+    # Only a scheme at the very start is kept ("http:u:pw@://" has no "://" before its '@').
+    match = _SCHEME_PREFIX.match(url)
+    prefix = match.group(0) if match else ""
+    return f"{prefix}***@{url[len(prefix):].rpartition('@')[2]}"
+
+
+_SCHEME_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(//)?")
 
 
 def is_loopback_host(host: str) -> bool:

@@ -224,7 +224,7 @@ def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, c
             )
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.PoolTimeout) as exc:
         _raise_if_tls(exc, url)
-        raise Transient(f"cannot connect to {host_of(url)}: {_reason(exc)}") from exc
+        raise Transient(f"cannot connect to {host_port(url)}: {_reason(exc)}") from exc
     except httpx.TimeoutException as exc:
         raise Transient(f"no answer from {host_of(url)} in time", ambiguous=ambiguous) from exc
     except httpx.UnsupportedProtocol as exc:  # a redirect to ftp:// or the like: no retry will help
@@ -395,6 +395,14 @@ def bounded(client: httpx.Client) -> httpx.Client:
 
 def host_of(url: str) -> str:
     return httpx.URL(url).host or url
+
+
+def host_port(url: str) -> str:
+    """HOST:PORT that a connection to `url` goes to (IPv6 in brackets), for messages."""
+    parsed = httpx.URL(url)
+    host = parsed.host or url
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _reason(exc: Exception) -> str:

@@ -545,3 +545,17 @@ def test_build_only_ever_raises_settings_error(**values: Any) -> None:
         build(Settings(**values), FACTS)
     except SettingsError:
         pass
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://admin:hunter2@dash.example.com/x", "https://***@dash.example.com/x"),
+    ("https://u:pa/ss@dash.example.com:8443/x", "https://***@dash.example.com:8443/x"),
+    ("http:u:Hunter2Hunter2@://", "http:***@://"),  # found by hypothesis: "://" after the '@'
+    ("x://a@b@c/d", "x://***@c/d"),
+    ("user:pw@host", "user:***@host"),
+    ("https://dash.example.com/x", "https://dash.example.com/x"),
+])
+def test_display_url_masks_everything_up_to_the_last_at(url: str, shown: str) -> None:
+    from nezha_bootstrap.config import display_url
+
+    assert display_url(url) == shown

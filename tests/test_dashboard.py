@@ -400,7 +400,7 @@ def test_connect_failures_are_transient_and_never_ambiguous(exc: Exception, aske
     with pytest.raises(Transient) as caught:
         fetch(mock_client(raising(exc)), "POST", f"{BASE}/x", seconds_left=10, cap=10, ambiguous=asked_ambiguous)
 
-    assert caught.value.message == f"cannot connect to dash.test: {exc}"
+    assert caught.value.message == f"cannot connect to dash.test:80: {exc}"
     assert caught.value.ambiguous is False
 
 

@@ -68,7 +68,7 @@ def test_a_dashboard_that_comes_up_late_is_registered_within_one_backoff_cap(
     timer.join()
 
     assert outcome.exit_code == 0, outcome.stderr
-    assert "register: cannot connect to 127.0.0.1" in outcome.stderr
+    assert f"register: cannot connect to 127.0.0.1:{port}" in outcome.stderr
     [register] = cli.fake.registrations()
     assert register.at - up_at[0] <= Backoff().cap + 0.5
     assert len(cli.fake.servers) == 1
