@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from nezha_bootstrap import __version__, interrupts, redact
 from nezha_bootstrap.config import display_url
@@ -16,14 +17,14 @@ from nezha_bootstrap.errors import EXIT_CODES, BootstrapError, InternalError, Se
 from nezha_bootstrap.firstboot.render import KINDS as RENDER_KINDS
 from nezha_bootstrap.options import (
     INSTALL_OPTIONS,
+    SET_BY_USER,
     F,
     agent_options,
     config_of,
     install_options,
     option,
     output_options,
-    read_password,
-    read_token,
+    reconcile_target,
     root_option,
     settings_file,
     settings_options,
@@ -185,7 +186,7 @@ def demo(ctx: click.Context, as_json: bool, quiet: bool, verbose: bool) -> None:
 
 # --- first boot: render, install-service, seal, uninstall ----------------------------------------
 
-def _write_output(text: str, output: str | None, reporter: Reporter) -> None:
+def _write_output(text: str, output: str | None, reporter: Reporter, mode: int = 0o600) -> None:
     if output is None:
         if sys.stdout.isatty() and redact.holds_secret(text):
             # Meant for a file or a cloud API, never for a screen, its scroll-back or a session log.
@@ -202,10 +203,10 @@ def _write_output(text: str, output: str | None, reporter: Reporter) -> None:
     if problem:  # a device, a link or a pipe would be replaced by a 0600 file holding the token
         raise SettingsError([f"--output {output}: {problem}; give the path of a regular file"])
     try:
-        atomic_write(Path(output), text.encode("utf-8"), mode=0o600)
+        atomic_write(Path(output), text.encode("utf-8"), mode=mode)
     except OSError as exc:
         raise InternalError(f"cannot write {output}: {exc.strerror or exc}") from exc
-    reporter.info(f"wrote {output} (mode 0600)")
+    reporter.info(f"wrote {output} (mode {mode:04o})")
 
 
 @main.command("render", epilog=SEE_EXIT_CODES)
@@ -227,8 +228,11 @@ def render_command(ctx: click.Context, /, kind: str, output: str | None, **param
     from nezha_bootstrap.firstboot import render, zipapp
 
     reporter = _reporter(False, False, False)
-    if kind == "systemd":
-        _write_output(render.unit(), output, reporter)
+    if ctx.get_parameter_source("root") is ParameterSource.COMMANDLINE:
+        raise SettingsError(["render prints text and writes only --output: --root is for install-service, seal "
+                             "and uninstall"])
+    if kind == "systemd":  # the unit holds no secret: readable, as install-service writes it
+        _write_output(render.unit(), output, reporter, mode=0o644)
         return
     install, problems = zipapp.choose(kind, **{name: params.pop(name) for name in INSTALL_OPTIONS})
     settings = settings_file(ctx, params, reporter, problems)
@@ -303,6 +307,12 @@ def install_service(ctx: click.Context, /, unit_only: bool, pyz: str | None, dry
 
     reporter = _reporter(as_json, quiet, verbose)
     paths = _root_paths(params["root"])
+    names = ("dashboard_url", "token", "token_file", "agent_secret", "agent_secret_file")
+    given = ["--" + name.replace("_", "-") for name in names if ctx.get_parameter_source(name) in SET_BY_USER]
+    if unit_only and given:
+        raise SettingsError([f"--unit-only writes no settings file, so {', '.join(given)} (flag or env var) would "
+                             "be dropped: leave them to the user-data (`render cloud-init-minimal`), or leave out "
+                             "--unit-only"])
     settings = None if unit_only else settings_file(ctx, params, reporter)
     try:
         tool = None if pyz is None else zipapp.read_pyz(Path(pyz))
@@ -387,40 +397,18 @@ def reconcile_command(ctx: click.Context, /, manifest_path: str, username: str |
     Credentials: an access token (NEZHA_TOKEN or --token-file; v2.1+), or --username with the password
     from --password-file or a prompt. Nothing is stored.
     """
-    from nezha_bootstrap.config import check_target
     from nezha_bootstrap.fleet import reconcile
-    from nezha_bootstrap.fleet.manifest import load
-    from nezha_bootstrap.fleet.session import Credentials, credential_problems, open_session
-    from nezha_bootstrap.http import ca_bundle_problem, make_client
+    from nezha_bootstrap.fleet.session import open_session
+    from nezha_bootstrap.http import make_client
 
     reporter = _reporter(as_json, quiet, verbose)
-    problems: list[str] = []
-    token, source = read_token(ctx, params, problems)
-    if source == "--token":
-        reporter.warn("--token shows in the process list; prefer NEZHA_TOKEN or --token-file")
-    password = read_password(username, password_file, problems)
-    warnings: list[str] = []
-    url, deadline = check_target(params["dashboard_url"], params["deadline"], problems, warnings)
-    ca_bundle = Path(params["ca_bundle"]) if params["ca_bundle"] else None
-    problems.extend(filter(None, [ca_bundle_problem(ca_bundle) if ca_bundle else None]))
-    try:
-        manifest = load(Path(manifest_path))
-    except SettingsError as exc:
-        problems.extend(exc.problems)
-    if username and password is None and not problems:
-        password = click.prompt(f"Password for {username}", hide_input=True, err=True, default="", show_default=False)
-        redact.register(password)
-    problems.extend(credential_problems(Credentials(token, username, password)))
-    if problems:
-        raise SettingsError(problems)
-    for warning in warnings:
-        reporter.warn(warning)
+    target = reconcile_target(ctx, params, manifest_path, username, password_file, reporter)
+    url, ca_bundle = target.url, target.ca_bundle
     with make_client(ca_bundle, urls=(url,)) as client:
-        session, generation = open_session(client, url, Credentials(token, username, password), deadline,
-                                           reporter.info)
+        session, generation = open_session(client, url, target.credentials, target.deadline, reporter.info)
         reporter.context.update(dashboard=display_url(url), generation=generation.value)
         reporter.info(f"{display_url(url)}: a {generation.value} dashboard; reading servers and groups")
-        plan, failures = reconcile.run(session, manifest, apply=apply, notify=reporter.info)
+        plan, failures = reconcile.run(session, target.manifest, apply=apply, notify=reporter.info)
     _report_reconcile(reporter, plan, failures, apply=apply)
 
 

@@ -8,8 +8,9 @@ problem instead of stopping click's parsing at the first.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -33,6 +34,10 @@ from nezha_bootstrap.errors import SettingsError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
+
+if TYPE_CHECKING:
+    from nezha_bootstrap.fleet.manifest import Manifest
+    from nezha_bootstrap.fleet.session import Credentials
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -306,3 +311,48 @@ def setting_text(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return " ".join(str(item) for item in value)  # multiple=True options: space-separated
     return str(value)
+
+
+@dataclass(frozen=True)
+class ReconcileTarget:
+    """`reconcile`'s validated inputs: where, with which credentials, and the manifest."""
+
+    url: str
+    deadline: float
+    ca_bundle: Path | None
+    credentials: Credentials
+    manifest: Manifest
+
+
+def reconcile_target(ctx: click.Context, params: dict[str, Any], manifest_path: str, username: str | None,
+                     password_file: str | None, reporter: Reporter) -> ReconcileTarget:
+    """click's values of `reconcile`, checked together (exit 2 lists every problem); the password is
+    asked for (not echoed) when a login has no --password-file."""
+    from nezha_bootstrap.config import check_target
+    from nezha_bootstrap.fleet.manifest import load
+    from nezha_bootstrap.fleet.session import Credentials, credential_problems
+    from nezha_bootstrap.http import ca_bundle_problem
+
+    problems: list[str] = []
+    token, source = read_token(ctx, params, problems)
+    if source == "--token":
+        reporter.warn("--token shows in the process list; prefer NEZHA_TOKEN or --token-file")
+    password = read_password(username, password_file, problems)
+    warnings: list[str] = []
+    url, deadline = check_target(params["dashboard_url"], params["deadline"], problems, warnings)
+    ca_bundle = Path(params["ca_bundle"]) if params["ca_bundle"] else None
+    problems.extend(filter(None, [ca_bundle_problem(ca_bundle) if ca_bundle else None]))
+    try:
+        manifest = load(Path(manifest_path))
+    except SettingsError as exc:
+        problems.extend(exc.problems)
+    if username and password is None and not problems:
+        password = click.prompt(f"Password for {username}", hide_input=True, err=True, default="", show_default=False)
+        redact.register(password)
+    credentials = Credentials(token, username, password)
+    problems.extend(credential_problems(credentials))
+    if problems:
+        raise SettingsError(problems)
+    for warning in warnings:
+        reporter.warn(warning)
+    return ReconcileTarget(url, deadline, ca_bundle, credentials, manifest)

@@ -493,3 +493,20 @@ def test_render_output_never_replaces_a_device_or_its_link(device: str) -> None:
     assert "give the path of a regular file" in outcome.stderr
     after = Path(device).lstat()
     assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+
+
+def test_render_refuses_root_which_it_would_ignore(tmp_path: Path) -> None:
+    outcome = invoke("env", "--root", str(tmp_path), **BASE)
+
+    assert outcome.exit_code == 2
+    assert "--root is for install-service, seal and uninstall" in outcome.stderr
+
+
+def test_render_systemd_to_a_file_is_readable_as_install_service_writes_it(tmp_path: Path) -> None:
+    output = tmp_path / "nezha-bootstrap.service"
+
+    outcome = invoke("systemd", "--output", str(output))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert stat.S_IMODE(output.stat().st_mode) == 0o644
+    assert "(mode 0644)" in outcome.stderr

@@ -478,3 +478,16 @@ def test_seal_command_after_a_real_run_names_the_registered_server(cli: Cli) -> 
         f"the server 'golden' stays in the dashboard {cli.dashboard.url}: delete it there (the token API cannot)")
     assert not Paths(cli.root).agent_binary.exists()
     assert leak_scan(cli) == []
+
+
+@pytest.mark.parametrize(("args", "env", "named"), [
+    (("--dashboard-url", "https://dash.example.com"), {}, "--dashboard-url"),
+    ((), {"NEZHA_TOKEN": "T0kenT0kenT0kenT0kenT0kenT0ken32"}, "--token"),
+])
+def test_install_service_unit_only_refuses_settings_it_would_drop(root: Path, args: tuple[str, ...],
+                                                                   env: dict[str, str], named: str) -> None:
+    outcome = invoke("install-service", "--root", str(root), "--unit-only", *args, **env)
+
+    assert outcome.exit_code == 2
+    assert f"--unit-only writes no settings file, so {named} (flag or env var) would be dropped" in outcome.stderr
+    assert not (root / "etc/systemd/system/nezha-bootstrap.service").exists()
