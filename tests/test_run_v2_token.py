@@ -67,6 +67,14 @@ def test_first_enrollment_is_named_and_hidden_before_the_first_guest_poll(v2cli:
                                         "GET /api/v1/server"]
 
 
+def test_status_after_a_token_run_shows_the_name_the_node_gave_itself(v2cli: V1Cli) -> None:
+    assert run(v2cli)[0] == 0
+
+    lines = v2cli.invoke(["status"]).stdout.splitlines()
+
+    assert "name: web-1" in lines and "generation: v2.1+" in lines
+
+
 def test_the_default_shows_nothing_to_guests_and_a_visible_server_is_asked_for(v2cli: V1Cli) -> None:
     assert run(v2cli)[0] == 0
     assert v2cli.fake.servers[0].hide_for_guest is True

@@ -327,7 +327,9 @@ class V1Runner:
         config = self.config
         when = state_mod.now()
         state_mod.save(self.paths, State(
-            dashboard_url=config.dashboard_url, name="", tag=None, probe_address=config.probe_address,
+            # The name is the node's to set only in token mode; otherwise the dashboard's two random words.
+            dashboard_url=config.dashboard_url, name=config.name if self.token_mode else "", tag=None,
+            probe_address=config.probe_address,
             probe_port=config.probe_port, tls=config.tls, secret="", machine_id=self.facts.machine_id,
             registered_at=saved.registered_at if saved and saved.uuid == uuid else when, installed_at=when,
             generation=self.generation.value, uuid=uuid, method="direct", agent_version=version,
