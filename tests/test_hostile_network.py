@@ -169,12 +169,17 @@ def test_sigterm_ends_a_run_within_2_s_wherever_it_waits(
     release = threading.Event()
     if where == "resolver":
         monkeypatch.setattr(http, "resolve", blocking_resolver(release))
-    with serve("silent" if where == "resolver" else where) as server:
-        url = "http://dashboard.test:8008" if where == "resolver" else server.url
-        timer = sigterm_in(1.0)
-        code, stderr, seconds = cli_run(root, url, "--deadline", "60")
-        timer.join()
-    release.set()
+    # Outside the run a SIGTERM must not end pytest: the run puts this handler back when it ends.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        with serve("silent" if where == "resolver" else where) as server:
+            url = "http://dashboard.test:8008" if where == "resolver" else server.url
+            timer = sigterm_in(1.0)
+            code, stderr, seconds = cli_run(root, url, "--deadline", "60")
+            timer.cancel()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        release.set()
 
     assert code == 143, stderr
     assert seconds < 1.0 + 2
