@@ -233,15 +233,11 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:
     """Make a rename or removal in `directory` durable (best effort: some file systems refuse)."""
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
