@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol
 # AGENT_V0 and AGENT_V1 are re-exported: the pinned versions belong with the rest of the release facts.
 from nezha_bootstrap.config import AGENT_V0 as AGENT_V0
 from nezha_bootstrap.config import AGENT_V1 as AGENT_V1
-from nezha_bootstrap.config import DEFAULT_AGENT_BASE_URL, display_url
+from nezha_bootstrap.config import display_url
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.retry import Notify
@@ -30,12 +30,10 @@ from nezha_bootstrap.retry import Notify
 if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
 
-DEFAULT_BASE_URL = DEFAULT_AGENT_BASE_URL
 ZIP_CAP = 64 * 1024 * 1024  # the real zips are ~5 MB
 BINARY_CAP = 128 * 1024 * 1024
 CHECKSUMS_CAP = 64 * 1024
 ACTIVE_WAIT = 15.0  # seconds for `systemctl is-active` to say active after an install
-VERSION_RE = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}\Z")
 # `uname -m` -> the release's arch word.
 ARCHES = {
     "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",

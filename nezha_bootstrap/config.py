@@ -534,16 +534,17 @@ def validate_agent(raw: AgentSettings, problems: list[str], warnings: list[str])
     if raw.method not in (None, "script", "direct"):
         problems.append(f"--method must be script or direct, got {raw.method!r}")
     base = (raw.base_url or DEFAULT_AGENT_BASE_URL).rstrip("/")
-    parts = urlsplit(base)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query:
-        problems.append(f"--agent-base-url {display_url(base)!r} must be an http(s) URL with a host and no query")
+    base_problem = _base_url_problem(base)
+    if base_problem:
+        problems.append(base_problem)
     version = (raw.version or "").strip().lstrip("v") or None
     if version and not VERSION_RE.match(version):
         problems.append(f"--agent-version must look like 2.3.3, got {raw.version!r}")
     sha = (raw.sha256 or "").strip().lower() or None
     if sha and not _SHA256_RE.match(sha):
         problems.append("--agent-sha256 must be 64 hexadecimal digits")
-    elif not sha and parts.scheme == "http" and parts.hostname and not is_loopback_host(parts.hostname):
+    elif not sha and not base_problem and urlsplit(base).scheme == "http" \
+            and not is_loopback_host(str(urlsplit(base).hostname)):
         problems.append(unpinned_http("--agent-base-url", base, "--agent-sha256"))
     uuid = (raw.uuid or "").strip() or None
     if uuid and uuid_problem(uuid):
@@ -554,6 +555,21 @@ def validate_agent(raw: AgentSettings, problems: list[str], warnings: list[str])
         sha256=sha, uuid=uuid, adopt=raw.adopt, allow_plaintext=raw.allow_plaintext,
         options=_options(raw.options, problems), probe_port_given=raw.probe_port_given, tls_given=raw.tls_given,
     )
+
+
+def _base_url_problem(base: str) -> str | None:
+    """Why --agent-base-url cannot be the release base: http(s), a valid host and port, nothing else."""
+    shown = display_url(base)
+    try:
+        parts = urlsplit(base)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return f"--agent-base-url {shown!r} must be an http(s) URL with a host and no query: it does not parse"
+    credentials = parts.username is not None or parts.password is not None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not is_valid_host(parts.hostname) \
+            or credentials or parts.query or parts.fragment:
+        return f"--agent-base-url {shown!r} must be an http(s) URL with a host and no query, fragment or credentials"
+    return None
 
 
 def _options(raw: tuple[str, ...], problems: list[str]) -> tuple[tuple[str, Any], ...]:

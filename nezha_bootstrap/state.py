@@ -18,6 +18,7 @@ from typing import Any
 
 from nezha_bootstrap.config import SECRET_RE
 from nezha_bootstrap.errors import LockBusy, StateError
+from nezha_bootstrap.identity import uuid_problem
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.system import atomic_write, ensure_private_dir, fsync_dir
 
@@ -38,7 +39,7 @@ class State:
     machine_id: str | None
     registered_at: str | None = None
     installed_at: str | None = None
-    # v1/v2 (enrollment.py): the probed generation, and the uuid this machine-id enrolled with.
+    # v1/v2 (v1/flow.py): the probed generation, and the uuid this machine-id enrolled with.
     generation: str | None = None
     uuid: str | None = None
     method: str | None = None
@@ -118,6 +119,8 @@ def _field_problem(data: dict[str, Any]) -> str | None:
         wrong.append("agent_flags")
     if wrong:
         return f"fields have the wrong type: {', '.join(wrong)}"
+    if data.get("uuid") is not None and uuid_problem(data["uuid"]):  # it goes into config.yml as it is
+        return f"the uuid is not one: {uuid_problem(data['uuid'])}"
     if data.get("uuid") is not None and data["secret"] == "":
         return None  # a v1/v2 enrollment: no node secret (the agent secret lives in config.yml)
     if not SECRET_RE.match(data["secret"]):
@@ -180,13 +183,15 @@ def save_pending(paths: Paths, pending: Pending) -> None:
 def load_pending(paths: Paths) -> Pending | None:
     """The registration an earlier run left under way, or None."""
     try:
-        data = json.loads(paths.pending_file.read_bytes())
+        data = json.loads(read_nofollow(paths.pending_file))
+        if not isinstance(data.get("before"), list):
+            raise TypeError("before is not a list of server ids")
         pending = Pending(dashboard_url=str(data["dashboard_url"]), name=str(data["name"]), tag=str(data["tag"]),
                           before=tuple(int(i) for i in data["before"]), machine_id=data.get("machine_id"),
                           started_at=str(data["started_at"]))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise StateError(
             f"{paths.pending_file} records a registration an earlier run did not finish, but it is unreadable; "
             "look in the dashboard for a server named like this node that never connected, delete it, then "

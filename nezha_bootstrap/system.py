@@ -56,14 +56,15 @@ def run(
     """
     started = time.monotonic()
     marker = os.urandom(8).hex()
-    child_env = dict(env if env is not None else os.environ)
+    # No child ever inherits our secrets: without an explicit env it gets the one scrubbed environment.
+    environment = dict(env) if env is not None else child_env(os.environ)
     if track is not None:
-        child_env[CHILD_MARKER] = marker  # inherited by everything the command starts
+        environment[CHILD_MARKER] = marker  # inherited by everything the command starts
         atomic_write(track, f"{marker}\n".encode())  # before the start: a kill at any moment leaves it
     proc = subprocess.Popen(
         list(argv),
         cwd=cwd,
-        env=child_env if (env is not None or track is not None) else None,
+        env=environment,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -86,9 +86,10 @@ def source_date_epoch() -> int:
 
 
 def source_files() -> list[str]:
-    """Paths (relative, '/'-separated) of what git tracks or would track, as in the work tree."""
+    """Paths (relative, '/'-separated) of what git tracks, as in the work tree (an untracked file, a stray
+    token file say, never lands in the sdist)."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+        out = subprocess.run(["git", "ls-files", "-z", "--cached"], cwd=REPO,
                              check=True, capture_output=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         raise BuildError(f"{REPO} is not a git work tree (git ls-files failed): build from a checkout") from exc

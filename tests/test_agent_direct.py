@@ -234,6 +234,10 @@ def test_which_hosts_count_as_public_for_plaintext(host: str, public: bool) -> N
     (AgentSettings(sha256="abc"), "--agent-sha256 must be 64 hexadecimal digits"),
     (AgentSettings(uuid="nope"), "--uuid: the uuid must be 36 characters"),
     (AgentSettings(base_url="ftp://x"), "--agent-base-url 'ftp://x' must be an http(s) URL"),
+    (AgentSettings(base_url="http://[x"), "--agent-base-url 'http://[x' must be an http(s) URL"),
+    (AgentSettings(base_url="https://h:99999/r"), "--agent-base-url 'https://h:99999/r' must be an http(s) URL"),
+    (AgentSettings(base_url="https://:pw@h/r"), "--agent-base-url 'https://***@h/r' must be an http(s) URL"),
+    (AgentSettings(base_url="https://bad_host!/r"), "--agent-base-url 'https://bad_host!/r' must be an http(s) URL"),
     (AgentSettings(options=("uuid=x",)), "agent option uuid is set by the tool itself"),
     (AgentSettings(options=("report_delay=9",)), "agent option 'report_delay=9' is not KEY=VALUE"),
 ])
@@ -302,3 +306,18 @@ def test_values_that_are_not_what_the_agent_expects_are_refused(tmp_path: Path, 
                                                                 refusal: str) -> None:
     with pytest.raises(InstallerFailed, match=refusal):
         plan_v0(v0_config(probe_address=address), Paths(tmp_path), secret, RELEASE_V0)
+
+
+@pytest.mark.integration
+def test_a_command_run_without_an_environment_gets_the_scrubbed_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import system
+
+    monkeypatch.setenv("NEZHA_TOKEN", "T0kenT0kenT0kenT0kenT0kenT0ken32")
+    monkeypatch.setenv("NEZHA_AGENT_SECRET", "S3cretS3cretS3cret")
+    monkeypatch.setenv("NZ_UUID", "x")
+
+    done = system.run(["sh", "-c", "env"], timeout=10)
+
+    names = {line.split("=", 1)[0] for line in done.output.splitlines()}
+    assert not names & {"NEZHA_TOKEN", "NEZHA_AGENT_SECRET", "NZ_UUID"}
+    assert "PATH" in names

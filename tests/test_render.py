@@ -253,6 +253,22 @@ def test_a_package_spec_or_pip_option_that_pip_would_misread_is_a_problem(
     assert problem in found
 
 
+@pytest.mark.parametrize(("package", "options", "refused"), [
+    ("http://mirror.example/nezha_bootstrap-0.1.0-py3-none-any.whl", (), True),
+    ("http://mirror.example/nezha_bootstrap-0.1.0-py3-none-any.whl#sha256=" + "a" * 64, (), False),
+    ("nezha-bootstrap==0.1.0", ("--index-url=http://pypi.example/simple",), True),
+    ("nezha-bootstrap==0.1.0", ("--index-url=http://pypi.example/simple", "--require-hashes"), False),
+    ("https://mirror.example/nezha_bootstrap-0.1.0-py3-none-any.whl", (), False),
+    ("http://127.0.0.1:8000/nezha_bootstrap-0.1.0-py3-none-any.whl", (), False),
+])
+def test_a_plain_http_package_source_needs_a_pinned_hash(package: str, options: tuple[str, ...],
+                                                         refused: bool) -> None:
+    problems = render.install_problems(package, options)
+
+    assert bool(problems) is refused
+    assert all("fetched over plain http and would run as root unchecked" in problem for problem in problems)
+
+
 @pytest.mark.parametrize(("deadline", "lock_timeout", "warns"),
                          [(300, 60, False), (355, 60, False), (356, 60, True), (300, 226, True)])
 def test_a_deadline_the_units_start_timeout_cannot_cover_is_a_warning(deadline: float, lock_timeout: float,

@@ -125,6 +125,8 @@ def valid_data(**changes: object) -> dict[str, object]:
         (json.dumps(valid_data(probe_port="5555")), "fields have the wrong type: probe_port"),
         (json.dumps(valid_data(secret=None, tls="yes")), "fields have the wrong type: secret, tls"),
         (json.dumps(valid_data(secret="abc\n$(reboot)")), "the node secret is not letters and digits"),
+        (json.dumps(valid_data(secret="", uuid='x"\nserver: evil')), "the uuid is not one: the uuid must be 36 "
+         "characters: hexadecimal digits with hyphens at positions 9, 14, 19 and 24"),
     ],
 )
 def test_a_corrupt_state_file_is_moved_aside_with_a_clear_error(
@@ -202,3 +204,25 @@ def test_the_lock_is_released_when_the_block_raises(paths: Paths) -> None:
 def test_the_lock_file_is_private(paths: Paths) -> None:
     with state_mod.locked(paths, timeout=1):
         assert (mode(paths.lock_file), mode(paths.state_dir)) == (0o600, 0o700)
+
+
+@pytest.mark.parametrize("content", ['{"dashboard_url": "u", "name": "n", "tag": "t", "before": "123", '
+                                     '"started_at": "now"}', "[]", "{broken"])
+def test_an_unreadable_pending_registration_is_a_state_error_naming_what_to_do(paths: Paths, content: str) -> None:
+    paths.state_dir.mkdir(parents=True)
+    paths.pending_file.write_text(content)
+
+    with pytest.raises(StateError) as caught:
+        state_mod.load_pending(paths)
+
+    assert "look in the dashboard for a server named like this node" in str(caught.value)
+
+
+def test_a_pending_registration_behind_a_link_is_not_followed(paths: Paths, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text('{"dashboard_url": "u", "name": "n", "tag": "t", "before": [], "started_at": "now"}')
+    paths.state_dir.mkdir(parents=True)
+    paths.pending_file.symlink_to(elsewhere)
+
+    with pytest.raises(StateError):
+        state_mod.load_pending(paths)

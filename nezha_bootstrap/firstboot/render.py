@@ -171,7 +171,29 @@ def install_problems(package: str | None, pip_options: Sequence[str]) -> list[st
         if not option.startswith("-") or _has_control(option):
             problems.append(f"--pip-option {option!r} must be a pip option (starting with '-'), "
                             "without control characters")
-    return problems
+    return problems + _plain_http_problems(package, pip_options)
+
+
+def _plain_http_problems(package: str | None, pip_options: Sequence[str]) -> list[str]:
+    """pip runs what it fetches as root at first boot: a plain-http source needs a pinned hash."""
+    if "--require-hashes" in pip_options:
+        return []
+    sources = [word for word in (package or "", *pip_options) if _unpinned_http(word)]
+    return [f"{word!r} is fetched over plain http and would run as root unchecked: use https, or pin it "
+            "(a wheel URL ending #sha256=HEX, or --pip-option=--require-hashes)" for word in sources]
+
+
+def _unpinned_http(word: str) -> bool:
+    from urllib.parse import urlsplit
+
+    url = word.split("=", 1)[1] if word.startswith("-") and "=" in word else word
+    if not url.lower().startswith("http://") or "#sha256=" in url:
+        return False
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return True
+    return host not in ("localhost", "::1") and not host.startswith("127.")
 
 
 def _has_control(text: str) -> bool:

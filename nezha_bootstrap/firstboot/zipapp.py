@@ -86,7 +86,11 @@ def url_problems(url: str | None) -> list[str]:
     """What is wrong with the zipapp's download URL."""
     if not url:
         return ["--pyz-url is required: where every node downloads the zipapp"]
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return [f"--pyz-url {url!r} is not a valid URL"]
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return [f"--pyz-url {url!r} must be an http or https URL (http is fine: the hash is pinned)"]
     if any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in url):

@@ -301,7 +301,7 @@ class FakeV1:
         with self.lock:
             self.servers = [s for s in self.servers if s.id != server_id]
 
-    # --- request handling, pure of sockets (same contract as fake_dashboard.FakeDashboard) ---
+    # --- request handling, pure of sockets (same contract as fake_v0.FakeDashboard) ---
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes, client: str) -> Any:
         path, query = urlsplit(target).path, urlsplit(target).query
         with self.lock:
@@ -718,7 +718,7 @@ def _two_words() -> str:
 
 
 def serve_v1(fake: FakeV1, host: str = "127.0.0.1", port: int = 0) -> Running:
-    """Start `fake` on host:port in a background thread (fake_dashboard's server, duck-typed)."""
+    """Start `fake` on host:port in a background thread (fake_v0.s server, duck-typed)."""
     return serve(fake, host, port)  # type: ignore[arg-type]  # FakeV1 has the handle/faults FakeDashboard has
 
 

@@ -36,7 +36,7 @@ class InstallPlan:
     expect_tls: bool
 
     def describe(self) -> list[str]:
-        """Human lines for --dry-run; the secret is masked by the reporter's redaction."""
+        """Human lines for --dry-run; the secret argument is shown as <secret>."""
         lines = [
             f"download {display_url(self.script_url)} (at most {SCRIPT_CAP} bytes)",
             f"check SHA-256 {self.script_sha256}" if self.script_sha256 else "no SHA-256 check (none given)",

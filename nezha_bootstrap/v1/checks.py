@@ -62,8 +62,15 @@ def run_checks(config: Config, generation: Generation, facts: Facts, paths: Path
     plaintext = plaintext_problem(config) if config.agent.secret else None
     if plaintext:
         return [CheckResult("settings", "FAIL", plaintext, SettingsError.exit_code)]
-    release = Release(config.agent.base_url, config.agent.version or AGENT_V1, asset_name(platform.machine()),
-                      config.agent.sha256)
     token = [check_token(config, generation, client)] if is_access_token(config.token) else []
     return [check_secret(config, generation), *token, check_identity(config, facts, paths), check_probe(config),
-            check_release(release, downloads)]
+            _check_release(config, downloads)]
+
+
+def _check_release(config: Config, downloads: httpx.Client) -> CheckResult:
+    try:
+        asset = asset_name(platform.machine())
+    except BootstrapError as exc:  # no agent release for this architecture
+        return failed("release", exc)
+    release = Release(config.agent.base_url, config.agent.version or AGENT_V1, asset, config.agent.sha256)
+    return check_release(release, downloads)
