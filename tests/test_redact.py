@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 
 from nezha_bootstrap import redact
+from nezha_bootstrap.errors import DashboardRefused
+from nezha_bootstrap.http import Answer
+from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.v1.api import classify
 
 SECRET = "Agent5ecretAgent5ecret"
+
+
+def shell_escaped(value: str) -> str:
+    """`value` as written inside a shell's (or systemd's) double quotes."""
+    return "".join("\\" + ch if ch in '"\\`$' else ch for ch in value)
 
 
 def test_a_value_registered_with_surrounding_whitespace_is_masked_stripped_too() -> None:
@@ -30,7 +40,7 @@ def test_holds_secret_finds_every_spelling(spelling: str) -> None:
 @pytest.mark.parametrize("secret", ['pa"ss$word`x', "back\\slash"])
 def test_holds_secret_finds_shell_and_yaml_escaped_forms(secret: str) -> None:
     redact.register(secret)
-    escaped = "".join("\\" + ch if ch in '"\\`$' else ch for ch in secret)
+    escaped = shell_escaped(secret)
 
     assert redact.holds_secret(f'NEZHA_AGENT_SECRET="{escaped}"')
     assert redact.holds_secret(json.dumps(f'NEZHA_AGENT_SECRET="{escaped}"'))
@@ -53,3 +63,73 @@ def test_quote_keeps_a_dashboards_words_only_without_a_secret(said: str, shown: 
     redact.register("hunter22")
 
     assert redact.quote(said, "(not shown)") == shown
+
+
+# --- every spelling is masked, in --json too ---------------------------------------------------
+
+QUOTED_TOKEN = 'Tok"en\\Tok"en\\Tok$en`x'  # one word of visible ASCII, as the API token rule allows
+
+
+@pytest.mark.parametrize("token", [QUOTED_TOKEN, 'Tok"en\\Tok"en\\'], ids=["quotes inside", "ends in a backslash"])
+def test_a_token_holding_quotes_and_backslashes_reaches_json_in_no_spelling(token: str) -> None:
+    redact.register(token)
+    out = io.StringIO()
+
+    Reporter(as_json=True, out=out).emit_json({
+        "error": f"refused {token}",
+        "said": f"answer {json.dumps({'token': token})}",
+        "env": f'NEZHA_TOKEN="{shell_escaped(token)}"',
+    })
+
+    printed = out.getvalue()
+    assert [form for form in redact.forms(token) if form in printed] == []
+    assert json.loads(printed) == {
+        "error": "refused ***", "said": 'answer {"token": "***"}', "env": 'NEZHA_TOKEN="***"',
+    }
+
+
+# --- our phrases never shelter a secret --------------------------------------------------------
+
+PHRASE = "login: wrong username or password"
+
+
+@pytest.mark.parametrize(("secret", "text", "shown"), [
+    pytest.param("Zz" + PHRASE + "Zz", f"error: Zz{PHRASE}Zz.", "error: ***.", id="the secret holds the phrase"),
+    pytest.param("password!S3cr3t", f"{PHRASE}!S3cr3t", "login: wrong username or ***", id="crosses its end"),
+    pytest.param("S3cr3t:login", f"S3cr3t:{PHRASE}", "***: wrong username or password", id="crosses its start"),
+    pytest.param("S3cr3t", f"{PHRASE} S3cr3t", f"{PHRASE} ***", id="follows it"),
+])
+def test_a_secret_holding_crossing_or_beside_one_of_our_phrases_is_masked(secret: str, text: str, shown: str) -> None:
+    redact.register(secret)
+    redact.ours(PHRASE)
+
+    assert redact.redact(text) == shown
+
+
+def test_a_value_remembered_after_our_phrase_was_declared_is_masked_inside_it() -> None:
+    redact.ours(PHRASE)
+    redact.register("username")
+
+    assert redact.redact(PHRASE) == "login: wrong *** or password"
+
+
+# --- a dashboard's words are checked whole, then cut ---------------------------------------------
+
+LONG_SECRET = "S3cretS3cretS3cretS3cretS3cret"
+
+
+@pytest.mark.parametrize(("status", "error"), [
+    pytest.param(200, "-" * 190 + LONG_SECRET, id="refusal"),
+    pytest.param(403, "-" * 190 + LONG_SECRET, id="HTTP 403"),
+    pytest.param(403, "ApiErrorForbidden: api token lacks scope " + "-" * 50 + LONG_SECRET, id="scope"),
+])
+def test_a_dashboards_words_with_a_secret_across_the_cut_show_none_of_it(status: int, error: str) -> None:
+    redact.register(LONG_SECRET)
+    answer = Answer(status, "application/json", json.dumps({"success": False, "error": error}).encode())
+
+    with pytest.raises(DashboardRefused) as refused:
+        classify(answer, "list servers")
+
+    message = redact.redact(str(refused.value))
+    assert "S3cr" not in message
+    assert "not shown" in message

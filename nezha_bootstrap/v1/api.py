@@ -99,7 +99,7 @@ def classify(answer: Answer, what: str) -> Any:
         raise TokenRefused(f"{what}: the dashboard saw no valid credential (a proxy may drop the Authorization "
                            f"header, or the login expired). {WAF_NOTE}")
     if error or value.get("success") is not True:
-        said = redact.quote(str(error or "no success flag")[:200], "(its words held a credential: not shown)")
+        said = redact.quote(str(error or "no success flag"), "(its words held a credential: not shown)")[:200]
         raise DashboardRefused(f"{what}: the dashboard refused: {said}")
     return value.get("data")
 
@@ -107,13 +107,13 @@ def classify(answer: Answer, what: str) -> Any:
 def _forbidden(what: str, error: Any, answer: Answer) -> str:
     prefix = "ApiErrorForbidden: api token lacks scope "
     if isinstance(error, str) and error.startswith(prefix):
-        scope = error[len(prefix):].strip()[:64]
+        scope = redact.quote(error[len(prefix):].strip(), "(not shown: it held a credential)")[:64]
         return (f"{what}: HTTP 403: the access token lacks scope {scope}; create a token with "
                 f"{scope} (see the README's least-privilege setup). Not retrying")
     if b"blocked by nezha WAF" in answer.body:
         return (f"{what}: HTTP 403: the dashboard's WAF blocks this address after failed credentials; "
                 "wait, or unblock it in the dashboard's settings. Not retrying")
-    said = redact.quote(str(error or "no reason given")[:200], "its words held a credential: not shown")
+    said = redact.quote(str(error or "no reason given"), "its words held a credential: not shown")[:200]
     return f"{what}: HTTP 403: access refused ({said}). Not retrying"
 
 
