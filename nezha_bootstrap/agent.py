@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol
 # AGENT_V0 and AGENT_V1 are re-exported: the pinned versions belong with the rest of the release facts.
 from nezha_bootstrap.config import AGENT_V0 as AGENT_V0
 from nezha_bootstrap.config import AGENT_V1 as AGENT_V1
-from nezha_bootstrap.config import display_url
+from nezha_bootstrap.config import SHA256_RE, display_url
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.retry import Notify
@@ -100,7 +100,7 @@ def parse_checksums(text: str, asset: str) -> str:
         parts = line.split()
         if len(parts) == 2 and parts[1].lstrip("*") == asset:
             digest = parts[0].lower()
-            if re.match(r"^[0-9a-f]{64}$", digest):
+            if SHA256_RE.match(digest):
                 return digest
     raise InstallerFailed(f"checksums.txt of the release has no SHA-256 for {asset}; refusing the download")
 
@@ -354,16 +354,17 @@ def verify_v0_unit(plan: Expected, paths: Paths, secret: str) -> None:
 
 def _exec_start_problems(argv: list[str], plan: Expected, secret: str) -> list[str]:
     problems = []
-    if _value_after(argv, "-s", "--server") != plan.expect_server:
+    if value_after(argv, "-s", "--server") != plan.expect_server:
         problems.append("server address")
-    if _value_after(argv, "-p", "--password") != secret:
+    if value_after(argv, "-p", "--password") != secret:
         problems.append("secret")
     if ("--tls" in argv) != plan.expect_tls:
         problems.append("TLS")
     return problems
 
 
-def _value_after(argv: list[str], *names: str) -> str | None:
+def value_after(argv: list[str], *names: str) -> str | None:
+    """The word after the first of `names` in `argv` (a flag's value), or None."""
     for i, word in enumerate(argv[:-1]):
         if word in names:
             return argv[i + 1]

@@ -37,7 +37,7 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 SECRET_RE = re.compile(r"^[0-9A-Za-z]+\Z")
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+\Z")  # one HTTP header value: visible ASCII, no spaces
 ACCESS_TOKEN_RE = re.compile(r"^nzp_[0-9A-Za-z]{32}\Z")  # a v2.1+ personal access token (dashboard-v1-v2.md)
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")  # a SHA-256 as sha256sum prints it
 _AGENT_SECRET_RE = re.compile(r"^[0-9A-Za-z]{8,128}\Z")
 VERSION_RE = re.compile(r"^\d{1,4}\.\d{1,4}\.\d{1,4}\Z")
 DEFAULT_ENROLL_TIMEOUT = 120.0
@@ -114,9 +114,7 @@ class Config:
     @property
     def agent_host(self) -> str:
         """The probe address as the agent's `-s HOST:PORT` needs it (IPv6 in brackets)."""
-        if ":" in self.probe_address:
-            return f"[{self.probe_address}]"
-        return self.probe_address
+        return bracketed(self.probe_address)
 
     def register_body(self) -> dict[str, str]:
         """The JSON body of the register call: Name and only the fields that were set."""
@@ -227,6 +225,11 @@ def is_valid_host(host: str) -> bool:
     if all(label.isdigit() for label in labels):
         return False  # looks like a malformed IPv4 literal, not a name
     return all(_LABEL_RE.match(label) for label in labels)
+
+
+def bracketed(host: str) -> str:
+    """A host as HOST:PORT needs it: an IPv6 literal in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def has_control_chars(text: str) -> bool:
@@ -418,7 +421,7 @@ def _script(settings: Settings, problems: list[str], warnings: list[str]) -> tup
     if parts.scheme not in ("http", "https") or not parts.hostname:
         problems.append(f"the install script URL {display_url(url)!r} must be http:// or https:// with a host")
         return None, None
-    if sha is not None and not _SHA256_RE.match(sha):
+    if sha is not None and not SHA256_RE.match(sha):
         problems.append("the install script SHA-256 must be 64 hexadecimal digits")
         return None, None
     if url == DEFAULT_SCRIPT_URL and sha is None:
@@ -541,7 +544,7 @@ def validate_agent(raw: AgentSettings, problems: list[str], warnings: list[str])
     if version and not VERSION_RE.match(version):
         problems.append(f"--agent-version must look like 2.3.3, got {raw.version!r}")
     sha = (raw.sha256 or "").strip().lower() or None
-    if sha and not _SHA256_RE.match(sha):
+    if sha and not SHA256_RE.match(sha):
         problems.append("--agent-sha256 must be 64 hexadecimal digits")
     elif not sha and not base_problem and urlsplit(base).scheme == "http" \
             and not is_loopback_host(str(urlsplit(base).hostname)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nezha_bootstrap import state as state_mod
-from nezha_bootstrap.config import display_url
+from nezha_bootstrap.config import bracketed, display_url
 from nezha_bootstrap.facts import agent_processes
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.state import State
@@ -44,8 +44,8 @@ def drift(paths: Paths, saved: State) -> list[str]:
     if saved.uuid is not None or unit != paths.agent_unit:
         return found  # v1/v2: `run` compares config.yml with the settings
     argv = agent.read_exec_start(unit) or []
-    host = f"[{saved.probe_address}]" if ":" in saved.probe_address else saved.probe_address
-    server = next((argv[i + 1] for i, word in enumerate(argv[:-1]) if word in ("-s", "--server")), None)
+    host = bracketed(saved.probe_address)
+    server = agent.value_after(argv, "-s", "--server")
     if server != f"{host}:{saved.probe_port}":
         found.append(f"the unit's server is {server or 'missing'}, the install was for {host}:{saved.probe_port}")
     if ("--tls" in argv) != saved.tls:

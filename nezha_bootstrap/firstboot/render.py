@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Union
 
+from nezha_bootstrap.config import has_control_chars
+
 UNIT_NAME = "nezha-bootstrap.service"
 TOOL = "/opt/nezha-bootstrap/bin/nezha-bootstrap"  # where cloud-init installs it; the unit's ExecStart
 UNIT_START_TIMEOUT = 20 * 60  # the unit's TimeoutStartSec=20min
@@ -165,10 +167,10 @@ def install_problems(package: str | None, pip_options: Sequence[str]) -> list[st
     if not package or not package.strip():
         problems.append("render cloud-init needs --package (an index name such as nezha-bootstrap==X.Y, "
                         "a wheel URL or a path on the server)")
-    elif package.startswith("-") or _has_control(package):
+    elif package.startswith("-") or has_control_chars(package):
         problems.append(f"--package {package!r} must be a package spec, not an option, without control characters")
     for option in pip_options:
-        if not option.startswith("-") or _has_control(option):
+        if not option.startswith("-") or has_control_chars(option):
             problems.append(f"--pip-option {option!r} must be a pip option (starting with '-'), "
                             "without control characters")
     return problems + _plain_http_problems(package, pip_options)
@@ -196,8 +198,6 @@ def _unpinned_http(word: str) -> bool:
     return host not in ("localhost", "::1") and not host.startswith("127.")
 
 
-def _has_control(text: str) -> bool:
-    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
 
 
 def timeout_warning(deadline: float, lock_timeout: float) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Union
 from urllib.parse import urlsplit
 
+from nezha_bootstrap.config import SHA256_RE, has_control_chars
 from nezha_bootstrap.firstboot import render
 
 PYZ = "/opt/nezha-bootstrap/nezha-bootstrap.pyz"  # the launcher (render.TOOL) runs it
@@ -24,7 +24,6 @@ MAX_PYZ_BYTES = 64 << 20  # the fetcher's cap too
 ZIPAPP_OPTIONS = "--pyz-url, --pyz-sha256, --pyz"
 PIP_OPTIONS = "--package, --pip-option"
 
-_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}\Z")
 
 
 @dataclass(frozen=True)
@@ -93,13 +92,13 @@ def url_problems(url: str | None) -> list[str]:
         return [f"--pyz-url {url!r} is not a valid URL"]
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return [f"--pyz-url {url!r} must be an http or https URL (http is fine: the hash is pinned)"]
-    if any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in url):
+    if any(ch.isspace() for ch in url) or has_control_chars(url):
         return [f"--pyz-url {url!r} must not hold spaces or control characters (percent-encode them)"]
     return []
 
 
 def _pinned_hash(given: str | None, pyz: str | None, problems: list[str]) -> str:
-    if given is not None and not _SHA256_RE.match(given):
+    if given is not None and not SHA256_RE.match(given.lower()):
         problems.append(f"--pyz-sha256 {given!r} must be 64 hexadecimal digits (sha256sum's output)")
         return ""
     if pyz is None:

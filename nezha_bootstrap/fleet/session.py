@@ -1,6 +1,6 @@
-"""The operator's side of `reconcile`: credentials, and a session with a v1/v2 dashboard built on v2api.
+"""The operator's side of `reconcile`: credentials, and a session with a v1/v2 dashboard built on v1.api.
 
-Credentials are held in memory only; v2api registers the token, the JWT and the CSRF value with
+Credentials are held in memory only; v1.api registers the token, the JWT and the CSRF value with
 `redact` the moment it holds them, and the password is registered here before any request. A refused
 credential (HTTP 401/403, or `ApiErrorUnauthorized`) is never retried: the dashboard's WAF counts
 every failure and blocks the address for max(count^4, 3) s.
@@ -49,7 +49,7 @@ def credential_problems(creds: Credentials) -> list[str]:
 
 @dataclass
 class Session:
-    """reconcile.Api over v2api.V2Api: the same calls, in reconcile's data types."""
+    """reconcile.Api over v1.api.V2Api: the same calls, in reconcile's data types."""
 
     api: V2Api
 
