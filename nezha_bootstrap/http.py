@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Callable
 import httpcore
 import httpx
 
-from nezha_bootstrap import __version__
+from nezha_bootstrap import __version__, redact
 from nezha_bootstrap.config import display_url
 from nezha_bootstrap.errors import BootstrapError, DashboardRefused, InstallerFailed, SettingsError
 from nezha_bootstrap.retry import Notify, Transient, with_retries
@@ -406,7 +406,7 @@ def host_port(url: str) -> str:
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
+    text = redact.redact(str(exc) or type(exc).__name__)  # masked whole, then cut: no half secret survives
     return text.splitlines()[0][:200]
 
 

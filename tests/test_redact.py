@@ -133,3 +133,15 @@ def test_a_dashboards_words_with_a_secret_across_the_cut_show_none_of_it(status:
     message = redact.redact(str(refused.value))
     assert "S3cr" not in message
     assert "not shown" in message
+
+
+def test_a_network_error_is_masked_whole_before_it_is_cut() -> None:
+    import httpx
+
+    from nezha_bootstrap.http import _reason
+
+    secret = "S3cretS3cretS3cretS3cret"
+    redact.register(secret)
+    text = _reason(httpx.ConnectError("x" * 190 + secret))
+
+    assert "S3cr" not in text
