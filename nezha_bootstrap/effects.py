@@ -94,7 +94,11 @@ class Command:
         """Run the command; what went wrong, in words, or None when it succeeded."""
         name = self.name or shlex.join(self.argv)
         if self.track is not None:
-            stopped = system.stop_leftover(self.track)
+            try:
+                stopped = system.stop_leftover(self.track)
+            except OSError as exc:  # the record cannot be removed (a read-only or vanished state directory)
+                return (f"cannot look for a command an earlier run left running ({self.track}: "
+                        f"{exc.strerror or exc}); {name} was not started")
             if stopped:
                 pids = ", ".join(str(pid) for pid in stopped)
                 reporter.warn(f"a command an earlier run started was still running (pid {pids}); "

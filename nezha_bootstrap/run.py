@@ -7,6 +7,7 @@ setting is a v0 run without probes: a finished v0 node's rerun keeps its promise
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Callable
 
 from nezha_bootstrap import state as state_mod
@@ -37,7 +38,15 @@ def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter, *, dry_r
 
     if not needs_probe(config):
         return v0_flow.dry_run(config, facts, paths) if dry_run else v0_flow.run(config, facts, paths, reporter)
-    clients = _Clients(config)
+    with contextlib.closing(_Clients(config)) as clients:
+        return _resolved_run(config, facts, paths, reporter, clients, dry_run=dry_run)
+
+
+def _resolved_run(config: Config, facts: Facts, paths: Paths, reporter: Reporter, clients: _Clients, *,
+                  dry_run: bool) -> RunResult:
+    """`run` once the generation must be resolved: cached, or probed with the dashboard client."""
+    from nezha_bootstrap.v0 import flow as v0_flow
+
     saved = state_mod.load(paths, move_aside=not dry_run) if paths.state_file.exists() else None
     if dry_run and cached_generation(config, saved) is None and config.agent.generation == "auto":
         return _unprobed_plan(config, saved, facts, paths, reporter)
@@ -103,6 +112,11 @@ class _Clients:
 
     def existing(self) -> httpx.Client | None:
         return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 def cached_generation(config: Config, saved: State | None) -> Generation | None:
@@ -222,12 +236,18 @@ def _unprobed_plan(config: Config, saved: State | None, facts: Facts, paths: Pat
 
 def check(config: Config, facts: Facts, paths: Paths) -> list[CheckResult]:
     """`check`: the v0 checks for a v0 run, else the generation first and that generation's checks."""
-    from nezha_bootstrap.checks import check_generation
     from nezha_bootstrap.http import make_client, make_download_client
+
+    with make_client(config.ca_bundle) as client, make_download_client(config.ca_bundle) as downloads:
+        return _checks(config, facts, paths, client, downloads)
+
+
+def _checks(config: Config, facts: Facts, paths: Paths, client: httpx.Client,
+            downloads: httpx.Client) -> list[CheckResult]:
+    from nezha_bootstrap.checks import check_generation
     from nezha_bootstrap.v0 import checks as v0_checks
     from nezha_bootstrap.v1 import checks as v1_checks
 
-    client, downloads = make_client(config.ca_bundle), make_download_client(config.ca_bundle)
     if not needs_probe(config):
         results = v0_checks.run_checks(config, client, downloads)
         return [*results, *upgraded_check(config, paths, results)]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -113,7 +115,17 @@ class Runner:
     downloads: httpx.Client | None = None  # the client of downloads (system store and --ca-bundle)
 
     def run(self) -> RunResult:
-        """Take the lock, decide, register and install as needed."""
+        """Take the lock, decide, register and install as needed; close the HTTP clients made on the way."""
+        given = (self.client, self.downloads)
+        try:
+            return self._run()
+        finally:
+            for made, passed in zip((self.client, self.downloads), given):
+                if made is not None and made is not passed:
+                    made.close()
+            self.client, self.downloads = given
+
+    def _run(self) -> RunResult:
         with state_mod.locked(self.paths, self.config.lock_timeout):
             saved = state_mod.load(self.paths)
             pending = state_mod.load_pending(self.paths)
@@ -270,7 +282,8 @@ class Runner:
         Removed after a verified install; only regular files (a link is left as it is)."""
         for path in [*self.paths.agent_dir.glob("nezha-agent_linux_*.zip"), self.paths.agent_dir / "README.md"]:
             if path.is_file() and not path.is_symlink():
-                path.unlink()
+                with local_step(f"remove install.sh's leftover {path}"):
+                    path.unlink()
                 self.reporter.detail(f"removed install.sh's leftover {path}")
 
     def _fetch(self, plan: Install) -> bytes:
@@ -295,10 +308,13 @@ class Runner:
 
         if isinstance(plan, InstallPlan):
             system.ensure_private_dir(plan.script_path.parent)
-            system.atomic_write(plan.script_path, payload, mode=0o700)
-        plan.cwd.mkdir(parents=True, exist_ok=True)
+            with local_step(f"write {plan.script_path}"):
+                system.atomic_write(plan.script_path, payload, mode=0o700)
+        with local_step(f"create the directory {plan.cwd}"):
+            plan.cwd.mkdir(parents=True, exist_ok=True)
         if isinstance(plan, V0Install):
-            system.atomic_write(self.paths.agent_binary, payload, mode=0o755)
+            with local_step(f"write {self.paths.agent_binary}"):
+                system.atomic_write(self.paths.agent_binary, payload, mode=0o755)
         try:
             for command in install_commands(plan, self.config.deadline, track=self.paths.child_file):
                 if command is not None:
@@ -306,6 +322,16 @@ class Runner:
         finally:
             if isinstance(plan, InstallPlan):
                 shutil.rmtree(plan.script_path.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_step(what: str) -> Iterator[None]:
+    """An OSError of a local install step (a full disk, a read-only /opt) as InstallerFailed (exit 5), naming
+    the path and the system's reason: the state keeps the node secret, so the next run only installs."""
+    try:
+        yield
+    except OSError as exc:
+        raise InstallerFailed(f"cannot {what}: {exc.strerror or exc}") from exc
 
 
 def agent_version_of(config: Config) -> str | None:

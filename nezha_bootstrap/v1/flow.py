@@ -7,11 +7,12 @@ from the machine-id, installs the pinned agent release with a config.yml holding
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -179,7 +180,16 @@ class V1Runner:
         return self.config.agent
 
     def run(self) -> RunResult:
-        """Lock, decide, install as needed, name the server in token mode."""
+        """Lock, decide, install as needed, name the server in token mode; close the client made on the way."""
+        given = self.client
+        try:
+            return self._run()
+        finally:
+            if self.client is not None and self.client is not given:
+                self.client.close()
+            self.client = given
+
+    def _run(self) -> RunResult:
         redact.register(self.settings.secret)
         with state_mod.locked(self.paths, self.config.lock_timeout):
             saved = state_mod.load(self.paths)
@@ -251,11 +261,13 @@ class V1Runner:
         with self.reporter.step("download", f"downloading nezha-agent v{release.version} ({release.asset})"):
             binary = self._download(release)
         system.ensure_private_dir(self.paths.state_dir)
-        self.paths.agent_dir.mkdir(parents=True, exist_ok=True)
+        with local_step(f"create the directory {self.paths.agent_dir}"):
+            self.paths.agent_dir.mkdir(parents=True, exist_ok=True)
         if plan.action == "replace" and self.paths.agent_binary.exists():
             self.reporter.info("replacing the v0 agent: nezha-agent service uninstall")
             self._service([str(self.paths.agent_binary), "service", "uninstall"], quiet_failure=True)
-        system.atomic_write(self.paths.agent_binary, binary, mode=0o755)
+        with local_step(f"write {self.paths.agent_binary}"):
+            system.atomic_write(self.paths.agent_binary, binary, mode=0o755)
         adopted = self._leftovers()
         old_uuid = agent.config_uuid(self.paths.agent_dir / "config.yml") if plan.on_disk else None
         if old_uuid and old_uuid != uuid:
@@ -263,7 +275,8 @@ class V1Runner:
                 f"config.yml held uuid {old_uuid}; it now holds {uuid}. The dashboard keeps a server for "
                 f"{old_uuid}: delete it there once its agent is gone"
             )
-        system.atomic_write(self.paths.agent_dir / "config.yml", expected.encode("utf-8"), mode=0o600)
+        with local_step(f"write {self.paths.agent_dir / 'config.yml'}"):
+            system.atomic_write(self.paths.agent_dir / "config.yml", expected.encode("utf-8"), mode=0o600)
         action = "install" if plan.action == "replace" else plan.action
         if plan.action == "replace" and agent.installed_unit(self.paths):  # the old binary could not remove it
             self._service(agent.service_argv(self.paths, "uninstall"), quiet_failure=True)
@@ -300,7 +313,8 @@ class V1Runner:
         for leftover in found:
             if leftover.unit is not None:
                 self._service(agent.service_argv(self.paths, "uninstall", leftover.config), quiet_failure=True)
-            leftover.config.unlink(missing_ok=True)
+            with local_step(f"remove {leftover.config}"):
+                leftover.config.unlink(missing_ok=True)
             adopted.append(leftover.uuid or "(no uuid)")
             self.reporter.warn(
                 f"adopted {leftover.config.name}: its agent is uninstalled; delete the server with uuid "
@@ -337,12 +351,22 @@ class V1Runner:
         ))
 
     def _result(self, outcome: str, reason: str, uuid: str, details: dict[str, Any]) -> RunResult:
-        naming_note = not self.token_mode and (not self.generation.has_access_tokens or not self.config.token)
+        naming_note = not self.token_mode
         if naming_note:
             details = {**details, "naming": NAMING_NOTE}
         return RunResult(outcome=outcome, generation=self.generation.value,
                          dashboard=display_url(self.config.dashboard_url), method="direct", reason=reason, uuid=uuid,
                          notes=(NAMING_NOTE,) if naming_note else (), details=details)
+
+
+@contextlib.contextmanager
+def local_step(what: str) -> Iterator[None]:
+    """An OSError of a local install step (a full disk, a read-only /opt) as InstallerFailed (exit 5), naming
+    the path and the system's reason: the unit's next start installs again with the same uuid."""
+    try:
+        yield
+    except OSError as exc:
+        raise InstallerFailed(f"cannot {what}: {exc.strerror or exc}") from exc
 
 
 def _read(path: Any) -> str | None:
