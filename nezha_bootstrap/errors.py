@@ -61,7 +61,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (2, "usage error or invalid settings"),
     (3, "the dashboard refused (token, v1+ dashboard, bad request, TLS verification, orphan server)"),
     (4, "the dashboard stayed unreachable or failing until the deadline"),
-    (5, "the installer failed (download, hash, exit status, verification)"),
+    (5, "the install failed (download, hash, exit status, verification, a local write)"),
     (6, "another run holds the lock"),
     (129, "stopped by SIGHUP (the terminal or ssh session closed); nothing partial is left behind"),
     (130, "stopped by SIGINT (Ctrl-C); nothing partial is left behind"),
