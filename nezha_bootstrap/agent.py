@@ -8,13 +8,14 @@ Facts from dashboard-v1-v2.md ("The agent, installed without the vendor script")
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol
@@ -394,3 +395,13 @@ def is_active() -> bool:
     except OSError:
         return False
     return done.returncode == 0
+
+
+@contextlib.contextmanager
+def local_step(what: str) -> Iterator[None]:
+    """An OSError of a local install step (a full disk, a read-only /opt) as InstallerFailed (exit 5), naming
+    the path and the system's reason: the state keeps the secret or the uuid, so the next run installs again."""
+    try:
+        yield
+    except OSError as exc:
+        raise InstallerFailed(f"cannot {what}: {exc.strerror or exc}") from exc

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from nezha_bootstrap import identity, interrupts, redact
 from nezha_bootstrap import state as state_mod
+from nezha_bootstrap.agent import local_step
 from nezha_bootstrap.config import Config, display_url
 from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, InstallerFailed, StateError
@@ -322,16 +321,6 @@ class Runner:
         finally:
             if isinstance(plan, InstallPlan):
                 shutil.rmtree(plan.script_path.parent, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def local_step(what: str) -> Iterator[None]:
-    """An OSError of a local install step (a full disk, a read-only /opt) as InstallerFailed (exit 5), naming
-    the path and the system's reason: the state keeps the node secret, so the next run only installs."""
-    try:
-        yield
-    except OSError as exc:
-        raise InstallerFailed(f"cannot {what}: {exc.strerror or exc}") from exc
 
 
 def agent_version_of(config: Config) -> str | None:

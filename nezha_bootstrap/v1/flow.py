@@ -7,17 +7,17 @@ from the machine-id, installs the pinned agent release with a config.yml holding
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import platform
 import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nezha_bootstrap import agent, identity, redact
 from nezha_bootstrap import state as state_mod
+from nezha_bootstrap.agent import local_step
 from nezha_bootstrap.config import AgentConfig, Config, display_url
 from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import InstallerFailed, SettingsError
@@ -357,16 +357,6 @@ class V1Runner:
         return RunResult(outcome=outcome, generation=self.generation.value,
                          dashboard=display_url(self.config.dashboard_url), method="direct", reason=reason, uuid=uuid,
                          notes=(NAMING_NOTE,) if naming_note else (), details=details)
-
-
-@contextlib.contextmanager
-def local_step(what: str) -> Iterator[None]:
-    """An OSError of a local install step (a full disk, a read-only /opt) as InstallerFailed (exit 5), naming
-    the path and the system's reason: the unit's next start installs again with the same uuid."""
-    try:
-        yield
-    except OSError as exc:
-        raise InstallerFailed(f"cannot {what}: {exc.strerror or exc}") from exc
 
 
 def _read(path: Any) -> str | None:
