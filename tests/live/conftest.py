@@ -298,6 +298,21 @@ class Sandbox:
             time.sleep(0.1)
         os.kill(pid, 9)
 
+    def boot(self) -> float:
+        """What a reboot does to the agent: stop it, empty /run, start it as the boot would (its init script;
+        a systemd host is not a sandbox). Returns the wall-clock time the agent was down from."""
+        self.stop_agent()
+        down = time.time()
+        shutil.rmtree(self.base / "run-u")
+        (self.base / "run-u").mkdir()
+        script = self.file("/etc/init.d/nezha-agent")
+        assert script.exists(), f"no init script to boot the agent with ({script})"
+        started = subprocess.run(self.wrap(["/etc/init.d/nezha-agent", "start"]), capture_output=True, text=True,
+                                 timeout=30, stdin=subprocess.DEVNULL)
+        assert started.returncode == 0 and self.agent_pid() is not None, (
+            f"the init script did not start the agent: {started.stdout}{started.stderr}")
+        return down
+
     def clone(self, base: Path) -> Sandbox:
         """A copy of this system with a new machine-id (what a clone gets on its first boot)."""
         base.mkdir(parents=True, exist_ok=True)

@@ -119,6 +119,39 @@ def test_run_registers_as_asked_and_the_real_agent_shows_online_and_a_rerun_chan
     assert [r["name"] for r in v0_servers(tag=tag)] == [name]
 
 
+def test_a_sealed_clone_registers_a_second_server_and_the_first_remains(
+        made: list[tuple[Sandbox | None, str]], release_host: ReleaseHost) -> None:
+    need_v0_writes()
+    need_sandbox()
+    image = Sandbox(sandbox_dir())
+    name = unique("v0-image")
+    made.append((image, name))
+    args = ["run", "--root", "/", *run_arguments(release_host.base_url), "--name", name, "--json"]
+    first = tool(*args, secrets_env={"NEZHA_TOKEN": SETTINGS.token}, sandbox=image)
+    assert first.exit_code == 0, first.stdout + first.stderr
+    original, _ = wait_online(name)
+    sealed = tool("seal", "--root", "/", "--json", sandbox=image)
+    assert sealed.exit_code == 0, sealed.stdout + sealed.stderr
+    image.stop_agent()
+    clone = image.clone(sandbox_dir())  # the captured image, booted with a new machine-id
+    made.append((clone, name))
+
+    second = tool(*args, secrets_env={"NEZHA_TOKEN": SETTINGS.token}, sandbox=clone)
+
+    assert second.exit_code == 0, second.stdout + second.stderr
+    assert json.loads(second.stdout)["outcome"] == "registered_and_installed"
+    assert f"already had a server named {name!r}" in second.stderr  # the same settings name both
+    end = time.monotonic() + SETTINGS.online_timeout
+    while not [row for row in details(name) if row["id"] != original["id"] and row["last_active"] != NEVER]:
+        assert time.monotonic() < end, f"the clone's server is not online: {details(name)}"
+        time.sleep(0.1)
+    started = clone.agent_started()
+    assert started is not None
+    print(f"\nLIVE {SETTINGS.url} (v0): the sealed clone's agent start -> online {time.time() - started:.2f} s")
+    found = details(name)
+    assert len(found) == 2 and original["id"] in [row["id"] for row in found]  # the first stays until deleted
+
+
 def test_a_run_with_a_wrong_token_exits_3_and_registers_nothing(release_host: ReleaseHost, tmp_path: Path) -> None:
     need_generation("v0")
     need("TOKEN")
