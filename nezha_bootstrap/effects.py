@@ -152,7 +152,24 @@ class Empty:
         os.close(fd)
 
 
-Action = Union[Write, Link, Command, Remove, Empty]
+@dataclass(frozen=True)
+class StopLeftover:
+    """Stop the installer or agent command a killed run left running, recorded in `track` (system.stop_leftover):
+    it still holds the old node's secret and would write its agent unit after a removal."""
+
+    track: Path
+
+    def describe(self) -> str:
+        return f"stop the command an earlier run left running (recorded in {self.track})"
+
+    def apply(self, reporter: Reporter) -> None:
+        stopped = system.stop_leftover(self.track)
+        if stopped:
+            reporter.warn(f"a command an earlier run started was still running (pid "
+                          f"{', '.join(str(pid) for pid in stopped)}); it was stopped first")
+
+
+Action = Union[Write, Link, Command, Remove, Empty, StopLeftover]
 
 
 @dataclass(frozen=True)

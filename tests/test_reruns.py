@@ -306,6 +306,33 @@ def test_a_rerun_stops_the_installer_a_killed_run_left_before_starting_its_own(c
     assert len(cli.fake.servers) == 1 and len(cli.calls()) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [("seal",), ("uninstall", "--purge")])
+def test_seal_and_uninstall_stop_the_installer_a_killed_run_left_before_removing(cli: Cli,
+                                                                                command: tuple[str, ...]) -> None:
+    """Issue 18 item 11: the killed run's installer, still running, would write the old node's unit and
+    secret into the sealed image after the removals."""
+    import signal
+    import time
+
+    from tests.processes import finish, run, start, stub_processes, wait_for
+
+    proc = start(cli, "run", "--deadline", "60", NEZHA_STUB_MODE="slow", NEZHA_STUB_DELAY="2")
+    wait_for(lambda: any("sleep 2" in p for p in stub_processes(cli.record_dir)), what="the installer")
+    proc.send_signal(signal.SIGKILL)
+    finish(proc, time.monotonic(), timeout=10)
+
+    done = run(cli, *command, "--root", str(cli.root), timeout=30)
+    time.sleep(3)  # past the moment the orphaned installer would have written the unit
+
+    assert done.exit_code == 0, done.stderr
+    assert "a command an earlier run started was still running (pid " in done.stderr
+    assert stub_processes(cli.record_dir) == []
+    assert not (cli.root / "etc/systemd/system/nezha-agent.service").exists()
+    assert [path for path in cli.root.rglob("*") if path.is_file() and cli.fake.servers[0].secret.encode()
+            in path.read_bytes()] == []
+
+
 # --- 10. what install.sh leaves in /opt/nezha/agent ----------------------------------------------
 
 def test_the_release_zip_and_readme_install_sh_leaves_are_removed_after_a_verified_install(cli: Cli) -> None:

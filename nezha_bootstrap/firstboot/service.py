@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nezha_bootstrap import agent
 from nezha_bootstrap.config import display_url
-from nezha_bootstrap.effects import Action, Command, Empty, Link, Plan, Remove, Write
+from nezha_bootstrap.effects import Action, Command, Empty, Link, Plan, Remove, StopLeftover, Write
 from nezha_bootstrap.firstboot import render, zipapp
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.state import State
@@ -77,11 +77,13 @@ def plan_uninstall(paths: Paths, *, own_system: bool, use_systemctl: bool, purge
 
 
 def _agent_removal(paths: Paths, own_system: bool) -> list[Action]:
-    """Stop and remove the agent: v0, v1/v2 (config.yml) and the vendor script's leftovers."""
+    """Stop and remove the agent: v0, v1/v2 (config.yml) and the vendor script's leftovers; first the
+    installer a killed run left running, which would write the old node's unit and secret back."""
     configs = [c for c in (paths.agent_dir / "config.yml",) if c.exists()]
     leftovers = agent.vendor_leftovers(paths)
     configs += [leftover.config for leftover in leftovers]
-    actions: list[Action] = []
+    leftover = _present(paths.child_file)
+    actions: list[Action] = [StopLeftover(paths.child_file)] if leftover else []
     # The agent's own uninstall stops and disables its service. It acts on the service manager of
     # the system it runs on, so it runs only when the root is this system's own.
     if own_system and paths.agent_binary.exists():
@@ -91,7 +93,8 @@ def _agent_removal(paths: Paths, own_system: bool) -> list[Action]:
     units = [leftover.unit for leftover in leftovers if leftover.unit is not None]
     files = [paths.agent_unit, paths.agent_wants_link, paths.agent_openrc, paths.agent_openrc_link, *units,
              *(paths.agent_wants_link.with_name(unit.name) for unit in units), *configs, paths.agent_binary]
-    actions += [Remove(path) for path in files if _present(path)]
+    # With a killed run's installer still running, the files it is writing are removed after it stops.
+    actions += [Remove(path) for path in files if leftover or _present(path)]
     return actions
 
 

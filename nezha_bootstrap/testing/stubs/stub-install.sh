@@ -5,7 +5,8 @@
 # arguments. Paths are taken relative to the working directory, which the tool sets to
 # <root>/opt/nezha/agent, so the stub works under a test root exactly as at `/`.
 # NEZHA_STUB_RECORD: directory for the records (default <root>/var/lib/nezha-stub).
-# NEZHA_STUB_MODE: ok (default), exit1, hang, nounit, wrongunit.
+# NEZHA_STUB_MODE: ok (default), exit1, hang, nounit, wrongunit; slow: wait NEZHA_STUB_DELAY seconds
+# (default 3), then install as ok does (an installer a killed run leaves behind still writes the unit).
 set -eu
 [ "${1:-}" = "install_agent" ] || { echo "stub install.sh: nothing to do for '${1:-}'"; exit 0; }
 here=$(pwd)
@@ -26,6 +27,7 @@ case "${NEZHA_STUB_MODE:-ok}" in
   exit1) echo "stub install.sh: failing as asked"; exit 1 ;;
   hang) sleep 3600 & wait; exit 0 ;;
   nounit) echo "stub install.sh: claiming success without installing"; exit 0 ;;
+  slow) sleep "${NEZHA_STUB_DELAY:-3}" ;;
 esac
 
 host=$2; port=$3; secret=$4
