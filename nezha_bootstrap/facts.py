@@ -90,15 +90,31 @@ def primary_ipv4() -> str | None:
     return str(candidates[0])
 
 
-def agent_processes() -> list[int]:
-    """PIDs of running `nezha-agent` processes."""
+def agent_processes(root: Path = Path("/")) -> list[int]:
+    """PIDs of running `nezha-agent` processes that belong to `root`: all of them for `/`; under another
+    root (an image, a container's tree) only those whose root directory is it or whose program lies
+    under it, never the host's own agent."""
     import psutil
 
+    top = os.path.realpath(root)
     pids = []
     for proc in psutil.process_iter(["name", "exe", "cmdline"]):
         info = proc.info
-        exe = os.path.basename(info.get("exe") or "")
-        argv0 = os.path.basename((info.get("cmdline") or [""])[0] or "")
-        if "nezha-agent" in (info.get("name") or "", exe, argv0):
+        argv = [word for word in (info.get("cmdline") or [])[:2] if word]
+        programs = [info.get("exe") or "", *argv]
+        if "nezha-agent" not in {info.get("name") or "", *(os.path.basename(p) for p in programs)}:
+            continue
+        if top == "/" or _belongs(proc.pid, programs, top):
             pids.append(proc.pid)
     return pids
+
+
+def _belongs(pid: int, programs: list[str], top: str) -> bool:
+    """Whether a process runs inside `top` (its root directory) or runs a program under it."""
+    try:
+        if os.path.realpath(os.readlink(f"/proc/{pid}/root")) == top:
+            return True
+    except OSError:
+        pass  # another user's process: its root is not ours to read; its program path still tells
+    inside = top + os.sep
+    return any(os.path.isabs(p) and os.path.realpath(p).startswith(inside) for p in programs)

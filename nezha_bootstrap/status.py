@@ -27,7 +27,7 @@ def collect(paths: Paths) -> dict[str, Any]:
     info["agent_unit"] = str(paths.agent_unit) if paths.agent_unit.exists() else (
         str(paths.agent_openrc) if paths.agent_openrc.exists() else None)
     info.update(_agent_layout(paths))
-    pids = agent_processes()
+    pids = agent_processes(paths.root)  # under another root, only its own agents (never the host's)
     info["agent_running"] = bool(pids)
     info["agent_pids"] = pids
     return info

@@ -95,24 +95,47 @@ def test_status_with_a_corrupt_state_file_exits_1_and_changes_nothing(cli: Cli) 
     assert snapshot(cli.root) == before
 
 
-@pytest.fixture
-def fake_agent(tmp_path: Path) -> Iterator[int]:
-    """A process called nezha-agent (a copy of sleep), stopped by its pid afterwards."""
-    binary = tmp_path / "nezha-agent"
+def start_agent(binary: Path) -> subprocess.Popen[bytes]:
+    """A process called nezha-agent (a copy of sleep) at `binary`."""
     sleep = shutil.which("sleep")
     assert sleep is not None
+    binary.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(sleep, binary)
-    proc = subprocess.Popen([str(binary), "60"], stdin=subprocess.DEVNULL)
+    return subprocess.Popen([str(binary), "60"], stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def agents(cli: Cli, tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """Two agents: one run from the root's /opt/nezha/agent, one from elsewhere (the host's, as far as the
+    root is concerned); stopped by their pids afterwards."""
+    procs = [start_agent(cli.root / "opt/nezha/agent/nezha-agent"), start_agent(tmp_path / "host/nezha-agent")]
     try:
-        yield proc.pid
+        yield procs[0].pid, procs[1].pid
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.integration
+def test_status_under_a_root_sees_the_agent_of_that_root_only(cli: Cli, agents: tuple[int, int]) -> None:
+    inside, outside = agents
+
+    report = status_json(cli)
+
+    assert report["agent_running"] is True
+    assert inside in report["agent_pids"]  # type: ignore[operator]
+    assert outside not in report["agent_pids"]  # type: ignore[operator]
+
+
+@pytest.mark.integration
+def test_status_of_an_empty_root_counts_no_agent_whatever_the_host_runs(cli: Cli, tmp_path: Path) -> None:
+    """Issue 18 item 14: `agent_running: yes` for an empty root while the host ran an agent."""
+    proc = start_agent(tmp_path / "host/nezha-agent")
+    try:
+        report = status_json(cli)
     finally:
         proc.kill()
         proc.wait()
 
-
-@pytest.mark.integration
-def test_status_sees_a_running_agent_process(cli: Cli, fake_agent: int) -> None:
-    report = status_json(cli)
-
-    assert report["agent_running"] is True
-    assert fake_agent in report["agent_pids"]  # type: ignore[operator]
+    assert (report["agent_running"], report["agent_pids"]) == (False, [])
