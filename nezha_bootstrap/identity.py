@@ -75,6 +75,20 @@ def unsealed_note(saved_instance_id: str | None, instance_id: str | None) -> str
     )
 
 
+def recorded_late(saved_instance_id: str | None, instance_id: str | None) -> bool:
+    """Whether a state written without cloud-init's instance-id now sees one (it is recorded now)."""
+    return saved_instance_id is None and instance_id is not None
+
+
+def recorded_late_note(instance_id: str | None) -> str:
+    """The one warning when the instance-id is first recorded: a clone cannot be told from its image then."""
+    return (
+        f"the state has no cloud-init instance-id (written before cloud-init ran here); recording this one, "
+        f"{instance_id}. If this machine is a clone of an image captured without `nezha-bootstrap seal`, it shares "
+        "the image's server and nothing here can tell: seal images before capturing them"
+    )
+
+
 @dataclass(frozen=True)
 class Identity:
     """The uuid this run enrolls with and where it came from."""

@@ -188,12 +188,20 @@ def test_a_v0_unsealed_clone_says_so_loudly_and_registers_as_its_own_server(cli:
     assert cli("run").stdout.startswith("nothing to do")
 
 
-def test_a_node_registered_before_instance_ids_were_kept_records_its_own_quietly(cli: Cli) -> None:
+LATE_NOTE = ("warning: the state has no cloud-init instance-id (written before cloud-init ran here); recording "
+             "this one, i-first. If this machine is a clone of an image captured without `nezha-bootstrap seal`")
+
+
+def test_a_v0_state_without_an_instance_id_records_the_one_it_sees_and_warns_once(cli: Cli) -> None:
+    """Issue 18 item 13: an image prepared without cloud-init, then booted by it."""
     assert cli("run").exit_code == 0
     boot_as(cli.root, "i-first")
     seen = len(cli.fake.journal)
 
-    assert cli("run").exit_code == 0
+    first, second = cli("run"), cli("run")
+
+    assert (first.exit_code, second.exit_code) == (0, 0)
+    assert first.stderr.count(LATE_NOTE) == 1 and LATE_NOTE not in second.stderr
     assert saved(cli.root)["instance_id"] == "i-first" and len(cli.fake.journal) == seen
 
 
@@ -225,6 +233,17 @@ def test_two_v1_unsealed_clones_enroll_under_uuids_of_their_own(v1cli: V1Cli, tm
 
     assert uuids == [instance_uuid(MACHINE_ID, "i-clone-1"), instance_uuid(MACHINE_ID, "i-clone-2")]
     assert sorted(server.uuid for server in v1cli.fake.servers) == sorted([machine_uuid(MACHINE_ID), *uuids])
+
+
+def test_a_v1_state_without_an_instance_id_records_the_one_it_sees_and_warns_once(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    boot_as(v1cli.root, "i-first")
+
+    first, second = v1cli(), v1cli()
+
+    assert (first.exit_code, second.exit_code) == (0, 0)
+    assert first.stderr.count(LATE_NOTE) == 1 and LATE_NOTE not in second.stderr
+    assert v1cli.state()["instance_id"] == "i-first" and v1cli.state()["uuid"] == machine_uuid(MACHINE_ID)
 
 
 KILLED_RUNS = 40  # each a fresh machine: a SIGKILL at a random moment of its first run, then a rerun

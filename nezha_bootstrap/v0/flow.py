@@ -147,7 +147,8 @@ class Runner:
         between the save and the removal), and record cloud-init's instance-id where none was recorded."""
         if pending is not None and saved.registered_at is not None and pending.started_at <= saved.registered_at:
             state_mod.clear_pending(self.paths)
-        if saved.instance_id is None and self.facts.instance_id is not None:
+        if identity.recorded_late(saved.instance_id, self.facts.instance_id):
+            self.reporter.warn(identity.recorded_late_note(self.facts.instance_id))
             state_mod.save(self.paths, dataclasses.replace(saved, instance_id=self.facts.instance_id))
 
     def _announce(self, decision: Decision) -> None:

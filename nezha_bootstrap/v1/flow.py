@@ -198,6 +198,9 @@ class V1Runner:
             if saved and saved.machine_id == self.facts.machine_id and identity.unsealed_clone(
                     saved.instance_id, self.facts.instance_id):
                 self.reporter.warn(identity.unsealed_note(saved.instance_id, self.facts.instance_id))
+            if saved and saved.machine_id == self.facts.machine_id and identity.recorded_late(
+                    saved.instance_id, self.facts.instance_id):
+                self.reporter.warn(identity.recorded_late_note(self.facts.instance_id))
             self.reporter.info(f"plan: {'install the agent' if install else 'nothing to do'} ({reason})")
             self.reporter.info(f"  uuid {plan.uuid} (from {plan.uuid_source})")
             for warning in agent.override_warnings(self.paths, self.environ):
@@ -211,7 +214,7 @@ class V1Runner:
                 self._save(saved, plan.uuid, plan.release.version)
             else:
                 self._warn_leftovers()
-                if saved and saved.instance_id is None and self.facts.instance_id:
+                if saved and identity.recorded_late(saved.instance_id, self.facts.instance_id):
                     state_mod.save(self.paths, dataclasses.replace(saved, instance_id=self.facts.instance_id))
             outcome = "installed" if install else "nothing_to_do"
             details: dict[str, Any] = {"adopted_uuids": adopted} if adopted else {}
