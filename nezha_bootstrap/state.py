@@ -141,7 +141,8 @@ def _corrupt(paths: Paths, why: str, move_aside: bool) -> str:
         return f"the state file {paths.state_file} is unreadable ({why}) and could not be moved aside: {exc.strerror}"
     return (
         f"the state file {paths.state_file} is unreadable ({why}); it was kept aside as {aside}. "
-        "Run again to register this node anew (the dashboard keeps any server made before)."
+        "Run again: it looks in the dashboard for this node's server before registering anything (a server "
+        "whose secret went with that file is never registered twice)."
     )
 
 
@@ -180,8 +181,9 @@ def save_pending(paths: Paths, pending: Pending) -> None:
         raise StateError(_write_problem(paths.pending_file, exc) + "; nothing was registered") from exc
 
 
-def load_pending(paths: Paths) -> Pending | None:
-    """The registration an earlier run left under way, or None."""
+def load_pending(paths: Paths, *, move_aside: bool = False) -> Pending | None:
+    """The registration an earlier run left under way, or None. An unreadable one is a StateError; with
+    `move_aside` it is first kept aside as pending.json.corrupt-<time>, where `damaged_since` finds it."""
     try:
         data = json.loads(read_nofollow(paths.pending_file))
         if not isinstance(data.get("before"), list):
@@ -191,13 +193,47 @@ def load_pending(paths: Paths) -> Pending | None:
                           started_at=str(data["started_at"]))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError) as exc:
+        # OverflowError: a number such as 1e999 in `before` (JSON's infinity cannot be an int).
+        if move_aside and _kept_aside(paths.pending_file):
+            raise StateError(
+                f"{paths.pending_file} recorded a registration an earlier run did not finish, but it is unreadable; "
+                "it was kept aside, and a registration looks in the dashboard for this node's server first"
+            ) from exc
         raise StateError(
             f"{paths.pending_file} records a registration an earlier run did not finish, but it is unreadable; "
             "look in the dashboard for a server named like this node that never connected, delete it, then "
             "remove that file and run again"
         ) from exc
     return pending
+
+
+def _kept_aside(path: Path) -> bool:
+    """Rename a damaged record to <name>.corrupt-<time> beside it; False when that is impossible."""
+    try:
+        os.replace(path, path.with_name(f"{path.name}.corrupt-{int(time.time())}"))
+    except OSError:
+        return False
+    fsync_dir(path.parent)
+    return True
+
+
+def damaged_since(paths: Paths, registered_at: str | None) -> list[Path]:
+    """The state or pending records kept aside as damaged after `registered_at` (any, when None): each may
+    have held the secret of a server the dashboard has, so a registration must look for it first."""
+    try:
+        names = sorted(os.listdir(paths.state_dir))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        stem, _, stamp = name.rpartition(".corrupt-")
+        if stem not in ("state.json", "pending.json") or not stamp.isdigit():
+            continue
+        when = datetime.fromtimestamp(int(stamp), timezone.utc).isoformat()
+        if registered_at is None or when > registered_at:
+            found.append(paths.state_dir / name)
+    return found
 
 
 def clear_pending(paths: Paths) -> None:

@@ -182,7 +182,8 @@ def test_a_corrupt_state_file_is_kept_aside_with_a_clear_message_never_a_traceba
     [aside] = state_file.parent.glob("state.json.corrupt-*")
     assert error_line(outcome.stderr) == (
         f"error: the state file {state_file} is unreadable ({why}); it was kept aside as {aside}. "
-        "Run again to register this node anew (the dashboard keeps any server made before)."
+        "Run again: it looks in the dashboard for this node's server before registering anything (a server "
+        "whose secret went with that file is never registered twice)."
     )
     assert aside.read_bytes() == data
     assert "Traceback" not in outcome.stderr and "internal error" not in outcome.stderr

@@ -282,6 +282,77 @@ def test_sigkill_at_random_moments_never_makes_a_second_server(cli: Cli) -> None
     print(f"reruns: {outcomes.count(0)} finished, {outcomes.count(3)} found the killed run's server")
 
 
+# --- 1b. a state or pending record damaged by a power loss (issue 18 item 6) ------------------------
+
+DAMAGE = {
+    "empty": lambda data: b"",
+    "truncated": lambda data: data[: len(data) // 2],
+    "NUL-filled": lambda data: bytes(len(data)),  # a file system without data journaling after a power loss
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_state_never_makes_a_second_server_the_rerun_looks_first(cli: Cli, damage: str) -> None:
+    assert cli("run").exit_code == 0
+    state = cli.root / STATE
+    state.write_bytes(DAMAGE[damage](state.read_bytes()))
+
+    first, second = cli("run"), cli("run")  # the unit restarts a run that exits 1
+
+    assert first.exit_code == 1 and "it looks in the dashboard for this node's server" in first.stderr
+    assert second.exit_code == 3, second.stderr
+    assert "this node's saved state was damaged (kept aside as " in second.stderr
+    assert "Not registering again: delete that server in the dashboard" in second.stderr
+    assert len(cli.fake.servers) == 1 and len(cli.fake.registrations()) == 1
+
+    cli.fake.servers.clear()  # the operator deletes the server whose secret was lost
+    third = cli("run")
+    assert third.exit_code == 0, third.stderr
+    assert len(cli.fake.servers) == 1 and saved(cli.root)["secret"] == cli.fake.servers[0].secret
+    assert cli("run").stdout.startswith("nothing to do")
+
+
+def test_force_registers_beside_the_server_of_a_damaged_state(cli: Cli) -> None:
+    assert cli("run").exit_code == 0
+    (cli.root / STATE).write_bytes(b"")
+    assert cli("run").exit_code == 1
+
+    outcome = cli("run", "--force")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert len(cli.fake.servers) == 2
+
+
+@pytest.mark.parametrize("content", ["", '{"version": 1, "dash', "\0" * 64, '{"before": [1e999]}',
+                                     '{"version": 1, "dashboard_url": "u", "name": "n", "tag": "t", '
+                                     '"before": [1e999], "started_at": "s"}'])
+def test_a_damaged_pending_record_on_a_finished_node_is_kept_aside_with_one_warning(cli: Cli, content: str) -> None:
+    assert cli("run").exit_code == 0
+    (cli.root / PENDING).write_text(content)
+    seen = len(cli.fake.journal)
+
+    first, second = cli("run"), cli("run")
+
+    assert (first.exit_code, second.exit_code) == (0, 0), first.stderr
+    assert "internal error" not in first.stderr
+    assert first.stderr.count("it was kept aside, and a registration looks in the dashboard") == 1
+    assert "kept aside" not in second.stderr and len(cli.fake.journal) == seen
+    assert [p.name.startswith("pending.json.corrupt-") for p in (cli.root / PENDING).parent.glob("pending*")] == [True]
+
+
+def test_a_damaged_pending_record_before_any_state_looks_for_the_server_first(cli: Cli) -> None:
+    name = node_name(cli)
+    cli.fake.create(name)  # the killed run's registration made it; its record was damaged
+    (cli.root / PENDING).parent.mkdir(parents=True)
+    (cli.root / PENDING).write_text('{"before": [1e999]}')
+
+    outcome = cli("run")
+
+    assert outcome.exit_code == 3, outcome.stderr
+    assert "internal error" not in outcome.stderr and "Not registering again" in outcome.stderr
+    assert len(cli.fake.servers) == 1 and cli.fake.registrations() == []
+
+
 # --- 2. SIGHUP, and an installer an earlier run left running --------------------------------------
 
 def test_sighup_is_a_stop_like_sigterm_and_takes_the_installer_with_it(cli: Cli) -> None:

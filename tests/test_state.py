@@ -141,7 +141,8 @@ def test_a_corrupt_state_file_is_moved_aside_with_a_clear_error(
     aside = paths.state_dir / "state.json.corrupt-1700000000"
     assert str(caught.value) == (
         f"the state file {paths.state_file} is unreadable ({why}); it was kept aside as {aside}. "
-        "Run again to register this node anew (the dashboard keeps any server made before)."
+        "Run again: it looks in the dashboard for this node's server before registering anything (a server "
+        "whose secret went with that file is never registered twice)."
     )
     assert not paths.state_file.exists()
     assert aside.read_text() == content

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,7 @@ class Runner:
     def _run(self) -> RunResult:
         with state_mod.locked(self.paths, self.config.lock_timeout):
             saved = state_mod.load(self.paths)
-            pending = state_mod.load_pending(self.paths)
+            pending = self._pending()
             decision = decide(self.config, saved, self.facts, unit_present(self.paths),
                               self.paths.agent_binary.exists())
             self._announce(decision)
@@ -136,11 +137,22 @@ class Runner:
             if decision.action is Action.NOTHING:
                 return self._result("nothing_to_do", decision)
             if decision.action is Action.REGISTER or saved is None:
-                saved = self._register(pending)
+                saved = self._register(pending, saved)
             redact.register(saved.secret)
             self._install(saved)
             registered = decision.action is Action.REGISTER
             return self._result("registered_and_installed" if registered else "installed", decision)
+
+    def _pending(self) -> state_mod.Pending | None:
+        """The registration an earlier run left under way. A damaged record (power lost mid-write) is kept
+        aside with a warning, never a failure at every boot: a registration then looks for the server first."""
+        try:
+            return state_mod.load_pending(self.paths, move_aside=True)
+        except StateError as exc:
+            if os.path.lexists(self.paths.pending_file):
+                raise  # it could not be moved aside: stop, as before
+            self.reporter.warn(str(exc))
+            return None
 
     def _settle(self, saved: State, pending: state_mod.Pending | None) -> None:
         """Local upkeep of a registered node: forget a registration its state has saved since (a run killed
@@ -174,16 +186,20 @@ class Runner:
             self.downloads = make_download_client(self.config.ca_bundle, urls=urls)
         return self.downloads
 
-    def _register(self, pending: state_mod.Pending | None) -> State:
+    def _register(self, pending: state_mod.Pending | None, saved: State | None = None) -> State:
         from nezha_bootstrap.v0.api import Dashboard, Registration
 
         config = self.config
         assert config.token is not None  # a v0 run has its token: config.build and run.check_v0_settings
         dashboard = Dashboard(self._http(), config.dashboard_url, config.token, config.token_source)
+        tag = config.tag or "AutoRegister"  # the dashboard's default tag
         if pending is not None:
             self._look_for(pending, dashboard)
+        elif not config.force:
+            damaged = state_mod.damaged_since(self.paths, saved.registered_at if saved else None)
+            if damaged:
+                self._look_for_damaged(damaged, dashboard, tag)
         kept: list[State] = []
-        tag = config.tag or "AutoRegister"  # the dashboard's default tag
         registration = Registration(
             dashboard, config.register_body(), tag=tag,
             keep=lambda secret: kept.append(self._save_registration(secret)),
@@ -229,6 +245,23 @@ class Runner:
                 f"({pending.started_at}), and the dashboard now has a new server so named (id "
                 f"{', '.join(str(i) for i in made)}), whose secret never arrived. Not registering again: delete "
                 "that server in the dashboard, then run again"
+            )
+
+    def _look_for_damaged(self, damaged: list[Path], dashboard: Dashboard, tag: str) -> None:
+        """A state or pending record was damaged (power loss mid-write) and kept aside: it may have held the
+        secret of a server the dashboard has. Look for a server named like this node first, and stop if one is
+        there: the token API cannot read its secret back, so registering would make a second one."""
+        name = self.config.name
+        self.reporter.info(f"{damaged[-1]} was kept aside as damaged: looking for a server named {name!r} under "
+                           f"tag {tag!r} before registering")
+        found = with_retries(lambda left: dashboard.ids_named(name, tag, left), deadline=self.config.deadline,
+                             what="server list", give_up=DashboardUnreachable, notify=self.reporter.info)
+        if found:
+            raise DashboardRefused(
+                f"register: this node's saved state was damaged (kept aside as {damaged[-1]}), and the dashboard "
+                f"has a server named {name!r} under tag {tag!r} (id {', '.join(str(i) for i in sorted(found))}), "
+                "probably this node's, whose secret was in that file. Not registering again: delete that server in "
+                "the dashboard (or give this node another name), then run again; --force registers beside it"
             )
 
     def _save_registration(self, secret: str) -> State:
@@ -385,7 +418,7 @@ def dry_run(config: Config, facts: Facts, paths: Paths) -> RunResult:
     if decision.action is not Action.NOTHING:
         if decision.action is Action.REGISTER:
             request = register_request(config)
-            lines += _pending_lines(config, state_mod.load_pending(paths))
+            lines += _pending_lines(config, _planned_pending(paths, saved, config.force))
             lines += _request_lines(config, paths, request)
             details["request"] = request
         secret = saved.secret if saved and decision.action is Action.INSTALL else "0" * 18  # masked in describe()
@@ -403,10 +436,25 @@ def register_request(config: Config) -> dict[str, Any]:
             "headers": {"Authorization": "<token>"}, "body": config.register_body()}
 
 
-def _pending_lines(config: Config, pending: state_mod.Pending | None) -> list[str]:
+def _planned_pending(paths: Paths, saved: State | None, force: bool) -> state_mod.Pending | str | None:
+    """For --dry-run: the registration left under way, or the damaged record a run looks for first (its path)."""
+    try:
+        pending = state_mod.load_pending(paths)
+    except StateError:
+        return str(paths.pending_file)
+    if pending is not None or force:
+        return pending
+    damaged = state_mod.damaged_since(paths, saved.registered_at if saved else None)
+    return str(damaged[-1]) if damaged else None
+
+
+def _pending_lines(config: Config, pending: state_mod.Pending | str | None) -> list[str]:
     """What a run does first about a registration an earlier, killed run left under way."""
     if pending is None:
         return []
+    if isinstance(pending, str):
+        return [f"keep the damaged {pending} aside; GET {display_url(config.dashboard_url)}/api/v1/server/list"
+                f"?tag={config.tag or 'AutoRegister'} (stop if a server named like this node is there)"]
     if pending.dashboard_url != config.dashboard_url:
         return [f"warn about the registration of {pending.name!r} left under way with "
                 f"{display_url(pending.dashboard_url)} ({pending.started_at}), and forget it"]
