@@ -134,10 +134,11 @@ def resolve_generation(config: Config, saved: State | None, client: ClientFactor
 
     The cache is not trusted where the settings disagree with it: settings that cannot run on v0 (an agent
     secret without a v0 API token) against a cached v0 mean the dashboard may have been upgraded at the same
-    URL, and --dashboard v1 overrides a cached v0. Settings that work on both keep the cache: a finished
-    node's rerun sends nothing. An access token is sent only where the probes saw v2.1+, whatever
-    --dashboard says (a token sent to an older dashboard is one more failed credential for its WAF); a dry
-    run sends nothing, so it trusts --dashboard v1.
+    URL, and so does an agent secret given beside the token where the v0 run that cached it had none (the
+    operator did what `check` says after an upgrade): probed once. --dashboard v1 overrides a cached v0.
+    Unchanged settings keep the cache: a finished node's rerun sends nothing. An access token is sent only
+    where the probes saw v2.1+, whatever --dashboard says (a token sent to an older dashboard is one more
+    failed credential for its WAF); a dry run sends nothing, so it trusts --dashboard v1.
     """
     if config.agent.generation == "v0":
         return Generation.V0
@@ -146,6 +147,10 @@ def resolve_generation(config: Config, saved: State | None, client: ClientFactor
     if cached and cached.is_v0 and config.agent.secret and not v0_token:
         reporter.info(f"the state says {display_url(config.dashboard_url)} was v0, but the settings are for "
                       "v1/v2: probing it again (a dashboard upgraded at the same URL)")
+        cached = None
+    if cached and cached.is_v0 and config.agent.secret and saved is not None and not saved.agent_secret_given:
+        reporter.info(f"the state says {display_url(config.dashboard_url)} was v0, and an agent secret is given "
+                      "now beside the API token: probing it once (a dashboard upgraded at the same URL)")
         cached = None
     if cached and cached.is_v0 and config.agent.generation == "v1":
         cached = None

@@ -50,6 +50,9 @@ class State:
     # cloud-init's instance-id when the node registered: a new one under the same machine-id is an image
     # captured without `seal` and booted as another instance (facts.read_instance_id).
     instance_id: str | None = None
+    # Whether a v0 run had an agent secret in its settings (no value, only that one was given): a secret that
+    # appears beside a cached v0 means the operator moved on to a v1/v2 dashboard, and is probed once.
+    agent_secret_given: bool | None = None
 
     def public(self) -> dict[str, Any]:
         """The state without the secret, for `status` and `--json`."""
@@ -99,7 +102,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "probe_port": (int,), "tls": (bool,), "secret": (str,), "machine_id": _TEXT_OR_NONE,
     "registered_at": _TEXT_OR_NONE, "installed_at": _TEXT_OR_NONE,
     "generation": _TEXT_OR_NONE, "uuid": _TEXT_OR_NONE, "method": _TEXT_OR_NONE, "agent_version": _TEXT_OR_NONE,
-    "agent_flags": (list, type(None)), "instance_id": _TEXT_OR_NONE,
+    "agent_flags": (list, type(None)), "instance_id": _TEXT_OR_NONE, "agent_secret_given": (bool, type(None)),
 }
 
 

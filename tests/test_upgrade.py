@@ -94,6 +94,8 @@ def test_a_v0_answer_from_the_upgraded_dashboard_sends_a_node_with_both_settings
     # The cached v0 stays trusted while the settings work on v0 (the token is there), until the dashboard
     # answers a v0 request as only v1/v2 dashboards do: here a clone (new machine-id) registers.
     (upgraded.cli.root / "etc/machine-id").write_text("fedcba9876543210fedcba9876543210\n")
+    state = json.loads((upgraded.cli.root / STATE).read_text())
+    (upgraded.cli.root / STATE).write_text(json.dumps({**state, "agent_secret_given": True}))  # had both before
 
     code, out, err = upgraded.run("run", "--json", **upgraded.v1_settings())
 
@@ -101,3 +103,38 @@ def test_a_v0_answer_from_the_upgraded_dashboard_sends_a_node_with_both_settings
     assert "the dashboard answered as v1 or newer, not as the v0 the state recorded: probing it again" in err
     assert json.loads(out)["generation"] == "v2.1+"
     assert [server.uuid for server in upgraded.v1.servers] == [machine_uuid("fedcba9876543210fedcba9876543210")]
+
+
+def test_an_agent_secret_given_beside_the_v0_token_probes_once_and_replaces_the_v0_agent(upgraded: Upgraded) -> None:
+    """Issue 18 item 7: what `check` tells the operator to do (add the agent secret), with the token kept."""
+    settings = {**upgraded.v1_settings(), "NEZHA_TOKEN": TOKEN}
+
+    code, out, err = upgraded.run("run", "--json", **settings)
+
+    assert code == 0, err
+    assert "an agent secret is given now beside the API token: probing it once" in err
+    assert json.loads(out)["outcome"] == "installed"
+    assert '"-c" "/opt/nezha/agent/config.yml"' in (upgraded.cli.root / UNIT).read_text()
+    assert [server.uuid for server in upgraded.v1.servers] == [machine_uuid(MACHINE_ID)]
+    seen = len(upgraded.v1.journal)
+    again = upgraded.run("run", "--json", **settings)
+    assert again[0] == 0 and json.loads(again[1])["outcome"] == "nothing_to_do"
+    assert len(upgraded.v1.servers) == 1 and len(upgraded.v1.journal) - seen <= 3  # the cached v2.1+: no probe
+
+
+@pytest.mark.parametrize("recorded", [True, None], ids=["recorded", "state-before-the-field"])
+def test_a_v0_node_whose_settings_keep_both_probes_at_most_once_then_sends_nothing(cli: Cli, recorded: bool | None,
+                                                                                   ) -> None:
+    both = {"NEZHA_AGENT_SECRET": "AgentSecretAgentSecret32chars000"}
+    assert cli("run", **both).exit_code == 0
+    if recorded is None:  # written by a version without the field
+        state = json.loads((cli.root / STATE).read_text())
+        del state["agent_secret_given"]
+        (cli.root / STATE).write_text(json.dumps(state))
+        assert cli("run", **both).exit_code == 0  # one probe: the v0 dashboard is still v0
+    seen = len(cli.fake.journal)
+
+    outcome = cli("run", **both)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert len(cli.fake.journal) == seen and len(cli.fake.servers) == 1

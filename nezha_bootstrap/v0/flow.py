@@ -159,6 +159,10 @@ class Runner:
         between the save and the removal), and record cloud-init's instance-id where none was recorded."""
         if pending is not None and saved.registered_at is not None and pending.started_at <= saved.registered_at:
             state_mod.clear_pending(self.paths)
+        if self.config.agent.secret and not saved.agent_secret_given:
+            # The probe this secret caused (run.resolve_generation) saw v0: not again while it stays.
+            saved = dataclasses.replace(saved, agent_secret_given=True)
+            state_mod.save(self.paths, saved)
         if identity.recorded_late(saved.instance_id, self.facts.instance_id):
             self.reporter.warn(identity.recorded_late_note(self.facts.instance_id))
             state_mod.save(self.paths, dataclasses.replace(saved, instance_id=self.facts.instance_id))
@@ -272,7 +276,7 @@ class Runner:
             dashboard_url=config.dashboard_url, name=config.name, tag=config.tag,
             probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
             secret=secret, machine_id=self.facts.machine_id, registered_at=state_mod.now(),
-            instance_id=self.facts.instance_id,
+            instance_id=self.facts.instance_id, agent_secret_given=bool(config.agent.secret),
         )
         try:
             state_mod.save(self.paths, saved)
@@ -306,6 +310,7 @@ class Runner:
             saved, probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
             installed_at=state_mod.now(), method=method_of(config), agent_flags=config.agent_flags,
             agent_version=agent_version_of(config), instance_id=self.facts.instance_id or saved.instance_id,
+            agent_secret_given=saved.agent_secret_given or bool(config.agent.secret),
         )
         state_mod.save(self.paths, installed)
 
