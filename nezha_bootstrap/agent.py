@@ -195,6 +195,55 @@ def installed_unit(paths: Paths) -> Path | None:
     return None
 
 
+def binary_problem(paths: Paths) -> str | None:
+    """Why the installed agent binary cannot run (gone, not a regular file, empty, not executable), or None."""
+    import stat
+
+    binary = paths.agent_binary
+    try:
+        info = os.lstat(binary)
+    except FileNotFoundError:
+        return f"the agent binary {binary} is gone"
+    except OSError as exc:
+        return f"the agent binary {binary} cannot be looked at: {exc.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"the agent binary {binary} is not a regular file"
+    if info.st_size == 0:
+        return f"the agent binary {binary} is empty"
+    if not info.st_mode & 0o111:
+        return f"the agent binary {binary} is not executable"
+    return None
+
+
+def installed_drift(paths: Paths, saved_secret: str, saved_uuid: str | None, server: str, tls: bool,
+                    flags: tuple[str, ...] | None) -> list[str]:
+    """How the agent on disk differs from what the last install put there (`status` shows it, `run` repairs
+    it): the binary, the unit, and the unit's command (v0: server, secret, TLS, flags; v1/v2: -c config.yml)."""
+    found = [problem for problem in (binary_problem(paths),) if problem]
+    unit = installed_unit(paths)
+    if unit is None:
+        return [*found, "the agent unit is gone"]
+    if saved_uuid is not None:  # v1/v2: config.yml is compared with the settings by the flow itself
+        argv = read_exec_start(unit) if unit == paths.agent_unit else read_init_command(unit)
+        if not argv or argv[1:] != ["-c", CONFIG_TARGET]:
+            found.append(f"{unit} does not run the agent with -c {CONFIG_TARGET}")
+        return found
+    if unit != paths.agent_unit:
+        return found  # an init script of the v0 agent: not parsed
+    argv = read_exec_start(unit) or []
+    actual = value_after(argv, "-s", "--server")
+    if actual != server:
+        found.append(f"the unit's server is {actual or 'missing'}, the install was for {server}")
+    if value_after(argv, "-p", "--password") != saved_secret:
+        found.append("the unit's secret is not the saved one")
+    if ("--tls" in argv) != tls:
+        found.append(f"the unit runs the agent {'with' if '--tls' in argv else 'without'} --tls, the install did not")
+    missing = [flag for flag in flags or () if flag not in argv]
+    if missing:
+        found.append(f"the unit lacks the agent flags {' '.join(missing)}")
+    return found
+
+
 def unit_problems(paths: Paths, expected_config: str) -> list[str]:
     """What is wrong with the installed agent: unit or init script, its command, the config, the binary."""
     unit = installed_unit(paths)

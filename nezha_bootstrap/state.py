@@ -58,6 +58,7 @@ class State:
         """The state without the secret, for `status` and `--json`."""
         data = dataclasses.asdict(self)
         data.pop("secret")
+        data.pop("agent_secret_given")  # bookkeeping of run.resolve_generation, not a fact about the node
         return data
 
 

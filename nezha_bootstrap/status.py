@@ -34,26 +34,11 @@ def collect(paths: Paths) -> dict[str, Any]:
 
 
 def drift(paths: Paths, saved: State) -> list[str]:
-    """How the agent on disk differs from what the state says was installed."""
+    """How the agent on disk differs from what the state says was installed (what the next `run` repairs)."""
     from nezha_bootstrap import agent
 
-    unit = agent.installed_unit(paths)
-    found = [] if paths.agent_binary.exists() else [f"the agent binary {paths.agent_binary} is gone"]
-    if unit is None:
-        return [*found, "the agent unit is gone"]
-    if saved.uuid is not None or unit != paths.agent_unit:
-        return found  # v1/v2: `run` compares config.yml with the settings
-    argv = agent.read_exec_start(unit) or []
-    host = bracketed(saved.probe_address)
-    server = agent.value_after(argv, "-s", "--server")
-    if server != f"{host}:{saved.probe_port}":
-        found.append(f"the unit's server is {server or 'missing'}, the install was for {host}:{saved.probe_port}")
-    if ("--tls" in argv) != saved.tls:
-        found.append(f"the unit runs the agent {'with' if '--tls' in argv else 'without'} --tls, the install did not")
-    missing = [flag for flag in saved.agent_flags or () if flag not in argv]
-    if missing:
-        found.append(f"the unit lacks the agent flags {' '.join(missing)}")
-    return found
+    return agent.installed_drift(paths, saved.secret, saved.uuid, f"{bracketed(saved.probe_address)}:"
+                                 f"{saved.probe_port}", saved.tls, saved.agent_flags)
 
 
 def _agent_layout(paths: Paths) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -118,7 +118,7 @@ def test_a_pending_record_older_than_the_saved_secret_is_dropped_without_a_reque
 @pytest.mark.parametrize(("change", "reason"), [
     ({"args": ("--agent-flag", "--disable-command-execute")},
      "the agent flags changed (none -> --disable-command-execute)"),
-    ({"delete": "opt/nezha/agent/nezha-agent"}, "the agent binary is gone"),
+    ({"delete": "opt/nezha/agent/nezha-agent"}, "the agent binary {root}/opt/nezha/agent/nezha-agent is gone"),
     ({"args": ("--no-tls",)}, "the probe address, port or TLS setting changed"),
 ])
 def test_a_changed_setting_or_a_deleted_agent_reinstalls_with_the_saved_secret(
@@ -132,10 +132,51 @@ def test_a_changed_setting_or_a_deleted_agent_reinstalls_with_the_saved_secret(
     outcome = cli("run", *change.get("args", ()))
 
     assert outcome.exit_code == 0, outcome.stderr
-    assert f"plan: install only ({reason})" in outcome.stderr
+    assert f"plan: install only ({reason.format(root=cli.root)})" in outcome.stderr
     assert len(cli.fake.registrations()) == 1 and len(cli.fake.servers) == 1
     assert cli.calls()[-1].argv[3] == server.secret
     assert cli("run", *change.get("args", ())).stdout.startswith("nothing to do")
+
+
+def edit_unit(old: str, new: str) -> Callable[[Path], None]:
+    def edit(root: Path) -> None:
+        unit = root / UNIT
+        unit.write_text(unit.read_text().replace(old, new))
+    return edit
+
+
+def empty_binary(root: Path) -> None:
+    (root / "opt/nezha/agent/nezha-agent").write_bytes(b"")
+
+
+def unexecutable_binary(root: Path) -> None:
+    (root / "opt/nezha/agent/nezha-agent").chmod(0o644)
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (edit_unit('"probe.example.test:5555"', '"other.example.test:5555"'),
+     "the unit's server is other.example.test:5555, the install was for probe.example.test:5555"),
+    (edit_unit('"probe.example.test:5555"', '"probe.example.test:6666"'),
+     "the unit's server is probe.example.test:6666, the install was for probe.example.test:5555"),
+    (empty_binary, "the agent binary {root}/opt/nezha/agent/nezha-agent is empty"),
+    (unexecutable_binary, "the agent binary {root}/opt/nezha/agent/nezha-agent is not executable"),
+], ids=["unit-server", "unit-port", "empty-binary", "unexecutable-binary"])
+def test_run_reinstalls_whatever_status_calls_drift_with_the_saved_secret(
+    cli: Cli, damage: Callable[[Path], None], reason: str
+) -> None:
+    """Issue 18 item 12: status showed drift that run called nothing_to_do."""
+    assert cli("run").exit_code == 0
+    [server] = cli.fake.servers
+    damage(cli.root)
+    assert json.loads(cli("status", "--json").stdout)["drift"] == [reason.format(root=cli.root)]
+
+    outcome = cli("run")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert f"plan: install only ({reason.format(root=cli.root)})" in outcome.stderr
+    assert len(cli.fake.servers) == 1 and cli.calls()[-1].argv[3] == server.secret
+    assert json.loads(cli("status", "--json").stdout)["drift"] == []
+    assert cli("run").stdout.startswith("nothing to do")
 
 
 def test_the_state_records_what_was_installed(cli: Cli) -> None:
@@ -244,6 +285,26 @@ def test_a_v1_state_without_an_instance_id_records_the_one_it_sees_and_warns_onc
     assert (first.exit_code, second.exit_code) == (0, 0)
     assert first.stderr.count(LATE_NOTE) == 1 and LATE_NOTE not in second.stderr
     assert v1cli.state()["instance_id"] == "i-first" and v1cli.state()["uuid"] == machine_uuid(MACHINE_ID)
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (edit_unit('"-c" "/opt/nezha/agent/config.yml"', '"-c" "/tmp/other.yml"'),
+     "{root}/etc/systemd/system/nezha-agent.service does not run the agent with -c /opt/nezha/agent/config.yml"),
+    (empty_binary, "the agent binary {root}/opt/nezha/agent/nezha-agent is empty"),
+    (unexecutable_binary, "the agent binary {root}/opt/nezha/agent/nezha-agent is not executable"),
+], ids=["unit-config", "empty-binary", "unexecutable-binary"])
+def test_a_v1_run_reinstalls_whatever_status_calls_drift(v1cli: V1Cli, damage: Callable[[Path], None],
+                                                         reason: str) -> None:
+    assert v1cli().exit_code == 0
+    damage(v1cli.root)
+    assert json.loads(v1cli.invoke(["status", "--json"]).stdout)["drift"] == [reason.format(root=v1cli.root)]
+
+    outcome = v1cli()
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert f"plan: install the agent ({reason.format(root=v1cli.root)})" in outcome.stderr
+    assert [server.uuid for server in v1cli.fake.servers] == [machine_uuid(MACHINE_ID)]
+    assert json.loads(v1cli.invoke(["status", "--json"]).stdout)["drift"] == []
 
 
 KILLED_RUNS = 40  # each a fresh machine: a SIGKILL at a random moment of its first run, then a rerun

@@ -47,9 +47,9 @@ class Decision:
     notes: tuple[str, ...] = ()
 
 
-def decide(config: Config, saved: State | None, facts: Facts, unit_present: bool,
-           binary_present: bool = True) -> Decision:
-    """What this run must do, from what the last run left behind."""
+def decide(config: Config, saved: State | None, facts: Facts, on_disk: list[str]) -> Decision:
+    """What this run must do, from what the last run left behind and how the agent on disk differs from
+    what it installed (`on_disk`, agent.installed_drift: what `status` calls drift)."""
     if saved is None:
         return Decision(Action.REGISTER, "no saved state: this node was never registered")
     if config.force:
@@ -68,10 +68,8 @@ def decide(config: Config, saved: State | None, facts: Facts, unit_present: bool
     notes = _unchangeable(config, saved)
     if saved.installed_at is None:
         return Decision(Action.INSTALL, "registered earlier, the install did not finish", notes)
-    if not unit_present:
-        return Decision(Action.INSTALL, "the agent unit is gone", notes)
-    if not binary_present:
-        return Decision(Action.INSTALL, "the agent binary is gone", notes)
+    if on_disk:
+        return Decision(Action.INSTALL, "; ".join(on_disk), notes)
     drift = install_drift(config, saved)
     if drift:
         return Decision(Action.INSTALL, "; ".join(drift), notes)
@@ -129,8 +127,7 @@ class Runner:
         with state_mod.locked(self.paths, self.config.lock_timeout):
             saved = state_mod.load(self.paths)
             pending = self._pending()
-            decision = decide(self.config, saved, self.facts, unit_present(self.paths),
-                              self.paths.agent_binary.exists())
+            decision = decide(self.config, saved, self.facts, on_disk_drift(self.paths, saved))
             self._announce(decision)
             if decision.action is not Action.REGISTER and saved is not None:
                 self._settle(saved, pending)
@@ -373,9 +370,15 @@ def method_of(config: Config) -> str:
     return "direct" if config.agent.method == "direct" else "script"
 
 
-def unit_present(paths: Paths) -> bool:
-    """Whether an agent unit (systemd or OpenRC) is installed."""
-    return paths.agent_unit.exists() or paths.agent_openrc.exists()
+def on_disk_drift(paths: Paths, saved: State | None) -> list[str]:
+    """What `status` calls drift for an installed v0 state (none before an install finished)."""
+    from nezha_bootstrap import agent
+    from nezha_bootstrap.config import bracketed
+
+    if saved is None or saved.installed_at is None:
+        return []
+    return agent.installed_drift(paths, saved.secret, None, f"{bracketed(saved.probe_address)}:{saved.probe_port}",
+                                 saved.tls, saved.agent_flags)
 
 
 def install_plan(config: Config, paths: Paths, secret: str) -> Install:
@@ -416,7 +419,7 @@ def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter) -> RunRe
 def dry_run(config: Config, facts: Facts, paths: Paths) -> RunResult:
     """The v0 plan: what `run` would send, run and write; reads the state, changes nothing."""
     saved = state_mod.load(paths, move_aside=False)
-    decision = decide(config, saved, facts, unit_present(paths), paths.agent_binary.exists())
+    decision = decide(config, saved, facts, on_disk_drift(paths, saved))
     lines = [f"plan: {decision.action.value} ({decision.reason})"]
     lines += [f"note: {note}" for note in decision.notes]
     details: dict[str, Any] = {"action": decision.action.name.lower()}

@@ -150,10 +150,9 @@ def decide(saved: State | None, config: Config, facts: Facts, on_disk: str | Non
         return True, "the machine-id changed: this clone enrolls under its own uuid"
     if identity.unsealed_clone(saved.instance_id, facts.instance_id):
         return True, "cloud-init's instance-id changed under the same machine-id: this clone enrolls under its own uuid"
-    if not paths.agent_binary.exists():
-        return True, "the agent binary is gone"
-    if agent.installed_unit(paths) is None:
-        return True, "the agent unit is gone"
+    drift = agent.installed_drift(paths, "", saved.uuid, "", config.tls, None)
+    if drift:
+        return True, "; ".join(drift)
     if on_disk != expected:
         return True, "config.yml differs from the settings"
     if saved.agent_version != version or saved.installed_at is None:
