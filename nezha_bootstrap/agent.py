@@ -25,7 +25,7 @@ from nezha_bootstrap.config import AGENT_V0 as AGENT_V0
 from nezha_bootstrap.config import AGENT_V1 as AGENT_V1
 from nezha_bootstrap.config import SHA256_RE, display_url
 from nezha_bootstrap.errors import InstallerFailed
-from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.paths import HOST, Paths, read_under
 from nezha_bootstrap.retry import Notify
 
 if TYPE_CHECKING:
@@ -224,13 +224,13 @@ def installed_drift(paths: Paths, saved_secret: str, saved_uuid: str | None, ser
     if unit is None:
         return [*found, "the agent unit is gone"]
     if saved_uuid is not None:  # v1/v2: config.yml is compared with the settings by the flow itself
-        argv = read_exec_start(unit) if unit == paths.agent_unit else read_init_command(unit)
+        argv = read_exec_start(unit, paths.root) if unit == paths.agent_unit else read_init_command(unit, paths.root)
         if not argv or argv[1:] != ["-c", CONFIG_TARGET]:
             found.append(f"{unit} does not run the agent with -c {CONFIG_TARGET}")
         return found
     if unit != paths.agent_unit:
         return found  # an init script of the v0 agent: not parsed
-    argv = read_exec_start(unit) or []
+    argv = read_exec_start(unit, paths.root) or []
     actual = value_after(argv, "-s", "--server")
     if actual != server:
         found.append(f"the unit's server is {actual or 'missing'}, the install was for {server}")
@@ -251,15 +251,12 @@ def unit_problems(paths: Paths, expected_config: str) -> list[str]:
         return [f"no agent unit ({paths.agent_unit} or {paths.agent_openrc}) was written"]
     problems = []
     if unit == paths.agent_unit:
-        argv, what = read_exec_start(unit), f"{unit}'s ExecStart"
+        argv, what = read_exec_start(unit, paths.root), f"{unit}'s ExecStart"
     else:
-        argv, what = read_init_command(unit), f"{unit}'s command"
+        argv, what = read_init_command(unit, paths.root), f"{unit}'s command"
     if not argv or argv[1:] != ["-c", CONFIG_TARGET]:
         problems.append(f"{what} does not run the agent with -c {CONFIG_TARGET}")
-    try:
-        written = (paths.agent_dir / "config.yml").read_text(encoding="utf-8")
-    except OSError:
-        written = None
+    written = _text(paths.agent_dir / "config.yml", paths.root, errors="strict")
     if written != expected_config:
         problems.append(f"{paths.agent_dir / 'config.yml'} is not what was written (changed by the agent?)")
     if not os.access(paths.agent_binary, os.X_OK):
@@ -277,12 +274,10 @@ def override_warnings(paths: Paths, environ: Mapping[str, str]) -> list[str]:
             "the identity comes from config.yml"
         )
     sysconfig = paths.under("/etc/sysconfig/nezha-agent")
-    if sysconfig.exists():
-        try:
-            keys = sorted({line.split("=", 1)[0].strip().removeprefix("export ").strip()
-                           for line in sysconfig.read_text(errors="replace").splitlines() if "=" in line})
-        except OSError:
-            keys = []
+    text = _text(sysconfig, paths.root)  # confined: a link to the host's file reads the image's, or nothing
+    if text is not None:
+        keys = sorted({line.split("=", 1)[0].strip().removeprefix("export ").strip()
+                       for line in text.splitlines() if "=" in line})
         shown = f" (it sets {', '.join(k for k in keys if k.startswith('NZ_'))})" if keys else ""
         warnings.append(
             f"/etc/sysconfig/nezha-agent exists{shown}: the agent reads NZ_* from it, which overrides "
@@ -294,13 +289,18 @@ def override_warnings(paths: Paths, environ: Mapping[str, str]) -> list[str]:
 _UUID_LINE = re.compile(r'^uuid:\s*"?([^"\s]*)"?\s*$', re.MULTILINE)
 
 
-def config_uuid(path: Path) -> str | None:
+def config_uuid(path: Path, root: Path = HOST) -> str | None:
     """The uuid a config.yml holds, or None."""
-    try:
-        match = _UUID_LINE.search(path.read_text(encoding="utf-8", errors="replace"))
-    except OSError:
-        return None
+    match = _UUID_LINE.search(_text(path, root) or "")
     return match.group(1) if match else None
+
+
+def _text(path: Path, root: Path, errors: str = "replace") -> str | None:
+    """A small text file under `root`, read the confined way (paths.read_under), or None when it cannot be."""
+    try:
+        return read_under(root, path).decode("utf-8", errors=errors)
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -321,7 +321,7 @@ def vendor_leftovers(paths: Paths) -> list[Leftover]:
         target = "/" + str(config.relative_to(paths.root))
         name = f"nezha-agent-{hashlib.md5(target.encode()).hexdigest()[:7]}.service"  # the agent's own naming
         unit = paths.under(f"/etc/systemd/system/{name}")
-        found.append(Leftover(config, config_uuid(config), unit if unit.exists() else None))
+        found.append(Leftover(config, config_uuid(config, paths.root), unit if unit.exists() else None))
     return found
 
 
@@ -338,11 +338,10 @@ class Expected(Protocol):
     def expect_tls(self) -> bool: ...
 
 
-def read_exec_start(unit: Path) -> list[str] | None:
-    """The ExecStart argv of a systemd unit, or None when there is none."""
-    try:
-        text = unit.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+def read_exec_start(unit: Path, root: Path = HOST) -> list[str] | None:
+    """The ExecStart argv of a systemd unit (read confined to `root`), or None when there is none."""
+    text = _text(unit, root)
+    if text is None:
         return None
     for line in text.splitlines():
         key, sep, value = line.strip().partition("=")
@@ -354,16 +353,15 @@ def read_exec_start(unit: Path) -> list[str] | None:
     return None
 
 
-def read_init_command(script: Path) -> list[str] | None:
+def read_init_command(script: Path, root: Path = HOST) -> list[str] | None:
     """The agent's argv in an init script the agent's `service install` wrote, or None.
 
     SysV (observed, real agent v2.3.3 on a host without systemd):
     `cmd="/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml""`, which sh reads as one word
     and splits at `$cmd`. OpenRC (kardianos/service's template): `command=PATH` and `command_args="ARGS "`.
     """
-    try:
-        text = script.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+    text = _text(script, root)
+    if text is None:
         return None
     values: dict[str, str] = {}
     for line in text.splitlines():
@@ -383,12 +381,12 @@ def read_init_command(script: Path) -> list[str] | None:
 def verify_v0_unit(plan: Expected, paths: Paths, secret: str) -> None:
     """Check that the v0 agent unit exists and starts the agent with this server, secret and TLS."""
     if plan.unit.exists():
-        argv = read_exec_start(plan.unit)
+        argv = read_exec_start(plan.unit, paths.root)
         if argv is None:
             raise InstallerFailed(f"the installer exited, but {plan.unit} has no readable ExecStart")
         problems = _exec_start_problems(argv, plan, secret)
     elif paths.agent_openrc.exists():
-        text = paths.agent_openrc.read_text(encoding="utf-8", errors="replace")
+        text = _text(paths.agent_openrc, paths.root) or ""
         problems = [] if plan.expect_server in text and secret in text else ["server or secret"]
     else:
         raise InstallerFailed(

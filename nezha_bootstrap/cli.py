@@ -243,9 +243,13 @@ def render_command(ctx: click.Context, /, kind: str, output: str | None, **param
     _write_output(text, output, reporter)
 
 
-def _root_paths(root: str) -> Paths:
+def _root_paths(root: str, *, existing: bool = False) -> Paths:
+    """The root of install-service, seal and uninstall; `existing`: it must be a directory already (seal and
+    uninstall of a mistyped path would otherwise report a sealed image that does not exist)."""
     if not Path(root).is_absolute():
         raise SettingsError([f"root must be an absolute path, got {root!r}"])
+    if existing and not Path(root).is_dir():
+        raise SettingsError([f"--root {root} is not an existing directory: give the mounted image's root"])
     return Paths(Path(root))
 
 
@@ -338,7 +342,7 @@ def seal(ctx: click.Context, /, root: str, dry_run: bool, as_json: bool, quiet: 
     from nezha_bootstrap.firstboot import service
 
     reporter = _reporter(as_json, quiet, verbose)
-    paths = _root_paths(root)
+    paths = _root_paths(root, existing=True)
     saved = _saved_state(paths, reporter)
     plan = service.plan_seal(paths, own_system=paths.is_host_root)
     _carry_out(plan, reporter, dry_run=dry_run, outcome="sealed",
@@ -360,7 +364,7 @@ def uninstall(ctx: click.Context, /, root: str, purge: bool, dry_run: bool, as_j
     from nezha_bootstrap.firstboot import service
 
     reporter = _reporter(as_json, quiet, verbose)
-    paths = _root_paths(root)
+    paths = _root_paths(root, existing=True)
     saved = _saved_state(paths, reporter)
     plan = service.plan_uninstall(paths, own_system=paths.is_host_root, use_systemctl=systemd_running(paths),
                                   purge=purge)

@@ -8,9 +8,11 @@ symlinks, removals, and commands through system.run with a scrubbed environment.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +34,14 @@ class Write:
     data: bytes = field(repr=False)
     mode: int
     private_dir: bool = False
+    root: Path = Path("/")  # where `private_dir` is made the confined way (system.ensure_private_dir)
 
     def describe(self) -> str:
         return f"write {self.path} (mode {self.mode:04o})"
 
     def apply(self, reporter: Reporter) -> None:
         if self.private_dir:
-            system.ensure_private_dir(self.path.parent)
+            system.ensure_private_dir(self.path.parent, self.root)
         system.atomic_write(self.path, self.data, self.mode)
 
 
@@ -143,13 +146,20 @@ class Empty:
         return f"empty {self.path} (zero bytes)"
 
     def apply(self, reporter: Reporter) -> None:
-        # O_NOFOLLOW: a link here is refused (ELOOP), never followed out of an image's root (paths.py).
+        # O_NOFOLLOW: a link here is refused (ELOOP), never followed out of an image's root (paths.py);
+        # O_NONBLOCK: a FIFO is refused (ENXIO without a reader) instead of waited on, and only a regular
+        # file is truncated (a device never is).
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+            fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
-        os.close(fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "it is not a regular file")
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
 
 
 @dataclass(frozen=True)

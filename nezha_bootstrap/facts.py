@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.paths import HOST, Paths, read_under
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,9 @@ def gather(paths: Paths, want_ip: bool = True) -> Facts:
     return Facts(
         hostname=socket.gethostname(),
         primary_ipv4=primary_ipv4() if want_ip else None,
-        machine_id=read_machine_id(paths.machine_id),
+        machine_id=read_machine_id(paths.machine_id, paths.root),
         systemd_running=systemd_running(paths),
-        instance_id=read_instance_id(paths.instance_id),
+        instance_id=read_instance_id(paths.instance_id, paths.root),
     )
 
 
@@ -48,20 +48,21 @@ def systemd_running(paths: Paths) -> bool:
 STAND_IN = Facts(hostname="localhost", primary_ipv4="192.0.2.1", machine_id="0" * 32, systemd_running=False)
 
 
-def read_machine_id(path: Path) -> str | None:
-    """Return the stripped content of /etc/machine-id, or None when missing or empty."""
+def read_machine_id(path: Path, root: Path = HOST) -> str | None:
+    """Return the stripped content of /etc/machine-id, or None when missing, empty or not a regular file
+    (read confined to `root`: paths.read_under)."""
     try:
-        value = path.read_text(encoding="ascii", errors="replace").strip()
+        value = read_under(root, path).decode("ascii", errors="replace").strip()
     except OSError:
         return None
     return value or None
 
 
-def read_instance_id(path: Path) -> str | None:
+def read_instance_id(path: Path, root: Path = HOST) -> str | None:
     """cloud-init's instance-id (/var/lib/cloud/data/instance-id): one per instance a cloud boots, so a
     new one under an unchanged machine-id is an image captured without `seal`. None without cloud-init."""
     try:
-        value = path.read_text(encoding="utf-8", errors="replace").strip()
+        value = read_under(root, path).decode("utf-8", errors="replace").strip()
     except OSError:
         return None
     # cloud-init writes "iid-datasource-none" when no datasource answered: not an instance's identity.

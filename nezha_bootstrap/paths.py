@@ -9,6 +9,7 @@ replaced or removed as itself, and the writers open files with O_NOFOLLOW).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -147,3 +148,111 @@ def inside(root: Path, absolute: str, *, follow_last: bool = False) -> Path:
             done = []
         todo = [p for p in target.split("/") if p not in ("", ".")] + todo
     return root.joinpath(*done)
+
+
+READ_CAP = 1 << 20  # every file read here is a few hundred bytes to a few KiB (state, unit, config, ids)
+HOST = Path("/")
+
+
+def read_under(root: Path, path: Path, *, follow_last: bool = True, cap: int = READ_CAP) -> bytes:
+    """The bytes of `path` (a path under `root`), read the one confined way: reached from a descriptor of
+    `root` one component at a time, each link resolved as a chroot at `root` would (never out of it, even if
+    a directory is swapped for a link meanwhile), opened O_NOFOLLOW|O_NONBLOCK and checked with fstat to be a
+    regular file (a FIFO, device, socket or directory is refused at once, never waited on). With
+    `follow_last=False` a link as the last component is refused (ELOOP). At most `cap` bytes."""
+    fd = open_under(root, path, follow_last=follow_last)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, f"it is {_kind(info.st_mode)}, not a regular file", str(path))
+        chunks, size = [], 0
+        while size < cap:
+            chunk = os.read(fd, min(cap - size, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def private_dir_under(root: Path, path: Path) -> None:
+    """Create the directory `path` under `root` (and its parents, 0700) the confined way, then make it 0700
+    through its own descriptor: a directory swapped for a link is never chmod'ed outside the root."""
+    fd = open_under(root, path, create=True, directory=True)
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def open_under(root: Path, path: Path, *, follow_last: bool = True, create: bool = False,
+               directory: bool = False) -> int:
+    """A descriptor of `path` under `root`, reached component by component from a descriptor of `root`
+    (O_NOFOLLOW each; links resolved by hand, an absolute target starting again at `root`, `..` never above
+    it). `create`: missing directories are made (0700); `directory`: the last component must be one."""
+    try:
+        todo = [part for part in path.relative_to(root).parts if part not in ("", ".")]
+    except ValueError:
+        raise OSError(errno.EXDEV, f"{path} is not under {root}") from None
+    stack = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+    links = 0
+    try:
+        while todo:
+            part = todo.pop(0)
+            if part == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            last = not todo
+            want_dir = directory or not last
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if want_dir else 0)
+            try:
+                stack.append(_open_at(part, flags, stack[-1], create and want_dir))
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                target = _link_target(part, stack[-1], exc)
+                if last and not follow_last:
+                    raise
+            links += 1
+            if links > MAX_LINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", str(path))
+            if target.startswith("/"):
+                while len(stack) > 1:
+                    os.close(stack.pop())
+            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+        return stack.pop()
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def _open_at(part: str, flags: int, dir_fd: int, create: bool) -> int:
+    try:
+        return os.open(part, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    try:
+        os.mkdir(part, 0o700, dir_fd=dir_fd)
+    except FileExistsError:
+        pass  # made meanwhile by someone else: opened below as whatever it is
+    return os.open(part, flags, dir_fd=dir_fd)
+
+
+def _link_target(part: str, dir_fd: int, failure: OSError) -> str:
+    """The target of the link `part`, or `failure` again when it is not a link (a file where a directory
+    was expected)."""
+    try:
+        return os.readlink(part, dir_fd=dir_fd)
+    except OSError:
+        raise failure from None
+
+
+def _kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a pipe (FIFO)", stat.S_ISCHR: "a device", stat.S_ISBLK: "a device",
+             stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a directory", stat.S_ISLNK: "a symbolic link"}
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a regular file")

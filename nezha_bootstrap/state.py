@@ -19,7 +19,7 @@ from typing import Any
 from nezha_bootstrap.config import SECRET_RE
 from nezha_bootstrap.errors import LockBusy, StateError
 from nezha_bootstrap.identity import uuid_problem
-from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.paths import HOST, Paths, read_under
 from nezha_bootstrap.system import atomic_write, ensure_private_dir, fsync_dir
 
 STATE_VERSION = 1
@@ -70,7 +70,7 @@ def load(paths: Paths, *, move_aside: bool = True) -> State | None:
     """Read the state file; None when there is none. A corrupt file is moved aside (unless told not to:
     --dry-run and `status` change nothing)."""
     try:
-        raw = read_nofollow(paths.state_file)
+        raw = read_nofollow(paths.state_file, paths.root)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -152,7 +152,7 @@ def _corrupt(paths: Paths, why: str, move_aside: bool) -> str:
 
 def save(paths: Paths, state: State) -> None:
     """Write the state atomically, 0600 in a 0700 directory."""
-    ensure_private_dir(paths.state_dir)
+    ensure_private_dir(paths.state_dir, paths.root)
     data = {"version": STATE_VERSION, **dataclasses.asdict(state)}
     try:
         atomic_write(paths.state_file, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
@@ -177,7 +177,7 @@ class Pending:
 
 def save_pending(paths: Paths, pending: Pending) -> None:
     """Record the registration about to be sent, durably (atomic write, file and directory fsync)."""
-    ensure_private_dir(paths.state_dir)
+    ensure_private_dir(paths.state_dir, paths.root)
     data = {"version": STATE_VERSION, **dataclasses.asdict(pending)}
     try:
         atomic_write(paths.pending_file, (json.dumps(data, sort_keys=True) + "\n").encode())
@@ -189,7 +189,7 @@ def load_pending(paths: Paths, *, move_aside: bool = False) -> Pending | None:
     """The registration an earlier run left under way, or None. An unreadable one is a StateError; with
     `move_aside` it is first kept aside as pending.json.corrupt-<time>, where `damaged_since` finds it."""
     try:
-        data = json.loads(read_nofollow(paths.pending_file))
+        data = json.loads(read_nofollow(paths.pending_file, paths.root))
         if not isinstance(data.get("before"), list):
             raise TypeError("before is not a list of server ids")
         pending = Pending(dashboard_url=str(data["dashboard_url"]), name=str(data["name"]), tag=str(data["tag"]),
@@ -256,7 +256,7 @@ ROOM_NEEDED = 4096  # a state file is under 1 KiB; one block more covers the ren
 
 def check_room(paths: Paths) -> None:
     """Prove a state file can be written now (a read-only or full disk fails here, not after registering)."""
-    ensure_private_dir(paths.state_dir)
+    ensure_private_dir(paths.state_dir, paths.root)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{paths.state_file.name}.", suffix=".tmp", dir=paths.state_dir)
     except OSError as exc:
@@ -272,11 +272,10 @@ def check_room(paths: Paths) -> None:
         os.unlink(tmp)
 
 
-def read_nofollow(path: Path) -> bytes:
-    """The bytes of `path`, never through a symbolic link as its last component (ELOOP then)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
+def read_nofollow(path: Path, root: Path = HOST) -> bytes:
+    """The bytes of `path`, read confined to `root` (paths.read_under), never through a symbolic link as its
+    last component (ELOOP then) and only from a regular file (a FIFO is refused, never waited on)."""
+    return read_under(root, path, follow_last=False)
 
 
 def _open_problem(exc: OSError) -> str:
@@ -298,7 +297,7 @@ def _write_problem(path: Path, exc: OSError) -> str:
 @contextlib.contextmanager
 def locked(paths: Paths, timeout: float, poll: float = 0.1) -> Iterator[None]:
     """Hold the exclusive run lock; wait up to `timeout` seconds, then raise LockBusy."""
-    ensure_private_dir(paths.state_dir)
+    ensure_private_dir(paths.state_dir, paths.root)
     try:
         fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:

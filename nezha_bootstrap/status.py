@@ -49,7 +49,7 @@ def _agent_layout(paths: Paths) -> dict[str, Any]:
     config = paths.agent_dir / "config.yml"
     if config.exists():
         info["agent_config"] = str(config)
-        info["agent_config_uuid"] = config_uuid(config)
+        info["agent_config_uuid"] = config_uuid(config, paths.root)
     leftovers = vendor_leftovers(paths)
     if leftovers:
         info["vendor_leftovers"] = [{"config": str(item.config), "uuid": item.uuid} for item in leftovers]

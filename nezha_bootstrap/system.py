@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from nezha_bootstrap.errors import StateError
+from nezha_bootstrap.paths import HOST, private_dir_under, read_under
 
 COMMAND_TIMEOUT = 60.0  # an agent or systemctl command; install.sh gets the step's deadline instead
 AFTER_EXIT = 1.0  # seconds of output still read after a command exits (a child of it may hold the pipe)
@@ -97,7 +98,7 @@ def stop_leftover(track: Path) -> list[int]:
     so a kill at any moment leaves it); only processes carrying it are signalled, never a reused pid.
     Returns the pids that were stopped."""
     try:
-        marker = track.read_text(encoding="ascii").strip()
+        marker = read_under(HOST, track, follow_last=False).decode("ascii").strip()  # a FIFO: refused at once
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError):
@@ -188,8 +189,16 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create `path` (and parents) and make it 0700."""
+def ensure_private_dir(path: Path, root: Path = HOST) -> None:
+    """Create `path` (and parents) and make it 0700; under another root, the confined way
+    (paths.private_dir_under: a directory swapped for a link never gets a host directory chmod'ed)."""
+    if root.resolve() != HOST:
+        try:
+            root.mkdir(parents=True, exist_ok=True)  # the root itself is the caller's; below it, confined
+            private_dir_under(root, path)
+        except OSError as exc:
+            raise StateError(f"cannot create the private directory {path} (mode 0700): {exc.strerror}") from exc
+        return
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

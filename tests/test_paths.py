@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import stat
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 
 from nezha_bootstrap.cli import main
 from nezha_bootstrap.errors import SettingsError
-from nezha_bootstrap.paths import Paths, inside
+from nezha_bootstrap.paths import Paths, inside, read_under
 from tests.conftest import TOKEN, Cli, Outcome, make_runner
 
 URL = "https://nezha.example.com"
@@ -166,3 +168,108 @@ def test_run_under_a_root_keeps_state_agent_and_unit_inside_the_image(cli: Cli, 
     assert snapshot(host) == before
     assert (cli.root / str(host / "var/lib/nezha-bootstrap/state.json").lstrip("/")).is_file()
     assert (cli.root / str(host / "etc/systemd/system/nezha-agent.service").lstrip("/")).is_file()
+
+
+# --- reads and chmods under the root: one confined, no-follow, regular-files-only path (issue 18 item 10) --
+
+def test_a_read_follows_links_as_a_chroot_would_never_to_the_host(tmp_path: Path, host: Path) -> None:
+    root = tmp_path / "root"
+    link(root, "/var/lib/cloud/data/instance-id", host / "machine-id")  # an absolute link: the host's path
+    (root / str(host).lstrip("/")).mkdir(parents=True)
+    (root / str(host / "machine-id").lstrip("/")).write_text("the image's own\n")
+
+    assert read_under(root, root / "var/lib/cloud/data/instance-id") == b"the image's own\n"
+    with pytest.raises(OSError) as caught:
+        read_under(root, root / "var/lib/cloud/data/instance-id", follow_last=False)
+    assert caught.value.errno == errno.ELOOP
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_a_read_refuses_what_is_not_a_regular_file_at_once(tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    target = root / "etc/machine-id"
+    if kind == "fifo":
+        os.mkfifo(target)  # opened blocking, this would wait for a writer forever
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        link(root, "/etc/machine-id", "/dev/zero")  # resolved inside the root: a missing file
+        (root / "dev").mkdir()
+        os.symlink("/dev/null", root / "dev/zero")  # a link to the host's device: read as the image's /dev/null
+
+    with pytest.raises(OSError) as caught:
+        read_under(root, target)
+
+    assert isinstance(caught.value, FileNotFoundError) or "not a regular file" in str(caught.value)
+
+
+def test_a_directory_swapped_for_a_link_is_never_chmoded_outside_the_root(tmp_path: Path, host: Path) -> None:
+    from nezha_bootstrap.system import ensure_private_dir
+
+    root = tmp_path / "root"
+    (root / "var/lib").mkdir(parents=True)
+    paths = Paths(root)
+    state_dir = paths.state_dir  # resolved before the swap, as a run resolves it at its start
+    (root / "var/lib").rmdir()
+    link(root, "/var/lib", host / "var/lib")  # swapped during the run for a link to the host's directory
+
+    ensure_private_dir(state_dir, root)
+
+    assert stat.S_IMODE((host / "var/lib/nezha-bootstrap").stat().st_mode) == 0o755
+    inner = root / str(host / "var/lib/nezha-bootstrap").lstrip("/")
+    assert stat.S_IMODE(inner.stat().st_mode) == 0o700
+
+
+@pytest.mark.integration
+def test_the_images_instance_id_and_sysconfig_linked_to_host_files_are_not_read(cli: Cli, host: Path) -> None:
+    (host / "instance-id").write_text("i-of-the-host\n")
+    (host / "sysconfig").write_text("NZ_UUID=host-uuid\n")
+    link(cli.root, "/var/lib/cloud/data/instance-id", host / "instance-id")
+    link(cli.root, "/etc/sysconfig/nezha-agent", host / "sysconfig")
+
+    outcome = cli("run")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    state = json.loads((cli.root / "var/lib/nezha-bootstrap/state.json").read_text())
+    assert state["instance_id"] is None
+    assert "i-of-the-host" not in outcome.stderr and "NZ_UUID" not in outcome.stderr
+
+
+FIFOS = ["etc/machine-id", "var/lib/cloud/data/instance-id", "var/lib/nezha-bootstrap/state.json",
+         "etc/systemd/system/nezha-agent.service"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("where", FIFOS)
+def test_a_fifo_in_the_image_never_hangs_run_status_or_seal(cli: Cli, where: str) -> None:
+    from tests.processes import run
+
+    assert cli("run").exit_code == 0
+    fifo = cli.root / where
+    fifo.unlink(missing_ok=True)
+    fifo.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(fifo)
+
+    finished = [run(cli, *command, timeout=20) for command in (["status"], ["run"], ["seal", "--dry-run"])]
+
+    assert all(done.seconds < 15 for done in finished)
+    assert [done.exit_code for done in finished] == EXPECTED_AFTER_FIFO[where], [d.stderr for d in finished]
+    assert not any("Traceback" in done.stderr or "internal error" in done.stderr for done in finished)
+
+
+EXPECTED_AFTER_FIFO = {  # status, run, seal --dry-run
+    "etc/machine-id": [0, 0, 0],  # no machine-id: the state's differs, a v0 run registers this clone anew
+    "var/lib/cloud/data/instance-id": [0, 0, 0],
+    "var/lib/nezha-bootstrap/state.json": [1, 1, 0],  # "it is a pipe (FIFO), not a regular file"; seal warns
+    "etc/systemd/system/nezha-agent.service": [0, 0, 0],  # drift: the unit is unreadable; run reinstalls
+}
+
+
+@pytest.mark.parametrize("command", ["seal", "uninstall"])
+def test_seal_and_uninstall_of_a_root_that_does_not_exist_are_refused(tmp_path: Path, command: str) -> None:
+    outcome = invoke(command, "--root", str(tmp_path / "mnt/imgae"))
+
+    assert outcome.exit_code == 2
+    assert f"--root {tmp_path / 'mnt/imgae'} is not an existing directory" in outcome.stderr
+    assert not (tmp_path / "mnt").exists()

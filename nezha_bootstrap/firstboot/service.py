@@ -12,7 +12,7 @@ from nezha_bootstrap import agent
 from nezha_bootstrap.config import display_url
 from nezha_bootstrap.effects import Action, Command, Empty, Link, Plan, Remove, StopLeftover, Write
 from nezha_bootstrap.firstboot import render, zipapp
-from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.paths import Paths, read_under
 from nezha_bootstrap.state import State
 
 UNIT_TARGET = "/etc/systemd/system/" + render.UNIT_NAME  # what `systemctl enable` links to
@@ -27,7 +27,7 @@ def plan_install_service(paths: Paths, settings: str | None, *, use_systemctl: b
                     Write(paths.under(render.TOOL), render.launcher().encode("utf-8"), 0o755)]
     actions.append(Write(paths.service_unit, render.unit().encode("utf-8"), 0o644))
     if settings is not None:
-        actions.append(Write(paths.settings_file, settings.encode("utf-8"), 0o600, private_dir=True))
+        actions.append(Write(paths.settings_file, settings.encode("utf-8"), 0o600, private_dir=True, root=paths.root))
     if use_systemctl:
         actions += [Command(("systemctl", "daemon-reload")), Command(("systemctl", "enable", render.UNIT_NAME))]
     else:
@@ -113,18 +113,18 @@ def _seal_notes(paths: Paths) -> list[str]:
     if not paths.settings_file.exists():
         notes.append(f"there is no {paths.settings_file}: clones register only once one is written "
                      "(for example by cloud-init-minimal user-data)")
-    elif _assigns(paths.settings_file, "NEZHA_AGENT_UUID"):
+    elif _assigns(paths.settings_file, "NEZHA_AGENT_UUID", paths.root):
         notes.append(f"{paths.settings_file} sets NEZHA_AGENT_UUID: every clone would enroll as the same server")
     sysconfig = paths.under("/etc/sysconfig/nezha-agent")
-    if _assigns(sysconfig, "NZ_UUID") or _assigns(sysconfig, "export NZ_UUID"):
+    if _assigns(sysconfig, "NZ_UUID", paths.root) or _assigns(sysconfig, "export NZ_UUID", paths.root):
         notes.append(f"{sysconfig} sets NZ_UUID, which overrides config.yml: every clone's agent would enroll as "
                      "the same server; remove that line")
     return notes
 
 
-def _assigns(settings_file: Path, name: str) -> bool:
+def _assigns(settings_file: Path, name: str, root: Path) -> bool:
     try:
-        lines = settings_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = read_under(root, settings_file).decode("utf-8", errors="replace").splitlines()
     except OSError:
         return False
     return any(line.strip().startswith(f"{name}=") for line in lines)

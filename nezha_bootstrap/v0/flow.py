@@ -342,7 +342,7 @@ class Runner:
         from nezha_bootstrap import system
 
         if isinstance(plan, InstallPlan):
-            system.ensure_private_dir(plan.script_path.parent)
+            system.ensure_private_dir(plan.script_path.parent, self.paths.root)
             with local_step(f"write {plan.script_path}"):
                 system.atomic_write(plan.script_path, payload, mode=0o700)
         with local_step(f"create the directory {plan.cwd}"):

@@ -13,6 +13,7 @@ import platform
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nezha_bootstrap import agent, identity, redact
@@ -105,7 +106,7 @@ def plan_enrollment(saved: State | None, config: Config, facts: Facts, paths: Pa
     version = settings.version or agent.AGENT_V1
     values = agent_values(config, ident.uuid)
     expected = agent.render_config(values)
-    on_disk = _read(paths.agent_dir / "config.yml")
+    on_disk = _read(paths.agent_dir / "config.yml", paths.root)
     install, reason = decide(saved, config, facts, on_disk, expected, paths, version)
     shown = agent.render_config({**values, "client_secret": SECRET_PLACEHOLDER})
     release = agent.Release(settings.base_url, version, agent.asset_name(machine), settings.sha256)
@@ -119,7 +120,8 @@ def unit_action(paths: Paths) -> str:
     unit = agent.installed_unit(paths)
     if unit is None:
         return "install"
-    argv = agent.read_exec_start(unit) if unit == paths.agent_unit else agent.read_init_command(unit)
+    argv = (agent.read_exec_start(unit, paths.root) if unit == paths.agent_unit
+            else agent.read_init_command(unit, paths.root))
     return "restart" if argv and argv[1:] == ["-c", agent.CONFIG_TARGET] else "replace"
 
 
@@ -262,7 +264,7 @@ class V1Runner:
         release, uuid, expected = plan.release, plan.uuid, plan.config_text
         with self.reporter.step("download", f"downloading nezha-agent v{release.version} ({release.asset})"):
             binary = self._download(release)
-        system.ensure_private_dir(self.paths.state_dir)
+        system.ensure_private_dir(self.paths.state_dir, self.paths.root)
         with local_step(f"create the directory {self.paths.agent_dir}"):
             self.paths.agent_dir.mkdir(parents=True, exist_ok=True)
         if plan.action == "replace" and self.paths.agent_binary.exists():
@@ -271,7 +273,7 @@ class V1Runner:
         with local_step(f"write {self.paths.agent_binary}"):
             system.atomic_write(self.paths.agent_binary, binary, mode=0o755)
         adopted = self._leftovers()
-        old_uuid = agent.config_uuid(self.paths.agent_dir / "config.yml") if plan.on_disk else None
+        old_uuid = agent.config_uuid(self.paths.agent_dir / "config.yml", self.paths.root) if plan.on_disk else None
         if old_uuid and old_uuid != uuid:
             self.reporter.warn(
                 f"config.yml held uuid {old_uuid}; it now holds {uuid}. The dashboard keeps a server for "
@@ -361,9 +363,11 @@ class V1Runner:
                          notes=(NAMING_NOTE,) if naming_note else (), details=details)
 
 
-def _read(path: Any) -> str | None:
+def _read(path: Path, root: Path) -> str | None:
+    from nezha_bootstrap.paths import read_under
+
     try:
-        return str(path.read_text(encoding="utf-8"))
+        return read_under(root, path).decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
 
