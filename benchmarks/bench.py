@@ -419,6 +419,7 @@ class Bench:
         return {**base_env(), "NEZHA_DASHBOARD_URL": self.url, "NEZHA_TOKEN": TOKEN,
                 "NEZHA_PROBE_ADDRESS": "probe.example.test", "NEZHA_INSTALL_SCRIPT_URL": f"{self.url}/install.sh",
                 "NEZHA_INSTALL_SCRIPT_SHA256": self.script_sha256, "NEZHA_BOOTSTRAP_ROOT": str(root),
+                "NEZHA_BOOTSTRAP_REHEARSAL": "1",
                 "NEZHA_STUB_RECORD": str(root / "stub-record"), "NODE_NAME": f"bench-{self.counter}",
                 "NEZHA_BOOTSTRAP_DEADLINE": "30"}
 
@@ -559,6 +560,7 @@ def v2_node(url: str, fake: FakeV1, token: str, root: Path, index: int) -> subpr
     (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
     env = {**base_env(), "NEZHA_DASHBOARD_URL": url, "NEZHA_AGENT_SECRET": fake.agent_secret, "NEZHA_TOKEN": token,
            "NEZHA_AGENT_BASE_URL": f"{url}/releases", "NEZHA_BOOTSTRAP_ROOT": str(root),
+           "NEZHA_BOOTSTRAP_REHEARSAL": "1",
            "NEZHA_STUB_RECORD": str(root / "stub-record"), "NODE_NAME": f"v2-{index:03d}",
            "NEZHA_GROUP": V2_GROUP, "NEZHA_BOOTSTRAP_DEADLINE": "120"}
     return subprocess.Popen(tool_argv() + ["run", "-q"], env=env, text=True, stdout=subprocess.DEVNULL,
@@ -643,6 +645,7 @@ def hostile_node(url: str, root: Path, resolver: str = "system", **settings: str
     (root / "etc").mkdir(parents=True, exist_ok=True)
     (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
     env = {**base_env(), "NEZHA_DASHBOARD_URL": url, "NEZHA_TOKEN": TOKEN, "NEZHA_BOOTSTRAP_ROOT": str(root),
+           "NEZHA_BOOTSTRAP_REHEARSAL": "1",
            "NEZHA_PROBE_ADDRESS": "probe.example.test", "NEZHA_INSTALL_SCRIPT_SHA256": "0" * 64, **settings}
     return [sys.executable, "-c", HOSTILE_CHILD, resolver, "run"], env
 
@@ -750,7 +753,7 @@ def bench_zipapp(plan: Plan) -> Outcome:
         (root / "etc").mkdir(parents=True)
         (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
         env = {**base_env(), "NEZHA_BOOTSTRAP_CACHE": str(cache), "NEZHA_DASHBOARD_URL": f"http://{LOOPBACK}:9",
-               "NEZHA_TOKEN": TOKEN, "NEZHA_BOOTSTRAP_ROOT": str(root)}
+               "NEZHA_TOKEN": TOKEN, "NEZHA_BOOTSTRAP_ROOT": str(root), "NEZHA_BOOTSTRAP_REHEARSAL": "1"}
         zipapp = [sys.executable, "-I", str(pyz)]
 
         def cold(args: list[str]) -> Sample:

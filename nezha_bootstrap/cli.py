@@ -106,19 +106,24 @@ def main(ctx: click.Context) -> None:
 @settings_options
 @option("--dry-run", is_flag=True, help="Validate and print the plan; touch neither network nor disk.")
 @option("--force", is_flag=True, help="Register again even if this node is registered.")
+@option("--rehearsal", envvar="NEZHA_BOOTSTRAP_REHEARSAL", is_flag=True,
+        help="Allow `run` under --root (not /) with the stub installer and agent of the fakes "
+             "(nezha_bootstrap.testing), which act only inside the root; any other installer or agent is "
+             "still refused. Images are prepared with install-service --root.")
 @agent_options
 @output_options
 @click.pass_context
 @handle_errors
 def run(
-    ctx: click.Context, /, dry_run: bool, force: bool, as_json: bool, quiet: bool, verbose: bool, **params: Any
+    ctx: click.Context, /, dry_run: bool, force: bool, rehearsal: bool, as_json: bool, quiet: bool, verbose: bool,
+    **params: Any
 ) -> None:
     """Register the node (once) and install the agent with its secret."""
     from nezha_bootstrap import run as core
 
     reporter = _reporter(as_json, quiet, verbose)
     config, facts = config_of(ctx, params, reporter, force=force)
-    result = core.run(config, facts, Paths(config.root), reporter, dry_run=dry_run)
+    result = core.run(config, facts, Paths(config.root), reporter, dry_run=dry_run, rehearsal=rehearsal)
     _print_result(reporter, result)
 
 

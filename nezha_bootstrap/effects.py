@@ -20,7 +20,7 @@ from typing import Union
 
 from nezha_bootstrap import system
 from nezha_bootstrap.config import DEFAULT_LOCK_TIMEOUT
-from nezha_bootstrap.errors import BootstrapError, InternalError
+from nezha_bootstrap.errors import BootstrapError, InternalError, SettingsError
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.state import locked
@@ -81,6 +81,9 @@ class Command:
     # Where the running command is recorded (system.run): a command an earlier run left running there
     # is stopped before this one starts (paths.child_file).
     track: Path | None = None
+    # The root the command is for: under one other than /, only a stub that acts inside it may run
+    # (confined_problem); a real installer or agent would act on this machine instead.
+    confine: Path | None = None
 
     def describe(self) -> str:
         return f"run: {shlex.join(self.argv)}"
@@ -96,6 +99,10 @@ class Command:
     def failure(self, reporter: Reporter) -> str | None:
         """Run the command; what went wrong, in words, or None when it succeeded."""
         name = self.name or shlex.join(self.argv)
+        if self.confine is not None:
+            problem = confined_problem(self.confine, self.argv)
+            if problem:
+                raise SettingsError([problem])  # never a warning that lets the plan go on
         if self.track is not None:
             try:
                 stopped = system.stop_leftover(self.track)
@@ -118,6 +125,31 @@ class Command:
             hint = "; run again with -v to see its output" if self.must_succeed else ""
             return f"{name} exited with status {done.returncode}{hint}"
         return None
+
+
+# What every stub of nezha_bootstrap/testing/stubs carries: it takes its paths from its own location, so
+# under a root it acts only inside it. The real install.sh and nezha-agent never carry it.
+STUB_MARKER = b"nezha-bootstrap-stub: acts only inside the root it lies in"
+
+
+def confined_problem(root: Path, argv: tuple[str, ...]) -> str | None:
+    """Why `argv` must not run for `root`, or None: under / anything may; under another root only a program
+    (the first argument that lies under the root: the agent binary, or install.sh after `sh`) holding
+    STUB_MARKER, read the confined way."""
+    from nezha_bootstrap.paths import read_under
+
+    if root.resolve() == Path("/"):
+        return None
+    inside = next((Path(word) for word in argv if Path(word).is_absolute() and Path(word).is_relative_to(root)), None)
+    try:
+        content = read_under(root, inside, cap=1 << 16) if inside is not None else b""
+    except OSError:
+        content = b""
+    if STUB_MARKER in content:
+        return None
+    return (f"refusing to run {inside or argv[0]} for --root {root}: it is not a stub of nezha_bootstrap.testing, "
+            f"and a real installer or agent acts on this machine, not on {root}. Prepare images with "
+            f"`nezha-bootstrap install-service --root {root}`")
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,29 @@ if TYPE_CHECKING:
 ClientFactory = Callable[[], "httpx.Client"]
 
 
+# The installer and the agent act on the system they run on (its service manager, /etc/init.d, the
+# enrollment), whatever --root says: observed, the real agent's `service install` under a root wrote the
+# host's /etc/init.d/nezha-agent. Nothing under a root is run but the stubs (effects.Command.confine).
+UNDER_ROOT = (
+    "run --root {root}: the agent's installer and the agent act on this machine (its service manager and "
+    "enrollment), not on {root}, so run refuses another root. To prepare an image, use "
+    "`nezha-bootstrap install-service --root {root}` (the image registers itself at its first boot, README: "
+    "Images); to rehearse with the fakes' stub installer and agent, add --rehearsal"
+)
+
+
 def needs_probe(config: Config) -> bool:
     """Whether the generation must be resolved: any v1/v2 setting, or an access token (nzp_...)."""
     return config.agent.generation != "v0" and (config.agent.active or is_access_token(config.token))
 
 
-def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter, *, dry_run: bool) -> RunResult:
+def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter, *, dry_run: bool,
+        rehearsal: bool = False) -> RunResult:
     """Carry out `run` (or, with `dry_run`, describe it) on whichever generation the dashboard is."""
     from nezha_bootstrap.v0 import flow as v0_flow
+
+    if not dry_run and not rehearsal and not paths.is_host_root:
+        raise SettingsError([UNDER_ROOT.format(root=paths.root)])
 
     if not needs_probe(config):
         return v0_flow.dry_run(config, facts, paths) if dry_run else v0_flow.run(config, facts, paths, reporter)

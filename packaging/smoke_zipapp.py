@@ -45,6 +45,7 @@ def run_against_fake(pyz: Path, env: dict[str, str], work: Path) -> None:
         node = {**env, "NEZHA_DASHBOARD_URL": running.url, "NEZHA_TOKEN": token, "NODE_NAME": "smoke-node",
                 "NEZHA_PROBE_ADDRESS": "probe.example.test", "NEZHA_INSTALL_SCRIPT_URL": f"{running.url}/install.sh",
                 "NEZHA_INSTALL_SCRIPT_SHA256": fake.script_sha256, "NEZHA_BOOTSTRAP_ROOT": str(root),
+                "NEZHA_BOOTSTRAP_REHEARSAL": "1",
                 "NEZHA_BOOTSTRAP_DEADLINE": "30", "NEZHA_STUB_RECORD": str(work / "stub-record"),
                 "NO_PROXY": "127.0.0.1"}
         check("run (registers and installs the stub agent)", start(pyz, ["run"], node), "registered")

@@ -49,7 +49,8 @@ def serve(mode: str, **route: Any) -> HostileServer:
 def cli_run(root: Path, url: str, *args: str, **env: str) -> tuple[int, str, float]:
     """`nezha-bootstrap run --dashboard v0` in-process against `url`: exit code, stderr, seconds."""
     settings = {"NEZHA_DASHBOARD_URL": url, "NEZHA_TOKEN": TOKEN, "NEZHA_PROBE_ADDRESS": "probe.example.test",
-                "NEZHA_BOOTSTRAP_ROOT": str(root), "NEZHA_INSTALL_SCRIPT_SHA256": SHA, **env}
+                "NEZHA_BOOTSTRAP_ROOT": str(root), "NEZHA_BOOTSTRAP_REHEARSAL": "1", "NEZHA_INSTALL_SCRIPT_SHA256": SHA,
+                **env}
     started = time.monotonic()
     result = make_runner().invoke(main, ["run", "--dashboard", "v0", *args],
                                   env=settings, catch_exceptions=False)

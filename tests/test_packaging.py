@@ -330,6 +330,7 @@ def test_pyz_registers_with_the_fake_dashboard_and_installs_the_agent(native: Pa
     env = bare_env(tmp_path, NEZHA_DASHBOARD_URL=dashboard.url, NEZHA_TOKEN=TOKEN, NODE_NAME="pyz-node",
                    NEZHA_PROBE_ADDRESS="probe.example.test", NEZHA_INSTALL_SCRIPT_URL=f"{dashboard.url}/install.sh",
                    NEZHA_INSTALL_SCRIPT_SHA256=fake.script_sha256, NEZHA_BOOTSTRAP_ROOT=str(root),
+                   NEZHA_BOOTSTRAP_REHEARSAL="1",
                    NEZHA_BOOTSTRAP_DEADLINE="30", NEZHA_STUB_RECORD=str(tmp_path / "stub-record"),
                    NO_PROXY="127.0.0.1")
 

@@ -253,7 +253,7 @@ def node_process(url: str, fake: FakeV1, token: str, root: Path, index: int) -> 
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("NEZHA_", "NZ_"))},
         "NEZHA_DASHBOARD_URL": url, "NEZHA_AGENT_SECRET": fake.agent_secret, "NEZHA_TOKEN": token,
-        "NEZHA_AGENT_BASE_URL": f"{url}/releases", "NEZHA_BOOTSTRAP_ROOT": str(root),
+        "NEZHA_AGENT_BASE_URL": f"{url}/releases", "NEZHA_BOOTSTRAP_ROOT": str(root), "NEZHA_BOOTSTRAP_REHEARSAL": "1",
         "NEZHA_BOOTSTRAP_DEADLINE": "60", "NODE_NAME": f"node-{index:02d}", "NEZHA_GROUP": "fleet",
         "NEZHA_STUB_RECORD": str(root.parent / f"record{index}"), "NO_PROXY": "127.0.0.1",
     }

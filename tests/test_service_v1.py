@@ -35,6 +35,7 @@ def v1cli(root: Path) -> Iterator[V1Cli]:
 
 def command(v1cli: V1Cli, *args: str) -> Outcome:
     result = make_runner().invoke(main, list(args), env={"NEZHA_BOOTSTRAP_ROOT": str(v1cli.root),
+                                                         "NEZHA_BOOTSTRAP_REHEARSAL": "1",
                                                          "NEZHA_STUB_RECORD": str(v1cli.record_dir)},
                                   catch_exceptions=False)
     return Outcome(result, result.stdout, result.stderr)

@@ -351,7 +351,8 @@ class Runner:
             with local_step(f"write {self.paths.agent_binary}"):
                 system.atomic_write(self.paths.agent_binary, payload, mode=0o755)
         try:
-            for command in install_commands(plan, self.config.deadline, track=self.paths.child_file):
+            for command in install_commands(plan, self.config.deadline, track=self.paths.child_file,
+                                            confine=self.paths.root):
                 if command is not None:
                     command.apply(self.reporter)
         finally:
@@ -389,9 +390,11 @@ def install_plan(config: Config, paths: Paths, secret: str) -> Install:
     return plan_v0(config, paths, secret, release) if release else script.plan(config, paths, secret)
 
 
-def install_commands(plan: Install, deadline: float, track: Path | None = None) -> list[Command | None]:
+def install_commands(plan: Install, deadline: float, track: Path | None = None,
+                     confine: Path | None = None) -> list[Command | None]:
     """The commands that install the agent: uninstall the existing one (if any), then install; each recorded
-    in `track` while it runs, so that no run starts one while one of an earlier run is alive."""
+    in `track` while it runs, so that no run starts one while one of an earlier run is alive; for the root
+    `confine` (effects.Command.confine: under another root than /, only the stubs run)."""
     if isinstance(plan, InstallPlan):
         name, timeout, env = "install.sh", deadline, plan.env_set
     else:
@@ -399,9 +402,9 @@ def install_commands(plan: Install, deadline: float, track: Path | None = None) 
     uninstall = None
     if plan.uninstall_first:
         uninstall = Command(plan.uninstall_first, cwd=plan.cwd, must_succeed=False, name="the uninstall of the agent",
-                            track=track)
+                            track=track, confine=confine)
     return [uninstall, Command(plan.argv, cwd=plan.cwd, timeout=timeout, error=InstallerFailed, name=name, env=env,
-                               track=track)]
+                               track=track, confine=confine)]
 
 
 def _install_what(plan: Install) -> str:

@@ -305,7 +305,7 @@ class V1Runner:
     def _service(self, argv: list[str], quiet_failure: bool = False) -> None:
         """Run one of the agent's `service` commands; a failure is InstallerFailed (or, quiet, a warning)."""
         Command(tuple(argv), cwd=self.paths.agent_dir, must_succeed=not quiet_failure, error=InstallerFailed,
-                track=self.paths.child_file,
+                track=self.paths.child_file, confine=self.paths.root,
                 name=f"`nezha-agent service ... {argv[-1]}`").apply(self.reporter)
 
     def _leftovers(self) -> list[str]:

@@ -158,7 +158,7 @@ def test_a_run_with_a_wrong_token_exits_3_and_registers_nothing(release_host: Re
     name = unique("refused")
     root = scratch_root(tmp_path)
 
-    ran: Ran = tool("run", "--root", str(root), *run_arguments(release_host.base_url), "--name", name,
+    ran: Ran = tool("run", "--root", str(root), "--rehearsal", *run_arguments(release_host.base_url), "--name", name,
                     secrets_env={"NEZHA_TOKEN": WRONG_TOKEN})
 
     assert ran.exit_code == 3, ran.stdout + ran.stderr

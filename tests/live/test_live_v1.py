@@ -248,7 +248,7 @@ def test_a_bad_access_token_gets_the_real_401_once_and_exit_3(fleet: Fleet, tmp_
     (root / "etc").mkdir(parents=True)
     (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
 
-    ran = tool("run", "--root", str(root), *run_arguments(fleet.release.base_url), secrets_env={
+    ran = tool("run", "--root", str(root), "--rehearsal", *run_arguments(fleet.release.base_url), secrets_env={
         "NEZHA_AGENT_SECRET": SETTINGS.agent_secret, "NEZHA_TOKEN": bad})
 
     assert ran.exit_code == 3, ran.stdout + ran.stderr
@@ -354,7 +354,7 @@ def test_an_access_token_on_a_dashboard_without_them_stops_the_run_before_instal
     (root / "etc").mkdir(parents=True)
     (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
 
-    ran = tool("run", "--root", str(root), *run_arguments(fleet.release.base_url), secrets_env={
+    ran = tool("run", "--root", str(root), "--rehearsal", *run_arguments(fleet.release.base_url), secrets_env={
         "NEZHA_AGENT_SECRET": SETTINGS.agent_secret, "NEZHA_TOKEN": "nzp_" + secrets.token_hex(16)})
 
     assert ran.exit_code == 2, ran.stdout + ran.stderr  # access tokens exist from v2.1.0: a settings error

@@ -1,4 +1,5 @@
 #!/bin/sh
+# nezha-bootstrap-stub: acts only inside the root it lies in (its paths come from its own location)
 # Stub of the nezha-agent v0.20.5 binary, shipped in the fake release zip of a v0.x version (tests).
 # `service install -s HOST:PORT -p SECRET [FLAGS...]` writes what the real agent writes
 # (installer-v0.md), as stubs/stub-install.sh does: a 0600 unit whose ExecStart carries the

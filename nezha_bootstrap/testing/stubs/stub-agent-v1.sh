@@ -1,4 +1,5 @@
 #!/bin/sh
+# nezha-bootstrap-stub: acts only inside the root it lies in (its paths come from its own location)
 # Stub of the nezha-agent v1/v2 binary, shipped in the fake release zip (demo, tests, first-boot test).
 # `service -c CONFIG install|restart|stop|uninstall` does what the real agent's service commands
 # leave behind: a systemd unit whose ExecStart is `nezha-agent "-c" "CONFIG"`, named nezha-agent when

@@ -1,4 +1,5 @@
 #!/bin/sh
+# nezha-bootstrap-stub: acts only inside the root it lies in (its paths come from its own location)
 # Stub of nezhahq/scripts install.sh, served by the fake dashboard (demo, tests, first-boot test).
 # `install_agent HOST PORT SECRET [FLAGS...]` records how it was called, then does what the real
 # script leaves behind: /opt/nezha/agent/nezha-agent and a unit whose ExecStart carries the
@@ -36,6 +37,7 @@ agent="$prefix/opt/nezha/agent/nezha-agent"
 mkdir -p "$prefix/opt/nezha/agent" "$prefix/etc/systemd/system"
 cat > "$agent" <<'AGENT'
 #!/bin/sh
+# nezha-bootstrap-stub: acts only inside the root it lies in (its paths come from its own location)
 # stub nezha-agent: `service uninstall` removes the unit; otherwise it idles like a connected agent.
 bin=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$bin/../../.." && pwd)
