@@ -197,6 +197,59 @@ def display_url(url: str) -> str:
 
 
 _SCHEME_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(//)?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def same_dashboard(first: str, second: str) -> bool:
+    """Whether two dashboard URLs are spellings of one URL (canonical_url); a host name and an address that
+    it resolves to are not: telling those apart is the dashboard's answer, never DNS's (v0.flow adopts)."""
+    return first == second or canonical_url(first) == canonical_url(second)
+
+
+def canonical_url(url: str) -> str:
+    """`url` in one spelling, for comparison only (never sent): scheme and host in lower case, a host's
+    trailing dot dropped, IP literals normalised (an IPv4-mapped IPv6 as its IPv4), the scheme's default
+    port dropped, the path's `//`, `.` and `..` resolved, unreserved %-escapes decoded and the others in
+    upper case, no trailing slash. A URL that does not parse is its own spelling."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return url
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+        mapped = getattr(address, "ipv4_mapped", None)
+        host = str(mapped or address)
+    except ValueError:
+        pass
+    netloc = bracketed(host)
+    if port is not None and port != _DEFAULT_PORTS.get(parts.scheme.lower()):
+        netloc += f":{port}"
+    return urlunsplit((parts.scheme.lower(), netloc, _canonical_path(parts.path), parts.query, ""))
+
+
+def _canonical_path(path: str) -> str:
+    segments: list[str] = []
+    for segment in path.split("/"):
+        segment = _PERCENT.sub(_unescape, segment)
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return "/" + "/".join(segments) if segments else ""
+
+
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else f"%{match.group(1).upper()}"
 
 
 def is_loopback_host(host: str) -> bool:

@@ -11,7 +11,14 @@ import contextlib
 from typing import TYPE_CHECKING, Callable
 
 from nezha_bootstrap import state as state_mod
-from nezha_bootstrap.config import Config, display_url, is_access_token, plaintext_problem, v1_config
+from nezha_bootstrap.config import (
+    Config,
+    display_url,
+    is_access_token,
+    plaintext_problem,
+    same_dashboard,
+    v1_config,
+)
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, SettingsError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.generation import PROBES, Generation
@@ -136,7 +143,7 @@ class _Clients:
 
 def cached_generation(config: Config, saved: State | None) -> Generation | None:
     """The generation the state recorded for this dashboard URL, if any."""
-    if saved is None or saved.dashboard_url != config.dashboard_url:
+    if saved is None or not same_dashboard(saved.dashboard_url, config.dashboard_url):
         return None
     if saved.generation:
         return Generation(saved.generation)

@@ -20,6 +20,7 @@ from nezha_bootstrap.config import (
     Validated,
     build,
     is_valid_host,
+    same_dashboard,
 )
 from nezha_bootstrap.errors import SettingsError
 from nezha_bootstrap.facts import Facts
@@ -559,3 +560,23 @@ def test_display_url_masks_everything_up_to_the_last_at(url: str, shown: str) ->
     from nezha_bootstrap.config import display_url
 
     assert display_url(url) == shown
+
+
+@pytest.mark.parametrize(("first", "second", "same"), [
+    ("http://127.0.0.1:8008", "http://127.0.0.1:8008/", True),
+    ("http://127.0.0.1:8008", "HTTP://127.0.0.1:8008/./", True),
+    ("http://127.0.0.1:8008/nezha", "http://127.0.0.1:8008//nezha//", True),
+    ("http://127.0.0.1:8008", "http://[::ffff:127.0.0.1]:8008", True),
+    ("http://127.0.0.1", "http://127.0.0.1:80", True),
+    ("https://Nezha.Example.com.", "https://nezha.example.com:443/", True),
+    ("https://nezha.example.com/a/b/../c", "https://nezha.example.com/a/%63", True),
+    ("http://[2001:DB8::1]:8008", "http://[2001:db8:0::1]:8008", True),
+    ("http://127.0.0.1:8008", "http://localhost:8008", False),  # a name is not an address: the dashboard tells
+    ("http://127.0.0.1:8008", "https://127.0.0.1:8008", False),
+    ("http://127.0.0.1:8008", "http://127.0.0.1:8009", False),
+    ("https://nezha.example.com/a", "https://nezha.example.com/A", False),
+    ("https://nezha.example.com/a%2Fb", "https://nezha.example.com/a/b", False),
+])
+def test_dashboard_urls_are_compared_in_one_spelling(first: str, second: str, same: bool) -> None:
+    assert same_dashboard(first, second) is same
+    assert same_dashboard(second, first) is same

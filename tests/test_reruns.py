@@ -414,6 +414,66 @@ def test_a_damaged_pending_record_before_any_state_looks_for_the_server_first(cl
     assert len(cli.fake.servers) == 1 and cli.fake.registrations() == []
 
 
+# --- 1c. the same dashboard under another spelling or name (issue 18 item 8) --------------------------
+
+SPELLINGS = ["{url}/", "{url}/./", "{url}//", "HTTP://127.0.0.1:{port}", "http://[::ffff:127.0.0.1]:{port}",
+             "http://127.0.0.1:{port}/a/../"]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_the_same_dashboard_spelled_otherwise_is_the_same_registration_without_a_request(cli: Cli,
+                                                                                         spelling: str) -> None:
+    assert cli("run").exit_code == 0
+    seen = len(cli.fake.journal)
+    url = spelling.format(url=cli.dashboard.url, port=cli.dashboard.port)
+
+    outcome = cli("run", NEZHA_DASHBOARD_URL=url)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.startswith("nothing to do")
+    assert len(cli.fake.servers) == 1 and len(cli.fake.journal) == seen
+
+
+def test_the_same_dashboard_under_another_name_is_found_by_the_saved_id_and_adopted(cli: Cli) -> None:
+    assert cli("run").exit_code == 0
+    [server] = cli.fake.servers
+    assert saved(cli.root)["server_id"] == server.id
+    other = f"http://localhost:{cli.dashboard.port}"
+
+    outcome = cli("run", NEZHA_DASHBOARD_URL=other)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert f"lists this node's server {server.id} ('{server.name}', tag 'AutoRegister'): the same dashboard" in (
+        outcome.stderr)
+    assert len(cli.fake.servers) == 1 and cli.fake.registrations()[1:] == []
+    assert saved(cli.root)["dashboard_url"] == other and saved(cli.root)["secret"] == server.secret
+    assert cli("run", NEZHA_DASHBOARD_URL=other).stdout.startswith("nothing to do")
+
+
+def test_another_dashboard_without_the_saved_server_is_registered_with(cli: Cli) -> None:
+    assert cli("run").exit_code == 0
+    cli.fake.servers.clear()  # as a dashboard that never had this node's server
+
+    outcome = cli("run", NEZHA_DASHBOARD_URL=f"http://localhost:{cli.dashboard.port}")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "this one has no server 1 named" in outcome.stderr
+    assert len(cli.fake.servers) == 1 and saved(cli.root)["server_id"] == cli.fake.servers[0].id
+
+
+def test_a_v1_node_under_another_url_of_its_dashboard_keeps_its_agent_and_records_the_url(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    calls = len(v1cli.agent_calls())
+    other = f"http://localhost:{v1cli.running.port}"
+
+    outcome = v1cli(NEZHA_DASHBOARD_URL=other, NEZHA_PROBE_ADDRESS="127.0.0.1")  # as derived from the first URL
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "the agent's config is the same: its uuid is this server on any URL of the dashboard" in outcome.stderr
+    assert len(v1cli.agent_calls()) == calls and len(v1cli.fake.servers) == 1
+    assert v1cli.state()["dashboard_url"] == other
+
+
 # --- 2. SIGHUP, and an installer an earlier run left running --------------------------------------
 
 def test_sighup_is_a_stop_like_sigterm_and_takes_the_installer_with_it(cli: Cli) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Union
 from nezha_bootstrap import identity, interrupts, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.agent import local_step
-from nezha_bootstrap.config import Config, display_url
+from nezha_bootstrap.config import Config, display_url, same_dashboard
 from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
@@ -37,6 +37,7 @@ Install = Union[InstallPlan, V0Install]
 class Action(enum.Enum):
     NOTHING = "nothing to do"
     INSTALL = "install only"
+    ADOPT = "look for the registered server under this URL, else register"
     REGISTER = "register and install"
 
 
@@ -58,7 +59,10 @@ def decide(config: Config, saved: State | None, facts: Facts, on_disk: list[str]
             (f"the dashboard keeps the server registered before ({saved.name!r}, tag {saved.tag or 'AutoRegister'!r}, "
              f"registered {saved.registered_at}); the token API cannot delete it: delete it in the dashboard",),
         )
-    if saved.dashboard_url != config.dashboard_url:
+    if not same_dashboard(saved.dashboard_url, config.dashboard_url):
+        if saved.server_id is not None and saved.machine_id == facts.machine_id:
+            return Decision(Action.ADOPT, f"registered as server {saved.server_id} with "
+                                          f"{display_url(saved.dashboard_url)}, maybe the same dashboard")
         return Decision(Action.REGISTER, f"registered with another dashboard ({display_url(saved.dashboard_url)})")
     if saved.machine_id != facts.machine_id:
         return Decision(Action.REGISTER, "the machine-id changed: this is a clone of a registered image")
@@ -129,6 +133,8 @@ class Runner:
             pending = self._pending()
             decision = decide(self.config, saved, self.facts, on_disk_drift(self.paths, saved))
             self._announce(decision)
+            if decision.action is Action.ADOPT and saved is not None:
+                saved, decision = self._adopt(saved, decision)
             if decision.action is not Action.REGISTER and saved is not None:
                 self._settle(saved, pending)
             if decision.action is Action.NOTHING:
@@ -150,6 +156,32 @@ class Runner:
                 raise  # it could not be moved aside: stop, as before
             self.reporter.warn(str(exc))
             return None
+
+    def _adopt(self, saved: State, decision: Decision) -> tuple[State, Decision]:
+        """The state names another dashboard URL: when this one lists the saved server id under the saved name
+        and tag, it is the same dashboard (another spelling or name for it): keep the server and its secret."""
+        from nezha_bootstrap.v0.api import Dashboard
+
+        config = self.config
+        assert config.token is not None  # a v0 run has its token
+        dashboard = Dashboard(self._http(), config.dashboard_url, config.token, config.token_source)
+        tag = saved.tag or "AutoRegister"
+        ids = with_retries(lambda left: dashboard.ids_named(saved.name, tag, left), deadline=config.deadline,
+                           what="server list", give_up=DashboardUnreachable, notify=self.reporter.info)
+        if saved.server_id not in ids:
+            shown = display_url(saved.dashboard_url)
+            instead = Decision(Action.REGISTER, f"registered with another dashboard ({shown}); this one has no "
+                                                f"server {saved.server_id} named {saved.name!r}")
+            self._announce(instead)
+            return saved, instead
+        adopted = dataclasses.replace(saved, dashboard_url=config.dashboard_url)
+        state_mod.save(self.paths, adopted)
+        self.reporter.info(f"{display_url(config.dashboard_url)} lists this node's server {saved.server_id} "
+                           f"({saved.name!r}, tag {tag!r}): the same dashboard as {display_url(saved.dashboard_url)}; "
+                           "kept, not registered again")
+        again = decide(config, adopted, self.facts, on_disk_drift(self.paths, adopted))
+        self._announce(again)
+        return adopted, again
 
     def _settle(self, saved: State, pending: state_mod.Pending | None) -> None:
         """Local upkeep of a registered node: forget a registration its state has saved since (a run killed
@@ -217,6 +249,7 @@ class Runner:
                 registration.attempt, deadline=config.deadline, what="register",
                 give_up=DashboardUnreachable, notify=self.reporter.info,
             )
+        kept[-1] = self._record_id(kept[-1], dashboard, registration.before or set(), tag)
         if registration.before:
             ids = ", ".join(str(i) for i in sorted(registration.before))
             self.reporter.warn(f"the dashboard already had a server named {config.name!r} under tag {tag!r} "
@@ -228,7 +261,7 @@ class Runner:
         """An earlier run stopped while registering (killed, power lost): never register blindly. Look for the
         server it may have made, as the lost-answer path does, and stop if it is there."""
         shown = display_url(pending.dashboard_url)
-        if pending.dashboard_url != self.config.dashboard_url:
+        if not same_dashboard(pending.dashboard_url, self.config.dashboard_url):
             self.reporter.warn(f"an earlier run was stopped while registering {pending.name!r} with {shown} "
                                f"({pending.started_at}); if a server of that name that never connected is there, "
                                "delete it")
@@ -247,6 +280,21 @@ class Runner:
                 f"{', '.join(str(i) for i in made)}), whose secret never arrived. Not registering again: delete "
                 "that server in the dashboard, then run again"
             )
+
+    def _record_id(self, saved: State, dashboard: Dashboard, before: set[int], tag: str) -> State:
+        """The new server's id, from the list after the register call (the simple answer holds only the
+        secret): one GET, best effort: without it the server is simply never adopted under another URL."""
+        from nezha_bootstrap.retry import Transient
+
+        try:
+            made = dashboard.ids_named(self.config.name, tag, min(self.config.deadline, 10.0)) - before
+        except (Transient, DashboardRefused, DashboardUnreachable):
+            return saved
+        if len(made) != 1:
+            return saved  # two runs registering the same name at once: neither id is surely ours
+        recorded = dataclasses.replace(saved, server_id=made.pop())
+        state_mod.save(self.paths, recorded)
+        return recorded
 
     def _look_for_damaged(self, damaged: list[Path], dashboard: Dashboard, tag: str) -> None:
         """A state or pending record was damaged (power loss mid-write) and kept aside: it may have held the
@@ -425,6 +473,10 @@ def dry_run(config: Config, facts: Facts, paths: Paths) -> RunResult:
     decision = decide(config, saved, facts, on_disk_drift(paths, saved))
     lines = [f"plan: {decision.action.value} ({decision.reason})"]
     lines += [f"note: {note}" for note in decision.notes]
+    if decision.action is Action.ADOPT and saved is not None:
+        lines.append(f"GET {display_url(config.dashboard_url)}/api/v1/server/list?tag={saved.tag or 'AutoRegister'}: "
+                     f"if it lists server {saved.server_id} named {saved.name!r}, keep it; else:")
+        decision = dataclasses.replace(decision, action=Action.REGISTER)
     details: dict[str, Any] = {"action": decision.action.name.lower()}
     if decision.action is not Action.NOTHING:
         if decision.action is Action.REGISTER:
@@ -466,7 +518,7 @@ def _pending_lines(config: Config, pending: state_mod.Pending | str | None) -> l
     if isinstance(pending, str):
         return [f"keep the damaged {pending} aside; GET {display_url(config.dashboard_url)}/api/v1/server/list"
                 f"?tag={config.tag or 'AutoRegister'} (stop if a server named like this node is there)"]
-    if pending.dashboard_url != config.dashboard_url:
+    if not same_dashboard(pending.dashboard_url, config.dashboard_url):
         return [f"warn about the registration of {pending.name!r} left under way with "
                 f"{display_url(pending.dashboard_url)} ({pending.started_at}), and forget it"]
     return [f"GET {display_url(config.dashboard_url)}/api/v1/server/list?tag={pending.tag} (the registration of "

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from nezha_bootstrap import agent, identity, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.agent import local_step
-from nezha_bootstrap.config import AgentConfig, Config, display_url
+from nezha_bootstrap.config import AgentConfig, Config, display_url, same_dashboard
 from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import InstallerFailed, SettingsError
 from nezha_bootstrap.facts import Facts
@@ -146,8 +146,6 @@ def decide(saved: State | None, config: Config, facts: Facts, on_disk: str | Non
         return True, "not enrolled from this machine yet"
     if config.force:
         return True, "--force"
-    if saved.dashboard_url != config.dashboard_url:
-        return True, f"enrolled with another dashboard ({display_url(saved.dashboard_url)})"
     if saved.machine_id != facts.machine_id:
         return True, "the machine-id changed: this clone enrolls under its own uuid"
     if identity.unsealed_clone(saved.instance_id, facts.instance_id):
@@ -159,6 +157,11 @@ def decide(saved: State | None, config: Config, facts: Facts, on_disk: str | Non
         return True, "config.yml differs from the settings"
     if saved.agent_version != version or saved.installed_at is None:
         return True, "the agent version changed, or the install did not finish"
+    if not same_dashboard(saved.dashboard_url, config.dashboard_url):
+        # The dashboard keys servers by uuid, and config.yml (server, secret, uuid) is unchanged: on any URL of
+        # the same dashboard the agent is the same server; a reinstall would only restart it.
+        return False, (f"enrolled through {display_url(saved.dashboard_url)}, and the agent's config is the same: "
+                       "its uuid is this server on any URL of the dashboard (the new URL is recorded)")
     return False, "enrolled and installed"
 
 
@@ -216,7 +219,11 @@ class V1Runner:
             else:
                 self._warn_leftovers()
                 if saved and identity.recorded_late(saved.instance_id, self.facts.instance_id):
-                    state_mod.save(self.paths, dataclasses.replace(saved, instance_id=self.facts.instance_id))
+                    saved = dataclasses.replace(saved, instance_id=self.facts.instance_id)
+                    state_mod.save(self.paths, saved)
+                if saved and saved.dashboard_url != self.config.dashboard_url:
+                    state_mod.save(self.paths, dataclasses.replace(saved, dashboard_url=self.config.dashboard_url,
+                                                                   generation=self.generation.value))
             outcome = "installed" if install else "nothing_to_do"
             details: dict[str, Any] = {"adopted_uuids": adopted} if adopted else {}
             if node:
