@@ -101,8 +101,10 @@ class Command:
         name = self.name or shlex.join(self.argv)
         if self.confine is not None:
             problem = confined_problem(self.confine, self.argv)
+            if problem and self.must_succeed:
+                raise SettingsError([problem])
             if problem:
-                raise SettingsError([problem])  # never a warning that lets the plan go on
+                return problem  # a best-effort step (the uninstall of an agent found there): not run, a warning
         if self.track is not None:
             try:
                 stopped = system.stop_leftover(self.track)

@@ -89,6 +89,7 @@ def test_bad_gateway_unavailable_and_gateway_timeout_end_in_one_server(cli: Cli)
         ("GET", LIST), ("POST", REGISTER),
         ("POST", REGISTER),
         ("GET", LIST), ("POST", REGISTER),
+        ("GET", LIST),  # the new server's id, recorded (issue 18 item 8)
         ("GET", "/install.sh"),
     ]
     assert [line.split(";")[0] for line in outcome.stderr.splitlines() if "retrying in" in line] == [
