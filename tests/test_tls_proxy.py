@@ -177,7 +177,7 @@ def test_https_proxy_carries_every_request_through_one_tunnel_target(
 
     assert outcome.exit_code == 0, outcome.stderr
     assert proxy.targets and set(proxy.targets) == {f"127.0.0.1:{tls_cli.dashboard.port}"}
-    assert len(tls_cli.fake.journal) == 3  # list, register, install.sh: all through the tunnel
+    assert len(tls_cli.fake.journal) == 4  # list, register, list (the new id), install.sh: all through the tunnel
     assert TOKEN.encode() not in proxy.sent  # the proxy saw only TLS
     assert leaks(tls_cli) == []
 
