@@ -31,6 +31,8 @@ from nezha_bootstrap.retry import Notify
 if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
 
+    from nezha_bootstrap.bundle import Bundle
+
 ZIP_CAP = 64 * 1024 * 1024  # the real zips are ~5 MB
 BINARY_CAP = 128 * 1024 * 1024
 CHECKSUMS_CAP = 64 * 1024
@@ -56,12 +58,13 @@ def asset_name(machine: str) -> str:
 
 @dataclass(frozen=True)
 class Release:
-    """Where the agent zip and its checksums come from."""
+    """Where the agent zip and its checksums come from: the release host, or the bundle this tool runs from."""
 
     base_url: str
     version: str
     asset: str
     pinned_sha256: str | None = None
+    bundled: Bundle | None = None  # set: the zip comes from this bundle and nothing is downloaded
 
     @property
     def asset_url(self) -> str:
@@ -74,11 +77,25 @@ class Release:
     def describe(self) -> list[str]:
         """The download step as --dry-run prints it."""
         pinned = f" and the pinned {self.pinned_sha256}" if self.pinned_sha256 else ""
+        if self.bundled is not None:
+            found = self.bundled.find(self.version, self.asset)
+            if found is None:
+                return [f"stop (exit 2): this bundle has no v{self.version}/{self.asset}; it carries "
+                        f"{self.bundled.summary()}"]
+            return [f"take v{self.version}/{self.asset} from this bundle, nothing downloaded: check its SHA-256 "
+                    f"against the {found.sha256} pinned in the bundle{pinned}; extract nezha-agent (0755)"]
         return [
             f"download {display_url(self.checksums_url)} (at most {CHECKSUMS_CAP} bytes)",
             f"download {display_url(self.asset_url)} (at most {ZIP_CAP} bytes, redirects followed)",
             f"check its SHA-256 against checksums.txt{pinned}; extract nezha-agent (0755)",
         ]
+
+
+def obtaining(release: Release) -> str:
+    """The download step's line."""
+    if release.bundled is not None:
+        return f"taking nezha-agent v{release.version} ({release.asset}) from this bundle"
+    return f"downloading nezha-agent v{release.version} ({release.asset})"
 
 
 def render_config(values: Mapping[str, Any]) -> str:
@@ -154,9 +171,12 @@ def fetch_binary(client: httpx.Client, release: Release, deadline: float, notify
     checksums.txt comes over the same channel as the zip, so it authenticates nothing by itself: it
     catches a broken download or mirror. A plain-http release is used only when --agent-sha256 pins
     it (config.validate_agent), and an https release is never followed to http (http.refuse_downgrade).
+    A release from a bundle is read from it instead (bundled_binary): nothing is downloaded.
     """
     import tempfile  # here: `--help` and `--dry-run` never load it
 
+    if release.bundled is not None:
+        return bundled_binary(release)
     from nezha_bootstrap.http import download
 
     end = time.monotonic() + deadline
@@ -175,6 +195,19 @@ def fetch_binary(client: httpx.Client, release: Release, deadline: float, notify
         get(release.asset_url, cap=ZIP_CAP, deadline=left, what=f"download {release.asset}", into=zipped)
         check_zip(zipped, release, listed)
         return extract_binary(zipped)
+
+
+def bundled_binary(release: Release) -> bytes:
+    """The `nezha-agent` of the zip this bundle carries for `release`: SettingsError (exit 2) when it carries
+    none, InstallerFailed (exit 5) when the zip no longer has the SHA-256 pinned in the bundle or --agent-sha256.
+    Cheap (a local read), so the flows call it before anything changes too."""
+    from nezha_bootstrap import bundle
+
+    assert release.bundled is not None
+    embedded = release.bundled.require(release.version, release.asset)
+    data = bundle.agent_zip(embedded)
+    check_zip(data, release, embedded.sha256)  # agent_zip checked the bundle's hash; this adds --agent-sha256
+    return extract_binary(data)
 
 
 def service_argv(paths: Paths, action: str, config: Path | None = None) -> list[str]:

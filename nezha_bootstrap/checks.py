@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nezha_bootstrap.config import Config
-from nezha_bootstrap.errors import BootstrapError, DashboardUnreachable, InstallerFailed
+from nezha_bootstrap.errors import BootstrapError, DashboardUnreachable, InstallerFailed, SettingsError
 from nezha_bootstrap.retry import Transient
 
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ def check_generation(config: Config, client: httpx.Client) -> tuple[CheckResult,
 
 
 def check_release(release: Release, client: httpx.Client) -> CheckResult:
-    """checksums.txt and the agent zip download, the zip's SHA-256 matches, it holds nezha-agent."""
+    """checksums.txt and the agent zip download, the zip's SHA-256 matches, it holds nezha-agent (from a bundle:
+    the zip it carries, against the hash pinned in it, and what the bundle carries)."""
     from nezha_bootstrap.agent import fetch_binary
 
     try:
@@ -77,7 +78,12 @@ def check_release(release: Release, client: httpx.Client) -> CheckResult:
     except Transient as exc:
         return CheckResult("release", "FAIL", f"downloading v{release.version}: {exc}", InstallerFailed.exit_code)
     except BootstrapError as exc:
-        return failed("release", InstallerFailed(str(exc)) if not isinstance(exc, InstallerFailed) else exc)
+        kept = isinstance(exc, (InstallerFailed, SettingsError))  # SettingsError: a bundle without this agent
+        return failed("release", exc if kept else InstallerFailed(str(exc)))
     pinned = " and the pinned hash" if release.pinned_sha256 else ""
+    if release.bundled is not None:
+        carries = release.bundled.summary()
+        return CheckResult("release", "ok", f"v{release.version} {release.asset} is in this bundle; its SHA-256 "
+                           f"matches the one pinned at bundling{pinned} (the bundle carries {carries})")
     return CheckResult("release", "ok", f"v{release.version} {release.asset} downloads; its SHA-256 matches "
                        f"checksums.txt{pinned}")

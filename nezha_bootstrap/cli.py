@@ -189,6 +189,47 @@ def demo(ctx: click.Context, as_json: bool, quiet: bool, verbose: bool) -> None:
     run_demo(reporter)
 
 
+@main.command("bundle", epilog=SEE_EXIT_CODES)
+@option("--agent-dir", required=True, type=click.Path(file_okay=False),
+        help="Agent releases in the layout of --agent-base-url: v<version>/nezha-agent_linux_<arch>.zip beside "
+             "that version's checksums.txt.")
+@option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The bundle to write (.pyz).")
+@option("--pyz", type=click.Path(dir_okay=False),
+        help="The zipapp to add the agents to. [default: the zipapp this runs from]")
+@option("--arch", "arches", multiple=True,
+        help="Architecture to take agents for (x86_64 or amd64, repeatable). [default: the one the zipapp runs on]")
+@output_options
+@click.pass_context
+@handle_errors
+def bundle_command(ctx: click.Context, /, agent_dir: str, output: str, pyz: str | None, arches: tuple[str, ...],
+                   as_json: bool, quiet: bool, verbose: bool) -> None:
+    """Write a zipapp that carries the agent release zips, for nodes that reach only the dashboard.
+
+    Every zip is taken only if its SHA-256 matches its checksums.txt, and is pinned inside; a run from
+    the bundle installs that agent (v0 dashboards with --method direct) and downloads nothing. Prints
+    the bundle's SHA-256 for `render cloud-init --pyz-sha256`.
+    """
+    from nezha_bootstrap import bundle
+    from nezha_bootstrap.firstboot.zipapp import MAX_PYZ_BYTES
+
+    reporter = _reporter(as_json, quiet, verbose)
+    base = Path(pyz) if pyz else bundle.running_zipapp()
+    if base is None:
+        raise SettingsError(["this is not running from a zipapp: give --pyz FILE (dist/nezha-bootstrap-<version>-"
+                             "<arch>.pyz from packaging/build or the release) to add the agents to"])
+    written = bundle.write(base, Path(agent_dir), Path(output), arches)
+    for warning in written.warnings:
+        reporter.warn(warning)
+    reporter.result(f"wrote {written.path}: {written.size:,} bytes (the first-boot fetch takes up to "
+                    f"{MAX_PYZ_BYTES:,})")
+    reporter.result(f"carries {written.bundle.summary()}, each pinned by its SHA-256")
+    reporter.result(f"sha256 {written.sha256}  (for render cloud-init --pyz-url URL --pyz-sha256 {written.sha256})")
+    reporter.emit_json({"path": str(written.path), "sha256": written.sha256, "size": written.size,
+                        "agents": [{"version": a.version, "asset": a.asset, "sha256": a.sha256}
+                                   for a in written.bundle.agents],
+                        "exit_code": 0, "warnings": reporter.warnings})
+
+
 # --- first boot: render, install-service, seal, uninstall ----------------------------------------
 
 def _write_output(text: str, output: str | None, reporter: Reporter, mode: int = 0o600) -> None:

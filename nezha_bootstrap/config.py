@@ -15,8 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 from nezha_bootstrap.errors import SettingsError
 from nezha_bootstrap.identity import uuid_problem
 
-if TYPE_CHECKING:  # facts.py loads socket: `--help` needs neither
-    from nezha_bootstrap.facts import Facts
+if TYPE_CHECKING:
+    from nezha_bootstrap.bundle import Bundle
+    from nezha_bootstrap.facts import Facts  # facts.py loads socket: `--help` needs neither
 
 # nezhahq/scripts, branch v0, frozen at this commit: installs agent v0.20.5 (installer-v0.md).
 DEFAULT_SCRIPT_URL = (
@@ -553,6 +554,7 @@ class AgentSettings:
     options: tuple[str, ...] = ()
     probe_port_given: bool = False
     tls_given: bool = False
+    bundle: Bundle | None = None  # the agents the bundle this tool runs from carries (bundle.carried())
 
 
 @dataclass(frozen=True)
@@ -571,6 +573,7 @@ class AgentConfig:
     options: tuple[tuple[str, Any], ...]
     probe_port_given: bool
     tls_given: bool
+    bundle: Bundle | None = None
 
     @property
     def active(self) -> bool:
@@ -605,12 +608,28 @@ def validate_agent(raw: AgentSettings, problems: list[str], warnings: list[str])
     uuid = (raw.uuid or "").strip() or None
     if uuid and uuid_problem(uuid):
         problems.append(f"--uuid: {uuid_problem(uuid)}")
+    problems.extend(_bundle_problems(raw.bundle, raw.method, version))
     return AgentConfig(
         generation="v1" if raw.generation == "v2" else raw.generation,  # v2 means "v1 or newer" too
-        secret=secret, method=raw.method, base_url=base, version=version,
+        # A bundle installs the v0 agent directly too: install.sh would download it from GitHub.
+        secret=secret, method=raw.method or ("direct" if raw.bundle else None), base_url=base, version=version,
         sha256=sha, uuid=uuid, adopt=raw.adopt, allow_plaintext=raw.allow_plaintext,
         options=_options(raw.options, problems), probe_port_given=raw.probe_port_given, tls_given=raw.tls_given,
+        bundle=raw.bundle,
     )
+
+
+def _bundle_problems(bundle: Bundle | None, method: str | None, version: str | None) -> list[str]:
+    """Settings a bundle cannot carry out: the vendor script (it downloads), a version it does not carry."""
+    if bundle is None:
+        return []
+    problems = []
+    if method == "script":
+        problems.append("--method script runs the vendor's install.sh, which downloads the agent from GitHub; this "
+                        "bundle carries the agent: drop --method (NEZHA_INSTALL_METHOD) or use the plain zipapp")
+    if version and version not in bundle.versions():
+        problems.append(f"--agent-version {version}: this bundle carries {bundle.summary()}")
+    return problems
 
 
 def _base_url_problem(base: str) -> str | None:

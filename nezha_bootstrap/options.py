@@ -207,6 +207,8 @@ def read_token(ctx: click.Context, params: dict[str, Any], problems: list[str]) 
 
 
 def _agent_settings(ctx: click.Context, params: dict[str, Any], problems: list[str]) -> AgentSettings:
+    from nezha_bootstrap.bundle import carried  # the agents of the bundle this runs from (None: not one)
+
     secret_file, secret = params.pop("agent_secret_file"), params.pop("agent_secret")
     from_flag = _from_flag(ctx, "agent_secret")
     if secret_file:
@@ -219,6 +221,7 @@ def _agent_settings(ctx: click.Context, params: dict[str, Any], problems: list[s
         options=tuple(params.pop("agent_options")),
         probe_port_given=ctx.get_parameter_source("probe_port") is not ParameterSource.DEFAULT,
         tls_given=ctx.get_parameter_source("tls") is not ParameterSource.DEFAULT,
+        bundle=carried(),
     )
 
 

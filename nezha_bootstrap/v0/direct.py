@@ -69,4 +69,4 @@ def v0_release(config: Config, machine: str | None = None) -> Release | None:
     if settings.method != "direct":
         return None
     asset = agent.asset_name(machine or platform.machine())
-    return Release(settings.base_url, settings.version or agent.AGENT_V0, asset, settings.sha256)
+    return Release(settings.base_url, settings.version or agent.AGENT_V0, asset, settings.sha256, settings.bundle)

@@ -139,6 +139,7 @@ class Runner:
                 self._settle(saved, pending)
             if decision.action is Action.NOTHING:
                 return self._result("nothing_to_do", decision)
+            self._check_bundled()
             if decision.action is Action.REGISTER or saved is None:
                 saved = self._register(pending, saved)
             redact.register(saved.secret)
@@ -182,6 +183,15 @@ class Runner:
         again = decide(config, adopted, self.facts, on_disk_drift(self.paths, adopted))
         self._announce(again)
         return adopted, again
+
+    def _check_bundled(self) -> None:
+        """From a bundle: the agent this node needs is in it and intact, checked before the dashboard is asked
+        for anything (a missing one is exit 2, an altered one exit 5, and no server is made)."""
+        from nezha_bootstrap import agent
+
+        release = v0_release(self.config)
+        if release is not None and release.bundled is not None:
+            agent.bundled_binary(release)
 
     def _settle(self, saved: State, pending: state_mod.Pending | None) -> None:
         """Local upkeep of a registered node: forget a registration its state has saved since (a run killed
@@ -381,7 +391,7 @@ class Runner:
                 client = self._download_client((plan.script_url,))
                 return download_script(client, self.config, self.config.deadline, notify)
         release = plan.release
-        with self.reporter.step("download", f"downloading nezha-agent v{release.version} ({release.asset})"):
+        with self.reporter.step("download", agent.obtaining(release)):
             client = self._download_client((release.checksums_url, release.asset_url))
             return agent.fetch_binary(client, release, self.config.deadline, notify)
 

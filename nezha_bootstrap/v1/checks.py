@@ -72,5 +72,6 @@ def _check_release(config: Config, downloads: httpx.Client) -> CheckResult:
         asset = asset_name(platform.machine())
     except BootstrapError as exc:  # no agent release for this architecture
         return failed("release", exc)
-    release = Release(config.agent.base_url, config.agent.version or AGENT_V1, asset, config.agent.sha256)
+    release = Release(config.agent.base_url, config.agent.version or AGENT_V1, asset, config.agent.sha256,
+                      config.agent.bundle)
     return check_release(release, downloads)

@@ -109,7 +109,7 @@ def plan_enrollment(saved: State | None, config: Config, facts: Facts, paths: Pa
     on_disk = _read(paths.agent_dir / "config.yml", paths.root)
     install, reason = decide(saved, config, facts, on_disk, expected, paths, version)
     shown = agent.render_config({**values, "client_secret": SECRET_PLACEHOLDER})
-    release = agent.Release(settings.base_url, version, agent.asset_name(machine), settings.sha256)
+    release = agent.Release(settings.base_url, version, agent.asset_name(machine), settings.sha256, settings.bundle)
     action = unit_action(paths)
     return Plan(install, reason, ident.uuid, ident.source, shown, release, action, expected, on_disk)
 
@@ -209,6 +209,8 @@ class V1Runner:
             self.reporter.info(f"  uuid {plan.uuid} (from {plan.uuid_source})")
             for warning in agent.override_warnings(self.paths, self.environ):
                 self.reporter.warn(warning)
+            if install and plan.release.bundled is not None:  # missing: exit 2, altered: exit 5, nothing changed
+                agent.bundled_binary(plan.release)
             node = self._node_naming(plan.uuid)
             row = node.check() if node else None  # the token is checked before anything is installed
             adopted: list[str] = []
@@ -269,7 +271,7 @@ class V1Runner:
         from nezha_bootstrap import system
 
         release, uuid, expected = plan.release, plan.uuid, plan.config_text
-        with self.reporter.step("download", f"downloading nezha-agent v{release.version} ({release.asset})"):
+        with self.reporter.step("download", agent.obtaining(release)):
             binary = self._download(release)
         system.ensure_private_dir(self.paths.state_dir, self.paths.root)
         with local_step(f"create the directory {self.paths.agent_dir}"):
