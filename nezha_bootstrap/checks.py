@@ -78,8 +78,9 @@ def check_release(release: Release, client: httpx.Client) -> CheckResult:
     except Transient as exc:
         return CheckResult("release", "FAIL", f"downloading v{release.version}: {exc}", InstallerFailed.exit_code)
     except BootstrapError as exc:
-        kept = isinstance(exc, (InstallerFailed, SettingsError))  # SettingsError: a bundle without this agent
-        return failed("release", exc if kept else InstallerFailed(str(exc)))
+        if isinstance(exc, SettingsError):  # a bundle without this agent: exit 2, as `run` stops
+            return CheckResult("release", "FAIL", "; ".join(exc.problems), exc.exit_code)
+        return failed("release", InstallerFailed(str(exc)) if not isinstance(exc, InstallerFailed) else exc)
     pinned = " and the pinned hash" if release.pinned_sha256 else ""
     if release.bundled is not None:
         carries = release.bundled.summary()
