@@ -280,12 +280,15 @@ def render_command(ctx: click.Context, /, kind: str, output: str | None, **param
     if kind == "systemd":  # the unit holds no secret: readable, as install-service writes it
         _write_output(render.unit(), output, reporter, mode=0o644)
         return
+    pyz = params.get("pyz")
     install, problems = zipapp.choose(kind, **{name: params.pop(name) for name in INSTALL_OPTIONS})
     settings = settings_file(ctx, params, reporter, problems)
     try:
         text = zipapp.document(kind, settings, install)
     except ValueError as exc:
         raise SettingsError([str(exc)]) from exc
+    if pyz:  # choose() read it: a zipapp within the cap
+        reporter.info(zipapp.describe_pyz(Path(pyz)))
     _write_output(text, output, reporter)
 
 

@@ -12,7 +12,10 @@ pip only, on any Python >= 3.9:
    hash-checked, kept in the download cache) go into a zip with sorted entries, fixed timestamps
    and modes; psutil (native code) under `_native/`, everything else at the top level;
    packaging/zipapp_main.py as `__main__.py`.
-4. SHA256SUMS over every file in the output directory.
+4. With --agent-dir DIR: for each architecture DIR has agents for, the offline bundle: that zipapp plus
+   the agent release zips (checked against their checksums.txt, pinned inside), written by
+   nezha_bootstrap/bundle.py from the tree being built.
+5. SHA256SUMS over every file in the output directory.
 
 SOURCE_DATE_EPOCH is taken from the environment or else from the last commit's date, so two
 builds of a commit are byte-identical (given the same zlib: the deflate output is zlib's).
@@ -324,7 +327,38 @@ def write_sums(out: Path) -> Path:
     return sums
 
 
-def build(out: Path, cache: Path) -> list[Path]:
+def bundles(pyz_files: list[Path], agent_dir: Path) -> list[Path]:
+    """`nezha-bootstrap-<version>-<arch>-bundle.pyz` for each architecture `agent_dir` has agents for: the zipapp
+    plus the agent zips, checked against their checksums.txt, by the same code as `nezha-bootstrap bundle`."""
+    sys.path.insert(0, str(REPO))  # the tree being built: its bundle writer is standard library only
+    try:
+        from nezha_bootstrap import bundle
+        from nezha_bootstrap.agent import ARCHES as RELEASE_WORDS
+        from nezha_bootstrap.errors import BootstrapError
+    finally:
+        sys.path.remove(str(REPO))
+    made = []
+    for pyz in pyz_files:
+        arch = pyz.stem.rsplit("-", 1)[1]
+        if not list(agent_dir.glob(f"v*/nezha-agent_linux_{RELEASE_WORDS[arch]}.zip")):
+            log(f"no agents for {arch} in {agent_dir}: no bundle for it")
+            continue
+        target = pyz.with_name(f"{pyz.stem}-bundle.pyz")
+        try:
+            written = bundle.write(pyz, agent_dir, target)
+        except BootstrapError as exc:
+            raise BuildError(f"the {arch} bundle: {exc}") from exc
+        for warning in written.warnings:
+            log(f"warning: {target.name}: {warning}")
+        log(f"{target.name} carries {written.bundle.summary()}")
+        made.append(target)
+    if not made:
+        raise BuildError(f"--agent-dir {agent_dir} holds no v<version>/nezha-agent_linux_<arch>.zip for "
+                         f"{', '.join(ARCHES)}")
+    return made
+
+
+def build(out: Path, cache: Path, agent_dir: Path | None = None) -> list[Path]:
     started = time.monotonic()
     epoch = source_date_epoch()
     os.umask(0o022)
@@ -355,6 +389,8 @@ def build(out: Path, cache: Path) -> list[Path]:
             write_zip(pyz, members, epoch, SHEBANG)
             pyz_files.append(pyz)
 
+        pyz_files += bundles(pyz_files, agent_dir) if agent_dir else []
+
         prepare_out(out)
         results = []
         for product in [wheel, sdist, *pyz_files]:
@@ -375,9 +411,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="output directory (default: dist/ in the repository); emptied of earlier artifacts")
     parser.add_argument("--cache", type=Path, default=REPO / "build" / "packaging-cache",
                         help="download cache for the pinned wheels (default: build/packaging-cache/)")
+    parser.add_argument("--agent-dir", type=Path,
+                        help="also write nezha-bootstrap-<version>-<arch>-bundle.pyz carrying the agent release zips "
+                             "of this directory (v<version>/nezha-agent_linux_<arch>.zip and checksums.txt)")
     args = parser.parse_args(argv)
     try:
-        build(args.out.resolve(), args.cache.resolve())
+        build(args.out.resolve(), args.cache.resolve(), args.agent_dir.resolve() if args.agent_dir else None)
     except BuildError as exc:
         print(f"build: error: {exc}", file=sys.stderr)
         return 1

@@ -379,3 +379,23 @@ def test_settings_a_bundle_cannot_carry_out_are_refused_before_any_request(
 
     assert outcome.exit_code == 2 and words in outcome.stderr
     assert cli.fake.journal == []
+
+
+# --- render: the bundle is pinned like any zipapp -------------------------------------------------
+
+def test_render_pins_a_bundle_and_says_its_size_against_the_fetch_cap(make_bundle: MakeBundle) -> None:
+    from nezha_bootstrap.firstboot.zipapp import MAX_PYZ_BYTES
+
+    path = make_bundle()
+    url = "http://files.example.test/nezha-bootstrap-bundle.pyz"
+
+    result = make_runner().invoke(__import__("nezha_bootstrap.cli").cli.main,
+                                  ["render", "cloud-init", "--pyz-url", url, "--pyz", str(path)],
+                                  env={"NEZHA_DASHBOARD_URL": "https://dash.example.test", "NEZHA_TOKEN": "T" * 32})
+
+    assert result.exit_code == 0, result.stderr
+    assert json.dumps({"url": url, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}) in \
+        result.stdout.replace('\\"', '"')
+    assert (f"--pyz {path}: {path.stat().st_size:,} bytes (the node's fetch takes up to {MAX_PYZ_BYTES:,}); a bundle "
+            f"carrying nezha-agent {AGENT_V0} (amd64), {AGENT_V1} (amd64): the node downloads nothing else"
+            ) in result.stderr

@@ -686,3 +686,76 @@ def test_zip_writer_output_is_a_valid_zipapp(tmp_path: Path) -> None:
     assert zipfile.ZipFile(target).infolist()[0].date_time == (1980, 1, 1, 0, 0, 0)
     result = subprocess.run([sys.executable, "-I", str(target)], capture_output=True, text=True, timeout=60)
     assert result.stdout == "hello from the zip\n"
+
+
+# --- the offline bundle: `bundle` from the zipapp, and the bundle run as a node runs it --------------
+
+@pytest.fixture(scope="session")
+def stub_agents(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.test_bundle import write_release
+
+    target = tmp_path_factory.mktemp("agents")
+    for version in ("0.20.5", "2.3.3"):
+        write_release(target, version)
+    return target
+
+
+@pytest.fixture(scope="session")
+def bundle_pyz(native: Path, stub_agents: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`nezha-bootstrap bundle` run from the zipapp itself (no --pyz: it extends its own file)."""
+    work = tmp_path_factory.mktemp("bundle")
+    output = work / "nezha-bootstrap-bundle.pyz"
+    done = start(sys.executable, native, ["bundle", "--agent-dir", str(stub_agents), "--output", str(output)],
+                 bare_env(work))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"sha256 {hashlib.sha256(output.read_bytes()).hexdigest()}" in done.stdout
+    return output
+
+
+def test_the_zipapps_bundle_command_and_packaging_build_make_the_same_bytes(
+        bundle_pyz: Path, native: Path, stub_agents: Path, tmp_path: Path) -> None:
+    copy = tmp_path / native.name
+    shutil.copyfile(native, copy)
+
+    [built] = load_artifacts().bundles([copy], stub_agents)
+
+    assert built.name == native.name.replace(".pyz", "-bundle.pyz")
+    assert built.read_bytes() == bundle_pyz.read_bytes()
+
+
+def _node(tmp_path: Path, **extra: str) -> tuple[Path, dict[str, str]]:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    return root, bare_env(tmp_path, NEZHA_BOOTSTRAP_ROOT=str(root), NEZHA_BOOTSTRAP_DEADLINE="30",
+                          NEZHA_STUB_RECORD=str(tmp_path / "stub-record"), NO_PROXY="127.0.0.1",
+                          NEZHA_AGENT_BASE_URL="http://127.0.0.1:1/releases", **extra)  # no release host
+
+
+@pytest.mark.parametrize("python", INTERPRETERS)
+def test_a_bundle_installs_its_v0_agent_with_no_release_host(bundle_pyz: Path, tmp_path: Path, python: str,
+                                                             dashboard: Running, fake: FakeDashboard) -> None:
+    root, env = _node(tmp_path, NEZHA_DASHBOARD_URL=dashboard.url, NEZHA_TOKEN=TOKEN, NODE_NAME="bundle-node",
+                      NEZHA_PROBE_ADDRESS="probe.example.test")
+
+    done = start(python, bundle_pyz, ["run"], env)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [server.name for server in fake.servers] == ["bundle-node"]
+    assert "taking nezha-agent v0.20.5 (nezha-agent_linux_amd64.zip) from this bundle" in done.stderr
+    assert f'"-p" "{fake.servers[0].secret}"' in (root / "etc/systemd/system/nezha-agent.service").read_text()
+    assert "/install.sh" not in [j.path for j in fake.journal]
+
+
+def test_a_bundle_installs_its_v1_agent_with_no_release_host(bundle_pyz: Path, tmp_path: Path) -> None:
+    from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
+
+    fake = FakeV1(profile="v2.1+")  # serves no release
+    with serve_v1(fake) as running:
+        root, env = _node(tmp_path, NEZHA_DASHBOARD_URL=running.url, NEZHA_AGENT_SECRET=fake.agent_secret)
+        done = start(sys.executable, bundle_pyz, ["run"], env)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "taking nezha-agent v2.3.3 (nezha-agent_linux_amd64.zip) from this bundle" in done.stderr
+    assert (root / "opt/nezha/agent/config.yml").is_file()
+    assert not [j.path for j in fake.journal if j.path.startswith("/releases")]

@@ -61,6 +61,21 @@ def read_pyz(path: Path) -> bytes:
     return data
 
 
+def describe_pyz(path: Path) -> str:
+    """`--pyz FILE`'s size against the fetch cap, and for a bundle what it carries (read_pyz accepted it)."""
+    from nezha_bootstrap import bundle
+
+    data = path.read_bytes()
+    line = f"--pyz {path}: {len(data):,} bytes (the node's fetch takes up to {MAX_PYZ_BYTES:,})"
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        try:
+            manifest = archive.read(f"{bundle.PACKAGE}/{bundle.MANIFEST}")
+        except KeyError:
+            return line + "; the node downloads the agent from --agent-base-url"
+    carried = bundle.parse_manifest(manifest.decode("utf-8", errors="replace"))
+    return line + f"; a bundle carrying {carried.summary()}: the node downloads nothing else"
+
+
 def choose(kind: str, *, package: str | None, pip_options: Sequence[str], pyz_url: str | None,
            pyz_sha256: str | None, pyz: str | None) -> tuple[Install | None, list[str]]:
     """How `render KIND` installs the tool (None: it does not), and what is wrong with the options."""
