@@ -139,8 +139,8 @@ def agent_zip(embedded: Embedded) -> bytes:
     import hashlib
 
     try:
-        data = bytes(_files().joinpath(embedded.member).read_bytes())
-    except (OSError, KeyError) as exc:
+        data = _read_member(embedded.member)
+    except (OSError, KeyError, ValueError) as exc:  # zipfile: BadZipFile is a ValueError too
         raise InstallerFailed(f"this bundle lost {embedded.member} ({exc}): rebuild the bundle") from exc
     actual = hashlib.sha256(data).hexdigest()
     if actual != embedded.sha256:
@@ -149,6 +149,21 @@ def agent_zip(embedded: Embedded) -> bytes:
             "was built: it was altered since; refusing it. Rebuild the bundle, or fetch it again by its pinned hash"
         )
     return data
+
+
+def _read_member(member: str) -> bytes:
+    """A member of the bundle's package: from the package (the zip on sys.path), else from the zipapp this runs
+    from, whose start-up code leaves the agent zips in the archive (packaging/zipapp_main.py, ARCHIVE_ONLY)."""
+    path = _files().joinpath(member)
+    if path.is_file():
+        return bytes(path.read_bytes())
+    archive = running_zipapp()
+    if archive is None:
+        raise OSError(f"no {member} in {PACKAGE}, and this is not running from a zipapp")
+    import zipfile
+
+    with zipfile.ZipFile(archive) as opened:
+        return opened.read(f"{PACKAGE}/{member}")
 
 
 def running_zipapp() -> Path | None:

@@ -759,3 +759,5 @@ def test_a_bundle_installs_its_v1_agent_with_no_release_host(bundle_pyz: Path, t
     assert "taking nezha-agent v2.3.3 (nezha-agent_linux_amd64.zip) from this bundle" in done.stderr
     assert (root / "opt/nezha/agent/config.yml").is_file()
     assert not [j.path for j in fake.journal if j.path.startswith("/releases")]
+    cache = tmp_path / "cache"  # the agent zips are read from the archive, never extracted (ARCHIVE_ONLY)
+    assert list(cache.rglob("manifest.json")) and list(cache.rglob("*.zip")) == []
