@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from nezha_bootstrap.agent import AGENT_V0, AGENT_V1, ARCHES, parse_checksums
 from nezha_bootstrap.config import SHA256_RE, VERSION_RE
-from nezha_bootstrap.errors import InstallerFailed, SettingsError
+from nezha_bootstrap.errors import InstallerFailed, InternalError, SettingsError
 
 if TYPE_CHECKING:  # zipfile is loaded where a bundle is written or read: `run --dry-run` without one never loads it
     import zipfile
@@ -197,7 +197,10 @@ def write(base: Path, agent_dir: Path, output: Path, arches: Sequence[str] = ())
     bundle = Bundle(tuple(agents))
     members = {name: value for name, value in members.items() if not name.startswith(f"{PACKAGE}/")}
     members.update(_bundle_members(bundle, data))
-    size = _write_zip(output, prefix, members, members["__main__.py"][0].date_time, MAX_PYZ_BYTES)
+    try:
+        size = _write_zip(output, prefix, members, members["__main__.py"][0].date_time, MAX_PYZ_BYTES)
+    except OSError as exc:
+        raise InternalError(f"cannot write {output}: {exc.strerror or exc}") from exc
     return Written(output, _sha256_file(output), size, bundle, tuple(_coverage(bundle, words)))
 
 
@@ -247,8 +250,11 @@ def _collect(agent_dir: Path, arches: list[str]) -> tuple[list[Embedded], dict[s
         raise SettingsError([f"--agent-dir {agent_dir} is not a directory"])
     agents: list[Embedded] = []
     data: dict[str, bytes] = {}
-    versions = sorted((d for d in agent_dir.iterdir() if d.is_dir() and VERSION_RE.match(d.name[1:])
-                       and d.name.startswith("v")), key=lambda d: _version_key(d.name))
+    try:
+        versions = sorted((d for d in agent_dir.iterdir() if d.is_dir() and VERSION_RE.match(d.name[1:])
+                           and d.name.startswith("v")), key=lambda d: _version_key(d.name))
+    except OSError as exc:
+        raise SettingsError([f"--agent-dir {agent_dir}: {exc.strerror or exc}"]) from exc
     for directory in versions:
         for arch in arches:
             asset = f"nezha-agent_linux_{arch}.zip"

@@ -211,6 +211,15 @@ def test_a_bundle_over_the_fetch_cap_is_refused(make_bundle: MakeBundle, agent_d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agents", "base.pyz"]
 
 
+def test_an_output_that_cannot_be_written_is_exit_1_naming_it(agent_dir: Path, base_pyz: Path, tmp_path: Path) -> None:
+    output = base_pyz / "bundle.pyz"  # under a file
+
+    code, _, err = invoke("bundle", "--agent-dir", str(agent_dir), "--pyz", str(base_pyz), "--output", str(output))
+
+    assert code == 1 and f"cannot write {output}" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agents", "base.pyz"]
+
+
 def test_the_installed_tool_asks_for_the_zipapp_to_extend(agent_dir: Path, tmp_path: Path) -> None:
     code, _, err = invoke("bundle", "--agent-dir", str(agent_dir), "--output", str(tmp_path / "b.pyz"))
 
