@@ -576,6 +576,13 @@ class AgentConfig:
     bundle: Bundle | None = None
 
     @property
+    def v0_direct(self) -> bool:
+        """Whether a v0 dashboard gets the agent's own `service install`: --method direct, or a bundle unless
+        --method says otherwise (install.sh would download the agent from GitHub). Only --method direct makes a
+        run leave the plain v0 flow (`active`): a bundle's run with just an API token probes nothing."""
+        return self.method == "direct" or (self.method is None and self.bundle is not None)
+
+    @property
     def active(self) -> bool:
         """Whether this run leaves the plain v0 flow (an agent secret, --dashboard v1 or --method direct)."""
         return bool(self.secret) or self.generation == "v1" or self.method == "direct"
@@ -611,8 +618,7 @@ def validate_agent(raw: AgentSettings, problems: list[str], warnings: list[str])
     problems.extend(_bundle_problems(raw.bundle, raw.method, version))
     return AgentConfig(
         generation="v1" if raw.generation == "v2" else raw.generation,  # v2 means "v1 or newer" too
-        # A bundle installs the v0 agent directly too: install.sh would download it from GitHub.
-        secret=secret, method=raw.method or ("direct" if raw.bundle else None), base_url=base, version=version,
+        secret=secret, method=raw.method, base_url=base, version=version,
         sha256=sha, uuid=uuid, adopt=raw.adopt, allow_plaintext=raw.allow_plaintext,
         options=_options(raw.options, problems), probe_port_given=raw.probe_port_given, tls_given=raw.tls_given,
         bundle=raw.bundle,

@@ -326,6 +326,7 @@ def test_v0_registers_once_and_installs_the_bundled_agent_directly(cli: Cli, mak
     use_bundle(make_bundle())
 
     first = cli("run", **UNREACHABLE)
+    sent = len(cli.fake.journal)
     again = cli("run", **UNREACHABLE)
 
     assert first.exit_code == 0, first.stderr
@@ -336,6 +337,9 @@ def test_v0_registers_once_and_installs_the_bundled_agent_directly(cli: Cli, mak
     assert f'"-s" "probe.example.test:5555" "-p" "{server.secret}"' in unit
     assert cli.calls() == [], "install.sh never runs: it would download the agent from GitHub"
     assert again.exit_code == 0 and len(servers_made(cli)) == 1
+    # With only an API token the bundle's run is a plain v0 run: no generation probe, and a rerun sends nothing.
+    assert cli.fake.registrations() == servers_made(cli) and "/api/v1/setting" not in [j.path for j in cli.fake.journal]
+    assert len(cli.fake.journal) == sent
 
 
 def test_v0_refuses_an_embedded_zip_altered_after_bundling_before_registering(

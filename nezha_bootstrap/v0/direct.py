@@ -64,9 +64,10 @@ def plan_v0(config: Config, paths: Paths, secret: str, release: Release) -> V0In
 
 
 def v0_release(config: Config, machine: str | None = None) -> Release | None:
-    """For `--method direct` on a v0 dashboard: the pinned v0 agent release (v0.20.5 unless overridden)."""
+    """For `--method direct` (or a bundle) on a v0 dashboard: the pinned v0 agent release (v0.20.5 unless
+    overridden)."""
     settings = config.agent
-    if settings.method != "direct":
+    if not settings.v0_direct:
         return None
     asset = agent.asset_name(machine or platform.machine())
     return Release(settings.base_url, settings.version or agent.AGENT_V0, asset, settings.sha256, settings.bundle)

@@ -426,7 +426,7 @@ def agent_version_of(config: Config) -> str | None:
 
 def method_of(config: Config) -> str:
     """How the v0 agent is installed: install.sh (script) or its own `service install` (direct)."""
-    return "direct" if config.agent.method == "direct" else "script"
+    return "direct" if config.agent.v0_direct else "script"
 
 
 def on_disk_drift(paths: Paths, saved: State | None) -> list[str]:
