@@ -31,7 +31,7 @@ from nezha_bootstrap.retry import Notify
 if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
 
-    from nezha_bootstrap.bundle import Bundle
+    from nezha_bootstrap.bundle import Bundle, Embedded
 
 ZIP_CAP = 64 * 1024 * 1024  # the real zips are ~5 MB
 BINARY_CAP = 128 * 1024 * 1024
@@ -198,16 +198,31 @@ def fetch_binary(client: httpx.Client, release: Release, deadline: float, notify
 
 
 def bundled_binary(release: Release) -> bytes:
-    """The `nezha-agent` of the zip this bundle carries for `release`: SettingsError (exit 2) when it carries
-    none, InstallerFailed (exit 5) when the zip no longer has the SHA-256 pinned in the bundle or --agent-sha256.
-    Cheap (a local read), so the flows call it before anything changes too."""
+    """The `nezha-agent` of the zip this bundle carries for `release` (see check_bundled for what is refused)."""
     from nezha_bootstrap import bundle
 
+    embedded = _embedded(release)
+    with bundle.agent_zip(embedded) as zipped:
+        if release.pinned_sha256:  # agent_zip checked the bundle's hash: only --agent-sha256 can differ here
+            check_zip(zipped, release, embedded.sha256)
+        return extract_binary(zipped)
+
+
+def check_bundled(release: Release) -> None:
+    """The flows call this before anything changes: SettingsError (exit 2) when the bundle carries no zip for
+    `release`, InstallerFailed (exit 5) when its zip no longer has the SHA-256 pinned in the bundle or
+    --agent-sha256. A local read, streamed."""
+    from nezha_bootstrap import bundle
+
+    embedded = _embedded(release)
+    with bundle.agent_zip(embedded) as zipped:
+        if release.pinned_sha256:
+            check_zip(zipped, release, embedded.sha256)
+
+
+def _embedded(release: Release) -> Embedded:
     assert release.bundled is not None
-    embedded = release.bundled.require(release.version, release.asset)
-    data = bundle.agent_zip(embedded)
-    check_zip(data, release, embedded.sha256)  # agent_zip checked the bundle's hash; this adds --agent-sha256
-    return extract_binary(data)
+    return release.bundled.require(release.version, release.asset)
 
 
 def service_argv(paths: Paths, action: str, config: Path | None = None) -> list[str]:

@@ -13,14 +13,15 @@ the operator's one download was not broken (it comes from the same host as the z
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from nezha_bootstrap.agent import AGENT_V0, AGENT_V1, ARCHES, parse_checksums
 from nezha_bootstrap.config import SHA256_RE, VERSION_RE
@@ -134,36 +135,51 @@ def parse_manifest(text: str) -> Bundle:
     return Bundle(agents)
 
 
-def agent_zip(embedded: Embedded) -> bytes:
-    """The bytes of an embedded zip, refused (InstallerFailed, exit 5) unless they hash to the pinned SHA-256."""
-    import hashlib
+@contextlib.contextmanager
+def agent_zip(embedded: Embedded) -> Iterator[BinaryIO]:
+    """An embedded zip as a seekable file, refused (InstallerFailed, exit 5) unless it hashes to the SHA-256 pinned
+    when the bundle was built. Streamed, never read whole: only the binary it holds is (as a download is)."""
+    import zipfile
 
     try:
-        data = _read_member(embedded.member)
-    except (OSError, KeyError, ValueError) as exc:  # zipfile: BadZipFile is a ValueError too
+        with _open_member(embedded.member) as handle:
+            actual = _hash(handle)
+            if actual != embedded.sha256:
+                raise InstallerFailed(
+                    f"this bundle's {embedded.member} has SHA-256 {actual}, not the {embedded.sha256} pinned when "
+                    "the bundle was built: it was altered since; refusing it. Rebuild the bundle, or fetch it again "
+                    "by its pinned hash")
+            handle.seek(0)
+            yield handle
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise InstallerFailed(f"this bundle lost {embedded.member} ({exc}): rebuild the bundle") from exc
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != embedded.sha256:
-        raise InstallerFailed(
-            f"this bundle's {embedded.member} has SHA-256 {actual}, not the {embedded.sha256} pinned when the bundle "
-            "was built: it was altered since; refusing it. Rebuild the bundle, or fetch it again by its pinned hash"
-        )
-    return data
 
 
-def _read_member(member: str) -> bytes:
+def _hash(handle: BinaryIO) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _open_member(member: str) -> Iterator[BinaryIO]:
     """A member of the bundle's package: from the package (the zip on sys.path), else from the zipapp this runs
     from, whose start-up code leaves the agent zips in the archive (packaging/zipapp_main.py, ARCHIVE_ONLY)."""
     path = _files().joinpath(member)
     if path.is_file():
-        return bytes(path.read_bytes())
+        with path.open("rb") as handle:
+            yield cast(BinaryIO, handle)  # a file or a zip member opened "rb": binary, readable, seekable
+        return
     archive = running_zipapp()
     if archive is None:
         raise OSError(f"no {member} in {PACKAGE}, and this is not running from a zipapp")
     import zipfile
 
-    with zipfile.ZipFile(archive) as opened:
-        return opened.read(f"{PACKAGE}/{member}")
+    with zipfile.ZipFile(archive) as opened, opened.open(f"{PACKAGE}/{member}") as handle:
+        yield cast(BinaryIO, handle)  # ZipExtFile: binary, readable, seekable
 
 
 def running_zipapp() -> Path | None:

@@ -412,3 +412,13 @@ def test_render_pins_a_bundle_and_says_its_size_against_the_fetch_cap(make_bundl
     assert (f"--pyz {path}: {path.stat().st_size:,} bytes (the node's fetch takes up to {MAX_PYZ_BYTES:,}); a bundle "
             f"carrying nezha-agent {AGENT_V0} (amd64), {AGENT_V1} (amd64): the node downloads nothing else"
             ) in result.stderr
+
+
+def test_an_agent_sha256_pin_is_checked_against_the_bundled_zip_too(cli: Cli, make_bundle: MakeBundle,
+                                                                    use_bundle: Callable[[Path], None]) -> None:
+    use_bundle(make_bundle())
+
+    outcome = cli("run", **UNREACHABLE, NEZHA_AGENT_SHA256="ab" * 32)
+
+    assert outcome.exit_code == 5 and f"but --agent-sha256 pins {'ab' * 32}" in outcome.stderr
+    assert servers_made(cli) == [] and not (cli.root / "opt").exists()

@@ -191,7 +191,7 @@ class Runner:
 
         release = v0_release(self.config)
         if release is not None and release.bundled is not None:
-            agent.bundled_binary(release)
+            agent.check_bundled(release)
 
     def _settle(self, saved: State, pending: state_mod.Pending | None) -> None:
         """Local upkeep of a registered node: forget a registration its state has saved since (a run killed

@@ -210,7 +210,7 @@ class V1Runner:
             for warning in agent.override_warnings(self.paths, self.environ):
                 self.reporter.warn(warning)
             if install and plan.release.bundled is not None:  # missing: exit 2, altered: exit 5, nothing changed
-                agent.bundled_binary(plan.release)
+                agent.check_bundled(plan.release)
             node = self._node_naming(plan.uuid)
             row = node.check() if node else None  # the token is checked before anything is installed
             adopted: list[str] = []
