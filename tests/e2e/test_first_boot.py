@@ -172,6 +172,15 @@ CLOUD_COMMANDS = {"cloud-init status": ["cloud-init", "status", "--long"],
                   "timed log": ["journalctl", "-b", "-u", SERVICE, "--no-pager", "-o", "short-unix"]}
 
 
+def unit_started(record: BootRecord) -> float | None:
+    """Seconds from the boot's start to systemd starting nezha-bootstrap.service (the fetch is its first step)."""
+    for line in record.outputs.get("timed log", "").splitlines():
+        stamp, _, text = line.partition(" ")
+        if "Starting nezha-bootstrap.service" in text:
+            return float(stamp) - record.started_at
+    return None
+
+
 def timeline(record: BootRecord) -> list[str]:
     """The unit's log with seconds since the boot's start (where the time to registration goes)."""
     lines = []
@@ -709,16 +718,20 @@ def test_a_bundle_node_reaching_only_the_dashboard_registers_and_installs_the_ag
 def test_a_bundle_registers_about_as_soon_as_the_plain_zipapp(
         bundle_node: BundleNode, bundle_first_boot: BootRecord, pyz_first_boot: BootRecord,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """Both from this run: boot start -> registration request. The bundle is ~30 MB more to fetch, check and
-    extract, and a run from it probes the generation first (three small requests)."""
+    """Both from this run: boot start -> registration request, and the part of it that is ours: from systemd
+    starting the unit (its first step fetches the file) to the request. The boots before the unit starts vary
+    by a second or more between two guests; the bundle's own cost is its ~30 MB more to fetch and hash."""
     bundled, plain = bundle_first_boot.seconds_to_registration(), pyz_first_boot.seconds_to_registration()
-    assert bundled is not None and plain is not None
+    starts = unit_started(bundle_first_boot), unit_started(pyz_first_boot)
+    assert bundled is not None and plain is not None and starts[0] is not None and starts[1] is not None
+    ours = bundled - starts[0], plain - starts[1]
     with capsys.disabled():
         print(f"\n[first-boot] boot start -> registration request: bundle {bundled:.2f} s "
-              f"({bundle_node.bundle.stat().st_size:,} bytes), plain zipapp {plain:.2f} s")
+              f"({bundle_node.bundle.stat().st_size:,} bytes), plain zipapp {plain:.2f} s; unit start -> "
+              f"registration request: bundle {ours[0]:.2f} s, plain zipapp {ours[1]:.2f} s")
         for label, record in (("bundle", bundle_first_boot), ("plain zipapp", pyz_first_boot)):
             print(f"[first-boot] {label}: the unit's log, seconds after boot start\n" + "\n".join(timeline(record)))
-    assert bundled - plain < 2.0  # the target is 0.5 s; this bounds a regression on a loaded machine
+    assert ours[0] - ours[1] < 1.0  # the target is 0.5 s; this bounds a regression on a loaded machine
 
 
 FILES_DOWN_FOR = 15.0
