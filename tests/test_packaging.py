@@ -729,7 +729,8 @@ def _node(tmp_path: Path, **extra: str) -> tuple[Path, dict[str, str]]:
     (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     return root, bare_env(tmp_path, NEZHA_BOOTSTRAP_ROOT=str(root), NEZHA_BOOTSTRAP_DEADLINE="30",
                           NEZHA_STUB_RECORD=str(tmp_path / "stub-record"), NO_PROXY="127.0.0.1",
-                          NEZHA_AGENT_BASE_URL="http://127.0.0.1:1/releases", **extra)  # no release host
+                          NEZHA_AGENT_BASE_URL="http://127.0.0.1:1/releases", NEZHA_BOOTSTRAP_REHEARSAL="1",
+                          **extra)  # no release host; the stub agents, under --root
 
 
 @pytest.mark.parametrize("python", INTERPRETERS)
