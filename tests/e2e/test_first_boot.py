@@ -732,8 +732,8 @@ def test_a_bundle_registers_about_as_soon_as_the_plain_zipapp(
         for label, record in (("bundle", bundle_first_boot), ("plain zipapp", pyz_first_boot)):
             print(f"[first-boot] {label}: the unit's log, seconds after boot start\n" + "\n".join(timeline(record)))
     # The target is 0.5 s. Three runs on a shared 2-core host gave +0.70, -0.39 and +1.51 s (the unit's log shows
-    # the spread in steps the bundle does not change, e.g. python's start), so this bounds a regression, such as
-    # the agent zips extracted at the first start again, without failing on that noise.
+    # the spread in steps the bundle does not change, e.g. python's start), so this bounds only a gross regression;
+    # the agent zips being extracted at the first start again (+0.9 s) is caught by test_packaging's cache check.
     assert ours[0] - ours[1] < 2.5
 
 
