@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from nezha_bootstrap.state import State
 
 EXIT_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES) + "."
+EXIT_REASONS = dict(EXIT_CODES)  # --json of a failure names its code's meaning (the Ansible module shows it)
 SEE_EXIT_CODES = "See `nezha-bootstrap --help` for the exit codes."
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -83,7 +84,8 @@ def _stopped_message(stop: interrupts.Stopped) -> str:
 def _fail(reporter: Reporter, code: int, message: str) -> NoReturn:
     reporter.error(message)
     reporter.emit_json({**reporter.context, "outcome": "failed", "error": redact.redact(message),
-                        "exit_code": code, "steps": reporter.steps, "warnings": reporter.warnings})
+                        "exit_code": code, "exit_reason": EXIT_REASONS.get(code, "unknown"), "steps": reporter.steps,
+                        "warnings": reporter.warnings})
     sys.exit(code)
 
 
@@ -470,9 +472,10 @@ def _report_reconcile(reporter: Reporter, plan: Any, failures: list[str], *, app
     from nezha_bootstrap.fleet import reconcile
 
     rows = plan.actions()
-    for line in reconcile.table(rows):
+    lines = reconcile.table(rows)
+    for line in lines:
         reporter.result(line)
-    reporter.context["actions"] = rows
+    reporter.context.update(actions=rows, table=lines)  # the table too: Ansible's --diff shows it as printed
     if failures:
         raise DashboardRefused(f"{len(failures)} change(s) did not apply or did not hold:\n"
                                + "\n".join(f"  - {failure}" for failure in failures))

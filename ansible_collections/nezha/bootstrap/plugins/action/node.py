@@ -1,0 +1,65 @@
+# Copyright: nezha-bootstrap contributors
+# MIT License (see LICENSE at the repository's root)
+"""The controller's half of nezha.bootstrap.node: put the zipapp `pyz` on the host, then run the module."""
+
+from __future__ import annotations
+
+import hashlib
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+DEFAULT_PYZ_DEST = "/opt/nezha-bootstrap/ansible/nezha-bootstrap.pyz"  # as module_utils/tool.py
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ActionModule(ActionBase):
+    """Hash the zipapp on the controller (against `pyz_sha256` when pinned), copy it to the host only
+    when the host's copy at `pyz_dest` has another hash, and hand the module the hash it must check
+    again on the host before running the file."""
+
+    TRANSFERS_FILES = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        del tmp  # ActionBase makes the remote temporary directory itself
+        args = dict(self._task.args)
+        try:
+            if args.get("pyz"):
+                args.update(self._zipapp_args(args, task_vars))
+            result.update(self._execute_module(module_name="nezha.bootstrap.node", module_args=args,
+                                               task_vars=task_vars))
+        finally:
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result
+
+    def _zipapp_args(self, args, task_vars):
+        local = self._find_needle("files", args["pyz"])
+        digest = sha256_of(local)
+        pinned = (args.get("pyz_sha256") or "").strip().lower()
+        if pinned and pinned != digest:
+            raise AnsibleActionFail("%s has SHA-256 %s, not the pinned pyz_sha256 %s: refusing to copy it"
+                                    % (local, digest, pinned))
+        dest = args.get("pyz_dest") or DEFAULT_PYZ_DEST
+        extra = {"pyz_sha256": digest}
+        if self._remote_sha256(dest, task_vars) != digest:
+            if self._connection._shell.tmpdir is None:
+                self._make_tmp_path()
+            upload = self._connection._shell.join_path(self._connection._shell.tmpdir, "nezha-bootstrap.pyz")
+            self._transfer_file(local, upload)
+            self._fixup_perms2((self._connection._shell.tmpdir, upload))
+            extra["_pyz_upload"] = upload
+        return extra
+
+    def _remote_sha256(self, dest, task_vars):
+        found = self._execute_module(module_name="ansible.legacy.stat", task_vars=task_vars, module_args={
+            "path": dest, "get_checksum": True, "checksum_algorithm": "sha256", "follow": False})
+        stat = found.get("stat") or {}
+        return stat.get("checksum") if stat.get("exists") and stat.get("isreg") else None
