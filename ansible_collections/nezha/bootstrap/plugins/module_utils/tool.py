@@ -103,9 +103,9 @@ class SecretFiles:
         self._dir = tempfile.mkdtemp(prefix="nezha-bootstrap-", dir=self._base)
         return self
 
-    def write(self, name, value):
+    def write(self, name, value, shown=None):
         path = os.path.join(self._dir, name)
-        self.shown[path] = "the task's %s option" % name.replace("-", "_")
+        self.shown[path] = shown or "the task's %s option" % name.replace("-", "_")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
             stream.write(value + "\n")

@@ -306,6 +306,8 @@ def argument_spec():
         deadline=dict(type="float"),
         lock_timeout=dict(type="float"),
         enroll_timeout=dict(type="float"),
+        token_file=dict(type="path", no_log=False),
+        agent_secret_file=dict(type="path", no_log=False),
         dashboard=dict(type="str", choices=["auto", "v0", "v1", "v2"]),
         method=dict(type="str", choices=["script", "direct"]),
         **TOOL_OPTIONS
