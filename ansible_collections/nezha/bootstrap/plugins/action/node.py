@@ -34,6 +34,7 @@ class ActionModule(ActionBase):
         try:
             if args.get("pyz"):
                 args.update(self._zipapp_args(args, task_vars))
+                args = dict((key, value) for key, value in args.items() if value is not None)
             result.update(self._execute_module(module_name="nezha.bootstrap.node", module_args=args,
                                                task_vars=task_vars))
         finally:
@@ -48,14 +49,14 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("%s has SHA-256 %s, not the pinned pyz_sha256 %s: refusing to copy it"
                                     % (local, digest, pinned))
         dest = args.get("pyz_dest") or DEFAULT_PYZ_DEST
-        extra = {"pyz_sha256": digest}
+        extra = {"pyz_sha256": digest, "pyz": None}  # the module gets the upload's path, or nothing
         if self._remote_sha256(dest, task_vars) != digest:
             if self._connection._shell.tmpdir is None:
                 self._make_tmp_path()
             upload = self._connection._shell.join_path(self._connection._shell.tmpdir, "nezha-bootstrap.pyz")
             self._transfer_file(local, upload)
             self._fixup_perms2((self._connection._shell.tmpdir, upload))
-            extra["_pyz_upload"] = upload
+            extra["pyz"] = upload
         return extra
 
     def _remote_sha256(self, dest, task_vars):

@@ -21,11 +21,10 @@ TOOL_NAME = "nezha-bootstrap"
 TOOL_DIRS = ["/opt/nezha-bootstrap/bin"]  # where install-service and the cloud-init user-data put it
 
 TOOL_OPTIONS = dict(
-    pyz=dict(type="str"),  # read by the action plugin on the controller
+    pyz=dict(type="str"),  # the action plugin replaces the controller's path with the upload's on this host
     pyz_sha256=dict(type="str"),
     pyz_dest=dict(type="path", default=DEFAULT_PYZ_DEST),
     executable=dict(type="path"),
-    _pyz_upload=dict(type="path"),  # set by the action plugin: where it copied `pyz` to on this host
 )
 
 
@@ -61,7 +60,7 @@ def _zipapp_command(module):
                                  MIN_PYTHON + (sys.executable, ".".join(map(str, sys.version_info[:3])))))
     expected = module.params["pyz_sha256"].strip().lower()
     dest = module.params["pyz_dest"]
-    upload = module.params.get("_pyz_upload")
+    upload = module.params.get("pyz")
     placed = False
     if upload:
         _check_hash(module, upload, expected, "the uploaded zipapp")
@@ -136,8 +135,8 @@ def run_tool(module, argv, files=None):
                          rc=rc, stderr=stderr)
     if rc != 0:
         reason = result.get("exit_reason") or "exit code %d" % rc
-        module.fail_json(msg="nezha-bootstrap %s failed: %s (exit %d: %s)" % (argv_command(argv), result.get("error"),
-                                                                             rc, reason),
+        message = "nezha-bootstrap %s failed: %s (exit %d: %s)" % (argv_command(argv), result.get("error"), rc, reason)
+        module.fail_json(msg=message,
                          rc=rc, exit_reason=reason, nezha=result, stderr=stderr)
     return result, stderr
 

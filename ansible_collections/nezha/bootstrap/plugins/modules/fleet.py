@@ -13,12 +13,12 @@ version_added: "0.1.0"
 description:
   - Carries out C(nezha-bootstrap reconcile) with a manifest, from O(manifest) or built from O(servers)
     (for instance from inventory variables and each host's uuid, as the C(nezha.bootstrap.agent) role does).
-  - It talks to the dashboard, not to the hosts - run it once, on the controller
-    (C(delegate_to: localhost), C(run_once: true)).
+  - "It talks to the dashboard, not to the hosts - run it once, on the controller
+    (C(delegate_to: localhost), C(run_once: true))."
   - The tool runs from O(pyz) (a zipapp on the machine the module runs on, started with the module's python3),
     O(executable), or C(nezha-bootstrap) on C(PATH).
 author:
-  - nezha-bootstrap contributors
+  - nezha-bootstrap contributors (@nezha-bootstrap)
 options:
   dashboard_url:
     description: The v1/v2 dashboard's URL.
@@ -69,9 +69,11 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying the target.
     support: full
     details: The tool's C(--dry-run) - the dashboard is only read, and the plan is returned.
   diff_mode:
+    description: Will return details on what has changed (or might have changed in check_mode) when in diff mode.
     support: full
     details: The plan's table (ACTION, SERVER, UUID, FROM, TO) is shown as the diff.
 notes:
@@ -217,7 +219,7 @@ def main():
         if params["deadline"] is not None:
             argv += ["--deadline", "%g" % params["deadline"]]
         argv.append("--dry-run" if module.check_mode else "--apply")
-        result, _ = run_tool(module, argv, files)
+        result = run_tool(module, argv, files)[0]
     answer = dict(changed=result.get("writes", 0) > 0, nezha=result)
     answer.update((key, result[key]) for key in ("outcome", "writes", "actions", "table", "generation") if key in result)
     if module._diff:

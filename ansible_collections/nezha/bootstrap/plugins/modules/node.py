@@ -24,7 +24,7 @@ description:
   - C(changed) comes from the tool's result, not from this module; a rerun with nothing to do reports
     C(ok) and, on a v0 dashboard or a v1/v2 one without an access token, sends no request at all.
 author:
-  - nezha-bootstrap contributors
+  - nezha-bootstrap contributors (@nezha-bootstrap)
 options:
   state:
     description:
@@ -60,6 +60,8 @@ options:
     description:
       - A nezha-bootstrap zipapp on the controller (a path, or a file in the role's or play's C(files/)).
         The action plugin copies it to O(pyz_dest) when the host's copy differs, and the module runs it.
+      - The module itself receives the path of the uploaded copy on the host, or nothing when the host
+        already has the same file.
     type: str
   pyz_sha256:
     description:
@@ -177,9 +179,11 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying the target.
     support: full
     details: The tool's C(--dry-run) runs instead; it sends no request and writes nothing, and its plan is returned.
   diff_mode:
+    description: Will return details on what has changed (or might have changed in check_mode) when in diff mode.
     support: full
     details: The plan (what C(run --dry-run) or C(uninstall --dry-run) prints) is shown as the diff.
 notes:
@@ -350,12 +354,12 @@ def present(module, command):
         secrets = secret_args(files, [(flag_name, params[key]) for flag_name, key in SECRETS])
         base = command + ["run", "--json"] + run_flags(params) + secrets
         if module.check_mode:
-            planned, _ = run_tool(module, base + ["--dry-run"], files)
+            planned = run_tool(module, base + ["--dry-run"], files)[0]
             return planned, _would_change(planned), planned.get("plan", [])
         plan = []
         if module._diff:  # the plan as the diff: a dry run first (no request, no write)
             plan = run_tool(module, base + ["--dry-run"], files)[0].get("plan", [])
-        result, _ = run_tool(module, base, files)
+        result = run_tool(module, base, files)[0]
     changed = result.get("outcome") != "nothing_to_do" or bool(result.get("adopted_uuids"))
     return result, changed, plan
 
@@ -373,7 +377,7 @@ def absent(module, command):
         argv.append("--purge")
     if module.check_mode:
         argv.append("--dry-run")
-    result, _ = run_tool(module, argv)
+    result = run_tool(module, argv)[0]
     actions = result.get("actions", [])
     return result, bool(actions), actions
 
