@@ -18,7 +18,7 @@ import pytest
 
 from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.identity import machine_uuid
-from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
+from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from tests.conftest import TOKEN
 
@@ -291,3 +291,22 @@ def test_a_v1_fleet_is_enrolled_then_named_and_grouped_from_the_inventory(v1: tu
     assert second.code == 0, second.output
     assert sum(second.changed().values()) == 0
     assert secrets_in(first.output + second.output, fake, fake.agent_secret, PASSWORD) == []
+
+
+# --- the options are the tool's: every `run` flag, under its long name in snake_case --------------------
+
+def test_every_run_flag_is_an_option_of_the_node_module_and_documented() -> None:
+    import importlib
+
+    import yaml
+
+    from nezha_bootstrap.cli import run
+
+    node = importlib.import_module("ansible_collections.nezha.bootstrap.plugins.modules.node")
+    output_only = {"dry_run", "json", "quiet", "verbose", "help"}  # check mode is --dry-run; --json always
+    flags = {max(param.opts, key=len).lstrip("-").replace("-", "_") for param in run.params}
+    spec = node.argument_spec()
+    assert sorted(flags - output_only - set(spec)) == []
+    documented = yaml.safe_load(node.DOCUMENTATION)["options"]
+    assert sorted(set(spec) ^ set(documented)) == []
+    assert {name for name, option in spec.items() if option.get("no_log")} == {"token", "agent_secret"}

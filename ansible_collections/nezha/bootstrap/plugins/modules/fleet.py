@@ -25,7 +25,9 @@ options:
     type: str
     required: true
   token:
-    description: A v2.1+ access token (C(nzp_...)) with C(nezha:inventory:read) and C(nezha:server:write); passed in a 0600 file.
+    description:
+      - A v2.1+ access token (C(nzp_...)) with C(nezha:inventory:read) and C(nezha:server:write).
+      - Passed to the tool in a 0600 file, never on its command line.
     type: str
   token_file:
     description: A file holding the access token.
@@ -40,7 +42,8 @@ options:
     description: A file holding the login's password.
     type: path
   manifest:
-    description: A C(.json) or C(.toml) manifest (see the tool's README, "reconcile"). Mutually exclusive with O(servers).
+    description:
+      - A C(.json) or C(.toml) manifest (see the tool's README, "reconcile"). Mutually exclusive with O(servers).
     type: path
   servers:
     description:
@@ -163,10 +166,12 @@ def command(module):
     pyz = module.params["pyz"]
     if pyz:
         if sys.version_info[:2] < MIN_PYTHON:
-            module.fail_json(msg="nezha-bootstrap needs python3 >= %d.%d; this is %s" % (MIN_PYTHON + (sys.executable,)))
+            module.fail_json(msg="nezha-bootstrap needs python3 >= %d.%d; this is %s"
+                             % (MIN_PYTHON + (sys.executable,)))
         pinned = (module.params["pyz_sha256"] or "").strip().lower()
         if pinned and sha256_of(pyz) != pinned:
-            module.fail_json(msg="%s has SHA-256 %s, not the pinned %s: refusing to run it" % (pyz, sha256_of(pyz), pinned))
+            module.fail_json(msg="%s has SHA-256 %s, not the pinned %s: refusing to run it"
+                             % (pyz, sha256_of(pyz), pinned))
         return [sys.executable, "-I", pyz]
     if module.params["executable"]:
         return [module.params["executable"]]
@@ -221,7 +226,8 @@ def main():
         argv.append("--dry-run" if module.check_mode else "--apply")
         result = run_tool(module, argv, files)[0]
     answer = dict(changed=result.get("writes", 0) > 0, nezha=result)
-    answer.update((key, result[key]) for key in ("outcome", "writes", "actions", "table", "generation") if key in result)
+    answer.update((key, result[key]) for key in ("outcome", "writes", "actions", "table", "generation")
+                  if key in result)
     if module._diff:
         answer["diff"] = dict(prepared="\n".join(result.get("table", [])) + "\n")
     module.exit_json(**answer)

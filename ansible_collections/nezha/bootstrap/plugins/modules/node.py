@@ -74,7 +74,9 @@ options:
     type: path
     default: /opt/nezha-bootstrap/ansible/nezha-bootstrap.pyz
   executable:
-    description: Without O(pyz), the nezha-bootstrap command to run (default, C(nezha-bootstrap) on C(PATH) or in C(/opt/nezha-bootstrap/bin)).
+    description:
+      - Without O(pyz), the nezha-bootstrap command to run (default, C(nezha-bootstrap) on C(PATH) or in
+        C(/opt/nezha-bootstrap/bin)).
     type: path
   root:
     description: Resolve every path the tool reads or writes under this directory (C(--root); default C(/)).
