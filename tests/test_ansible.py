@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -90,7 +91,7 @@ class Lab:
         env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO), "ANSIBLE_NOCOLOR": "1",
                "ANSIBLE_HOST_KEY_CHECKING": "0", "ANSIBLE_LOCAL_TEMP": str(self.tmp / "ansible-local"),
                "ANSIBLE_REMOTE_TEMP": str(self.tmp / "ansible-remote"), "NEZHA_STUB_RECORD": str(self.tmp / "stub"),
-               "PYTHONWARNINGS": "ignore"}
+               "PYTHONWARNINGS": "ignore", "NEZHA_BOOTSTRAP_CACHE": str(self.tmp / "zipapp-cache")}
         done = subprocess.run([str(ansible_playbook()), "-i", str(self.inventory(**group_vars)), str(path), *args],
                               capture_output=True, text=True, env=env, timeout=180, stdin=subprocess.DEVNULL)
         play = Play(done.returncode, done.stdout + done.stderr)
@@ -225,6 +226,25 @@ def test_a_zipapp_changed_on_the_host_is_replaced_before_it_runs(dashboard: Runn
 
 
 # --- the module on its own: the installed tool, a 3.9 host -------------------------------------------
+
+def test_the_release_zipapp_runs_with_a_python_3_9_host_interpreter(dashboard: Running, fake: FakeDashboard,
+                                                                     lab: Lab) -> None:
+    """RHEL 9's python3: the module and the real zipapp (packaging/build, every dependency inside) on 3.9."""
+    from nezha_bootstrap import __version__
+    from tests.test_packaging import PY39, run_build
+
+    if PY39 is None:
+        pytest.skip("no Python 3.9 under pyenv to be the host's python3")
+    run_build(lab.tmp / "dist")
+    release = lab.tmp / "dist" / f"nezha-bootstrap-{__version__}-{platform.machine()}.pyz"
+    settings = {**v0_vars(dashboard, fake, lab, release), "ansible_python_interpreter": str(PY39)}
+    first = lab.play(ROLE_PLAY, **settings)
+    assert first.code == 0, first.output
+    assert first.changed() == {"node1": 1, "node2": 1}
+    assert sorted(s.name for s in fake.servers) == ["web-node1", "web-node2"]
+    again = lab.play(ROLE_PLAY, **settings)
+    assert (again.code, again.changed()) == (0, {"node1": 0, "node2": 0}), again.output
+
 
 NODE_PLAY = """
 - name: Nezha agents
