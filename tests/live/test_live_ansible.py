@@ -72,7 +72,8 @@ def play(box: Sandbox, tmp_path: Path, settings: dict[str, Any], *args: str) -> 
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     output = done.stdout + done.stderr
     recap = [line for line in output.splitlines() if line.startswith("live ") and "ok=" in line]
-    print(f"\nLIVE ansible-playbook {' '.join(args)} ({SETTINGS.generation}): {' '.join(recap[0].split()) if recap else '-'}")
+    shown = " ".join(recap[0].split()) if recap else "-"
+    print(f"\nLIVE ansible-playbook {' '.join(args)} ({SETTINGS.generation}): {shown}")
     return done.returncode, output, recap
 
 
