@@ -4,20 +4,10 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-DEFAULT_PYZ_DEST = "/opt/nezha-bootstrap/ansible/nezha-bootstrap.pyz"  # as module_utils/tool.py
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from ansible_collections.nezha.bootstrap.plugins.module_utils.tool import DEFAULT_PYZ_DEST, sha256_of
 
 
 class ActionModule(ActionBase):

@@ -136,9 +136,8 @@ def run_tool(module, argv, files=None):
     if rc != 0:
         reason = result.get("exit_reason") or "exit code %d" % rc
         message = "nezha-bootstrap %s failed: %s (exit %d: %s)" % (argv_command(argv), result.get("error"), rc, reason)
-        module.fail_json(msg=message,
-                         rc=rc, exit_reason=reason, nezha=result, stderr=stderr)
-    return result, stderr
+        module.fail_json(msg=message, rc=rc, exit_reason=reason, nezha=result, stderr=stderr)
+    return result
 
 
 def argv_command(argv):

@@ -224,7 +224,7 @@ def main():
         if params["deadline"] is not None:
             argv += ["--deadline", "%g" % params["deadline"]]
         argv.append("--dry-run" if module.check_mode else "--apply")
-        result = run_tool(module, argv, files)[0]
+        result = run_tool(module, argv, files)
     answer = dict(changed=result.get("writes", 0) > 0, nezha=result)
     answer.update((key, result[key]) for key in ("outcome", "writes", "actions", "table", "generation")
                   if key in result)

@@ -356,12 +356,12 @@ def present(module, command):
         secrets = secret_args(files, [(flag_name, params[key]) for flag_name, key in SECRETS])
         base = command + ["run", "--json"] + run_flags(params) + secrets
         if module.check_mode:
-            planned = run_tool(module, base + ["--dry-run"], files)[0]
+            planned = run_tool(module, base + ["--dry-run"], files)
             return planned, _would_change(planned), planned.get("plan", [])
         plan = []
         if module._diff:  # the plan as the diff: a dry run first (no request, no write)
-            plan = run_tool(module, base + ["--dry-run"], files)[0].get("plan", [])
-        result = run_tool(module, base, files)[0]
+            plan = run_tool(module, base + ["--dry-run"], files).get("plan", [])
+        result = run_tool(module, base, files)
     changed = result.get("outcome") != "nothing_to_do" or bool(result.get("adopted_uuids"))
     return result, changed, plan
 
@@ -379,7 +379,7 @@ def absent(module, command):
         argv.append("--purge")
     if module.check_mode:
         argv.append("--dry-run")
-    result = run_tool(module, argv)[0]
+    result = run_tool(module, argv)
     actions = result.get("actions", [])
     return result, bool(actions), actions
 
