@@ -78,7 +78,9 @@ class Lab:
             self.hosts[host] = root
 
     def inventory(self, **group_vars: Any) -> Path:
-        hosts = {host: {"agent_root": str(root), "agent_name": f"web-{host}"} for host, root in self.hosts.items()}
+        # A scratch root runs the fakes' stubs only (--rehearsal): never a real installer or agent.
+        hosts = {host: {"agent_root": str(root), "agent_name": f"web-{host}", "agent_rehearsal": True}
+                 for host, root in self.hosts.items()}
         inventory = {"all": {"hosts": hosts, "vars": {
             "ansible_connection": "local", "ansible_python_interpreter": sys.executable, **group_vars}}}
         path = self.tmp / "inventory.json"
@@ -257,6 +259,7 @@ NODE_PLAY = """
         dashboard_url: "{{ url }}"
         token: "{{ token }}"
         root: "{{ agent_root }}"
+        rehearsal: "{{ agent_rehearsal }}"
         name: "{{ agent_name }}"
         probe_address: probe.example.test
         script_url: "{{ url }}/install.sh"

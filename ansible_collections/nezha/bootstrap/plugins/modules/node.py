@@ -179,6 +179,12 @@ options:
     description: Register again even if this host is registered (C(--force)); never idempotent.
     type: bool
     default: false
+  rehearsal:
+    description:
+      - With O(root) other than C(/), run against the test fakes' stub installer and agents only
+        (C(--rehearsal)); any other installer is refused. Without it the tool refuses such a root.
+    type: bool
+    default: false
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying the target.
@@ -294,7 +300,7 @@ VALUE_OPTIONS = (
     "enroll_timeout",
 )
 REPEATED_OPTIONS = ("agent_flag", "agent_option")
-SWITCHES = ("adopt", "allow_plaintext", "create_group", "force")
+SWITCHES = ("adopt", "allow_plaintext", "create_group", "force", "rehearsal")
 PAIRS = {"tls": ("--tls", "--no-tls"), "hide_for_guest": ("--hide-for-guest", "--show-for-guest")}
 SECRETS = (("token", "token"), ("agent-secret", "agent_secret"))
 RESULT_KEYS = ("outcome", "generation", "name", "uuid", "server_id", "online", "plan")
