@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from nezha_bootstrap.generation import Generation
 
 CHECK_TIMEOUT = 10.0
+PROBE_TIMEOUT = 5.0  # connect, TLS and the preface's answer: a real gRPC server answers in one round trip
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,23 @@ def failed(name: str, exc: BootstrapError | Transient) -> CheckResult:
     return CheckResult(name, "FAIL", str(exc), code)
 
 
-def check_probe(config: Config) -> CheckResult:
-    """The agent's server must accept TCP connections: a wrong probe address fails silently later."""
-    target = f"{config.agent_host}:{config.probe_port}"
-    try:
-        with socket.create_connection((config.probe_address, config.probe_port), timeout=CHECK_TIMEOUT):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        return CheckResult("probe", "FAIL", f"{target} does not accept connections: {reason}",
-                           DashboardUnreachable.exit_code)
-    return CheckResult("probe", "ok", f"{target} accepts connections")
+def check_probe(config: Config, alpn_required: bool = False) -> CheckResult:
+    """The agent's first exchange on the probe address: TCP, TLS as configured (the CA bundle's trust,
+    ALPN h2), then the HTTP/2 preface. A TLS mismatch, an HTTP/1-only proxy or CDN, or a wrong, closed or
+    silent port fails here; otherwise the agent would be installed and never come online. `alpn_required`:
+    the agent refuses TLS without ALPN h2 (the v1/v2 agent: see handshake.judge)."""
+    from nezha_bootstrap.handshake import probe
+    from nezha_bootstrap.http import tls_context
+
+    context = _alpn_h2(tls_context(config.ca_bundle))  # also for trying TLS where --no-tls met TLS
+    verdict = probe(config.probe_address, config.probe_port, config.probe_address,
+                    context if config.tls else None, context, PROBE_TIMEOUT, alpn_required)
+    return CheckResult("probe", "ok" if verdict.ok else "FAIL", verdict.detail, verdict.exit_code)
+
+
+def _alpn_h2(context: ssl.SSLContext) -> ssl.SSLContext:
+    context.set_alpn_protocols(["h2"])  # what the gRPC agent offers, and all it accepts
+    return context
 
 
 def check_generation(config: Config, client: httpx.Client) -> tuple[CheckResult, Generation | None]:

@@ -41,6 +41,10 @@ HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
 # X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: what a clock behind (a fresh VM
 # before NTP syncs) or far ahead makes of a good certificate.
 _CLOCK_CODES = {9: "is not valid yet", 10: "has expired"}
+# What OpenSSL says when the server's first bytes are no TLS record (an HTTP/1 answer to the ClientHello):
+# WRONG_VERSION_NUMBER on OpenSSL 1.1-3.1 (observed: 3.0.19 against v0.20.13 and v2.3.7), the others on
+# older and newer ones. ssl.SSLError.reason carries it; its text varies.
+PLAIN_REASONS = {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"}
 
 
 @dataclass(frozen=True)
@@ -431,6 +435,11 @@ def _raise_if_tls(exc: Exception, url: str) -> None:
             f"TLS verification of {host_of(url)} failed: {detail}. If the dashboard uses a "
             "certificate from a private CA, pass its PEM file with --ca-bundle (NEZHA_CA_BUNDLE); "
             "if the host name does not match the certificate, use the name it was issued for"
+        ) from exc
+    if any(getattr(c, "reason", None) in PLAIN_REASONS for c in chain if isinstance(c, ssl.SSLError)):
+        raise DashboardRefused(
+            f"{host_port(url)} speaks plain HTTP, not TLS: the dashboard URL says https. Use http:// in "
+            "--dashboard-url, or the port that serves TLS"
         ) from exc
     if any(isinstance(c, ssl.SSLError) for c in chain):
         raise DashboardRefused(f"TLS handshake with {host_of(url)} failed: {_reason(exc)}") from exc

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 
 import pytest
 
+from nezha_bootstrap.testing.grpc_port import AgentPort
 from tests.conftest import Cli
 from tests.test_run import closed_port, snapshot
 
 
 @pytest.fixture
 def probe_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that accepts TCP connections, like the dashboard's gRPC port."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        yield int(listener.getsockname()[1])
+    """The v0 dashboard's agent port on 127.0.0.1: gRPC without TLS, as the real v0.20.13 serves it."""
+    with AgentPort() as port:
+        yield port.port
 
 
 def run_check(cli: Cli, probe_port: int, *args: str, **env: str | None) -> tuple[int, list[str], str]:
-    env = {"NEZHA_PROBE_ADDRESS": "127.0.0.1", "NEZHA_PROBE_PORT": str(probe_port), **env}
+    env = {"NEZHA_PROBE_ADDRESS": "127.0.0.1", "NEZHA_PROBE_PORT": str(probe_port), "NEZHA_PROBE_TLS": "false",
+           **env}
     outcome = cli("check", *args, **env)
     return outcome.exit_code, outcome.stdout.splitlines(), outcome.stderr
 
@@ -40,7 +39,7 @@ def test_all_checks_pass_against_a_v0_dashboard_and_create_nothing(cli: Cli, pro
     assert lines == [
         f"ok    dashboard  {cli.dashboard.url} answers (plain http)",
         "ok    token      accepted; the dashboard is v0 with the token API",
-        f"ok    probe      127.0.0.1:{probe_port} accepts connections",
+        f"ok    probe      127.0.0.1:{probe_port} answers the HTTP/2 preface, as gRPC needs (without TLS)",
         f"ok    installer  {cli.dashboard.url}/install.sh downloads, hash matches",
     ]
     assert [(j.method, j.path) for j in cli.fake.journal] == [("GET", "/api/v1/server/list"), ("GET", "/install.sh")]
@@ -97,7 +96,7 @@ def test_the_probe_failure_names_the_address_and_port(cli: Cli, probe_port: int)
 
 def test_check_json_is_one_object_with_every_check(cli: Cli, probe_port: int) -> None:
     outcome = cli("check", "--json", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(probe_port),
-                  NEZHA_TOKEN="wrong-token")
+                  NEZHA_PROBE_TLS="false", NEZHA_TOKEN="wrong-token")
 
     assert outcome.exit_code == 3
     report = json.loads(outcome.stdout)

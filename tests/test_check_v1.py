@@ -12,6 +12,7 @@ from nezha_bootstrap.agent import AGENT_V0, AGENT_V1
 from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.testing.fake_v0 import Running
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
+from nezha_bootstrap.testing.grpc_port import AgentPort
 from tests.conftest import MACHINE_ID, Cli
 from tests.test_run import closed_port, snapshot
 from tests.test_run_v1 import V1Cli
@@ -51,7 +52,7 @@ def test_every_v1_check_passes_and_nothing_is_enrolled_or_written(v1cli: V1Cli) 
         "ok    secret     given; not tried here (a wrong one counts towards the dashboard's WAF, only the agent's "
         "enrollment shows it)",
         f"ok    identity   uuid {machine_uuid(MACHINE_ID)} (from machine-id)",
-        f"ok    probe      127.0.0.1:{port} accepts connections",
+        f"ok    probe      127.0.0.1:{port} answers the HTTP/2 preface, as gRPC needs (without TLS)",
         f"ok    release    v{AGENT_V1} {ASSET} downloads; its SHA-256 matches checksums.txt",
     ]
     assert [(j.method, j.path) for j in v1cli.fake.journal] == [
@@ -123,16 +124,17 @@ def releases() -> Iterator[Running]:
 
 def test_a_v0_dashboard_with_method_direct_checks_the_v0_release_instead_of_install_sh(
         cli: Cli, releases: Running) -> None:
-    port = cli.dashboard.port
-    outcome = cli("check", "--method", "direct", NEZHA_AGENT_BASE_URL=f"{releases.url}/releases",
-                  NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port))
+    with AgentPort() as agent_port:
+        port = agent_port.port
+        outcome = cli("check", "--method", "direct", "--no-tls", NEZHA_AGENT_BASE_URL=f"{releases.url}/releases",
+                      NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port))
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.stdout.splitlines() == [
         "ok    generation v0 (three requests without credentials)",
         f"ok    dashboard  {cli.dashboard.url} answers (plain http)",
         "ok    token      accepted; the dashboard is v0 with the token API",
-        f"ok    probe      127.0.0.1:{port} accepts connections",
+        f"ok    probe      127.0.0.1:{port} answers the HTTP/2 preface, as gRPC needs (without TLS)",
         f"ok    release    v{AGENT_V0} {ASSET} downloads; its SHA-256 matches checksums.txt",
     ]
     assert "/install.sh" not in [j.path for j in cli.fake.journal]

@@ -7,7 +7,6 @@ output and every file under the root, except the 0600 state file and the agent u
 from __future__ import annotations
 
 import fcntl
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ import pytest
 
 from nezha_bootstrap import demo
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard, serve
+from nezha_bootstrap.testing.grpc_port import AgentPort
 from tests.conftest import TOKEN, Cli, leak_scan, secrets_of
 from tests.test_run import STATE, UNIT, closed_port
 
@@ -155,10 +155,8 @@ def checks_and_status(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
     cli("check", *flags, NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_TOKEN=WRONG_TOKEN,
         NEZHA_INSTALL_SCRIPT_SHA256="0" * 64)
     cli("run", *flags)
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        cli("check", *flags, NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(listener.getsockname()[1]))
+    with AgentPort() as agent_port:
+        cli("check", *flags, "--no-tls", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(agent_port.port))
     cli("status", *flags)
     return (WRONG_TOKEN,)
 

@@ -25,6 +25,8 @@ from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from nezha_bootstrap.testing.grpc_port import GO_BAD_REQUEST, GO_H2C_FRAMES, PREFACE, is_client_hello
+
 FORBIDDEN_BODY = '{"code":403,"message":"访问此接口需要认证"}'
 PARSE_FAILED_BODY = '{"code":400,"message":"Parse JSON failed","secret":""}'
 V1_BODY = '{"error":"404 Not Found"}'
@@ -98,6 +100,8 @@ class Journal:
 
 class FakeDashboard:
     """State and behaviour of one fake v0 dashboard."""
+
+    speaks_h2 = False  # its web port is HTTP/1 only; the agent's gRPC port is another (grpc_port.AgentPort)
 
     def __init__(self, token: str) -> None:
         self.tokens = {token}
@@ -263,6 +267,34 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def handle(self) -> None:
+        """A connection opening with a TLS ClientHello or the HTTP/2 preface gets the real one's answer
+        (testing/grpc_port.py); any other is served as HTTP/1.1."""
+        first = self.rfile.peek(len(PREFACE))[: len(PREFACE)]
+        if is_client_hello(first):
+            self.wfile.write(GO_BAD_REQUEST)  # Go's net/http on a plain port, before it closes
+            return
+        if first.startswith(PREFACE[: len(first)]) and first.startswith(b"PRI "):
+            self._preface()
+            return
+        super().handle()
+
+    def _preface(self) -> None:
+        self.rfile.read(len(PREFACE))
+        if not getattr(self.server.fake, "speaks_h2", False):  # v0.20.13's web port: HTTP/1 only
+            body = NOT_FOUND_HTML.encode()
+            self.wfile.write(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html; charset=utf-8\r\n"
+                             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            return
+        self.wfile.write(GO_H2C_FRAMES)  # v1/v2: gRPC shares the web port (unencrypted HTTP/2)
+        self.wfile.flush()
+        self.connection.settimeout(5)
+        try:
+            while self.rfile.read1(4096):  # until the client goes (it sent SETTINGS, maybe GOAWAY)
+                pass
+        except OSError:
+            pass
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -46,7 +46,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from nezha_bootstrap.identity import UUID_RE
@@ -186,6 +186,8 @@ class Connection:
 @dataclass
 class FakeV1:
     """State and behaviour of one fake v1/v2 dashboard and its release host."""
+
+    speaks_h2: ClassVar[bool] = True  # gRPC shares the web port: unencrypted HTTP/2 beside HTTP/1 (v1/v2)
 
     profile: str = "v2.1+"
     agent_secrets: dict[str, int] = field(default_factory=lambda: {new_agent_secret(): 1})

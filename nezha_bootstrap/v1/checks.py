@@ -63,7 +63,8 @@ def run_checks(config: Config, generation: Generation, facts: Facts, paths: Path
     if plaintext:
         return [CheckResult("settings", "FAIL", plaintext, SettingsError.exit_code)]
     token = [check_token(config, generation, client)] if is_access_token(config.token) else []
-    return [check_secret(config, generation), *token, check_identity(config, facts, paths), check_probe(config),
+    return [check_secret(config, generation), *token, check_identity(config, facts, paths),
+            check_probe(config, alpn_required=True),
             _check_release(config, downloads)]
 
 
