@@ -271,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
     def handle(self) -> None:
         """A connection opening with a TLS ClientHello or the HTTP/2 preface gets the real one's answer
         (testing/grpc_port.py); any other is served as HTTP/1.1."""
-        first = self.rfile.peek(len(PREFACE))[: len(PREFACE)]
+        first = self.rfile.peek(len(PREFACE))[: len(PREFACE)]  # type: ignore[attr-defined]  # a BufferedReader
         if is_client_hello(first):
             self.wfile.write(GO_BAD_REQUEST)  # Go's net/http on a plain port, before it closes
             return
