@@ -13,6 +13,7 @@ from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.testing.fake_v0 import Running
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from nezha_bootstrap.testing.grpc_port import AgentPort
+from nezha_bootstrap.v1.api import SCOPE_PROBE
 from tests.conftest import MACHINE_ID, Cli
 from tests.test_run import closed_port, snapshot
 from tests.test_run_v1 import V1Cli
@@ -141,24 +142,78 @@ def test_a_v0_dashboard_with_method_direct_checks_the_v0_release_instead_of_inst
     assert cli.fake.servers == []
 
 
-def test_an_access_token_is_checked_with_one_read(v1cli: V1Cli) -> None:
+def test_an_access_token_is_checked_with_one_read_and_one_refused_write(v1cli: V1Cli) -> None:
     token = v1cli.fake.add_token()
 
     code, lines, stderr = check(v1cli, NEZHA_TOKEN=token)
 
     assert code == 0, stderr
-    assert "ok    token      the access token reads the server list" in lines
-    assert [(j.method, j.path) for j in v1cli.fake.journal].count(("GET", "/api/v1/server")) == 1
+    assert ("ok    token      the access token lists servers and may change them (nezha:server:write, tried "
+            "without a write)") in lines
+    with_token = [(j.method, j.path) for j in v1cli.fake.journal if "authorization" in j.headers]
+    assert with_token == [("GET", "/api/v1/server"), ("PATCH", SCOPE_PROBE)]
+    assert v1cli.fake.changes == []
     assert token not in stderr + "\n".join(lines)
+
+
+@pytest.mark.parametrize(("scopes", "missing"), [
+    (("nezha:inventory:read",), "nezha:server:write"),
+    (("nezha:server:write",), "nezha:inventory:read"),
+    (("nezha:server:*",), "nezha:inventory:read"),
+])
+def test_a_token_without_a_scope_the_run_needs_fails_the_check_naming_it(
+        v1cli: V1Cli, scopes: tuple[str, ...], missing: str) -> None:
+    token = v1cli.fake.add_token(scopes=scopes)
+
+    code, lines, stderr = check(v1cli, NEZHA_TOKEN=token)
+
+    [line] = [line for line in lines if line.split()[1] == "token"]
+    assert code == 3, stderr
+    assert line.startswith("FAIL  token") and f"lacks scope {missing}" in line
+    assert v1cli.fake.changes == [] and v1cli.fake.failed_credentials == 0
+
+
+@pytest.mark.parametrize(("prepare", "args", "expected", "code"), [
+    ("web", ("--group", "web"), "ok    group      'web' exists (id 1, 0 servers)", 0),
+    ("", ("--group", "web"), "FAIL  group      group: there is no group called 'web'; create it in the dashboard, "
+                             "or pass --create-group", 3),
+    ("", ("--group", "web", "--create-group"), "ok    group      'web' does not exist yet; --create-group makes it",
+     0),
+    ("web", ("--group-id", "7"), "FAIL  group      group: there is no group with id 7 (or the token cannot see it)", 3),
+    ("web web", ("--group", "web"), "FAIL  group      group: 2 groups are called 'web' (ids 1, 2); group names are "
+                                    "not unique: give the id as well", 3),
+])
+def test_a_named_group_must_exist_unless_create_group_is_set(
+        v1cli: V1Cli, prepare: str, args: tuple[str, ...], expected: str, code: int) -> None:
+    for name in prepare.split():
+        v1cli.fake.add_group(name)
+    token = v1cli.fake.add_token()
+
+    exit_code, lines, stderr = check(v1cli, *args, NEZHA_TOKEN=token)
+
+    assert exit_code == code, stderr
+    assert expected in lines
+    assert len(v1cli.fake.groups) == len(prepare.split())
+
+
+def test_the_group_is_checked_even_when_the_token_may_not_write(v1cli: V1Cli) -> None:
+    token = v1cli.fake.add_token(scopes=("nezha:inventory:read",))
+
+    code, lines, _ = check(v1cli, "--group", "web", NEZHA_TOKEN=token)
+
+    assert code == 3
+    assert [line.split()[:2] for line in lines if line.split()[1] in ("token", "group")] == [
+        ["FAIL", "token"], ["FAIL", "group"]]
 
 
 def test_a_bad_access_token_fails_the_check_once_with_the_waf_warning(v1cli: V1Cli) -> None:
     token = "nzp_" + "B" * 32
 
-    code, lines, stderr = check(v1cli, NEZHA_TOKEN=token)
+    code, lines, stderr = check(v1cli, "--group", "web", NEZHA_TOKEN=token)
 
     [line] = [line for line in lines if line.split()[1] == "token"]
     assert code == 3 and line.startswith("FAIL  token")
     assert "HTTP 401" in line and "WAF" in line
-    assert [(j.method, j.path) for j in v1cli.fake.journal].count(("GET", "/api/v1/server")) == 1
+    assert [j.path for j in v1cli.fake.journal if "authorization" in j.headers] == ["/api/v1/server"]
+    assert "skip  group      not checked: the token failed" in lines
     assert token not in stderr + "\n".join(lines)

@@ -14,6 +14,7 @@ import pytest
 from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.testing.fake_v1 import FakeV1, new_agent_secret, serve_v1
+from nezha_bootstrap.v1.api import SCOPE_PROBE
 from tests.conftest import MACHINE_ID, leak_scan
 from tests.test_run_v1 import V1Cli
 
@@ -63,8 +64,8 @@ def test_first_enrollment_is_named_and_hidden_before_the_first_guest_poll(v2cli:
     assert (summary["outcome"], summary["server_id"], summary["name"], summary["hide_for_guest"]) == (
         "installed", server.id, "web-1", True)
     assert "naming" not in summary
-    assert api_requests(v2cli.fake) == ["GET /api/v1/server", "GET /api/v1/server", "PATCH /api/v1/server/1",
-                                        "GET /api/v1/server"]
+    assert api_requests(v2cli.fake) == ["GET /api/v1/server", f"PATCH {SCOPE_PROBE}", "GET /api/v1/server",
+                                        "PATCH /api/v1/server/1", "GET /api/v1/server"]
 
 
 def test_status_after_a_token_run_shows_the_name_the_node_gave_itself(v2cli: V1Cli) -> None:
@@ -191,6 +192,31 @@ def test_a_rerun_restarts_an_agent_whose_server_is_missing(v2cli: V1Cli) -> None
     assert [(s.id, s.name, s.hide_for_guest) for s in v2cli.fake.servers] == [(2, "web-1", True)]
 
 
+def nothing_happened(v2cli: V1Cli) -> bool:
+    """No download, no file under /opt, no agent command, no enrollment, no write to the dashboard."""
+    downloads = [j.path for j in v2cli.fake.journal if j.path.startswith("/releases/")]
+    return (downloads, v2cli.agent_calls(), v2cli.fake.servers, v2cli.fake.connections, v2cli.fake.changes,
+            (v2cli.root / "opt/nezha").exists()) == ([], [], [], [], [], False)
+
+
+def test_a_token_that_may_not_write_is_refused_before_anything_is_downloaded_or_enrolled(v2cli: V1Cli) -> None:
+    code, _, err = run(v2cli, token=v2cli.fake.add_token(scopes=(v2cli.fake.read_scope,)))
+
+    assert code == 3, err
+    assert "the access token lacks scope nezha:server:write" in err
+    assert api_requests(v2cli.fake) == ["GET /api/v1/server", f"PATCH {SCOPE_PROBE}"]
+    assert nothing_happened(v2cli)
+    assert v2cli.fake.failed_credentials == 0  # a missing scope is not a failed credential for the WAF
+
+
+def test_a_rerun_with_nothing_to_install_does_not_try_the_write_scope(v2cli: V1Cli) -> None:
+    assert run(v2cli)[0] == 0
+    v2cli.fake.journal.clear()
+
+    assert run(v2cli)[0] == 0
+    assert api_requests(v2cli.fake) == ["GET /api/v1/server"]
+
+
 @pytest.mark.parametrize(("groups", "create", "code", "text"), [
     ((), False, 3, "no group called 'web'; create it in the dashboard, or pass --create-group"),
     (("web", "web"), False, 3, "2 groups are called 'web'"),
@@ -206,6 +232,8 @@ def test_groups_by_name(v2cli: V1Cli, groups: tuple[str, ...], create: bool, cod
     assert text in err
     if code == 0:
         assert [(g.name, g.servers) for g in v2cli.fake.groups] == [("web", [1])]
+    else:
+        assert nothing_happened(v2cli)  # found before the install: not left visible under two random words
 
 
 def test_a_group_id_picks_one_of_two_groups_of_that_name(v2cli: V1Cli) -> None:

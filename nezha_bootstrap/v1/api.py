@@ -20,6 +20,7 @@ tests/test_fakes_match_real.py; run again against a live one by tests/live):
 Use:
     api = V2Api(client, base_url, token, deadline=60)
     api.servers()                        -> raw items of GET /api/v1/server
+    api.prove_write_scope()              -> None, or TokenRefused naming nezha:server:write (writes nothing)
     api.server_by_uuid(uuid)             -> the item, or None (matched client-side)
     api.update_server(item, {"name": "web-1", "hide_for_guest": True})  -> True when it wrote
     api.find_group("web") / api.find_group(None, group_id=3)            -> Group or None
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
 
 LIST_CAP = ANSWER_CAP * 64  # thousands of servers
+SCOPE_PROBE = "/api/v1/server/nezha-bootstrap-scope-check"  # no server id: a write there can change nothing
 # The eight fields PATCH /api/v1/server/:id overwrites; one left out is reset (name to empty, DDNS off).
 FORM_DEFAULTS: dict[str, Any] = {
     "name": "", "note": "", "public_note": "", "display_index": 0, "hide_for_guest": False,
@@ -142,6 +144,10 @@ class V2Api:
     def once(self, method: str, path: str, what: str, seconds_left: float, body: Any = None,
              params: dict[str, str] | None = None) -> Any:
         """One request, one attempt: the answer's `data`, or Transient/DashboardRefused."""
+        return classify(self._send(method, path, seconds_left, body, params), what)
+
+    def _send(self, method: str, path: str, seconds_left: float, body: Any = None,
+              params: dict[str, str] | None = None) -> Answer:
         headers = {"Authorization": f"Bearer {self.token}"}
         if self.csrf and method != "GET":
             headers["X-CSRF-Token"] = self.csrf
@@ -149,9 +155,31 @@ class V2Api:
         if body is not None:
             extra["content"] = json.dumps(body, ensure_ascii=False).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        answer = fetch(self.client, method, f"{self.base_url}{path}", seconds_left=seconds_left, cap=LIST_CAP,
-                       ambiguous=method != "GET", **extra)
-        return classify(answer, what)
+        return fetch(self.client, method, f"{self.base_url}{path}", seconds_left=seconds_left, cap=LIST_CAP,
+                     ambiguous=method != "GET", **extra)
+
+    # --- scopes -----------------------------------------------------------------------------------
+    def prove_write_scope(self) -> None:
+        """That the credential may change servers and groups (nezha:server:write), with retries on Transient."""
+        with_retries(self.write_scope_once, deadline=self.deadline, what="scope check",
+                     give_up=DashboardUnreachable, notify=self.notify)
+
+    def write_scope_once(self, seconds_left: float) -> None:
+        """One attempt at proving nezha:server:write without writing: PATCH a server id that is not a number.
+
+        The scope middleware answers before the handler: HTTP 403 `api token lacks scope nezha:server:write`
+        (TokenRefused, naming it). With the scope, the handler refuses the id before it reads the body or
+        the database: HTTP 200 `strconv.ParseUint: parsing "...": invalid syntax` (both observed on the real
+        v2.3.7: tests/data/real/v2.3.7.json, "scope check"; a scope refusal is not counted by the WAF).
+        """
+        answer = self._send("PATCH", SCOPE_PROBE, seconds_left, body={})
+        value = json_body(answer.body)[1]
+        error = value.get("error") if isinstance(value, dict) else None
+        if answer.status == 200 and isinstance(error, str) and error.startswith("strconv.ParseUint"):
+            return
+        classify(answer, "scope check")  # raises for a refusal (401, 403 naming the scope, 404) or 429/5xx
+        raise DashboardRefused(f"scope check: HTTP {answer.status}, not the answer that proves nezha:server:write "
+                               f"(PATCH {SCOPE_PROBE} must be refused for its id); is this a v2.1+ dashboard?")
 
     # --- servers ----------------------------------------------------------------------------------
     def servers(self) -> list[dict[str, Any]]:

@@ -213,6 +213,8 @@ class V1Runner:
                 agent.check_bundled(plan.release)
             node = self._node_naming(plan.uuid)
             row = node.check() if node else None  # the token is checked before anything is installed
+            if node and install:
+                node.preflight()  # its write scope and the group, before any download or enrollment
             adopted: list[str] = []
             if install:
                 self._before_changes(saved)

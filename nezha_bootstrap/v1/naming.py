@@ -40,6 +40,14 @@ def wanted(config: Config, naming: Naming) -> dict[str, Any]:
     return fields
 
 
+def group_shown(naming: Naming) -> str:
+    return repr(naming.group) if naming.group else f"#{naming.group_id}"
+
+
+def missing_group(name: str) -> str:
+    return f"group: there is no group called {name!r}; create it in the dashboard, or pass --create-group"
+
+
 @dataclass
 class NodeNaming:
     """The token-mode steps of one run (the edge): check, wait for the row, apply, join the group."""
@@ -59,6 +67,17 @@ class NodeNaming:
             servers = self.api.servers()
             record["servers"] = len(servers)
         return next((item for item in servers if item.get("uuid") == self.uuid), None)
+
+    def preflight(self) -> None:
+        """Before anything is installed: the token may change servers (nezha:server:write, proved without a
+        write), and the named group exists or --create-group makes it. Never retried on 401/403."""
+        with self.reporter.step("scope", "checking that the access token may change servers (nezha:server:write)"):
+            self.api.prove_write_scope()
+        naming = self.naming
+        if naming.group or naming.group_id is not None:
+            with self.reporter.step("group-check", f"checking that group {group_shown(naming)} exists"):
+                if self.api.find_group(naming.group, naming.group_id) is None and not naming.create_group:
+                    raise DashboardRefused(missing_group(str(naming.group)))
 
     def wait_for_row(self, stop_agent: Callable[[], None]) -> dict[str, Any]:
         """Poll for our uuid's row until --enroll-timeout; on timeout stop the agent and say why."""
@@ -97,12 +116,10 @@ class NodeNaming:
 
     def _group(self, server_id: int) -> dict[str, Any]:
         naming = self.naming
-        shown = naming.group if naming.group else f"#{naming.group_id}"
-        with self.reporter.step("group", f"joining group {shown}"):
+        with self.reporter.step("group", f"joining group {group_shown(naming)}"):
             group = self.api.find_group(naming.group, naming.group_id)
             if group is None and not naming.create_group:
-                raise DashboardRefused(f"group: there is no group called {naming.group!r}; create it in the "
-                                       "dashboard, or pass --create-group")
+                raise DashboardRefused(missing_group(str(naming.group)))
             if group is None:
                 group_id = self.api.create_group(str(naming.group), [server_id])
                 self.changed.append("group")
