@@ -2,7 +2,8 @@
 
 Each connection is answered as the mode of its request path says (`routes`, else `mode`): headers or
 a body trickling in, `100 Continue` for ever, encoded bombs, a TLS handshake cut by EOF or a reset,
-redirects, silence, or a plain answer (over TLS with any certificate, expired ones included).
+redirects, silence, or a plain answer (over TLS with any certificate, expired ones included). `banner`
+sends the route's body on accept, before reading anything (an SSH or SMTP server on a wrong port).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 MODES = ("ok", "slow_ok", "header_trickle", "continue", "body_trickle", "silent", "bomb",
-         "eof_handshake", "reset_handshake", "redirect")
+         "eof_handshake", "reset_handshake", "redirect", "banner")
 TRICKLE_MODES = ("header_trickle", "continue", "body_trickle", "silent")
 
 
@@ -101,13 +102,17 @@ class HostileServer:
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         try:
+            if self.default.mode == "banner":
+                conn.sendall(self.default.body)
+                self._sleep(5)
+                return
             if self.tls is not None and self._handshake_mode():
                 self._cut_handshake(conn, self.default.mode)
                 return
             if self.tls is not None:
                 conn = self.tls.wrap_socket(conn, server_side=True)
             head = self._read_head(conn)
-            path = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else "/"
+            path = head.split(b" ", 2)[1].decode("latin-1") if head.count(b" ") >= 2 else "/"
             route = self.routes.get(path.split("?")[0], self.default)
             self._answer(conn, route)
         except (OSError, ssl.SSLError):

@@ -111,3 +111,20 @@ def test_check_with_invalid_settings_exits_2_before_any_request(cli: Cli) -> Non
 
     assert outcome.exit_code == 2
     assert cli.fake.journal == []
+
+
+def test_the_default_tls_against_the_plain_v0_grpc_port_fails_and_says_use_no_tls(cli: Cli, probe_port: int) -> None:
+    code, lines, stderr = run_check(cli, probe_port, NEZHA_PROBE_TLS=None)
+
+    assert code == 3, stderr
+    assert lines[2] == (f"FAIL  probe      127.0.0.1:{probe_port} speaks gRPC without TLS, and the agent would "
+                        "connect with TLS (--tls): it could never connect. Use --no-tls")
+    assert cli.fake.servers == []
+
+
+def test_the_v0_web_port_given_as_the_probe_port_fails_as_an_http1_port(cli: Cli, probe_port: int) -> None:
+    code, lines, _ = run_check(cli, cli.dashboard.port)
+
+    assert code == 3
+    assert lines[2].startswith(f"FAIL  probe      127.0.0.1:{cli.dashboard.port} answers HTTP/1.x "
+                               "('HTTP/1.1 404 Not Found') to the HTTP/2 preface (--no-tls)")

@@ -217,3 +217,22 @@ def test_a_bad_access_token_fails_the_check_once_with_the_waf_warning(v1cli: V1C
     assert [j.path for j in v1cli.fake.journal if "authorization" in j.headers] == ["/api/v1/server"]
     assert "skip  group      not checked: the token failed" in lines
     assert token not in stderr + "\n".join(lines)
+
+
+def test_an_https_url_against_a_plain_http_port_says_the_port_speaks_plain_http(v1cli: V1Cli) -> None:
+    port = v1cli.running.port
+
+    code, lines, _ = check(v1cli, NEZHA_DASHBOARD_URL=f"https://127.0.0.1:{port}")
+
+    assert code == 3
+    assert lines == [f"FAIL  generation 127.0.0.1:{port} speaks plain HTTP, not TLS: the dashboard URL says https. "
+                     "Use http:// in --dashboard-url, or the port that serves TLS"]
+
+
+def test_check_fails_a_tls_setting_against_the_plain_grpc_port_before_anything_is_installed(v1cli: V1Cli) -> None:
+    code, lines, _ = check(v1cli, "--tls")
+
+    assert code == 3
+    assert f"FAIL  probe      127.0.0.1:{v1cli.running.port} speaks gRPC without TLS, and the agent would connect " \
+           "with TLS (--tls): it could never connect. Use --no-tls" in lines
+    assert (v1cli.fake.servers, v1cli.fake.connections) == ([], [])
