@@ -205,6 +205,14 @@ def release_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReleaseHo
     host.stop()
 
 
+@pytest.fixture
+def release_host_or_none(request: pytest.FixtureRequest) -> str | None:
+    """The release host's base URL, or None without NEZHA_LIVE_AGENT_DIR."""
+    if not SETTINGS.agent_dir:
+        return None
+    return str(request.getfixturevalue("release_host").base_url)
+
+
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass

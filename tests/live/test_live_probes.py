@@ -46,13 +46,6 @@ def test_check_with_a_wrong_token_says_refused(release_host_or_none: str | None,
     assert "refused the API token" in ran.stdout + ran.stderr
 
 
-@pytest.fixture
-def release_host_or_none(request: pytest.FixtureRequest) -> str | None:
-    if not SETTINGS.agent_dir:
-        return None
-    return str(request.getfixturevalue("release_host").base_url)
-
-
 def check_arguments(release: str | None, root: Path) -> tuple[list[str], dict[str, str]]:
     """`check`'s settings for this dashboard: v0 token and the direct method; v1/v2 agent secret."""
     (root / "etc").mkdir(parents=True, exist_ok=True)
