@@ -393,7 +393,9 @@ def _leftover_lines(paths: Paths, adopt: bool) -> list[str]:
 
 
 TOKEN_PLAN = (
-    "with the access token: GET /api/v1/server before installing; after the agent starts, wait for this "
+    "with the access token: GET /api/v1/server before installing, then prove nezha:server:write with a PATCH "
+    "that cannot write (a server id that is not a number) and read the groups when one is named; after the "
+    "agent starts, wait for this "
     "uuid's row; then set name, notes, guest visibility and display index (full-form PATCH, read back), "
     "and join the group"
 )

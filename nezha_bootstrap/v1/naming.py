@@ -41,10 +41,12 @@ def wanted(config: Config, naming: Naming) -> dict[str, Any]:
 
 
 def group_shown(naming: Naming) -> str:
+    """The group as messages name it: 'web', or #3 when only its id is given."""
     return repr(naming.group) if naming.group else f"#{naming.group_id}"
 
 
 def missing_group(name: str) -> str:
+    """The refusal of a --group that does not exist, without --create-group."""
     return f"group: there is no group called {name!r}; create it in the dashboard, or pass --create-group"
 
 
