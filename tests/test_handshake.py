@@ -201,7 +201,7 @@ def test_a_silent_port_fails_as_unreachable_within_the_time(tls: bool, ca: trust
     assert verdict == Verdict(False, f"127.0.0.1:{server.port} accepts connections but did not answer {step} "
                                      f"within 0.5 s ({mode}; a firewall dropping packets, or a service that is "
                                      "not gRPC)", 4)
-    assert took < 1.5
+    assert took < 0.5 + 2.0  # the time given, plus scheduling on a loaded host
 
 
 def test_a_closed_port_fails_as_unreachable(ca: trustme.CA) -> None:
