@@ -686,7 +686,8 @@ def cell(value: Any, key: str) -> str:
         return f"{value['peak_rss_mib']} / {value['cpu_s']} / {value['peak_cpu_percent']}"
     if isinstance(value, dict):
         keys = ("p50", "p95", "max") if "per_node" in key else ("p50", "p95", "p99")
-        return " / ".join("-" if value.get(k) is None else f"{value[k]:g}" for k in keys)
+        return " / ".join("-" if value.get(k) is None else f"{value[k]:,.0f}" if value[k] >= 1000 else f"{value[k]:g}"
+                          for k in keys)
     return "n/a" if value is None else str(value)
 
 

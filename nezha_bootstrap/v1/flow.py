@@ -212,7 +212,10 @@ class V1Runner:
             if install and plan.release.bundled is not None:  # missing: exit 2, altered: exit 5, nothing changed
                 agent.check_bundled(plan.release)
             node = self._node_naming(plan.uuid)
-            row = node.check() if node else None  # the token is checked before anything is installed
+            # The token is checked before anything is installed; a row older than this run can exist only
+            # when this machine enrolled this uuid before (else a few small looks find the highest id).
+            may_exist = not install or (saved is not None and saved.uuid == plan.uuid)
+            row = node.check(may_exist) if node else None
             adopted: list[str] = []
             if install:
                 self._before_changes(saved)
