@@ -71,7 +71,7 @@ class NodeResult:
     statuses: dict[str, int] = field(default_factory=dict)
     timeouts: int = 0
     downloads: int = 0
-    enrolled: bool = False
+    paths: dict[str, int] = field(default_factory=dict)  # "GET /api/v1/server?id" -> requests
 
 
 class Counts:
@@ -84,6 +84,7 @@ class Counts:
     def reset(self) -> None:
         self.requests = self.bytes_in = self.bytes_out = self.timeouts = self.downloads = 0
         self.statuses: Counter[str] = Counter()
+        self.paths: Counter[str] = Counter()
         self.enabled = True
 
 
@@ -115,6 +116,8 @@ def count_transport() -> None:
             ours = False
         if ours:
             COUNTS.requests += 1
+            query = "?" + "&".join(k for k, _ in request.url.params.multi_items()) if request.url.query else ""
+            COUNTS.paths[f"{request.method} {request.url.path.rstrip('0123456789')}{query}"] += 1
             head = len(request.method) + len(request.url.raw_path) + 12
             head += sum(len(k) + len(v) + 4 for k, v in request.headers.raw)
             COUNTS.bytes_out += head + len(getattr(request, "_content", b"") or b"")
@@ -333,6 +336,7 @@ def run_node(job: Job, index: int, boot: float, salt: str) -> NodeResult:
         result.error = result.error or (err.getvalue().strip().splitlines() or [""])[-1][:200]
     result.requests, result.bytes_in, result.bytes_out = COUNTS.requests, COUNTS.bytes_in, COUNTS.bytes_out
     result.statuses, result.timeouts, result.downloads = dict(COUNTS.statuses), COUNTS.timeouts, COUNTS.downloads
+    result.paths = dict(COUNTS.paths)
     shutil.rmtree(root, ignore_errors=True)
     return result
 
@@ -618,8 +622,10 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
     ok = [n for n in nodes if n.exit_code == 0]
     errors = Counter((n.error or n.outcome or "?")[:160] for n in nodes if n.exit_code != 0)
     statuses: Counter[str] = Counter()
+    paths: Counter[str] = Counter()
     for n in nodes:
         statuses.update(n.statuses)
+        paths.update(n.paths)
     ran = [n for n in nodes if n.finished]
     last_done = max((n.finished for n in ran), default=first_boot)
     return {
@@ -634,6 +640,7 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
         "bytes_in_per_node": spread_of([float(n.bytes_in) for n in ran], 0),
         "bytes_out_per_node": spread_of([float(n.bytes_out) for n in ran], 0),
         "requests_total": sum(n.requests for n in nodes),
+        "requests_per_node_by_path": {k: round(v / max(len(ran), 1), 2) for k, v in sorted(paths.items())},
         "bytes_in_total": sum(n.bytes_in for n in nodes),
         "first_boot_to_last_done_s": round(last_done - first_boot, 2),
         "node_boot_to_done_s": spread_of([n.finished - n.boot for n in ran]),
@@ -718,6 +725,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "(a checkout), one column each")
     parser.add_argument("--seed-sqlite", nargs=3, metavar=("DB", "COUNT", "GENERATION"),
                         help="insert COUNT servers into a stopped dashboard's sqlite and exit")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="print one table of the storms in these result files and exit")
     parser.add_argument("--json", type=Path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
 
@@ -750,6 +759,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed_sqlite:
         db, count, generation = args.seed_sqlite
         print(f"{seed_sqlite(Path(db), int(count), generation)} servers in {db}")
+        return 0
+    if args.merge:
+        print(table({label: result for path in args.merge
+                     for label, result in json.loads(path.read_text(encoding="utf-8"))["storms"].items()}))
         return 0
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = f"{LOOPBACK},localhost"
     started = time.monotonic()

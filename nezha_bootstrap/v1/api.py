@@ -327,9 +327,9 @@ def login(client: httpx.Client, base_url: str, username: str, password: str, dea
 # Sampled ids for the first look: 1, 2, 3, 4, 6, 8, 12, ... (about 1.5 apart, 78 ids up to 2**40). A fleet
 # whose ids all lie in one band narrower than that (heavy churn) shows none of them: the whole list, once.
 ID_SAMPLES = tuple(sorted({*(2 ** k for k in range(41)), *(3 * 2 ** k for k in range(39))}))
-WINDOW = 40  # ids per look above the highest seen: an answer holds at most WINDOW + LAG + 1 rows
+WINDOW = 64  # ids per look above the highest seen: an answer holds at most WINDOW + LAG + 1 rows
 LAG = 8  # ids just below the highest seen, looked at again: a row may be listed after a higher one
-SPREAD = 10  # ids per refining look between the highest id seen and the lowest one asked above it
+SPREAD = 12  # ids per refining look between the highest id seen and the lowest one asked above it
 CATCH_UP = 50  # looks in a row while each answer fills its window (servers enrolling faster than we look)
 WHOLE_LIST_AFTER = 15.0  # seconds of looks without our row before the one whole list of the run
 
