@@ -336,8 +336,7 @@ def run_node(job: Job, index: int, boot: float, salt: str) -> NodeResult:
         result.error = result.error or (err.getvalue().strip().splitlines() or [""])[-1][:200]
     result.requests, result.bytes_in, result.bytes_out = COUNTS.requests, COUNTS.bytes_in, COUNTS.bytes_out
     result.statuses, result.timeouts, result.downloads = dict(COUNTS.statuses), COUNTS.timeouts, COUNTS.downloads
-    result.paths = dict(COUNTS.paths)
-    shutil.rmtree(root, ignore_errors=True)
+    result.paths = dict(COUNTS.paths)  # the roots are removed after the storm: not the nodes' time
     return result
 
 

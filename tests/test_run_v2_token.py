@@ -136,6 +136,20 @@ def test_a_rerun_in_a_large_fleet_finds_its_server_with_one_whole_list(v2cli: V1
     assert len(v2cli.agent_calls()) == 1  # found: the agent was not restarted
 
 
+def test_a_run_over_plain_http_never_loads_the_trust_store(v2cli: V1Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the trust store was loaded for a plain http dashboard")
+
+    monkeypatch.setattr(ssl.SSLContext, "load_default_certs", refused)
+    monkeypatch.setattr(ssl.SSLContext, "set_default_verify_paths", refused)
+
+    code, _, err = run(v2cli)
+
+    assert code == 0, err
+
+
 def test_a_changed_name_is_applied_and_the_other_fields_kept(v2cli: V1Cli) -> None:
     assert run(v2cli, NEZHA_NOTE="rack 4")[0] == 0
     v2cli.fake.servers[0].enable_ddns = True  # set in the dashboard: a full-form PATCH must keep it

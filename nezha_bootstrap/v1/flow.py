@@ -350,7 +350,7 @@ class V1Runner:
         if self.client is None:
             from nezha_bootstrap.http import make_client
 
-            self.client = make_client(self.config.ca_bundle)
+            self.client = make_client(self.config.ca_bundle, urls=(self.config.dashboard_url,))
         return self.client
 
     def _save(self, saved: State | None, uuid: str, version: str) -> None:
