@@ -368,6 +368,7 @@ def fake_child(conn: Any, generation: str, existing: int) -> None:
         fake0 = FakeDashboard(V0_TOKEN)
         for i in range(existing):
             fake0.servers.append(Server(i + 1, f"existing-{i}", "fleet", "", False, secrets.token_hex(9)))
+        fake0._next_id = existing + 1
         running = serve(fake0, LOOPBACK)
         conn.send({"url": running.url, "pid": os.getpid(), "script_sha256": fake0.script_sha256})
         conn.recv()
