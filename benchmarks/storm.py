@@ -512,7 +512,9 @@ def node_env(storm: Storm, url: str, hello: dict[str, Any], release_url: str | N
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
     env = {k: v for k, v in os.environ.items() if k in keep}
     env.update({"NO_PROXY": f"{LOOPBACK},localhost", "no_proxy": f"{LOOPBACK},localhost",
-                "NEZHA_DASHBOARD_URL": url, "NEZHA_BOOTSTRAP_DEADLINE": str(NODE_DEADLINE)})
+                "NEZHA_DASHBOARD_URL": url, "NEZHA_BOOTSTRAP_DEADLINE": str(NODE_DEADLINE),
+                # A root other than /: the installers are the fakes' stubs (and here carried out in-process).
+                "NEZHA_BOOTSTRAP_REHEARSAL": "1"})
     if storm.generation == "v0":
         env.update({"NEZHA_TOKEN": hello["token"], "NEZHA_PROBE_ADDRESS": "probe.example.test",
                     "NEZHA_INSTALL_SCRIPT_URL": f"{release_url}/install.sh",
