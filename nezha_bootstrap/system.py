@@ -61,7 +61,8 @@ def run(
     environment = dict(env) if env is not None else child_env(os.environ)
     if track is not None:
         environment[CHILD_MARKER] = marker  # inherited by everything the command starts
-        atomic_write(track, f"{marker}\n".encode())  # before the start: a kill at any moment leaves it
+        # Before the start: a kill at any moment leaves it. No fsync: a power loss ends the child too.
+        atomic_write(track, f"{marker}\n".encode(), durable=False)
     proc = subprocess.Popen(
         list(argv),
         cwd=cwd,
@@ -226,8 +227,12 @@ def regular_file_problem(path: Path) -> str | None:
     return "it is " + next((kind for test, kind in kinds.items() if test(mode)), "not a regular file")
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename.
+
+    `durable=False`: no fsync, for files that need not outlive a power loss (a script run at once
+    and removed, the record of a running child): still all or nothing for every process that reads it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -235,7 +240,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -243,7 +249,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -137,3 +137,24 @@ def test_the_v2_fleet_ends_with_every_node_named_once_and_in_the_group(quick: tu
     assert (v2["succeeded"], v2["servers"], v2["named"], v2["hidden"], v2["in_group"], v2["duplicates"]) == (
         v2["nodes"], v2["nodes"], v2["nodes"], v2["nodes"], v2["nodes"], 0)
     assert "v2fleet: p95 agent start->named" in [target["name"] for target in results["targets"]]
+
+
+STORM = BENCH.parent / "storm.py"
+
+
+@pytest.mark.parametrize("generation", ["v2", "v0"])
+def test_a_small_storm_against_the_fakes_reports_every_node(tmp_path: Path, generation: str) -> None:
+    out = tmp_path / "storm.json"
+    done = subprocess.run([sys.executable, str(STORM), "--generation", generation, "--nodes", "6", "--workers", "2",
+                           "--spread", "0.5", "--existing", "0,40", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "STORM_WORKDIR": str(tmp_path)})
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    storms = json.loads(out.read_text())["storms"]
+    assert [(s["existing_servers"], s["succeeded"], s["servers_made"], s["named"], s["duplicates"], s["lost_nodes"])
+            for s in storms.values()] == [(0, 6, 6, 6, 0, 0), (40, 6, 6, 6, 0, 0)]
+    for storm in storms.values():
+        assert storm["requests_per_node"]["p50"] >= 2 and storm["bytes_in_per_node"]["max"] > 0
+        assert storm["dashboard"]["peak_rss_mib"] > 0 and storm["first_boot_to_last_done_s"] > 0
+    assert "duplicates" in done.stdout and "bytes in/node" in done.stdout

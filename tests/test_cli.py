@@ -334,6 +334,27 @@ def test_a_v1_dry_run_loads_no_http_client_nor_zip_reader(cli: Cli, args: tuple[
     assert [name for name in json.loads(done.stdout.splitlines()[-1]) if name != "hashlib"] == []
 
 
+UNUSED_PROBE = """
+import json, sys
+from nezha_bootstrap.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+loaded = [name for name in ("httpx", "httpx._main", "anyio", "pygments") if sys.modules.get(name) is not None]
+print(json.dumps([code, loaded]))
+"""
+
+
+@pytest.mark.integration
+def test_a_run_skips_what_httpx_loads_for_its_own_cli_and_async_clients(cli: Cli) -> None:
+    settings = {key: value for key, value in cli.env().items() if value is not None}
+    done = subprocess.run([sys.executable, "-c", UNUSED_PROBE, "run", "-q"], env={**os.environ, **settings},
+                          capture_output=True, text=True, timeout=60)
+
+    assert json.loads(done.stdout.splitlines()[-1]) == [0, ["httpx"]], done.stderr
+
+
 @pytest.mark.integration
 def test_an_ip_in_the_name_is_still_filled_in(cli: Cli) -> None:
     from nezha_bootstrap.facts import primary_ipv4

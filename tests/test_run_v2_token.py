@@ -13,7 +13,7 @@ import pytest
 
 from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.identity import machine_uuid
-from nezha_bootstrap.testing.fake_v1 import FakeV1, new_agent_secret, serve_v1
+from nezha_bootstrap.testing.fake_v1 import FakeV1, V1Server, new_agent_secret, serve_v1
 from nezha_bootstrap.v1.api import SCOPE_PROBE
 from tests.conftest import MACHINE_ID, leak_scan
 from tests.test_run_v1 import V1Cli
@@ -97,6 +97,58 @@ def test_a_rerun_with_nothing_changed_only_reads(v2cli: V1Cli) -> None:
     assert [f"{j.method} {j.path}" for j in v2cli.fake.journal[seen:]] == [
         "GET /api/v1/server", "GET /api/v1/server-group"]
     assert len(v2cli.agent_calls()) == 1
+
+
+def listed(fake: FakeV1, uuids: int) -> None:
+    """`uuids` servers other machines enrolled before this one."""
+    fake.servers += [V1Server(i, f"fleet-{i}", f"{i:08x}-0f41-5a6b-9c7d-1e2f3a4b5c6d", 1) for i in range(1, uuids + 1)]
+    fake._next_id = uuids + 1
+
+
+def whole_lists(fake: FakeV1) -> int:
+    """GET /api/v1/server answered with every server: no ?id=, or none of its ids listed."""
+    def whole(query: str) -> bool:
+        ids = {int(i) for i in query.removeprefix("id=").replace("%2C", ",").split(",") if i.isdigit()}
+        return not ids & {s.id for s in fake.servers}
+    return sum(1 for j in fake.journal if j.method == "GET" and j.path == "/api/v1/server" and whole(j.query))
+
+
+def test_a_first_enrollment_in_a_large_fleet_never_reads_the_whole_list(v2cli: V1Cli) -> None:
+    listed(v2cli.fake, 3_000)
+
+    code, out, err = run(v2cli, "--json")
+
+    assert code == 0, err
+    assert json.loads(out)["server_id"] == 3_001
+    assert whole_lists(v2cli.fake) == 0
+
+
+def test_a_rerun_in_a_large_fleet_finds_its_server_with_one_whole_list(v2cli: V1Cli) -> None:
+    listed(v2cli.fake, 300)
+    token = v2cli.fake.add_token()
+    assert run(v2cli, token=token)[0] == 0
+    seen = len(v2cli.fake.journal)
+
+    code, out, err = run(v2cli, "--json", token=token)
+
+    assert code == 0, err
+    assert json.loads(out)["outcome"] == "nothing_to_do"
+    assert [f"{j.method} {j.path}?{j.query}" for j in v2cli.fake.journal[seen:]] == ["GET /api/v1/server?"]
+    assert len(v2cli.agent_calls()) == 1  # found: the agent was not restarted
+
+
+def test_a_run_over_plain_http_never_loads_the_trust_store(v2cli: V1Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the trust store was loaded for a plain http dashboard")
+
+    monkeypatch.setattr(ssl.SSLContext, "load_default_certs", refused)
+    monkeypatch.setattr(ssl.SSLContext, "set_default_verify_paths", refused)
+
+    code, _, err = run(v2cli)
+
+    assert code == 0, err
 
 
 def test_a_changed_name_is_applied_and_the_other_fields_kept(v2cli: V1Cli) -> None:

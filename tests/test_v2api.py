@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 import threading
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -12,8 +15,8 @@ import pytest
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
 from nezha_bootstrap.http import make_client
 from nezha_bootstrap.testing.fake_v0 import Running
-from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
-from nezha_bootstrap.v1.api import TokenRefused, V2Api, login
+from nezha_bootstrap.testing.fake_v1 import FakeV1, V1Server, serve_v1
+from nezha_bootstrap.v1.api import LAG, WHOLE_LIST_AFTER, WINDOW, ServerFinder, TokenRefused, V2Api, login
 
 UUIDS = [f"{i:08x}-0f41-5a6b-9c7d-1e2f3a4b5c6d" for i in range(1, 21)]
 
@@ -231,3 +234,135 @@ def test_a_group_create_whose_answer_is_lost_adopts_the_group_instead_of_making_
 
     assert transport.lost
     assert [(group.id, group.name) for group in fake.groups] == [(group_id, "web")]
+
+
+# --- ServerFinder: one uuid's row with answers that stay small as the fleet grows --------------------
+
+@dataclass
+class CountingApi(V2Api):
+    """Records how many rows each answer held, and whether it was the whole list."""
+
+    answers: list[tuple[int, bool]] = field(default_factory=list)
+
+    def servers_with_ids(self, ids: list[int]) -> list[dict[str, Any]]:
+        items = super().servers_with_ids(ids)
+        self.answers.append((len(items), any(item["id"] not in ids for item in items)))
+        return items
+
+    def servers(self) -> list[dict[str, Any]]:
+        items = super().servers()
+        self.answers.append((len(items), True))
+        return items
+
+
+def fleet(fake: FakeV1, count: int, first: int = 1) -> None:
+    """`count` servers enrolled before this run (ids from `first`), straight into the fake."""
+    fake.servers += [V1Server(i, f"fleet-{i}", str(uuid.uuid4()), 1) for i in range(first, first + count)]
+    fake._next_id = first + count
+
+
+def counting(client: httpx.Client, running: Running, fake: FakeV1, clock: list[float]) -> tuple[CountingApi,
+                                                                                                ServerFinder]:
+    v2 = CountingApi(client, running.url, fake.add_token(), deadline=3, sleep=lambda s: None)
+    return v2, ServerFinder(v2, OURS, clock=lambda: clock[0])
+
+
+OURS = "0000abcd-0f41-5a6b-9c7d-1e2f3a4b5c6d"
+
+
+def join(running: Running, fake: FakeV1, uuid_: str = OURS) -> int:
+    with httpx.Client(base_url=running.url, trust_env=False) as http:
+        answer = http.post("/_fake/agent-connect", json={"uuid": uuid_, "secret": fake.agent_secret})
+        return int(answer.json()["id"])
+
+
+@pytest.mark.parametrize("existing", [0, 1, 100, 10_000])
+def test_the_finder_finds_a_new_server_and_no_answer_is_the_whole_list(
+        fake: FakeV1, running: Running, client: httpx.Client, existing: int) -> None:
+    fleet(fake, existing)
+    v2, finder = counting(client, running, fake, [0.0])
+
+    assert finder.first_look() is None
+    assert existing - WINDOW <= finder.top <= existing  # a lower bound: the looks after start from it
+    assert finder.look_again() is None  # the agent has not enrolled yet
+    ours = join(running, fake)
+    assert finder.look_again()["id"] == ours  # type: ignore[index]
+    wholes = [rows for rows, whole in v2.answers if whole]
+    assert wholes in ([], [0])  # an empty dashboard answers its empty list: nothing else is ever whole
+
+
+def test_the_rows_a_node_reads_grow_with_the_log_of_the_fleet_not_the_fleet(
+        fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    read = {}
+    for existing in (100, 10_000):
+        fake.servers.clear()
+        fleet(fake, existing)
+        v2, finder = counting(client, running, fake, [0.0])
+        finder.first_look()
+        join(running, fake, str(uuid.uuid4()))  # another node enrolls first
+        join(running, fake)
+        assert finder.look_again() is not None
+        read[existing] = sum(rows for rows, _ in v2.answers)
+        assert max(rows for rows, _ in v2.answers) <= 1 + WINDOW + LAG
+        assert len(v2.answers) <= 5
+
+    assert read[10_000] <= 3 * read[100], read  # the whole list: 100x
+
+
+def test_servers_enrolling_faster_than_the_looks_are_caught_up_at_once(
+        fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    fleet(fake, 1_000)
+    v2, finder = counting(client, running, fake, [0.0])
+    finder.first_look()
+    fleet(fake, 500, first=1_001)  # a storm: 500 servers enrolled between our look and our agent's start
+    ours = join(running, fake)
+
+    assert finder.look_again()["id"] == ours == 1_501  # type: ignore[index]
+    assert not any(whole for _, whole in v2.answers)
+
+
+def test_a_row_listed_after_a_higher_one_is_still_found(fake: FakeV1, running: Running,
+                                                        client: httpx.Client) -> None:
+    fleet(fake, 50)
+    _, finder = counting(client, running, fake, [0.0])
+    finder.first_look()
+    fleet(fake, 1, first=52)  # id 52 is listed before 51 (two inserts, listed out of order)
+    assert finder.look_again() is None
+    fake.servers.append(V1Server(51, "late", OURS, 1))
+
+    assert finder.look_again()["id"] == 51  # type: ignore[index]
+
+
+def test_a_row_older_than_the_run_costs_one_whole_list_after_the_wait(
+        fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    fleet(fake, 300)
+    fake.servers[40].uuid = OURS  # enrolled by an earlier attempt: an id below the highest
+    clock = [0.0]
+    v2, finder = counting(client, running, fake, clock)
+    finder.first_look()
+
+    assert finder.look_again() is None
+    clock[0] = WHOLE_LIST_AFTER
+    assert finder.look_again()["id"] == 41  # type: ignore[index]
+    assert [whole for _, whole in v2.answers].count(True) == 1
+
+
+def test_a_deleted_guard_costs_one_whole_list_and_the_row_is_found(
+        fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    fleet(fake, 200)
+    v2, finder = counting(client, running, fake, [0.0])
+    finder.first_look()
+    fake.servers = [s for s in fake.servers if s.id != finder.guard]
+    ours = join(running, fake)
+
+    assert finder.look_again()["id"] == ours  # type: ignore[index]
+
+
+def test_the_fake_answers_several_ids_in_the_real_order(fake: FakeV1, running: Running,
+                                                        client: httpx.Client) -> None:
+    fleet(fake, 5)
+    fake.servers[3].display_index = 7  # id 4 first: the real list sorts by display_index, then id
+    items = api(client, running, fake.add_token()).servers_with_ids([5, 4, 2, 99])
+
+    assert [item["id"] for item in items] == [4, 5, 2]
+    assert len(api(client, running, fake.add_token()).servers_with_ids([99])) == 5  # none: the whole list

@@ -478,11 +478,16 @@ class FakeV1:
         return [s for s in self.servers if user in self.admins or s.owner == user]
 
     def _list_servers(self, request: Request, user: int) -> Any:
-        wanted = parse_qs(request.query).get("id", [""])[0]
+        wanted = [int(i) for i in parse_qs(request.query).get("id", [""])[0].split(",") if i.isdigit()]
         with self.lock:
-            servers = self._visible(user)
-            matched = [s for s in servers if str(s.id) == wanted]
-            items = [s.listed(self.lists_owner) for s in (matched or servers)]  # no match: the whole list
+            # The real order (v2.3.7 service/singleton/server.go sortList): display_index high to low,
+            # then id; `?id=1,2`: the asked ones with a display_index first, then the rest, each in the
+            # order asked (model/common.go searchByIDPri); none of them listed: the whole list.
+            servers = sorted(self._visible(user), key=lambda s: (-s.display_index, s.id))
+            by_id = {s.id: s for s in servers}
+            asked = [by_id[i] for i in wanted if i in by_id]
+            matched = [s for s in asked if s.display_index] + [s for s in asked if not s.display_index]
+            items = [s.listed(self.lists_owner) for s in (matched or servers)]
         return _answer({"success": True, "data": items} if items else {"success": True})
 
     def _patch_server(self, request: Request, user: int) -> Any:

@@ -402,7 +402,7 @@ class Runner:
         if isinstance(plan, InstallPlan):
             system.ensure_private_dir(plan.script_path.parent, self.paths.root)
             with local_step(f"write {plan.script_path}"):
-                system.atomic_write(plan.script_path, payload, mode=0o700)
+                system.atomic_write(plan.script_path, payload, mode=0o700, durable=False)  # run now, then removed
         with local_step(f"create the directory {plan.cwd}"):
             plan.cwd.mkdir(parents=True, exist_ok=True)
         if isinstance(plan, V0Install):

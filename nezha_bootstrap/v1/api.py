@@ -21,7 +21,8 @@ Use:
     api = V2Api(client, base_url, token, deadline=60)
     api.servers()                        -> raw items of GET /api/v1/server
     api.prove_write_scope()              -> None, or TokenRefused naming nezha:server:write (writes nothing)
-    api.server_by_uuid(uuid)             -> the item, or None (matched client-side)
+    api.server_by_uuid(uuid)             -> the item, or None (matched client-side: the whole list)
+    ServerFinder(api, uuid).first_look() / .look_again()  -> the item, or None (answers small at any fleet size)
     api.update_server(item, {"name": "web-1", "hide_for_guest": True})  -> True when it wrote
     api.find_group("web") / api.find_group(None, group_id=3)            -> Group or None
     api.create_group("web", [ids])       -> id;    api.set_group(id, name, [ids])
@@ -32,6 +33,7 @@ Use:
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -195,6 +197,13 @@ class V2Api:
         """The listed server with exactly this uuid (there is no lookup by uuid: matched here)."""
         return next((item for item in self.servers() if item.get("uuid") == uuid), None)
 
+    def servers_with_ids(self, ids: list[int]) -> list[dict[str, Any]]:
+        """GET /api/v1/server?id=1,2,...: the listed servers among `ids`; the whole list when none is."""
+        data = self.call("GET", "/api/v1/server", "server list", params={"id": ",".join(map(str, ids))}) or []
+        if not isinstance(data, list):
+            raise DashboardRefused("server list: the answer's data is not a list")
+        return [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), int)]
+
     def server_by_id(self, server_id: int) -> dict[str, Any] | None:
         # `?id=` with no match returns the whole list: the id is matched here too.
         data = self.call("GET", "/api/v1/server", "server list", params={"id": str(server_id)}) or []
@@ -341,3 +350,85 @@ def login(client: httpx.Client, base_url: str, username: str, password: str, dea
     if not isinstance(token, str) or not token:
         raise DashboardRefused("login: the answer holds no token")
     return V2Api(client, base_url, token, deadline=deadline, csrf=client.cookies.get("nz-csrf"), notify=notify)
+
+
+# Sampled ids for the first look: 1, 2, 3, 4, 6, 8, 12, ... (about 1.5 apart, 78 ids up to 2**40). A fleet
+# whose ids all lie in one band narrower than that (heavy churn) shows none of them: the whole list, once.
+ID_SAMPLES = tuple(sorted({*(2 ** k for k in range(41)), *(3 * 2 ** k for k in range(39))}))
+WINDOW = 64  # ids per look above the highest seen: an answer holds at most WINDOW + LAG + 1 rows
+LAG = 8  # ids just below the highest seen, looked at again: a row may be listed after a higher one
+SPREAD = 12  # ids per refining look between the highest id seen and the lowest one asked above it
+CATCH_UP = 50  # looks in a row while each answer fills its window (servers enrolling faster than we look)
+WHOLE_LIST_AFTER = 15.0  # seconds of looks without our row before the one whole list of the run
+
+
+@dataclass
+class ServerFinder:
+    """Finds the row of one uuid with answers whose size does not grow with the fleet.
+
+    The real API filters GET /api/v1/server by id only, never by uuid, and when none of the ids
+    exists it answers the whole list (v2.3.7 model/common.go SearchByID; 2.9 MB at 10,000 servers).
+    Ids only grow: the table is `id integer PRIMARY KEY AUTOINCREMENT` (observed on v2.3.7), so the
+    server an agent creates gets an id above every id listed before. So: find the highest id with a
+    sampled look and two or three refining ones (first_look), then look at the ids above it
+    (look_again), always with one id seen to exist (`guard`), so that no answer is the whole list.
+    A row older than this run (a rerun, or an agent enrolled by an earlier attempt) is found by one
+    whole list (`whole_list`), at most once a run.
+    """
+
+    api: V2Api
+    uuid: str
+    clock: Callable[[], float] = time.monotonic
+    guard: int | None = None
+    top: int = 0
+    others: set[int] = field(default_factory=set)  # ids seen with another uuid
+    listed_all: bool = False
+    started: float | None = None
+
+    def first_look(self) -> dict[str, Any] | None:
+        """Before the agent starts: our row if a look shows it, and the highest id (also checks the token)."""
+        asked: list[int] = list(ID_SAMPLES)
+        while True:
+            found = self._look(asked)
+            above = min((i for i in asked if i > self.top), default=None)
+            if found is not None or self.listed_all or above is None or above - self.top <= WINDOW:
+                return found
+            step = math.ceil((above - self.top) / SPREAD)
+            asked = list(range(self.top + step, above, step))
+
+    def look_again(self) -> dict[str, Any] | None:
+        """After the agent starts: the ids above the highest seen (again at once while they keep filling
+        the window); the whole list once, when our row has not shown within WHOLE_LIST_AFTER seconds."""
+        if self.started is None:
+            self.started = self.clock()
+        if not self.listed_all and self.clock() - self.started >= WHOLE_LIST_AFTER:
+            return self.whole_list()
+        for _ in range(CATCH_UP):
+            before = self.top
+            low = max(before - LAG, 0)
+            found = self._look(i for i in range(low + 1, before + WINDOW + 1) if i not in self.others)
+            if found is not None or self.listed_all or self.top < before + WINDOW - LAG:
+                return found
+        return None
+
+    def whole_list(self) -> dict[str, Any] | None:
+        """The whole list, once: for a row that may be older than the highest id."""
+        return self._seen(self.api.servers(), whole=True)
+
+    def _look(self, ids: Any) -> dict[str, Any] | None:
+        asked = set(ids)
+        if self.guard is not None:
+            asked.add(self.guard)
+        items = self.api.servers_with_ids(sorted(asked))
+        return self._seen(items, whole=any(item["id"] not in asked for item in items))
+
+    def _seen(self, items: list[dict[str, Any]], whole: bool) -> dict[str, Any] | None:
+        self.listed_all = self.listed_all or whole
+        for item in items:
+            if item.get("uuid") == self.uuid:
+                return item
+            self.others.add(item["id"])
+        if items:
+            self.top = max(self.top, *(item["id"] for item in items))
+            self.guard = self.top
+        return None

@@ -212,7 +212,10 @@ class V1Runner:
             if install and plan.release.bundled is not None:  # missing: exit 2, altered: exit 5, nothing changed
                 agent.check_bundled(plan.release)
             node = self._node_naming(plan.uuid)
-            row = node.check() if node else None  # the token is checked before anything is installed
+            # The token is checked before anything is installed; a row older than this run can exist only
+            # when this machine enrolled this uuid before (else a few small looks find the highest id).
+            may_exist = not install or (saved is not None and saved.uuid == plan.uuid)
+            row = node.check(may_exist) if node else None
             if node and install:
                 node.preflight()  # its write scope and the group, before any download or enrollment
             adopted: list[str] = []
@@ -349,7 +352,7 @@ class V1Runner:
         if self.client is None:
             from nezha_bootstrap.http import make_client
 
-            self.client = make_client(self.config.ca_bundle)
+            self.client = make_client(self.config.ca_bundle, urls=(self.config.dashboard_url,))
         return self.client
 
     def _save(self, saved: State | None, uuid: str, version: str) -> None:

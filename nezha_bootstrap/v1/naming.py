@@ -17,7 +17,7 @@ from nezha_bootstrap.errors import DashboardRefused
 from nezha_bootstrap.report import Reporter
 
 if TYPE_CHECKING:
-    from nezha_bootstrap.v1.api import V2Api  # httpx loads only when a request is made
+    from nezha_bootstrap.v1.api import ServerFinder, V2Api  # httpx loads only when a request is made
 
 POLL_FIRST, POLL_CAP = 0.25, 3.0  # seconds between looks for the row: doubling from the first to the cap
 ENROLL_CAUSES = (
@@ -62,13 +62,21 @@ class NodeNaming:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     changed: list[str] = field(default_factory=list)
+    finder: ServerFinder = field(init=False)
 
-    def check(self) -> dict[str, Any] | None:
-        """Check the token with GET /api/v1/server (never retried on 401/403); our row, if it exists."""
-        with self.reporter.step("token", "checking the access token (GET /api/v1/server)") as record:
-            servers = self.api.servers()
-            record["servers"] = len(servers)
-        return next((item for item in servers if item.get("uuid") == self.uuid), None)
+    def __post_init__(self) -> None:
+        from nezha_bootstrap.v1.api import ServerFinder
+
+        self.finder = ServerFinder(self.api, self.uuid, clock=self.clock)
+
+    def check(self, may_exist: bool = True) -> dict[str, Any] | None:
+        """Check the token with GET /api/v1/server (never retried on 401/403); our row, if it exists.
+
+        `may_exist` False (this machine has not enrolled this uuid yet): a few `?id=` looks whose
+        answers stay small at any fleet size (api.ServerFinder); True: the whole list, once.
+        """
+        with self.reporter.step("token", "checking the access token (GET /api/v1/server)"):
+            return self.finder.whole_list() if may_exist else self.finder.first_look()
 
     def preflight(self) -> None:
         """Before anything is installed: the token may change servers (nezha:server:write, proved without a
@@ -88,7 +96,7 @@ class NodeNaming:
                                           f"(up to {timeout:g} s)"):
             end, pause = self.clock() + timeout, POLL_FIRST
             while True:
-                item = self.api.server_by_uuid(self.uuid)
+                item = self.finder.look_again()
                 if item is not None:
                     return item
                 if self.clock() + pause > end:
