@@ -252,12 +252,14 @@ def _unescape(match: re.Match[str]) -> str:
     return char if char in _UNRESERVED else f"%{match.group(1).upper()}"
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for localhost names and loopback literals."""
-    if host.lower() in ("localhost", "localhost.") or host.lower().endswith(".localhost"):
-        return True
+def is_loopback_literal(host: str) -> bool:
+    """True for a loopback IP literal (127.0.0.0/8, ::1), bracketed or not; a name never counts.
+
+    `localhost`, `evil.localhost` or `localhost.` go to DNS on a resolver without nss-myhostname, and
+    in a network whose DNS answered another address a served agent ran as root (issue 18).
+    """
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host).is_loopback
     except ValueError:
         return False
 
@@ -321,7 +323,7 @@ def _dashboard_url(raw: str | None, problems: list[str], warnings: list[str]) ->
     if not is_valid_host(host):
         problems.append(f"the dashboard URL's host {host!r} is not a valid host name or address")
         return None
-    if parts.scheme == "http" and not is_loopback_host(host):
+    if parts.scheme == "http" and not is_loopback_literal(host):
         warnings.append(
             f"the dashboard URL {shown} is plain http to a non-loopback host: "
             "the API token and the node secret cross the network unencrypted"
@@ -479,7 +481,7 @@ def _script(settings: Settings, problems: list[str], warnings: list[str]) -> tup
         return None, None
     if url == DEFAULT_SCRIPT_URL and sha is None:
         sha = DEFAULT_SCRIPT_SHA256
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname) and sha is None:
+    if parts.scheme == "http" and not is_loopback_literal(parts.hostname) and sha is None:
         problems.append(unpinned_http("the install script URL", url, "--script-sha256"))
         return None, None
     if sha is None:
@@ -487,7 +489,7 @@ def _script(settings: Settings, problems: list[str], warnings: list[str]) -> tup
             f"WARNING: the install script {display_url(url)} will run as root WITHOUT a hash check; "
             "pin it with --script-sha256"
         )
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_literal(parts.hostname):
         warnings.append(f"the install script is fetched over plain http from {parts.hostname}")
     return url, sha
 
@@ -495,8 +497,9 @@ def _script(settings: Settings, problems: list[str], warnings: list[str]) -> tup
 def unpinned_http(what: str, url: str, pin: str) -> str:
     """The problem of a plain-http source of something that runs as root, with no hash to check it by.
 
-    Loopback is exempt (nothing crosses a network); anything else could be swapped on the way, and a
-    checksums.txt fetched over the same channel would be swapped with it.
+    A loopback IP literal is exempt (nothing crosses a network; a name such as `localhost` is not, see
+    `is_loopback_literal`); anything else could be swapped on the way, and a checksums.txt fetched
+    over the same channel would be swapped with it.
     """
     return (
         f"{what} {display_url(url)} is plain http: what it serves would run as root unauthenticated. "
@@ -600,7 +603,7 @@ def validate_agent(raw: AgentSettings, problems: list[str], warnings: list[str])
     if sha and not SHA256_RE.match(sha):
         problems.append("--agent-sha256 must be 64 hexadecimal digits")
     elif not sha and not base_problem and urlsplit(base).scheme == "http" \
-            and not is_loopback_host(str(urlsplit(base).hostname)):
+            and not is_loopback_literal(str(urlsplit(base).hostname)):
         problems.append(unpinned_http("--agent-base-url", base, "--agent-sha256"))
     uuid = (raw.uuid or "").strip() or None
     if uuid and uuid_problem(uuid):
@@ -652,7 +655,7 @@ def _in_range(value: int, bounds: tuple[int, int]) -> bool:
 
 def is_public_host(host: str) -> bool:
     """True unless `host` is loopback or a private/link-local literal (names count as public)."""
-    if is_loopback_host(host):
+    if is_loopback_literal(host):
         return False
     try:
         address = ipaddress.ip_address(host.strip("[]"))

@@ -7,6 +7,7 @@ handshakes cut short, redirects and certificates outside their validity.
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import signal
 import ssl
@@ -210,7 +211,7 @@ def test_a_checksums_bomb_fails_the_download_exit_5_style() -> None:
     with serve("bomb", body=bomb(64 << 20)) as server, http.make_download_client() as client:
         release = agent.Release(server.url, "1.0.0", "nezha-agent_linux_amd64.zip")
         with pytest.raises(InstallerFailed, match="Content-Encoding"):
-            agent.fetch_binary(client, release, 5, nothing)
+            agent.fetch_binary(client, release, 5, nothing, io.BytesIO())
 
 
 # --- 3. nothing from plain http runs unless pinned ---------------------------------------------------
@@ -250,7 +251,7 @@ def test_an_https_release_redirecting_to_http_is_not_followed(ca: trustme.CA, ca
         with https, http.make_download_client(ca_file) as client:
             release = agent.Release(https.url, "1.0.0", "nezha-agent_linux_amd64.zip")
             with pytest.raises(InstallerFailed, match="redirected to plain http .* not followed"):
-                agent.fetch_binary(client, release, 5, nothing)
+                agent.fetch_binary(client, release, 5, nothing, io.BytesIO())
 
     assert plain.requests == []
 
@@ -388,7 +389,7 @@ def test_the_release_download_shares_one_deadline_between_checksums_and_zip() ->
         release = agent.Release(server.url, "1.0.0", "nezha-agent_linux_amd64.zip")
         started = time.monotonic()
         with pytest.raises(InstallerFailed):
-            agent.fetch_binary(client, release, 2.5, nothing)
+            agent.fetch_binary(client, release, 2.5, nothing, io.BytesIO())
 
     assert elapsed(started) < 2.5 + SLACK
 
@@ -411,13 +412,14 @@ def test_the_release_zip_goes_to_a_file_and_only_the_binary_to_memory(tmp_path: 
     server = HostileServer(Route("ok", body=zipped), routes={"/v1.0.0/checksums.txt": Route("ok", body=sums)})
     with server, http.make_download_client() as client, (tmp_path / "zip").open("w+b") as into:
         release = agent.Release(server.url, "1.0.0", "nezha-agent_linux_amd64.zip")
-        binary = agent.fetch_binary(client, release, 5, nothing)
+        binary = io.BytesIO()
+        size = agent.fetch_binary(client, release, 5, nothing, binary)
         kept = http.download(client, f"{server.url}/x.zip", cap=len(zipped), deadline=5, notify=nothing,
                              what="get", into=into)
         into.seek(0)
         on_disk = into.read()
 
-    assert (binary, kept, on_disk) == (b"#!/bin/sh\necho agent\n", b"", zipped)
+    assert (binary.getvalue(), size, kept, on_disk) == (b"#!/bin/sh\necho agent\n", 21, b"", zipped)
 
 
 # --- 7. the installer is done when it exits -----------------------------------------------------------
