@@ -377,12 +377,28 @@ def _probe_address(raw: str | None, url: str | None, problems: list[str]) -> str
     return address
 
 
+# ASCII digits and nothing else: int() and float() also take "1_0", " 10 ", "+10" and "١٠" (Arabic-Indic
+# digits), which no operator means as a port or a count of seconds.
+_WHOLE_RE = re.compile(r"-?[0-9]+\Z")
+_DECIMAL_RE = re.compile(r"[0-9]+(\.[0-9]+)?\Z")
+
+
+def plain_number(raw: object, real: bool = False) -> float | int | None:
+    """`raw` as an int (with `real`, a float) when it is written in plain ASCII digits (`real`: an
+    optional `.digits`, no sign), or is such a number already; None otherwise."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int) or (real and isinstance(raw, float)):
+        return raw if not isinstance(raw, float) or math.isfinite(raw) else None
+    text = raw if isinstance(raw, str) else ""
+    if real:
+        return float(text) if _DECIMAL_RE.match(text) else None
+    return int(text) if _WHOLE_RE.match(text) else None
+
+
 def _port(raw: str | int | None, problems: list[str]) -> int | None:
-    try:
-        port = int(str(raw).strip())
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
+    port = plain_number(raw)
+    if not isinstance(port, int) or not 1 <= port <= 65535:
         problems.append(f"the probe port must be a number from 1 to 65535, got {raw!r}")
         return None
     return port
@@ -517,10 +533,8 @@ def _mirror(raw: str | None, problems: list[str]) -> str | None:
 
 
 def _seconds(what: str, raw: float | str, problems: list[str], allow_zero: bool = False) -> float:
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        value = math.nan
+    number = plain_number(raw, real=True)
+    value = math.nan if number is None else float(number)
     if math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or value > 86400:
         problems.append(f"the {what} must be a number of seconds up to 86400, got {raw!r}")
         return 0.0
@@ -640,8 +654,8 @@ def _options(raw: tuple[str, ...], problems: list[str]) -> tuple[tuple[str, Any]
             problems.append(f"agent option {key} is set by the tool itself")
         elif key in _BOOL_OPTIONS and value in ("true", "false"):
             options[key] = value == "true"
-        elif key in _INT_OPTIONS and value.isdigit() and _in_range(int(value), _INT_OPTIONS[key]):
-            options[key] = int(value)
+        elif key in _INT_OPTIONS and value.isascii() and value.isdigit() and _in_range(int(value), _INT_OPTIONS[key]):
+            options[key] = int(value)  # isascii: "²".isdigit() is true, and int("²") raises
         else:
             allowed = ", ".join(sorted(_BOOL_OPTIONS)) + " (=true|false); " + ", ".join(
                 f"{k} (={lo}..{hi})" for k, (lo, hi) in sorted(_INT_OPTIONS.items()))
@@ -748,12 +762,8 @@ def _whole(raw: str | None, what: str, problems: list[str], *, low: float, high:
            real: bool = False) -> Any:
     if raw is None or str(raw).strip() == "":
         return None
-    text = str(raw).strip()
-    try:
-        value = float(text) if real else int(text)
-    except ValueError:
-        value = None
-    if value is None or value != value or not low <= value <= high:  # value != value: NaN
+    value = plain_number(raw, real=real)
+    if value is None or not low <= value <= high:
         problems.append(f"{what} must be a number from {low:g} to {high:g}, got {raw!r}")
         return None
     return value

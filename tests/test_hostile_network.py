@@ -12,8 +12,8 @@ import io
 import os
 import signal
 import ssl
-import threading
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -505,7 +505,8 @@ def release_of(server: HostileServer) -> agent.Release:
 def test_a_redirect_with_a_gzip_bomb_body_is_refused_before_any_byte_is_decoded(where: str) -> None:
     zipped = release_zip(b"agent")
     sums = hashlib.sha256(zipped).hexdigest().encode() + b"  nezha-agent_linux_amd64.zip\n"
-    routes = {"/v1.0.0/checksums.txt": Route("ok", body=sums), "/v1.0.0/nezha-agent_linux_amd64.zip": Route("ok", body=zipped),
+    routes = {"/v1.0.0/checksums.txt": Route("ok", body=sums),
+              "/v1.0.0/nezha-agent_linux_amd64.zip": Route("ok", body=zipped),
               f"/v1.0.0/{where}": Route("redirect_bomb", body=bomb(64 << 20), location="/storage")}
     with HostileServer(Route("ok"), routes=routes) as server, http.make_download_client() as client:
         started = time.monotonic()
@@ -522,7 +523,8 @@ def test_a_redirect_with_a_gzip_bomb_body_is_refused_before_any_byte_is_decoded(
 
 
 def test_an_endless_redirect_body_is_left_after_4_kib_and_the_redirect_followed() -> None:
-    routes = {"/file": Route("redirect_endless", location="/storage/file"), "/storage/file": Route("ok", body=b"x" * 100)}
+    routes = {"/file": Route("redirect_endless", location="/storage/file"),
+              "/storage/file": Route("ok", body=b"x" * 100)}
     with HostileServer(Route("ok"), routes=routes) as server, http.make_download_client() as client, \
             tempfile.TemporaryFile() as into:
         started = time.monotonic()
@@ -625,7 +627,9 @@ def test_a_127_mib_member_of_a_checksum_valid_zip_streams_to_the_file_not_memory
 
 
 @pytest.mark.slow
-def test_a_member_over_the_cap_is_refused_and_its_partial_file_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_member_over_the_cap_is_refused_and_its_partial_file_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(agent, "BINARY_CAP", 4 << 20)
     zipped = member_zip((4 << 20) + 1)
     with serve_release(zipped) as server, http.make_download_client() as client:
