@@ -252,6 +252,10 @@ class Staged:
 
     def __init__(self, path: Path, mode: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # What a run killed mid-download left (up to the 128 MiB cap); runs hold the run lock, one at a time.
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, mode)
         self.path, self.temporary = path, Path(temporary)

@@ -664,3 +664,17 @@ def test_a_loopback_looking_name_is_no_exemption_from_the_pinned_hash(host: str)
 def test_only_a_loopback_ip_literal_is_exempt(url: str) -> None:
     assert settings_problems(script_url=f"{url}/install.sh") == []
     assert settings_problems(agent=AgentSettings(base_url=f"{url}/releases")) == []
+
+
+def test_a_staged_file_replaces_its_path_at_commit_and_sweeps_what_a_killed_run_left(tmp_path: Path) -> None:
+    (tmp_path / "nezha-agent").write_bytes(b"old")
+    (tmp_path / ".nezha-agent.k1ll3d.tmp").write_bytes(b"half of a binary")
+
+    with system.staged(tmp_path / "nezha-agent", 0o755) as binary:
+        binary.file.write(b"new")
+        assert (tmp_path / "nezha-agent").read_bytes() == b"old"  # until the old agent is uninstalled
+        binary.commit()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nezha-agent"]
+    assert (tmp_path / "nezha-agent").read_bytes() == b"new"
+    assert (tmp_path / "nezha-agent").stat().st_mode & 0o777 == 0o755
