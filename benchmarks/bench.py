@@ -68,6 +68,7 @@ class Sizes:
     memory_runs: int = 5
     v2fleet_nodes: int = 100
     bomb_mib: int = 1024  # the decoded size of each `gzip, gzip` bomb (1.8 KB on the wire for 1 GiB)
+    member_mib: int = 127  # the `nezha-agent` of a checksum-valid release zip (130 KB compressed at 127 MiB)
     hostile_deadline: float = 10.0  # --deadline of the runs against a hostile server
     zipapp_runs: int = 9
 
@@ -79,7 +80,7 @@ class Plan:
 
 
 QUICK = Sizes(recovery_nodes=4, recovery_down=2.0, fleet_nodes=16, overhead_runs=3, memory_runs=2, v2fleet_nodes=6,
-              bomb_mib=64, hostile_deadline=3.0, zipapp_runs=2)
+              bomb_mib=64, member_mib=32, hostile_deadline=3.0, zipapp_runs=2)
 
 
 @dataclass
@@ -651,8 +652,11 @@ def hostile_node(url: str, root: Path, resolver: str = "system", **settings: str
 
 
 def bench_bombs(plan: Plan) -> Outcome:
-    """Peak RSS of a run whose probes, register answer or checksums.txt is a `gzip, gzip` bomb, and of
-    one whose release zip is junk of `bomb_mib` / 16 MiB (up to ZIP_CAP) with a matching checksums.txt."""
+    """Peak RSS (and seconds) of a run whose probes, register answer or checksums.txt is a `gzip, gzip`
+    bomb, of one whose release zip is junk of `bomb_mib` / 16 MiB (up to ZIP_CAP) with a matching
+    checksums.txt, and (issue 18) of runs whose release download is redirected by a 302 carrying the
+    bomb or an endless chunked body, or whose checksum-valid zip holds a `member_mib` MiB nezha-agent;
+    for the redirects, seconds from SIGTERM to exit too."""
     import hashlib
 
     from nezha_bootstrap.agent import AGENT_V0, ZIP_CAP, asset_name
@@ -660,20 +664,38 @@ def bench_bombs(plan: Plan) -> Outcome:
 
     payload = bomb(plan.sizes.bomb_mib << 20)
     junk = os.urandom(min(ZIP_CAP - 1, (plan.sizes.bomb_mib << 20) // 16 * 15 // 16))
-    sums = hashlib.sha256(junk).hexdigest().encode() + b"  " + asset_name(platform.machine()).encode() + b"\n"
+    asset = asset_name(platform.machine())
+    sums = hashlib.sha256(junk).hexdigest().encode() + b"  " + asset.encode() + b"\n"
+    member = agent_zip(plan.sizes.member_mib << 20)
+    member_sums = hashlib.sha256(member).hexdigest().encode() + b"  " + asset.encode() + b"\n"
     listing, secret = Route("ok", body=V0_LIST), Route("ok", body=V0_SECRET)
     registered = {"/api/v1/server/list": listing, "/api/v1/server/register": secret}
     direct = {"NEZHA_DASHBOARD_GENERATION": "v0", "NEZHA_INSTALL_METHOD": "direct"}
+    redirected = {**direct, "NEZHA_BOOTSTRAP_DEADLINE": "10"}  # issue 18 measured them against 10 s
+    release = f"/releases/v{AGENT_V0}"
     cases = {  # name: (the answer to other paths, routes, settings, the exit code expected)
         "probes": (Route("bomb", body=payload), {}, {"NEZHA_AGENT_SECRET": "BenchAgentSecret01"}, 3),
         "register_answer": (Route("bomb", body=payload), {"/api/v1/server/list": listing},
                             {"NEZHA_DASHBOARD_GENERATION": "v0"}, 3),
         "checksums_txt": (Route("bomb", body=payload), registered, direct, 5),
-        "big_junk_zip": (Route("ok", body=junk),
-                         {**registered, f"/releases/v{AGENT_V0}/checksums.txt": Route("ok", body=sums)}, direct, 5),
+        "big_junk_zip": (Route("ok", body=junk), {**registered, f"{release}/checksums.txt": Route("ok", body=sums)},
+                         direct, 5),
+        "redirect_bomb_checksums_txt": (Route("ok", body=member), {
+            **registered, f"{release}/checksums.txt": Route("redirect_bomb", body=payload, location="/storage/sums"),
+            "/storage/sums": Route("ok", body=member_sums)}, redirected, 5),
+        "redirect_bomb_zip": (Route("ok", body=member), {
+            **registered, f"{release}/checksums.txt": Route("ok", body=member_sums),
+            f"{release}/{asset}": Route("redirect_bomb", body=payload, location="/storage/zip")}, redirected, 5),
+        "redirect_endless_body": (Route("ok", body=member), {
+            **registered, f"{release}/checksums.txt": Route("redirect_endless", location=f"{release}/checksums.txt")},
+            redirected, 5),
+        # Downloaded, checked and extracted (written to disk); then refused (exit 2) as no stub under a root.
+        "big_member": (Route("ok", body=member),
+                       {**registered, f"{release}/checksums.txt": Route("ok", body=member_sums)}, direct, 2),
     }
     figures: dict[str, Any] = {"wire_bytes": len(payload), "decoded_mib": plan.sizes.bomb_mib,
-                               "junk_zip_mib": round(len(junk) / (1 << 20), 1)}
+                               "junk_zip_mib": round(len(junk) / (1 << 20), 1), "member_mib": plan.sizes.member_mib,
+                               "member_zip_kib": round(len(member) / 1024, 1)}
     targets = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, (default, routes, settings, expected) in cases.items():
@@ -681,10 +703,35 @@ def bench_bombs(plan: Plan) -> Outcome:
                 argv, env = hostile_node(server.url, Path(tmp) / name, **settings,
                                          NEZHA_AGENT_BASE_URL=f"{server.url}/releases")
                 sample = measure(argv, env, rss=True)
+                stop = None
+                if name.startswith("redirect_"):
+                    argv, env = hostile_node(server.url, Path(tmp) / f"{name}-stop", **settings,
+                                             NEZHA_AGENT_BASE_URL=f"{server.url}/releases")
+                    stop = timed_run(argv, env, stop_after=1.0)
             peak = round(sample.maxrss_kib / 1024, 1)
-            figures[name] = {"peak_rss_mib": peak, "exit_code": sample.returncode, "expected_exit": expected}
+            figures[name] = {"peak_rss_mib": peak, "exit_code": sample.returncode, "expected_exit": expected,
+                             "seconds": round(sample.seconds, 2)}
             targets.append(Target(f"bombs: peak RSS, {name} (exit {sample.returncode})", peak, 64.0, "MiB"))
+            if stop is not None:
+                figures[name].update(sigterm_to_exit_s=stop[0], sigterm_exit_code=stop[1])
+                targets.append(Target(f"bombs: {name} start->exit", round(sample.seconds, 2), 10.0 + 2.0, "s"))
+                targets.append(Target(f"bombs: {name} SIGTERM->exit (exit {stop[1]})", stop[0], 2.0, "s"))
     return Outcome(figures, targets)
+
+
+def agent_zip(size: int) -> bytes:
+    """A release zip whose `nezha-agent` is `size` zero bytes, deflated, written a MiB at a time."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    info = zipfile.ZipInfo("nezha-agent")
+    info.compress_type = zipfile.ZIP_DEFLATED
+    block = bytes(1 << 20)
+    with zipfile.ZipFile(buffer, "w") as archive, archive.open(info, "w", force_zip64=True) as member:
+        for start in range(0, size, len(block)):
+            member.write(block[: min(len(block), size - start)])
+    return buffer.getvalue()
 
 
 def timed_run(argv: list[str], env: dict[str, str], stop_after: float | None = None) -> tuple[float, int]:

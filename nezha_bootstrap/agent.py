@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Protocol
 
 # AGENT_V0 and AGENT_V1 are re-exported: the pinned versions belong with the rest of the release facts.
 from nezha_bootstrap.config import AGENT_V0 as AGENT_V0
@@ -147,36 +147,54 @@ def check_zip(data: bytes | BinaryIO, release: Release, listed: str) -> None:
         )
 
 
-def extract_binary(data: bytes | BinaryIO) -> bytes:
-    """The `nezha-agent` member of a release zip, given as bytes or as a file (size-capped)."""
+def extract_binary(data: bytes | BinaryIO, into: BinaryIO) -> int:
+    """Copy the `nezha-agent` member of a release zip (bytes, or a file) into `into`; its size.
+
+    Streamed a block at a time and stopped past BINARY_CAP, whatever the zip's header says: a zip
+    that matches its checksums.txt can still hold a 127 MiB member (130 KB compressed), which read
+    whole took the run to 284 MiB.
+    """
     import io
     import zipfile  # here: `--help` and `--dry-run` never load it
+    import zlib
 
     try:
         with zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data) as archive:
             info = archive.getinfo("nezha-agent")
             if info.file_size > BINARY_CAP:
                 raise InstallerFailed(f"nezha-agent in the zip is {info.file_size} bytes, over the {BINARY_CAP} cap")
-            return archive.read(info)
+            with archive.open(info) as member:
+                return _copy_capped(member, into)
     except KeyError:
         raise InstallerFailed("the release zip holds no `nezha-agent`") from None
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile cannot read
         raise InstallerFailed(f"the release zip is not a valid zip: {exc}") from exc
 
 
-def fetch_binary(client: httpx.Client, release: Release, deadline: float, notify: Notify) -> bytes:
+def _copy_capped(member: IO[bytes], into: BinaryIO) -> int:
+    size = 0
+    for block in iter(lambda: member.read(1 << 20), b""):  # the CRC is checked at the end (BadZipFile)
+        size += len(block)
+        if size > BINARY_CAP:
+            raise InstallerFailed(f"nezha-agent in the zip is larger than the {BINARY_CAP} bytes cap")
+        into.write(block)
+    return size
+
+
+def fetch_binary(client: httpx.Client, release: Release, deadline: float, notify: Notify, into: BinaryIO) -> int:
     """checksums.txt, then the zip, both within the one `deadline` of the step; both hashes checked;
-    the `nezha-agent` the zip holds.
+    the `nezha-agent` the zip holds written to `into` (its size returned).
 
     checksums.txt comes over the same channel as the zip, so it authenticates nothing by itself: it
     catches a broken download or mirror. A plain-http release is used only when --agent-sha256 pins
-    it (config.validate_agent), and an https release is never followed to http (http.refuse_downgrade).
+    it (config.validate_agent), and an https release is never followed to http (http.next_hop).
     A release from a bundle is read from it instead (bundled_binary): nothing is downloaded.
     """
     import tempfile  # here: `--help` and `--dry-run` never load it
 
     if release.bundled is not None:
-        return bundled_binary(release)
+        return bundled_binary(release, into)
     from nezha_bootstrap.http import download
 
     end = time.monotonic() + deadline
@@ -189,23 +207,28 @@ def fetch_binary(client: httpx.Client, release: Release, deadline: float, notify
     if left <= 0:
         raise InstallerFailed(f"download {release.asset}: no time left within the {deadline:g} s deadline "
                               "after checksums.txt")
-    # The zip goes to a temporary file, not memory: the run's peak RSS stays under 64 MiB even for a
-    # zip at its cap (issue 10); only the binary it holds is read into memory.
-    with tempfile.TemporaryFile(prefix="nezha-agent-zip-") as zipped:
-        get(release.asset_url, cap=ZIP_CAP, deadline=left, what=f"download {release.asset}", into=zipped)
+    # The zip goes to a temporary file and the binary it holds straight into `into`: the run's peak
+    # RSS stays under 64 MiB for a zip at its cap (issue 10) and a member at its cap (issue 18).
+    # (An OSError outside these two local steps is one of `into`: the caller names its path.)
+    with local_step(f"store {release.asset} in a temporary file"):
+        zipped = tempfile.TemporaryFile(prefix="nezha-agent-zip-")
+    with zipped:
+        with local_step(f"store {release.asset} in a temporary file"):
+            get(release.asset_url, cap=ZIP_CAP, deadline=left, what=f"download {release.asset}", into=zipped)
         check_zip(zipped, release, listed)
-        return extract_binary(zipped)
+        return extract_binary(zipped, into)
 
 
-def bundled_binary(release: Release) -> bytes:
-    """The `nezha-agent` of the zip this bundle carries for `release` (see check_bundled for what is refused)."""
+def bundled_binary(release: Release, into: BinaryIO) -> int:
+    """The `nezha-agent` of the zip this bundle carries for `release`, written to `into` (its size returned;
+    see check_bundled for what is refused)."""
     from nezha_bootstrap import bundle
 
     embedded = _embedded(release)
     with bundle.agent_zip(embedded) as zipped:
         if release.pinned_sha256:  # agent_zip checked the bundle's hash: only --agent-sha256 can differ here
             check_zip(zipped, release, embedded.sha256)
-        return extract_binary(zipped)
+        return extract_binary(zipped, into)
 
 
 def check_bundled(release: Release) -> None:

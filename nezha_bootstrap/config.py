@@ -253,12 +253,14 @@ def _unescape(match: re.Match[str]) -> str:
     return char if char in _UNRESERVED else f"%{match.group(1).upper()}"
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for localhost names and loopback literals."""
-    if host.lower() in ("localhost", "localhost.") or host.lower().endswith(".localhost"):
-        return True
+def is_loopback_literal(host: str) -> bool:
+    """True for a loopback IP literal (127.0.0.0/8, ::1), bracketed or not; a name never counts.
+
+    `localhost`, `evil.localhost` or `localhost.` go to DNS on a resolver without nss-myhostname, and
+    in a network whose DNS answered another address a served agent ran as root (issue 18).
+    """
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host).is_loopback
     except ValueError:
         return False
 
@@ -322,7 +324,7 @@ def _dashboard_url(raw: str | None, problems: list[str], warnings: list[str]) ->
     if not is_valid_host(host):
         problems.append(f"the dashboard URL's host {host!r} is not a valid host name or address")
         return None
-    if parts.scheme == "http" and not is_loopback_host(host):
+    if parts.scheme == "http" and not is_loopback_literal(host):
         warnings.append(
             f"the dashboard URL {shown} is plain http to a non-loopback host: "
             "the API token and the node secret cross the network unencrypted"
@@ -376,12 +378,28 @@ def _probe_address(raw: str | None, url: str | None, problems: list[str]) -> str
     return address
 
 
+# ASCII digits and nothing else: int() and float() also take "1_0", " 10 ", "+10" and "١٠" (Arabic-Indic
+# digits), which no operator means as a port or a count of seconds.
+_WHOLE_RE = re.compile(r"-?[0-9]+\Z")
+_DECIMAL_RE = re.compile(r"[0-9]+(\.[0-9]+)?\Z")
+
+
+def plain_number(raw: object, real: bool = False) -> float | int | None:
+    """`raw` as an int (with `real`, a float) when it is written in plain ASCII digits (`real`: an
+    optional `.digits`, no sign), or is such a number already; None otherwise."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int) or (real and isinstance(raw, float)):
+        return raw if not isinstance(raw, float) or math.isfinite(raw) else None
+    text = raw if isinstance(raw, str) else ""
+    if real:
+        return float(text) if _DECIMAL_RE.match(text) else None
+    return int(text) if _WHOLE_RE.match(text) else None
+
+
 def _port(raw: str | int | None, problems: list[str]) -> int | None:
-    try:
-        port = int(str(raw).strip())
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
+    port = plain_number(raw)
+    if not isinstance(port, int) or not 1 <= port <= 65535:
         problems.append(f"the probe port must be a number from 1 to 65535, got {raw!r}")
         return None
     return port
@@ -480,7 +498,7 @@ def _script(settings: Settings, problems: list[str], warnings: list[str]) -> tup
         return None, None
     if url == DEFAULT_SCRIPT_URL and sha is None:
         sha = DEFAULT_SCRIPT_SHA256
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname) and sha is None:
+    if parts.scheme == "http" and not is_loopback_literal(parts.hostname) and sha is None:
         problems.append(unpinned_http("the install script URL", url, "--script-sha256"))
         return None, None
     if sha is None:
@@ -488,7 +506,7 @@ def _script(settings: Settings, problems: list[str], warnings: list[str]) -> tup
             f"WARNING: the install script {display_url(url)} will run as root WITHOUT a hash check; "
             "pin it with --script-sha256"
         )
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_literal(parts.hostname):
         warnings.append(f"the install script is fetched over plain http from {parts.hostname}")
     return url, sha
 
@@ -496,8 +514,9 @@ def _script(settings: Settings, problems: list[str], warnings: list[str]) -> tup
 def unpinned_http(what: str, url: str, pin: str) -> str:
     """The problem of a plain-http source of something that runs as root, with no hash to check it by.
 
-    Loopback is exempt (nothing crosses a network); anything else could be swapped on the way, and a
-    checksums.txt fetched over the same channel would be swapped with it.
+    A loopback IP literal is exempt (nothing crosses a network; a name such as `localhost` is not, see
+    `is_loopback_literal`); anything else could be swapped on the way, and a checksums.txt fetched
+    over the same channel would be swapped with it.
     """
     return (
         f"{what} {display_url(url)} is plain http: what it serves would run as root unauthenticated. "
@@ -515,10 +534,8 @@ def _mirror(raw: str | None, problems: list[str]) -> str | None:
 
 
 def _seconds(what: str, raw: float | str, problems: list[str], allow_zero: bool = False) -> float:
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        value = math.nan
+    number = plain_number(raw, real=True)
+    value = math.nan if number is None else float(number)
     if math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or value > 86400:
         problems.append(f"the {what} must be a number of seconds up to 86400, got {raw!r}")
         return 0.0
@@ -610,7 +627,7 @@ def validate_agent(raw: AgentSettings, problems: list[str], warnings: list[str])
     if sha and not SHA256_RE.match(sha):
         problems.append("--agent-sha256 must be 64 hexadecimal digits")
     elif not sha and not base_problem and urlsplit(base).scheme == "http" \
-            and not is_loopback_host(str(urlsplit(base).hostname)):
+            and not is_loopback_literal(str(urlsplit(base).hostname)):
         problems.append(unpinned_http("--agent-base-url", base, "--agent-sha256"))
     uuid = (raw.uuid or "").strip() or None
     if uuid and uuid_problem(uuid):
@@ -662,8 +679,8 @@ def _options(raw: tuple[str, ...], problems: list[str]) -> tuple[tuple[str, Any]
             problems.append(f"agent option {key} is set by the tool itself")
         elif key in _BOOL_OPTIONS and value in ("true", "false"):
             options[key] = value == "true"
-        elif key in _INT_OPTIONS and value.isdigit() and _in_range(int(value), _INT_OPTIONS[key]):
-            options[key] = int(value)
+        elif key in _INT_OPTIONS and value.isascii() and value.isdigit() and _in_range(int(value), _INT_OPTIONS[key]):
+            options[key] = int(value)  # isascii: "²".isdigit() is true, and int("²") raises
         else:
             allowed = ", ".join(sorted(_BOOL_OPTIONS)) + " (=true|false); " + ", ".join(
                 f"{k} (={lo}..{hi})" for k, (lo, hi) in sorted(_INT_OPTIONS.items()))
@@ -677,7 +694,7 @@ def _in_range(value: int, bounds: tuple[int, int]) -> bool:
 
 def is_public_host(host: str) -> bool:
     """True unless `host` is loopback or a private/link-local literal (names count as public)."""
-    if is_loopback_host(host):
+    if is_loopback_literal(host):
         return False
     try:
         address = ipaddress.ip_address(host.strip("[]"))
@@ -770,12 +787,8 @@ def _whole(raw: str | None, what: str, problems: list[str], *, low: float, high:
            real: bool = False) -> Any:
     if raw is None or str(raw).strip() == "":
         return None
-    text = str(raw).strip()
-    try:
-        value = float(text) if real else int(text)
-    except ValueError:
-        value = None
-    if value is None or value != value or not low <= value <= high:  # value != value: NaN
+    value = plain_number(raw, real=real)
+    if value is None or not low <= value <= high:
         problems.append(f"{what} must be a number from {low:g} to {high:g}, got {raw!r}")
         return None
     return value

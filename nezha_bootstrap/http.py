@@ -79,32 +79,23 @@ def make_client(ca_bundle: Path | None = None, transport: httpx.BaseTransport | 
 def make_download_client(ca_bundle: Path | None = None, transport: httpx.BaseTransport | None = None,
                          urls: tuple[str, ...] = ()) -> httpx.Client:
     """The client for release and script downloads: verified TLS trusting the system store AND
-    `ca_bundle`, env proxies, redirects followed (release hosts redirect to storage).
+    `ca_bundle`, env proxies. A private-CA dashboard (`--ca-bundle`) and the public release host
+    (GitHub) are both reachable with one setting.
 
-    It never carries a credential, so following a redirect cannot send one elsewhere; what it
-    downloads is checked against a SHA-256 before use. A redirect from https to plain http is never
-    followed (what arrives over http is unauthenticated). A private-CA dashboard (`--ca-bundle`) and
-    the public release host (GitHub) are both reachable with one setting.
+    Redirects are followed by `fetch` (release hosts redirect to storage), never by httpx: httpx reads
+    and decodes every 3xx body before following it, ahead of any cap, encoding check or deadline
+    (a 1.8 KB `gzip, gzip` body became 2 GiB). This client never carries a credential, and what it
+    downloads is checked against a SHA-256 before use.
     """
     return bounded(httpx.Client(
         verify=download_context(ca_bundle, urls),
         trust_env=True,
-        follow_redirects=True,
+        follow_redirects=False,  # `fetch(follow_redirects=True)` follows them, hop by hop
         headers=HEADERS,
         timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
         transport=transport,
-        event_hooks={"response": [refuse_downgrade]},
+        event_hooks={"response": [_set_location_aside]},
     ))
-
-
-def refuse_downgrade(response: httpx.Response) -> None:
-    """A redirect from https to plain http ends the download (a response hook: runs before it is followed)."""
-    location = response.headers.get("location", "").strip()
-    if response.is_redirect and response.request.url.scheme == "https" and location.lower().startswith("http:"):
-        raise InstallerFailed(
-            f"{display_url(str(response.request.url))} redirected to plain http ({display_url(location)}); "
-            "not followed: nothing fetched over plain http is used unless its SHA-256 was pinned"
-        )
 
 
 _LOCATION_ASIDE = "x-nezha-bootstrap-location"
@@ -204,25 +195,67 @@ def download(client: httpx.Client, url: str, *, cap: int, deadline: float, notif
 
 
 def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, cap: int,
-          ambiguous: bool, sink: Callable[[bytes], Any] | None = None, **kwargs: Any) -> Answer:
+          ambiguous: bool, sink: Callable[[bytes], Any] | None = None, follow_redirects: bool = False,
+          **kwargs: Any) -> Answer:
     """Send one request and read at most `cap` bytes, all within `seconds_left` of wall-clock time.
 
     Name resolution, connect, TLS, headers, 1xx answers and the body share that one budget (see
     `BoundedBackend`); network failures become Transient or refusals. With `sink` the body is handed
-    to it chunk by chunk instead of kept (a release zip need not sit in memory).
+    to it chunk by chunk instead of kept (a release zip need not sit in memory). With
+    `follow_redirects` up to MAX_REDIRECTS redirects are followed here, every hop inside the same
+    budget (see `next_hop`).
     """
-    timeout = httpx.Timeout(min(READ_TIMEOUT, seconds_left), connect=min(CONNECT_TIMEOUT, seconds_left))
     deadline = time.monotonic() + seconds_left
+    with within(deadline):
+        for _ in range(MAX_REDIRECTS + 1):
+            answer = _fetch_one(client, method, url, deadline=deadline, cap=cap, ambiguous=ambiguous,
+                                sink=sink, **kwargs)
+            if not (follow_redirects and answer.status in REDIRECT_CODES and answer.location):
+                return answer
+            url = next_hop(url, answer.location)
+    raise DashboardRefused(f"{host_of(url)} redirected more than {MAX_REDIRECTS} times; "
+                           "not followed further (a redirect loop?)")
+
+
+MAX_REDIRECTS = 20
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+REDIRECT_BODY_CAP = 4096  # what is read of a 3xx answer: nothing in it is used but its Location
+
+
+def next_hop(url: str, location: str) -> str:
+    """The URL a redirect from `url` to `location` leads to; refused unless http(s), never https -> http."""
     try:
-        with within(deadline), client.stream(method, url, timeout=timeout, **kwargs) as response:
+        target = httpx.URL(url).join(location.strip())
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise DashboardRefused(f"{host_of(url)} redirected to an invalid URL ({_reason(exc)}); not followed") from exc
+    if target.scheme not in ("http", "https") or not target.host:
+        raise DashboardRefused(f"{host_of(url)} redirected to {display_url(str(target))}: unsupported protocol "
+                               f"{target.scheme!r}; not followed")
+    if url.lower().startswith("https:") and target.scheme == "http":
+        raise DashboardRefused(
+            f"{display_url(url)} redirected to plain http ({display_url(str(target))}); not followed: "
+            "nothing fetched over plain http is used unless its SHA-256 was pinned"
+        )
+    return str(target)
+
+
+def _fetch_one(client: httpx.Client, method: str, url: str, *, deadline: float, cap: int, ambiguous: bool,
+               sink: Callable[[bytes], Any] | None, **kwargs: Any) -> Answer:
+    """One request of `fetch`: a 3xx answer's body is read up to REDIRECT_BODY_CAP, never into `sink`."""
+    left = max(0.0, deadline - time.monotonic())
+    timeout = httpx.Timeout(min(READ_TIMEOUT, left), connect=min(CONNECT_TIMEOUT, left))
+    try:
+        with client.stream(method, url, timeout=timeout, **kwargs) as response:
             _check_encoding(response.headers.get("content-encoding", ""), url)
+            redirect = 300 <= response.status_code < 400
             # identity only (checked above): iter_bytes decodes nothing, the cap counts what arrives
-            body, truncated = _read_capped(response.iter_bytes(), cap, deadline, sink)
+            body, truncated = _read_capped(response.iter_bytes(), REDIRECT_BODY_CAP if redirect else cap,
+                                           deadline, None if redirect else sink)
             return Answer(
                 status=response.status_code,
                 content_type=response.headers.get("content-type", ""),
                 body=body,
-                truncated=truncated,
+                truncated=truncated and not redirect,
                 retry_after=response.headers.get("retry-after"),
                 location=response.headers.get(_LOCATION_ASIDE, response.headers.get("location")),
             )
@@ -231,13 +264,10 @@ def fetch(client: httpx.Client, method: str, url: str, *, seconds_left: float, c
         raise Transient(f"cannot connect to {host_port(url)}: {_reason(exc)}") from exc
     except httpx.TimeoutException as exc:
         raise Transient(f"no answer from {host_of(url)} in time", ambiguous=ambiguous) from exc
-    except httpx.UnsupportedProtocol as exc:  # a redirect to ftp:// or the like: no retry will help
+    except httpx.UnsupportedProtocol as exc:  # no retry will help
         raise DashboardRefused(f"{host_of(url)}: {_reason(exc)}") from exc
     except httpx.TransportError as exc:
         raise Transient(f"the connection to {host_of(url)} broke: {_reason(exc)}", ambiguous=ambiguous) from exc
-    except httpx.TooManyRedirects as exc:
-        raise DashboardRefused(f"{host_of(url)} redirected more than {client.max_redirects} times; "
-                               "not followed further (a redirect loop?)") from exc
     except httpx.DecodingError as exc:
         raise DashboardRefused(f"the answer of {host_of(url)} could not be decoded: {_reason(exc)}") from exc
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -251,6 +251,50 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600, durable: bool = Tru
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+class Staged:
+    """A temporary file beside `path`, filled through `file` and renamed onto `path` by `commit`: a large
+    file (the agent binary) is streamed to disk, never held in memory, and replaces `path` atomically."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # What a run killed mid-download left (up to the 128 MiB cap); runs hold the run lock, one at a time.
+        for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, mode)
+        self.path, self.temporary = path, Path(temporary)
+        self.file = os.fdopen(fd, "w+b")
+        self.committed = False
+
+    def commit(self) -> None:
+        """Make the content durable and rename it onto `path`."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.temporary, self.path)
+        self.committed = True
+        fsync_dir(self.path.parent)
+
+    def discard(self) -> None:
+        """Remove the temporary file unless committed (safe to call twice; never raises an OSError)."""
+        with contextlib.suppress(OSError):  # a full disk fails the flush in close() once more
+            self.file.close()
+        if not self.committed:
+            with contextlib.suppress(FileNotFoundError):
+                self.temporary.unlink()
+
+
+@contextlib.contextmanager
+def staged(path: Path, mode: int) -> Iterator[Staged]:
+    """A `Staged` file for `path`, removed on the way out unless committed."""
+    stage = Staged(path, mode)
+    try:
+        yield stage
+    finally:
+        stage.discard()
 
 
 def fsync_dir(directory: Path) -> None:

@@ -12,10 +12,13 @@ every module from the zip again (zipimport never caches bytecode), and psutil's 
 - refused, with the reason, when it is not a directory owned by this uid, is group- or
   world-writable, or sits in a directory that someone else could rename it out of;
 - filled in a temporary directory that is renamed into place, so two starts at once are safe, a
-  second start reuses it, and an upgraded file (another hash) gets its own.
+  second start reuses it, and an upgraded file (another hash) gets its own;
+- complete only with its marker (`.complete`, written last, after every member is on disk): a tree
+  without it (emptied, cut short by a full disk, made by hand) is removed and extracted again.
 
-When the cache cannot be used, pure-Python code is imported from the zip itself (slower, nothing
-written) and `import psutil` fails with the reason.
+When the cache cannot be used, every command exits 2 with the reason before it does anything (it
+is a setting to fix, like any other); only `--help` and `--version` are still served, importing
+pure-Python code from the zip itself (slower, nothing written).
 
 Before anything else the host's site-packages are dropped (sys.path, import hooks, and modules a
 .pth file already loaded), so even `python3 x.pyz` without `-I` imports nothing the file does not
@@ -39,6 +42,7 @@ SYSTEM_CACHE = "/var/cache/nezha-bootstrap"
 APP = "nezha-bootstrap"
 MIN_PYTHON = (3, 9)
 STALE_TEMP_SECONDS = 3600
+MARKER = ".complete"  # written last into an extracted tree: without it the tree is not used
 
 
 class CacheError(ImportError):
@@ -259,6 +263,11 @@ def _extract(handle, root, final):
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        fd = os.open(os.path.join(temp, MARKER), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fsync(fd)  # the marker comes last: a tree holding it holds every member
+        finally:
+            os.close(fd)
         try:
             os.rename(temp, final)
         except OSError:
@@ -312,15 +321,33 @@ def cache_tree(archive, environ=None, euid=None):
     make_private_dir(root, euid, parents=root != SYSTEM_CACHE)  # /var/cache is the system's to make
     with open(archive, "rb") as handle:  # one open file: the hash and the extraction see the same bytes
         final = os.path.join(root, _digest(handle))
-        if not os.path.isdir(final):
+        if not os.path.isfile(os.path.join(final, MARKER)):
             try:
+                _remove_incomplete(final, root)
                 _extract(handle, root, final)
             except CacheError:
                 raise
             except OSError as exc:
                 raise CacheError(f"{APP}: cannot extract the archive into {root}: {exc}") from exc
     check_private(final, euid)
+    if not os.path.isfile(os.path.join(final, MARKER)):
+        raise CacheError(f"{APP}: the native-code cache {final} is incomplete after extracting it; remove it")
     return final
+
+
+def _remove_incomplete(final, root):
+    """Move a tree without its marker (or a file in its place) aside, then delete it."""
+    import shutil
+    import tempfile
+
+    if not os.path.lexists(final):
+        return
+    if os.path.isdir(final) and not os.path.islink(final):
+        aside = tempfile.mkdtemp(prefix=".tmp-", dir=root)
+        os.rename(final, os.path.join(aside, "incomplete"))  # one rename: a concurrent start never sees half
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.unlink(final)
 
 
 class NativeFinder:
@@ -334,7 +361,13 @@ class NativeFinder:
         if fullname not in NATIVE:
             return None
         if self.directory is None:
-            self.directory = cache_tree(self.archive)
+            try:
+                self.directory = cache_tree(self.archive)
+            except CacheError as exc:
+                # The CLI maps SettingsError to exit 2 with this reason, for every command that needs psutil.
+                from nezha_bootstrap.errors import SettingsError
+
+                raise SettingsError([str(exc).replace(f"{APP}: ", "", 1)]) from None
         from importlib.machinery import PathFinder
 
         return PathFinder.find_spec(fullname, [self.directory])
@@ -355,6 +388,11 @@ def archive_path():
     return archive
 
 
+def only_help(args):
+    """True when the command line asks only for help or the version (or is empty: the help)."""
+    return not args or any(arg in ("-h", "--help", "--version") for arg in args)
+
+
 def main():
     if sys.version_info < MIN_PYTHON:
         # Exit 2 (settings), not 1: the first-boot unit does not restart on 2 (RestartPreventExitStatus).
@@ -367,7 +405,10 @@ def main():
     isolate(archive)
     try:
         sys.path[0] = cache_tree(archive)  # isolate() left the archive first
-    except CacheError:
+    except CacheError as exc:
+        if not only_help(sys.argv[1:]):
+            sys.stderr.write(f"error: {str(exc).replace(APP + ': ', '', 1)}\n")
+            sys.exit(2)  # the CLI's exit code for settings: never half a command, never a traceback
         sys.meta_path.insert(0, NativeFinder(archive))  # pure Python from the zip; psutil says why not
     module_name, _, attribute = ENTRY_POINT.partition(":")
     __import__(module_name)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
 import secrets
+import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +70,10 @@ def network_and_subprocess_guard(request: pytest.FixtureRequest, monkeypatch: py
         monkeypatch.setattr(subprocess, "Popen", refuse)
 
 
+ZIPAPP_CACHE = tempfile.mkdtemp(prefix="nezha-test-zipapp-cache-")  # 0700
+atexit.register(shutil.rmtree, ZIPAPP_CACHE, True)
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No setting leaks in from the developer's shell; the redaction registry starts empty."""
@@ -75,6 +82,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                                                          "https_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost,::1")
+    # A zipapp a test starts (inheriting this environment) extracts into a temporary cache, never
+    # into the host's /var/cache/nezha-bootstrap (tests that mean the default location say so).
+    monkeypatch.setenv("NEZHA_BOOTSTRAP_CACHE", ZIPAPP_CACHE)
     redact.forget_all()
     yield
     redact.forget_all()

@@ -2,8 +2,9 @@
 
 Each connection is answered as the mode of its request path says (`routes`, else `mode`): headers or
 a body trickling in, `100 Continue` for ever, encoded bombs, a TLS handshake cut by EOF or a reset,
-redirects, silence, or a plain answer (over TLS with any certificate, expired ones included). `banner`
-sends the route's body on accept, before reading anything (an SSH or SMTP server on a wrong port).
+redirects (a `gzip, gzip` bomb or an endless chunked body in a 302 too), silence, or a plain answer
+(over TLS with any certificate, expired ones included). `banner` sends the route's body on accept,
+before reading anything (an SSH or SMTP server on a wrong port). `sent` counts the body bytes sent.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 MODES = ("ok", "slow_ok", "header_trickle", "continue", "body_trickle", "silent", "bomb",
-         "eof_handshake", "reset_handshake", "redirect", "banner")
+         "eof_handshake", "reset_handshake", "redirect", "banner", "redirect_bomb", "redirect_endless")
 TRICKLE_MODES = ("header_trickle", "continue", "body_trickle", "silent")
 
 
@@ -67,6 +68,7 @@ class HostileServer:
     interval: float = 0.2  # seconds between trickled bytes and between `100 Continue`s
     requests: list[bytes] = field(default_factory=list)  # the request heads received
     connections: int = 0
+    sent: int = 0  # body bytes of the endless modes that went out
     stop: threading.Event = field(default_factory=threading.Event)
     port: int = 0
 
@@ -148,6 +150,14 @@ class HostileServer:
         elif mode == "redirect":
             conn.sendall(f"HTTP/1.1 302 Found\r\nLocation: {route.location}\r\nContent-Length: 0\r\n"
                          "Connection: close\r\n\r\n".encode())
+        elif mode == "redirect_bomb":
+            conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s"
+                         % (route.location.encode(), route.encoding.encode(), len(route.body), route.body))
+        elif mode == "redirect_endless":
+            conn.sendall(f"HTTP/1.1 302 Found\r\nLocation: {route.location}\r\nTransfer-Encoding: chunked\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            self._endless(conn)
         elif mode == "bomb":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: %s\r\n"
                          b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
@@ -162,6 +172,12 @@ class HostileServer:
             self._trickle(conn, b"a")
         elif mode == "silent":
             self._sleep(3600)
+
+    def _endless(self, conn: socket.socket) -> None:
+        chunk = b"%x\r\n%s\r\n" % (1 << 16, bytes(1 << 16))
+        while not self.stop.is_set():
+            conn.sendall(chunk)
+            self.sent += 1 << 16
 
     def _trickle(self, conn: socket.socket, piece: bytes) -> None:
         while not self.stop.is_set():

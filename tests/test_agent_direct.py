@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import pytest
@@ -80,12 +81,14 @@ def test_a_zip_with_another_hash_is_refused(listed: str, pinned: str | None, say
 
 def test_a_matching_zip_is_accepted_and_its_binary_extracted() -> None:
     check_zip(ZIP, Release("http://x", "2.3.3", ASSET, SHA), SHA)
-    assert extract_binary(ZIP) == b"#!/bin/sh\necho agent\n"
+    binary = io.BytesIO()
+    assert extract_binary(ZIP, binary) == 21
+    assert binary.getvalue() == b"#!/bin/sh\necho agent\n"
 
 
 def test_a_broken_zip_is_refused() -> None:
     with pytest.raises(InstallerFailed, match="not a valid zip"):
-        extract_binary(b"not a zip")
+        extract_binary(b"not a zip", io.BytesIO())
 
 
 def test_a_zip_without_the_agent_is_refused() -> None:
@@ -96,7 +99,7 @@ def test_a_zip_without_the_agent_is_refused() -> None:
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("README.md", "hi")
     with pytest.raises(InstallerFailed, match="holds no `nezha-agent`"):
-        extract_binary(buffer.getvalue())
+        extract_binary(buffer.getvalue(), io.BytesIO())
 
 
 def test_config_yml_quotes_strings_and_writes_yaml_booleans() -> None:
@@ -221,7 +224,7 @@ def test_neither_unit_nor_init_script_is_no_install(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("host", "public"), [
-    ("127.0.0.1", False), ("localhost", False), ("10.1.2.3", False), ("192.168.0.9", False), ("fd00::1", False),
+    ("127.0.0.1", False), ("localhost", True), ("10.1.2.3", False), ("192.168.0.9", False), ("fd00::1", False),
     ("203.0.113.7", True), ("8.8.8.8", True), ("dash.example.com", True),
 ])
 def test_which_hosts_count_as_public_for_plaintext(host: str, public: bool) -> None:

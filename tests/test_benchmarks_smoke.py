@@ -47,8 +47,12 @@ FIGURES: list[tuple[tuple[str, ...], str]] = [
       for name in ("help", "dry_run")],
     *[(("zipapp", "ratio", f"pyz_{kind}_{name}_vs_installed"), "number") for kind in ("warm", "cold")
       for name in ("help", "dry_run")],
-    *[(("bombs", case, key), kind) for case in ("probes", "register_answer", "checksums_txt", "big_junk_zip")
-      for key, kind in (("peak_rss_mib", "number"), ("exit_code", "count"))],
+    *[(("bombs", case, key), kind) for case in ("probes", "register_answer", "checksums_txt", "big_junk_zip",
+                                                "redirect_bomb_checksums_txt", "redirect_bomb_zip",
+                                                "redirect_endless_body", "big_member")
+      for key, kind in (("peak_rss_mib", "number"), ("exit_code", "count"), ("seconds", "number"))],
+    *[(("bombs", case, "sigterm_to_exit_s"), "number")
+      for case in ("redirect_bomb_checksums_txt", "redirect_bomb_zip", "redirect_endless_body")],
     *[(("hostile", case, key), "number") for case in ("header_trickle", "continue", "body_trickle", "silent_resolver")
       for key in ("start_to_exit_s", "sigterm_to_exit_s")],
 ]

@@ -255,6 +255,15 @@ def test_json_of_invalid_settings_lists_every_problem(cli: Cli) -> None:
     assert cli.fake.journal == []
 
 
+@pytest.mark.parametrize("port", ["1_0", "+10", "\u0661\u0660"])
+def test_a_probe_port_that_only_int_would_read_is_refused_before_any_request(cli: Cli, port: str) -> None:
+    outcome = cli("run", "--probe-port", port)
+
+    assert outcome.exit_code == 2
+    assert f"the probe port must be a number from 1 to 65535, got {port!r}" in outcome.stderr
+    assert cli.fake.journal == []
+
+
 @pytest.mark.integration
 def test_quiet_prints_no_progress_only_the_summary(cli: Cli) -> None:
     outcome = cli("run", "-q", NODE_NAME="web-1")

@@ -132,7 +132,7 @@ def test_a_url_that_does_not_parse_still_hides_its_password(raw: str) -> None:
         ("http://dash.example.com", True),
         ("http://192.0.2.5:8008", True),
         ("http://127.0.0.1:8008", False),
-        ("http://localhost:8008", False),
+        ("http://localhost:8008", True),  # a name may resolve anywhere: only loopback literals are exempt
         ("http://[::1]:8008", False),
         ("https://dash.example.com", False),
     ],
@@ -240,7 +240,7 @@ def test_a_probe_address_a_shell_could_misread_is_refused(raw: str) -> None:
     assert problems_of(probe_address=raw) == [PROBE_REFUSED.format(raw)]
 
 
-@pytest.mark.parametrize(("raw", "port"), [("1", 1), ("65535", 65535), (5555, 5555), (" 443 ", 443)])
+@pytest.mark.parametrize(("raw", "port"), [("1", 1), ("65535", 65535), (5555, 5555), ("0443", 443)])
 def test_the_probe_port_is_a_number_from_1_to_65535(raw: Any, port: int) -> None:
     assert config_of(probe_port=raw).probe_port == port
 
@@ -252,6 +252,20 @@ def test_the_probe_port_defaults_to_5555() -> None:
 @pytest.mark.parametrize("raw", ["0", "65536", "-1", "abc", "", None, "5555.0", "55 55"])
 def test_a_probe_port_out_of_range_is_a_problem(raw: Any) -> None:
     assert problems_of(probe_port=raw) == [f"the probe port must be a number from 1 to 65535, got {raw!r}"]
+
+
+# int() and float() accept all of these; an operator never means them (issue 18, item 16).
+LENIENT_NUMBERS = ["1_0", " 443 ", "443\n", "+10", "\u0661\u0660", "\uff11\uff10", "\u00b2", "0x10", "1e2", True]
+
+
+@pytest.mark.parametrize("raw", LENIENT_NUMBERS)
+def test_a_number_only_int_would_read_is_refused_as_the_probe_port(raw: Any) -> None:
+    assert problems_of(probe_port=raw) == [f"the probe port must be a number from 1 to 65535, got {raw!r}"]
+
+
+@pytest.mark.parametrize("raw", [*LENIENT_NUMBERS, "1_0.5", "nan", "inf", " 10"])
+def test_a_number_only_float_would_read_is_refused_as_the_deadline(raw: Any) -> None:
+    assert problems_of(deadline=raw) == [f"the deadline must be a number of seconds up to 86400, got {raw!r}"]
 
 
 # --- the node name, tag and note --------------------------------------------------------------------

@@ -7,9 +7,12 @@ handshakes cut short, redirects and certificates outside their validity.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import io
 import os
 import signal
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -210,7 +213,7 @@ def test_a_checksums_bomb_fails_the_download_exit_5_style() -> None:
     with serve("bomb", body=bomb(64 << 20)) as server, http.make_download_client() as client:
         release = agent.Release(server.url, "1.0.0", "nezha-agent_linux_amd64.zip")
         with pytest.raises(InstallerFailed, match="Content-Encoding"):
-            agent.fetch_binary(client, release, 5, nothing)
+            agent.fetch_binary(client, release, 5, nothing, io.BytesIO())
 
 
 # --- 3. nothing from plain http runs unless pinned ---------------------------------------------------
@@ -250,7 +253,7 @@ def test_an_https_release_redirecting_to_http_is_not_followed(ca: trustme.CA, ca
         with https, http.make_download_client(ca_file) as client:
             release = agent.Release(https.url, "1.0.0", "nezha-agent_linux_amd64.zip")
             with pytest.raises(InstallerFailed, match="redirected to plain http .* not followed"):
-                agent.fetch_binary(client, release, 5, nothing)
+                agent.fetch_binary(client, release, 5, nothing, io.BytesIO())
 
     assert plain.requests == []
 
@@ -388,7 +391,7 @@ def test_the_release_download_shares_one_deadline_between_checksums_and_zip() ->
         release = agent.Release(server.url, "1.0.0", "nezha-agent_linux_amd64.zip")
         started = time.monotonic()
         with pytest.raises(InstallerFailed):
-            agent.fetch_binary(client, release, 2.5, nothing)
+            agent.fetch_binary(client, release, 2.5, nothing, io.BytesIO())
 
     assert elapsed(started) < 2.5 + SLACK
 
@@ -411,13 +414,14 @@ def test_the_release_zip_goes_to_a_file_and_only_the_binary_to_memory(tmp_path: 
     server = HostileServer(Route("ok", body=zipped), routes={"/v1.0.0/checksums.txt": Route("ok", body=sums)})
     with server, http.make_download_client() as client, (tmp_path / "zip").open("w+b") as into:
         release = agent.Release(server.url, "1.0.0", "nezha-agent_linux_amd64.zip")
-        binary = agent.fetch_binary(client, release, 5, nothing)
+        binary = io.BytesIO()
+        size = agent.fetch_binary(client, release, 5, nothing, binary)
         kept = http.download(client, f"{server.url}/x.zip", cap=len(zipped), deadline=5, notify=nothing,
                              what="get", into=into)
         into.seek(0)
         on_disk = into.read()
 
-    assert (binary, kept, on_disk) == (b"#!/bin/sh\necho agent\n", b"", zipped)
+    assert (binary.getvalue(), size, kept, on_disk) == (b"#!/bin/sh\necho agent\n", 21, b"", zipped)
 
 
 # --- 7. the installer is done when it exits -----------------------------------------------------------
@@ -477,3 +481,200 @@ def test_malformed_dashboard_data_is_reported_clearly(item: dict[str, Any], mess
         reconcile.Server.from_api(item)
 
     assert message in str(refused.value)
+
+
+# --- 10. issue 18: redirects are followed by us, the agent binary is streamed, names are not loopback ---
+
+def traced_peak_mib(action: Any) -> float:
+    """The peak of Python allocations (MiB) while `action()` runs: what a decoded bomb would fill."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1] / (1 << 20)
+    finally:
+        tracemalloc.stop()
+
+
+def release_of(server: HostileServer) -> agent.Release:
+    return agent.Release(server.url, "1.0.0", "nezha-agent_linux_amd64.zip")
+
+
+@pytest.mark.parametrize("where", ["checksums.txt", "nezha-agent_linux_amd64.zip"])
+def test_a_redirect_with_a_gzip_bomb_body_is_refused_before_any_byte_is_decoded(where: str) -> None:
+    zipped = release_zip(b"agent")
+    sums = hashlib.sha256(zipped).hexdigest().encode() + b"  nezha-agent_linux_amd64.zip\n"
+    routes = {"/v1.0.0/checksums.txt": Route("ok", body=sums),
+              "/v1.0.0/nezha-agent_linux_amd64.zip": Route("ok", body=zipped),
+              f"/v1.0.0/{where}": Route("redirect_bomb", body=bomb(64 << 20), location="/storage")}
+    with HostileServer(Route("ok"), routes=routes) as server, http.make_download_client() as client:
+        started = time.monotonic()
+
+        def fetch() -> None:
+            with pytest.raises(InstallerFailed, match="Content-Encoding 'gzip, gzip'"):
+                agent.fetch_binary(client, release_of(server), 10, nothing, io.BytesIO())
+
+        peak = traced_peak_mib(fetch)
+
+    assert elapsed(started) < 2  # refused at once, not at the deadline
+    assert peak < 8  # before: the body was decoded whole (64 MiB here)
+    assert all(b"/storage" not in request for request in server.requests)  # never followed
+
+
+def test_an_endless_redirect_body_is_left_after_4_kib_and_the_redirect_followed() -> None:
+    routes = {"/file": Route("redirect_endless", location="/storage/file"),
+              "/storage/file": Route("ok", body=b"x" * 100)}
+    with HostileServer(Route("ok"), routes=routes) as server, http.make_download_client() as client, \
+            tempfile.TemporaryFile() as into:
+        started = time.monotonic()
+        peak = traced_peak_mib(lambda: http.download(client, f"{server.url}/file", cap=1000, deadline=10,
+                                                     notify=nothing, what="get", follow_redirects=True, into=into))
+        into.seek(0)
+        kept = into.read()
+
+    assert kept == b"x" * 100  # nothing of the 302's body went to the file
+    assert elapsed(started) < 2
+    assert peak < 8
+
+
+def test_a_loop_of_endless_redirects_ends_after_20_hops_well_within_the_deadline() -> None:
+    with serve("redirect_endless", location="/again") as server, http.make_download_client() as client:
+        started = time.monotonic()
+        with pytest.raises(InstallerFailed, match="redirected more than 20 times"):
+            http.download(client, f"{server.url}/again", cap=100, deadline=10, notify=nothing, what="get",
+                          follow_redirects=True)
+
+    assert elapsed(started) < 5
+    assert server.connections == 21
+
+
+def test_every_redirect_hop_shares_the_one_deadline_of_the_step() -> None:
+    hops = {f"/{i}": Route("redirect", location=f"/{i + 1}") for i in range(5)}
+    hops["/5"] = Route("body_trickle")  # the end of the chain trickles
+    with HostileServer(Route("ok"), routes=hops) as server, http.make_download_client() as client:
+        started = time.monotonic()
+        with pytest.raises(InstallerFailed):
+            http.download(client, f"{server.url}/0", cap=10**6, deadline=1.5, notify=nothing, what="get",
+                          follow_redirects=True)
+
+    assert elapsed(started) < 1.5 + SLACK
+
+
+def test_a_redirect_is_never_followed_by_a_client_that_was_not_asked_to() -> None:
+    with serve("redirect_endless", location="/storage") as server, http.make_download_client() as client:
+        answer = http.fetch(client, "GET", f"{server.url}/x", seconds_left=5, cap=10**6, ambiguous=False)
+
+    assert (answer.status, answer.location, len(answer.body)) == (302, "/storage", http.REDIRECT_BODY_CAP)
+    assert server.connections == 1
+
+
+def test_sigterm_stays_fast_while_a_redirect_trickles(root: Path) -> None:
+    listing, secret = Route("ok", body=b'{"code": 200, "result": []}'), Route("ok", body=b"Secret0123456789ab")
+    routes = {"/api/v1/server/list": listing, "/api/v1/server/register": secret,
+              f"/releases/v{agent.AGENT_V0}/checksums.txt": Route("redirect_endless", location="/slow"),
+              "/slow": Route("body_trickle")}
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        with HostileServer(Route("ok"), routes=routes) as server:
+            timer = sigterm_in(1.0)
+            code, stderr, seconds = cli_run(root, server.url, "--deadline", "60", "--method", "direct",
+                                            NEZHA_AGENT_BASE_URL=f"{server.url}/releases")
+            timer.cancel()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    assert code == 143, stderr
+    assert seconds < 1.0 + 2
+    assert any(b"GET /slow" in request for request in server.requests)  # it was in the redirected download
+
+
+def member_zip(size: int) -> bytes:
+    """A release zip whose `nezha-agent` is `size` zero bytes, deflated (127 MiB is ~130 KB)."""
+    import zipfile
+
+    buffer = io.BytesIO()
+    info = zipfile.ZipInfo("nezha-agent")
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(buffer, "w") as archive, archive.open(info, "w", force_zip64=True) as member:
+        for chunk in iter_zeros(size):
+            member.write(chunk)
+    return buffer.getvalue()
+
+
+def iter_zeros(size: int) -> Iterator[bytes]:
+    block = bytes(1 << 20)
+    for start in range(0, size, 1 << 20):
+        yield block[: min(1 << 20, size - start)]
+
+
+def serve_release(zipped: bytes) -> HostileServer:
+    sums = hashlib.sha256(zipped).hexdigest().encode() + b"  nezha-agent_linux_amd64.zip\n"
+    return HostileServer(Route("ok", body=zipped), routes={"/v1.0.0/checksums.txt": Route("ok", body=sums)})
+
+
+@pytest.mark.slow
+def test_a_127_mib_member_of_a_checksum_valid_zip_streams_to_the_file_not_memory(tmp_path: Path) -> None:
+    zipped = member_zip(127 << 20)
+    with serve_release(zipped) as server, http.make_download_client() as client, \
+            system.staged(tmp_path / "nezha-agent", 0o755) as binary:
+        peak = traced_peak_mib(lambda: agent.fetch_binary(client, release_of(server), 20, nothing, binary.file))
+        binary.commit()
+
+    assert peak < 16  # before: 127 MiB read whole (284 MiB peak RSS for the run)
+    assert (tmp_path / "nezha-agent").stat().st_size == 127 << 20
+    assert [path.name for path in tmp_path.iterdir()] == ["nezha-agent"]  # the temporary file became it
+
+
+@pytest.mark.slow
+def test_a_member_over_the_cap_is_refused_and_its_partial_file_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent, "BINARY_CAP", 4 << 20)
+    zipped = member_zip((4 << 20) + 1)
+    with serve_release(zipped) as server, http.make_download_client() as client:
+        with pytest.raises(InstallerFailed, match="over the 4194304 cap"), \
+                system.staged(tmp_path / "nezha-agent", 0o755) as binary:
+            agent.fetch_binary(client, release_of(server), 20, nothing, binary.file)
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_member_whose_header_understates_its_size_is_stopped_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "BINARY_CAP", 1 << 20)
+    zipped = member_zip(3 << 20)
+    # The central directory says 1 MiB (the cap); the data holds 3 MiB.
+    lying = zipped.replace((3 << 20).to_bytes(8, "little"), (1 << 20).to_bytes(8, "little"))
+    assert lying != zipped
+    with pytest.raises(InstallerFailed):
+        agent.extract_binary(lying, io.BytesIO())
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "localhost.", "evil.localhost", "127.0.0.1.nip.io",
+                                  "127.example.test", "[::ffff:127.0.0.1]x"])
+def test_a_loopback_looking_name_is_no_exemption_from_the_pinned_hash(host: str) -> None:
+    script = settings_problems(script_url=f"http://{host}:8008/install.sh")
+    release = settings_problems(agent=AgentSettings(base_url=f"http://{host}:8008/releases"))
+
+    assert any("is plain http" in p and "pin the SHA-256" in p for p in script), script
+    assert any("is plain http" in p and "pin the SHA-256" in p for p in release), release
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8008", "http://127.1.2.3:8008", "http://[::1]:8008"])
+def test_only_a_loopback_ip_literal_is_exempt(url: str) -> None:
+    assert settings_problems(script_url=f"{url}/install.sh") == []
+    assert settings_problems(agent=AgentSettings(base_url=f"{url}/releases")) == []
+
+
+def test_a_staged_file_replaces_its_path_at_commit_and_sweeps_what_a_killed_run_left(tmp_path: Path) -> None:
+    (tmp_path / "nezha-agent").write_bytes(b"old")
+    (tmp_path / ".nezha-agent.k1ll3d.tmp").write_bytes(b"half of a binary")
+
+    with system.staged(tmp_path / "nezha-agent", 0o755) as binary:
+        binary.file.write(b"new")
+        assert (tmp_path / "nezha-agent").read_bytes() == b"old"  # until the old agent is uninstalled
+        binary.commit()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nezha-agent"]
+    assert (tmp_path / "nezha-agent").read_bytes() == b"new"
+    assert (tmp_path / "nezha-agent").stat().st_mode & 0o777 == 0o755

@@ -436,6 +436,65 @@ def test_a_refused_cache_still_serves_help_from_the_zip_and_is_left_untouched(na
     assert list(cache.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["status"], ["check"], ["seal"], ["uninstall"], ["demo"], RUN_ARGS],
+                         ids=["status", "check", "seal", "uninstall", "demo", "run"])
+def test_a_refused_cache_is_a_clear_exit_2_for_every_command(native: Path, tmp_path: Path,
+                                                             command: list[str]) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    env = {**bare_env(tmp_path), "NEZHA_TOKEN": TOKEN, "NEZHA_DASHBOARD_URL": "http://127.0.0.1:9",
+           "NEZHA_BOOTSTRAP_ROOT": str(tmp_path / "root")}
+
+    result = start(sys.executable, native, command, env)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"refusing the native-code cache {cache}: it is writable by group and others" in result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["empty", "half", "no marker"])
+def test_an_incomplete_tree_in_the_cache_is_extracted_again(native: Path, tmp_path: Path, damage: str) -> None:
+    env = {**bare_env(tmp_path), "NEZHA_TOKEN": TOKEN}
+    tree = tmp_path / "cache" / hashlib.sha256(native.read_bytes()).hexdigest()
+    assert start(sys.executable, native, ["status", "--root", str(tmp_path / "root")], env).returncode == 0
+    if damage == "empty":
+        shutil.rmtree(tree)
+        tree.mkdir(mode=0o700)
+    elif damage == "half":  # a start killed mid-extraction on a file system that kept the rename
+        shutil.rmtree(tree / "psutil")
+        (tree / ".complete").unlink()
+    else:
+        (tree / ".complete").unlink()
+
+    result = start(sys.executable, native, ["status", "--root", str(tmp_path / "root")], env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tree / ".complete").is_file() and (tree / "psutil").is_dir()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [tree.name]  # nothing left aside
+
+
+def test_the_marker_is_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    boot = load_bootstrap()
+    archive = tmp_path / "x.pyz"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("__main__.py", "")
+        zipped.writestr("a/b.py", "x = 1\n")
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(boot.os, "open", lambda path, *a, **k: opened.append(os.path.basename(path)) or
+                        real_open(path, *a, **k))
+    root = tmp_path / "cache"
+    root.mkdir(mode=0o700)
+
+    with archive.open("rb") as handle:
+        boot._extract(handle, str(root), str(root / "final"))
+
+    writes = [name for name in opened if name in ("b.py", ".complete")]
+    assert writes == ["b.py", "b.py", ".complete"]  # written, fsynced, then the marker
+
+
 def test_concurrent_first_starts_share_one_extraction(native: Path, tmp_path: Path) -> None:
     env = {**bare_env(tmp_path), "NEZHA_TOKEN": TOKEN}
     procs = [subprocess.Popen([sys.executable, "-I", str(native), *RUN_ARGS, "--root", str(tmp_path / f"r{i}")],
@@ -456,8 +515,9 @@ def test_unsafe_cache_dir_is_refused(native: Path, tmp_path: Path, mode: int, wo
     cache.chmod(mode)
     env = {**bare_env(tmp_path), "NEZHA_TOKEN": TOKEN}
     result = start(sys.executable, native, [*RUN_ARGS, "--root", str(tmp_path / "root")], env)
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
     assert f"refusing the native-code cache {cache}" in result.stderr, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
     assert words in result.stderr and f"chmod 700 {cache}" in result.stderr
     assert list(cache.iterdir()) == [], "nothing may be written into a refused directory"
 
@@ -468,7 +528,7 @@ def test_cache_dir_of_another_user_is_refused(native: Path, tmp_path: Path) -> N
     cache.mkdir(mode=0o700)
     os.chown(cache, 65534, 65534)
     result = start(sys.executable, native, ["demo"], bare_env(tmp_path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "owned by uid 65534, not by uid 0" in result.stderr, result.stderr
 
 

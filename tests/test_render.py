@@ -260,6 +260,12 @@ def test_a_package_spec_or_pip_option_that_pip_would_misread_is_a_problem(
     ("nezha-bootstrap==0.1.0", ("--index-url=http://pypi.example/simple", "--require-hashes"), False),
     ("https://mirror.example/nezha_bootstrap-0.1.0-py3-none-any.whl", (), False),
     ("http://127.0.0.1:8000/nezha_bootstrap-0.1.0-py3-none-any.whl", (), False),
+    ("http://[::1]:8000/nezha_bootstrap-0.1.0-py3-none-any.whl", (), False),
+    # Only a loopback IP literal is exempt: a name goes to a resolver, which may answer anything.
+    ("http://localhost:8000/nezha_bootstrap-0.1.0-py3-none-any.whl", (), True),
+    ("http://evil.localhost/nezha_bootstrap-0.1.0-py3-none-any.whl", (), True),
+    ("http://127.0.0.1.nip.io/nezha_bootstrap-0.1.0-py3-none-any.whl", (), True),
+    ("nezha-bootstrap==0.1.0", ("--index-url=http://LOCALHOST./simple",), True),
 ])
 def test_a_plain_http_package_source_needs_a_pinned_hash(package: str, options: tuple[str, ...],
                                                          refused: bool) -> None:

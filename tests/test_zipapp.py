@@ -221,11 +221,12 @@ def test_a_bad_source_file_is_exit_2_and_fetches_nothing(fetch: Fetch, origin: O
 
 # --- the fetcher as the node runs it: python3 -I, real time --------------------------------------
 
-def run_fetcher(tmp_path: Path, url: str, sha256: str) -> subprocess.CompletedProcess[str]:
+def run_fetcher(tmp_path: Path, url: str, sha256: str, attempts: int = 2,
+                deadline: float = 20) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "nezha-bootstrap-fetch"
     script.write_text(fetcher_text())
     source = tmp_path / "pyz-source.json"
-    source.write_text(json.dumps({"url": url, "sha256": sha256, "attempts": 2, "deadline": 20}))
+    source.write_text(json.dumps({"url": url, "sha256": sha256, "attempts": attempts, "deadline": deadline}))
     target = tmp_path / "opt" / "nezha-bootstrap.pyz"
     return subprocess.run([sys.executable, "-I", str(script), str(source), str(target)], capture_output=True,
                           text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
@@ -297,3 +298,57 @@ def test_read_pyz_refuses_a_file_larger_than_the_fetchers_cap(tmp_path: Path, mo
 
     with pytest.raises(ValueError, match="larger than"):
         zipapp.read_pyz(path)
+
+
+# --- issue 18: a wall clock per attempt, redirects left unread, leftovers swept -----------------------
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["header_trickle", "body_trickle", "continue"])
+def test_a_trickle_at_1_byte_a_second_ends_at_the_fetchers_deadline(tmp_path: Path, mode: str) -> None:
+    from tests.hostile import HostileServer, Route
+
+    with HostileServer(Route(mode), interval=1.0) as server:
+        started = time.monotonic()
+        done = run_fetcher(tmp_path, f"{server.url}/x.pyz", PYZ_SHA256, attempts=5, deadline=3)
+        seconds = time.monotonic() - started
+
+    assert done.returncode == 1, done.stderr
+    assert seconds < 3 + 1.5  # before: 75 s and more (a socket timeout bounds one read, not the trickle)
+    assert "no complete answer before the deadline" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "opt").iterdir()) == []  # the attempt's temporary file is gone
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["redirect_endless", "redirect_bomb"])
+def test_a_redirect_is_followed_without_reading_its_body(tmp_path: Path, mode: str) -> None:
+    from tests.hostile import HostileServer, Route, bomb
+
+    routes = {"/x.pyz": Route(mode, location="/storage/x.pyz", body=bomb(64 << 20)),
+              "/storage/x.pyz": Route("ok", body=PYZ)}
+    with HostileServer(Route("ok"), routes=routes) as server:
+        started = time.monotonic()
+        done = run_fetcher(tmp_path, f"{server.url}/x.pyz", PYZ_SHA256, attempts=1, deadline=10)
+
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 3
+    assert (tmp_path / "opt" / "nezha-bootstrap.pyz").read_bytes() == PYZ
+
+
+def test_a_redirect_to_another_protocol_is_a_failed_attempt(fetch: Fetch) -> None:
+    from tests.hostile import HostileServer, Route
+
+    with HostileServer(Route("redirect", location="ftp://127.0.0.1:20999/x.pyz")) as server:
+        assert fetch(f"{server.url}/x.pyz", attempts=1) == 1
+
+    assert not fetch.target.exists()
+
+
+def test_what_a_killed_attempt_left_is_removed_at_the_next_start(fetch: Fetch, origin: Origin) -> None:
+    fetch.target.parent.mkdir(parents=True)
+    fetch.target.write_bytes(PYZ)
+    (fetch.target.parent / ".fetch-k1ll3d").write_bytes(b"half a zipapp")
+
+    assert fetch(origin.url) == 0
+
+    assert leftovers(fetch.target) == []
+    assert origin.requests == []  # the file in place has the hash: still no request

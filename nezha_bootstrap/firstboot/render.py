@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Union
 
-from nezha_bootstrap.config import has_control_chars
+from nezha_bootstrap.config import has_control_chars, is_loopback_literal
 
 UNIT_NAME = "nezha-bootstrap.service"
 TOOL = "/opt/nezha-bootstrap/bin/nezha-bootstrap"  # where cloud-init installs it; the unit's ExecStart
@@ -195,7 +195,7 @@ def _unpinned_http(word: str) -> bool:
         host = urlsplit(url).hostname or ""
     except ValueError:
         return True
-    return host not in ("localhost", "::1") and not host.startswith("127.")
+    return not is_loopback_literal(host)
 
 
 

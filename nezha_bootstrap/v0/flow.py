@@ -22,7 +22,7 @@ from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter, RunResult
 from nezha_bootstrap.retry import with_retries
 from nezha_bootstrap.state import State
-from nezha_bootstrap.system import COMMAND_TIMEOUT
+from nezha_bootstrap.system import COMMAND_TIMEOUT, Staged
 from nezha_bootstrap.v0.direct import V0Install, plan_v0, v0_release
 from nezha_bootstrap.v0.script import InstallPlan
 
@@ -349,12 +349,16 @@ class Runner:
         config = self.config
         plan = install_plan(config, self.paths, saved.secret)
         payload = self._fetch(plan)
-        if saved.installed_at is not None:
-            # The old agent is about to be replaced: until the new one verifies, nothing is installed,
-            # or a failed re-install followed by a run with the old settings would look done.
-            state_mod.save(self.paths, dataclasses.replace(saved, installed_at=None))
-        with self.reporter.step("install", _install_what(plan)):
-            self._perform(plan, payload)
+        try:
+            if saved.installed_at is not None:
+                # The old agent is about to be replaced: until the new one verifies, nothing is installed,
+                # or a failed re-install followed by a run with the old settings would look done.
+                state_mod.save(self.paths, dataclasses.replace(saved, installed_at=None))
+            with self.reporter.step("install", _install_what(plan)):
+                self._perform(plan, payload)
+        finally:
+            if isinstance(payload, Staged):
+                payload.discard()
         with self.reporter.step("verify", f"verifying {plan.unit}"):
             agent.verify_v0_unit(plan, self.paths, saved.secret)
             if self.facts.systemd_running:
@@ -379,8 +383,9 @@ class Runner:
                     path.unlink()
                 self.reporter.detail(f"removed install.sh's leftover {path}")
 
-    def _fetch(self, plan: Install) -> bytes:
-        """install.sh, or the pinned v0 agent's binary, downloaded and checked."""
+    def _fetch(self, plan: Install) -> bytes | Staged:
+        """install.sh, or the pinned v0 agent's binary (streamed into a file beside its place), downloaded
+        and checked."""
         from nezha_bootstrap import agent
         from nezha_bootstrap.v0.script import download_script
 
@@ -391,23 +396,33 @@ class Runner:
                 client = self._download_client((plan.script_url,))
                 return download_script(client, self.config, self.config.deadline, notify)
         release = plan.release
-        with self.reporter.step("download", agent.obtaining(release)):
-            client = self._download_client((release.checksums_url, release.asset_url))
-            return agent.fetch_binary(client, release, self.config.deadline, notify)
+        with local_step(f"create the directory {plan.cwd}"):
+            plan.cwd.mkdir(parents=True, exist_ok=True)
+        with local_step(f"write {self.paths.agent_binary}"):
+            binary = Staged(self.paths.agent_binary, 0o755)
+        try:
+            with self.reporter.step("download", agent.obtaining(release)):
+                client = self._download_client((release.checksums_url, release.asset_url))
+                with local_step(f"write {self.paths.agent_binary}"):
+                    agent.fetch_binary(client, release, self.config.deadline, notify, binary.file)
+        except BaseException:
+            binary.discard()
+            raise
+        return binary
 
-    def _perform(self, plan: Install, payload: bytes) -> None:
+    def _perform(self, plan: Install, payload: bytes | Staged) -> None:
         """Write the script or the binary, uninstall an existing agent, run the install command."""
         from nezha_bootstrap import system
 
-        if isinstance(plan, InstallPlan):
+        if isinstance(plan, InstallPlan) and isinstance(payload, bytes):
             system.ensure_private_dir(plan.script_path.parent, self.paths.root)
             with local_step(f"write {plan.script_path}"):
                 system.atomic_write(plan.script_path, payload, mode=0o700, durable=False)  # run now, then removed
         with local_step(f"create the directory {plan.cwd}"):
             plan.cwd.mkdir(parents=True, exist_ok=True)
-        if isinstance(plan, V0Install):
+        if isinstance(payload, Staged):
             with local_step(f"write {self.paths.agent_binary}"):
-                system.atomic_write(self.paths.agent_binary, payload, mode=0o755)
+                payload.commit()
         try:
             for command in install_commands(plan, self.config.deadline, track=self.paths.child_file,
                                             confine=self.paths.root):

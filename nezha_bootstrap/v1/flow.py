@@ -31,6 +31,7 @@ from nezha_bootstrap.state import State
 if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
 
+    from nezha_bootstrap.system import Staged
     from nezha_bootstrap.v1.naming import NodeNaming
 
 NAMING_NOTE = (
@@ -276,16 +277,21 @@ class V1Runner:
         from nezha_bootstrap import system
 
         release, uuid, expected = plan.release, plan.uuid, plan.config_text
-        with self.reporter.step("download", agent.obtaining(release)):
-            binary = self._download(release)
-        system.ensure_private_dir(self.paths.state_dir, self.paths.root)
         with local_step(f"create the directory {self.paths.agent_dir}"):
             self.paths.agent_dir.mkdir(parents=True, exist_ok=True)
-        if plan.action == "replace" and self.paths.agent_binary.exists():
-            self.reporter.info("replacing the v0 agent: nezha-agent service uninstall")
-            self._service([str(self.paths.agent_binary), "service", "uninstall"], quiet_failure=True)
         with local_step(f"write {self.paths.agent_binary}"):
-            system.atomic_write(self.paths.agent_binary, binary, mode=0o755)
+            binary = system.Staged(self.paths.agent_binary, 0o755)  # the binary streams into it, not memory
+        try:
+            with self.reporter.step("download", agent.obtaining(release)):
+                self._download(release, binary)
+            system.ensure_private_dir(self.paths.state_dir, self.paths.root)
+            if plan.action == "replace" and self.paths.agent_binary.exists():
+                self.reporter.info("replacing the v0 agent: nezha-agent service uninstall")
+                self._service([str(self.paths.agent_binary), "service", "uninstall"], quiet_failure=True)
+            with local_step(f"write {self.paths.agent_binary}"):
+                binary.commit()
+        finally:
+            binary.discard()
         adopted = self._leftovers()
         old_uuid = agent.config_uuid(self.paths.agent_dir / "config.yml", self.paths.root) if plan.on_disk else None
         if old_uuid and old_uuid != uuid:
@@ -308,13 +314,14 @@ class V1Runner:
                 agent.wait_active(agent.is_active)
         return adopted
 
-    def _download(self, release: agent.Release) -> bytes:
+    def _download(self, release: agent.Release, binary: Staged) -> None:
         from nezha_bootstrap.http import make_download_client
 
         # Not the dashboard's client: the release host (GitHub, a mirror) is verified against the
         # system store plus --ca-bundle, the dashboard against --ca-bundle alone.
-        with make_download_client(self.config.ca_bundle, urls=(release.checksums_url, release.asset_url)) as client:
-            return agent.fetch_binary(client, release, self.config.deadline, self.reporter.info)
+        with make_download_client(self.config.ca_bundle, urls=(release.checksums_url, release.asset_url)) as client, \
+                local_step(f"write {self.paths.agent_binary}"):
+            agent.fetch_binary(client, release, self.config.deadline, self.reporter.info, binary.file)
 
     def _service(self, argv: list[str], quiet_failure: bool = False) -> None:
         """Run one of the agent's `service` commands; a failure is InstallerFailed (or, quiet, a warning)."""
