@@ -7,17 +7,27 @@ output and every file under the root, except the 0600 state file and the agent u
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+import json
+import shlex
+import stat
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
 from nezha_bootstrap import demo
+from nezha_bootstrap.agent import AGENT_V0, AGENT_V1
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard, serve
+from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from nezha_bootstrap.testing.grpc_port import AgentPort
+from tests import processes
 from tests.conftest import TOKEN, Cli, leak_scan, secrets_of
+from tests.processes import Finished
 from tests.test_run import STATE, UNIT, closed_port
+from tests.test_run_v1 import V1Cli
 
 pytestmark = pytest.mark.integration
 
@@ -217,3 +227,150 @@ def test_demo_shows_no_secret(cli: Cli, demo_fakes: list[FakeDashboard], flags: 
     assert outcome.exit_code == 0
     assert len(needles) == 2
     assert [n for n in needles if n in outcome.stdout + outcome.stderr] == []
+
+
+# --- every flow as its own processes: nothing carries over from an earlier run in the same process -----
+#
+# In-process scenarios share the redaction registry between runs: a secret registered by the first run
+# still masks the second. Here each command is a separate `python -m nezha_bootstrap`, as on a real
+# machine (a rerun after a reboot, `status` from a shell), so a run that forgets to register a secret it
+# read back from the state shows it.
+
+SECRET_FILES = (  # written 0600 on purpose: the secret is their content
+    "var/lib/nezha-bootstrap/state.json",
+    "var/lib/nezha-bootstrap/pending.json",
+    "etc/systemd/system/nezha-agent.service",  # v0: the agent's own install writes `-p SECRET` into ExecStart
+    "opt/nezha/agent/config.yml",  # v1/v2: the agent's config, its client_secret
+)
+
+
+def spellings(secret: str) -> set[str]:
+    """Every way a secret could be written out: raw, stripped, URL-encoded, JSON-escaped (ASCII and not,
+    with and without quotes), shell-quoted (single and double quotes), and Python's repr."""
+    found = set()
+    for value in {secret, secret.strip()}:
+        found |= {
+            value,
+            urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value),
+            json.dumps(value), json.dumps(value)[1:-1],
+            json.dumps(value, ensure_ascii=False), json.dumps(value, ensure_ascii=False)[1:-1],
+            shlex.quote(value), '"' + "".join("\\" + c if c in '"\\`$' else c for c in value) + '"',
+            repr(value), repr(value)[1:-1],
+        }
+    return found
+
+
+def test_spellings_cover_each_escape() -> None:
+    secret = ' a"b\\c$d é '
+
+    assert {
+        ' a"b\\c$d é ', 'a"b\\c$d é', "%20a%22b%5Cc%24d%20%C3%A9%20", "+a%22b%5Cc%24d+%C3%A9+",
+        'a\\"b\\\\c$d \\u00e9', 'a\\"b\\\\c$d é', "' a\"b\\c$d é '", '"a\\"b\\\\c\\$d é"', "' a\"b\\\\c$d é '",
+    } <= spellings(secret)
+
+
+@dataclass
+class Leaks:
+    """What a sequence of processes showed, and where a secret turned up in it."""
+
+    runs: list[tuple[str, Finished]] = field(default_factory=list)
+
+    def run(self, session: Any, *args: str, expect: int | None = 0, **env: str | None) -> Finished:
+        finished = processes.run(session, *args, timeout=60, **env)
+        self.runs.append((" ".join(args), finished))
+        if expect is not None:
+            assert finished.exit_code == expect, f"{args}: exit {finished.exit_code}\n{finished.stderr}"
+        return finished
+
+    def found(self, secrets: Iterable[str], root: Path) -> list[str]:
+        forms = {form: secret for secret in secrets for form in spellings(secret) if len(form) >= 3}
+        places = []
+        for i, (args, finished) in enumerate(self.runs):
+            for stream, text in (("stdout", finished.stdout), ("stderr", finished.stderr)):
+                places += [f"run {i} ({args}) {stream}: {form!r}" for form in forms if form in text]
+        for path in sorted(root.rglob("*")):
+            if not path.is_file() or path.is_symlink():
+                continue
+            relative = str(path.relative_to(root))
+            if relative in SECRET_FILES:
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{relative} holds a secret but is not 0600"
+                continue
+            data = path.read_bytes()
+            places += [f"{relative}: {form!r}" for form in forms if form.encode() in data]
+        return places
+
+
+FLAGS = [("-v",), ("-v", "--json")]
+FLAG_IDS = ["verbose", "json"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", FLAGS, ids=FLAG_IDS)
+def test_v0_register_first_run_resumed_run_status_check_and_uninstall_each_in_its_own_process(
+    cli: Cli, flags: tuple[str, ...]
+) -> None:
+    script = cli.fake.files["/install.sh"]
+    shebang, rest = script.split(b"\n", 1)
+    # An installer that echoes what it was given: the node secret is its 4th argument.
+    cli.fake.files["/install.sh"] = shebang + b'\necho "secret: ${4:-}" >&2\n' + rest
+    leaks = Leaks()
+
+    leaks.run(cli, "run", *flags, expect=5, NEZHA_STUB_MODE="exit1")  # registered, the install fails
+    leaks.run(cli, "run", *flags)  # a new process resumes: the secret comes from the state only
+    leaks.run(cli, "run", *flags)  # nothing to do
+    leaks.run(cli, "status", *flags)
+    leaks.run(cli, "check", *flags, expect=None, NEZHA_PROBE_ADDRESS="127.0.0.1")
+    leaks.run(cli, "uninstall", "--root", str(cli.root), *flags)
+
+    [server] = cli.fake.servers
+    assert any("secret: ***" in finished.stderr for _, finished in leaks.runs[:2]), "the installer echoed nothing"
+    assert leaks.found(secrets_of(cli.fake), cli.root) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", FLAGS, ids=FLAG_IDS)
+def test_v0_direct_first_run_rerun_status_check_and_seal_each_in_its_own_process(
+    cli: Cli, flags: tuple[str, ...]
+) -> None:
+    host = FakeV1()
+    host.add_release(AGENT_V0)
+    leaks = Leaks()
+    with serve_v1(host) as releases:
+        direct = {"NEZHA_INSTALL_METHOD": "direct", "NEZHA_AGENT_BASE_URL": f"{releases.url}/releases"}
+        leaks.run(cli, "run", *flags, expect=5, NEZHA_STUB_MODE="exit1", **direct)
+        leaks.run(cli, "run", *flags, **direct)
+        leaks.run(cli, "run", *flags, **direct)
+        leaks.run(cli, "status", *flags)
+        leaks.run(cli, "check", *flags, expect=None, NEZHA_PROBE_ADDRESS="127.0.0.1", **direct)
+        leaks.run(cli, "seal", "--root", str(cli.root), *flags)
+
+    assert len(cli.fake.servers) == 1
+    assert leaks.found(secrets_of(cli.fake), cli.root) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", FLAGS, ids=FLAG_IDS)
+@pytest.mark.parametrize("with_token", [False, True], ids=["v1-direct", "v2-token"])
+def test_v1_v2_first_run_rerun_status_check_and_uninstall_each_in_its_own_process(
+    root: Path, flags: tuple[str, ...], with_token: bool
+) -> None:
+    fake = FakeV1(profile="v2.1+")
+    fake.add_release(AGENT_V1)
+    token = fake.add_token() if with_token else None
+    wrong = "nzp_" + "Z" * 32
+    leaks = Leaks()
+    with serve_v1(fake) as running:
+        session = V1Cli(running, fake, root)
+        named = {"NEZHA_TOKEN": token, "NODE_NAME": "web-1"} if token else {}
+        leaks.run(session, "run", *flags, **named)  # enrolls: the agent gets the secret from config.yml
+        leaks.run(session, "run", *flags, **named)
+        leaks.run(session, "run", *flags, **named)
+        leaks.run(session, "status", *flags)
+        leaks.run(session, "check", *flags, expect=None, **named)
+        if token:
+            leaks.run(session, "run", *flags, expect=3, NEZHA_TOKEN=wrong, NODE_NAME="web-2")
+        leaks.run(session, "uninstall", "--root", str(root), *flags)
+
+    assert len(fake.servers) == 1
+    secrets = [fake.agent_secret, *([token, wrong] if token else [])]
+    assert leaks.found(secrets, root) == []
