@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,6 +243,56 @@ def test_the_unit_carries_the_server_the_secret_and_tls_as_verified(cli: Cli) ->
     assert f"ExecStart={exec_start}\n" in unit
     assert "WorkingDirectory=/opt/nezha/agent" in unit
     assert os.access(cli.root / "opt/nezha/agent/nezha-agent", os.X_OK)
+
+
+def test_the_pending_record_names_what_is_being_registered_and_the_servers_it_had(cli: Cli) -> None:
+    """Written before the register POST: a rerun after a kill looks for exactly this name, tag and dashboard."""
+    older = [cli.fake.create("web-7", tag="edge").id, cli.fake.create("web-7", tag="edge").id]
+    cli.fake.create("web-7", tag="AutoRegister")  # another tag: not the same name to the dashboard
+    cli.fake.create("web-8", tag="edge")
+    cli.fake.faults.answer_delay = 0.5  # the record exists while the answer is on its way
+    pending = cli.root / "var/lib/nezha-bootstrap/pending.json"
+    seen: list[tuple[str, int]] = []
+    watcher = threading.Thread(target=lambda: seen.append(_read_when_present(pending)))
+    watcher.start()
+
+    outcome = cli("run", "--tag", "edge", NODE_NAME="web-7")
+    watcher.join()
+
+    assert outcome.exit_code == 0, outcome.stderr
+    [(text, mode)] = seen
+    record = json.loads(text)
+    assert TIMESTAMP.match(record.pop("started_at"))
+    assert record == {"version": 1, "dashboard_url": cli.dashboard.url, "name": "web-7", "tag": "edge",
+                      "before": sorted(older), "machine_id": MACHINE_ID}
+    assert mode == 0o600
+    assert not pending.exists()  # removed once the secret was saved
+
+
+def test_the_pending_record_of_a_run_without_tag_has_the_dashboard_default_tag(cli: Cli) -> None:
+    cli.fake.faults.answer_delay = 0.5
+    pending = cli.root / "var/lib/nezha-bootstrap/pending.json"
+    seen: list[tuple[str, int]] = []
+    watcher = threading.Thread(target=lambda: seen.append(_read_when_present(pending)))
+    watcher.start()
+
+    outcome = cli("run", NODE_NAME="web-9")
+    watcher.join()
+
+    assert outcome.exit_code == 0, outcome.stderr
+    record = json.loads(seen[0][0])
+    assert (record["name"], record["tag"], record["before"]) == ("web-9", "AutoRegister", [])
+
+
+def _read_when_present(path: Path, seconds: float = 5.0) -> tuple[str, int]:
+    """The file's content and mode as soon as it exists (("", 0) if it never does)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            return path.read_text(), stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            time.sleep(0.002)
+    return "", 0
 
 
 # --- later runs ---------------------------------------------------------------------------------
