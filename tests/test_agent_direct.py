@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from nezha_bootstrap import agent as agent_mod
 from nezha_bootstrap.agent import (
     Leftover,
     Release,
@@ -30,6 +31,7 @@ from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.system import child_env
 from nezha_bootstrap.testing.fake_v1 import agent_zip
 from nezha_bootstrap.v0.direct import plan_v0
+from tests.test_run_v1 import V1Cli, fake_v1, v1cli  # noqa: F401  # the v1 CLI fixtures, for the caps end to end
 
 ZIP = agent_zip(b"#!/bin/sh\necho agent\n")
 SHA = hashlib.sha256(ZIP).hexdigest()
@@ -324,3 +326,50 @@ def test_a_command_run_without_an_environment_gets_the_scrubbed_one(monkeypatch:
     names = {line.split("=", 1)[0] for line in done.output.splitlines()}
     assert not names & {"NEZHA_TOKEN", "NEZHA_AGENT_SECRET", "NZ_UUID"}
     assert "PATH" in names
+
+
+# --- the caps: the agent member, the zip, checksums.txt ----------------------------------------------
+
+def test_an_agent_member_over_its_cap_is_refused_and_one_at_the_cap_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    binary = b"#!/bin/sh\necho agent\n"
+    zipped = agent_zip(binary)
+
+    monkeypatch.setattr(agent_mod, "BINARY_CAP", len(binary))
+    assert extract_binary(zipped) == binary
+    monkeypatch.setattr(agent_mod, "BINARY_CAP", len(binary) - 1)
+    with pytest.raises(InstallerFailed) as refused:
+        extract_binary(zipped)
+    assert str(refused.value) == f"nezha-agent in the zip is {len(binary)} bytes, over the {len(binary) - 1} cap"
+
+
+def test_a_small_zip_that_unpacks_past_the_cap_is_refused_by_the_size_it_declares(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bomb = agent_zip(b"\0" * (4 << 20))  # 4 MiB of zeros: a zip of a few KiB
+    monkeypatch.setattr(agent_mod, "BINARY_CAP", 1 << 20)
+
+    assert len(bomb) < 64 * 1024
+    with pytest.raises(InstallerFailed, match=f"is {4 << 20} bytes, over the {1 << 20} cap"):
+        extract_binary(bomb)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("cap", "what"), [("ZIP_CAP", "download nezha-agent_linux_amd64.zip"),
+                                          ("CHECKSUMS_CAP", "download checksums.txt")])
+def test_a_release_file_over_its_cap_exits_5_and_leaves_nothing(
+    v1cli: V1Cli, monkeypatch: pytest.MonkeyPatch, cap: str, what: str
+) -> None:
+    monkeypatch.setattr(agent_mod, cap, 16)  # smaller than any zip or checksums.txt of the fake release
+    before = files_under(v1cli.root)
+
+    outcome = v1cli()
+
+    assert outcome.exit_code == 5, outcome.stderr
+    assert f"{what}: " in outcome.stderr and " is larger than 16 bytes; refusing it" in outcome.stderr
+    assert files_under(v1cli.root) - before <= {"var/lib/nezha-bootstrap/lock"}
+    assert v1cli.agent_calls() == []
+    assert v1cli.fake.servers == []
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(path.relative_to(root)) for path in root.rglob("*") if not path.is_dir()}

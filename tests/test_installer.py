@@ -16,8 +16,9 @@ from nezha_bootstrap.config import Config, Settings, build
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.v0 import script as script_mod
 from nezha_bootstrap.v0.script import InstallPlan, check_script, plan
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, Cli
 
 SECRET = "gv4eGLwyvHIR9y5E7p"
 FACTS = Facts(hostname="web-1", primary_ipv4="192.0.2.10", machine_id="0123456789abcdef", systemd_running=False)
@@ -337,3 +338,32 @@ def test_verify_reads_the_openrc_script_when_there_is_no_systemd_unit(paths: Pat
     with pytest.raises(InstallerFailed) as caught:
         verify_unit(got, paths, "S3cr3t")
     assert str(caught.value) == "the agent unit does not start the agent as asked: server or secret differ"
+
+
+# --- the install script's cap, end to end -------------------------------------------------------------
+
+@pytest.mark.integration
+def test_an_install_script_over_its_cap_exits_5_runs_nothing_and_keeps_only_the_secret(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = len(cli.fake.files["/install.sh"])
+    monkeypatch.setattr(script_mod, "SCRIPT_CAP", size - 1)
+
+    outcome = cli("run")
+
+    assert outcome.exit_code == 5, outcome.stderr
+    assert outcome.stderr.splitlines()[-1] == (
+        f"error: download install.sh: {cli.dashboard.url}/install.sh is larger than {size - 1} bytes; refusing it")
+    assert cli.calls() == []
+    left = {str(p.relative_to(cli.root)) for p in cli.root.rglob("*") if not p.is_dir()}
+    assert left == {"etc/machine-id", "var/lib/nezha-bootstrap/state.json", "var/lib/nezha-bootstrap/lock"}
+
+
+@pytest.mark.integration
+def test_an_install_script_at_its_cap_is_run(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(script_mod, "SCRIPT_CAP", len(cli.fake.files["/install.sh"]))
+
+    outcome = cli("run")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert len(cli.calls()) == 1

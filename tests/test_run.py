@@ -493,7 +493,7 @@ def test_a_dashboard_that_stays_down_exits_4_at_the_deadline(cli: Cli) -> None:
 
     assert outcome.exit_code == 4
     assert "within the 1 s deadline" in outcome.stderr
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 1 + 2  # the deadline, plus 2 s at most
     assert not (cli.root / STATE).exists()
 
 
@@ -543,7 +543,7 @@ def test_a_held_lock_exits_6_after_the_lock_timeout(cli: Cli) -> None:
         waited = time.monotonic() - started
     assert outcome.exit_code == 6
     assert "another nezha-bootstrap run holds" in outcome.stderr
-    assert 0.5 <= waited < 3
+    assert 0.5 <= waited < 0.5 + 2  # the lock timeout, plus 2 s at most
     assert cli.fake.journal == []
 
 
