@@ -1,10 +1,13 @@
 """Benchmarks of issue 4: recovery, fleet, overhead and memory, against the local fake dashboard.
 
-    python benchmarks/bench.py [--quick] [--only NAME] [--json OUT]
+    python benchmarks/bench.py [--quick] [--only NAME] [--json OUT] [--check]
 
 Prints a table and writes JSON (default benchmarks/results/latest.json). Only 127.0.0.1 is used;
-every wait is bounded. The figures are measurements, not assertions: the exit status is 0 whether
-or not a target is met (the table and the JSON say which), and non-zero only if a benchmark broke.
+every wait is bounded. Without --check the figures are measurements, not assertions: the exit status
+is 0 whether or not a target is met (the table and the JSON say which), and non-zero only if a
+benchmark broke. With --check the exit status is 1 when a run it timed ended with another exit code
+than it should (a crash, a run expected to succeed that failed, a refusal with the wrong code) or a
+figure missed its target; each is named on stderr as a `check:` line.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ class Outcome:
 
     figures: dict[str, Any]
     targets: list[Target] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)  # runs that ended with another exit code than expected
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -589,7 +593,9 @@ def bench_v2fleet(plan: Plan) -> Outcome:
                 codes.append(node.wait())
             if codes[-1] != 0:
                 errors.append((node.stderr.read() if node.stderr else "").strip().splitlines()[-1:])
-    return Outcome(*v2fleet_figures(fake, count, codes, errors))
+    figures, targets = v2fleet_figures(fake, count, codes, errors)
+    broken = [f"v2fleet: node {i} exited with {code}, expected 0" for i, code in enumerate(codes) if code != 0]
+    return Outcome(figures, targets, broken)
 
 
 def v2fleet_figures(fake: FakeV1, count: int, codes: list[int], errors: list[list[str]]) -> tuple[dict[str, Any],
@@ -696,7 +702,7 @@ def bench_bombs(plan: Plan) -> Outcome:
     figures: dict[str, Any] = {"wire_bytes": len(payload), "decoded_mib": plan.sizes.bomb_mib,
                                "junk_zip_mib": round(len(junk) / (1 << 20), 1), "member_mib": plan.sizes.member_mib,
                                "member_zip_kib": round(len(member) / 1024, 1)}
-    targets = []
+    targets, broken = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name, (default, routes, settings, expected) in cases.items():
             with HostileServer(default, routes=routes) as server:
@@ -716,7 +722,11 @@ def bench_bombs(plan: Plan) -> Outcome:
                 figures[name].update(sigterm_to_exit_s=stop[0], sigterm_exit_code=stop[1])
                 targets.append(Target(f"bombs: {name} start->exit", round(sample.seconds, 2), 10.0 + 2.0, "s"))
                 targets.append(Target(f"bombs: {name} SIGTERM->exit (exit {stop[1]})", stop[0], 2.0, "s"))
-    return Outcome(figures, targets)
+                if stop[1] != 143:  # README's exit codes: 143 on SIGTERM
+                    broken.append(f"bombs: {name} SIGTERM->exit exited with {stop[1]}, expected 143")
+            if sample.returncode != expected:
+                broken.append(f"bombs: {name} exited with {sample.returncode}, expected {expected}")
+    return Outcome(figures, targets, broken)
 
 
 def agent_zip(size: int) -> bytes:
@@ -761,7 +771,7 @@ def bench_hostile(plan: Plan) -> Outcome:
     cases = {"header_trickle": "header_trickle", "continue": "continue", "body_trickle": "body_trickle",
              "silent_resolver": "silent"}
     figures: dict[str, Any] = {"deadline_s": deadline}
-    targets = []
+    targets, broken = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name, mode in cases.items():
             resolver = "silent-resolver" if name == "silent_resolver" else "system"
@@ -775,7 +785,11 @@ def bench_hostile(plan: Plan) -> Outcome:
                              "sigterm_exit_code": stop_code}
             targets.append(Target(f"hostile: {name} start->exit (exit {code})", to_exit, deadline + 2.0, "s"))
             targets.append(Target(f"hostile: {name} SIGTERM->exit (exit {stop_code})", to_stop, 2.0, "s"))
-    return Outcome(figures, targets)
+            # README's exit codes: 4 when the dashboard stays unreachable to the deadline, 143 on SIGTERM
+            for what, ended, expected in (("start->exit", code, 4), ("SIGTERM->exit", stop_code, 143)):
+                if ended != expected:
+                    broken.append(f"hostile: {name} {what} exited with {ended}, expected {expected}")
+    return Outcome(figures, targets, broken)
 
 
 # --- 8. zipapp: cold and warm starts of the .pyz against the installed tool ---
@@ -857,7 +871,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed-file", type=Path, default=SEED_FILE,
                         help=f"the seed script to compare a full run with (default {SEED_FILE})")
     parser.add_argument("--json", type=Path, default=DEFAULT_OUT, help=f"write results here (default {DEFAULT_OUT})")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a run ends with another exit code than expected or a target is missed")
     return parser.parse_args(argv)
+
+
+def check_failures(targets: list[Target], broken: list[str]) -> list[str]:
+    """`check:` lines for every run that broke and every target missed (empty: all as it should be)."""
+    lines = [f"check: run broke: {what}" for what in broken]
+    lines += [f"check: target missed: {t.name}: {'n/a' if t.value is None else f'{t.value:g}{t.unit}'}, "
+              f"limit < {t.limit:g}{t.unit}" for t in targets if not t.met]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -866,18 +890,28 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(QUICK if args.quick else Sizes(), args.seed_file)
     results: dict[str, Any] = {"meta": {**meta(args), "sizes": asdict(plan.sizes)}}
     targets: list[Target] = []
+    broken: list[str] = []
     for name in args.only or NAMES:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         outcome = BENCHMARKS[name](plan)
         results[name] = {**outcome.figures, "elapsed_s": round(time.monotonic() - started, 2)}
         targets += outcome.targets
+        broken += outcome.broken
     results["targets"] = [{**asdict(t), "met": t.met} for t in targets]
+    results["broken_runs"] = broken
     print(table(targets))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     print(f"results written to {args.json}", file=sys.stderr)
-    return 0
+    if not args.check:
+        return 0
+    failures = check_failures(targets, broken)
+    for line in failures:
+        print(line, file=sys.stderr)
+    print(f"check: {'FAILED' if failures else 'passed'} ({len(broken)} runs broke, "
+          f"{sum(1 for t in targets if not t.met)} of {len(targets)} targets missed)", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
