@@ -16,6 +16,7 @@ from nezha_bootstrap.identity import (
     machine_uuid,
     resolve,
     unsealed_clone,
+    unsealed_note,
     uuid_problem,
 )
 
@@ -109,3 +110,40 @@ def test_the_instance_id_is_read_from_cloud_inits_record(tmp_path: Path, content
 
     assert read_instance_id(path) == expected
     assert read_instance_id(tmp_path / "missing") is None
+
+
+# --- the messages, whole: an operator acts on exactly these words ------------------------------------------
+
+FIX = ("create a unique one with `systemd-machine-id-setup` (or `dbus-uuidgen > /etc/machine-id`), "
+       "or give the agent's uuid with --uuid")
+
+
+@pytest.mark.parametrize(("machine_id", "message"), [
+    (None, f"/etc/machine-id is missing or empty, so this machine has no stable identity; {FIX}"),
+    ("uninitialized", "/etc/machine-id says 'uninitialized' (systemd has not committed one yet, as on an image's "
+                      f"first boot before systemd-machine-id-commit); {FIX}"),
+    ("0123", f"/etc/machine-id is malformed (it must be 32 lower-case hexadecimal digits); {FIX}"),
+])
+def test_each_machine_id_problem_reads_whole(machine_id: str | None, message: str) -> None:
+    assert machine_id_problem(machine_id) == message
+
+
+def test_the_uuid_problem_reads_whole() -> None:
+    assert uuid_problem("8d3b2c6e0f415a6b9c7d1e2f3a4b5c6d") == (
+        "the uuid must be 36 characters: hexadecimal digits with hyphens at positions 9, 14, 19 and 24")
+
+
+def test_the_unsealed_clone_warning_names_both_instances_and_what_to_do() -> None:
+    assert unsealed_note("i-saved", "i-now") == (
+        "THIS MACHINE IS AN UNSEALED CLONE: cloud-init's instance-id is i-now, the state was written on "
+        "instance i-saved, and the machine-id is the same. The image was captured without "
+        "`nezha-bootstrap seal`, so its clones share the machine-id and the state; this one registers as its own "
+        "server. Seal images before capturing them, and give this machine its own machine-id "
+        "(systemd-machine-id-setup)")
+
+
+def test_resolve_without_a_machine_id_or_an_override_is_a_programming_error_said_so() -> None:
+    with pytest.raises(ValueError) as error:
+        resolve(None, None, None, None)
+
+    assert str(error.value) == "resolve() needs a machine-id when no --uuid is given"

@@ -12,7 +12,7 @@ import pytest
 
 from nezha_bootstrap.cli import main
 from nezha_bootstrap.errors import SettingsError
-from nezha_bootstrap.paths import Paths, inside, read_under
+from nezha_bootstrap.paths import MAX_LINKS, Paths, inside, read_under
 from tests.conftest import TOKEN, Cli, Outcome, make_runner
 
 URL = "https://nezha.example.com"
@@ -87,6 +87,43 @@ def test_a_link_loop_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(SettingsError, match="too many levels of symbolic links"):
         inside(tmp_path, "/a/x")
+
+
+@pytest.mark.parametrize("asked", ["/etc//../x", "/etc/./../x", "/etc/.//./../x", "//etc/../x"])
+def test_empty_and_dot_components_are_skipped_so_dotdot_climbs_a_real_one(tmp_path: Path, asked: str) -> None:
+    (tmp_path / "etc").mkdir()
+
+    assert inside(tmp_path, asked) == tmp_path / "x"
+
+
+@pytest.mark.parametrize("target", ["etc//../y", "etc/./../y", "./etc/../y"])
+def test_empty_and_dot_components_of_a_link_target_are_skipped_too(tmp_path: Path, target: str) -> None:
+    (tmp_path / "etc").mkdir()
+    link(tmp_path, "l", target)
+
+    assert inside(tmp_path, "/l/z") == tmp_path / "y/z"
+
+
+def chain(root: Path, hops: int) -> None:
+    """Links l0 -> l1 -> ... -> l<hops-1> -> /end: `hops` links to follow from /l0 to /end."""
+    (root / "end").mkdir()
+    for i in range(hops):
+        link(root, f"l{i}", f"/l{i + 1}" if i < hops - 1 else "/end")
+
+
+def test_as_many_links_as_the_kernel_follows_are_followed(tmp_path: Path) -> None:
+    chain(tmp_path, MAX_LINKS)
+
+    assert MAX_LINKS == 40
+    assert inside(tmp_path, "/l0/x") == tmp_path / "end/x"
+
+
+def test_one_link_more_than_the_kernel_follows_is_refused(tmp_path: Path) -> None:
+    chain(tmp_path, MAX_LINKS + 1)
+
+    with pytest.raises(SettingsError) as refused:
+        inside(tmp_path, "/l0/x")
+    assert refused.value.problems == [f"/l0/x under {tmp_path}: too many levels of symbolic links"]
 
 
 def test_the_host_root_is_left_to_the_kernel() -> None:
