@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import os
+import re
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -227,3 +231,199 @@ def test_a_pending_registration_behind_a_link_is_not_followed(paths: Paths, tmp_
 
     with pytest.raises(StateError):
         state_mod.load_pending(paths)
+
+
+# --- the file as written, read back whole ----------------------------------------------------------------
+
+def test_now_is_utc_to_the_second() -> None:
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", state_mod.now())
+
+
+def test_the_state_file_is_sorted_json_indented_by_two_ending_in_a_newline(paths: Paths) -> None:
+    state_mod.save(paths, SAVED)
+
+    assert paths.state_file.read_text() == json.dumps(valid_data(), indent=2, sort_keys=True) + "\n"
+
+
+def test_agent_flags_load_back_as_the_tuple_that_was_saved(paths: Paths) -> None:
+    saved = dataclasses.replace(SAVED, agent_flags=("--gpu", "--disable-auto-update"))
+    state_mod.save(paths, saved)
+
+    assert state_mod.load(paths) == saved
+
+
+@pytest.mark.parametrize(("changes", "why"), [
+    ({"agent_flags": ["--gpu", 1]}, "fields have the wrong type: agent_flags"),
+    ({"agent_flags": "--gpu"}, "fields have the wrong type: agent_flags"),
+    ({"uuid": None, "secret": ""}, "the node secret is not letters and digits"),
+    ({"uuid": "8d3b2c6e-0f41-5a6b-9c7d-1e2f3a4b5c6d", "secret": "abc!"}, "the node secret is not letters and digits"),
+    ({"version": 0}, "it has no version number"),
+])
+def test_a_state_read_without_moving_it_aside_names_the_problem_and_stays(
+    paths: Paths, changes: dict[str, object], why: str
+) -> None:
+    content = json.dumps(valid_data(**changes))
+    write_state(paths, content)
+
+    with pytest.raises(StateError) as caught:
+        state_mod.load(paths, move_aside=False)
+
+    assert str(caught.value) == (
+        f"the state file {paths.state_file} is unreadable ({why}); it was left as it is. "
+        "`nezha-bootstrap run` keeps it aside and registers this node anew")
+    assert paths.state_file.read_text() == content
+
+
+def test_a_v1_enrollment_has_a_uuid_and_no_node_secret(paths: Paths) -> None:
+    write_state(paths, json.dumps(valid_data(uuid="8d3b2c6e-0f41-5a6b-9c7d-1e2f3a4b5c6d", secret="")))
+
+    loaded = state_mod.load(paths)
+
+    assert loaded is not None and (loaded.uuid, loaded.secret) == ("8d3b2c6e-0f41-5a6b-9c7d-1e2f3a4b5c6d", "")
+
+
+@pytest.mark.parametrize(("make", "why"), [
+    (lambda file: file.mkdir(), "Is a directory"),
+    (lambda file: file.symlink_to(file.parent / "elsewhere.json"),
+     "it is a symbolic link, which nezha-bootstrap does not follow there; remove the link"),
+])
+def test_a_state_file_that_cannot_be_read_says_why(paths: Paths, make: Any, why: str) -> None:
+    paths.state_dir.mkdir(parents=True)
+    (paths.state_dir / "elsewhere.json").write_text(json.dumps(valid_data()))
+    make(paths.state_file)
+
+    with pytest.raises(StateError) as caught:
+        state_mod.load(paths)
+
+    assert str(caught.value) == f"cannot read the state file {paths.state_file}: {why}"
+
+
+@pytest.mark.parametrize(("code", "why"), [
+    (errno.ENOSPC, "the disk is full"),
+    (errno.EROFS, "the directory is read-only or not writable"),
+    (errno.EACCES, "the directory is read-only or not writable"),
+    (errno.EPERM, "the directory is read-only or not writable"),
+    (errno.EIO, "Input/output error"),
+])
+def test_a_failed_write_names_the_file_and_the_reason(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch, code: int, why: str
+) -> None:
+    def fail(path: Path, data: bytes) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(state_mod, "atomic_write", fail)
+
+    with pytest.raises(StateError) as state_error:
+        state_mod.save(paths, SAVED)
+    with pytest.raises(StateError) as pending_error:
+        state_mod.save_pending(paths, PENDING)
+
+    assert str(state_error.value) == f"cannot write the state file {paths.state_file}: {why}"
+    assert str(pending_error.value) == (
+        f"cannot write the state file {paths.pending_file}: {why}; nothing was registered")
+
+
+# --- the pending registration ------------------------------------------------------------------------------
+
+PENDING = state_mod.Pending(dashboard_url="https://dash.example.com", name='web "7"', tag="edge", before=(3, 9),
+                            machine_id="0123456789abcdef", started_at="2026-01-01T00:00:00+00:00")
+
+
+def test_a_pending_registration_loads_back_equal_from_a_private_file(paths: Paths) -> None:
+    state_mod.save_pending(paths, PENDING)
+
+    assert state_mod.load_pending(paths) == PENDING
+    assert paths.pending_file.read_text() == json.dumps(
+        {"version": 1, **dataclasses.asdict(PENDING)}, sort_keys=True) + "\n"
+    assert (mode(paths.pending_file), mode(paths.state_dir)) == (0o600, 0o700)
+
+
+def test_no_pending_registration_loads_as_none(paths: Paths) -> None:
+    assert state_mod.load_pending(paths) is None
+
+
+@pytest.mark.parametrize("field", ["dashboard_url", "name", "tag", "before", "started_at"])
+def test_a_pending_registration_missing_a_field_says_what_to_do_whole(paths: Paths, field: str) -> None:
+    data = {"version": 1, **dataclasses.asdict(PENDING)}
+    del data[field]
+    paths.state_dir.mkdir(parents=True)
+    paths.pending_file.write_text(json.dumps(data))
+
+    with pytest.raises(StateError) as caught:
+        state_mod.load_pending(paths)
+
+    assert str(caught.value) == (
+        f"{paths.pending_file} records a registration an earlier run did not finish, but it is unreadable; "
+        "look in the dashboard for a server named like this node that never connected, delete it, then "
+        "remove that file and run again")
+
+
+def test_a_pending_registration_without_a_machine_id_loads_with_none(paths: Paths) -> None:
+    data = {"version": 1, **dataclasses.asdict(PENDING)}
+    del data["machine_id"]
+    paths.state_dir.mkdir(parents=True)
+    paths.pending_file.write_text(json.dumps(data))
+
+    assert state_mod.load_pending(paths) == dataclasses.replace(PENDING, machine_id=None)
+
+
+def test_clearing_the_pending_registration_removes_it_and_clearing_none_is_fine(paths: Paths) -> None:
+    state_mod.save_pending(paths, PENDING)
+
+    state_mod.clear_pending(paths)
+    state_mod.clear_pending(paths)
+
+    assert not paths.pending_file.exists()
+    assert state_mod.load_pending(paths) is None
+
+
+def test_a_pending_registration_that_cannot_be_removed_says_why(paths: Paths) -> None:
+    paths.pending_file.mkdir(parents=True)  # a directory where the file should be
+
+    with pytest.raises(StateError) as caught:
+        state_mod.clear_pending(paths)
+
+    assert str(caught.value) == f"cannot remove {paths.pending_file}: Is a directory"
+
+
+# --- room for the state, proven before registering ----------------------------------------------------------
+
+def test_check_room_writes_and_syncs_a_block_beside_the_state_and_leaves_nothing(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[tuple[str, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    monkeypatch.setattr(state_mod.os, "fsync", fsync)
+
+    state_mod.check_room(paths)
+
+    [(name, size)] = synced
+    assert re.fullmatch(re.escape(f"{paths.state_dir}/.state.json.") + r"[^/]+\.tmp", name)
+    assert size == state_mod.ROOM_NEEDED == 4096
+    assert list(paths.state_dir.iterdir()) == []
+    assert mode(paths.state_dir) == 0o700
+
+
+@pytest.mark.parametrize("where", ["create", "sync"])
+def test_no_room_for_the_state_is_a_state_error_before_registering(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    def full(*args: object, **kwargs: object) -> Any:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if where == "create":
+        monkeypatch.setattr(state_mod.tempfile, "mkstemp", full)
+    else:
+        monkeypatch.setattr(state_mod.os, "fsync", full)
+
+    with pytest.raises(StateError) as caught:
+        state_mod.check_room(paths)
+
+    assert str(caught.value) == (
+        f"cannot write the state file {paths.state_file}: the disk is full; nothing was registered")
+    assert list(paths.state_dir.iterdir()) == []
