@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import signal
 import ssl
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from nezha_bootstrap.http import (
     retry_after_seconds,
     tls_context,
 )
+from nezha_bootstrap.interrupts import Stopped
 from nezha_bootstrap.retry import Transient, with_retries
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard
 from nezha_bootstrap.v0.api import (
@@ -648,3 +650,172 @@ def test_the_download_context_trusts_the_system_store_and_the_ca_bundle(tmp_path
 
     assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
     assert context.cert_store_stats()["x509_ca"] == system + 1
+
+
+# --- the v0 client's promises read back: where the token came from, caps, time, the saved secret -----------
+
+REFUSED_TOKEN = httpx.Response(200, text='{"code":403,"message":"forbidden"}')
+
+
+def test_classify_common_names_nezha_token_when_told_no_other_source() -> None:
+    message = refusal(lambda a: classify_common(a, "probe"), answer(200, '{"code":403}'))
+
+    assert message.startswith("probe: the dashboard refused the API token (HTTP 200 with a 403 body). "
+                              "Check the token in NEZHA_TOKEN: ")
+
+
+@pytest.mark.parametrize("call", ["register", "servers"])
+def test_a_refused_token_names_the_file_it_came_from_on_both_endpoints(call: str) -> None:
+    dashboard = Dashboard(mock_client(lambda request: REFUSED_TOKEN), BASE, TOKEN, source="--token-file /run/tok")
+
+    with pytest.raises(DashboardRefused) as caught:
+        if call == "register":
+            dashboard.register(dict(BODY), seconds_left=5)
+        else:
+            dashboard.servers("AutoRegister", seconds_left=5)
+
+    assert "Check the token in --token-file /run/tok: it must be the whole token" in str(caught.value)
+    assert "NEZHA_TOKEN" not in str(caught.value)
+
+
+def test_a_register_answer_that_is_not_utf8_is_refused_by_its_shape_not_a_crash() -> None:
+    message = refusal(classify_register, answer(200, b"\xff\xfe" * 9, content_type="text/plain"))
+
+    assert message == ("register: HTTP 200, but the answer is not a secret of the dashboard's shape "
+                       "(18 letters and digits; got 18 characters)")
+
+
+@pytest.mark.parametrize(("extra", "accepted"), [(0, True), (1, False)])
+def test_a_server_list_may_fill_its_cap_and_not_one_byte_more(extra: int, accepted: bool) -> None:
+    cap = ANSWER_CAP * 64
+    envelope = b'{"code":0,"message":"success","result":[{"id":1,"name":"a"}]}'
+    body = envelope + b" " * (cap - len(envelope) + extra)  # JSON may end in blanks
+    dashboard = Dashboard(mock_client(lambda request: httpx.Response(200, content=body)), BASE, TOKEN)
+
+    if accepted:
+        assert dashboard.servers("AutoRegister", seconds_left=5) == [{"id": 1, "name": "a"}]
+    else:
+        with pytest.raises(DashboardRefused, match=f"larger than {cap} bytes"):
+            dashboard.servers("AutoRegister", seconds_left=5)
+
+
+@pytest.mark.parametrize(("call", "ambiguous"), [("servers", False), ("register", True)])
+def test_a_broken_connection_is_ambiguous_for_the_post_only(call: str, ambiguous: bool) -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("Connection reset by peer", request=request)
+
+    dashboard = Dashboard(mock_client(broken), BASE, TOKEN)
+
+    with pytest.raises(Transient) as caught:
+        if call == "register":
+            dashboard.register(dict(BODY), seconds_left=5)
+        else:
+            dashboard.servers("AutoRegister", seconds_left=5)
+
+    assert caught.value.ambiguous is ambiguous
+
+
+def test_ids_named_asks_under_the_tag_and_keeps_only_that_name_with_an_integer_id() -> None:
+    seen: list[httpx.Request] = []
+    listed = [{"id": 3, "name": "web-1"}, {"id": 4, "name": "web-2"}, {"id": "5", "name": "web-1"},
+              {"id": 6, "name": "web-1"}, {"name": "web-1"}]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"code": 0, "result": listed})
+
+    ids = Dashboard(mock_client(handler), BASE, TOKEN).ids_named("web-1", "edge", seconds_left=5)
+
+    assert ids == {3, 6}
+    assert [r.url.query for r in seen] == [b"tag=edge"]
+
+
+class Journal:
+    """A MockTransport handler over the fake dashboard that records each request and its read timeout."""
+
+    def __init__(self, fake: FakeDashboard, list_delay: float = 0.0) -> None:
+        self.fake, self.list_delay = fake, list_delay
+        self.handler = fake_transport(fake).handler  # type: ignore[attr-defined]
+        self.timeouts: list[tuple[str, float]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.timeouts.append((request.method, request.extensions["timeout"]["read"]))
+        if request.method == "GET":
+            time.sleep(self.list_delay)
+        return self.handler(request)  # type: ignore[no-any-return]
+
+
+def registration(journal: Journal, **fields: Any) -> Registration:
+    client = make_client(transport=httpx.MockTransport(journal))
+    return Registration(Dashboard(client, BASE, TOKEN), {**BODY, "Tag": "edge"}, tag="edge", **fields)
+
+
+def test_the_pending_record_gets_the_ids_seen_under_the_tag_and_keep_gets_the_secret() -> None:
+    fake = FakeDashboard(TOKEN)
+    old = [fake.create("web-1", tag="edge").id, fake.create("web-1", tag="edge").id]
+    fake.create("web-1")  # another tag
+    recorded: list[set[int]] = []
+    kept: list[str] = []
+
+    secret = registration(Journal(fake), pending=recorded.append, keep=kept.append).attempt(5)
+
+    assert recorded == [set(old)]
+    assert kept == [secret] == [fake.servers[-1].secret]
+    assert fake.servers[-1].tag == "edge"
+
+
+def test_the_post_gets_the_time_the_list_left() -> None:
+    journal = Journal(FakeDashboard(TOKEN), list_delay=0.3)
+
+    registration(journal).attempt(0.5)
+
+    [listed, (method, posted)] = journal.timeouts
+    assert listed == ("GET", 0.5)
+    assert method == "POST" and 0.0 < posted <= 0.5 - 0.3
+
+
+def test_a_lost_answer_names_every_new_id() -> None:
+    fake = FakeDashboard(TOKEN)
+    fake.faults.lost_response = 1
+    attempt = registration(Journal(fake))
+    with pytest.raises(Transient):
+        attempt.attempt(5)
+    fake.create("web-1", tag="edge")  # a second server so named appeared meanwhile
+
+    with pytest.raises(DashboardRefused) as caught:
+        attempt.attempt(5)
+
+    assert "(id 1, 2)" in str(caught.value)
+
+
+def test_after_a_look_that_found_nothing_a_plain_failure_does_not_look_again() -> None:
+    fake = FakeDashboard(TOKEN)
+    fake.faults.fail_next = ["drop", 503]
+    fake.faults.only_paths = ("/api/v1/server/register",)
+    attempt = registration(Journal(fake))
+
+    for _ in range(2):
+        with pytest.raises(Transient):
+            attempt.attempt(5)
+        if attempt.suspect:
+            continue
+    secret = attempt.attempt(5)
+
+    assert secret == fake.servers[-1].secret
+    assert attempt.suspect is False
+    assert requests_made(fake) == [LIST, POST, LIST, POST, POST]
+
+
+def test_a_stop_during_the_post_says_the_answer_may_be_lost() -> None:
+    def stopped(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            raise Stopped(signal.SIGTERM)
+        return httpx.Response(200, json={"code": 0, "result": []})
+
+    client = make_client(transport=httpx.MockTransport(stopped))
+    attempt = Registration(Dashboard(client, BASE, TOKEN), dict(BODY), tag="edge")
+
+    with pytest.raises(Stopped) as caught:
+        attempt.attempt(5)
+
+    assert (caught.value.signum, caught.value.unanswered, caught.value.exit_code) == (signal.SIGTERM, True, 143)

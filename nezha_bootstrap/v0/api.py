@@ -18,6 +18,7 @@ from nezha_bootstrap.retry import Transient
 if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
 
+LIST_CAP = ANSWER_CAP * 64  # a list of thousands of servers
 SECRET_SHAPE = re.compile(r"^[0-9A-Za-z]{18}\Z")  # v0 secrets: 18 of [0-9A-Za-z]; \Z: no trailing newline
 _V1_BODY = {"error": "404 Not Found"}
 
@@ -40,10 +41,11 @@ V1_MESSAGE = (
 )
 
 
-def classify_common(answer: Answer, what: str, source: str = "NEZHA_TOKEN") -> None:
-    """Raise for answers every token endpoint shares: redirects, v1, disguised 403, 4xx, 5xx, 429."""
+def classify_common(answer: Answer, what: str, source: str = "NEZHA_TOKEN", cap: int = ANSWER_CAP) -> None:
+    """Raise for answers every token endpoint shares: redirects, v1, disguised 403, 4xx, 5xx, 429, and an
+    answer cut at `cap` (the cap it was read with)."""
     status = answer.status
-    value = check_answer(answer, what, ANSWER_CAP)
+    value = check_answer(answer, what, cap)
     parsed = value is not None
     if parsed and value == _V1_BODY and status in (200, 404):
         raise DashboardRefused(f"{what}: {V1_MESSAGE}")
@@ -87,7 +89,8 @@ def classify_register(answer: Answer, source: str = "NEZHA_TOKEN") -> str:
         )
     parsed, value = json_body(answer.body)
     if not parsed:
-        value = answer.body.decode("utf-8", errors="replace").strip()  # the bare secret the seed's text shows
+        # the bare secret the seed's text shows; utf-8 is decode's default and any case of it the same codec:
+        value = answer.body.decode("utf-8", errors="replace").strip()  # pragma: no mutate - see the line above
     if isinstance(value, dict) and isinstance(value.get("secret"), str) and value.get("code") == 200:
         value = value["secret"]  # the full answer: the server was created, keep its secret
     if isinstance(value, dict):
@@ -107,7 +110,7 @@ def classify_register(answer: Answer, source: str = "NEZHA_TOKEN") -> str:
 def classify_list(answer: Answer, source: str = "NEZHA_TOKEN") -> list[dict[str, Any]]:
     """Return the servers of a list answer, or raise as for register."""
     what = "server list"
-    classify_common(answer, what, source)
+    classify_common(answer, what, source, LIST_CAP)
     parsed, value = json_body(answer.body)
     if not parsed or not isinstance(value, dict) or not isinstance(value.get("result"), list):
         raise DashboardRefused(f"{what}: HTTP 200, but not the dashboard's list envelope")
@@ -124,23 +127,27 @@ class Dashboard:
     source: str = "NEZHA_TOKEN"  # where the token came from: a refusal names it
 
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": self.token}  # the whole value is the token: no scheme word
+        return {"Authorization": self.token}  # pragma: no mutate - the whole token, no scheme; names are any case
 
     def register(self, body: dict[str, str], seconds_left: float) -> str:
         """POST one register request; the secret, or Transient/DashboardRefused."""
         answer = fetch(
-            self.client, "POST", f"{self.base_url}/api/v1/server/register?simple=true",
+            self.client,
+            "POST",  # pragma: no mutate - httpx upper-cases a method
+            f"{self.base_url}/api/v1/server/register?simple=true",
             seconds_left=seconds_left, cap=ANSWER_CAP, ambiguous=True,
-            headers={**self._headers(), "Content-Type": "application/json"},
-            content=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+            headers={**self._headers(), "Content-Type": "application/json"},  # pragma: no mutate - names are any case
+            content=json.dumps(body, ensure_ascii=False).encode(),  # pragma: no mutate - None is as false as False
         )
         return classify_register(answer, self.source)
 
     def servers(self, tag: str, seconds_left: float) -> list[dict[str, Any]]:
         """GET the servers under `tag` (creates nothing; checks the token)."""
         answer = fetch(
-            self.client, "GET", f"{self.base_url}/api/v1/server/list",
-            seconds_left=seconds_left, cap=ANSWER_CAP * 64, ambiguous=False,
+            self.client,
+            "GET",  # pragma: no mutate - httpx upper-cases a method
+            f"{self.base_url}/api/v1/server/list",
+            seconds_left=seconds_left, cap=LIST_CAP, ambiguous=False,
             headers=self._headers(), params={"tag": tag},
         )
         return classify_list(answer, self.source)
