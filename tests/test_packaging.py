@@ -822,3 +822,27 @@ def test_a_bundle_installs_its_v1_agent_with_no_release_host(bundle_pyz: Path, t
     assert not [j.path for j in fake.journal if j.path.startswith("/releases")]
     cache = tmp_path / "cache"  # the agent zips are read from the archive, never extracted (ARCHIVE_ONLY)
     assert list(cache.rglob("manifest.json")) and list(cache.rglob("*.zip")) == []
+
+# --- the scheduled mutation run ------------------------------------------------------------------------
+
+MUTATION_WORKFLOW = REPO / ".github" / "workflows" / "mutation.yml"
+
+
+def test_mutation_workflow_is_valid_against_the_schema() -> None:
+    result = _check_jsonschema(MUTATION_WORKFLOW)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mutation_workflow_runs_every_configured_module_on_a_schedule_and_never_on_push() -> None:
+    import yaml
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the 3.9 run of the suite skips this
+    workflow = yaml.safe_load(MUTATION_WORKFLOW.read_text())
+    configured = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["nezha-bootstrap"]["mutation"]
+    trigger = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as True
+    [job] = workflow["jobs"].values()
+
+    assert set(trigger) == {"schedule", "workflow_dispatch"}
+    assert job["strategy"]["matrix"]["module"] == list(configured)
+    assert 'scripts/mutation.py "${{ matrix.module }}"' in job["steps"][-1]["run"]
+    assert "--min-score 90" in job["steps"][-1]["run"]
