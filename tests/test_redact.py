@@ -145,3 +145,88 @@ def test_a_network_error_is_masked_whole_before_it_is_cut() -> None:
     text = _reason(httpx.ConnectError("x" * 190 + secret))
 
     assert "S3cr" not in text
+
+
+# --- each spelling, each boundary, read back whole ------------------------------------------------------
+
+def test_forms_are_the_value_json_escaped_ascii_and_not_shell_escaped_and_repr_and_each_json_once_more() -> None:
+    assert redact.forms('é"x') == {
+        'é"x',  # as is; repr('é"x')[1:-1] is the same
+        r'\u00e9\"x',  # JSON, ASCII only
+        r'é\"x',  # JSON keeping non-ASCII; also the shell's double-quoted form
+        r'\\u00e9\\\"x', r'\u00e9\\\"x', r'é\\\"x',  # each of those inside a JSON string once more
+    }
+
+
+def test_forms_of_a_padded_value_hold_the_stripped_value_and_its_spellings() -> None:
+    assert redact.forms('é"x') | {' é"x '} <= redact.forms(' é"x ')
+
+
+def test_forms_skip_a_stripped_value_under_three_characters() -> None:
+    assert redact.forms(" ab ") == {" ab "}
+
+
+@pytest.mark.parametrize(("secret", "spelling"), [
+    ("tab\there", "tab\\there"),  # repr and JSON
+    ("it's\\ok", "it's\\\\ok"),  # repr doubles the backslash
+    ("cash$`x`", "cash\\$\\`x\\`"),  # the shell's double quotes
+    ("pässwörd", "p\\u00e4ssw\\u00f6rd"),  # JSON, ASCII only
+])
+def test_each_spelling_is_masked_where_it_is_written(secret: str, spelling: str) -> None:
+    redact.register(secret)
+
+    assert redact.redact(f"[{spelling}]") == "[***]"
+    assert redact.holds_secret(f"[{spelling}]")
+
+
+@pytest.mark.parametrize(("value", "masked"), [
+    ("abc", True), ("ab", False), (" ab ", True), ("", False), (None, False),
+])
+def test_values_of_three_characters_or_more_are_remembered(value: str | None, masked: bool) -> None:
+    redact.register(value)
+
+    assert (redact.redact("[abc] [ab] [ ab ]") != "[abc] [ab] [ ab ]") is masked
+    assert redact.redact("[ab]") == "[ab]"  # two characters are never masked alone: they would garble words
+
+
+def test_a_value_registered_with_whitespace_is_masked_with_and_without_it() -> None:
+    redact.register("  S3cr3tValue\n")
+
+    assert redact.redact("a S3cr3tValue b") == "a *** b"
+    assert redact.redact("a:  S3cr3tValue\n:b") == "a:***:b"  # as given: the padding goes with it
+
+
+def test_overlapping_occurrences_become_one_mask_and_adjacent_ones_two() -> None:
+    redact.register("aaa", "bbb")
+
+    assert redact.redact("<aaaa>") == "<***>"
+    assert redact.redact("<aaabbb>") == "<******>"
+
+
+def test_forget_all_drops_every_value_and_every_phrase() -> None:
+    redact.register("S3cr3tValue")
+    redact.ours("our S3cr3tValue words")
+
+    redact.forget_all()
+
+    assert redact.redact("S3cr3tValue") == "S3cr3tValue"
+    assert not redact.holds_secret("S3cr3tValue")
+    redact.register("S3cr3tValue")
+    assert redact.redact("our S3cr3tValue words") == "our *** words"  # the phrase was forgotten too
+
+
+def test_a_phrase_declared_again_keeps_what_it_held_before_and_adds_what_it_holds_now() -> None:
+    redact.register("wrong")
+    redact.ours(PHRASE)
+    redact.register("username")
+    redact.ours(PHRASE)
+
+    assert redact.redact(PHRASE) == PHRASE
+
+
+def test_a_secret_exactly_as_long_as_our_phrase_is_kept_inside_it() -> None:
+    redact.register(PHRASE)
+    redact.ours(PHRASE)
+
+    assert redact.redact(f"x {PHRASE} x") == f"x {PHRASE} x"
+    assert redact.redact(f"x {PHRASE}{PHRASE[:5]}") == f"x {PHRASE}{PHRASE[:5]}"
