@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import json
 import os
 import re
@@ -189,12 +190,26 @@ def test_a_second_holder_waits_for_the_timeout_then_gets_lock_busy(paths: Paths)
     assert 0.3 <= waited < 2
 
 
+def held_elsewhere(lock_file: Path) -> bool:
+    """Whether another open file description holds the lock (flock refuses this one at once)."""
+    with open(lock_file, "rb") as other:
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(other, fcntl.LOCK_UN)
+        return False
+
+
 def test_the_lock_is_released_after_the_with_block(paths: Paths) -> None:
     with state_mod.locked(paths, timeout=1):
-        pass
+        held_first = held_elsewhere(paths.lock_file)
+    released = not held_elsewhere(paths.lock_file)
 
-    with state_mod.locked(paths, timeout=0):
-        pass
+    with state_mod.locked(paths, timeout=0):  # timeout 0: LockBusy at once if the first still held it
+        held_again = held_elsewhere(paths.lock_file)
+
+    assert (held_first, released, held_again) == (True, True, True)
 
 
 def test_the_lock_is_released_when_the_block_raises(paths: Paths) -> None:
