@@ -195,7 +195,7 @@ def load_pending(paths: Paths, *, move_aside: bool = False) -> Pending | None:
     try:
         data = json.loads(read_nofollow(paths.pending_file, paths.root))
         if not isinstance(data.get("before"), list):
-            raise TypeError("before is not a list of server ids")
+            raise TypeError("before is not a list")  # pragma: no mutate - the StateError below replaces it
         pending = Pending(dashboard_url=str(data["dashboard_url"]), name=str(data["name"]), tag=str(data["tag"]),
                           before=tuple(int(i) for i in data["before"]), machine_id=data.get("machine_id"),
                           started_at=str(data["started_at"]))

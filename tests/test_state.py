@@ -442,3 +442,25 @@ def test_no_room_for_the_state_is_a_state_error_before_registering(
     assert str(caught.value) == (
         f"cannot write the state file {paths.state_file}: the disk is full; nothing was registered")
     assert list(paths.state_dir.iterdir()) == []
+
+
+def test_a_failure_without_an_os_reason_is_named_by_its_words(paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    def odd(*args: object) -> Any:
+        raise OSError("odd failure")  # no errno, no strerror
+
+    monkeypatch.setattr(state_mod, "atomic_write", odd)
+    monkeypatch.setattr(state_mod, "read_nofollow", odd)
+
+    with pytest.raises(StateError) as written:
+        state_mod.save(paths, SAVED)
+    with pytest.raises(StateError) as read:
+        state_mod.load(paths)
+
+    assert str(written.value) == f"cannot write the state file {paths.state_file}: odd failure"
+    assert str(read.value) == f"cannot read the state file {paths.state_file}: odd failure"
+
+
+def test_read_nofollow_gives_the_bytes_as_stored(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"\xff\xfe not UTF-8 \n")
+
+    assert state_mod.read_nofollow(tmp_path / "f") == b"\xff\xfe not UTF-8 \n"
