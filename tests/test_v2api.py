@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import uuid
@@ -12,11 +13,23 @@ from typing import Any
 import httpx
 import pytest
 
+from nezha_bootstrap import redact
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
-from nezha_bootstrap.http import make_client
+from nezha_bootstrap.http import Answer, make_client
 from nezha_bootstrap.testing.fake_v0 import Running
 from nezha_bootstrap.testing.fake_v1 import FakeV1, V1Server, serve_v1
-from nezha_bootstrap.v1.api import LAG, WHOLE_LIST_AFTER, WINDOW, ServerFinder, TokenRefused, V2Api, login
+from nezha_bootstrap.v1.api import (
+    FORM_DEFAULTS,
+    LAG,
+    WHOLE_LIST_AFTER,
+    WINDOW,
+    ServerFinder,
+    TokenRefused,
+    V2Api,
+    _forbidden,
+    classify,
+    login,
+)
 
 UUIDS = [f"{i:08x}-0f41-5a6b-9c7d-1e2f3a4b5c6d" for i in range(1, 21)]
 
@@ -366,3 +379,159 @@ def test_the_fake_answers_several_ids_in_the_real_order(fake: FakeV1, running: R
 
     assert [item["id"] for item in items] == [4, 5, 2]
     assert len(api(client, running, fake.add_token()).servers_with_ids([99])) == 5  # none: the whole list
+
+
+# --- the classifier's and the client's words and requests, read back whole ---------------------------------
+
+WAF = ("Not retrying: the dashboard's WAF counts every failed credential from this address and blocks it "
+       "for longer after each (10 failures: about 3 hours)")
+
+
+def v2_answer(status: int, value: object = None, body: bytes | None = None) -> Answer:
+    return Answer(status, "application/json", body if body is not None else json.dumps(value).encode())
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    (v2_answer(401, {"error": "x"}), "server list: HTTP 401: the dashboard refused the access token (wrong, revoked "
+                                     f"or expired). {WAF}; create a new token and run again"),
+    (v2_answer(403, {"error": "ApiErrorForbidden: api token lacks scope  server:read "}),
+     "server list: HTTP 403: the access token lacks scope server:read; create a token with server:read (see the "
+     "README's least-privilege setup). Not retrying"),
+    (v2_answer(403, body=b"<html>blocked by nezha WAF</html>"),
+     "server list: HTTP 403: the dashboard's WAF blocks this address after failed credentials; wait, or unblock "
+     "it in the dashboard's settings. Not retrying"),
+    (v2_answer(403, {"error": "nope"}), "server list: HTTP 403: access refused (nope). Not retrying"),
+    (v2_answer(403, {}), "server list: HTTP 403: access refused (no reason given). Not retrying"),
+    (v2_answer(404, {}), "server list: HTTP 404: the URL does not point at a v1/v2 dashboard's API"),
+    (v2_answer(418, {}), "server list: HTTP 418, not the dashboard's JSON answer"),
+    (v2_answer(200, [1]), "server list: HTTP 200, not the dashboard's JSON answer"),
+    (v2_answer(200, {"success": False, "error": "ApiErrorUnauthorized x"}),
+     "server list: the dashboard saw no valid credential (a proxy may drop the Authorization header, or the "
+     f"login expired). {WAF}"),
+    (v2_answer(200, {"success": False, "error": "it broke"}), "server list: the dashboard refused: it broke"),
+    (v2_answer(200, {"success": False}), "server list: the dashboard refused: no success flag"),
+    (v2_answer(200, {"success": True, "error": "odd"}), "server list: the dashboard refused: odd"),
+    (v2_answer(200, {"success": "yes"}), "server list: the dashboard refused: no success flag"),
+])
+def test_each_refusal_reads_whole(given: Answer, message: str) -> None:
+    with pytest.raises(DashboardRefused) as refused:
+        classify(given, "server list")
+
+    assert str(refused.value) == message
+    assert isinstance(refused.value, TokenRefused) is (given.status in (401, 403) or "Unauthorized" in message
+                                                        or "no valid credential" in message)
+
+
+def test_a_success_gives_its_data_or_none() -> None:
+    assert classify(v2_answer(200, {"success": True, "data": [1, 2]}), "x") == [1, 2]
+    assert classify(v2_answer(200, {"success": True}), "x") is None
+
+
+@pytest.mark.parametrize(("error", "shown"), [
+    ("ApiErrorForbidden: api token lacks scope " + "s" * 80, "s" * 64),
+    ("ApiErrorForbidden: api token lacks scope HOLDS-S3cr3tS3cr3t", "(not shown: it held a credential)"),
+])
+def test_a_scope_is_cut_at_64_characters_and_never_shows_a_credential(error: str, shown: str) -> None:
+    redact.register("S3cr3tS3cr3t")
+
+    message = _forbidden("x", error, v2_answer(403, {"error": error}))
+
+    assert message.startswith(f"x: HTTP 403: the access token lacks scope {shown}; create a token with {shown} ")
+
+
+@pytest.mark.parametrize(("error", "shown"), [
+    ("e" * 300, "e" * 200), ("words S3cr3tS3cr3t", "its words held a credential: not shown"),
+])
+def test_a_reason_is_cut_at_200_characters_and_never_shows_a_credential(error: str, shown: str) -> None:
+    redact.register("S3cr3tS3cr3t")
+
+    forbidden = _forbidden("x", error, v2_answer(403, {"error": error}))
+    with pytest.raises(DashboardRefused) as refused:
+        classify(v2_answer(200, {"success": False, "error": error}), "x")
+
+    assert forbidden == f"x: HTTP 403: access refused ({shown}). Not retrying"
+    assert str(refused.value) == "x: the dashboard refused: " + (
+        shown if shown != "its words held a credential: not shown" else "(its words held a credential: not shown)")
+
+
+class Recorder:
+    """A MockTransport handler answering success with `data`, recording each request."""
+
+    def __init__(self, data: object = None, cookies: dict[str, str] | None = None) -> None:
+        self.data, self.cookies = data, cookies or {}
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        headers = [("set-cookie", f"{k}={v}; Path=/") for k, v in self.cookies.items()]
+        return httpx.Response(200, json={"success": True, "data": self.data}, headers=headers)
+
+
+def mock_api(recorder: Recorder, **kwargs: Any) -> V2Api:
+    return V2Api(make_client(transport=httpx.MockTransport(recorder)), "http://dash.test", "PAT-S3cr3t", **kwargs)
+
+
+def test_requests_carry_the_bearer_token_and_the_csrf_value_only_when_they_change_something() -> None:
+    recorder = Recorder(data=[])
+    v2 = mock_api(recorder, csrf="Csrf-S3cr3t")
+
+    v2.servers()
+    v2.patch_server(7, {"name": "web-é"})
+
+    get, patch = recorder.requests
+    assert (get.method, get.url.path, get.headers["authorization"]) == ("GET", "/api/v1/server", "Bearer PAT-S3cr3t")
+    assert "x-csrf-token" not in get.headers and "content-type" not in get.headers
+    assert (patch.method, patch.url.path, patch.headers["x-csrf-token"]) == ("PATCH", "/api/v1/server/7", "Csrf-S3cr3t")
+    assert patch.headers["content-type"] == "application/json"
+    assert patch.content == json.dumps({**FORM_DEFAULTS, "name": "web-é"}, ensure_ascii=False).encode()
+    assert redact.redact("PAT-S3cr3t Csrf-S3cr3t") == "*** ***"
+
+
+def test_server_by_id_asks_for_the_id_and_matches_it_exactly() -> None:
+    recorder = Recorder(data=[{"id": 1}, {"id": 7, "name": "a"}, "junk"])
+
+    assert mock_api(recorder).server_by_id(7) == {"id": 7, "name": "a"}
+    assert mock_api(Recorder(data=None)).server_by_id(7) is None
+    assert recorder.requests[0].url.params["id"] == "7"
+
+
+def test_servers_keep_only_objects_with_an_integer_id() -> None:
+    assert mock_api(Recorder(data=[{"id": 1}, {"id": "2"}, [3], {"name": "x"}])).servers() == [{"id": 1}]
+    with pytest.raises(DashboardRefused, match="^server list: the answer's data is not a list$"):
+        mock_api(Recorder(data={"id": 1})).servers()
+
+
+def test_login_posts_the_credentials_as_json_and_keeps_deadline_notify_and_csrf() -> None:
+    recorder = Recorder(data={"token": "JWT-S3cr3t"}, cookies={"nz-csrf": "Csrf-Value1"})
+    client = make_client(transport=httpx.MockTransport(recorder))
+    said: list[str] = []
+
+    v2 = login(client, "http://dash.test", "ops", "pa55-w0rd", deadline=7, notify=said.append)
+
+    [request] = recorder.requests
+    assert (request.method, request.url.path) == ("POST", "/api/v1/login")
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(request.content) == {"username": "ops", "password": "pa55-w0rd"}
+    assert (v2.token, v2.csrf, v2.deadline, v2.notify) == ("JWT-S3cr3t", "Csrf-Value1", 7, said.append)
+    assert redact.redact("pa55-w0rd JWT-S3cr3t") == "*** ***"
+
+
+@pytest.mark.parametrize("data", [{"token": ""}, {"token": 5}, {}, None, ["token"]])
+def test_a_login_answer_without_a_token_is_refused(data: object) -> None:
+    client = make_client(transport=httpx.MockTransport(Recorder(data=data)))
+
+    with pytest.raises(DashboardRefused) as refused:
+        login(client, "http://dash.test", "ops", "pa55-w0rd", deadline=5)
+
+    assert str(refused.value) == "login: the answer holds no token"
+
+
+def test_a_wrong_password_reads_whole_and_shows_no_credential() -> None:
+    def wrong(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"success": False, "error": "ApiErrorUnauthorized: wrong"})
+
+    client = make_client(transport=httpx.MockTransport(wrong))
+    with pytest.raises(TokenRefused) as refused:
+        login(client, "http://dash.test", "ops", "wrong", deadline=5)
+
+    assert redact.redact(str(refused.value)) == f"login: wrong username or password. {WAF}"
