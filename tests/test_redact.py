@@ -230,3 +230,10 @@ def test_a_secret_exactly_as_long_as_our_phrase_is_kept_inside_it() -> None:
 
     assert redact.redact(f"x {PHRASE} x") == f"x {PHRASE} x"
     assert redact.redact(f"x {PHRASE}{PHRASE[:5]}") == f"x {PHRASE}{PHRASE[:5]}"
+
+
+def test_a_secret_at_the_very_start_and_end_of_a_text_is_masked() -> None:
+    redact.register("S3cr3tValue")
+
+    assert redact.redact("S3cr3tValue is S3cr3tValue") == "*** is ***"
+    assert redact.redact("S3cr3tValue") == "***"
