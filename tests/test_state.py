@@ -298,7 +298,7 @@ def test_a_v1_enrollment_has_a_uuid_and_no_node_secret(paths: Paths) -> None:
 
 
 @pytest.mark.parametrize(("make", "why"), [
-    (lambda file: file.mkdir(), "Is a directory"),
+    (lambda file: file.mkdir(), "it is a directory, not a regular file"),
     (lambda file: file.symlink_to(file.parent / "elsewhere.json"),
      "it is a symbolic link, which nezha-bootstrap does not follow there; remove the link"),
 ])
