@@ -19,27 +19,23 @@ from functools import partial
 MASK = "***"
 
 _lock = threading.Lock()
-_secrets: set[str] = set()
 _spellings: list[str] = []  # every form of every secret, longest first
 _ours: dict[str, frozenset[str]] = {}  # our phrase -> the spellings it held when declared (our words)
 
 
 def register(*values: str | None) -> None:
     """Remember values that must never be shown (tokens, node secrets, URL passwords), as given and
-    stripped: settings strip a value after it was registered (a secret with a trailing newline)."""
+    stripped (`forms`): settings strip a value after it was registered (a secret with a trailing newline)."""
     with _lock:
         for value in values:
-            for form in (value, value.strip() if value else None):
-                if form and len(form) >= 3 and form not in _secrets:
-                    _secrets.add(form)
-                    # sorted for reading only: every spelling is searched for, whatever the order
-                    _spellings[:] = sorted(set(_spellings) | forms(form), key=len, reverse=True)  # pragma: no mutate
+            if value and len(value) >= 3:  # stripping only shortens: a shorter value has no form to remember
+                # sorted for reading only: every spelling is searched for, whatever the order
+                _spellings[:] = sorted(set(_spellings) | forms(value), key=len, reverse=True)  # pragma: no mutate
 
 
 def forget_all() -> None:
     """Drop every remembered value (tests and in-process demo runs)."""
     with _lock:
-        _secrets.clear()
         _spellings.clear()
         _ours.clear()
 
@@ -48,9 +44,8 @@ def redact(text: str) -> str:
     """Return `text` with every spelling of every remembered value masked; a spelling lying wholly
     inside a phrase declared with `ours` (and known when it was declared) is our words and kept."""
     with _lock:
-        spellings = list(_spellings)
-        ours = {phrase: held for phrase, held in _ours.items()
-                if held and phrase in text}  # pragma: no mutate - a filter only: the rest shelter nothing
+        spellings, declared = list(_spellings), list(_ours.items())
+    ours = {phrase: held for phrase, held in declared if held and phrase in text}  # pragma: no mutate - a filter
     hidden = _occurrences(text, spellings)
     if not hidden or not ours:  # pragma: no mutate - a shortcut: the general path gives the same
         return _mask(text, [span for span, _ in hidden])
@@ -90,7 +85,7 @@ def ours(text: str) -> str:
     in "wrong username or password"); one remembered later is masked in it like anywhere else."""
     with _lock:
         held = frozenset(spelling for spelling in _spellings if spelling in text)
-        _ours[text] = _ours.get(text, frozenset()) | held
+        _ours[text] = held  # spellings are only ever added: what it held before, it holds now too
     return text
 
 
@@ -113,9 +108,9 @@ def forms(secret: str) -> set[str]:
     found: set[str] = set()
     for value in (secret, secret.strip()):
         if len(value) < 3:
-            continue
+            continue  # pragma: no mutate - `break` is the same: the stripped value, last, is never longer
         once = {value, *(escape(value) for escape in _ESCAPES)}
-        found.update(once, (_json(form) for form in once), (_json(form, ascii=False) for form in once))
+        found.update(once, (_json(form) for form in once), (_json_text(form) for form in once))
     return found
 
 
@@ -131,4 +126,5 @@ def _repr(value: str) -> str:
     return repr(value)[1:-1]
 
 
-_ESCAPES = (_json, partial(_json, ascii=False), _shell, _repr)
+_json_text = partial(_json, ascii=False)  # JSON keeping non-ASCII characters as they are
+_ESCAPES = (_json, _json_text, _shell, _repr)

@@ -237,3 +237,21 @@ def test_a_secret_at_the_very_start_and_end_of_a_text_is_masked() -> None:
 
     assert redact.redact("S3cr3tValue is S3cr3tValue") == "*** is ***"
     assert redact.redact("S3cr3tValue") == "***"
+
+
+def test_every_occurrence_is_masked_not_only_the_first_and_the_last() -> None:
+    redact.register("S3cr3tValue")
+
+    assert redact.redact("S3cr3tValue, S3cr3tValue, S3cr3tValue.") == "***, ***, ***."
+
+
+def test_an_occurrence_that_starts_before_our_phrase_is_masked_though_the_phrase_holds_the_value() -> None:
+    redact.register("wrong")
+    redact.ours("wrong username")
+
+    assert redact.redact("wrongwrong username") == "***wrong username"
+
+
+def test_the_shell_escapes_exactly_quotes_backslashes_backticks_and_dollars() -> None:
+    assert redact.forms("AX$") == {"AX$", "AX\\$", "AX\\\\$"}
+    assert redact.forms('a"\\`$b') >= {'a\\"\\\\\\`\\$b'}
