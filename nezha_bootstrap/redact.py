@@ -28,7 +28,7 @@ def register(*values: str | None) -> None:
     stripped (`forms`): settings strip a value after it was registered (a secret with a trailing newline)."""
     with _lock:
         for value in values:
-            if value and len(value) >= 3:  # stripping only shortens: a shorter value has no form to remember
+            if value:  # `forms` leaves out what is under three characters, stripped or not
                 # sorted for reading only: every spelling is searched for, whatever the order
                 _spellings[:] = sorted(set(_spellings) | forms(value), key=len, reverse=True)  # pragma: no mutate
 
