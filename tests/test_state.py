@@ -464,3 +464,17 @@ def test_read_nofollow_gives_the_bytes_as_stored(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"\xff\xfe not UTF-8 \n")
 
     assert state_mod.read_nofollow(tmp_path / "f") == b"\xff\xfe not UTF-8 \n"
+
+
+def test_damaged_records_kept_aside_after_the_registration_are_the_ones_to_look_for(paths: Paths) -> None:
+    paths.state_dir.mkdir(parents=True)
+    for name in ("state.json.corrupt-1700000000", "pending.json.corrupt-1800000000", "state.json.corrupt-x",
+                 "other.json.corrupt-1800000000", "state.json", "state.json.corrupt-1600000000"):
+        (paths.state_dir / name).write_text("{")
+
+    assert state_mod.damaged_since(paths, "2023-11-14T22:13:20+00:00") == [
+        paths.state_dir / "pending.json.corrupt-1800000000"]
+    assert state_mod.damaged_since(paths, None) == [
+        paths.state_dir / "pending.json.corrupt-1800000000", paths.state_dir / "state.json.corrupt-1600000000",
+        paths.state_dir / "state.json.corrupt-1700000000"]
+    assert state_mod.damaged_since(Paths(paths.root / "missing"), None) == []
