@@ -337,10 +337,11 @@ def test_an_agent_member_over_its_cap_is_refused_and_one_at_the_cap_is_read(monk
     zipped = agent_zip(binary)
 
     monkeypatch.setattr(agent_mod, "BINARY_CAP", len(binary))
-    assert extract_binary(zipped) == binary
+    out = io.BytesIO()
+    assert (extract_binary(zipped, out), out.getvalue()) == (len(binary), binary)
     monkeypatch.setattr(agent_mod, "BINARY_CAP", len(binary) - 1)
     with pytest.raises(InstallerFailed) as refused:
-        extract_binary(zipped)
+        extract_binary(zipped, io.BytesIO())
     assert str(refused.value) == f"nezha-agent in the zip is {len(binary)} bytes, over the {len(binary) - 1} cap"
 
 
@@ -352,7 +353,7 @@ def test_a_small_zip_that_unpacks_past_the_cap_is_refused_by_the_size_it_declare
 
     assert len(bomb) < 64 * 1024
     with pytest.raises(InstallerFailed, match=f"is {4 << 20} bytes, over the {1 << 20} cap"):
-        extract_binary(bomb)
+        extract_binary(bomb, io.BytesIO())
 
 
 @pytest.fixture

@@ -770,7 +770,7 @@ def test_the_post_gets_the_time_the_list_left() -> None:
     registration(journal).attempt(0.9)
 
     [listed, (method, posted)] = journal.timeouts
-    assert listed == ("GET", 0.9)
+    assert listed[0] == "GET" and 0.9 - 0.1 < listed[1] <= 0.9
     assert method == "POST" and 0.9 - 0.3 - 0.5 < posted <= 0.9 - 0.3  # 0.5 s for a slow machine
 
 
