@@ -290,7 +290,7 @@ def settings_file(ctx: click.Context, params: dict[str, Any], reporter: Reporter
     from nezha_bootstrap.firstboot import render
 
     config, _ = config_of(ctx, params, reporter, elsewhere=True, problems=problems)
-    for warning in (render.timeout_warning(config.deadline, config.lock_timeout),
+    for warning in (render.timeout_warning(config.deadline, config.lock_timeout, config.online_timeout),
                     "--uuid is written to the settings file: every server using it enrolls as the same server"
                     if config.agent.uuid else None):
         if warning:

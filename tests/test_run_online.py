@@ -287,3 +287,24 @@ def test_v2_token_mode_is_online_when_the_uuid_is_listed_reporting(fake_v1: Fake
     assert result["online"] is True
     [server] = fake_v1.servers
     assert server.uuid == UUID and server.name == "web-1"
+
+
+# --- status: whether the last run saw the node online, and when -------------------------------------------
+
+def test_status_shows_whether_the_last_run_saw_the_node_online_and_when(cli: Cli) -> None:
+    assert cli("run", NODE_NAME="web-1").exit_code == 0
+    shown = cli("status", "--json")
+    text = cli("status")
+
+    info = json.loads(shown.stdout)
+    assert info["online"] is True and info["online_at"] == info["installed_at"]
+    assert "online: yes" in text.stdout.splitlines()
+
+
+def test_status_after_a_verdict_says_the_node_was_not_seen_online(cli: Cli) -> None:
+    cli.fake.agent_port.state = "refused"
+    port = closed_port()
+    assert cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port)).exit_code == 4
+
+    info = json.loads(cli("status", "--json").stdout)
+    assert (info["online"], info["online_at"], info["installed"]) == (False, None, False)
