@@ -23,7 +23,8 @@ from nezha_bootstrap.online import NOTHING, Look, Outcome
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
 ANSWER_WAIT = 3.0  # seconds for the TCP connection, the handshake and the first answer each
-CONFIRM_AFTER = 1.5  # a port failure counts once a second probe at least this much later agrees
+CONFIRM_AFTER = 1.0  # a closed or silent port counts once a second probe at least this much later agrees
+CONFIRMED = (Outcome.PORT_REFUSED, Outcome.PORT_SILENT)  # may pass (a dashboard restarting); TLS ones do not
 
 
 def probe(host: str, port: int, tls: bool, context: ssl.SSLContext, timeout: float | None = None) -> Look:
@@ -109,8 +110,9 @@ def _reason(exc: BaseException) -> str:
 
 @dataclass
 class AgentPort:
-    """The probe as a source of the online wait: a port failure counts only when a second probe, at least
-    CONFIRM_AFTER s later, sees the same (a dashboard restarting at that moment is not a verdict)."""
+    """The probe as a source of the online wait. A closed or silent port counts only when a second probe, at
+    least CONFIRM_AFTER s later, sees the same (a dashboard restarting at that moment is not a verdict); a
+    TLS mismatch counts at once."""
 
     host: str
     port: int
@@ -119,7 +121,7 @@ class AgentPort:
     clock: Callable[[], float] = time.monotonic
     look_once: Callable[[], Look] | None = None
     # The first probe waits this long: a dashboard that lists the node at once never sees one.
-    start_after: float = 1.0
+    start_after: float = 0.5
     name: str = "the agent's port"
     _first: tuple[float, Look] | None = field(default=None, repr=False)
     _next: float | None = None
@@ -135,7 +137,7 @@ class AgentPort:
         if seen.outcome is None:
             self._first = None
             return NOTHING
-        if self._first is not None and self._first[1].outcome is seen.outcome:
+        if seen.outcome not in CONFIRMED or (self._first is not None and self._first[1].outcome is seen.outcome):
             return seen
         self._first = (now, seen)
         return Look(None, seen.evidence)

@@ -118,8 +118,14 @@ def test_the_first_probe_waits_so_that_a_quick_dashboard_never_sees_one() -> Non
     port = agentport.AgentPort("h", 1, False, ssl.create_default_context(), clock=lambda: now[0],
                                look_once=lambda: probes.append("probe") or NOTHING)
     assert port.look() == NOTHING and probes == []
-    now[0] += 1.0
+    now[0] += port.start_after
     assert port.look() == NOTHING and probes == ["probe"]
+
+
+def test_a_tls_mismatch_counts_at_once() -> None:
+    seen = Look(Outcome.TLS_ON_PLAIN, "wrong version number")
+    port = agentport.AgentPort("h", 1, True, ssl.create_default_context(), look_once=lambda: seen, start_after=0)
+    assert port.look() == seen
 
 
 def test_a_failure_counts_only_when_a_later_probe_agrees() -> None:
