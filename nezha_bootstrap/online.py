@@ -248,9 +248,10 @@ class FileLog:
 
     name = "the agent's log"
 
-    def __init__(self, files: Sequence[Path]) -> None:
+    def __init__(self, files: Sequence[Path], confined: Callable[[Path, int], bytes] | None = None) -> None:
         self.files = list(files)
         self.offsets = {path: _size(path) for path in self.files}
+        self.confined = confined  # under another root: paths.read_under's confined read (a cap of bytes)
 
     def lines(self) -> list[str]:
         """Every line written since the agent was (re)started."""
@@ -260,15 +261,23 @@ class FileLog:
             if _size(path) < start:
                 start = 0  # rotated or truncated: read it whole
             try:
-                with path.open("rb") as handle:
-                    handle.seek(start)
-                    lines += handle.read(1 << 20).decode("utf-8", errors="replace").splitlines()
+                lines += self._read(path, start).decode("utf-8", errors="replace").splitlines()
             except OSError:
                 continue
         return lines
 
+    def _read(self, path: Path, start: int) -> bytes:
+        if self.confined is not None:
+            return self.confined(path, start + LOG_CAP)[start:]
+        with path.open("rb") as handle:
+            handle.seek(start)
+            return handle.read(LOG_CAP)
+
     def look(self) -> Look:
         return classify_lines(self.lines())
+
+
+LOG_CAP = 1 << 20  # bytes of the log read at one look: a connecting agent writes a few lines
 
 
 def _size(path: Path) -> int:
@@ -375,14 +384,15 @@ class PidFile:
 
     name = "the agent's process"
 
-    def __init__(self, path: Path, alive: Callable[[int], bool], since: float = 0.0) -> None:
-        self.path, self.alive, self.since = path, alive, since
+    def __init__(self, path: Path, alive: Callable[[int], bool], since: float = 0.0,
+                 read: Callable[[Path], bytes] = Path.read_bytes) -> None:
+        self.path, self.alive, self.since, self.read = path, alive, since, read
 
     def look(self) -> Look:
         try:
             if self.path.stat().st_mtime < self.since - 1:
                 return NOTHING
-            pid = int(self.path.read_text().strip())
+            pid = int(self.read(self.path).decode("ascii", errors="replace").strip())
         except (OSError, ValueError):
             return NOTHING
         return NOTHING if self.alive(pid) else Look(Outcome.AGENT_DIED, f"pid {pid} of {self.path} is gone")
@@ -423,7 +433,13 @@ def system_sources(paths: Paths, systemd: bool, since: float, run: Run | None = 
         runner = run or _run_quiet
         return Watched(JournalLog(since, runner), UnitProcess(runner))
     logs = [paths.under("/var/log/nezha-agent.log"), paths.under("/var/log/nezha-agent.err")]
-    return Watched(FileLog(logs), PidFile(paths.under("/var/run/nezha-agent.pid"), pid_alive, since))
+    pid_file = paths.under("/var/run/nezha-agent.pid")
+    if paths.is_host_root:
+        return Watched(FileLog(logs), PidFile(pid_file, pid_alive, since))
+    from nezha_bootstrap.paths import read_under  # under another root: every read the one confined way
+
+    return Watched(FileLog(logs, lambda path, cap: read_under(paths.root, path, cap=cap)),
+                   PidFile(pid_file, pid_alive, since, lambda path: read_under(paths.root, path)))
 
 
 def _run_quiet(argv: Sequence[str]) -> str:

@@ -81,7 +81,7 @@ def test_the_requests_are_list_register_download_in_that_order(cli: Cli) -> None
         ("GET", "/api/v1/server/list", "tag=AutoRegister"),  # the new server's id (adopted under another URL)
         ("GET", "/install.sh", ""),
         ("POST", "/_fake/agent-connect", ""),  # the stub agent, as it starts
-        ("GET", "/api/v1/server/list", "tag=AutoRegister"),  # the node online: its server reported
+        ("GET", "/api/v1/server/details", "id=1"),  # the node online: its server reported
     ]
     assert "authorization" not in cli.fake.journal[3].headers  # the token goes to the dashboard only
 
