@@ -82,19 +82,19 @@ UNIT
     if [ -n "$systemd" ]; then
       systemctl daemon-reload
       systemctl enable --now nezha-agent >/dev/null 2>&1
-    else
-      secret=""; tls=false; previous=""
-      for word in "$@"; do
-        [ "$previous" = "-p" ] && secret=$word
-        [ "$word" = "--tls" ] && tls=true
-        previous=$word
-      done
-      v0_connect "$secret" "$tls"
-      if [ "${NEZHA_STUB_MODE:-ok}" = "dies" ]; then  # as a SysV start whose agent exits at once
-        mkdir -p "$prefix/var/run"
-        sh -c 'exit 0' & dead=$!; wait "$dead" || true
-        echo "$dead" > "$prefix/var/run/nezha-agent.pid"
-      fi
+    fi
+    # The agent it started connects (the stub connects here, where the tool's NEZHA_DASHBOARD_URL is known).
+    secret=""; tls=false; previous=""
+    for word in "$@"; do
+      [ "$previous" = "-p" ] && secret=$word
+      [ "$word" = "--tls" ] && tls=true
+      previous=$word
+    done
+    v0_connect "$secret" "$tls"
+    if [ -z "$systemd" ] && [ "${NEZHA_STUB_MODE:-ok}" = "dies" ]; then  # a SysV start whose agent exits
+      mkdir -p "$prefix/var/run"
+      sh -c 'exit 0' & dead=$!; wait "$dead" || true
+      echo "$dead" > "$prefix/var/run/nezha-agent.pid"
     fi ;;
   stop)
     [ -n "$systemd" ] && systemctl stop nezha-agent

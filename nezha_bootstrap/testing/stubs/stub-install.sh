@@ -103,9 +103,9 @@ UNIT
 if [ -z "$prefix" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl enable --now nezha-agent >/dev/null 2>&1
-else
-  tls=false
-  case " $* " in *" --tls "*) tls=true ;; esac
-  v0_connect "$secret" "$tls"
 fi
+# The agent it started connects (the stub connects here, where the tool's NEZHA_DASHBOARD_URL is known).
+tls=false
+case " $* " in *" --tls "*) tls=true ;; esac
+v0_connect "$secret" "$tls"
 echo "stub install.sh: Nezha Agent installed successfully"
