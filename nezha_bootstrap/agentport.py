@@ -27,7 +27,7 @@ CONFIRM_AFTER = 1.0  # a closed or silent port counts once a second probe at lea
 CONFIRMED = (Outcome.PORT_REFUSED, Outcome.PORT_SILENT)  # may pass (a dashboard restarting); TLS ones do not
 
 
-def probe(host: str, port: int, tls: bool, context: ssl.SSLContext, timeout: float | None = None) -> Look:
+def probe(host: str, port: int, tls: bool, context: Callable[[], ssl.SSLContext], timeout: float | None = None) -> Look:
     """One look at the port: a failure the agent would meet, or NOTHING when it speaks as expected.
 
     `context` verifies as the agent would (the system store, plus --ca-bundle); a certificate it does not
@@ -68,9 +68,10 @@ def _connect(host: str, port: int, timeout: float) -> Iterator[socket.socket | L
         yield sock
 
 
-def _tls(sock: socket.socket, host: str, address: str, context: ssl.SSLContext, timeout: float) -> Look:
+def _tls(sock: socket.socket, host: str, address: str, context: Callable[[], ssl.SSLContext],
+         timeout: float) -> Look:
     try:
-        with context.wrap_socket(sock, server_hostname=host):
+        with context().wrap_socket(sock, server_hostname=host):
             return NOTHING  # it speaks TLS with a certificate we trust: the agent's gRPC runs on top
     except ssl.SSLCertVerificationError:
         return NOTHING  # it speaks TLS; whether the agent trusts the certificate is its own log's to say
@@ -117,7 +118,7 @@ class AgentPort:
     host: str
     port: int
     tls: bool
-    context: ssl.SSLContext
+    context: Callable[[], ssl.SSLContext]  # made at the first TLS handshake (a plain run never loads the store)
     clock: Callable[[], float] = time.monotonic
     look_once: Callable[[], Look] | None = None
     # The first probe waits this long: a dashboard that lists the node at once never sees one.
@@ -145,6 +146,8 @@ class AgentPort:
 
 def watch(host: str, port: int, tls: bool, ca_bundle: Path | None) -> AgentPort:
     """The port source of a run: trusting what the agent trusts (the system store) plus --ca-bundle."""
+    import functools
+
     from nezha_bootstrap.http import download_context
 
-    return AgentPort(host, port, tls, download_context(ca_bundle))
+    return AgentPort(host, port, tls, functools.lru_cache(maxsize=None)(lambda: download_context(ca_bundle)))

@@ -269,7 +269,7 @@ class V1Runner:
         config = self.config
         port = agentport.watch(config.probe_address, config.probe_port, config.tls, config.ca_bundle)
         if node is not None:
-            first: online.Source = V2Presence(node.api, plan.uuid, fresh=row is None, warn=self.reporter.warn)
+            first: online.Source = V2Presence(node.api, node.finder, row, warn=self.reporter.warn)
         else:  # no credential reads the dashboard: the agent's own log (debug on) says it
             first = online.Reported(watched.log)
         sources = [first, port, *watched.sources]

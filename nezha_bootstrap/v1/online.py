@@ -8,15 +8,16 @@ The real v2.3.7 lists a new uuid as soon as the agent authenticates, with `last_
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from nezha_bootstrap.errors import DashboardRefused
+from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
 from nezha_bootstrap.online import NOTHING, Look, Outcome
 from nezha_bootstrap.retry import Transient
-from nezha_bootstrap.v1.api import V2Api
+
+if TYPE_CHECKING:
+    from nezha_bootstrap.v1.api import ServerFinder, V2Api
 
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
-LOOK_SECONDS = 5.0
 
 
 class V2Presence:
@@ -24,36 +25,40 @@ class V2Presence:
 
     `fresh` (the uuid was not listed before the install): the first real time is this agent's. Otherwise
     the first look's value is the baseline, and a different real time is the restarted agent reporting.
+    The row is found without reading the whole list of a large fleet (naming.ServerFinder), then looked at
+    by its id.
     """
 
     name = "the dashboard's server list"
 
-    def __init__(self, api: V2Api, uuid: str, fresh: bool, warn: Callable[[str], None]) -> None:
-        self.api, self.uuid, self.warn = api, uuid, warn
-        self.baseline: str | None = GO_ZERO_TIME if fresh else None
+    def __init__(self, api: V2Api, finder: ServerFinder, row: dict[str, Any] | None,
+                 warn: Callable[[str], None]) -> None:
+        self.api, self.finder, self.warn = api, finder, warn
+        self.row_id: int | None = int(row["id"]) if row is not None else None
+        self.baseline: str | None = GO_ZERO_TIME if row is None else None
         self.usable = True
 
     def look(self) -> Look:
         if not self.usable:
             return NOTHING
         try:
-            data = self.api.once("GET", "/api/v1/server", "server list", LOOK_SECONDS)
-        except Transient as failure:
+            row = self.finder.look_again() if self.row_id is None else self.api.server_by_id(self.row_id)
+        except (Transient, DashboardUnreachable) as failure:
             return Look(None, f"server list: {failure}")
         except DashboardRefused as refused:
             self.usable = False
             self.warn(f"cannot read the server list to see the node online: {refused}")
             return NOTHING
-        row = next((item for item in data or [] if isinstance(item, dict) and item.get("uuid") == self.uuid), None)
         if row is None:
             return NOTHING
+        self.row_id = int(row["id"])
         last = _stamp(row)
         if self.baseline is None:
             self.baseline = last
-            return Look(None, f"uuid {self.uuid} listed (last_active {last}), waiting for a newer report")
+            return Look(None, f"server id {self.row_id} listed (last_active {last}), waiting for a newer report")
         if last != GO_ZERO_TIME and last != self.baseline:
-            return Look(Outcome.ONLINE, f"uuid {self.uuid} (server id {row.get('id')}) reported at {last}")
-        return Look(None, f"uuid {self.uuid} listed, no report yet")
+            return Look(Outcome.ONLINE, f"uuid {row.get('uuid')} (server id {self.row_id}) reported at {last}")
+        return Look(None, f"server id {self.row_id} listed, no report yet")
 
 
 def _stamp(row: dict[str, Any]) -> str:
