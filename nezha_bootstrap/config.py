@@ -33,6 +33,7 @@ AGENT_V1 = "2.3.3"  # newest v2 agent read for the reference; needs a dashboard 
 AGENT_V0 = "0.20.5"  # the last agent a v0 dashboard speaks to (installer-v0.md)
 DEFAULT_DEADLINE = 300.0
 DEFAULT_LOCK_TIMEOUT = 60.0
+DEFAULT_ONLINE_TIMEOUT = 60.0  # seconds a run waits for the dashboard to see the installed agent (issue 17)
 
 # \Z, not $: `$` also matches before a trailing newline, which install.sh's eval would run.
 SECRET_RE = re.compile(r"^[0-9A-Za-z]+\Z")
@@ -76,6 +77,7 @@ class Settings:
     root: str = "/"
     deadline: float | str = DEFAULT_DEADLINE  # text from click: a bad value is one more collected problem
     lock_timeout: float | str = DEFAULT_LOCK_TIMEOUT
+    online_timeout: float | str = DEFAULT_ONLINE_TIMEOUT
     ca_bundle: str | None = None
     force: bool = False
     agent: AgentSettings = field(default_factory=lambda: AgentSettings())
@@ -107,6 +109,7 @@ class Config:
     force: bool
     agent: AgentConfig
     naming: Naming
+    online_timeout: float = DEFAULT_ONLINE_TIMEOUT  # seconds to wait for the node to show online
 
     @property
     def register_url(self) -> str:
@@ -155,6 +158,7 @@ def build(settings: Settings, facts: Facts, problems: list[str] | None = None) -
     mirror = _mirror(settings.mirror, problems)
     deadline = _seconds("deadline", settings.deadline, problems)
     lock_timeout = _seconds("lock timeout", settings.lock_timeout, problems, allow_zero=True)
+    online_timeout = _seconds("online timeout", settings.online_timeout, problems)
     root = Path(settings.root or "/")
     if not root.is_absolute():
         problems.append(f"root must be an absolute path, got {settings.root!r}")
@@ -166,6 +170,7 @@ def build(settings: Settings, facts: Facts, problems: list[str] | None = None) -
         probe_port=port, tls=settings.tls, name=name, tag=tag, note=note, hide_for_guest=settings.hide_for_guest,
         agent_flags=flags, script_url=script_url, script_sha256=script_sha256, mirror=mirror, root=root,
         deadline=deadline, lock_timeout=lock_timeout, force=settings.force, agent=agent, naming=naming,
+        online_timeout=online_timeout,
         ca_bundle=Path(settings.ca_bundle) if settings.ca_bundle else None,
     )
     # Known to be v1/v2 before any probe: refuse a plaintext agent secret now (auto: run.check_v1_settings).

@@ -28,7 +28,7 @@ def run_demo(reporter: Reporter) -> None:
     fake = FakeDashboard(token)
     root = Path(tempfile.mkdtemp(prefix="nezha-bootstrap-demo-"))
     try:
-        with serve(fake) as running, _demo_environment(root / "var/lib/nezha-stub"):
+        with serve(fake) as running, _demo_environment(root / "var/lib/nezha-stub", running.url):
             (root / "etc").mkdir()
             (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
             paths = Paths(root)
@@ -57,12 +57,14 @@ def run_demo(reporter: Reporter) -> None:
 
 
 @contextlib.contextmanager
-def _demo_environment(record: Path) -> Iterator[None]:
-    """The stub records where the demo reads and installs normally, and the local fake is reached
-    directly (httpx sends even 127.0.0.1 through HTTP(S)_PROXY unless NO_PROXY names it)."""
-    keys = ("NEZHA_STUB_RECORD", "NEZHA_STUB_MODE", "NO_PROXY", "no_proxy")
+def _demo_environment(record: Path, dashboard: str) -> Iterator[None]:
+    """The stub records where the demo reads and installs normally, the stub agent connects to the fake
+    (so that the run sees it online), and the local fake is reached directly (httpx sends even 127.0.0.1
+    through HTTP(S)_PROXY unless NO_PROXY names it)."""
+    keys = ("NEZHA_STUB_RECORD", "NEZHA_STUB_MODE", "NEZHA_STUB_DASHBOARD", "NO_PROXY", "no_proxy")
     saved = {key: os.environ.get(key) for key in keys}
     os.environ["NEZHA_STUB_RECORD"] = str(record)
+    os.environ["NEZHA_STUB_DASHBOARD"] = dashboard
     os.environ.pop("NEZHA_STUB_MODE", None)
     for key in ("NO_PROXY", "no_proxy"):
         os.environ[key] = ",".join(filter(None, [saved[key], "127.0.0.1"]))

@@ -59,9 +59,11 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (0, "done, or nothing to do"),
     (1, "internal error, or the local system failed (state file, disk)"),
     (2, "usage error or invalid settings"),
-    (3, "the dashboard refused (token, v1+ dashboard, bad request, TLS verification, orphan server)"),
-    (4, "the dashboard stayed unreachable or failing until the deadline"),
-    (5, "the install failed (download, hash, exit status, verification, a local write)"),
+    (3, "the dashboard refused (token, v1+ dashboard, bad request, TLS verification, orphan server), or "
+        "refused the installed agent's secret or TLS setting (--tls/--no-tls; the agent is stopped)"),
+    (4, "the dashboard stayed unreachable or failing until the deadline, or the agent's probe host:port "
+        "refused or never answered, or the node did not show online within --online-timeout"),
+    (5, "the install failed (download, hash, exit status, verification, a local write), or the agent exited"),
     (6, "another run holds the lock"),
     (129, "stopped by SIGHUP (the terminal or ssh session closed); nothing partial is left behind"),
     (130, "stopped by SIGINT (Ctrl-C); nothing partial is left behind"),

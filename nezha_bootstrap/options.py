@@ -22,6 +22,7 @@ from nezha_bootstrap.config import (
     DEFAULT_AGENT_BASE_URL,
     DEFAULT_DEADLINE,
     DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_ONLINE_TIMEOUT,
     DEFAULT_PROBE_PORT,
     DEFAULT_SCRIPT_URL,
     AgentSettings,
@@ -103,6 +104,9 @@ def settings_options(func: F) -> F:
                default=DEFAULT_DEADLINE, show_default=True, help="Seconds for all retries of one step together."),
         option("--lock-timeout", envvar="NEZHA_BOOTSTRAP_LOCK_TIMEOUT", type=str, metavar="SECONDS",
                default=DEFAULT_LOCK_TIMEOUT, show_default=True, help="Seconds to wait for another run's lock."),
+        option("--online-timeout", envvar="NEZHA_ONLINE_TIMEOUT", type=str, metavar="SECONDS",
+               default=DEFAULT_ONLINE_TIMEOUT, show_default=True,
+               help="Seconds to wait, after installing the agent, for the dashboard to see the node online."),
         option("--ca-bundle", envvar="NEZHA_CA_BUNDLE", help="PEM file of a private CA. [default: system trust store]"),
     ])
     return root_option(func)
@@ -244,6 +248,7 @@ def settings_of(ctx: click.Context, params: dict[str, Any], problems: list[str],
         hide_for_guest=params.pop("hide_for_guest"), agent_flags=tuple(params.pop("agent_flags")),
         script_url=params.pop("script_url"), script_sha256=params.pop("script_sha256"), mirror=params.pop("mirror"),
         root=params.pop("root"), deadline=params.pop("deadline"), lock_timeout=params.pop("lock_timeout"),
+        online_timeout=params.pop("online_timeout"),
         ca_bundle=params.pop("ca_bundle"), force=force, agent=agent, naming=_naming_settings(params),
     )
 
@@ -285,7 +290,7 @@ def settings_file(ctx: click.Context, params: dict[str, Any], reporter: Reporter
     from nezha_bootstrap.firstboot import render
 
     config, _ = config_of(ctx, params, reporter, elsewhere=True, problems=problems)
-    for warning in (render.timeout_warning(config.deadline, config.lock_timeout),
+    for warning in (render.timeout_warning(config.deadline, config.lock_timeout, config.online_timeout),
                     "--uuid is written to the settings file: every server using it enrolls as the same server"
                     if config.agent.uuid else None):
         if warning:

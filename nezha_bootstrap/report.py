@@ -86,15 +86,20 @@ class RunResult:
     plan: tuple[str, ...] = ()  # --dry-run: the plan, line by line
     notes: tuple[str, ...] = ()  # shown after the headline (on stderr)
     details: dict[str, Any] = field(default_factory=dict)  # further --json keys
+    # Done means online (issue 17): whether the dashboard saw the node (a rerun that installed nothing: what
+    # the last run that installed saw; None where no run recorded it) and seconds from the agent's start.
+    online: bool | None = None
+    online_after_s: float | None = None
 
     def headline(self) -> list[str]:
         """The result lines for stdout: the plan of a dry run, else one line saying what happened."""
         if self.outcome == "dry_run":
             return list(self.plan)
         what = self.outcome.replace("_", " ")
+        seen = f", online after {self.online_after_s:.1f} s" if self.online_after_s is not None else ""
         if self.uuid is not None:
-            return [f"{what}: uuid {self.uuid} on {self.dashboard} ({self.generation})"]
-        return [f"{what}: {self.name!r} on {self.dashboard}"]
+            return [f"{what}: uuid {self.uuid} on {self.dashboard} ({self.generation}){seen}"]
+        return [f"{what}: {self.name!r} on {self.dashboard}{seen}"]
 
     def as_json(self) -> dict[str, Any]:
         """The --json object (without exit code, steps and warnings, which the CLI adds)."""
@@ -102,6 +107,8 @@ class RunResult:
                                    "dashboard": self.dashboard, "method": self.method}
         optional = {"reason": self.reason, "name": self.name, "uuid": self.uuid, "plan": list(self.plan)}
         payload.update({key: value for key, value in optional.items() if value})
+        if self.outcome != "dry_run":
+            payload.update(online=self.online, online_after_s=self.online_after_s)
         payload.update(self.details)
         return payload
 

@@ -53,6 +53,10 @@ class State:
     # Whether a v0 run had an agent secret in its settings (no value, only that one was given): a secret that
     # appears beside a cached v0 means the operator moved on to a v1/v2 dashboard, and is probed once.
     agent_secret_given: bool | None = None
+    # Done means online (issue 17): whether the last run that installed the agent saw the dashboard list the
+    # node as reporting, and when (None: not recorded by the version that installed it).
+    online: bool | None = None
+    online_at: str | None = None
     # v0: the id the dashboard gave the registered server (its list after the register call): the same server
     # found under another URL of the dashboard (localhost for 127.0.0.1, a new name) is adopted, not registered.
     server_id: int | None = None
@@ -107,7 +111,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "registered_at": _TEXT_OR_NONE, "installed_at": _TEXT_OR_NONE,
     "generation": _TEXT_OR_NONE, "uuid": _TEXT_OR_NONE, "method": _TEXT_OR_NONE, "agent_version": _TEXT_OR_NONE,
     "agent_flags": (list, type(None)), "instance_id": _TEXT_OR_NONE, "agent_secret_given": (bool, type(None)),
-    "server_id": (int, type(None)),
+    "server_id": (int, type(None)), "online": (bool, type(None)), "online_at": _TEXT_OR_NONE,
 }
 
 

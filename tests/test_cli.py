@@ -209,7 +209,8 @@ def test_json_success_is_one_object_on_stdout_and_progress_on_stderr(cli: Cli) -
         "generation": "v0", "warnings": [],
     }
     assert [(step["step"], step["ok"]) for step in report["steps"]] == [
-        ("register", True), ("download", True), ("install", True), ("verify", True)]
+        ("register", True), ("download", True), ("install", True), ("verify", True), ("online", True)]
+    assert report["online"] is True and isinstance(report["online_after_s"], float)
     assert all(isinstance(step["seconds"], float) and step["seconds"] >= 0 for step in report["steps"])
     assert re.search(r"^  register: done in \d+\.\d\d s$", outcome.stderr, re.MULTILINE)
 
@@ -270,7 +271,7 @@ def test_quiet_prints_no_progress_only_the_summary(cli: Cli) -> None:
 
     assert outcome.exit_code == 0
     assert outcome.stderr == ""
-    assert outcome.stdout == f"registered and installed: 'web-1' on {cli.dashboard.url}\n"
+    assert outcome.stdout.startswith(f"registered and installed: 'web-1' on {cli.dashboard.url}, online after ")
 
 
 @pytest.mark.integration

@@ -91,6 +91,8 @@ def test_bad_gateway_unavailable_and_gateway_timeout_end_in_one_server(cli: Cli)
         ("GET", LIST), ("POST", REGISTER),
         ("GET", LIST),  # the new server's id, recorded (issue 18 item 8)
         ("GET", "/install.sh"),
+        ("POST", "/_fake/agent-connect"),  # the stub agent, at its install
+        ("GET", "/api/v1/server/details"),  # then the run sees the node online
     ]
     assert [line.split(";")[0] for line in outcome.stderr.splitlines() if "retrying in" in line] == [
         "register: HTTP 502", "register: HTTP 503", "register: HTTP 504",

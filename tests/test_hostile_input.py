@@ -100,7 +100,7 @@ def test_any_name_without_control_characters_arrives_exactly(
 
     assert outcome.exit_code == 0, outcome.stderr
     assert [server.name for server in fake.servers] == [name]
-    assert outcome.stdout == f"registered and installed: {name!r} on {dashboard.url}\n"
+    assert outcome.stdout.startswith(f"registered and installed: {name!r} on {dashboard.url}, online after ")
 
 
 @pytest.mark.parametrize("name", ["two\nlines", "carriage\rreturn", "tab\there", "colour \x1b[31mred", "bell\x07"])

@@ -275,11 +275,12 @@ def test_a_plain_http_package_source_needs_a_pinned_hash(package: str, options: 
     assert all("fetched over plain http and would run as root unchecked" in problem for problem in problems)
 
 
-@pytest.mark.parametrize(("deadline", "lock_timeout", "warns"),
-                         [(300, 60, False), (355, 60, False), (356, 60, True), (300, 226, True)])
+@pytest.mark.parametrize(("deadline", "lock_timeout", "online_timeout", "warns"),
+                         [(300, 60, 60, False), (335, 60, 60, False), (336, 60, 60, True), (300, 166, 60, True),
+                          (300, 60, 165, False), (300, 60, 166, True)])
 def test_a_deadline_the_units_start_timeout_cannot_cover_is_a_warning(deadline: float, lock_timeout: float,
-                                                                      warns: bool) -> None:
-    assert (render.timeout_warning(deadline, lock_timeout) is not None) == warns
+                                                                      online_timeout: float, warns: bool) -> None:
+    assert (render.timeout_warning(deadline, lock_timeout, online_timeout) is not None) == warns
 
 
 # --- the command -----------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def test_first_run_registers_once_and_installs(cli: Cli) -> None:
     assert call.stdin == "/dev/null"
     assert "CN" not in call.env and "NEZHA_TOKEN" not in call.env
     assert [key for key, value in call.env.items() if TOKEN in value] == []
-    assert outcome.stdout == f"registered and installed: 'web-1' on {cli.dashboard.url}\n"
+    assert outcome.stdout.startswith(f"registered and installed: 'web-1' on {cli.dashboard.url}, online after ")
     assert leak_scan(cli) == []
 
 
@@ -81,6 +81,8 @@ def test_the_requests_are_list_register_download_in_that_order(cli: Cli) -> None
         ("POST", "/api/v1/server/register", "simple=true"),
         ("GET", "/api/v1/server/list", "tag=AutoRegister"),  # the new server's id (adopted under another URL)
         ("GET", "/install.sh", ""),
+        ("POST", "/_fake/agent-connect", ""),  # the stub agent, as it starts
+        ("GET", "/api/v1/server/details", "id=1"),  # the node online: its server reported
     ]
     assert "authorization" not in cli.fake.journal[3].headers  # the token goes to the dashboard only
 
@@ -386,7 +388,9 @@ def test_a_changed_probe_address_reinstalls_without_registering(cli: Cli) -> Non
 
     assert outcome.exit_code == 0, outcome.stderr
     assert "the probe address, port or TLS setting changed" in outcome.stderr
-    assert [j.path for j in cli.fake.journal[seen:]] == ["/install.sh"]
+    # The script, the stub agent's connection, then the saved server's last_active until it advances.
+    assert [j.path for j in cli.fake.journal[seen:]] == [
+        "/install.sh", "/_fake/agent-connect", "/api/v1/server/details", "/api/v1/server/details"]
     [server] = cli.fake.servers
     assert cli.calls()[-1].argv == ["install_agent", "probe2.example.test", "6000", server.secret, "--tls"]
     assert (saved_state(cli)["probe_address"], saved_state(cli)["probe_port"]) == ("probe2.example.test", 6000)

@@ -85,7 +85,8 @@ def test_direct_registers_once_and_the_agent_installs_itself_without_install_sh(
     assert (summary["outcome"], summary["generation"], summary["method"]) == (
         "registered_and_installed", "v0", "direct")
     assert [(s["step"], s["ok"]) for s in summary["steps"]] == [
-        ("detect", True), ("register", True), ("download", True), ("install", True), ("verify", True)]
+        ("detect", True), ("register", True), ("download", True), ("install", True), ("verify", True),
+        ("online", True)]
     assert leak_scan(direct) == []
 
 

@@ -85,7 +85,7 @@ def test_fresh_enrollment_makes_one_server_with_the_machine_uuid(v1cli: V1Cli) -
     port = v1cli.running.port
     assert config_yml(v1cli.root) == (
         f'server: "127.0.0.1:{port}"\nclient_secret: "{v1cli.fake.agent_secret}"\nuuid: "{UUID}"\ntls: false\n'
-        "disable_command_execute: true\ndisable_force_update: true\ndisable_auto_update: true\n"
+        "disable_command_execute: true\ndisable_force_update: true\ndisable_auto_update: true\ndebug: true\n"
     )
     assert stat.S_IMODE((v1cli.root / "opt/nezha/agent/config.yml").stat().st_mode) == 0o600
     [call] = v1cli.agent_calls()
@@ -376,6 +376,7 @@ def test_dry_run_before_detection_prints_the_probes_and_the_v1_plan_and_sends_no
         "    disable_command_execute: true",
         "    disable_force_update: true",
         "    disable_auto_update: true",
+        "    debug: true",
         f"  run: {agent_dir}/nezha-agent service -c {agent_dir}/config.yml install",
         f"    cwd {agent_dir}, stdin /dev/null, environment without NZ_*, NEZHA_TOKEN and NEZHA_AGENT_SECRET",
         f"  verify {v1cli.root}/etc/systemd/system/nezha-agent.service or {v1cli.root}/etc/init.d/nezha-agent: "

@@ -131,7 +131,9 @@ def test_a_private_ca_dashboard_works_with_ca_bundle(tls_cli: Cli, ca_file: Path
     assert outcome.exit_code == 0, outcome.stderr
     assert tls_cli.dashboard.url.startswith("https://")
     assert len(tls_cli.fake.servers) == 1
-    assert [j.path for j in tls_cli.fake.journal][-1] == "/install.sh"  # the script came over the same TLS
+    paths = [j.path for j in tls_cli.fake.journal]
+    assert paths[paths.index("/install.sh"):] == [  # the script came over the same TLS, then the online look
+        "/install.sh", "/_fake/agent-connect", "/api/v1/server/details"]
     assert leaks(tls_cli) == []
 
 
@@ -177,7 +179,8 @@ def test_https_proxy_carries_every_request_through_one_tunnel_target(
 
     assert outcome.exit_code == 0, outcome.stderr
     assert proxy.targets and set(proxy.targets) == {f"127.0.0.1:{tls_cli.dashboard.port}"}
-    assert len(tls_cli.fake.journal) == 4  # list, register, list (the new id), install.sh: all through the tunnel
+    # list, register, list (the new id), install.sh, the stub agent's connection, the online look
+    assert len(tls_cli.fake.journal) == 6
     assert TOKEN.encode() not in proxy.sent  # the proxy saw only TLS
     assert leaks(tls_cli) == []
 

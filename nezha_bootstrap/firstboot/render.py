@@ -200,9 +200,10 @@ def _unpinned_http(word: str) -> bool:
 
 
 
-def timeout_warning(deadline: float, lock_timeout: float) -> str | None:
+def timeout_warning(deadline: float, lock_timeout: float, online_timeout: float = 60.0) -> str | None:
     """A warning when one run may outlast the unit's TimeoutStartSec with these settings."""
-    longest = lock_timeout + 3 * deadline + 75  # register, download, install.sh; old agent 60 s, start 15 s
+    # register, download, install.sh; old agent 60 s, start 15 s; then the wait for the node to show online
+    longest = lock_timeout + 3 * deadline + 75 + online_timeout
     if longest <= UNIT_START_TIMEOUT:
         return None
     return (

@@ -62,12 +62,19 @@ class Server:
     note: str
     hide_for_guest: bool
     secret: str
+    last_active: int = NEVER  # Unix seconds of the agent's last state report
+    connected: bool = False  # an agent with this secret connected and keeps reporting
 
     def listed(self, real_hidden: bool = False) -> dict[str, Any]:
         """An item of /api/v1/server/list and /details. The real v0.20.13 never copies hide_for_guest
         nor display_index there (false and 0), except in /details without parameters (observed)."""
+        if self.connected:
+            # The real agent v0.20.5 reports every second, each report moving last_active to the dashboard's
+            # now (observed, issue 17). Here each look sees one more report, so that a test never waits for
+            # the clock to tick: what the tool relies on is only that the value advances.
+            self.last_active = max(int(time.time()), self.last_active + 1)
         return {
-            "id": self.id, "name": self.name, "tag": self.tag, "last_active": NEVER, "ipv4": "",
+            "id": self.id, "name": self.name, "tag": self.tag, "last_active": self.last_active, "ipv4": "",
             "ipv6": "", "valid_ip": "", "display_index": 0, "hide_for_guest": self.hide_for_guest and real_hidden,
         }
 
@@ -85,6 +92,18 @@ class Faults:
     db_failure: bool = False
     random_faults: Callable[[str], Any] | None = None  # path -> fault or None, for benchmarks
     only_paths: tuple[str, ...] = ()  # when set, fail_next applies only to these paths
+
+
+@dataclass
+class AgentPort:
+    """The dashboard's agent (gRPC) port as the stub agents meet it through `/_fake/agent-connect` (issue 17).
+
+    The real v0.20.13 serves plain gRPC on its own port. `tls`: True behind a TLS proxy, False plain, None
+    (the default) whatever the agent speaks; `state`: open, refused (nothing listens) or silent (nothing
+    answers). An agent that does not get through never reports: its server's last_active stays."""
+
+    tls: bool | None = None
+    state: str = "open"
 
 
 @dataclass
@@ -112,6 +131,8 @@ class FakeDashboard:
         self.servers: list[Server] = []
         self.journal: list[Journal] = []
         self.faults = Faults()
+        self.agent_port = AgentPort()
+        self.connections: list[str] = []  # the outcome of every agent-connect call, in order
         self.files: dict[str, bytes] = {"/install.sh": stub_installer()}
         self.lock = threading.Lock()
         self._next_id = 1
@@ -143,6 +164,8 @@ class FakeDashboard:
             if method != "GET":
                 return 404, "text/html", NOT_FOUND_HTML.encode()
             return 200, "text/plain; charset=utf-8", self.files[parts.path]
+        if parts.path == "/_fake/agent-connect" and method == "POST":
+            return self._agent_connect(body)
         if self.faults.v1 is not None:
             return (200 if self.faults.v1 == "v1.0" else 404), "application/json", V1_BODY.encode()
         if parts.path == "/api/v1/server/register/":
@@ -174,6 +197,35 @@ class FakeDashboard:
             items = [s.listed(real_hidden=details and not tag and not ids) for s in chosen]
         extra: dict[str, Any] = {"host": {}, "status": {}} if details else {}
         return [{**item, **extra} for item in items]
+
+    def _agent_connect(self, body: bytes) -> Any:
+        """What the agent port does with an agent's connection: {"secret", "tls"} -> {"outcome", "id"}."""
+        try:
+            value = json.loads(body)
+            secret, tls = str(value["secret"]), bool(value.get("tls"))
+        except (ValueError, KeyError, TypeError):
+            return 400, "application/json", b'{"error":"bad hook request"}'
+        with self.lock:
+            port = self.agent_port
+            server = next((s for s in self.servers if s.secret == secret), None)
+            if port.state != "open":
+                outcome = port.state
+            elif port.tls is not None and tls != port.tls:
+                outcome = "tls on plain" if tls else "plain on tls"
+            elif server is None:
+                outcome = "secret refused"
+            else:
+                outcome, server.connected = "connected", True
+            self.connections.append(outcome)
+        answer = {"outcome": outcome, "id": server.id if server and outcome == "connected" else None}
+        return 200, "application/json", json.dumps(answer).encode()
+
+    def disconnect(self, secret: str) -> None:
+        """The agent of this secret stopped: its last_active stays where it was."""
+        with self.lock:
+            for server in self.servers:
+                if server.secret == secret:
+                    server.connected = False
 
     def _take_fault(self, path: str) -> Any:
         faults = self.faults

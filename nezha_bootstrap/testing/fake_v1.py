@@ -100,6 +100,7 @@ class V1Server:
     override_ddns_domains: dict[str, list[str]] = field(default_factory=dict)
     created_at: float = 0.0
     last_active: float | None = None  # wall-clock time of the agent's last report (the connect hook)
+    connected: bool = False  # its agent connected and keeps reporting (every look sees a newer report)
 
     def listed(self, with_owner: bool = True) -> dict[str, Any]:
         """The item of GET /api/v1/server: empty and false fields are omitted, as Go's omitempty does.
@@ -107,6 +108,8 @@ class V1Server:
         Keys in the real dashboards' order; `owner` observed on v2.0.14, v2.1.5 and v2.3.7, not v1.14.14;
         host/state/geoip are what the agent reported (kept minimal here); last_active is Go's zero time
         until the agent reports."""
+        if self.connected:  # the real agent v2.3.3 reports every report_delay s, each moving last_active
+            self.last_active = max(time.time(), (self.last_active or 0) + 0.001)
         stamp = rfc3339(self.created_at)
         item: dict[str, Any] = {"id": self.id, "created_at": stamp, "updated_at": stamp, "name": self.name,
                                 "uuid": self.uuid}
@@ -372,9 +375,10 @@ class FakeV1:
         if known is not None:
             if known.owner != owner and self.dashboard_version >= (2, 0, 10):
                 return "does not belong to the agent secret owner", None
-            known.last_active = time.time()
+            known.last_active, known.connected = time.time(), True
             return "known", known.id
-        server = V1Server(self._next_id, _two_words(), uuid, owner, created_at=self.clock(), last_active=time.time())
+        server = V1Server(self._next_id, _two_words(), uuid, owner, created_at=self.clock(), last_active=time.time(),
+                          connected=True)
         self._next_id += 1
         self.servers.append(server)
         return "created", server.id

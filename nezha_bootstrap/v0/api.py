@@ -152,6 +152,15 @@ class Dashboard:
         )
         return classify_list(answer, self.source)
 
+    def server(self, server_id: int, seconds_left: float) -> dict[str, Any] | None:
+        """GET /api/v1/server/details?id=N: that server's item, or None when there is none (deleted)."""
+        answer = fetch(
+            self.client, "GET", f"{self.base_url}/api/v1/server/details",
+            seconds_left=seconds_left, cap=ANSWER_CAP * 4, ambiguous=False,
+            headers=self._headers(), params={"id": str(server_id)},
+        )
+        return next((item for item in classify_list(answer, self.source) if item.get("id") == server_id), None)
+
     def ids_named(self, name: str, tag: str, seconds_left: float) -> set[int]:
         """Ids of the servers called `name` under `tag`."""
         return {

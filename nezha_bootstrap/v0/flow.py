@@ -7,11 +7,12 @@ import enum
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from nezha_bootstrap import identity, interrupts, redact
+from nezha_bootstrap import agentport, identity, interrupts, online, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.agent import local_step
 from nezha_bootstrap.config import Config, display_url, same_dashboard
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
 
     from nezha_bootstrap.v0.api import Dashboard
+    from nezha_bootstrap.v0.online import V0Presence
 
 Install = Union[InstallPlan, V0Install]
 
@@ -138,14 +140,16 @@ class Runner:
             if decision.action is not Action.REGISTER and saved is not None:
                 self._settle(saved, pending)
             if decision.action is Action.NOTHING:
-                return self._result("nothing_to_do", decision)
+                return self._result("nothing_to_do", decision, online=saved.online if saved else None)
             self._check_bundled()
+            before: set[int] | None = None  # the ids named like this node before it registered (this run)
             if decision.action is Action.REGISTER or saved is None:
-                saved = self._register(pending, saved)
+                saved, before = self._register(pending, saved)
             redact.register(saved.secret)
-            self._install(saved)
+            seen = self._install(saved, before)
             registered = decision.action is Action.REGISTER
-            return self._result("registered_and_installed" if registered else "installed", decision)
+            return self._result("registered_and_installed" if registered else "installed", decision,
+                                online=True, online_after_s=seen.seconds)
 
     def _pending(self) -> state_mod.Pending | None:
         """The registration an earlier run left under way. A damaged record (power lost mid-write) is kept
@@ -211,9 +215,11 @@ class Runner:
         for note in decision.notes:
             self.reporter.warn(note)
 
-    def _result(self, outcome: str, decision: Decision) -> RunResult:
+    def _result(self, outcome: str, decision: Decision, *, online: bool | None,
+                online_after_s: float | None = None) -> RunResult:
         return RunResult(outcome=outcome, generation="v0", dashboard=display_url(self.config.dashboard_url),
-                         method=method_of(self.config), reason=decision.reason, name=self.config.name)
+                         method=method_of(self.config), reason=decision.reason, name=self.config.name,
+                         online=online, online_after_s=online_after_s)
 
     def _http(self) -> httpx.Client:
         if self.client is None:
@@ -229,7 +235,7 @@ class Runner:
             self.downloads = make_download_client(self.config.ca_bundle, urls=urls)
         return self.downloads
 
-    def _register(self, pending: state_mod.Pending | None, saved: State | None = None) -> State:
+    def _register(self, pending: state_mod.Pending | None, saved: State | None = None) -> tuple[State, set[int]]:
         from nezha_bootstrap.v0.api import Dashboard, Registration
 
         config = self.config
@@ -265,7 +271,7 @@ class Runner:
             self.reporter.warn(f"the dashboard already had a server named {config.name!r} under tag {tag!r} "
                                f"(id {ids}); this one is registered beside it: give nodes distinct names (NODE_NAME "
                                "with {ip} or {machine_id}), or delete the old one if its machine is gone")
-        return kept[-1]
+        return kept[-1], set(registration.before or ())
 
     def _look_for(self, pending: state_mod.Pending, dashboard: Dashboard) -> None:
         """An earlier run stopped while registering (killed, power lost): never register blindly. Look for the
@@ -343,17 +349,21 @@ class Runner:
         state_mod.clear_pending(self.paths)
         return saved
 
-    def _install(self, saved: State) -> None:
+    def _install(self, saved: State, before: set[int] | None) -> online.Online:
+        """Install the agent and wait until the dashboard sees it: only then is the install saved as done."""
         from nezha_bootstrap import agent
 
         config = self.config
         plan = install_plan(config, self.paths, saved.secret)
         payload = self._fetch(plan)
+        # Before the agent starts: its log is read from where it ends now, its journal from this moment.
+        watched = online.system_sources(self.paths, self.facts.systemd_running, time.time())
         try:
             if saved.installed_at is not None:
-                # The old agent is about to be replaced: until the new one verifies, nothing is installed,
+                # The old agent is about to be replaced: until the new one is online, nothing is installed,
                 # or a failed re-install followed by a run with the old settings would look done.
-                state_mod.save(self.paths, dataclasses.replace(saved, installed_at=None))
+                saved = dataclasses.replace(saved, installed_at=None)
+                state_mod.save(self.paths, saved)
             with self.reporter.step("install", _install_what(plan)):
                 self._perform(plan, payload)
         finally:
@@ -365,13 +375,46 @@ class Runner:
                 agent.wait_active(agent.is_active)
         if isinstance(plan, InstallPlan):
             self._remove_script_leftovers()
+        presence = self._presence(saved, before)
+        port = agentport.watch(config.probe_address, config.probe_port, config.tls, config.ca_bundle)
+        seen = self._await_online(saved, [presence, port, *watched.sources], presence)
         installed = dataclasses.replace(
             saved, probe_address=config.probe_address, probe_port=config.probe_port, tls=config.tls,
             installed_at=state_mod.now(), method=method_of(config), agent_flags=config.agent_flags,
             agent_version=agent_version_of(config), instance_id=self.facts.instance_id or saved.instance_id,
             agent_secret_given=saved.agent_secret_given or bool(config.agent.secret),
+            online=True, online_at=state_mod.now(), server_id=presence.server_id or saved.server_id,
         )
         state_mod.save(self.paths, installed)
+        return seen
+
+    def _presence(self, saved: State, before: set[int] | None) -> V0Presence:
+        from nezha_bootstrap.v0.api import Dashboard
+        from nezha_bootstrap.v0.online import V0Presence
+
+        assert self.config.token is not None  # a v0 run has its token: config.build and run.check_v0_settings
+        dashboard = Dashboard(self._http(), self.config.dashboard_url, self.config.token, self.config.token_source)
+        return V0Presence(dashboard, saved.name, saved.tag or "AutoRegister", saved.server_id, before,
+                          self.reporter.warn)
+
+    def _await_online(self, saved: State, sources: list[online.Source], presence: V0Presence) -> online.Online:
+        """The online wait; a verdict is saved (the install stays unfinished: the next run redoes it)."""
+        config = self.config
+        target = online.Target(config.probe_address, config.probe_port, config.tls, secret_kind="node secret")
+        waiter = online.Waiter(sources, target, config.online_timeout)
+        try:
+            return online.await_online(waiter, self.reporter.step, self._stop_agent)
+        except online.NotOnline as verdict:
+            self.reporter.context.update(online=False, online_after_s=None)
+            state_mod.save(self.paths, dataclasses.replace(
+                saved, online=False, online_at=None, server_id=presence.server_id or saved.server_id))
+            raise verdict
+
+    def _stop_agent(self) -> None:
+        """`nezha-agent service stop` (the v0.20.5 agent's own command, under systemd or SysV alike)."""
+        self.reporter.info("stopping the agent: nezha-agent service stop")
+        Command((str(self.paths.agent_binary), "service", "stop"), cwd=self.paths.agent_dir, must_succeed=False,
+                name="`nezha-agent service stop`", track=self.paths.child_file).apply(self.reporter)
 
     def _remove_script_leftovers(self) -> None:
         """install.sh unzips its release into its cwd (/opt/nezha/agent); there its `mv nezha-agent` onto

@@ -11,12 +11,13 @@ import dataclasses
 import os
 import platform
 import shlex
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nezha_bootstrap import agent, identity, redact
+from nezha_bootstrap import agent, agentport, identity, online, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.agent import local_step
 from nezha_bootstrap.config import AgentConfig, Config, display_url, same_dashboard
@@ -54,9 +55,22 @@ def agent_values(config: Config, uuid: str) -> dict[str, Any]:
         # connects (observed: offline it failed at once and enrolled in 0.11-0.14 s; online it would
         # replace the pinned binary). --agent-option disable_auto_update=false overrides it.
         "disable_auto_update": True,
+        # The agent's log: without `debug` agent v2.3.3 logs nothing at all, not even a refused secret (its
+        # logger is enabled by this switch alone); with it, only its connection, its failures and its tasks.
+        # The run reads it to tell a refused secret (issue 17); --agent-option debug=false turns it off.
+        "debug": True,
     }
     values.update(dict(config.agent.options))
     return values
+
+
+def earlier_config(config: Config, uuid: str) -> str:
+    """config.yml as versions before issue 17 wrote it (no `debug`): still what the settings ask for, so that
+    a finished node's rerun after an upgrade of the tool sends no request."""
+    values = agent_values(config, uuid)
+    if "debug" not in dict(config.agent.options):
+        values.pop("debug")
+    return agent.render_config(values)
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,8 @@ def plan_enrollment(saved: State | None, config: Config, facts: Facts, paths: Pa
     values = agent_values(config, ident.uuid)
     expected = agent.render_config(values)
     on_disk = _read(paths.agent_dir / "config.yml", paths.root)
-    install, reason = decide(saved, config, facts, on_disk, expected, paths, version)
+    seen_on_disk = expected if on_disk == earlier_config(config, ident.uuid) else on_disk
+    install, reason = decide(saved, config, facts, seen_on_disk, expected, paths, version)
     shown = agent.render_config({**values, "client_secret": SECRET_PLACEHOLDER})
     release = agent.Release(settings.base_url, version, agent.asset_name(machine), settings.sha256, settings.bundle)
     action = unit_action(paths)
@@ -220,10 +235,14 @@ class V1Runner:
             if node and install:
                 node.preflight()  # its write scope and the group, before any download or enrollment
             adopted: list[str] = []
+            seen: online.Online | None = None
             if install:
                 self._before_changes(saved)
+                # Before the agent starts: its log is read from where it ends now, its journal from this moment.
+                watched = online.system_sources(self.paths, self.facts.systemd_running, time.time())
                 adopted = self._install(plan)
-                self._save(saved, plan.uuid, plan.release.version)
+                seen = self._await_online(saved, plan, node, row, watched)
+                self._save(saved, plan.uuid, plan.release.version, online_ok=True)
             else:
                 self._warn_leftovers()
                 if saved and identity.recorded_late(saved.instance_id, self.facts.instance_id):
@@ -238,7 +257,30 @@ class V1Runner:
                 details.update(self._name(node, row, restart=not install))
                 if node.changed and not install:
                     outcome = "updated"
-            return self._result(outcome, reason, plan.uuid, details)
+            return self._result(outcome, reason, plan.uuid, details, seen=seen,
+                                online=True if seen else (saved.online if saved else None))
+
+    def _await_online(self, saved: State | None, plan: Plan, node: NodeNaming | None, row: dict[str, Any] | None,
+                      watched: online.Watched) -> online.Online:
+        """The online wait: with an access token the dashboard's list, always the agent's log and process. A
+        verdict is saved with the install unfinished (the next run installs again) and raised."""
+        from nezha_bootstrap.v1.online import V2Presence
+
+        config = self.config
+        port = agentport.watch(config.probe_address, config.probe_port, config.tls, config.ca_bundle)
+        if node is not None:
+            first: online.Source = V2Presence(node.api, node.finder, row, warn=self.reporter.warn)
+        else:  # no credential reads the dashboard: the agent's own log (debug on) says it
+            first = online.Reported(watched.log)
+        sources = [first, port, *watched.sources]
+        target = online.Target(config.probe_address, config.probe_port, config.tls)
+        try:
+            return online.await_online(online.Waiter(sources, target, config.online_timeout), self.reporter.step,
+                                       self._stop_agent)
+        except online.NotOnline:
+            self.reporter.context.update(online=False, online_after_s=None, uuid=plan.uuid)
+            self._save(saved, plan.uuid, plan.release.version, online_ok=False)
+            raise
 
     def _node_naming(self, uuid: str) -> NodeNaming | None:
         if not self.token_mode:
@@ -362,7 +404,8 @@ class V1Runner:
             self.client = make_client(self.config.ca_bundle, urls=(self.config.dashboard_url,))
         return self.client
 
-    def _save(self, saved: State | None, uuid: str, version: str) -> None:
+    def _save(self, saved: State | None, uuid: str, version: str, *, online_ok: bool) -> None:
+        """The enrollment; installed only once the node was seen online (else the next run installs again)."""
         config = self.config
         when = state_mod.now()
         state_mod.save(self.paths, State(
@@ -370,18 +413,21 @@ class V1Runner:
             dashboard_url=config.dashboard_url, name=config.name if self.token_mode else "", tag=None,
             probe_address=config.probe_address,
             probe_port=config.probe_port, tls=config.tls, secret="", machine_id=self.facts.machine_id,
-            registered_at=saved.registered_at if saved and saved.uuid == uuid else when, installed_at=when,
+            registered_at=saved.registered_at if saved and saved.uuid == uuid else when,
+            installed_at=when if online_ok else None,
             generation=self.generation.value, uuid=uuid, method="direct", agent_version=version,
-            instance_id=self.facts.instance_id,
+            instance_id=self.facts.instance_id, online=online_ok, online_at=when if online_ok else None,
         ))
 
-    def _result(self, outcome: str, reason: str, uuid: str, details: dict[str, Any]) -> RunResult:
+    def _result(self, outcome: str, reason: str, uuid: str, details: dict[str, Any], *,
+                seen: online.Online | None, online: bool | None) -> RunResult:
         naming_note = not self.token_mode
         if naming_note:
             details = {**details, "naming": NAMING_NOTE}
         return RunResult(outcome=outcome, generation=self.generation.value,
                          dashboard=display_url(self.config.dashboard_url), method="direct", reason=reason, uuid=uuid,
-                         notes=(NAMING_NOTE,) if naming_note else (), details=details)
+                         notes=(NAMING_NOTE,) if naming_note else (), details=details, online=online,
+                         online_after_s=seen.seconds if seen else None)
 
 
 def _read(path: Path, root: Path) -> str | None:

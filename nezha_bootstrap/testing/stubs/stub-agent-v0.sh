@@ -5,10 +5,11 @@
 # (installer-v0.md), as stubs/stub-install.sh does: a 0600 unit whose ExecStart carries the
 # arguments, `WorkingDirectory=` the caller's cwd; it refuses an existing unit ("Init already
 # exists"). `service uninstall` removes the unit. Where / is the root and systemd runs, install and
-# uninstall also `systemctl enable --now` / `disable --now` it. Anything else is the agent itself: it
+# uninstall also `systemctl enable --now` / `disable --now` it; `service stop` stops it. Anything else is the agent itself: it
 # idles like a connected agent. Paths are taken relative to the binary (<root>/opt/nezha/agent).
 # NEZHA_STUB_RECORD: directory for the records (default <root>/var/lib/nezha-stub); calls go to agent/.
-# NEZHA_STUB_MODE (service install only): exit1 fails, nounit claims success without writing the unit.
+# NEZHA_STUB_MODE (service install only): exit1 fails, nounit claims success without writing the unit,
+# dies leaves the pid file of an agent that exited (a SysV start).
 set -eu
 bin=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$bin/../../.." && pwd)
@@ -22,6 +23,23 @@ mkdir -p "$call"
 (umask 077; printf '%s\0' "$@" > "$call/argv"; env > "$call/env")
 printf "%s" "$(pwd)" > "$call/cwd"
 readlink "/proc/$$/fd/0" > "$call/stdin" 2>/dev/null || echo unknown > "$call/stdin"
+
+# What the agent's gRPC connection meets at the dashboard, for the fake v0 dashboard's last_active and
+# its agent-port knobs: the secret goes on stdin (never argv), to NEZHA_STUB_DASHBOARD (default: the
+# NEZHA_DASHBOARD_URL the tool runs with)
+# /_fake/agent-connect (in the tests the probe address is a name that does not resolve).
+v0_connect() {  # v0_connect SECRET TLS
+  dashboard=${NEZHA_STUB_DASHBOARD:-${NEZHA_DASHBOARD_URL:-}}
+  [ -n "$dashboard" ] || return 0
+  printf '%s\n' "$1" | python3 -c '
+import json, ssl, sys, urllib.request
+body = json.dumps({"secret": sys.stdin.readline().strip(), "tls": sys.argv[2] == "true"}).encode()
+request = urllib.request.Request(sys.argv[1] + "/_fake/agent-connect", data=body,
+                                 headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(request, timeout=10, context=ssl._create_unverified_context()) as answer:
+    print("stub nezha-agent: " + json.load(answer)["outcome"])
+' "$dashboard" "$2" || true
+}
 
 case "${1:-}" in
   -v|--version) echo "nezha-agent version @VERSION@"; exit 0 ;;
@@ -60,11 +78,27 @@ RestartSec=120
 WantedBy=multi-user.target
 UNIT
 )
+    echo "stub nezha-agent: service installed"
     if [ -n "$systemd" ]; then
       systemctl daemon-reload
       systemctl enable --now nezha-agent >/dev/null 2>&1
     fi
-    echo "stub nezha-agent: service installed" ;;
+    # The agent it started connects (the stub connects here, where the tool's NEZHA_DASHBOARD_URL is known).
+    secret=""; tls=false; previous=""
+    for word in "$@"; do
+      [ "$previous" = "-p" ] && secret=$word
+      [ "$word" = "--tls" ] && tls=true
+      previous=$word
+    done
+    v0_connect "$secret" "$tls"
+    if [ -z "$systemd" ] && [ "${NEZHA_STUB_MODE:-ok}" = "dies" ]; then  # a SysV start whose agent exits
+      mkdir -p "$prefix/var/run"
+      sh -c 'exit 0' & dead=$!; wait "$dead" || true
+      echo "$dead" > "$prefix/var/run/nezha-agent.pid"
+    fi ;;
+  stop)
+    [ -n "$systemd" ] && systemctl stop nezha-agent
+    echo "stub nezha-agent: stopped" ;;
   uninstall)
     if [ -n "$systemd" ]; then systemctl disable --now nezha-agent >/dev/null 2>&1 || true; fi
     rm -f "$unit"

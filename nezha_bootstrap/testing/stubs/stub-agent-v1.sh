@@ -65,16 +65,50 @@ connect() {
   tls=${NZ_TLS:-$(value tls)}
   scheme=http
   [ "$tls" = "true" ] && scheme=https
+  # The agent's log, as the real agent v2.3.3 writes it with `debug: true` (tests/data/real/agent-logs.json):
+  # on stderr, so in the journal under systemd, else in the SysV script's /var/log/<name>.err.
+  log=-
+  [ -z "$systemd" ] && { mkdir -p "$prefix/var/log"; log="$prefix/var/log/$name.err"; }
   # The secret goes on stdin, never in argv, like the real agent's gRPC metadata.
   if printf '%s\n%s\n' "$uuid" "$secret" | python3 -c '
-import json, ssl, sys, urllib.request
+import datetime, json, socket, ssl, sys, urllib.error, urllib.request
+url, log_path, debug, server = sys.argv[1:5]
+def log(message):
+    if debug != "true":
+        return  # the real agent logs nothing without debug
+    now = datetime.datetime.now()
+    line = f"I: {now:%H:%M:%S} NEZHA@{now:%Y-%m-%d %H:%M:%S}>> {message}\n"
+    if log_path == "-":
+        sys.stderr.write(line)
+    else:
+        with open(log_path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+def failed(desc):
+    log(f"上报系统信息失败: rpc error: code = {desc}")
+    sys.exit(1)
 uuid, secret = sys.stdin.read().splitlines()[:2]
-request = urllib.request.Request(sys.argv[1], data=json.dumps({"uuid": uuid, "secret": secret}).encode(),
+request = urllib.request.Request(url, data=json.dumps({"uuid": uuid, "secret": secret}).encode(),
                                  headers={"Content-Type": "application/json"})
-context = ssl._create_unverified_context()
-with urllib.request.urlopen(request, timeout=10, context=context) as answer:
-    sys.stdout.write(answer.read().decode())
-' "$scheme://$server/_fake/agent-connect" > "$call/connect" 2>&1; then
+log(f"Connection to {server} established")
+try:
+    with urllib.request.urlopen(request, timeout=2, context=ssl._create_unverified_context()) as answer:
+        sys.stdout.write(answer.read().decode())
+except urllib.error.HTTPError as error:  # the fake refused the secret or the uuid: gRPC Unauthenticated
+    sys.stdout.write(error.read().decode())
+    failed("Unauthenticated desc = 客户端认证失败")
+except (urllib.error.URLError, OSError) as error:
+    reason = getattr(error, "reason", error)
+    if isinstance(reason, ConnectionRefusedError):
+        failed(f"Unavailable desc = connection error: desc = \"transport: Error while dialing: dial tcp {server}: "
+               "connect: connection refused\"")
+    if isinstance(reason, (socket.timeout, TimeoutError)):
+        failed("DeadlineExceeded desc = context deadline exceeded while waiting for connections to become ready")
+    if isinstance(reason, ssl.SSLError):
+        failed("Unavailable desc = connection error: desc = \"transport: authentication handshake failed: tls: "
+               "first record does not look like a TLS handshake\"")
+    failed("Unavailable desc = connection error: desc = \"error reading server preface: EOF\"")
+log("正在更新本地缓存IP信息")
+' "$scheme://$server/_fake/agent-connect" "$log" "$(value debug)" "$server" > "$call/connect"; then
     echo "stub nezha-agent: connected to $server"
   else
     echo "stub nezha-agent: could not connect to $server (the real agent keeps retrying)"

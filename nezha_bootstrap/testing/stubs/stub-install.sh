@@ -31,6 +31,23 @@ case "${NEZHA_STUB_MODE:-ok}" in
   slow) sleep "${NEZHA_STUB_DELAY:-3}" ;;
 esac
 
+# What the agent's gRPC connection meets at the dashboard, for the fake v0 dashboard's last_active and
+# its agent-port knobs: the secret goes on stdin (never argv), to NEZHA_STUB_DASHBOARD (default: the
+# NEZHA_DASHBOARD_URL the tool runs with)
+# /_fake/agent-connect (in the tests the probe address is a name that does not resolve).
+v0_connect() {  # v0_connect SECRET TLS
+  dashboard=${NEZHA_STUB_DASHBOARD:-${NEZHA_DASHBOARD_URL:-}}
+  [ -n "$dashboard" ] || return 0
+  printf '%s\n' "$1" | python3 -c '
+import json, ssl, sys, urllib.request
+body = json.dumps({"secret": sys.stdin.readline().strip(), "tls": sys.argv[2] == "true"}).encode()
+request = urllib.request.Request(sys.argv[1] + "/_fake/agent-connect", data=body,
+                                 headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(request, timeout=10, context=ssl._create_unverified_context()) as answer:
+    print("stub nezha-agent: " + json.load(answer)["outcome"])
+' "$dashboard" "$2" || true
+}
+
 host=$2; port=$3; secret=$4
 shift 4
 agent="$prefix/opt/nezha/agent/nezha-agent"
@@ -42,6 +59,11 @@ cat > "$agent" <<'AGENT'
 bin=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$bin/../../.." && pwd)
 [ "$root" = "/" ] && prefix="" || prefix="$root"
+if [ "${1:-}" = "service" ] && [ "${2:-}" = "stop" ]; then
+  [ -z "$prefix" ] && [ -d /run/systemd/system ] && systemctl stop nezha-agent
+  echo "stub nezha-agent: stopped"
+  exit 0
+fi
 if [ "${1:-}" = "service" ] && [ "${2:-}" = "uninstall" ]; then
   if [ -z "$prefix" ] && [ -d /run/systemd/system ]; then
     systemctl disable --now nezha-agent >/dev/null 2>&1 || true
@@ -82,4 +104,8 @@ if [ -z "$prefix" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl enable --now nezha-agent >/dev/null 2>&1
 fi
+# The agent it started connects (the stub connects here, where the tool's NEZHA_DASHBOARD_URL is known).
+tls=false
+case " $* " in *" --tls "*) tls=true ;; esac
+v0_connect "$secret" "$tls"
 echo "stub install.sh: Nezha Agent installed successfully"

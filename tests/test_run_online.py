@@ -1,0 +1,310 @@
+"""Done means online (issue 17): `run` exits 0 only once the dashboard sees the node; every other ending of
+the wait is a named verdict with its exit code, saved for `status` and redone by the next run."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import trustme
+
+from nezha_bootstrap.agent import AGENT_V1
+from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
+from tests.conftest import Cli
+from tests.test_run_v1 import UUID, V1Cli
+
+pytestmark = pytest.mark.integration
+
+SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+@contextmanager
+def agent_port(answer: str, tls: ssl.SSLContext | None = None) -> Iterator[int]:
+    """A gRPC-like port on 127.0.0.1 for the tool's probe: `h2` answers the preface with SETTINGS, `silent`
+    accepts and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+            try:
+                if tls is not None:
+                    conn = tls.wrap_socket(conn, server_side=True)
+                    held.append(conn)
+                if answer == "h2":
+                    conn.recv(64)
+                    conn.sendall(SETTINGS_FRAME)
+            except (OSError, ssl.SSLError):
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def closed_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    sock.close()
+    return port
+
+
+@pytest.fixture
+def fake_v1() -> FakeV1:
+    fake = FakeV1(profile="v2.1+")
+    fake.add_release(AGENT_V1)
+    return fake
+
+
+@pytest.fixture
+def v1cli(fake_v1: FakeV1, root: Path) -> Iterator[V1Cli]:
+    with serve_v1(fake_v1) as running:
+        yield V1Cli(running, fake_v1, root)
+
+
+def state(root: Path) -> dict[str, object]:
+    return dict(json.loads((root / "var/lib/nezha-bootstrap/state.json").read_text()))
+
+
+# --- v0: the server's last_active ----------------------------------------------------------------------
+
+def test_v0_run_exits_0_once_the_dashboard_lists_the_node_reporting(cli: Cli) -> None:
+    outcome = cli("run", "--json", NODE_NAME="web-1")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    result = json.loads(outcome.stdout)
+    assert result["online"] is True and 0 <= result["online_after_s"] < 5
+    [server] = cli.fake.servers
+    assert cli.fake.connections == ["connected"]
+    saved = state(cli.root)
+    assert (saved["online"], saved["server_id"]) == (True, server.id) and saved["online_at"] and saved["installed_at"]
+    assert [step["step"] for step in result["steps"]][-1] == "online"
+
+
+def test_v0_rerun_of_an_online_node_sends_nothing_and_says_what_the_last_run_saw(cli: Cli) -> None:
+    assert cli("run", NODE_NAME="web-1").exit_code == 0
+    before = len(cli.fake.journal)
+
+    again = cli("run", "--json", NODE_NAME="web-1")
+
+    assert again.exit_code == 0, again.stderr
+    assert len(cli.fake.journal) == before
+    assert (json.loads(again.stdout)["online"], json.loads(again.stdout)["online_after_s"]) == (True, None)
+
+
+def test_v0_reinstall_waits_for_a_newer_report_than_the_old_agent_left(cli: Cli) -> None:
+    assert cli("run", NODE_NAME="web-1").exit_code == 0
+    (cli.root / "etc/systemd/system/nezha-agent.service").unlink()
+
+    again = cli("run", "--json", NODE_NAME="web-1")
+
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["online"] is True
+    assert len(cli.fake.registrations()) == 1
+    details = [j for j in cli.fake.journal if j.path == "/api/v1/server/details"]
+    assert details and all(j.query == f"id={cli.fake.servers[0].id}" for j in details)  # the saved id, exactly
+
+
+def test_v0_a_node_that_never_reports_is_exit_4_at_the_online_timeout_and_the_rerun_installs_again(cli: Cli) -> None:
+    cli.fake.agent_port.state = "silent"  # the agent's connection never gets through
+    with agent_port("h2") as port:  # while the port itself answers as gRPC: nothing names a cause
+        outcome = cli("run", "--json", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1",
+                      NEZHA_PROBE_PORT=str(port), NEZHA_PROBE_TLS="false", NEZHA_ONLINE_TIMEOUT="1.5")
+
+        assert outcome.exit_code == 4, outcome.stderr
+        failure = json.loads(outcome.stdout)
+        assert (failure["online"], failure["online_after_s"], failure["exit_code"]) == (False, None, 4)
+        assert "did not see the node online within 1.5 s" in failure["error"]
+        saved = state(cli.root)
+        assert (saved["online"], saved["installed_at"]) == (False, None)
+
+        cli.fake.agent_port.state = "open"
+        again = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port),
+                    NEZHA_PROBE_TLS="false")
+    assert again.exit_code == 0, again.stderr
+    assert "install only (registered earlier, the install did not finish)" in again.stderr
+    assert len(cli.fake.registrations()) == 1
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_server(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+def test_v0_tls_against_a_plain_grpc_port_is_exit_3_naming_no_tls_and_stops_the_agent(cli: Cli) -> None:
+    cli.fake.agent_port.tls = False  # v0.20.13's agent port is plain gRPC
+    with agent_port("h2") as port:
+        outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port))
+
+    assert outcome.exit_code == 3, outcome.stderr
+    assert f"the agent connects to 127.0.0.1:{port} with TLS (--tls), but the port speaks plain gRPC" in outcome.stderr
+    assert "Run again with --no-tls" in outcome.stderr
+    assert "stopping the agent: nezha-agent service stop" in outcome.stderr
+    assert cli.fake.connections == ["tls on plain"]
+    assert state(cli.root)["installed_at"] is None
+
+
+def test_v0_plain_against_a_tls_port_is_exit_3_naming_tls(cli: Cli, ca: trustme.CA, tmp_path: Path) -> None:
+    cli.fake.agent_port.tls = True  # a TLS proxy in front of the agent port
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    with agent_port("h2", tls_server(ca)) as port:
+        outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port),
+                      NEZHA_PROBE_TLS="false")
+
+    assert outcome.exit_code == 3, outcome.stderr
+    assert f"the agent connects to 127.0.0.1:{port} without TLS (--no-tls), but the port speaks TLS" in outcome.stderr
+    assert "Run again with --tls" in outcome.stderr
+
+
+def test_v0_a_closed_probe_port_is_exit_4_naming_host_and_port_and_the_agent_keeps_running(cli: Cli) -> None:
+    cli.fake.agent_port.state = "refused"
+    port = closed_port()
+    outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port))
+
+    assert outcome.exit_code == 4, outcome.stderr
+    assert f"127.0.0.1:{port} refused the agent's connection (nothing listens there)" in outcome.stderr
+    assert "stopping the agent" not in outcome.stderr  # a later boot, or the dashboard coming up, may succeed
+
+
+def test_v0_a_silent_probe_port_is_exit_4_naming_host_and_port(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import agentport
+
+    monkeypatch.setattr(agentport, "ANSWER_WAIT", 0.3)
+    cli.fake.agent_port.state = "silent"
+    with agent_port("silent") as port:
+        outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port),
+                      NEZHA_PROBE_TLS="false")
+
+    assert outcome.exit_code == 4, outcome.stderr
+    assert f"127.0.0.1:{port} did not answer the agent" in outcome.stderr
+
+
+def test_v0_a_server_deleted_in_the_dashboard_refuses_the_node_secret_exit_3(cli: Cli) -> None:
+    assert cli("run", NODE_NAME="web-1").exit_code == 0
+    cli.fake.servers.clear()  # deleted in the dashboard: its secret is refused from now on
+    (cli.root / "etc/systemd/system/nezha-agent.service").unlink()
+
+    outcome = cli("run", NODE_NAME="web-1")
+
+    assert outcome.exit_code == 3, outcome.stderr
+    assert "the dashboard refused the node secret" in outcome.stderr and "--force" in outcome.stderr
+    assert "stopping the agent" in outcome.stderr
+
+
+@pytest.fixture
+def releases() -> Iterator[str]:
+    """A release host of the stub v0 agent (--method direct)."""
+    from nezha_bootstrap.config import AGENT_V0
+
+    host = FakeV1()
+    host.add_release(AGENT_V0)
+    with serve_v1(host) as running:
+        yield f"{running.url}/releases"
+
+
+def test_v0_the_agent_dying_is_exit_5(cli: Cli, releases: str) -> None:
+    cli.fake.agent_port.state = "silent"
+    with agent_port("h2") as port:
+        outcome = cli("run", "--method", "direct", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1",
+                      NEZHA_PROBE_PORT=str(port), NEZHA_PROBE_TLS="false", NEZHA_STUB_MODE="dies",
+                      NEZHA_AGENT_BASE_URL=releases)
+
+    assert outcome.exit_code == 5, outcome.stderr
+    assert "the agent process exited" in outcome.stderr
+
+
+# --- v1/v2 with the agent secret alone: the agent's log --------------------------------------------------
+
+def test_v1_secret_alone_is_online_when_the_agents_log_shows_its_first_report(v1cli: V1Cli) -> None:
+    outcome = v1cli("--json")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    result = json.loads(outcome.stdout)
+    assert result["online"] is True and result["online_after_s"] < 5
+    assert "debug: true" in (v1cli.root / "opt/nezha/agent/config.yml").read_text()
+    assert v1cli.state()["online"] is True
+
+
+def test_v1_a_wrong_agent_secret_is_exit_3_and_the_agent_is_stopped(v1cli: V1Cli) -> None:
+    outcome = v1cli(NEZHA_AGENT_SECRET="wrongsecret1234567890")
+
+    assert outcome.exit_code == 3, outcome.stderr
+    assert "the dashboard refused the agent secret (the agent logged:" in outcome.stderr
+    assert "code = Unauthenticated" in outcome.stderr
+    assert [call.argv[-1] for call in v1cli.agent_calls()][-1] == "stop"
+    assert v1cli.fake.servers == []
+    assert (v1cli.state()["online"], v1cli.state()["installed_at"]) == (False, None)
+
+
+def test_v1_tls_against_the_plain_dashboard_port_is_exit_3(v1cli: V1Cli) -> None:
+    outcome = v1cli("--tls")
+
+    assert outcome.exit_code == 3, outcome.stderr
+    assert "with TLS (--tls), but the port speaks plain gRPC" in outcome.stderr
+
+
+def test_v1_a_closed_port_is_exit_4_naming_it(v1cli: V1Cli) -> None:
+    port = closed_port()
+    outcome = v1cli("--probe-port", str(port))
+
+    assert outcome.exit_code == 4, outcome.stderr
+    assert f"127.0.0.1:{port} refused the agent's connection" in outcome.stderr
+
+
+# --- v2.1+ with an access token: the uuid listed and reporting -----------------------------------------------
+
+def test_v2_token_mode_is_online_when_the_uuid_is_listed_reporting(fake_v1: FakeV1, v1cli: V1Cli) -> None:
+    token = fake_v1.add_token()
+    outcome = v1cli("--json", NEZHA_TOKEN=token, NODE_NAME="web-1")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    result = json.loads(outcome.stdout)
+    assert result["online"] is True
+    [server] = fake_v1.servers
+    assert server.uuid == UUID and server.name == "web-1"
+
+
+# --- status: whether the last run saw the node online, and when -------------------------------------------
+
+def test_status_shows_whether_the_last_run_saw_the_node_online_and_when(cli: Cli) -> None:
+    assert cli("run", NODE_NAME="web-1").exit_code == 0
+    shown = cli("status", "--json")
+    text = cli("status")
+
+    info = json.loads(shown.stdout)
+    assert info["online"] is True and info["online_at"] == info["installed_at"]
+    assert "online: yes" in text.stdout.splitlines()
+
+
+def test_status_after_a_verdict_says_the_node_was_not_seen_online(cli: Cli) -> None:
+    cli.fake.agent_port.state = "refused"
+    port = closed_port()
+    assert cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port)).exit_code == 4
+
+    info = json.loads(cli("status", "--json").stdout)
+    assert (info["online"], info["online_at"], info["installed"]) == (False, None, False)
