@@ -101,7 +101,7 @@ def classify_lines(lines: Sequence[str]) -> Look:
     for line in lines:
         outcome = classify_line(line)
         if outcome is not None:
-            found = Look(outcome, line.strip())
+            found = Look(outcome, f"the agent logged: {line.strip()}")
     return found
 
 
@@ -146,7 +146,7 @@ STOP_AGENT = (SecretRefused, TlsMismatch)  # verdicts after which the agent must
 
 def verdict(look: Look, target: Target) -> NotOnline:
     """The error a decisive failure look stands for, naming the cause and what to do."""
-    seen = f" (the agent logged: {look.evidence})" if look.evidence else ""
+    seen = f" ({look.evidence})" if look.evidence else ""  # a log line, or what the port probe met
     outcome = look.outcome
     if outcome is Outcome.SECRET_REFUSED:
         return SecretRefused(

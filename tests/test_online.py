@@ -72,7 +72,7 @@ def test_each_failure_look_is_its_verdict_with_its_exit_code(outcome: Outcome, e
         wait.wait()
     assert raised.value.exit_code == code
     assert words in str(raised.value)
-    assert "(the agent logged: the line)" in str(raised.value)
+    assert "(the line)" in str(raised.value)
 
 
 def test_an_ipv6_probe_address_is_named_in_brackets() -> None:
@@ -158,7 +158,8 @@ def test_without_their_debug_switch_the_real_agents_log_nothing() -> None:
 
 def test_a_later_line_overrides_an_earlier_one() -> None:
     lines = ["dial tcp 127.0.0.1:1: connect: connection refused", "code = Unauthenticated desc = x"]
-    assert online.classify_lines(lines) == Look(Outcome.SECRET_REFUSED, "code = Unauthenticated desc = x")
+    assert online.classify_lines(lines) == Look(Outcome.SECRET_REFUSED,
+                                                "the agent logged: code = Unauthenticated desc = x")
 
 
 # --- the system's sources --------------------------------------------------------------------------
@@ -191,7 +192,8 @@ def test_the_journal_is_read_from_the_start_of_the_wait_only() -> None:
         return journal
 
     look = online.JournalLog(1700000010.0, run).look()
-    assert look == Look(Outcome.PORT_REFUSED, "dial tcp 10.0.0.1:5555: connect: connection refused")
+    assert look == Look(Outcome.PORT_REFUSED,
+                        "the agent logged: dial tcp 10.0.0.1:5555: connect: connection refused")
     assert list(asked[0]) == ["journalctl", "-u", "nezha-agent", "--since", "@1700000009", "-o", "short-unix",
                               "--no-pager", "-q"]
 

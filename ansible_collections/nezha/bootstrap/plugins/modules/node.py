@@ -175,6 +175,11 @@ options:
   enroll_timeout:
     description: v2.1+ token mode, seconds to wait for the dashboard to list the server (C(--enroll-timeout)).
     type: float
+  online_timeout:
+    description:
+      - Seconds to wait, after installing the agent, for the dashboard to show this host online (C(--online-timeout));
+        the task succeeds only once it does.
+    type: float
   force:
     description: Register again even if this host is registered (C(--force)); never idempotent.
     type: bool
@@ -297,7 +302,7 @@ VALUE_OPTIONS = (
     "dashboard_url", "token_file", "agent_secret_file", "root", "probe_address", "probe_port", "name", "tag", "note",
     "script_url", "script_sha256", "mirror", "deadline", "lock_timeout", "ca_bundle", "dashboard", "method",
     "agent_base_url", "agent_version", "agent_sha256", "uuid", "public_note", "display_index", "group", "group_id",
-    "enroll_timeout",
+    "enroll_timeout", "online_timeout",
 )
 REPEATED_OPTIONS = ("agent_flag", "agent_option")
 SWITCHES = ("adopt", "allow_plaintext", "create_group", "force", "rehearsal")
@@ -318,6 +323,7 @@ def argument_spec():
         deadline=dict(type="float"),
         lock_timeout=dict(type="float"),
         enroll_timeout=dict(type="float"),
+        online_timeout=dict(type="float"),
         token_file=dict(type="path", no_log=False),
         agent_secret_file=dict(type="path", no_log=False),
         dashboard=dict(type="str", choices=["auto", "v0", "v1", "v2"]),
