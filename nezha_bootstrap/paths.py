@@ -183,8 +183,14 @@ def private_dir_under(root: Path, path: Path) -> None:
     fd = open_under(root, path, create=True, directory=True)
     try:
         os.fchmod(fd, 0o700)
+    except OSError as exc:  # a read-only file system shows here first: said apart from a failed create
+        raise PrivateModeFailed(exc.errno, exc.strerror) from exc
     finally:
         os.close(fd)
+
+
+class PrivateModeFailed(OSError):
+    """The directory exists (or was made) under the root, but could not be made 0700."""
 
 
 def open_under(root: Path, path: Path, *, follow_last: bool = True, create: bool = False,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from nezha_bootstrap.errors import StateError
-from nezha_bootstrap.paths import HOST, private_dir_under, read_under
+from nezha_bootstrap.paths import HOST, PrivateModeFailed, private_dir_under, read_under
 
 COMMAND_TIMEOUT = 60.0  # an agent or systemctl command; install.sh gets the step's deadline instead
 AFTER_EXIT = 1.0  # seconds of output still read after a command exits (a child of it may hold the pipe)
@@ -197,6 +197,8 @@ def ensure_private_dir(path: Path, root: Path = HOST) -> None:
         try:
             root.mkdir(parents=True, exist_ok=True)  # the root itself is the caller's; below it, confined
             private_dir_under(root, path)
+        except PrivateModeFailed as exc:
+            raise StateError(f"cannot make the directory {path} private (mode 0700): {exc.strerror}") from exc
         except OSError as exc:
             raise StateError(f"cannot create the private directory {path} (mode 0700): {exc.strerror}") from exc
         return

@@ -211,6 +211,8 @@ def test_check_exits_1_for_a_broken_run_or_a_missed_target(
     outcome = bench.Outcome({"figure": value}, [bench.Target("stand-in", value, 5.0, "s")], broken)
     monkeypatch.setitem(bench.BENCHMARKS, "recovery", lambda plan: outcome)
 
+    for name in ("NO_PROXY", "no_proxy"):  # bench.main sets both for its nodes: put them back afterwards
+        monkeypatch.setenv(name, os.environ.get(name, ""))
     argv = ["--only", "recovery", "--json", str(tmp_path / "out.json"), *(["--check"] if check else [])]
     assert bench.main(argv) == code
 
