@@ -15,6 +15,7 @@ from nezha_bootstrap import __version__, interrupts, redact
 from nezha_bootstrap.config import display_url
 from nezha_bootstrap.errors import EXIT_CODES, BootstrapError, InternalError, SettingsError
 from nezha_bootstrap.firstboot.render import KINDS as RENDER_KINDS
+from nezha_bootstrap.firstboot.render import USER_DATA_LIMIT
 from nezha_bootstrap.options import (
     INSTALL_OPTIONS,
     SET_BY_USER,
@@ -270,10 +271,17 @@ def _write_output(text: str, output: str | None, reporter: Reporter, mode: int =
 @settings_options
 @agent_options
 @install_options
+@option("--ca-file", metavar="PEM", type=click.Path(dir_okay=False),
+        help="cloud-init kinds: CA certificates (PEM) of a private-CA dashboard, added to each node's trust store "
+             "(cloud-init's ca_certs), which the tool, the zipapp's download and the agent use.")
+@option("--comments", is_flag=True, help="Keep the explanatory comments (larger user-data).")
+@option("--no-size-limit", is_flag=True,
+        help=f"Write user-data over {USER_DATA_LIMIT:,} bytes (EC2's limit) for a cloud that takes more.")
 @option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file (mode 0600), not stdout.")
 @click.pass_context
 @handle_errors
-def render_command(ctx: click.Context, /, kind: str, output: str | None, **params: Any) -> None:
+def render_command(ctx: click.Context, /, kind: str, ca_file: str | None, comments: bool, no_size_limit: bool,
+                   output: str | None, **params: Any) -> None:
     """Print the unit, the settings file or cloud-init user-data, filled from the settings of `run`.
 
     KIND: cloud-init (installs the tool: the zipapp with --pyz-url, or pip with --package; writes
@@ -287,19 +295,63 @@ def render_command(ctx: click.Context, /, kind: str, output: str | None, **param
     if ctx.get_parameter_source("root") is ParameterSource.COMMANDLINE:
         raise SettingsError(["render prints text and writes only --output: --root is for install-service, seal "
                              "and uninstall"])
+    if ca_file and not kind.startswith("cloud-init"):
+        raise SettingsError([f"--ca-file is for the cloud-init kinds (user-data); a {kind} file cannot carry a CA: "
+                             "put it in the node's trust store, or give the node's path with --ca-bundle"])
     if kind == "systemd":  # the unit holds no secret: readable, as install-service writes it
-        _write_output(render.unit(), output, reporter, mode=0o644)
+        _write_output(render.unit(comments=comments), output, reporter, mode=0o644)
         return
     pyz = params.get("pyz")
     install, problems = zipapp.choose(kind, **{name: params.pop(name) for name in INSTALL_OPTIONS})
-    settings = settings_file(ctx, params, reporter, problems)
+    ca = _ca_certificates(ca_file, problems) if ca_file else None
+    settings = settings_file(ctx, params, reporter, problems, comments=comments)
     try:
-        text = zipapp.document(kind, settings, install)
+        text = zipapp.document(kind, settings, install, comments=comments, ca=ca)
     except ValueError as exc:
         raise SettingsError([str(exc)]) from exc
+    if kind.startswith("cloud-init") and not no_size_limit:
+        lean = zipapp.document(kind, settings, install, comments=False, ca=ca) if comments else text
+        problem = render.size_problem(text, _droppable(settings, ca, comments=len(text) - len(lean)))
+        if problem:
+            raise SettingsError([problem])
     if pyz:  # choose() read it: a zipapp within the cap
         reporter.info(zipapp.describe_pyz(Path(pyz)))
     _write_output(text, output, reporter)
+
+
+def _ca_certificates(path: str, problems: list[str]) -> str | None:
+    """The certificates of --ca-file, re-encoded; a problem when it is missing, too large or holds anything else."""
+    from nezha_bootstrap.firstboot import render
+
+    try:
+        with open(path, "rb") as file:
+            data = file.read(render.MAX_CA_BYTES + 1)
+    except OSError as exc:
+        problems.append(f"--ca-file {path}: {exc.strerror or exc}")
+        return None
+    if len(data) > render.MAX_CA_BYTES:
+        problems.append(f"--ca-file {path}: larger than {render.MAX_CA_BYTES:,} bytes, which user-data cannot carry")
+        return None
+    try:
+        return render.ca_certificates(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        reason = "it is not PEM text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        problems.append(f"--ca-file {path}: {reason}")
+        return None
+
+
+def _droppable(settings: str, ca: str | None, *, comments: int) -> dict[str, int]:
+    """What of the user-data the user may drop or shorten, with its bytes there: the comments, the CA, long settings."""
+    from nezha_bootstrap.firstboot import render
+    from nezha_bootstrap.options import run_setting_options
+
+    flags = {str(item.envvar): item.opts[0] for item in run_setting_options() if item.envvar}
+    parts = {"--comments": comments, "--ca-file": len(render.yaml_string(ca)) if ca else 0}
+    for line in settings.splitlines():
+        name, _, value = line.partition("=")
+        if name in flags and len(value) >= 512:  # a long note, name or list of flags
+            parts[f"{flags[name]}/{name}"] = len(render.yaml_string(value))
+    return parts
 
 
 def _root_paths(root: str, *, existing: bool = False) -> Paths:

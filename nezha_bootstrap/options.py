@@ -281,7 +281,7 @@ def config_of(ctx: click.Context, params: dict[str, Any], reporter: Reporter, *,
 
 
 def settings_file(ctx: click.Context, params: dict[str, Any], reporter: Reporter,
-                  problems: list[str] | None = None) -> str:
+                  problems: list[str] | None = None, *, comments: bool = True) -> str:
     """Validate the settings as `run` would, for other machines; return the settings file's text.
 
     Only the settings the user set (flag or env var) are written, as given: a name such as
@@ -302,7 +302,7 @@ def settings_file(ctx: click.Context, params: dict[str, Any], reporter: Reporter
                                                  ("NEZHA_AGENT_SECRET", config.agent.secret)) if value]
     after_url = next((i + 1 for i, (name, _) in enumerate(assignments) if name == "NEZHA_DASHBOARD_URL"), 0)
     try:
-        return render.env_file(assignments[:after_url] + secrets + assignments[after_url:])
+        return render.env_file(assignments[:after_url] + secrets + assignments[after_url:], comments=comments)
     except ValueError as exc:
         raise SettingsError([str(exc)]) from exc
 

@@ -322,10 +322,9 @@ def test_a_certificate_from_an_unknown_ca_is_still_refused_exit_3(root: Path, ca
 
 
 def test_the_unit_waits_for_the_clock_to_sync() -> None:
-    for path in ("nezha_bootstrap/firstboot/templates/nezha-bootstrap.service", "systemd/nezha-bootstrap.service"):
-        text = (Path(__file__).resolve().parent.parent / path).read_text()
-        after = next(line for line in text.splitlines() if line.startswith("After="))
-        assert "time-sync.target" in after.split("=", 1)[1].split()
+    text = (Path(__file__).resolve().parent.parent / "nezha_bootstrap/firstboot/templates/nezha-bootstrap.service").read_text()
+    after = next(line for line in text.splitlines() if line.startswith("After="))
+    assert "time-sync.target" in after.split("=", 1)[1].split()
 
 
 # --- 5. foreign failures end in documented exit codes -------------------------------------------------

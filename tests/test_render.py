@@ -57,6 +57,11 @@ def comment_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.lstrip().startswith("#")]
 
 
+def explanatory_comments(template: str) -> list[str]:
+    """The comment lines of a template that rendering keeps with comments on: not the "##" ones about the template."""
+    return [line for line in comment_lines(template) if not line.lstrip().startswith("##")]
+
+
 # --- the settings file and systemd's EnvironmentFile= rules ---------------------------------------
 
 # Files and results from systemd's own test suite (src/test/test-env-file.c, systemd 252).
@@ -160,7 +165,7 @@ def test_full_user_data_carries_the_settings_the_unit_and_the_package() -> None:
 
     data = yaml.safe_load(text)
     assert text.startswith("#cloud-config\n")
-    assert comment_lines(text) == comment_lines(render.template("cloud-init"))
+    assert comment_lines(text) == explanatory_comments(render.template("cloud-init"))
     assert data["write_files"] == [
         {"path": "/etc/nezha-bootstrap/env", "owner": "root:root", "permissions": "0600", "content": settings},
         {"path": "/etc/systemd/system/nezha-bootstrap.service", "owner": "root:root", "permissions": "0644",
@@ -183,7 +188,7 @@ def test_zipapp_user_data_writes_the_tool_its_fetcher_and_the_unit_and_starts_th
     text = render.cloud_init_pyz(settings, PYZ_URL, PYZ_SHA256)
 
     data = yaml.safe_load(text)
-    assert comment_lines(text) == comment_lines(render.template("cloud-init-pyz"))
+    assert comment_lines(text) == explanatory_comments(render.template("cloud-init-pyz"))
     assert [(f["path"], f["owner"], f["permissions"], f["content"]) for f in data["write_files"]] == [
         ("/etc/nezha-bootstrap/env", "root:root", "0600", settings),
         ("/etc/nezha-bootstrap/pyz-source.json", "root:root", "0644",
@@ -465,7 +470,9 @@ def test_render_systemd_prints_the_unit_and_needs_no_settings() -> None:
     outcome = invoke("systemd")
 
     assert outcome.exit_code == 0
-    assert outcome.stdout == render.template("systemd")
+    assert outcome.stdout == render.unit(comments=False)
+    assert comment_lines(outcome.stdout) == []
+    assert invoke("systemd", "--comments").stdout == render.template("systemd")
 
 
 def test_render_output_goes_to_a_private_file(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The first-boot templates: the repository's copies, the unit's settings, and the real validators.
+"""The first-boot templates: one packaged copy, the unit's settings, and the real validators.
 
 The validators are the real ones: `cloud-init schema --config-file`, `systemd-analyze verify` and,
 for the settings file, systemd itself (PID 1 in a throwaway systemd-nspawn container that reads it
@@ -25,16 +25,7 @@ from tests.conftest import IN_CI, TOKEN, make_runner
 from tests.test_render import HOSTILE
 
 REPO = Path(__file__).resolve().parent.parent
-COPIES = {
-    "systemd/nezha-bootstrap.service": "systemd",
-    "systemd/nezha-bootstrap.env": "env",
-    "cloud-init/cloud-init-full.yaml": "cloud-init",
-    "cloud-init/cloud-init-minimal.yaml": "cloud-init-minimal",
-    "cloud-init/cloud-init-pyz.yaml": "cloud-init-pyz",
-    "cloud-init/nezha-bootstrap-fetch": "fetch",
-    "systemd/nezha-bootstrap-fetch.conf": "fetch-drop-in",
-    "systemd/nezha-bootstrap-launcher": "launcher",
-}
+TEMPLATES = REPO / "nezha_bootstrap/firstboot/templates"
 PYZ_SHA256 = "0123456789abcdef" * 4
 URL = "https://nezha.example.com"
 VALIDATOR_TIMEOUT = 120
@@ -79,17 +70,30 @@ def filled_documents() -> dict[str, str]:
     }
 
 
-# --- copies and contents ---------------------------------------------------------------------------
+# --- one source, and the contents --------------------------------------------------------------------
 
-@pytest.mark.parametrize(("copy", "kind"), COPIES.items())
-def test_the_repository_copy_is_the_packaged_template(copy: str, kind: str) -> None:
-    assert (REPO / copy).read_text(encoding="utf-8") == render.template(kind)
+def repository_files() -> list[Path]:
+    """The repository's own files: not version control, virtualenvs, caches or build output."""
+    skipped = {"build", "dist", "node_modules", "__pycache__", "site"}
+    found = []
+    for directory, subdirectories, files in os.walk(REPO):
+        subdirectories[:] = [d for d in subdirectories if not d.startswith(".") and d not in skipped
+                             and not d.endswith(".egg-info")]
+        found.extend(Path(directory) / name for name in files)
+    return found
 
 
-def test_every_first_boot_template_has_a_repository_copy() -> None:
-    packaged = {p.name for p in (REPO / "nezha_bootstrap/firstboot/templates").iterdir()}
+def test_the_templates_have_one_copy_the_packaged_one() -> None:
+    packaged = {path.read_bytes(): path for path in TEMPLATES.iterdir()}
 
-    assert packaged == {render.TEMPLATES[kind] for kind in COPIES.values()} == {Path(c).name for c in COPIES}
+    copies = [path for path in repository_files() if path.parent != TEMPLATES and path.stat().st_size < 1 << 20
+              and path.read_bytes() in packaged]
+
+    assert copies == []
+
+
+def test_every_packaged_template_is_one_render_uses() -> None:
+    assert {p.name for p in TEMPLATES.iterdir()} == set(render.TEMPLATES.values())
 
 
 @pytest.mark.parametrize(("section", "key", "values"), [

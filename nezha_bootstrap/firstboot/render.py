@@ -5,6 +5,10 @@ or add a key: into YAML as a double-quoted scalar of ASCII only (a JSON string, 
 \\U escape for characters beyond the BMP), into the settings file by systemd's EnvironmentFile=
 rules. The templates are valid documents as they stand: a placeholder is a quoted YAML scalar
 ("@NAME@") or, in the settings file, a line of its own (@SETTINGS@).
+
+Rendered text carries no comments unless asked (`comments=True`): user-data has a 16,384-byte limit
+on EC2, and the files it writes are the same without them. Lines starting with "##" are about the
+template itself (how to fill it by hand) and are never rendered.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ _YAML_PLACEHOLDER_RE = re.compile(r'"@([A-Z_]+)@"')
 _SETTINGS_LINE = "@SETTINGS@\n"
 _ENV_ESCAPED = '"\\`$'  # the characters a backslash escapes inside systemd's (and sh's) double quotes
 _SHORT_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+USER_DATA_LIMIT = 16384  # EC2's limit on user-data (before base64); other clouds allow as much or more
+MAX_CA_BYTES = USER_DATA_LIMIT  # a larger --ca-file could never fit
+_PEM_BLOCK_RE = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
 Filling = Union[str, Sequence[str]]
 
@@ -49,9 +56,76 @@ def template(kind: str) -> str:
     return resources.files("nezha_bootstrap.firstboot").joinpath(f"templates/{name}").read_text(encoding="utf-8")
 
 
-def unit() -> str:
+def unit(*, comments: bool = True) -> str:
     """nezha-bootstrap.service: it has no placeholders."""
-    return template("systemd")
+    return without_comments(template("systemd"), keep=comments)
+
+
+def without_comments(text: str, *, keep: bool = False) -> str:
+    """`text` without its template lines ("##") and, unless `keep`, without its comment lines.
+
+    The first line stays when it is "#!..." or "#cloud-config" (what runs or reads the file needs it);
+    without comments, runs of blank lines become one. A comment is a whole line whose first non-blank
+    character is "#" (in the unit, the settings file, YAML, the sh launcher and the Python fetcher
+    alike; none of them holds such a line inside a string).
+    """
+    lines = text.splitlines(keepends=True)
+    first = lines[:1] if lines and lines[0].startswith(("#!", "#cloud-config")) else []
+    kept: list[str] = []
+    for line in lines[len(first):]:
+        stripped = line.lstrip()
+        if stripped.startswith("##") or (not keep and stripped.startswith("#")):
+            continue
+        if not keep and not stripped and (not kept or not kept[-1].strip()):
+            continue  # a blank line at the start or after another blank line
+        kept.append(line)
+    return "".join(first + kept)
+
+
+def ca_certificates(text: str) -> str:
+    """The PEM certificates of a --ca-file, each re-encoded; ValueError says why there are none or
+    what else the file holds (a private key must never reach user-data)."""
+    import ssl
+
+    blocks = list(_PEM_BLOCK_RE.finditer(text))
+    others = sorted({block.group(1) for block in blocks if block.group(1) != "CERTIFICATE"})
+    if others:
+        raise ValueError(f"it holds {', '.join(others)} besides certificates: give a file of CA certificates only")
+    if not blocks:
+        raise ValueError("it holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    certificates = []
+    for block in blocks:
+        try:
+            der = ssl.PEM_cert_to_DER_cert(block.group(0))
+            ssl.create_default_context(cadata=der)  # OpenSSL parses it as an X.509 certificate
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(f"a certificate in it cannot be read ({exc})") from None
+        certificates.append(ssl.DER_cert_to_PEM_cert(der))
+    return "".join(certificates)
+
+
+def with_ca(user_data: str, certificates: str | None) -> str:
+    """`user_data` with cloud-init's ca_certs: the certificates join the node's system trust store,
+    which the tool, the fetcher and the agent all use."""
+    if not certificates:
+        return user_data
+    block = f"ca_certs:\n  trusted:\n    - {yaml_string(certificates)}\n"
+    head, sep, tail = user_data.partition("\nwrite_files:\n")
+    if not sep:
+        raise ValueError("the user-data template has no write_files: key")
+    return head + "\n" + block + "write_files:\n" + tail
+
+
+def size_problem(user_data: str, parts: Mapping[str, int]) -> str | None:
+    """Why `user_data` is too large for EC2, naming `parts` (what the user may drop: bytes each)."""
+    size = len(user_data.encode("utf-8"))
+    if size <= USER_DATA_LIMIT:
+        return None
+    largest = sorted(((n, name) for name, n in parts.items() if n > 0), reverse=True)
+    drop = "; ".join(f"{name} ({n:,} bytes)" for n, name in largest) or "nothing of yours is large"
+    return (f"the user-data is {size:,} bytes, over EC2's limit of {USER_DATA_LIMIT:,} by "
+            f"{size - USER_DATA_LIMIT:,}: drop or shorten {drop}; or give --no-size-limit for a cloud that "
+            "takes more")
 
 
 def yaml_string(value: str) -> str:
@@ -96,44 +170,51 @@ def _refuse_unencodable(value: str) -> None:
         raise ValueError("a value is not valid Unicode text (a lone surrogate)") from None
 
 
-def env_file(assignments: Sequence[tuple[str, str]]) -> str:
-    """The settings file: the template's comments, then one NAME="VALUE" line per assignment."""
+def env_file(assignments: Sequence[tuple[str, str]], *, comments: bool = True) -> str:
+    """The settings file: the template's comments (if `comments`), then one NAME="VALUE" line per assignment."""
     lines = []
     for name, value in assignments:
         if not _ENV_NAME_RE.match(name):
             raise ValueError(f"{name!r} is not a valid environment variable name")
         lines.append(f"{name}={env_value(value)}\n")
-    text = template("env")
+    text = without_comments(template("env"), keep=comments)
     if text.count(_SETTINGS_LINE) != 1:
         raise ValueError("the settings file template must hold exactly one @SETTINGS@ line")
     return text.replace(_SETTINGS_LINE, "".join(lines))
 
 
-def cloud_init(settings: str, install: Sequence[str]) -> str:
+def cloud_init(settings: str, install: Sequence[str], *, comments: bool = True, ca: str | None = None) -> str:
     """Full user-data: `settings` (the settings file's text) and the unit in write_files; `install`
-    (pip options, then the package spec) as the arguments of `pip install` in runcmd."""
+    (pip options, then the package spec) as the arguments of `pip install` in runcmd; `ca`: PEM
+    certificates for the node's trust store."""
     if not install:
         raise ValueError("pip install needs at least the package spec")
-    return fill(template("cloud-init"), {"ENV_FILE": settings, "UNIT": unit(), "PIP_ARGS": list(install)})
+    text = fill(template("cloud-init"), {"ENV_FILE": settings, "UNIT": unit(comments=comments),
+                                         "PIP_ARGS": list(install)})
+    return with_ca(without_comments(text, keep=comments), ca)
 
 
-def launcher() -> str:
+def launcher(*, comments: bool = True) -> str:
     """The script at TOOL that runs the zipapp with the system's python3, isolated (-I)."""
-    return template("launcher")
+    return without_comments(template("launcher"), keep=comments)
 
 
-def cloud_init_pyz(settings: str, url: str, sha256: str) -> str:
+def cloud_init_pyz(settings: str, url: str, sha256: str, *, comments: bool = True, ca: str | None = None) -> str:
     """Zipapp user-data: `settings`, the unit and a drop-in whose ExecStartPre fetches the zipapp from
     `url` and checks it against `sha256` (the fetcher is in write_files too), and the launcher."""
     pinned = json.dumps({"url": url, "sha256": sha256}) + "\n"
-    return fill(template("cloud-init-pyz"), {"ENV_FILE": settings, "PYZ_SOURCE": pinned, "FETCHER": template("fetch"),
-                                             "LAUNCHER": launcher(), "DROP_IN": template("fetch-drop-in"),
-                                             "UNIT": unit()})
+    files = {"FETCHER": "fetch", "DROP_IN": "fetch-drop-in"}
+    text = fill(template("cloud-init-pyz"), {
+        "ENV_FILE": settings, "PYZ_SOURCE": pinned, "LAUNCHER": launcher(comments=comments),
+        "UNIT": unit(comments=comments),
+        **{name: without_comments(template(kind), keep=comments) for name, kind in files.items()},
+    })
+    return with_ca(without_comments(text, keep=comments), ca)
 
 
-def cloud_init_minimal(settings: str) -> str:
+def cloud_init_minimal(settings: str, *, comments: bool = True, ca: str | None = None) -> str:
     """Minimal user-data: only `settings` (the settings file's text) in write_files."""
-    return fill(template("cloud-init-minimal"), {"ENV_FILE": settings})
+    return with_ca(without_comments(fill(template("cloud-init-minimal"), {"ENV_FILE": settings}), keep=comments), ca)
 
 
 def fill(text: str, values: Mapping[str, Filling]) -> str:

@@ -130,14 +130,16 @@ def _pinned_hash(given: str | None, pyz: str | None, problems: list[str]) -> str
     return digest
 
 
-def document(kind: str, settings: str, install: Install | None) -> str:
-    """What `render KIND` prints (but for `systemd`), from the settings file's text and `choose`'s answer."""
+def document(kind: str, settings: str, install: Install | None, *, comments: bool = True,
+             ca: str | None = None) -> str:
+    """What `render KIND` prints (but for `systemd`), from the settings file's text and `choose`'s answer;
+    `ca`: PEM certificates the user-data adds to the node's trust store."""
     if kind == "env":
         return settings
     if kind == "cloud-init-minimal":
-        return render.cloud_init_minimal(settings)
+        return render.cloud_init_minimal(settings, comments=comments, ca=ca)
     if isinstance(install, Pinned):
-        return render.cloud_init_pyz(settings, install.url, install.sha256)
+        return render.cloud_init_pyz(settings, install.url, install.sha256, comments=comments, ca=ca)
     if isinstance(install, Pip):
-        return render.cloud_init(settings, list(install.args))
+        return render.cloud_init(settings, list(install.args), comments=comments, ca=ca)
     raise ValueError(f"render {kind} needs a way to install the tool")
