@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import re
+import ssl
 import stat
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
@@ -540,3 +544,156 @@ def test_render_systemd_to_a_file_is_readable_as_install_service_writes_it(tmp_p
     assert outcome.exit_code == 0, outcome.stderr
     assert stat.S_IMODE(output.stat().st_mode) == 0o644
     assert "(mode 0644)" in outcome.stderr
+
+
+# --- what rendered text carries: comments, a private CA, the user-data size -------------------------
+
+PYZ_ARGS = ("cloud-init", "--pyz-url", PYZ_URL, "--pyz-sha256", PYZ_SHA256)
+USER_DATA = {"cloud-init": PYZ_ARGS, "cloud-init pip": ("cloud-init", "--package", "nezha-bootstrap==1.0"),
+             "cloud-init-minimal": ("cloud-init-minimal",)}
+
+
+def embedded_files(text: str) -> str:
+    """The user-data and every file its write_files carry, one text."""
+    return text + "".join(item["content"] for item in yaml.safe_load(text)["write_files"])
+
+
+@pytest.mark.parametrize("args", USER_DATA.values(), ids=list(USER_DATA))
+def test_rendered_user_data_and_its_files_have_no_comments_unless_asked(args: tuple[str, ...]) -> None:
+    plain, commented = invoke(*args, **BASE), invoke(*args, "--comments", **BASE)
+
+    assert plain.exit_code == commented.exit_code == 0, plain.stderr + commented.stderr
+    assert [line for line in comment_lines(embedded_files(plain.stdout)) if not line.startswith("#!")] \
+        == ["#cloud-config"]
+    assert len(comment_lines(embedded_files(commented.stdout))) > 10
+    assert [{**item, "content": None} for item in yaml.safe_load(plain.stdout)["write_files"]] \
+        == [{**item, "content": None} for item in yaml.safe_load(commented.stdout)["write_files"]]
+
+
+@pytest.mark.parametrize("kind", ["env", "systemd"])
+def test_the_settings_file_and_the_unit_have_no_comments_unless_asked(kind: str) -> None:
+    plain, commented = invoke(kind, **BASE), invoke(kind, "--comments", **BASE)
+
+    assert comment_lines(plain.stdout) == []
+    assert comment_lines(commented.stdout) == explanatory_comments(render.template(kind))
+
+
+@pytest.mark.parametrize("args", [*USER_DATA.values(), ("env",), ("systemd",)], ids=[*USER_DATA, "env", "systemd"])
+def test_the_templates_own_instructions_never_reach_rendered_text(args: tuple[str, ...]) -> None:
+    outcome = invoke(*args, "--comments", **BASE)
+
+    files = embedded_files(outcome.stdout) if args[0].startswith("cloud-init") else outcome.stdout
+    assert "By hand" not in files and "##" not in files
+    assert not re.search(r"@[A-Z_]+@", files)
+
+
+def test_the_fetcher_without_comments_is_the_same_program() -> None:
+    source = render.template("fetch")
+    lean = render.without_comments(source)
+
+    assert ast.dump(ast.parse(lean)) == ast.dump(ast.parse(source))
+    assert lean.startswith("#!/usr/bin/env python3\n") and comment_lines(lean) == ["#!/usr/bin/env python3"]
+
+
+def test_without_comments_keeps_the_first_line_a_reader_needs_and_one_blank_line() -> None:
+    text = "#cloud-config\n## about the template\n# about the file\n\nkey: 1\n\n\n  # indented\nother: 2\n"
+
+    assert render.without_comments(text) == "#cloud-config\nkey: 1\n\nother: 2\n"
+    assert render.without_comments(text, keep=True) == text.replace("## about the template\n", "")
+
+
+def write_ca(path: Path, *extra: str) -> str:
+    ca = trustme.CA()
+    pem = ca.cert_pem.bytes().decode()
+    path.write_text("subject=CN = private CA\n" + pem + "".join(extra))
+    return pem
+
+
+@pytest.mark.parametrize("args", USER_DATA.values(), ids=list(USER_DATA))
+def test_a_private_ca_joins_the_nodes_trust_store(tmp_path: Path, args: tuple[str, ...]) -> None:
+    pem = write_ca(tmp_path / "ca.pem")
+
+    outcome = invoke(*args, "--ca-file", str(tmp_path / "ca.pem"), **BASE)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    data = yaml.safe_load(outcome.stdout)
+    assert data["ca_certs"] == {"trusted": [pem]}
+    assert ssl.create_default_context(cadata=data["ca_certs"]["trusted"][0])  # loads as a certificate
+    assert "subject=" not in outcome.stdout  # the certificates only, re-encoded
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    ("not a certificate\n", "holds no PEM certificate"),
+    ("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n", "cannot be read"),
+    ("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "PRIVATE KEY besides certificates"),
+    ("-----BEGIN CERTIFICATE-----\n" + "QUFB\n" * 4000 + "-----END CERTIFICATE-----\n", "larger than 16,384 bytes"),
+])
+def test_a_ca_file_that_is_not_only_certificates_is_refused(tmp_path: Path, content: str, says: str) -> None:
+    (tmp_path / "ca.pem").write_text(content)
+
+    outcome = invoke(*PYZ_ARGS, "--ca-file", str(tmp_path / "ca.pem"), **BASE)
+
+    assert outcome.exit_code == 2
+    assert f"--ca-file {tmp_path / 'ca.pem'}: " in outcome.stderr and says in outcome.stderr
+    assert outcome.stdout == ""
+
+
+def test_a_ca_file_with_a_private_key_beside_the_certificate_is_refused(tmp_path: Path) -> None:
+    write_ca(tmp_path / "ca.pem", "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n")
+
+    outcome = invoke(*PYZ_ARGS, "--ca-file", str(tmp_path / "ca.pem"), **BASE)
+
+    assert outcome.exit_code == 2 and "EC PRIVATE KEY besides certificates" in outcome.stderr
+    assert "AAAA" not in outcome.stdout + outcome.stderr
+
+
+@pytest.mark.parametrize("kind", ["env", "systemd"])
+def test_a_ca_file_is_for_user_data_only(tmp_path: Path, kind: str) -> None:
+    write_ca(tmp_path / "ca.pem")
+
+    outcome = invoke(kind, "--ca-file", str(tmp_path / "ca.pem"), **BASE)
+
+    assert outcome.exit_code == 2 and "--ca-file is for the cloud-init kinds" in outcome.stderr
+
+
+V2_SETTINGS = {"NEZHA_TOKEN": "nzp_" + "a1" * 16, "NEZHA_AGENT_SECRET": "s3cret" * 6, "NEZHA_DASHBOARD_URL": URL,
+               "NEZHA_PROBE_ADDRESS": "grpc.example.com", "NEZHA_PROBE_PORT": "443", "NEZHA_GROUP": "web",
+               "NEZHA_PUBLIC_NOTE": "public", "NODE_NAME": "web-{hostname}"}
+
+
+def test_user_data_with_v2_settings_a_private_ca_and_comments_fits(tmp_path: Path) -> None:
+    write_ca(tmp_path / "ca.pem")
+
+    outcome = invoke(*PYZ_ARGS, "--ca-file", str(tmp_path / "ca.pem"), "--comments", **V2_SETTINGS)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert len(outcome.stdout.encode()) <= render.USER_DATA_LIMIT
+
+
+def test_user_data_over_the_ec2_limit_is_refused_naming_its_size_and_what_to_drop() -> None:
+    note = "n" * 3000
+
+    outcome = invoke(*PYZ_ARGS, "--comments", **BASE, NEZHA_NOTE=note)
+
+    assert outcome.exit_code == 2 and outcome.stdout == ""
+    size = len(invoke(*PYZ_ARGS, "--comments", "--no-size-limit", **BASE, NEZHA_NOTE=note).stdout.encode())
+    assert size > render.USER_DATA_LIMIT
+    assert f"the user-data is {size:,} bytes, over EC2's limit of 16,384 by {size - 16384:,}" in outcome.stderr
+    assert re.search(r"drop or shorten --comments \([0-9,]+ bytes\); --note/NEZHA_NOTE \(3,0[0-9]{2} bytes\)",
+                     outcome.stderr)
+    assert "--no-size-limit" in outcome.stderr
+
+
+def test_user_data_of_exactly_the_limit_is_written_and_one_byte_more_is_not() -> None:
+    base = len(invoke(*PYZ_ARGS, **BASE, NEZHA_NOTE="n").stdout.encode())
+    fits = "n" * (render.USER_DATA_LIMIT - base + 1)
+
+    assert invoke(*PYZ_ARGS, **BASE, NEZHA_NOTE=fits).exit_code == 0
+    assert invoke(*PYZ_ARGS, **BASE, NEZHA_NOTE=fits + "n").exit_code == 2
+    assert invoke(*PYZ_ARGS, "--no-size-limit", **BASE, NEZHA_NOTE=fits + "n").exit_code == 0
+
+
+def test_the_size_limit_is_for_user_data_only() -> None:
+    outcome = invoke("env", **BASE, NEZHA_NOTE="n" * 20000)
+
+    assert outcome.exit_code == 0 and len(outcome.stdout) > render.USER_DATA_LIMIT

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 
 from nezha_bootstrap.cli import main
@@ -67,6 +68,11 @@ def filled_documents() -> dict[str, str]:
         "cloud-init-minimal": render.cloud_init_minimal(settings),
         "cloud-init-pyz": render.cloud_init_pyz(settings, "https://example.test/nezha-bootstrap.pyz?sig=a&b=%20",
                                                 PYZ_SHA256),
+        # As `render` prints them by default: no comments; and with a private CA for the trust store.
+        "lean cloud-init-pyz with a CA": render.cloud_init_pyz(
+            render.env_file([("NEZHA_DASHBOARD_URL", URL), ("NEZHA_TOKEN", TOKEN)], comments=False),
+            "https://example.test/nezha-bootstrap.pyz", PYZ_SHA256, comments=False,
+            ca=render.ca_certificates(trustme.CA().cert_pem.bytes().decode())),
     }
 
 
@@ -166,7 +172,8 @@ def cloud_init_schema(path: Path) -> str:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name", ["cloud-init", "cloud-init-minimal", "cloud-init-pyz", "filled cloud-init",
-                                  "filled cloud-init-minimal", "filled cloud-init-pyz"])
+                                  "filled cloud-init-minimal", "filled cloud-init-pyz",
+                                  "filled lean cloud-init-pyz with a CA"])
 def test_cloud_init_accepts_the_templates_and_what_render_makes(tmp_path: Path, name: str) -> None:
     require("cloud-init")
     kind = name.replace("filled ", "")
