@@ -20,6 +20,7 @@ from nezha_bootstrap.options import (
     INSTALL_OPTIONS,
     SET_BY_USER,
     F,
+    SectionedCommand,
     agent_options,
     config_of,
     install_options,
@@ -113,7 +114,7 @@ def main(ctx: click.Context) -> None:
         click.echo(ctx.get_help())
 
 
-@main.command(epilog=SEE_EXIT_CODES)
+@main.command(cls=SectionedCommand, epilog=SEE_EXIT_CODES)
 @settings_options
 @option("--dry-run", is_flag=True, help="Validate and print the plan; touch neither network nor disk.")
 @option("--force", is_flag=True, help="Register again even if this node is registered.")
@@ -147,7 +148,7 @@ def _print_result(reporter: Reporter, result: RunResult) -> None:
     reporter.emit_json({**result.as_json(), "exit_code": 0, **steps, "warnings": reporter.warnings})
 
 
-@main.command(epilog=SEE_EXIT_CODES)
+@main.command(cls=SectionedCommand, epilog=SEE_EXIT_CODES)
 @settings_options
 @agent_options
 @output_options
@@ -266,7 +267,7 @@ def _write_output(text: str, output: str | None, reporter: Reporter, mode: int =
     reporter.info(f"wrote {output} (mode {mode:04o})")
 
 
-@main.command("render", epilog=SEE_EXIT_CODES)
+@main.command("render", cls=SectionedCommand, epilog=SEE_EXIT_CODES)
 @click.argument("kind", type=click.Choice(RENDER_KINDS))
 @settings_options
 @agent_options
@@ -286,8 +287,9 @@ def render_command(ctx: click.Context, /, kind: str, ca_file: str | None, commen
 
     KIND: cloud-init (installs the tool: the zipapp with --pyz-url, or pip with --package; writes
     settings and unit, starts it), cloud-init-minimal (for images with the tool and the unit: writes
-    the settings), systemd (the unit) or env (the settings file). All but systemd hold the API
-    token: keep the output private.
+    the settings), systemd (the unit) or env (the settings file). All but systemd hold the
+    credential (the v0 API token, the v1/v2 agent secret or a v2.1+ access token): keep the output
+    private. Comments are left out unless --comments; user-data over 16,384 bytes is refused.
     """
     from nezha_bootstrap.firstboot import render, zipapp
 
@@ -398,7 +400,7 @@ def _carry_out(plan: Plan, reporter: Reporter, *, dry_run: bool, outcome: str, d
                         "server": server, "exit_code": 0, "warnings": reporter.warnings})
 
 
-@main.command("install-service", epilog=SEE_EXIT_CODES)
+@main.command("install-service", cls=SectionedCommand, epilog=SEE_EXIT_CODES)
 @settings_options
 @agent_options
 @option("--unit-only", is_flag=True,
@@ -487,16 +489,17 @@ def uninstall(ctx: click.Context, /, root: str, purge: bool, dry_run: bool, as_j
 
 @main.command("reconcile", epilog=SEE_EXIT_CODES)
 @click.argument("manifest_path", metavar="MANIFEST")
-@option("--dashboard-url", envvar="NEZHA_DASHBOARD_URL", help="Dashboard URL (a v1 or v2 dashboard).")
-@option("--token-file", envvar="NEZHA_TOKEN_FILE",
+@option("--dashboard-url", envvar="NEZHA_DASHBOARD_URL", metavar="URL", help="Dashboard URL (a v1 or v2 dashboard).")
+@option("--token-file", envvar="NEZHA_TOKEN_FILE", metavar="FILE",
          help="File holding a v2.1+ access token (nzp_...); '-' reads stdin.")
 @option("--token", envvar="NEZHA_TOKEN", hidden=True, help="Access token (use the env var: a flag shows in ps).")
-@option("--username", envvar="NEZHA_USERNAME", help="Log in as this user instead of a token (v1.x, v2.0, v2.1+).")
-@option("--password-file", envvar="NEZHA_PASSWORD_FILE",
+@option("--username", envvar="NEZHA_USERNAME", metavar="USER", help="Log in as this user instead of a token (v1.x, v2.0, v2.1+).")
+@option("--password-file", envvar="NEZHA_PASSWORD_FILE", metavar="FILE",
          help="File holding the login's password ('-': stdin). [default: asked for, not echoed]")
 @option("--apply/--dry-run", "apply", default=False, show_default=True,
          help="--dry-run prints the plan and changes nothing; --apply carries it out and verifies it.")
-@option("--ca-bundle", envvar="NEZHA_CA_BUNDLE", help="PEM file of a private CA. [default: system trust store]")
+@option("--ca-bundle", envvar="NEZHA_CA_BUNDLE", metavar="FILE",
+        help="PEM file of a private CA. [default: system trust store]")
 @option("--deadline", envvar="NEZHA_BOOTSTRAP_DEADLINE", default="60", show_default=True, metavar="SECONDS",
          help="Seconds of retries for one request (network failures, 5xx); refusals are never retried.")
 @output_options

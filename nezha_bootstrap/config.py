@@ -794,6 +794,7 @@ def _whole(raw: str | None, what: str, problems: list[str], *, low: float, high:
         return None
     value = plain_number(raw, real=real)
     if value is None or not low <= value <= high:
-        problems.append(f"{what} must be a number from {low:g} to {high:g}, got {raw!r}")
+        kind = f"a number from {low:g} to {high:g}" if real else f"an integer from {int(low)} to {int(high)}"
+        problems.append(f"{what} must be {kind}, got {raw!r}")
         return None
     return value

@@ -48,6 +48,46 @@ NOT_SETTINGS = frozenset({"root", "token", "token_file", "agent_secret", "agent_
 SET_BY_USER = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
+# The sections of `--help` for the commands that take the settings of `run`, in order; each option
+# parameter is in one (tests/test_cli.py checks that every option of those commands is placed).
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "Connection": ("dashboard_url", "generation", "ca_bundle", "probe_address", "probe_port", "tls",
+                   "allow_plaintext"),
+    "Credentials": ("token", "token_file", "agent_secret", "agent_secret_file"),
+    "Server": ("name", "tag", "note", "hide_for_guest"),
+    "Naming on v2.1+ (with an access token)": ("public_note", "display_index", "group", "group_id", "create_group",
+                                               "enroll_timeout"),
+    "Agent": ("method", "agent_base_url", "agent_version", "agent_sha256", "agent_options", "agent_flags", "uuid",
+              "adopt", "script_url", "script_sha256", "mirror"),
+    "First boot": ("pyz_url", "pyz_sha256", "pyz", "package", "pip_options", "ca_file", "comments", "no_size_limit",
+                   "unit_only", "output"),
+    "Behaviour": ("dry_run", "force", "rehearsal", "deadline", "lock_timeout", "online_timeout", "root", "as_json",
+                  "quiet", "verbose", "help"),
+}
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options in the SECTIONS above (click's own formatter)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records: dict[str, list[tuple[int, tuple[str, str]]]] = {title: [] for title in SECTIONS}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None and isinstance(param, click.Option):
+                title = section_of(param.name)
+                names = SECTIONS[title]
+                records[title].append((names.index(param.name) if param.name in names else len(names), record))
+        for title, rows in records.items():
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl([record for _, record in sorted(rows, key=lambda row: row[0])])
+
+
+def section_of(name: str | None) -> str:
+    """The --help section of an option parameter; an option not placed yet goes under Behaviour."""
+    return next((title for title, names in SECTIONS.items() if name in names), "Behaviour")
+
+
 def option(*decls: str, **kwargs: Any) -> Callable[[F], F]:
     """click.option with the environment variable shown in --help."""
     kwargs.setdefault("show_envvar", True)
@@ -70,34 +110,38 @@ def output_options(func: F) -> F:
 
 
 def root_option(func: F) -> F:
-    return option("--root", envvar="NEZHA_BOOTSTRAP_ROOT", default="/", show_default=True,
+    return option("--root", envvar="NEZHA_BOOTSTRAP_ROOT", default="/", show_default=True, metavar="DIR",
                   help="Resolve every path the tool reads or writes under this directory.")(func)
 
 
 def settings_options(func: F) -> F:
     """The options shared by run, check and render: one table, one env var each."""
     func = _apply(func, [
-        option("--dashboard-url", envvar="NEZHA_DASHBOARD_URL", help="Dashboard URL (http/https, sub-path allowed)."),
-        option("--token-file", envvar="NEZHA_TOKEN_FILE", help="File holding the API token; '-' reads stdin."),
-        option("--token", envvar="NEZHA_TOKEN",
-               help="API token (prefer the env var: a flag shows in the process list)."),
-        option("--probe-address", envvar="NEZHA_PROBE_ADDRESS",
+        option("--dashboard-url", envvar="NEZHA_DASHBOARD_URL", metavar="URL",
+               help="Dashboard URL (http/https, sub-path allowed)."),
+        option("--token-file", envvar="NEZHA_TOKEN_FILE", metavar="FILE",
+               help="File holding the token (v0 API token, or v2.1+ access token); '-' reads stdin."),
+        option("--token", envvar="NEZHA_TOKEN", metavar="TOKEN",
+               help="v0: the API token; v2.1+: an access token (nzp_...) instead of the agent secret (prefer the "
+                    "env var: a flag shows in the process list)."),
+        option("--probe-address", envvar="NEZHA_PROBE_ADDRESS", metavar="HOST",
                help="Agent's server host. [default: the dashboard's host]"),
         option("--probe-port", envvar="NEZHA_PROBE_PORT", default=str(DEFAULT_PROBE_PORT), show_default=True,
-               help="Agent's server port."),
+               metavar="PORT", help="Agent's server port."),
         option("--tls/--no-tls", envvar="NEZHA_PROBE_TLS", default=True, show_default=True,
                help="Agent connects with TLS."),
         option("--name", envvar="NODE_NAME",
                help="Server name; {hostname}, {ip}, {machine_id} are filled in. [default: host name]"),
-        option("--tag", envvar="NEZHA_TAG", help="Server tag (unset: the dashboard's AutoRegister)."),
+        option("--tag", envvar="NEZHA_TAG", metavar="TAG", help="Server tag (unset: the dashboard's AutoRegister)."),
         option("--note", envvar="NEZHA_NOTE", help="Server note (unset: empty)."),
         option("--hide-for-guest/--show-for-guest", envvar="NEZHA_HIDE_FOR_GUEST", default=True, show_default=True,
                help="Hide the server from guests."),
-        option("--agent-flag", "agent_flags", envvar="NEZHA_AGENT_FLAGS", multiple=True,
+        option("--agent-flag", "agent_flags", envvar="NEZHA_AGENT_FLAGS", multiple=True, metavar="FLAG",
                help="Extra agent flag (repeatable; env: space-separated)."),
         option("--script-url", envvar="NEZHA_INSTALL_SCRIPT_URL", default=DEFAULT_SCRIPT_URL, show_default=True,
+               metavar="URL",
                help="install.sh to run (the commit-pinned v0 script)."),
-        option("--script-sha256", envvar="NEZHA_INSTALL_SCRIPT_SHA256",
+        option("--script-sha256", envvar="NEZHA_INSTALL_SCRIPT_SHA256", metavar="HEX",
                help="SHA-256 of the script. [default: the pinned hash for the default URL]"),
         option("--mirror", envvar="NEZHA_MIRROR", metavar="cn", help="cn: the installer uses the China mirror."),
         option("--deadline", envvar="NEZHA_BOOTSTRAP_DEADLINE", type=str, metavar="SECONDS",
@@ -107,7 +151,8 @@ def settings_options(func: F) -> F:
         option("--online-timeout", envvar="NEZHA_ONLINE_TIMEOUT", type=str, metavar="SECONDS",
                default=DEFAULT_ONLINE_TIMEOUT, show_default=True,
                help="Seconds to wait, after installing the agent, for the dashboard to see the node online."),
-        option("--ca-bundle", envvar="NEZHA_CA_BUNDLE", help="PEM file of a private CA. [default: system trust store]"),
+        option("--ca-bundle", envvar="NEZHA_CA_BUNDLE", metavar="FILE",
+               help="PEM file of a private CA. [default: system trust store]"),
     ])
     return root_option(func)
 
@@ -118,29 +163,31 @@ def agent_options(func: F) -> F:
         option("--dashboard", "generation", envvar="NEZHA_DASHBOARD_GENERATION", default="auto", show_default=True,
                type=click.Choice(["auto", "v0", "v1", "v2"]),
                help="Dashboard generation; auto probes it (no credentials); v1 and v2 mean the same: v1 or newer."),
-        option("--agent-secret-file", envvar="NEZHA_AGENT_SECRET_FILE",
+        option("--agent-secret-file", envvar="NEZHA_AGENT_SECRET_FILE", metavar="FILE",
                help="File holding the v1/v2 agent secret; '-' reads stdin."),
-        option("--agent-secret", envvar="NEZHA_AGENT_SECRET",
+        option("--agent-secret", envvar="NEZHA_AGENT_SECRET", metavar="SECRET",
                help="v1/v2 agent secret (prefer the env var or the file: a flag shows in the process list)."),
         option("--method", envvar="NEZHA_INSTALL_METHOD", type=click.Choice(["script", "direct"]),
                help="script: install.sh (v0 only); direct: the pinned agent release. [default: by generation]"),
         option("--agent-base-url", envvar="NEZHA_AGENT_BASE_URL", default=DEFAULT_AGENT_BASE_URL, show_default=True,
+               metavar="URL",
                help="Release base: {base}/v{version}/{asset} and {base}/v{version}/checksums.txt."),
-        option("--agent-version", envvar="NEZHA_AGENT_VERSION",
+        option("--agent-version", envvar="NEZHA_AGENT_VERSION", metavar="VERSION",
                help=f"Agent release. [default: {AGENT_V1} for v1.1.1+ dashboards, {AGENT_V0} for v0]"),
-        option("--agent-sha256", envvar="NEZHA_AGENT_SHA256", help="Pinned SHA-256 of the agent zip."),
-        option("--agent-option", "agent_options", envvar="NEZHA_AGENT_OPTIONS", multiple=True,
+        option("--agent-sha256", envvar="NEZHA_AGENT_SHA256", metavar="HEX", help="Pinned SHA-256 of the agent zip."),
+        option("--agent-option", "agent_options", envvar="NEZHA_AGENT_OPTIONS", multiple=True, metavar="KEY=VALUE",
                help="Agent config KEY=VALUE (repeatable; env: space-separated), e.g. report_delay=2."),
-        option("--uuid", envvar="NEZHA_AGENT_UUID", help="Agent uuid. [default: UUIDv5 of /etc/machine-id]"),
+        option("--uuid", envvar="NEZHA_AGENT_UUID", metavar="UUID", help="Agent uuid. [default: UUIDv5 of /etc/machine-id]"),
         option("--adopt", is_flag=True, envvar="NEZHA_ADOPT",
                help="Uninstall agents the vendor script left (config-*.yml) and report their uuids."),
         option("--allow-plaintext", is_flag=True, envvar="NEZHA_ALLOW_PLAINTEXT",
                help="Allow --no-tls to a public address (the agent secret crosses in clear text)."),
         # Token mode (v2.1+, NEZHA_TOKEN=nzp_...): the access token names the server (v1/naming.py).
         option("--public-note", envvar="NEZHA_PUBLIC_NOTE", help="v2.1+ token mode: the server's public note."),
-        option("--display-index", envvar="NEZHA_DISPLAY_INDEX", help="v2.1+ token mode: sort weight (higher first)."),
-        option("--group", envvar="NEZHA_GROUP", help="v2.1+ token mode: join the server group of this name."),
-        option("--group-id", envvar="NEZHA_GROUP_ID", help="v2.1+ token mode: the group's id (names may repeat)."),
+        option("--display-index", envvar="NEZHA_DISPLAY_INDEX", metavar="INTEGER",
+               help=f"v2.1+ token mode: sort weight, {-(2 ** 31)} to {2 ** 31 - 1} (higher first)."),
+        option("--group", envvar="NEZHA_GROUP", metavar="NAME", help="v2.1+ token mode: join the server group of this name."),
+        option("--group-id", envvar="NEZHA_GROUP_ID", metavar="ID", help="v2.1+ token mode: the group's id (names may repeat)."),
         option("--create-group", is_flag=True, envvar="NEZHA_CREATE_GROUP",
                help="v2.1+ token mode: create the --group when it does not exist."),
         option("--enroll-timeout", envvar="NEZHA_ENROLL_TIMEOUT", default="120", show_default=True, metavar="SECONDS",
@@ -154,16 +201,16 @@ INSTALL_OPTIONS = ("pyz_url", "pyz_sha256", "pyz", "package", "pip_options")  # 
 def install_options(func: F) -> F:
     """How `render cloud-init` puts the tool on each node: the zipapp (recommended) or pip."""
     return _apply(func, [
-        option("--pyz-url", envvar="NEZHA_BOOTSTRAP_PYZ_URL",
+        option("--pyz-url", envvar="NEZHA_BOOTSTRAP_PYZ_URL", metavar="URL",
                help="cloud-init: where each node downloads the zipapp (https, or http: the hash is pinned)."),
-        option("--pyz-sha256", envvar="NEZHA_BOOTSTRAP_PYZ_SHA256",
+        option("--pyz-sha256", envvar="NEZHA_BOOTSTRAP_PYZ_SHA256", metavar="HEX",
                help="cloud-init: the zipapp's SHA-256 (its line in SHA256SUMS); nodes refuse any other file."),
         option("--pyz", envvar="NEZHA_BOOTSTRAP_PYZ", type=click.Path(dir_okay=False),
                help="cloud-init: a local copy of the zipapp, whose SHA-256 is pinned (instead of --pyz-sha256)."),
-        option("--package", envvar="NEZHA_BOOTSTRAP_PACKAGE",
+        option("--package", envvar="NEZHA_BOOTSTRAP_PACKAGE", metavar="SPEC",
                help="cloud-init with pip instead: what pip installs into a venv in /opt/nezha-bootstrap: an index "
                     "name (nezha-bootstrap==X.Y), a wheel URL or a path on the server."),
-        option("--pip-option", "pip_options", envvar="NEZHA_BOOTSTRAP_PIP_OPTIONS", multiple=True,
+        option("--pip-option", "pip_options", envvar="NEZHA_BOOTSTRAP_PIP_OPTIONS", multiple=True, metavar="OPTION",
                help="cloud-init with pip: one more `pip install` argument, e.g. --index-url=URL "
                     "(repeatable; env: space-separated)."),
     ])
