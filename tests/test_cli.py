@@ -88,6 +88,70 @@ def test_every_option_but_the_per_invocation_ones_has_an_env_var(command: str) -
     assert set(without) <= {"help", "as_json", "quiet", "verbose", "dry_run", "force"}, without
 
 
+SECTIONED = ["run", "check", "render", "install-service"]
+
+
+def help_sections(command: str) -> dict[str, list[str]]:
+    """Each section title of a command's --help and the options listed under it, in order."""
+    result = make_runner().invoke(cli_main, [command, "--help"], terminal_width=100)
+    sections: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        if re.match(r"^\S.*:$", line) and not line.startswith("Usage"):
+            current = sections.setdefault(line[:-1], [])
+        elif re.match(r"^  -", line):
+            current.append(re.findall(r"--[a-z][a-z0-9-]*", line)[0])
+    return sections
+
+
+def test_run_help_lists_its_options_in_sections_in_order() -> None:
+    sections = help_sections("run")
+
+    assert list(sections) == ["Connection", "Credentials", "Server", "Naming on v2.1+ (with an access token)", "Agent",
+                              "Behaviour"]
+    assert sections["Connection"][:2] == ["--dashboard-url", "--dashboard"]
+    assert sections["Credentials"] == ["--token", "--token-file", "--agent-secret", "--agent-secret-file"]
+    assert sections["Naming on v2.1+ (with an access token)"] == [
+        "--public-note", "--display-index", "--group", "--group-id", "--create-group", "--enroll-timeout"]
+    assert "--help" in sections["Behaviour"] and "--dry-run" in sections["Behaviour"]
+
+
+def test_render_help_has_a_first_boot_section() -> None:
+    assert help_sections("render")["First boot"] == [
+        "--pyz-url", "--pyz-sha256", "--pyz", "--package", "--pip-option", "--ca-file", "--comments",
+        "--no-size-limit", "--output"]
+
+
+@pytest.mark.parametrize("command", SECTIONED)
+def test_every_option_is_placed_in_a_section_and_listed_once(command: str) -> None:
+    from nezha_bootstrap.options import SECTIONS
+
+    options = [p for p in cli_main.commands[command].params if isinstance(p, click.Option) and not p.hidden]
+    listed = [option for names in help_sections(command).values() for option in names]
+
+    assert [o.name for o in options if not any(o.name in names for names in SECTIONS.values())] == []
+    assert sorted(listed) == sorted(["--help", *(next(d for d in o.opts if d.startswith("--")) for o in options)])
+
+
+@pytest.mark.parametrize(("command", "option", "metavar"), [
+    ("run", "--probe-port", "PORT"), ("run", "--token-file", "FILE"), ("run", "--agent-secret-file", "FILE"),
+    ("run", "--ca-bundle", "FILE"), ("run", "--root", "DIR"), ("run", "--dashboard-url", "URL"),
+    ("run", "--display-index", "INTEGER"), ("render", "--ca-file", "PEM"), ("render", "--pyz-sha256", "HEX"),
+    ("reconcile", "--token-file", "FILE"), ("reconcile", "--password-file", "FILE"), ("reconcile", "--ca-bundle", "FILE"),
+])
+def test_metavars_say_what_a_value_is(command: str, option: str, metavar: str) -> None:
+    assert f"{option} {metavar} " in help_text(command)
+
+
+def test_no_option_of_a_port_a_file_or_a_url_says_text() -> None:
+    for command in ["run", "render", "install-service", "reconcile"]:
+        assert not re.search(r"--[a-z-]*(port|file|url|bundle|root|sha256)[a-z-]* TEXT", help_text(command)), command
+
+
+def test_the_display_index_help_states_its_integer_range() -> None:
+    assert "sort weight, -2147483648 to 2147483647 (higher first)" in help_text("run")
+    assert "e+09" not in help_text("run")
+
+
 def test_the_top_level_help_documents_every_exit_code() -> None:
     text = help_text()
 
