@@ -93,7 +93,8 @@ def _stopped_message(stop: interrupts.Stopped) -> str:
 
 def _fail(reporter: Reporter, code: int, message: str) -> NoReturn:
     reporter.error(message)
-    reporter.emit_json({**reporter.context, "outcome": "failed", "error": redact.redact(message),
+    # "error" is a list of lines: a settings error names each problem on a line of its own.
+    reporter.emit_json({**reporter.context, "outcome": "failed", "error": redact.redact(message).splitlines(),
                         "exit_code": code, "exit_reason": EXIT_REASONS.get(code, "unknown"), "steps": reporter.steps,
                         "warnings": reporter.warnings})
     sys.exit(code)
@@ -394,7 +395,7 @@ def _carry_out(plan: Plan, reporter: Reporter, *, dry_run: bool, outcome: str, d
         reporter.result(done)
     if name_server:
         reporter.result(service.dashboard_note(saved))
-    server = None if saved is None else {"name": saved.name, "uuid": saved.uuid,
+    server = None if saved is None else {"name": saved.name, "id": saved.server_id, "uuid": saved.uuid,
                                          "dashboard": display_url(saved.dashboard_url)}
     reporter.emit_json({"outcome": "dry_run" if dry_run else outcome, "actions": plan.describe(),
                         "server": server, "exit_code": 0, "warnings": reporter.warnings})
@@ -493,7 +494,8 @@ def uninstall(ctx: click.Context, /, root: str, purge: bool, dry_run: bool, as_j
 @option("--token-file", envvar="NEZHA_TOKEN_FILE", metavar="FILE",
          help="File holding a v2.1+ access token (nzp_...); '-' reads stdin.")
 @option("--token", envvar="NEZHA_TOKEN", hidden=True, help="Access token (use the env var: a flag shows in ps).")
-@option("--username", envvar="NEZHA_USERNAME", metavar="USER", help="Log in as this user instead of a token (v1.x, v2.0, v2.1+).")
+@option("--username", envvar="NEZHA_USERNAME", metavar="USER",
+        help="Log in as this user instead of a token (v1.x, v2.0, v2.1+).")
 @option("--password-file", envvar="NEZHA_PASSWORD_FILE", metavar="FILE",
          help="File holding the login's password ('-': stdin). [default: asked for, not echoed]")
 @option("--apply/--dry-run", "apply", default=False, show_default=True,

@@ -348,7 +348,9 @@ def _token(settings: Settings, agent: AgentConfig, problems: list[str], warnings
         problems.append("stdin gave no token (--token-file -)" if path == "-" else f"the token file {path} is empty")
         return None
     if not token:
-        problems.append("the API token is required (NEZHA_TOKEN, or --token-file PATH, '-' for stdin)")
+        problems.append("a credential is required: the v0 API token or a v2.1+ access token (NEZHA_TOKEN, or "
+                        "--token-file FILE, '-' for stdin), or the v1/v2 agent secret (NEZHA_AGENT_SECRET, or "
+                        "--agent-secret-file FILE)")
         return None
     problem = _token_problem(token, source)
     if problem:

@@ -7,6 +7,8 @@ problem instead of stopping click's parsing at the first.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +179,8 @@ def agent_options(func: F) -> F:
         option("--agent-sha256", envvar="NEZHA_AGENT_SHA256", metavar="HEX", help="Pinned SHA-256 of the agent zip."),
         option("--agent-option", "agent_options", envvar="NEZHA_AGENT_OPTIONS", multiple=True, metavar="KEY=VALUE",
                help="Agent config KEY=VALUE (repeatable; env: space-separated), e.g. report_delay=2."),
-        option("--uuid", envvar="NEZHA_AGENT_UUID", metavar="UUID", help="Agent uuid. [default: UUIDv5 of /etc/machine-id]"),
+        option("--uuid", envvar="NEZHA_AGENT_UUID", metavar="UUID",
+               help="Agent uuid. [default: UUIDv5 of /etc/machine-id]"),
         option("--adopt", is_flag=True, envvar="NEZHA_ADOPT",
                help="Uninstall agents the vendor script left (config-*.yml) and report their uuids."),
         option("--allow-plaintext", is_flag=True, envvar="NEZHA_ALLOW_PLAINTEXT",
@@ -186,8 +189,10 @@ def agent_options(func: F) -> F:
         option("--public-note", envvar="NEZHA_PUBLIC_NOTE", help="v2.1+ token mode: the server's public note."),
         option("--display-index", envvar="NEZHA_DISPLAY_INDEX", metavar="INTEGER",
                help=f"v2.1+ token mode: sort weight, {-(2 ** 31)} to {2 ** 31 - 1} (higher first)."),
-        option("--group", envvar="NEZHA_GROUP", metavar="NAME", help="v2.1+ token mode: join the server group of this name."),
-        option("--group-id", envvar="NEZHA_GROUP_ID", metavar="ID", help="v2.1+ token mode: the group's id (names may repeat)."),
+        option("--group", envvar="NEZHA_GROUP", metavar="NAME",
+               help="v2.1+ token mode: join the server group of this name."),
+        option("--group-id", envvar="NEZHA_GROUP_ID", metavar="ID",
+               help="v2.1+ token mode: the group's id (names may repeat)."),
         option("--create-group", is_flag=True, envvar="NEZHA_CREATE_GROUP",
                help="v2.1+ token mode: create the --group when it does not exist."),
         option("--enroll-timeout", envvar="NEZHA_ENROLL_TIMEOUT", default="120", show_default=True, metavar="SECONDS",
@@ -231,6 +236,28 @@ def read_secret(path: str, what: str, problems: list[str], *, first_line: bool =
     return value
 
 
+def loose_secret_file(path: str | None, what: str) -> str | None:
+    """A warning when a secret's file can be read by its group or others (the secret is used all the same)."""
+    if not path or path == "-":
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # reading it reports the problem
+    if not stat.S_ISREG(mode) or not mode & 0o044:
+        return None
+    return (f"the {what} file {path} can be read by its group or others (mode {stat.S_IMODE(mode):04o}): "
+            f"chmod 600 {path}")
+
+
+def secret_file_warnings(params: dict[str, Any], reporter: Reporter) -> None:
+    """Warn about secret files others can read (before `params` gives them up)."""
+    for name, what in (("token_file", "token"), ("agent_secret_file", "agent secret"), ("password_file", "password")):
+        warning = loose_secret_file(params.get(name), what)
+        if warning:
+            reporter.warn(warning)
+
+
 def read_password(username: str | None, password_file: str | None, problems: list[str]) -> str | None:
     """The login's password from its file (never from a flag or the environment); None: ask for it."""
     if not password_file:
@@ -239,6 +266,15 @@ def read_password(username: str | None, password_file: str | None, problems: lis
         problems.append("--password-file is for a login: give --username too")
         return None
     return read_secret(password_file, "password", problems, first_line=True)
+
+
+def ask_password(username: str) -> str:
+    """The login's password: asked for, not echoed, on a terminal; read as one plain line from a pipe
+    (getpass would warn there that it cannot hide what nobody sees)."""
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    return str(click.prompt(f"Password for {username}", hide_input=True, err=True, default="", show_default=False))
 
 
 def _from_flag(ctx: click.Context, name: str) -> bool:
@@ -310,6 +346,7 @@ def config_of(ctx: click.Context, params: dict[str, Any], reporter: Reporter, *,
     from nezha_bootstrap.facts import STAND_IN, gather
 
     problems = list(problems or [])
+    secret_file_warnings(params, reporter)
     if params.get("token_file") == "-" and params.get("agent_secret_file") == "-":
         problems.append("--token-file - and --agent-secret-file - both read stdin: give one of them a file")
     settings = settings_of(ctx, params, problems, force=force)
@@ -389,6 +426,7 @@ def reconcile_target(ctx: click.Context, params: dict[str, Any], manifest_path: 
     from nezha_bootstrap.http import ca_bundle_problem
 
     problems: list[str] = []
+    secret_file_warnings({**params, "password_file": password_file}, reporter)
     token, source = read_token(ctx, params, problems)
     if source == "--token":
         reporter.warn("--token shows in the process list; prefer NEZHA_TOKEN or --token-file")
@@ -402,7 +440,7 @@ def reconcile_target(ctx: click.Context, params: dict[str, Any], manifest_path: 
     except SettingsError as exc:
         problems.extend(exc.problems)
     if username and password is None and not problems:
-        password = click.prompt(f"Password for {username}", hide_input=True, err=True, default="", show_default=False)
+        password = ask_password(username)
         redact.register(password)
     credentials = Credentials(token, username, password)
     problems.extend(credential_problems(credentials))

@@ -136,7 +136,8 @@ def test_every_option_is_placed_in_a_section_and_listed_once(command: str) -> No
     ("run", "--probe-port", "PORT"), ("run", "--token-file", "FILE"), ("run", "--agent-secret-file", "FILE"),
     ("run", "--ca-bundle", "FILE"), ("run", "--root", "DIR"), ("run", "--dashboard-url", "URL"),
     ("run", "--display-index", "INTEGER"), ("render", "--ca-file", "PEM"), ("render", "--pyz-sha256", "HEX"),
-    ("reconcile", "--token-file", "FILE"), ("reconcile", "--password-file", "FILE"), ("reconcile", "--ca-bundle", "FILE"),
+    ("reconcile", "--token-file", "FILE"), ("reconcile", "--password-file", "FILE"),
+    ("reconcile", "--ca-bundle", "FILE"),
 ])
 def test_metavars_say_what_a_value_is(command: str, option: str, metavar: str) -> None:
     assert f"{option} {metavar} " in help_text(command)
@@ -150,6 +151,31 @@ def test_no_option_of_a_port_a_file_or_a_url_says_text() -> None:
 def test_the_display_index_help_states_its_integer_range() -> None:
     assert "sort weight, -2147483648 to 2147483647 (higher first)" in help_text("run")
     assert "e+09" not in help_text("run")
+
+
+@pytest.mark.parametrize(("flag", "what"), [("--token-file", "token"), ("--agent-secret-file", "agent secret")])
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_a_secret_file_others_can_read_is_used_with_a_warning(cli: Cli, tmp_path: Path, flag: str, what: str,
+                                                              mode: int) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s" * 32 + "\n")
+    secret_file.chmod(mode)
+
+    outcome = cli("render", "env", flag, str(secret_file), NEZHA_TOKEN=None)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stderr == (f"warning: the {what} file {secret_file} can be read by its group or others "
+                              f"(mode {mode:04o}): chmod 600 {secret_file}\n")
+
+
+def test_a_private_secret_file_is_read_without_a_warning(cli: Cli, tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s" * 32 + "\n")
+    secret_file.chmod(0o600)
+
+    outcome = cli("render", "env", "--agent-secret-file", str(secret_file), NEZHA_TOKEN=None)
+
+    assert outcome.exit_code == 0 and outcome.stderr == ""
 
 
 def test_the_top_level_help_documents_every_exit_code() -> None:
@@ -181,6 +207,7 @@ def test_a_usage_error_exits_2_on_stderr(cli: Cli, args: tuple[str, ...]) -> Non
 def test_token_file_is_read_and_nothing_warns(cli: Cli, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
 
     outcome = cli("run", "--token-file", str(token_file), NEZHA_TOKEN=None)
 
@@ -243,7 +270,7 @@ def test_token_and_token_file_together_exit_2(cli: Cli, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        ((), {"NEZHA_TOKEN": None}, "the API token is required"),
+        ((), {"NEZHA_TOKEN": None}, "a credential is required: the v0 API token"),
         (("--token-file", "/nonexistent/token"), {"NEZHA_TOKEN": None}, "cannot read the token file /nonexistent"),
         (("--token-file", "-"), {"NEZHA_TOKEN": None}, "stdin gave no token (--token-file -)"),
         ((), {"NEZHA_TOKEN": "two words"}, "the API token in NEZHA_TOKEN must be one word"),
@@ -297,7 +324,7 @@ def test_json_failure_is_one_object_with_the_error_and_the_failed_step(cli: Cli)
     assert {k: report[k] for k in ("outcome", "name", "dashboard", "exit_code")} == {
         "outcome": "failed", "name": "web-1", "dashboard": cli.dashboard.url, "exit_code": 5,
     }
-    assert report["error"].startswith("install.sh exited with status 1")
+    assert report["error"][0].startswith("install.sh exited with status 1")
     assert [(step["step"], step["ok"]) for step in report["steps"]] == [
         ("register", True), ("download", True), ("install", False)]
     assert "error: install.sh exited with status 1" in outcome.stderr
@@ -310,7 +337,7 @@ def test_json_of_invalid_settings_lists_every_problem(cli: Cli) -> None:
     assert outcome.exit_code == 2
     report = json.loads(outcome.stdout)
     assert (report["outcome"], report["exit_code"]) == ("failed", 2)
-    assert report["error"].splitlines() == [
+    assert report["error"] == [
         "invalid settings:",
         "  - the probe port must be a number from 1 to 65535, got '0'",
         "  - the mirror must be 'cn' or unset, got 'us'",

@@ -38,6 +38,11 @@ NO_QUERY = "the dashboard URL {!r} must not have a query or fragment"
 BAD_HOST = "the dashboard URL's host {!r} is not a valid host name or address"
 
 
+CREDENTIAL_REQUIRED = ("a credential is required: the v0 API token or a v2.1+ access token (NEZHA_TOKEN, or "
+                       "--token-file FILE, '-' for stdin), or the v1/v2 agent secret (NEZHA_AGENT_SECRET, or "
+                       "--agent-secret-file FILE)")
+
+
 def validate(facts: Facts = FACTS, **overrides: Any) -> Validated:
     values: dict[str, Any] = {"dashboard_url": DASHBOARD, "token": TOKEN}
     values.update(overrides)
@@ -151,7 +156,7 @@ def test_plain_http_to_a_non_loopback_host_is_warned_about(raw: str, warned: boo
 @pytest.mark.parametrize("token", [None, ""])
 def test_a_token_is_required(token: str | None) -> None:
     assert problems_of(token=token) == [
-        "the API token is required (NEZHA_TOKEN, or --token-file PATH, '-' for stdin)"
+        CREDENTIAL_REQUIRED
     ]
 
 
@@ -496,7 +501,7 @@ def test_every_problem_is_reported_together() -> None:
 
     problems = [
         "the dashboard URL 'ftp://x' must be http:// or https:// with a host",
-        "the API token is required (NEZHA_TOKEN, or --token-file PATH, '-' for stdin)",
+        CREDENTIAL_REQUIRED,
         PROBE_REFUSED.format("a;b"),
         "the probe port must be a number from 1 to 65535, got '0'",
         "the node name must not contain control characters (newlines, tabs, ...)",
@@ -515,7 +520,7 @@ def test_problems_found_earlier_are_reported_with_the_rest() -> None:
 
     assert caught.value.problems == [
         "cannot read --token-file x",
-        "the API token is required (NEZHA_TOKEN, or --token-file PATH, '-' for stdin)",
+        CREDENTIAL_REQUIRED,
     ]
 
 

@@ -322,7 +322,8 @@ def test_a_certificate_from_an_unknown_ca_is_still_refused_exit_3(root: Path, ca
 
 
 def test_the_unit_waits_for_the_clock_to_sync() -> None:
-    text = (Path(__file__).resolve().parent.parent / "nezha_bootstrap/firstboot/templates/nezha-bootstrap.service").read_text()
+    unit = Path(__file__).resolve().parent.parent / "nezha_bootstrap/firstboot/templates/nezha-bootstrap.service"
+    text = unit.read_text()
     after = next(line for line in text.splitlines() if line.startswith("After="))
     assert "time-sync.target" in after.split("=", 1)[1].split()
 

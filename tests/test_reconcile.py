@@ -442,8 +442,8 @@ def test_on_v2_1_a_login_sends_the_csrf_value_with_every_write(fleet_at: Fleet) 
     writes = [j for j in fleet_at.fake.journal if j.method == "PATCH" or j.path == "/api/v1/server-group"
               and j.method == "POST"]
     assert writes and all(j.headers.get("x-csrf-token") == csrf for j in writes)
-    # The prompt goes to stderr (click 8.1, the last line for Python 3.9, echoes its final space apart).
-    assert "Password for admin:" in outcome.stderr
+    # Piped in (not a terminal): read as a plain line, with no prompt and no warning that it cannot be hidden.
+    assert "Password for admin" not in outcome.stderr and "Warning" not in outcome.stderr
     assert PASSWORD not in outcome.stderr and PASSWORD not in outcome.stdout
 
 
@@ -604,3 +604,36 @@ def test_two_operators_adding_to_one_group_at_once_both_end_in_it_with_the_race_
     assert [g.servers for g in fake.groups] == [ids]
     # The switch made one PATCH drop the other's member; read back, it was written again.
     assert len([j for j in fake.journal if j.method == "PATCH"]) >= 3
+
+
+@pytest.mark.integration
+def test_a_password_piped_to_the_command_is_read_without_pythons_getpass_warning(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    fake = FakeV1(profile="v2.0")
+    fake.add_login(1, "admin", PASSWORD)
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps(MANIFEST))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEZHA")}
+    with serve_v1(fake) as running:
+        done = subprocess.run([sys.executable, "-m", "nezha_bootstrap", "reconcile", str(path), "--username", "admin"],
+                              input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
+                              env={**env, "NEZHA_DASHBOARD_URL": running.url, "NEZHA_BOOTSTRAP_DEADLINE": "5"})
+
+    assert done.returncode == 0, done.stderr
+    assert "GetPassWarning" not in done.stderr and "Password for" not in done.stderr
+    assert fake.sessions  # the piped password logged in
+    assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_the_table_says_empty_rather_than_quoting_nothing() -> None:
+    from nezha_bootstrap.fleet.reconcile import table
+
+    rows = [{"action": "set note", "server_id": 2, "uuid": "u-2", "server": "db-1", "from": "", "to": "primary"},
+            {"action": "set note", "server_id": 3, "uuid": "u-3", "server": "cache-1", "from": " x", "to": ""}]
+
+    lines = table(rows)
+    assert lines[1].endswith("(empty)  primary") and lines[2].endswith("' x'     (empty)")
+    assert "''" not in "\n".join(lines)

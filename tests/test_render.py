@@ -392,7 +392,7 @@ def test_invalid_settings_are_all_reported_and_nothing_is_printed() -> None:
 
     assert outcome.exit_code == 2
     assert outcome.stdout == ""
-    for problem in ("needs --pyz-url URL", "dashboard URL is required", "API token is required", "probe port",
+    for problem in ("needs --pyz-url URL", "dashboard URL is required", "a credential is required", "probe port",
                     "control characters"):
         assert problem in outcome.stderr
 

@@ -132,7 +132,7 @@ def test_v0_a_node_that_never_reports_is_exit_4_at_the_online_timeout_and_the_re
         assert outcome.exit_code == 4, outcome.stderr
         failure = json.loads(outcome.stdout)
         assert (failure["online"], failure["online_after_s"], failure["exit_code"]) == (False, None, 4)
-        assert "did not see the node online within 1.5 s" in failure["error"]
+        assert "did not see the node online within 1.5 s" in "\n".join(failure["error"])
         saved = state(cli.root)
         assert (saved["online"], saved["installed_at"]) == (False, None)
 

@@ -153,7 +153,7 @@ def test_install_service_dry_run_prints_the_plan_and_changes_nothing(root: Path)
 
 @pytest.mark.parametrize(("args", "problem"), [
     (["--root", "relative/root"], "root must be an absolute path"),
-    (["--root", "/"], "the API token is required"),
+    (["--root", "/"], "a credential is required: the v0 API token"),
 ])
 def test_install_service_refuses_invalid_settings_before_writing(args: list[str], problem: str) -> None:
     outcome = invoke("install-service", *args, NEZHA_DASHBOARD_URL=URL)
@@ -331,7 +331,8 @@ def test_seal_keeps_unit_and_settings_and_leaves_nothing_of_this_machine(root: P
     ])
     assert paths.machine_id.read_bytes() == b""
     payload = json.loads(outcome.stdout)
-    assert (payload["outcome"], payload["server"]) == ("sealed", {"name": "web-1", "uuid": None, "dashboard": URL})
+    assert (payload["outcome"], payload["server"]) == ("sealed", {"name": "web-1", "id": None, "uuid": None,
+                                                                          "dashboard": URL})
 
 
 @pytest.mark.parametrize(("prepare", "expected"), [
@@ -475,7 +476,8 @@ def test_seal_command_after_a_real_run_names_the_registered_server(cli: Cli) -> 
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.stdout.splitlines()[-1] == (
-        f"the server 'golden' stays in the dashboard {cli.dashboard.url}: delete it there (the token API cannot)")
+        f"the server 'golden' (id 1) stays in the dashboard {cli.dashboard.url}: delete it there "
+        "(the token API cannot)")
     assert not Paths(cli.root).agent_binary.exists()
     assert leak_scan(cli) == []
 
@@ -491,3 +493,30 @@ def test_install_service_unit_only_refuses_settings_it_would_drop(root: Path, ar
     assert outcome.exit_code == 2
     assert f"--unit-only writes no settings file, so {named} (flag or env var) would be dropped" in outcome.stderr
     assert not (root / "etc/systemd/system/nezha-bootstrap.service").exists()
+
+
+@pytest.mark.parametrize(("server_id", "uuid", "named"), [
+    (7, None, "the server 'web-1' (id 7) stays"),
+    (7, "2b3c4d5e-0000-5000-8000-000000000001",
+     "the server 'web-1' (id 7, uuid 2b3c4d5e-0000-5000-8000-000000000001) stays"),
+    (None, None, "the server 'web-1' stays"),
+])
+def test_the_server_left_in_the_dashboard_is_named_with_its_id(server_id: int | None, uuid: str | None,
+                                                               named: str) -> None:
+    import dataclasses
+
+    saved = dataclasses.replace(SAVED, server_id=server_id, uuid=uuid)
+
+    assert service.dashboard_note(saved).startswith(named)
+
+
+def test_uninstall_json_names_the_servers_id(root: Path) -> None:
+    import dataclasses
+
+    paths = install_v0_agent(root)
+    state.save(paths, dataclasses.replace(SAVED, server_id=12))
+
+    outcome = invoke("uninstall", "--root", str(root), "--json")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert json.loads(outcome.stdout)["server"] == {"name": "web-1", "id": 12, "uuid": None, "dashboard": URL}

@@ -32,8 +32,8 @@ PYZ_SHA256 = hashlib.sha256(PYZ).hexdigest()
 
 
 def fetcher_text() -> str:
-    """The fetcher exactly as the zipapp user-data writes it on a node."""
-    data = yaml.safe_load(render.cloud_init_pyz("", "https://example.test/x.pyz", PYZ_SHA256))
+    """The fetcher exactly as the zipapp user-data writes it on a node (`render` leaves comments out)."""
+    data = yaml.safe_load(render.cloud_init_pyz("", "https://example.test/x.pyz", PYZ_SHA256, comments=False))
     [text] = [f["content"] for f in data["write_files"] if f["path"] == FETCHER]
     return str(text)
 
@@ -215,8 +215,17 @@ def test_messages_never_show_credentials_or_a_query(fetch: Fetch, origin: Origin
     assert fetch(url, attempts=2) == 1
 
     err = capsys.readouterr().err
-    assert "/dl/nezha-bootstrap.pyz" in err
+    assert origin.url in err  # http://127.0.0.1:PORT/dl/nezha-bootstrap.pyz: the port too
     assert "pa55word" not in err and "s1gnature" not in err
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://user:pw@127.0.0.1:21180/dl/x.pyz?sig=1#f", "http://127.0.0.1:21180/dl/x.pyz"),
+    ("https://[::1]:8443/x.pyz", "https://[::1]:8443/x.pyz"),
+    ("https://downloads.example.test/x.pyz", "https://downloads.example.test/x.pyz"),
+])
+def test_the_fetchers_messages_show_the_host_and_port_but_no_credentials(fetch: Fetch, url: str, shown: str) -> None:
+    assert fetch.module.shown(url) == shown
 
 
 @pytest.mark.parametrize("source", [{"url": "ftp://x/y", "sha256": PYZ_SHA256}, {"url": "https://x/y", "sha256": "ab"},

@@ -143,7 +143,9 @@ def dashboard_note(saved: State | None) -> str:
         # call, so deleting it sticks only now that the agent is gone.
         return (f"the server with uuid {saved.uuid} stays in the dashboard {display_url(saved.dashboard_url)}: "
                 "delete it there (its agent is gone, so it stays deleted)")
-    what = f"the server {saved.name!r}" + (f" (uuid {saved.uuid})" if saved.uuid else "")
+    ids = [f"id {saved.server_id}"] if saved.server_id is not None else []
+    ids += [f"uuid {saved.uuid}"] if saved.uuid else []
+    what = f"the server {saved.name!r}" + (f" ({', '.join(ids)})" if ids else "")
     return (f"{what} stays in the dashboard {display_url(saved.dashboard_url)}: delete it there "
             "(the token API cannot)")
 

@@ -339,5 +339,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "hidden" if value else "shown"
     text = str(value)
-    # Quoted when the bare text would mislead: empty, edged with spaces, or a note's newlines and tabs.
-    return repr(text) if text == "" or text != text.strip() or not text.isprintable() else text
+    if text == "":
+        return "(empty)"
+    # Quoted when the bare text would mislead: edged with spaces, or a note's newlines and tabs.
+    return repr(text) if text != text.strip() or not text.isprintable() else text

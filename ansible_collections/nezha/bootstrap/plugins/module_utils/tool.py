@@ -135,7 +135,9 @@ def run_tool(module, argv, files=None):
                          rc=rc, stderr=stderr)
     if rc != 0:
         reason = result.get("exit_reason") or "exit code %d" % rc
-        message = "nezha-bootstrap %s failed: %s (exit %d: %s)" % (argv_command(argv), result.get("error"), rc, reason)
+        error = result.get("error")
+        error = "\n".join(error) if isinstance(error, list) else error  # a list of lines; one string before 0.2
+        message = "nezha-bootstrap %s failed: %s (exit %d: %s)" % (argv_command(argv), error, rc, reason)
         module.fail_json(msg=message, rc=rc, exit_reason=reason, nezha=result, stderr=stderr)
     return result
 
