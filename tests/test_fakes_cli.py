@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +16,8 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "nezha_bootstrap" / "testing"
 TOKEN = "nzp_" + "R" * 32
 PASSWORD = "rehearsal pass"
 
@@ -52,6 +56,60 @@ def test_each_fake_explains_itself_with_help(module: str) -> None:
                           capture_output=True, text=True, timeout=60)
 
     assert done.returncode == 0 and "--port" in done.stdout and "--token-file" in done.stdout
+    named = re.findall(r"[\w./-]+\.(?:md|sh|py|json|txt)\b", done.stdout)
+    assert [name for name in named if not (REPO / name).exists() and not (PACKAGE / name).exists()] == []
+
+
+@contextmanager
+def fake_v0_alone(*args: str) -> Iterator[tuple[dict[str, object], str]]:
+    """The v0 fake as an operator starts it: its first line (JSON) and what it prints for a person."""
+    proc = subprocess.Popen([sys.executable, "-m", "nezha_bootstrap.testing.fake_v0", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        hello = json.loads(proc.stdout.readline())
+        told = "".join(proc.stderr.readline() for _ in range(6))
+        yield hello, told
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def printed_command(told: str, command: str) -> tuple[dict[str, str], list[str]]:
+    """The environment and the arguments of the printed `nezha-bootstrap COMMAND` line."""
+    [line] = [line for line in told.splitlines() if f"nezha-bootstrap {command} " in line]
+    words = shlex.split(line)
+    env = dict(word.split("=", 1) for word in words[:words.index("nezha-bootstrap")])
+    return env, words[words.index("nezha-bootstrap") + 1:]
+
+
+def test_the_v0_fake_prints_the_flags_with_which_check_passes_and_a_rehearsal_runs(tmp_path: Path) -> None:
+    token = secret_file(tmp_path, "token", "T0kenT0kenT0kenT0kenT0kenT0ken32")
+
+    with fake_v0_alone("--token-file", token) as (hello, told):
+        env, args = printed_command(told, "check")
+        checked = cli(*args, **env)
+        env, args = printed_command(told, "run")
+        root = tmp_path / "root"
+        root.mkdir()
+        ran = cli(*[str(root) if arg == "DIR" else arg for arg in args], **env)
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert [line.split()[:2] for line in checked.stdout.splitlines()] == [
+        ["ok", "dashboard"], ["ok", "token"], ["ok", "probe"], ["ok", "installer"]]
+    assert f"--probe-port {hello['probe_port']}" in told and f"--script-sha256 {hello['script_sha256']}" in told
+    assert ran.returncode == 0, ran.stderr
+    assert "registered and installed" in ran.stdout + ran.stderr
+
+
+def test_the_v0_fake_never_prints_a_token_given_by_value() -> None:
+    token = "T0kenT0kenT0kenT0kenT0kenT0ken32"
+
+    with fake_v0_alone("--token", token) as (hello, told):
+        pass
+
+    assert token not in told and token not in json.dumps(hello)
+    assert "NEZHA_TOKEN set to the token given to --token" in told
 
 
 def test_the_v0_fake_takes_its_token_from_a_file_and_check_passes_with_it(tmp_path: Path) -> None:

@@ -1,9 +1,9 @@
-"""A local v0 dashboard that answers exactly as dashboard-v0-register.md describes, with fault knobs.
+"""A local Nezha v0 dashboard for rehearsals: it registers servers as v0.20 does, with fault knobs.
 
 It also serves a stub `install.sh` that records how it was called and installs a fake agent the way
-the real script does. `demo`, the tests, the benchmarks and the first-boot test all use it.
-Run it alone with `python -m nezha_bootstrap.testing.fake_v0 --port 8008 --token-file FILE` (README,
-"Rehearsing with the fakes").
+the real script does, and (run alone) a stand-in for the agent's gRPC port that `check` probes.
+`demo`, the tests and the benchmarks use it. Run it alone with
+`python -m nezha_bootstrap.testing.fake_v0 --token-file FILE`: it prints the flags to use against it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from nezha_bootstrap.testing import grpc_port
 from nezha_bootstrap.testing.grpc_port import GO_BAD_REQUEST, GO_H2C_FRAMES, PREFACE, is_client_hello
 
 FORBIDDEN_BODY = '{"code":403,"message":"访问此接口需要认证"}'
@@ -513,7 +514,9 @@ def main(argv: list[str] | None = None) -> None:
     """Serve a fake dashboard in the foreground; one JSON line per request on stdout (`--journal`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8008)
+    parser.add_argument("--port", type=int, default=8008, help="the dashboard's port (0: any free port)")
+    parser.add_argument("--probe-port", type=int, default=0,
+                        help="the agent's gRPC port stand-in, which `check` probes (plain, no TLS) [any free port]")
     token = parser.add_mutually_exclusive_group(required=True)
     token.add_argument("--token", help="the API token it accepts (visible in ps: prefer --token-file)")
     token.add_argument("--token-file", help="file holding the API token it accepts")
@@ -527,16 +530,33 @@ def main(argv: list[str] | None = None) -> None:
             args.token = handle.readline().strip()
     fake = FakeDashboard(args.token)
     running = serve(fake, args.host, args.port)
-    print(json.dumps({"url": running.url, "script_sha256": fake.script_sha256}), flush=True)
-    seen = 0
-    try:
-        while True:
-            time.sleep(0.2)
-            with fake.lock:
-                new, seen = fake.journal[seen:], len(fake.journal)
-            append_json_lines(args.journal, [journal_line(entry) for entry in new])
-    except KeyboardInterrupt:
-        running.stop()
+    with grpc_port.AgentPort(host=args.host, port=args.probe_port) as probe:
+        hello = {"url": running.url, "script_url": f"{running.url}/install.sh", "script_sha256": fake.script_sha256,
+                 "probe_address": urlsplit(running.url).hostname, "probe_port": probe.port}
+        print(json.dumps(hello), flush=True)
+        print(rehearsal_help(hello, args.token_file), file=sys.stderr, flush=True)
+        seen = 0
+        try:
+            while True:
+                time.sleep(0.2)
+                with fake.lock:
+                    new, seen = fake.journal[seen:], len(fake.journal)
+                append_json_lines(args.journal, [journal_line(entry) for entry in new])
+        except KeyboardInterrupt:
+            running.stop()
+
+
+def rehearsal_help(hello: dict[str, Any], token_file: str | None) -> str:
+    """The flags that point nezha-bootstrap at this fake (the token by its file, never by value)."""
+    token = f"--token-file {token_file}" if token_file else "(and NEZHA_TOKEN set to the token given to --token)"
+    flags = (f"{token} --script-url {hello['script_url']} --script-sha256 {hello['script_sha256']} "
+             f"--probe-address {hello['probe_address']} --probe-port {hello['probe_port']} --no-tls")
+    return (f"fake v0 dashboard at {hello['url']}; the agent's port at {hello['probe_address']}:{hello['probe_port']}\n"
+            f"check against it:\n  nezha-bootstrap check --dashboard-url {hello['url']} {flags}\n"
+            "rehearse a run in a scratch directory DIR (the stub installer acts only inside it; its agent reports "
+            "to the URL in NEZHA_DASHBOARD_URL):\n"
+            f"  NEZHA_DASHBOARD_URL={hello['url']} nezha-bootstrap run --rehearsal --root DIR {flags}\n"
+            "Ctrl-C stops it.")
 
 
 def journal_line(entry: Journal) -> dict[str, Any]:

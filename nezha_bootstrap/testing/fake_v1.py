@@ -1,4 +1,6 @@
-"""A local v1/v2 dashboard and agent release host, answering as dashboard-v1-v2.md describes.
+"""A local Nezha v1/v2 dashboard and agent release host for rehearsals (profiles v1.x to v2.1+).
+
+It answers as the real dashboards do (the project's notes on them: dashboard-v1-v2.md).
 
 Generation profiles reproduce the detection table; `/_fake/agent-connect` stands in for the agent's
 gRPC enrollment and applies its rules; `/releases/v<X>/...` serves agent zips whose `nezha-agent` is

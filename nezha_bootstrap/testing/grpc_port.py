@@ -51,7 +51,7 @@ class AgentPort:
 
     def __enter__(self) -> AgentPort:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self.listener = socket.create_server((self.host, 0), family=family)
+        self.listener = socket.create_server((self.host, self.port), family=family)  # port 0: any free one
         self.listener.settimeout(0.1)
         self.port = self.listener.getsockname()[1]
         self.thread = threading.Thread(target=self._accept, daemon=True)
