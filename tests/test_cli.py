@@ -178,6 +178,39 @@ def test_a_private_secret_file_is_read_without_a_warning(cli: Cli, tmp_path: Pat
     assert outcome.exit_code == 0 and outcome.stderr == ""
 
 
+MEANINGLESS_TO_USERS = re.compile(r"\bissues?\b|\bseed|done right", re.IGNORECASE)
+
+
+def test_no_help_speaks_of_how_the_tool_was_made(capsys: pytest.CaptureFixture[str]) -> None:
+    from nezha_bootstrap.testing import fake_v0, fake_v1
+
+    texts = {"": help_text(), **{command: help_text(command) for command in cli_main.commands}}
+    for module in (fake_v0, fake_v1):
+        with pytest.raises(SystemExit):
+            module.main(["--help"])
+        texts[module.__name__] = capsys.readouterr().out
+
+    assert {name: MEANINGLESS_TO_USERS.findall(text) for name, text in texts.items()
+            if MEANINGLESS_TO_USERS.search(text)} == {}
+
+
+def test_no_message_the_package_prints_speaks_of_how_the_tool_was_made() -> None:
+    import ast
+
+    package = Path(__file__).resolve().parent.parent / "nezha_bootstrap"
+    found = []
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+                      and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        found += [f"{path.name}:{node.lineno}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                  and MEANINGLESS_TO_USERS.search(node.value)]
+
+    assert found == []
+
+
 def test_the_top_level_help_documents_every_exit_code() -> None:
     text = help_text()
 
