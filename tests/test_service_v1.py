@@ -95,7 +95,7 @@ def test_uninstall_command_names_the_uuid_to_delete(v1cli: V1Cli) -> None:
     assert outcome.exit_code == 0, outcome.stderr
     report = json.loads(outcome.stdout)
     assert (report["outcome"], report["server"]) == (
-        "uninstalled", {"name": "", "uuid": UUID, "dashboard": v1cli.running.url})
+        "uninstalled", {"name": "", "id": None, "uuid": UUID, "dashboard": v1cli.running.url})
     assert f"remove {v1cli.root}/opt/nezha/agent/config.yml" in report["actions"]
 
 
