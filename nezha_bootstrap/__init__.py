@@ -15,14 +15,14 @@ TOO_OLD_EXIT = 2
 
 def too_old_message(version=None, executable=None):
     # type: (Optional[str], Optional[str]) -> str
-    """What an interpreter older than MIN_PYTHON says: its version and the remedy (README: Python)."""
+    """What an interpreter older than MIN_PYTHON says: its version and the remedy (documentation: Get the tool, Python versions)."""
     version = version or sys.version.split()[0]
     executable = executable or sys.executable or "python3"
     return (
         f"nezha-bootstrap needs Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer; this is Python {version} "
         f"({executable}). Install a newer python3 (RHEL/Rocky/Alma 8: `dnf install python39`, then run the "
         "tool with python3.9; Ubuntu 20.04: `apt install python3.9`) or use an image whose python3 is 3.9+; "
-        "README: Python versions"
+        "see the documentation: Get the tool, Python versions"
     )
 
 

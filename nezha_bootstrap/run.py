@@ -40,8 +40,8 @@ ClientFactory = Callable[[], "httpx.Client"]
 UNDER_ROOT = (
     "run --root {root}: the agent's installer and the agent act on this machine (its service manager and "
     "enrollment), not on {root}, so run refuses another root. To prepare an image, use "
-    "`nezha-bootstrap install-service --root {root}` (the image registers itself at its first boot, README: "
-    "Images); to rehearse with the fakes' stub installer and agent, add --rehearsal"
+    "`nezha-bootstrap install-service --root {root}` (the image registers itself at its first boot; the "
+    "documentation's tutorial: A golden image); to rehearse with the fakes' stub installer and agent, add --rehearsal"
 )
 
 
@@ -291,7 +291,7 @@ UPGRADED = (
     "this node registered with {url} when it was a v0 dashboard; it answers as v1 or newer now: the dashboard "
     "was upgraded at the same URL, and the node's v0 agent cannot connect to it. Give the node the dashboard's "
     "agent secret (NEZHA_AGENT_SECRET_FILE) and run again: it installs a v1/v2 agent in place of the v0 one "
-    "(README: After upgrading the dashboard)"
+    "(documentation: After upgrading the dashboard)"
 )
 
 

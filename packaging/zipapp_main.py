@@ -399,7 +399,7 @@ def main():
         sys.stderr.write(f"error: {APP} needs Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer; this is Python "
                          f"{sys.version.split()[0]} ({sys.executable}). Install a newer python3 (RHEL/Rocky/Alma 8: "
                          "`dnf install python39`, then run the tool with python3.9) or use an image whose python3 "
-                         "is 3.9+; README: Python versions\n")
+                         "is 3.9+; see the documentation: Get the tool, Python versions\n")
         sys.exit(2)
     archive = archive_path()
     isolate(archive)

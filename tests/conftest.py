@@ -171,7 +171,7 @@ class Cli(CliSession):
             "NEZHA_INSTALL_SCRIPT_URL": f"{self.dashboard.url}/install.sh",
             "NEZHA_INSTALL_SCRIPT_SHA256": self.fake.script_sha256,
             "NEZHA_BOOTSTRAP_ROOT": str(self.root),
-            "NEZHA_BOOTSTRAP_REHEARSAL": "1",  # run --root with the stubs (README: Rehearsing)
+            "NEZHA_BOOTSTRAP_REHEARSAL": "1",  # run --root with the stubs (docs: Rehearse with the fakes)
             "NEZHA_BOOTSTRAP_DEADLINE": "10",
             "NEZHA_STUB_RECORD": str(self.record_dir),
         }

@@ -33,7 +33,7 @@ def test_an_old_python_exits_2_naming_its_version_and_the_remedy(python: Path, e
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert f"needs Python 3.9 or newer; this is Python {version} ({python})" in done.stderr
-    assert "dnf install python39" in done.stderr and "README: Python versions" in done.stderr
+    assert "dnf install python39" in done.stderr and "documentation: Get the tool, Python versions" in done.stderr
 
 
 def test_the_message_names_the_minimum_version_and_the_interpreter() -> None:

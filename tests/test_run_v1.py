@@ -39,7 +39,7 @@ class V1Cli(CliSession):
             "NEZHA_AGENT_SECRET": self.fake.agent_secret,
             "NEZHA_AGENT_BASE_URL": f"{self.running.url}/releases",
             "NEZHA_BOOTSTRAP_ROOT": str(self.root),
-            "NEZHA_BOOTSTRAP_REHEARSAL": "1",  # run --root with the stubs (README: Rehearsing)
+            "NEZHA_BOOTSTRAP_REHEARSAL": "1",  # run --root with the stubs (docs: Rehearse with the fakes)
             "NEZHA_BOOTSTRAP_DEADLINE": "5",
             "NEZHA_STUB_RECORD": str(self.record_dir),
         }

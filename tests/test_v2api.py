@@ -395,8 +395,8 @@ def v2_answer(status: int, value: object = None, body: bytes | None = None) -> A
     (v2_answer(401, {"error": "x"}), "server list: HTTP 401: the dashboard refused the access token (wrong, revoked "
                                      f"or expired). {WAF}; create a new token and run again"),
     (v2_answer(403, {"error": "ApiErrorForbidden: api token lacks scope  server:read "}),
-     "server list: HTTP 403: the access token lacks scope server:read; create a token with server:read (see the "
-     "README's least-privilege setup). Not retrying"),
+     "server list: HTTP 403: the access token lacks scope server:read; create a token with server:read "
+     "(documentation: Before you start, v2.1 and newer, Least privilege). Not retrying"),
     (v2_answer(403, body=b"<html>blocked by nezha WAF</html>"),
      "server list: HTTP 403: the dashboard's WAF blocks this address after failed credentials; wait, or unblock "
      "it in the dashboard's settings. Not retrying"),

@@ -113,7 +113,7 @@ def _forbidden(what: str, error: Any, answer: Answer) -> str:
     if isinstance(error, str) and error.startswith(prefix):
         scope = redact.quote(error[len(prefix):].strip(), "(not shown: it held a credential)")[:64]
         return (f"{what}: HTTP 403: the access token lacks scope {scope}; create a token with "
-                f"{scope} (see the README's least-privilege setup). Not retrying")
+                f"{scope} (documentation: Before you start, v2.1 and newer, Least privilege). Not retrying")
     if b"blocked by nezha WAF" in answer.body:
         return (f"{what}: HTTP 403: the dashboard's WAF blocks this address after failed credentials; "
                 "wait, or unblock it in the dashboard's settings. Not retrying")
