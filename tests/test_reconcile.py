@@ -572,12 +572,12 @@ def test_a_refused_credential_mid_apply_stops_at_once() -> None:
     assert api.writes == [("server", 1)]  # nothing more: each further request would count at the WAF
 
 
-def test_the_readme_documents_reconcile_and_each_of_its_env_vars() -> None:
+def test_the_docs_document_reconcile_and_each_of_its_env_vars() -> None:
     from tests.test_cli import env_vars_in_help
-    from tests.test_readme import README, section
+    from tests.test_docs import DOCS, reference_section
 
-    assert "--apply" in section("Naming a v1/v2 fleet: reconcile")
-    assert sorted(var for var in env_vars_in_help("reconcile") if f"`{var}`" not in README) == []
+    assert "--apply" in (DOCS / "tutorials/reconcile.md").read_text(encoding="utf-8")
+    assert sorted(var for var in env_vars_in_help("reconcile") if f"`{var}`" not in reference_section("reconcile")) == []
 
 
 def test_two_operators_adding_to_one_group_at_once_both_end_in_it_with_the_race_switch_on() -> None:
