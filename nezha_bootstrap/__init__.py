@@ -15,7 +15,7 @@ TOO_OLD_EXIT = 2
 
 def too_old_message(version=None, executable=None):
     # type: (Optional[str], Optional[str]) -> str
-    """What an interpreter older than MIN_PYTHON says: its version and the remedy (documentation: Get the tool, Python versions)."""
+    """What an interpreter older than MIN_PYTHON says: its version and the remedy (docs: Python versions)."""
     version = version or sys.version.split()[0]
     executable = executable or sys.executable or "python3"
     return (

@@ -84,7 +84,7 @@ def test_an_unsealed_clones_uuid_differs_per_instance_and_from_the_machines() ->
     uuids = {machine_uuid(MID), instance_uuid(MID, "i-1"), instance_uuid(MID, "i-2")}
 
     assert len(uuids) == 3
-    assert instance_uuid(MID, "i-1") == str(uuid.uuid5(NAMESPACE, f"{MID}/i-1"))  # what the docs say (How exactly-once works: Unsealed clones)
+    assert instance_uuid(MID, "i-1") == str(uuid.uuid5(NAMESPACE, f"{MID}/i-1"))  # docs: Unsealed clones
     assert all(uuid_problem(value) is None and value == value.lower() for value in uuids)
 
 

@@ -577,7 +577,8 @@ def test_the_docs_document_reconcile_and_each_of_its_env_vars() -> None:
     from tests.test_docs import DOCS, reference_section
 
     assert "--apply" in (DOCS / "tutorials/reconcile.md").read_text(encoding="utf-8")
-    assert sorted(var for var in env_vars_in_help("reconcile") if f"`{var}`" not in reference_section("reconcile")) == []
+    reference = reference_section("reconcile")
+    assert sorted(var for var in env_vars_in_help("reconcile") if f"`{var}`" not in reference) == []
 
 
 def test_two_operators_adding_to_one_group_at_once_both_end_in_it_with_the_race_switch_on() -> None:
