@@ -49,6 +49,8 @@ def _flags(param: click.Parameter) -> str:
     names = ", ".join(f"`{name}`" for name in param.opts)
     if param.secondary_opts:
         names += " / " + ", ".join(f"`{name}`" for name in param.secondary_opts)
+    if param.metavar and not param.is_flag:  # as --help shows it (URL, FILE, PORT ...) where the option names one
+        names += f" {param.metavar}"
     if param.multiple:
         names += " (repeatable)"
     return names
