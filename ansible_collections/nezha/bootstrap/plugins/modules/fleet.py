@@ -43,7 +43,7 @@ options:
     type: path
   manifest:
     description:
-      - A C(.json) or C(.toml) manifest (the docs: "reconcile manifest"). Mutually exclusive with O(servers).
+      - A C(.json) or C(.toml) manifest (the tool's docs, "reconcile manifest"). Mutually exclusive with O(servers).
     type: path
   servers:
     description:
