@@ -5,7 +5,7 @@ It answers as the real dashboards do (the project's notes on them: dashboard-v1-
 Generation profiles reproduce the detection table; `/_fake/agent-connect` stands in for the agent's
 gRPC enrollment and applies its rules; `/releases/v<X>/...` serves agent zips whose `nezha-agent` is
 stubs/stub-agent-v1.sh, with their checksums.txt. Served with fake_v0's HTTP server.
-Run it alone: `python -m nezha_bootstrap.testing.fake_v1 --help` (README, "Rehearsing with the fakes").
+Run it alone: `python -m nezha_bootstrap.testing.fake_v1 --help` (docs: "Rehearse with the fakes").
 
 The REST API a node or an operator uses (dashboard-v1-v2.md, "Personal access tokens"):
 - users: user 1 (agent secret `agent_secret`) is the admin; `add_user(role=...)` returns a new
