@@ -69,8 +69,8 @@ def with_retries(
     """Call `attempt(seconds_left)` until it returns, raises a non-Transient error, or time runs out.
 
     A `Retry-After` is honoured, never shortened and spread above (Backoff.after); a wait that would
-    pass the deadline ends the step with `give_up` instead. `attempts_in_deadline`: one attempt gets at most that share of the
-    deadline, so a connection that hangs leaves time for the next attempts.
+    pass the deadline ends the step with `give_up` instead. `attempts_in_deadline`: one attempt gets
+    at most that share of the deadline, so a connection that hangs leaves time for the next attempts.
     """
     rng = rng or random.Random()
     end = clock() + deadline
