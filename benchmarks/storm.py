@@ -243,12 +243,17 @@ class StubAgent:
     def v0_connect(self, words: list[str]) -> tuple[int, str]:
         """The v0 agent's connection, as the fake's agent port meets it (`run` waits for it to show online).
 
-        Against a live v0 dashboard there is no stub of the agent's gRPC reports: the node's online wait
-        then ends at --online-timeout (exit 4), which the storm counts as a failure."""
+        Against a live v0 dashboard: the first two gRPC calls agent v0.20.5 makes on its port (--agent-port),
+        which move the server's last_active (observed on v0.20.13); without --agent-port the probe address
+        is a name that does not resolve, no report arrives and each node's online wait ends at
+        --online-timeout (exit 4), which the storm counts as a failure."""
         import httpx
 
         if self.live:
-            return 0, "installed (no agent reports to a live v0 dashboard)"
+            address = words[words.index("-s") + 1]
+            if address.startswith(UNRESOLVED + ":"):
+                return 0, "installed (no agent reports to a live v0 dashboard without --agent-port)"
+            return self.v0_report(address, words[words.index("-p") + 1])
         secret = words[words.index("-p") + 1]
         COUNTS.enabled = False  # the agent's traffic is not the tool's
         try:
@@ -281,6 +286,27 @@ class StubAgent:
         finally:
             COUNTS.enabled = True
 
+    def v0_report(self, address: str, secret: str) -> tuple[int, str]:
+        """ReportSystemInfo then ReportSystemState, each an empty message (a valid protobuf), over h2c with
+        the node secret as `client_secret` metadata: v0.20.13 sets last_active on the state report."""
+        import httpx
+
+        COUNTS.enabled = False  # the agent's traffic is not the tool's
+        try:
+            if self.client is None:
+                self.client = httpx.Client(http1=False, http2=True, timeout=30, trust_env=False)
+            for method in ("ReportSystemInfo", "ReportSystemState"):
+                answer = self.client.post(f"http://{address}/proto.NezhaService/{method}", content=GRPC_EMPTY,
+                                          headers={"content-type": "application/grpc", "te": "trailers",
+                                                   "client_secret": secret})
+                if answer.status_code != 200 or answer.content[5:] != RECEIPT_PROCESSED:
+                    return 0, f"agent refused: {method} HTTP {answer.status_code} {answer.content[:40]!r}"
+            return 0, "installed; agent reported"
+        except httpx.HTTPError as exc:  # the real agent keeps retrying; the run's wait tells
+            return 0, f"installed; agent could not connect: {exc}"
+        finally:
+            COUNTS.enabled = True
+
     def grpc_enroll(self, server: str, secret: str, uuid: str) -> tuple[int, str]:
         version = b"storm"
         host = bytes([0x52, len(version)]) + version  # Host{version: "storm"} (field 10, a string)
@@ -293,6 +319,11 @@ class StubAgent:
         if answer.status_code != 200 or status != "0":
             return 0, f"agent refused: HTTP {answer.status_code} grpc-status {status}"
         return 0, "enrolled"
+
+
+UNRESOLVED = "probe.example.test"  # the v0 nodes' probe address when no agent port is given (never resolved)
+GRPC_EMPTY = b"\x00\x00\x00\x00\x00"  # one gRPC frame: not compressed, length 0 (an empty message)
+RECEIPT_PROCESSED = b"\x08\x01"  # Receipt{proced: true}, v0.20.13's answer to an accepted report
 
 
 def stub_system_run(stub: StubAgent) -> None:
@@ -528,6 +559,7 @@ class Storm:
     url: str | None
     dashboard_pid: int | None
     seed: int
+    agent_port: int | None = None  # a live v0 dashboard's gRPC port (the stub agent reports there)
 
 
 def node_env(storm: Storm, url: str, hello: dict[str, Any], release_url: str | None) -> dict[str, str]:
@@ -538,7 +570,10 @@ def node_env(storm: Storm, url: str, hello: dict[str, Any], release_url: str | N
                 # A root other than /: the installers are the fakes' stubs (and here carried out in-process).
                 "NEZHA_BOOTSTRAP_REHEARSAL": "1"})
     if storm.generation == "v0":
-        env.update({"NEZHA_TOKEN": hello["token"], "NEZHA_PROBE_ADDRESS": "probe.example.test",
+        probe = {"NEZHA_PROBE_ADDRESS": UNRESOLVED}
+        if storm.agent_port:
+            probe = {"NEZHA_PROBE_ADDRESS": LOOPBACK, "NEZHA_PROBE_PORT": str(storm.agent_port)}
+        env.update({"NEZHA_TOKEN": hello["token"], **probe,
                     "NEZHA_INSTALL_SCRIPT_URL": f"{release_url}/install.sh",
                     "NEZHA_INSTALL_SCRIPT_SHA256": hello["script_sha256"]})
     else:
@@ -744,6 +779,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--url", help="a live dashboard (credentials: NEZHA_LIVE_TOKEN, NEZHA_LIVE_AGENT_SECRET, "
                         "and for reading back NEZHA_LIVE_USERNAME/_PASSWORD)")
     parser.add_argument("--dashboard-pid", type=int, help="the live dashboard's pid, to sample its RSS and CPU")
+    parser.add_argument("--agent-port", type=int,
+                        help="a live v0 dashboard's agent (gRPC) port: the nodes' probe port, where the stub agent "
+                        "reports as agent v0.20.5 does, so that each node's online wait can end; without it the "
+                        "nodes of a live v0 storm end with exit 4 (no agent report)")
     parser.add_argument("--label", default="", help="this storm's column name in the table")
     parser.add_argument("--variants", help="NAME=TREE,...: run the same storm with each tree's nezha_bootstrap "
                         "(a checkout), one column each")
@@ -796,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
         columns = {}
         for existing in (int(x) for x in args.existing.split(",")):
             storm = Storm(args.generation, args.nodes, args.workers, args.spread, args.time_limit, existing,
-                          args.url, args.dashboard_pid, args.seed)
+                          args.url, args.dashboard_pid, args.seed, args.agent_port)
             print(f"storm: {storm.nodes} nodes, {existing} existing, {storm.workers} workers ...",
                   file=sys.stderr, flush=True)
             label = "/".join(x for x in (args.label, f"{args.nodes}n", f"{existing}e" if not args.url else "live")
