@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -46,9 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-HERE = Path(__file__).resolve().parent
+if __package__ in (None, ""):  # run as a script: benchmarks/ off the path (its zipapp.py is not the stdlib's), and
+    del sys.path[0]  # the repository root after PYTHONPATH, so that a --variants tree's nezha_bootstrap comes first
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import HERE, LOOPBACK, base_env
+from benchmarks.common import percentile as nearest_rank
+
 DEFAULT_OUT = HERE / "results" / "storm.json"
-LOOPBACK = "127.0.0.1"
 V0_TOKEN = "StormT0kenStormT0kenStormT0ken32"
 DOWNLOAD_PREFIXES = ("/releases/", "/install.sh")
 NODE_DEADLINE = 120  # each node's --deadline; its own waits are bounded by it and --enroll-timeout
@@ -184,6 +188,7 @@ class StubAgent:
     def __init__(self, live: bool) -> None:
         self.live = live
         self.client: Any = None
+        self.streams: list[tuple[threading.Event, threading.Thread]] = []
 
     def run(self, argv: list[str], cwd: Path | None) -> tuple[int, str]:
         if argv[0].endswith("/nezha-agent") and "service" in argv:
@@ -318,12 +323,46 @@ class StubAgent:
         status = answer.headers.get("grpc-status", "0")
         if answer.status_code != 200 or status != "0":
             return 0, f"agent refused: HTTP {answer.status_code} grpc-status {status}"
+        self.report_state(server, secret, uuid)
         return 0, "enrolled"
+
+    def report_state(self, server: str, secret: str, uuid: str) -> None:
+        """The agent's state stream (ReportSystemState), one empty State, held open until the node's run ends:
+        v2.3.7 sets last_active on the report and resets it to zero when the stream closes (issue 17), and
+        `run` waits for last_active to change. In a thread, on its own connection."""
+        import httpx
+
+        done = threading.Event()
+
+        def body() -> Any:
+            yield GRPC_EMPTY
+            done.wait(NODE_DEADLINE)
+
+        def stream() -> None:
+            with contextlib.suppress(httpx.HTTPError), \
+                    httpx.Client(http1=False, http2=True, timeout=NODE_DEADLINE + 30, trust_env=False) as own:
+                own.post(f"http://{server}/proto.NezhaService/ReportSystemState", content=body(),
+                         headers={"content-type": "application/grpc", "te": "trailers", "client_secret": secret,
+                                  "client_uuid": uuid})
+
+        thread = threading.Thread(target=stream, daemon=True)
+        thread.start()
+        self.streams.append((done, thread))
+
+    def close_streams(self) -> None:
+        """The node's run ended: its agent's streams close (each thread joins within a few seconds)."""
+        for done, thread in self.streams:
+            done.set()
+            thread.join(5)
+        self.streams.clear()
 
 
 UNRESOLVED = "probe.example.test"  # the v0 nodes' probe address when no agent port is given (never resolved)
 GRPC_EMPTY = b"\x00\x00\x00\x00\x00"  # one gRPC frame: not compressed, length 0 (an empty message)
 RECEIPT_PROCESSED = b"\x08\x01"  # Receipt{proced: true}, v0.20.13's answer to an accepted report
+
+
+STUB = StubAgent(live=False)  # the worker's stub agent (one node at a time per worker)
 
 
 def stub_system_run(stub: StubAgent) -> None:
@@ -380,6 +419,7 @@ def run_node(job: Job, index: int, boot: float, salt: str) -> NodeResult:
     except Exception as exc:  # a crash of one node is a result, not the end of the storm
         result.exit_code, result.error = 99, f"{type(exc).__name__}: {exc}"
     result.finished = time.monotonic()
+    STUB.close_streams()
     try:
         answer = json.loads(out.getvalue().strip().splitlines()[-1])
         result.outcome = str(answer.get("outcome") or answer.get("error", {}).get("kind", ""))
@@ -398,7 +438,8 @@ def worker(job: Job, jobs: Any, results: Any, salt: str, stop_at: float) -> None
     host = job.url.split("://", 1)[1].split("/", 1)[0]
     COUNTS.dashboard = host if ":" in host else f"{host}:80"
     count_transport()
-    stub_system_run(StubAgent(job.live))
+    STUB.live = job.live
+    stub_system_run(STUB)
     while True:
         item = jobs.get()
         if item is None:
@@ -535,10 +576,7 @@ def live_servers(url: str, generation: str) -> list[dict[str, Any]]:
 # --- a storm --------------------------------------------------------------------------------------------
 
 def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+    return nearest_rank(values, q) if values else None
 
 
 def spread_of(values: list[float], digits: int = 3) -> dict[str, float | None]:
@@ -563,10 +601,8 @@ class Storm:
 
 
 def node_env(storm: Storm, url: str, hello: dict[str, Any], release_url: str | None) -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    env.update({"NO_PROXY": f"{LOOPBACK},localhost", "no_proxy": f"{LOOPBACK},localhost",
-                "NEZHA_DASHBOARD_URL": url, "NEZHA_BOOTSTRAP_DEADLINE": str(NODE_DEADLINE),
+    env = base_env()  # the same few variables as bench.py's runs, loopback exempt from proxies
+    env.update({"NEZHA_DASHBOARD_URL": url, "NEZHA_BOOTSTRAP_DEADLINE": str(NODE_DEADLINE),
                 # A root other than /: the installers are the fakes' stubs (and here carried out in-process).
                 "NEZHA_BOOTSTRAP_REHEARSAL": "1"})
     if storm.generation == "v0":
