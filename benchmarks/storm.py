@@ -76,6 +76,10 @@ class NodeResult:
     timeouts: int = 0
     downloads: int = 0
     paths: dict[str, int] = field(default_factory=dict)  # "GET /api/v1/server?id" -> requests
+    # --rerun: the node's second `run` right after its first (nothing to do: what a reboot costs the dashboard)
+    rerun_exit_code: int | None = None
+    rerun_requests: int = 0
+    rerun_bytes_in: int = 0
 
 
 class Counts:
@@ -388,6 +392,7 @@ class Job:
     env: dict[str, str]
     workdir: str
     live: bool
+    rerun: bool = False
 
 
 def machine_id(index: int, salt: str) -> str:
@@ -430,7 +435,25 @@ def run_node(job: Job, index: int, boot: float, salt: str) -> NodeResult:
     result.requests, result.bytes_in, result.bytes_out = COUNTS.requests, COUNTS.bytes_in, COUNTS.bytes_out
     result.statuses, result.timeouts, result.downloads = dict(COUNTS.statuses), COUNTS.timeouts, COUNTS.downloads
     result.paths = dict(COUNTS.paths)  # the roots are removed after the storm: not the nodes' time
+    if job.rerun and result.exit_code == 0:
+        COUNTS.reset()
+        result.rerun_exit_code = run_cli()[0]
+        result.rerun_requests, result.rerun_bytes_in = COUNTS.requests, COUNTS.bytes_in
     return result
+
+
+def run_cli() -> tuple[int, str, str]:
+    """One `nezha-bootstrap run --json` in this worker: its exit code, stdout and stderr."""
+    from nezha_bootstrap.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(["run", "--json"], prog_name="nezha-bootstrap")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
 
 
 def worker(job: Job, jobs: Any, results: Any, salt: str, stop_at: float) -> None:
@@ -598,6 +621,7 @@ class Storm:
     dashboard_pid: int | None
     seed: int
     agent_port: int | None = None  # a live v0 dashboard's gRPC port (the stub agent reports there)
+    rerun: bool = False  # each node runs twice: the second run's requests and bytes are reported apart
 
 
 def node_env(storm: Storm, url: str, hello: dict[str, Any], release_url: str | None) -> dict[str, str]:
@@ -665,7 +689,8 @@ def run_storm(storm: Storm) -> dict[str, Any]:
         before_ids = set(range(1, storm.existing + 1))
     salt = secrets.token_hex(4)
     workdir = tempfile.mkdtemp(prefix="storm-", dir=os.environ.get("STORM_WORKDIR"))
-    job = Job(storm.generation, url, node_env(storm, url, hello, release_url), workdir, bool(storm.url))
+    job = Job(storm.generation, url, node_env(storm, url, hello, release_url), workdir, bool(storm.url),
+              storm.rerun)
     context = multiprocessing.get_context("fork")
     jobs, results = context.Queue(), context.Queue()
     rng = random.Random(storm.seed)
@@ -737,6 +762,11 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
         "requests_total": sum(n.requests for n in nodes),
         "requests_per_node_by_path": {k: round(v / max(len(ran), 1), 2) for k, v in sorted(paths.items())},
         "bytes_in_total": sum(n.bytes_in for n in nodes),
+        "reruns_ok": sum(1 for n in nodes if n.rerun_exit_code == 0) if storm.rerun else None,
+        "rerun_requests_per_node": spread_of([float(n.rerun_requests) for n in ran if n.rerun_exit_code is not None], 1)
+        if storm.rerun else None,
+        "rerun_bytes_in_per_node": spread_of([float(n.rerun_bytes_in) for n in ran if n.rerun_exit_code is not None], 0)
+        if storm.rerun else None,
         "first_boot_to_last_done_s": round(last_done - first_boot, 2),
         "node_boot_to_done_s": spread_of([n.finished - n.boot for n in ran]),
         "node_run_s": spread_of([n.finished - n.started for n in ran]),
@@ -776,7 +806,9 @@ ROWS = (
     ("duplicates", "duplicates"), ("lost nodes", "lost_nodes"), ("dashboard 5xx", "dashboard_5xx"),
     ("dashboard 429", "dashboard_429"), ("timeouts", "timeouts"),
     ("requests/node p50/p95/max", "requests_per_node"), ("bytes in/node p50/p95/max", "bytes_in_per_node"),
-    ("bytes out/node p50/p95/max", "bytes_out_per_node"),
+    ("bytes out/node p50/p95/max", "bytes_out_per_node"), ("reruns ok (--rerun)", "reruns_ok"),
+    ("rerun requests/node p50/p95/max", "rerun_requests_per_node"),
+    ("rerun bytes in/node p50/p95/max", "rerun_bytes_in_per_node"),
     ("first boot -> last done (s)", "first_boot_to_last_done_s"),
     ("node boot->done p50/p95/p99 (s)", "node_boot_to_done_s"), ("node run p50/p95/p99 (s)", "node_run_s"),
     ("dashboard peak RSS MiB / CPU s / peak %", "dashboard"),
@@ -812,6 +844,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spread", type=float, default=5.0, help="nodes boot at random moments within this (s)")
     parser.add_argument("--time-limit", type=float, default=600.0, help="no node starts after this (s)")
     parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument("--rerun", action="store_true",
+                        help="each node runs `run` a second time right after the first (a reboot: nothing to do); "
+                        "its requests and bytes are reported apart")
     parser.add_argument("--url", help="a live dashboard (credentials: NEZHA_LIVE_TOKEN, NEZHA_LIVE_AGENT_SECRET, "
                         "and for reading back NEZHA_LIVE_USERNAME/_PASSWORD)")
     parser.add_argument("--dashboard-pid", type=int, help="the live dashboard's pid, to sample its RSS and CPU")
@@ -871,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
         columns = {}
         for existing in (int(x) for x in args.existing.split(",")):
             storm = Storm(args.generation, args.nodes, args.workers, args.spread, args.time_limit, existing,
-                          args.url, args.dashboard_pid, args.seed, args.agent_port)
+                          args.url, args.dashboard_pid, args.seed, args.agent_port, args.rerun)
             print(f"storm: {storm.nodes} nodes, {existing} existing, {storm.workers} workers ...",
                   file=sys.stderr, flush=True)
             label = "/".join(x for x in (args.label, f"{args.nodes}n", f"{existing}e" if not args.url else "live")

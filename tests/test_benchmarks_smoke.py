@@ -186,7 +186,7 @@ STORM = BENCH.parent / "storm.py"
 def test_a_small_storm_against_the_fakes_reports_every_node(tmp_path: Path, generation: str) -> None:
     out = tmp_path / "storm.json"
     done = subprocess.run([sys.executable, str(STORM), "--generation", generation, "--nodes", "6", "--workers", "2",
-                           "--spread", "0.5", "--existing", "0,40", "--json", str(out)],
+                           "--spread", "0.5", "--existing", "0,40", "--rerun", "--json", str(out)],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "STORM_WORKDIR": str(tmp_path)})
 
@@ -197,6 +197,8 @@ def test_a_small_storm_against_the_fakes_reports_every_node(tmp_path: Path, gene
     for storm in storms.values():
         assert storm["requests_per_node"]["p50"] >= 2 and storm["bytes_in_per_node"]["max"] > 0
         assert storm["dashboard"]["peak_rss_mib"] > 0 and storm["first_boot_to_last_done_s"] > 0
+        # a rerun: v0 sends nothing; v2 in token mode one look at the server id the first run saved
+        assert storm["reruns_ok"] == 6 and storm["rerun_requests_per_node"]["max"] == (0 if generation == "v0" else 1)
     assert "duplicates" in done.stdout and "bytes in/node" in done.stdout
 
 
