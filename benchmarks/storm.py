@@ -427,9 +427,9 @@ def run_node(job: Job, index: int, boot: float, salt: str) -> NodeResult:
     STUB.close_streams()
     try:
         answer = json.loads(out.getvalue().strip().splitlines()[-1])
-        result.outcome = str(answer.get("outcome") or answer.get("error", {}).get("kind", ""))
-        if result.exit_code:
-            result.error = result.error or str(answer.get("error", {}).get("message", ""))[:200]
+        result.outcome = str(answer.get("exit_reason") or answer.get("outcome", ""))
+        if result.exit_code:  # --json's error: the message's lines
+            result.error = result.error or " ".join(answer.get("error") or [])[:200]
     except (ValueError, IndexError, AttributeError):
         result.error = result.error or (err.getvalue().strip().splitlines() or [""])[-1][:200]
     result.requests, result.bytes_in, result.bytes_out = COUNTS.requests, COUNTS.bytes_in, COUNTS.bytes_out
