@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -46,9 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-HERE = Path(__file__).resolve().parent
+if __package__ in (None, ""):  # run as a script: benchmarks/ off the path (its zipapp.py is not the stdlib's), and
+    del sys.path[0]  # the repository root after PYTHONPATH, so that a --variants tree's nezha_bootstrap comes first
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import HERE, LOOPBACK, base_env
+from benchmarks.common import percentile as nearest_rank
+
 DEFAULT_OUT = HERE / "results" / "storm.json"
-LOOPBACK = "127.0.0.1"
 V0_TOKEN = "StormT0kenStormT0kenStormT0ken32"
 DOWNLOAD_PREFIXES = ("/releases/", "/install.sh")
 NODE_DEADLINE = 120  # each node's --deadline; its own waits are bounded by it and --enroll-timeout
@@ -72,6 +76,10 @@ class NodeResult:
     timeouts: int = 0
     downloads: int = 0
     paths: dict[str, int] = field(default_factory=dict)  # "GET /api/v1/server?id" -> requests
+    # --rerun: the node's second `run` right after its first (nothing to do: what a reboot costs the dashboard)
+    rerun_exit_code: int | None = None
+    rerun_requests: int = 0
+    rerun_bytes_in: int = 0
 
 
 class Counts:
@@ -184,6 +192,7 @@ class StubAgent:
     def __init__(self, live: bool) -> None:
         self.live = live
         self.client: Any = None
+        self.streams: list[tuple[threading.Event, threading.Thread]] = []
 
     def run(self, argv: list[str], cwd: Path | None) -> tuple[int, str]:
         if argv[0].endswith("/nezha-agent") and "service" in argv:
@@ -243,12 +252,17 @@ class StubAgent:
     def v0_connect(self, words: list[str]) -> tuple[int, str]:
         """The v0 agent's connection, as the fake's agent port meets it (`run` waits for it to show online).
 
-        Against a live v0 dashboard there is no stub of the agent's gRPC reports: the node's online wait
-        then ends at --online-timeout (exit 4), which the storm counts as a failure."""
+        Against a live v0 dashboard: the first two gRPC calls agent v0.20.5 makes on its port (--agent-port),
+        which move the server's last_active (observed on v0.20.13); without --agent-port the probe address
+        is a name that does not resolve, no report arrives and each node's online wait ends at
+        --online-timeout (exit 4), which the storm counts as a failure."""
         import httpx
 
         if self.live:
-            return 0, "installed (no agent reports to a live v0 dashboard)"
+            address = words[words.index("-s") + 1]
+            if address.startswith(UNRESOLVED + ":"):
+                return 0, "installed (no agent reports to a live v0 dashboard without --agent-port)"
+            return self.v0_report(address, words[words.index("-p") + 1])
         secret = words[words.index("-p") + 1]
         COUNTS.enabled = False  # the agent's traffic is not the tool's
         try:
@@ -281,6 +295,27 @@ class StubAgent:
         finally:
             COUNTS.enabled = True
 
+    def v0_report(self, address: str, secret: str) -> tuple[int, str]:
+        """ReportSystemInfo then ReportSystemState, each an empty message (a valid protobuf), over h2c with
+        the node secret as `client_secret` metadata: v0.20.13 sets last_active on the state report."""
+        import httpx
+
+        COUNTS.enabled = False  # the agent's traffic is not the tool's
+        try:
+            if self.client is None:
+                self.client = httpx.Client(http1=False, http2=True, timeout=30, trust_env=False)
+            for method in ("ReportSystemInfo", "ReportSystemState"):
+                answer = self.client.post(f"http://{address}/proto.NezhaService/{method}", content=GRPC_EMPTY,
+                                          headers={"content-type": "application/grpc", "te": "trailers",
+                                                   "client_secret": secret})
+                if answer.status_code != 200 or answer.content[5:] != RECEIPT_PROCESSED:
+                    return 0, f"agent refused: {method} HTTP {answer.status_code} {answer.content[:40]!r}"
+            return 0, "installed; agent reported"
+        except httpx.HTTPError as exc:  # the real agent keeps retrying; the run's wait tells
+            return 0, f"installed; agent could not connect: {exc}"
+        finally:
+            COUNTS.enabled = True
+
     def grpc_enroll(self, server: str, secret: str, uuid: str) -> tuple[int, str]:
         version = b"storm"
         host = bytes([0x52, len(version)]) + version  # Host{version: "storm"} (field 10, a string)
@@ -292,7 +327,46 @@ class StubAgent:
         status = answer.headers.get("grpc-status", "0")
         if answer.status_code != 200 or status != "0":
             return 0, f"agent refused: HTTP {answer.status_code} grpc-status {status}"
+        self.report_state(server, secret, uuid)
         return 0, "enrolled"
+
+    def report_state(self, server: str, secret: str, uuid: str) -> None:
+        """The agent's state stream (ReportSystemState), one empty State, held open until the node's run ends:
+        v2.3.7 sets last_active on the report and resets it to zero when the stream closes (issue 17), and
+        `run` waits for last_active to change. In a thread, on its own connection."""
+        import httpx
+
+        done = threading.Event()
+
+        def body() -> Any:
+            yield GRPC_EMPTY
+            done.wait(NODE_DEADLINE)
+
+        def stream() -> None:
+            with contextlib.suppress(httpx.HTTPError), \
+                    httpx.Client(http1=False, http2=True, timeout=NODE_DEADLINE + 30, trust_env=False) as own:
+                own.post(f"http://{server}/proto.NezhaService/ReportSystemState", content=body(),
+                         headers={"content-type": "application/grpc", "te": "trailers", "client_secret": secret,
+                                  "client_uuid": uuid})
+
+        thread = threading.Thread(target=stream, daemon=True)
+        thread.start()
+        self.streams.append((done, thread))
+
+    def close_streams(self) -> None:
+        """The node's run ended: its agent's streams close (each thread joins within a few seconds)."""
+        for done, thread in self.streams:
+            done.set()
+            thread.join(5)
+        self.streams.clear()
+
+
+UNRESOLVED = "probe.example.test"  # the v0 nodes' probe address when no agent port is given (never resolved)
+GRPC_EMPTY = b"\x00\x00\x00\x00\x00"  # one gRPC frame: not compressed, length 0 (an empty message)
+RECEIPT_PROCESSED = b"\x08\x01"  # Receipt{proced: true}, v0.20.13's answer to an accepted report
+
+
+STUB = StubAgent(live=False)  # the worker's stub agent (one node at a time per worker)
 
 
 def stub_system_run(stub: StubAgent) -> None:
@@ -318,6 +392,7 @@ class Job:
     env: dict[str, str]
     workdir: str
     live: bool
+    rerun: bool = False
 
 
 def machine_id(index: int, salt: str) -> str:
@@ -349,17 +424,36 @@ def run_node(job: Job, index: int, boot: float, salt: str) -> NodeResult:
     except Exception as exc:  # a crash of one node is a result, not the end of the storm
         result.exit_code, result.error = 99, f"{type(exc).__name__}: {exc}"
     result.finished = time.monotonic()
+    STUB.close_streams()
     try:
         answer = json.loads(out.getvalue().strip().splitlines()[-1])
-        result.outcome = str(answer.get("outcome") or answer.get("error", {}).get("kind", ""))
-        if result.exit_code:
-            result.error = result.error or str(answer.get("error", {}).get("message", ""))[:200]
+        result.outcome = str(answer.get("exit_reason") or answer.get("outcome", ""))
+        if result.exit_code:  # --json's error: the message's lines
+            result.error = result.error or " ".join(answer.get("error") or [])[:200]
     except (ValueError, IndexError, AttributeError):
         result.error = result.error or (err.getvalue().strip().splitlines() or [""])[-1][:200]
     result.requests, result.bytes_in, result.bytes_out = COUNTS.requests, COUNTS.bytes_in, COUNTS.bytes_out
     result.statuses, result.timeouts, result.downloads = dict(COUNTS.statuses), COUNTS.timeouts, COUNTS.downloads
     result.paths = dict(COUNTS.paths)  # the roots are removed after the storm: not the nodes' time
+    if job.rerun and result.exit_code == 0:
+        COUNTS.reset()
+        result.rerun_exit_code = run_cli()[0]
+        result.rerun_requests, result.rerun_bytes_in = COUNTS.requests, COUNTS.bytes_in
     return result
+
+
+def run_cli() -> tuple[int, str, str]:
+    """One `nezha-bootstrap run --json` in this worker: its exit code, stdout and stderr."""
+    from nezha_bootstrap.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(["run", "--json"], prog_name="nezha-bootstrap")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
 
 
 def worker(job: Job, jobs: Any, results: Any, salt: str, stop_at: float) -> None:
@@ -367,7 +461,8 @@ def worker(job: Job, jobs: Any, results: Any, salt: str, stop_at: float) -> None
     host = job.url.split("://", 1)[1].split("/", 1)[0]
     COUNTS.dashboard = host if ":" in host else f"{host}:80"
     count_transport()
-    stub_system_run(StubAgent(job.live))
+    STUB.live = job.live
+    stub_system_run(STUB)
     while True:
         item = jobs.get()
         if item is None:
@@ -504,10 +599,7 @@ def live_servers(url: str, generation: str) -> list[dict[str, Any]]:
 # --- a storm --------------------------------------------------------------------------------------------
 
 def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+    return nearest_rank(values, q) if values else None
 
 
 def spread_of(values: list[float], digits: int = 3) -> dict[str, float | None]:
@@ -528,17 +620,20 @@ class Storm:
     url: str | None
     dashboard_pid: int | None
     seed: int
+    agent_port: int | None = None  # a live v0 dashboard's gRPC port (the stub agent reports there)
+    rerun: bool = False  # each node runs twice: the second run's requests and bytes are reported apart
 
 
 def node_env(storm: Storm, url: str, hello: dict[str, Any], release_url: str | None) -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    env.update({"NO_PROXY": f"{LOOPBACK},localhost", "no_proxy": f"{LOOPBACK},localhost",
-                "NEZHA_DASHBOARD_URL": url, "NEZHA_BOOTSTRAP_DEADLINE": str(NODE_DEADLINE),
+    env = base_env()  # the same few variables as bench.py's runs, loopback exempt from proxies
+    env.update({"NEZHA_DASHBOARD_URL": url, "NEZHA_BOOTSTRAP_DEADLINE": str(NODE_DEADLINE),
                 # A root other than /: the installers are the fakes' stubs (and here carried out in-process).
                 "NEZHA_BOOTSTRAP_REHEARSAL": "1"})
     if storm.generation == "v0":
-        env.update({"NEZHA_TOKEN": hello["token"], "NEZHA_PROBE_ADDRESS": "probe.example.test",
+        probe = {"NEZHA_PROBE_ADDRESS": UNRESOLVED}
+        if storm.agent_port:
+            probe = {"NEZHA_PROBE_ADDRESS": LOOPBACK, "NEZHA_PROBE_PORT": str(storm.agent_port)}
+        env.update({"NEZHA_TOKEN": hello["token"], **probe,
                     "NEZHA_INSTALL_SCRIPT_URL": f"{release_url}/install.sh",
                     "NEZHA_INSTALL_SCRIPT_SHA256": hello["script_sha256"]})
     else:
@@ -594,7 +689,8 @@ def run_storm(storm: Storm) -> dict[str, Any]:
         before_ids = set(range(1, storm.existing + 1))
     salt = secrets.token_hex(4)
     workdir = tempfile.mkdtemp(prefix="storm-", dir=os.environ.get("STORM_WORKDIR"))
-    job = Job(storm.generation, url, node_env(storm, url, hello, release_url), workdir, bool(storm.url))
+    job = Job(storm.generation, url, node_env(storm, url, hello, release_url), workdir, bool(storm.url),
+              storm.rerun)
     context = multiprocessing.get_context("fork")
     jobs, results = context.Queue(), context.Queue()
     rng = random.Random(storm.seed)
@@ -666,6 +762,11 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
         "requests_total": sum(n.requests for n in nodes),
         "requests_per_node_by_path": {k: round(v / max(len(ran), 1), 2) for k, v in sorted(paths.items())},
         "bytes_in_total": sum(n.bytes_in for n in nodes),
+        "reruns_ok": sum(1 for n in nodes if n.rerun_exit_code == 0) if storm.rerun else None,
+        "rerun_requests_per_node": spread_of([float(n.rerun_requests) for n in ran if n.rerun_exit_code is not None], 1)
+        if storm.rerun else None,
+        "rerun_bytes_in_per_node": spread_of([float(n.rerun_bytes_in) for n in ran if n.rerun_exit_code is not None], 0)
+        if storm.rerun else None,
         "first_boot_to_last_done_s": round(last_done - first_boot, 2),
         "node_boot_to_done_s": spread_of([n.finished - n.boot for n in ran]),
         "node_run_s": spread_of([n.finished - n.started for n in ran]),
@@ -705,7 +806,9 @@ ROWS = (
     ("duplicates", "duplicates"), ("lost nodes", "lost_nodes"), ("dashboard 5xx", "dashboard_5xx"),
     ("dashboard 429", "dashboard_429"), ("timeouts", "timeouts"),
     ("requests/node p50/p95/max", "requests_per_node"), ("bytes in/node p50/p95/max", "bytes_in_per_node"),
-    ("bytes out/node p50/p95/max", "bytes_out_per_node"),
+    ("bytes out/node p50/p95/max", "bytes_out_per_node"), ("reruns ok (--rerun)", "reruns_ok"),
+    ("rerun requests/node p50/p95/max", "rerun_requests_per_node"),
+    ("rerun bytes in/node p50/p95/max", "rerun_bytes_in_per_node"),
     ("first boot -> last done (s)", "first_boot_to_last_done_s"),
     ("node boot->done p50/p95/p99 (s)", "node_boot_to_done_s"), ("node run p50/p95/p99 (s)", "node_run_s"),
     ("dashboard peak RSS MiB / CPU s / peak %", "dashboard"),
@@ -741,9 +844,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spread", type=float, default=5.0, help="nodes boot at random moments within this (s)")
     parser.add_argument("--time-limit", type=float, default=600.0, help="no node starts after this (s)")
     parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument("--rerun", action="store_true",
+                        help="each node runs `run` a second time right after the first (a reboot: nothing to do); "
+                        "its requests and bytes are reported apart")
     parser.add_argument("--url", help="a live dashboard (credentials: NEZHA_LIVE_TOKEN, NEZHA_LIVE_AGENT_SECRET, "
                         "and for reading back NEZHA_LIVE_USERNAME/_PASSWORD)")
     parser.add_argument("--dashboard-pid", type=int, help="the live dashboard's pid, to sample its RSS and CPU")
+    parser.add_argument("--agent-port", type=int,
+                        help="a live v0 dashboard's agent (gRPC) port: the nodes' probe port, where the stub agent "
+                        "reports as agent v0.20.5 does, so that each node's online wait can end; without it the "
+                        "nodes of a live v0 storm end with exit 4 (no agent report)")
     parser.add_argument("--label", default="", help="this storm's column name in the table")
     parser.add_argument("--variants", help="NAME=TREE,...: run the same storm with each tree's nezha_bootstrap "
                         "(a checkout), one column each")
@@ -796,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
         columns = {}
         for existing in (int(x) for x in args.existing.split(",")):
             storm = Storm(args.generation, args.nodes, args.workers, args.spread, args.time_limit, existing,
-                          args.url, args.dashboard_pid, args.seed)
+                          args.url, args.dashboard_pid, args.seed, args.agent_port, args.rerun)
             print(f"storm: {storm.nodes} nodes, {existing} existing, {storm.workers} workers ...",
                   file=sys.stderr, flush=True)
             label = "/".join(x for x in (args.label, f"{args.nodes}n", f"{existing}e" if not args.url else "live")

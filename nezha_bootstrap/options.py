@@ -39,6 +39,7 @@ from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 
 if TYPE_CHECKING:
+    from nezha_bootstrap.bundle import Bundle
     from nezha_bootstrap.fleet.manifest import Manifest
     from nezha_bootstrap.fleet.session import Credentials
 
@@ -293,9 +294,19 @@ def read_token(ctx: click.Context, params: dict[str, Any], problems: list[str]) 
     return token, source
 
 
-def _agent_settings(ctx: click.Context, params: dict[str, Any], problems: list[str]) -> AgentSettings:
-    from nezha_bootstrap.bundle import carried  # the agents of the bundle this runs from (None: not one)
+def _carried() -> Bundle | None:
+    """The agents of the bundle this runs from (None: not one). The bundle module loads only inside a
+    bundle: a plain run pays one lookup for its package, not the module's import (start-up, issue 19)."""
+    import importlib.util
 
+    if importlib.util.find_spec("nezha_bootstrap_bundle") is None:  # bundle.PACKAGE
+        return None
+    from nezha_bootstrap.bundle import carried
+
+    return carried()
+
+
+def _agent_settings(ctx: click.Context, params: dict[str, Any], problems: list[str]) -> AgentSettings:
     secret_file, secret = params.pop("agent_secret_file"), params.pop("agent_secret")
     from_flag = _from_flag(ctx, "agent_secret")
     if secret_file:
@@ -308,7 +319,7 @@ def _agent_settings(ctx: click.Context, params: dict[str, Any], problems: list[s
         options=tuple(params.pop("agent_options")),
         probe_port_given=ctx.get_parameter_source("probe_port") is not ParameterSource.DEFAULT,
         tls_given=ctx.get_parameter_source("tls") is not ParameterSource.DEFAULT,
-        bundle=carried(),
+        bundle=_carried(),
     )
 
 

@@ -36,6 +36,13 @@ class Backoff:
     def delay(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0.0, min(self.cap, self.base * (2 ** min(attempt, 30))))
 
+    def after(self, retry_after: float | None, attempt: int, rng: random.Random) -> float:
+        """The wait before the next attempt: the backoff's draw, or, when the dashboard sent a Retry-After,
+        that many seconds plus the draw. Never shorter than Retry-After, and spread above it: nodes told
+        the same Retry-After in the same second (a boot storm answered 429) do not all come back at once."""
+        jitter = self.delay(attempt, rng)
+        return jitter if retry_after is None else retry_after + jitter
+
 
 # One attempt gets at most a third of a step's deadline, so a connection that hangs leaves time for
 # two more attempts (at the default 300 s deadline the 30 s read timeout is the shorter bound).
@@ -61,9 +68,9 @@ def with_retries(
 ) -> T:
     """Call `attempt(seconds_left)` until it returns, raises a non-Transient error, or time runs out.
 
-    A `Retry-After` is honoured and never shortened; a wait that would pass the deadline ends the
-    step with `give_up` instead. `attempts_in_deadline`: one attempt gets at most that share of the
-    deadline, so a connection that hangs leaves time for the next attempts.
+    A `Retry-After` is honoured, never shortened and spread above (Backoff.after); a wait that would
+    pass the deadline ends the step with `give_up` instead. `attempts_in_deadline`: one attempt gets
+    at most that share of the deadline, so a connection that hangs leaves time for the next attempts.
     """
     rng = rng or random.Random()
     end = clock() + deadline
@@ -74,12 +81,10 @@ def with_retries(
             return attempt(max(min(end - clock(), per_attempt), 0.001))
         except Transient as failure:
             tries += 1
-            wait = backoff.delay(tries - 1, rng)
-            if failure.retry_after is not None:
-                wait = max(wait, failure.retry_after)
+            wait = backoff.after(failure.retry_after, tries - 1, rng)
             if clock() + wait >= end:
                 asked = ""
-                if failure.retry_after is not None and wait == failure.retry_after:
+                if failure.retry_after is not None:
                     asked = f"; the dashboard asked to wait {failure.retry_after:g} s (Retry-After)"
                 raise give_up(
                     f"{what}: {failure.message}{asked}; gave up after {tries} attempt(s) "

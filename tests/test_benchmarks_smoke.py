@@ -1,8 +1,8 @@
-"""benchmarks/bench.py --quick completes and reports every figure (a smoke run: timings are not checked)."""
+"""benchmarks/bench.py --quick completes and reports every figure (a smoke run: timings are not checked);
+--check's exit status and the table's shape; a small storm against the fakes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -29,7 +29,7 @@ FIGURES: list[tuple[tuple[str, ...], str]] = [
     *[(("fleet", variant, key), kind) for variant in ("register_only", "all_requests") for key, kind in (
         ("nodes", "count"), ("registered", "count"), ("failures", "count"), ("duplicates", "count"),
         ("nodes_with_exactly_one_server", "count"), ("secret_mismatches", "count"), ("requests", "count"),
-        ("requests_per_node", "number"), ("expected_requests_per_node", "number"),
+        ("requests_per_node", "number"), ("expected_requests_per_node", "number"), ("requests_vs_model", "number"),
         ("time_s", "percentiles"), ("attempts_per_node", "percentiles"),
     )],
     *[(("overhead", "median", f"{name}_s"), "number") for name in ("import_click", "help", "dry_run", "full_run")],
@@ -82,7 +82,8 @@ def test_quick_check_run_has_no_broken_run_and_exits_by_the_targets_it_missed(
     quick: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
 ) -> None:
     done, results = quick
-    missed = [target["name"] for target in results["targets"] if not target["met"]]
+    judged = [target for target in results["targets"] if target["judged"]]
+    missed = [target["name"] for target in judged if not target["met"]]
     checks = [line for line in done.stderr.splitlines() if line.startswith("check: ")]
 
     assert results["broken_runs"] == []
@@ -91,7 +92,7 @@ def test_quick_check_run_has_no_broken_run_and_exits_by_the_targets_it_missed(
     assert all(line.startswith(f"check: target missed: {name}: ") for line, name in zip(said, missed))
     assert not any(line.startswith("check: run broke: ") for line in checks)
     assert checks[-1] == (f"check: {'FAILED' if missed else 'passed'} (0 runs broke, {len(missed)} of "
-                          f"{len(results['targets'])} targets missed)")
+                          f"{len(judged)} targets missed)")
     assert done.returncode == (1 if missed else 0)
 
 
@@ -137,10 +138,26 @@ def test_quick_run_lists_every_target_in_the_json_and_the_table(quick: tuple[Any
     names = [target["name"] for target in results["targets"]]
 
     assert {"recovery: p95 up->registered", "fleet[register_only]: duplicates", "fleet[all_requests]: duplicates",
-            "fleet[register_only]: requests/node", "fleet[all_requests]: requests/node",
+            "fleet[register_only]: requests/node vs the fault model",
+            "fleet[all_requests]: requests/node vs the fault model",
             "overhead: --help / import click", "memory: peak RSS of a full run"} <= set(names)
     assert all(isinstance(target["met"], bool) for target in results["targets"])
     assert [line.split("  ")[0] for line in done.stdout.splitlines()[1:]] == names
+
+
+def test_every_target_says_what_it_is_measured_against_and_only_promises_say_no(
+    quick: tuple[Any, dict[str, Any]],
+) -> None:
+    done, results = quick
+    header, *rows = done.stdout.splitlines()
+
+    assert header.split() == ["target", "measured", "threshold", "met", "measured", "against"]
+    assert all(target["against"] for target in results["targets"])
+    for target, row in zip(results["targets"], rows):
+        verdicts = ("yes", "NO") if target["judged"] else ("info (within)", "info (outside)")
+        assert f"  {verdicts[0 if target['met'] else 1]}  " in row, row
+        assert row.endswith(target["against"])
+    assert [t["name"] for t in results["targets"] if not t["judged"]] == ["v2fleet: p95 agent start->named"]
 
 
 def test_the_fleet_registers_every_node_exactly_once(quick: tuple[Any, dict[str, Any]]) -> None:
@@ -169,7 +186,7 @@ STORM = BENCH.parent / "storm.py"
 def test_a_small_storm_against_the_fakes_reports_every_node(tmp_path: Path, generation: str) -> None:
     out = tmp_path / "storm.json"
     done = subprocess.run([sys.executable, str(STORM), "--generation", generation, "--nodes", "6", "--workers", "2",
-                           "--spread", "0.5", "--existing", "0,40", "--json", str(out)],
+                           "--spread", "0.5", "--existing", "0,40", "--rerun", "--json", str(out)],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "STORM_WORKDIR": str(tmp_path)})
 
@@ -180,41 +197,41 @@ def test_a_small_storm_against_the_fakes_reports_every_node(tmp_path: Path, gene
     for storm in storms.values():
         assert storm["requests_per_node"]["p50"] >= 2 and storm["bytes_in_per_node"]["max"] > 0
         assert storm["dashboard"]["peak_rss_mib"] > 0 and storm["first_boot_to_last_done_s"] > 0
+        # a rerun: v0 sends nothing; v2 in token mode one look at the server id the first run saved
+        assert storm["reruns_ok"] == 6 and storm["rerun_requests_per_node"]["max"] == (0 if generation == "v0" else 1)
     assert "duplicates" in done.stdout and "bytes in/node" in done.stdout
 
 
 # --- --check decides from the runs and the targets (in-process, with stand-in benchmarks) -----------------
 
-def load_bench(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """benchmarks/bench.py as a module (registered first: its dataclasses look their module up)."""
-    spec = importlib.util.spec_from_file_location("nezha_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "nezha_bench", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize(("broken", "value", "check", "code", "lines"), [
-    ([], 1.0, True, 0, ["check: passed (0 runs broke, 0 of 1 targets missed)"]),
-    ([], 9.0, True, 1, ["check: target missed: stand-in: 9s, limit < 5s",
-                        "check: FAILED (0 runs broke, 1 of 1 targets missed)"]),
-    (["stand-in: exited with 2, expected 0"], 1.0, True, 1, ["check: run broke: stand-in: exited with 2, expected 0",
-                                                             "check: FAILED (1 runs broke, 0 of 1 targets missed)"]),
-    (["stand-in: exited with 2, expected 0"], 9.0, False, 0, []),  # without --check: figures only
+@pytest.mark.parametrize(("broken", "value", "judged", "check", "code", "lines"), [
+    ([], 1.0, True, True, 0, ["check: passed (0 runs broke, 0 of 1 targets missed)"]),
+    ([], 9.0, True, True, 1, ["check: target missed: stand-in: 9s, limit < 5s",
+                              "check: FAILED (0 runs broke, 1 of 1 targets missed)"]),
+    (["stand-in: exited with 2, expected 0"], 1.0, True, True, 1, [
+        "check: run broke: stand-in: exited with 2, expected 0",
+        "check: FAILED (1 runs broke, 0 of 1 targets missed)"]),
+    (["stand-in: exited with 2, expected 0"], 9.0, True, False, 0, []),  # without --check: figures only
+    ([], 9.0, False, True, 0, ["check: passed (0 runs broke, 0 of 0 targets missed)"]),  # the fakes' shape: info
 ])
 def test_check_exits_1_for_a_broken_run_or_a_missed_target(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    broken: list[str], value: float, check: bool, code: int, lines: list[str],
+    broken: list[str], value: float, judged: bool, check: bool, code: int, lines: list[str],
 ) -> None:
-    bench = load_bench(monkeypatch)
-    outcome = bench.Outcome({"figure": value}, [bench.Target("stand-in", value, 5.0, "s")], broken)
+    from benchmarks import bench
+    from benchmarks.common import Outcome, Target
+
+    outcome = Outcome({"figure": value}, [Target("stand-in", value, 5.0, "s", "a stand-in's limit", judged)], broken)
     monkeypatch.setitem(bench.BENCHMARKS, "recovery", lambda plan: outcome)
 
-    for name in ("NO_PROXY", "no_proxy"):  # bench.main sets both for its nodes: put them back afterwards
-        monkeypatch.setenv(name, os.environ.get(name, ""))
     argv = ["--only", "recovery", "--json", str(tmp_path / "out.json"), *(["--check"] if check else [])]
+    environ = dict(os.environ)
     assert bench.main(argv) == code
 
-    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("check: ")] == lines
+    out, err = capsys.readouterr()
+    assert [line for line in err.splitlines() if line.startswith("check: ")] == lines
     assert json.loads((tmp_path / "out.json").read_text())["broken_runs"] == broken
+    verdict = ("yes" if value < 5 else "NO") if judged else ("info (within)" if value < 5 else "info (outside)")
+    row = out.splitlines()[1]
+    assert row.startswith(f"stand-in  {value:g}s ") and f"  {verdict}  " in row and row.endswith("a stand-in's limit")
+    assert dict(os.environ) == environ  # main puts back the proxy settings it set for its nodes

@@ -118,12 +118,35 @@ def test_transient_failures_are_retried_with_growing_waits() -> None:
     ]
 
 
-@pytest.mark.parametrize(("retry_after", "fraction", "waited"), [(7.0, 1.0, 7.0), (0.1, 1.0, 0.5), (3.0, 0.0, 3.0)])
+@pytest.mark.parametrize(("retry_after", "fraction", "waited"), [(7.0, 1.0, 7.5), (0.1, 1.0, 0.6), (3.0, 0.0, 3.0),
+                                                                (3.0, 0.5, 3.25)])
 def test_retry_after_is_honoured_and_never_shortened(retry_after: float, fraction: float, waited: float) -> None:
     time = FakeTime()
 
     assert run(Script(Transient("HTTP 429", retry_after=retry_after)), time, fraction=fraction) == "done"
     assert time.slept == [waited]
+
+
+def test_the_jitter_above_a_retry_after_grows_with_the_attempts_up_to_the_cap() -> None:
+    time = FakeTime()
+    notes: list[str] = []
+    attempt = Script(*always(Transient("HTTP 429", retry_after=1.0), times=5))
+
+    assert run(attempt, time, deadline=60, notes=notes) == "done"
+    assert time.slept == [1.5, 2.0, 3.0, 5.0, 5.0]  # 1 s asked, plus the backoff's window (0.5, 1, 2, 4, 4)
+    assert notes[0] == "register: HTTP 429; retrying in 1.5 s"
+
+
+def test_nodes_told_the_same_retry_after_come_back_spread_above_it_never_before() -> None:
+    backoff = Backoff(base=0.5, cap=4.0)
+    rng = random.Random(19)
+
+    waits = [backoff.after(2.0, 3, rng) for _ in range(2000)]  # 2,000 nodes answered 429 with Retry-After: 2
+
+    assert all(2.0 <= wait <= 6.0 for wait in waits)
+    assert min(waits) < 2.05 and max(waits) > 5.95
+    assert max(sum(1 for w in waits if second <= w < second + 0.5) for second in (2.0, 2.5, 3.0, 3.5, 4.0, 4.5,
+                                                                              5.0, 5.5)) < 2000 / 8 * 1.3
 
 
 @pytest.mark.parametrize("give_up", [DashboardUnreachable, InstallerFailed])

@@ -124,18 +124,53 @@ def test_a_first_enrollment_in_a_large_fleet_never_reads_the_whole_list(v2cli: V
     assert whole_lists(v2cli.fake) == 0
 
 
-def test_a_rerun_in_a_large_fleet_finds_its_server_with_one_whole_list(v2cli: V1Cli) -> None:
+def test_a_rerun_in_a_large_fleet_finds_its_server_with_one_look_by_the_saved_id(v2cli: V1Cli) -> None:
     listed(v2cli.fake, 300)
     token = v2cli.fake.add_token()
     assert run(v2cli, token=token)[0] == 0
+    assert v2cli.state()["server_id"] == 301
     seen = len(v2cli.fake.journal)
 
     code, out, err = run(v2cli, "--json", token=token)
 
     assert code == 0, err
     assert json.loads(out)["outcome"] == "nothing_to_do"
-    assert [f"{j.method} {j.path}?{j.query}" for j in v2cli.fake.journal[seen:]] == ["GET /api/v1/server?"]
+    assert [f"{j.method} {j.path}?{j.query}" for j in v2cli.fake.journal[seen:]] == ["GET /api/v1/server?id=301"]
     assert len(v2cli.agent_calls()) == 1  # found: the agent was not restarted
+
+
+def test_a_rerun_from_a_state_without_the_id_reads_the_whole_list_once_then_saves_the_id(v2cli: V1Cli) -> None:
+    listed(v2cli.fake, 300)
+    token = v2cli.fake.add_token()
+    assert run(v2cli, token=token)[0] == 0
+    state = v2cli.state()
+    del state["server_id"]  # as the versions before it saved it
+    (v2cli.root / "var/lib/nezha-bootstrap/state.json").write_text(json.dumps(state))
+    seen = len(v2cli.fake.journal)
+
+    assert run(v2cli, token=token)[0] == 0
+    assert run(v2cli, token=token)[0] == 0
+
+    assert [f"{j.method} {j.path}?{j.query}" for j in v2cli.fake.journal[seen:]] == [
+        "GET /api/v1/server?", "GET /api/v1/server?id=301"]
+    assert v2cli.state()["server_id"] == 301
+
+
+def test_a_rerun_whose_saved_server_was_deleted_learns_it_from_one_answer_and_saves_the_new_id(v2cli: V1Cli) -> None:
+    listed(v2cli.fake, 300)
+    token = v2cli.fake.add_token()
+    assert run(v2cli, token=token)[0] == 0
+    v2cli.fake.servers = [s for s in v2cli.fake.servers if s.id != 301]  # deleted in the dashboard
+    seen = len(v2cli.fake.journal)
+
+    code, out, err = run(v2cli, "--json", token=token)
+
+    assert code == 0, err
+    lists = [f"{j.method} {j.path}?{j.query}" for j in v2cli.fake.journal[seen:] if j.path == "/api/v1/server"]
+    assert lists[0] == "GET /api/v1/server?id=301"  # answered with the whole list: the id is gone
+    assert "GET /api/v1/server?" not in lists  # no second, explicit whole list
+    assert len(v2cli.agent_calls()) == 2  # restarted: the agent enrolled its uuid again
+    assert v2cli.state()["server_id"] == json.loads(out)["server_id"] != 301
 
 
 def test_a_run_over_plain_http_never_loads_the_trust_store(v2cli: V1Cli, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,7 +62,8 @@ def decide(config: Config, saved: State | None, facts: Facts, on_disk: list[str]
              f"registered {saved.registered_at}); the token API cannot delete it: delete it in the dashboard",),
         )
     if not same_dashboard(saved.dashboard_url, config.dashboard_url):
-        if saved.server_id is not None and saved.machine_id == facts.machine_id:
+        # a v1/v2 state's server id (v1/flow.py keeps it too) is another generation's row, with no node secret
+        if saved.server_id is not None and saved.machine_id == facts.machine_id and saved.generation in (None, "v0"):
             return Decision(Action.ADOPT, f"registered as server {saved.server_id} with "
                                           f"{display_url(saved.dashboard_url)}, maybe the same dashboard")
         return Decision(Action.REGISTER, f"registered with another dashboard ({display_url(saved.dashboard_url)})")

@@ -23,6 +23,7 @@ Use:
     api.prove_write_scope()              -> None, or TokenRefused naming nezha:server:write (writes nothing)
     api.server_by_uuid(uuid)             -> the item, or None (matched client-side: the whole list)
     ServerFinder(api, uuid).first_look() / .look_again()  -> the item, or None (answers small at any fleet size)
+    ServerFinder(api, uuid).saved_or_whole_list(server_id)  -> a rerun's row: one `?id=` look by the saved id
     api.update_server(item, {"name": "web-1", "hide_for_guest": True})  -> True when it wrote
     api.find_group("web") / api.find_group(None, group_id=3)            -> Group or None
     api.create_group("web", [ids])       -> id;    api.set_group(id, name, [ids])
@@ -414,6 +415,16 @@ class ServerFinder:
     def whole_list(self) -> dict[str, Any] | None:
         """The whole list, once: for a row that may be older than the highest id."""
         return self._seen(self.api.servers(), whole=True)
+
+    def saved_or_whole_list(self, server_id: int | None) -> dict[str, Any] | None:
+        """A rerun's look: the id an earlier run saved, one small `?id=` answer; the whole list only when
+        that id is not ours (another dashboard's). A deleted id costs nothing more: the dashboard answers
+        an id it does not have with the whole list, where our row is looked for too."""
+        if server_id is not None:
+            found = self._look([server_id])
+            if found is not None or self.listed_all:
+                return found
+        return self.whole_list()
 
     def _look(self, ids: Any) -> dict[str, Any] | None:
         asked = set(ids)

@@ -231,7 +231,8 @@ class V1Runner:
             # The token is checked before anything is installed; a row older than this run can exist only
             # when this machine enrolled this uuid before (else a few small looks find the highest id).
             may_exist = not install or (saved is not None and saved.uuid == plan.uuid)
-            row = node.check(may_exist) if node else None
+            saved_id = saved.server_id if saved is not None and saved.uuid == plan.uuid else None
+            row = node.check(may_exist, saved_id) if node else None
             if node and install:
                 node.preflight()  # its write scope and the group, before any download or enrollment
             adopted: list[str] = []
@@ -255,6 +256,7 @@ class V1Runner:
             details: dict[str, Any] = {"adopted_uuids": adopted} if adopted else {}
             if node:
                 details.update(self._name(node, row, restart=not install))
+                self._remember_server_id(details["server_id"])
                 if node.changed and not install:
                     outcome = "updated"
             return self._result(outcome, reason, plan.uuid, details, seen=seen,
@@ -404,6 +406,13 @@ class V1Runner:
             self.client = make_client(self.config.ca_bundle, urls=(self.config.dashboard_url,))
         return self.client
 
+    def _remember_server_id(self, server_id: int) -> None:
+        """Keep the dashboard's id of this node's server in the state, so that a rerun finds the row with one
+        small `?id=` look instead of the whole list (megabytes at 10,000 servers). Written only when new."""
+        current = state_mod.load(self.paths)
+        if current is not None and current.server_id != server_id:
+            state_mod.save(self.paths, dataclasses.replace(current, server_id=server_id))
+
     def _save(self, saved: State | None, uuid: str, version: str, *, online_ok: bool) -> None:
         """The enrollment; installed only once the node was seen online (else the next run installs again)."""
         config = self.config
@@ -417,6 +426,8 @@ class V1Runner:
             installed_at=when if online_ok else None,
             generation=self.generation.value, uuid=uuid, method="direct", agent_version=version,
             instance_id=self.facts.instance_id, online=online_ok, online_at=when if online_ok else None,
+            # the dashboard keeps a uuid's row (and id) across agent reinstalls
+            server_id=saved.server_id if saved and saved.uuid == uuid else None,
         ))
 
     def _result(self, outcome: str, reason: str, uuid: str, details: dict[str, Any], *,

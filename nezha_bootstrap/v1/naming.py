@@ -69,14 +69,15 @@ class NodeNaming:
 
         self.finder = ServerFinder(self.api, self.uuid, clock=self.clock)
 
-    def check(self, may_exist: bool = True) -> dict[str, Any] | None:
+    def check(self, may_exist: bool = True, saved_id: int | None = None) -> dict[str, Any] | None:
         """Check the token with GET /api/v1/server (never retried on 401/403); our row, if it exists.
 
         `may_exist` False (this machine has not enrolled this uuid yet): a few `?id=` looks whose
-        answers stay small at any fleet size (api.ServerFinder); True: the whole list, once.
+        answers stay small at any fleet size (api.ServerFinder); True: the server id an earlier run
+        saved (`saved_id`), one `?id=` look, else the whole list, once.
         """
         with self.reporter.step("token", "checking the access token (GET /api/v1/server)"):
-            return self.finder.whole_list() if may_exist else self.finder.first_look()
+            return self.finder.saved_or_whole_list(saved_id) if may_exist else self.finder.first_look()
 
     def preflight(self) -> None:
         """Before anything is installed: the token may change servers (nezha:server:write, proved without a
