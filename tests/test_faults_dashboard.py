@@ -19,7 +19,7 @@ from nezha_bootstrap.retry import Backoff
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
 from nezha_bootstrap.v0 import api as dashboard
 from tests.conftest import TOKEN, Cli, refusing_port
-from tests.processes import leaks, run
+from tests.processes import leaks, run_from_first_line
 
 pytestmark = pytest.mark.integration
 
@@ -178,10 +178,10 @@ def test_a_request_that_hangs_or_is_reset_is_retried_within_the_deadline(
 def test_the_process_never_outlives_the_deadline_when_the_dashboard_never_answers(cli: Cli, fault: str) -> None:
     fail_on(cli.fake, REGISTER, *[fault] * 100)
 
-    finished = run(cli, "run", "-v", "--deadline", "3", timeout=20)
+    finished = run_from_first_line(cli, "run", "-v", "--deadline", "3", timeout=60)
 
     assert finished.exit_code == 4, finished.stderr
-    assert finished.seconds < 3 + 2.0  # the deadline plus interpreter start and exit
+    assert finished.seconds < 3 + 2  # the documented bound: the deadline plus 2 s at most, from the run's start
     assert "within the 3 s deadline" in error_line(finished.stderr)
     assert cli.fake.servers == []
     assert not (cli.root / STATE).exists()
