@@ -186,14 +186,10 @@ class DashboardProcess:
         return seen
 
 
-@contextmanager
-def held_port() -> Iterator[int]:
-    """A port that refuses connections until the fake dashboard comes up on it, and nobody else's
-    meanwhile: bound with SO_REUSEADDR (as the fake binds), never listening, held until then."""
+def free_port() -> int:
     with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((LOOPBACK, 0))
-        yield int(sock.getsockname()[1])
+        return int(sock.getsockname()[1])
 
 
 # --- one simulated node: the package's own registration code, as Runner._register uses it ---
@@ -275,18 +271,17 @@ def run_nodes(nodes: list[Node], url: str, deadline: float, spread: float, seed:
 
 def bench_recovery(plan: Plan) -> Outcome:
     """Nodes start while the port is closed; the dashboard comes up after `recovery_down` seconds."""
+    port = free_port()
     sizes = plan.sizes
     nodes = [Node(f"recovery-{i:02d}") for i in range(sizes.recovery_nodes)]
     deadline = sizes.recovery_down + 60.0
     released = threading.Event()
-    with held_port() as port:
-        worker = threading.Thread(target=run_nodes, args=(nodes, f"http://{LOOPBACK}:{port}", deadline, 0.0, 1,
-                                                          released))
-        worker.start()
-        if not released.wait(PROCESS_TIMEOUT):
-            raise RuntimeError("the recovery nodes did not start")
-        time.sleep(sizes.recovery_down)
-        dashboard = DashboardProcess(port=port)
+    worker = threading.Thread(target=run_nodes, args=(nodes, f"http://{LOOPBACK}:{port}", deadline, 0.0, 1, released))
+    worker.start()
+    if not released.wait(PROCESS_TIMEOUT):
+        raise RuntimeError("the recovery nodes did not start")
+    time.sleep(sizes.recovery_down)
+    dashboard = DashboardProcess(port=port)
     worker.join(deadline + 60.0)
     seen = dashboard.finish()
     after_up = [n.finished - dashboard.up for n in nodes if n.secret is not None]
