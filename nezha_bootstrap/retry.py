@@ -48,6 +48,14 @@ class Backoff:
 # two more attempts (at the default 300 s deadline the 30 s read timeout is the shorter bound).
 ATTEMPTS_IN_DEADLINE = 3
 
+# No attempt starts with less than this left of the step's deadline: a quarter of one attempt's share,
+# and never more than 2 s. With less, an attempt mostly ends by running out of time, and its "no answer
+# in time" would only hide the failure that made us retry. 2 s is ample for a dashboard that answers at
+# all (a request takes milliseconds nearby, a few hundred across the world with TLS), so a long deadline
+# gives up at most 2 s early, a short one in proportion (at 3 s and three attempts: 0.25 s early).
+USEFUL_SHARE = 0.25
+USEFUL_SECONDS = 2.0
+
 
 class Notify(Protocol):
     def __call__(self, message: str) -> None: ...
@@ -71,24 +79,40 @@ def with_retries(
     A `Retry-After` is honoured, never shortened and spread above (Backoff.after); a wait that would
     pass the deadline ends the step with `give_up` instead. `attempts_in_deadline`: one attempt gets
     at most that share of the deadline, so a connection that hangs leaves time for the next attempts.
+    No attempt starts with less than a useful slice of time left (USEFUL_SHARE); giving up names the
+    last failure that was not cut short by the deadline.
     """
     rng = rng or random.Random()
     end = clock() + deadline
     per_attempt = deadline / max(attempts_in_deadline, 1)
     tries = 0
+    cause: Transient | None = None
     while True:
+        given = min(end - clock(), per_attempt)
         try:
-            return attempt(max(min(end - clock(), per_attempt), 0.001))
+            return attempt(max(given, 0.001))
         except Transient as failure:
             tries += 1
+            cause = cause if cause is not None and cut_short(given, per_attempt, clock(), end) else failure
             wait = backoff.after(failure.retry_after, tries - 1, rng)
-            if clock() + wait >= end:
+            if clock() + wait + useful_slice(per_attempt) > end:
                 asked = ""
                 if failure.retry_after is not None:
                     asked = f"; the dashboard asked to wait {failure.retry_after:g} s (Retry-After)"
                 raise give_up(
-                    f"{what}: {failure.message}{asked}; gave up after {tries} attempt(s) "
+                    f"{what}: {cause.message}{asked}; gave up after {tries} attempt(s) "
                     f"within the {deadline:g} s deadline"
                 ) from None
             notify(f"{what}: {failure.message}; retrying in {wait:.1f} s")
             sleep(wait)
+
+
+def useful_slice(per_attempt: float) -> float:
+    """The least time worth starting an attempt with (see USEFUL_SHARE)."""
+    return min(per_attempt * USEFUL_SHARE, USEFUL_SECONDS)
+
+
+def cut_short(given: float, per_attempt: float, now: float, end: float) -> bool:
+    """Whether a failed attempt had less than its share because of the deadline and ran into it: its
+    failure (mostly "no answer in time") says less than the failure before it."""
+    return given < per_attempt and now >= end

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ipaddress
 import os
 import secrets
@@ -88,6 +89,28 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     redact.forget_all()
     yield
     redact.forget_all()
+
+
+# --- ports ------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def refusing_port(*, handover: bool = False) -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections for as long as it is held: bound, never listening.
+    Held, no other process can take it; a port picked and closed at once could be taken (by another
+    test process on the machine) before the test connects to it. `handover`: bound with SO_REUSEADDR,
+    so a server of the test (which sets it too) can bind and listen on it while it is held."""
+    with socket.socket() as sock:
+        if handover:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses every connection during the test (see `refusing_port`)."""
+    with refusing_port() as port:
+        yield port
 
 
 # --- the fake dashboard and a test root -------------------------------------------------------

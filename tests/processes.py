@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
-import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,19 +65,27 @@ def run(cli: Cli, *args: str, timeout: float = 30.0, prefix: tuple[str, ...] = (
     return finish(start(cli, *args, prefix=prefix, **env), started, timeout)
 
 
+def run_from_first_line(cli: Cli, *args: str, timeout: float = 30.0, **env: str | None) -> Finished:
+    """Like `run`, but `seconds` count from the first line on stderr (the run has begun: Python started and
+    imported its modules): a bound on a run's own work must not include how long a loaded machine took to
+    start the interpreter, which nothing in the tool controls."""
+    proc = start(cli, *args, **env)
+    watchdog = threading.Timer(timeout, proc.kill)  # a run that never writes a line cannot hold the test
+    watchdog.start()
+    try:
+        first = proc.stderr.readline() if proc.stderr is not None else ""
+        finished = finish(proc, time.monotonic(), timeout)
+    finally:
+        watchdog.cancel()
+    return dataclasses.replace(finished, stderr=first + finished.stderr)
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     end = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on (yet)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def leftovers(root: Path) -> list[str]:

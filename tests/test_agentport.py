@@ -69,14 +69,6 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-def closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return int(port)
-
-
 def test_a_plain_grpc_port_answers_the_http2_preface() -> None:
     with server("h2") as port:
         assert agentport.probe("127.0.0.1", port, tls=False, context=ssl.create_default_context) == NOTHING
@@ -99,8 +91,8 @@ def test_plain_against_a_tls_port_is_a_tls_mismatch(ca: trustme.CA) -> None:
     assert look.outcome is Outcome.PLAIN_ON_TLS, look
 
 
-def test_a_closed_port_is_refused() -> None:
-    port = closed_port()
+def test_a_closed_port_is_refused(closed_port: int) -> None:
+    port = closed_port
     assert agentport.probe("127.0.0.1", port, tls=False, context=ssl.create_default_context) == Look(
         Outcome.PORT_REFUSED, f"connect to 127.0.0.1:{port}: connection refused")
 

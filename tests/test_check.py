@@ -9,7 +9,7 @@ import pytest
 
 from nezha_bootstrap.testing.grpc_port import AgentPort
 from tests.conftest import Cli
-from tests.test_run import closed_port, snapshot
+from tests.test_run import snapshot
 
 
 @pytest.fixture
@@ -65,9 +65,9 @@ def test_all_checks_pass_against_a_v0_dashboard_and_create_nothing(cli: Cli, pro
     ],
 )
 def test_each_failure_is_one_fail_line_and_the_first_sets_the_exit_code(
-    cli: Cli, probe_port: int, env: dict[str, str], expected: list[tuple[str, str]], code: int
+    cli: Cli, probe_port: int, env: dict[str, str], expected: list[tuple[str, str]], code: int, closed_port: int
 ) -> None:
-    port = closed_port()
+    port = closed_port
     env = {key: value.format(closed=port, url=cli.dashboard.url) for key, value in env.items()}
 
     exit_code, lines, stderr = run_check(cli, probe_port, **env)
@@ -86,8 +86,8 @@ def test_a_v1_dashboard_fails_the_token_check_and_says_so(cli: Cli, probe_port: 
     assert lines[1].startswith("FAIL  token      server list: this dashboard is v1 or newer")
 
 
-def test_the_probe_failure_names_the_address_and_port(cli: Cli, probe_port: int) -> None:
-    port = closed_port()
+def test_the_probe_failure_names_the_address_and_port(cli: Cli, probe_port: int, closed_port: int) -> None:
+    port = closed_port
 
     _, lines, _ = run_check(cli, probe_port, NEZHA_PROBE_PORT=str(port))
 

@@ -15,7 +15,7 @@ from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from nezha_bootstrap.testing.grpc_port import AgentPort
 from nezha_bootstrap.v1.api import SCOPE_PROBE
 from tests.conftest import MACHINE_ID, Cli
-from tests.test_run import closed_port, snapshot
+from tests.test_run import snapshot
 from tests.test_run_v1 import V1Cli
 
 ASSET = "nezha-agent_linux_amd64.zip"
@@ -78,8 +78,8 @@ def test_every_v1_check_passes_and_nothing_is_enrolled_or_written(v1cli: V1Cli) 
 ])
 def test_each_v1_failure_is_a_fail_line_and_the_first_sets_the_exit_code(
         v1cli: V1Cli, prepare: str, args: tuple[str, ...], env: dict[str, str | None],
-        expected: list[tuple[str, str]], code: int) -> None:
-    port = closed_port()
+        expected: list[tuple[str, str]], code: int, closed_port: int) -> None:
+    port = closed_port
     env = {key: value.format(closed=port) if value else value for key, value in env.items()}
     if prepare == "uninitialized":
         (v1cli.root / "etc/machine-id").write_text("uninitialized\n")

@@ -19,8 +19,8 @@ import pytest
 from nezha_bootstrap.retry import Backoff
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
 from nezha_bootstrap.v0 import api as dashboard
-from tests.conftest import TOKEN, Cli
-from tests.processes import free_port, leaks, run
+from tests.conftest import TOKEN, Cli, refusing_port
+from tests.processes import leaks, run_from_first_line
 
 pytestmark = pytest.mark.integration
 
@@ -56,22 +56,24 @@ def late_dashboards() -> Iterator[list[Running]]:
 def test_a_dashboard_that_comes_up_late_is_registered_within_one_backoff_cap(
     cli: Cli, late_dashboards: list[Running]
 ) -> None:
-    port = free_port()
     up_at: list[float] = []
+    with refusing_port(handover=True) as port:  # refused until the dashboard comes up on it, nobody else's
 
-    def come_up() -> None:
-        late_dashboards.append(serve(cli.fake, port=port))
-        up_at.append(time.time())
+        def come_up() -> None:
+            late_dashboards.append(serve(cli.fake, port=port))
+            up_at.append(time.time())
 
-    timer = threading.Timer(2.5, come_up)
-    timer.start()
-    outcome = cli("run", "-v", NEZHA_DASHBOARD_URL=f"http://127.0.0.1:{port}", NEZHA_BOOTSTRAP_DEADLINE="20")
-    timer.join()
+        timer = threading.Timer(2.5, come_up)
+        timer.start()
+        outcome = cli("run", "-v", NEZHA_DASHBOARD_URL=f"http://127.0.0.1:{port}", NEZHA_BOOTSTRAP_DEADLINE="20")
+        timer.join()
 
     assert outcome.exit_code == 0, outcome.stderr
     assert f"register: cannot connect to 127.0.0.1:{port}" in outcome.stderr
     [register] = cli.fake.registrations()
-    assert register.at - up_at[0] <= Backoff().cap + 0.5
+    # At most one backoff cap (4 s) from recovery to the registration, plus 1 s for the two requests on
+    # a loaded machine: the documented "registered within 5 s of the dashboard's recovery".
+    assert register.at - up_at[0] <= Backoff().cap + 1.0
     assert len(cli.fake.servers) == 1
     assert leaks(cli) == []
 
@@ -178,10 +180,10 @@ def test_a_request_that_hangs_or_is_reset_is_retried_within_the_deadline(
 def test_the_process_never_outlives_the_deadline_when_the_dashboard_never_answers(cli: Cli, fault: str) -> None:
     fail_on(cli.fake, REGISTER, *[fault] * 100)
 
-    finished = run(cli, "run", "-v", "--deadline", "3", timeout=20)
+    finished = run_from_first_line(cli, "run", "-v", "--deadline", "3", timeout=60)
 
     assert finished.exit_code == 4, finished.stderr
-    assert finished.seconds < 3 + 2.0  # the deadline plus interpreter start and exit
+    assert finished.seconds < 3 + 2  # the documented bound: the deadline plus 2 s at most, from the run's start
     assert "within the 3 s deadline" in error_line(finished.stderr)
     assert cli.fake.servers == []
     assert not (cli.root / STATE).exists()

@@ -83,7 +83,8 @@ def test_an_installer_fault_exits_5_and_the_next_run_installs_without_registerin
                   NEZHA_INSTALL_SCRIPT_SHA256=pinned)
 
     assert outcome.exit_code == 5, outcome.stderr
-    assert time.monotonic() - started < 2 * DEADLINE + 1  # download and install each within the deadline
+    # the documented bound: one step (the download or the install) waits out its deadline, plus 2 s at most
+    assert time.monotonic() - started < DEADLINE + 2
     expected = error.format(url=cli.dashboard.url, root=cli.root, expected=pinned, n="<N>",
                             sha=hashlib.sha256(cli.fake.files[SCRIPT]).hexdigest())
     pattern = re.escape(f"error: {expected}").replace("<N>", r"\d+")

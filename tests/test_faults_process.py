@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 STATE = f"{STATE_DIR}/state.json"
 REGISTER = "/api/v1/server/register"
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
-DEADLINE = 6  # one register attempt gets a third of it: a stop waits at most that long
+DEADLINE = 6  # one register attempt gets a third of it (2 s): the stop comes before that attempt's timeout
 
 
 def stopped_line(signum: int) -> str:
@@ -59,7 +59,7 @@ def test_a_signal_during_an_unanswered_registration_leaves_no_state_no_temp_file
     finished = finish(proc, signalled, timeout=10)
 
     assert finished.exit_code == 128 + signum
-    assert finished.seconds < DEADLINE / 3 + 0.5  # the stop waited for that attempt's timeout at most
+    assert finished.seconds < 2  # the documented bound: a stop ends a run within 2 s, never waits for the network
     assert error_line(finished.stderr) == (
         f"error: stopped by {signal.Signals(signum).name} after the register request got no answer; if the "
         "dashboard made the server anyway, its secret never arrived: delete it there. Run again to finish"

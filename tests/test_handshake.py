@@ -21,7 +21,6 @@ from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
 from nezha_bootstrap.testing.fake_v1 import FakeV1
 from nezha_bootstrap.testing.grpc_port import AgentPort, h2_server_context
 from tests.hostile import HostileServer, Route
-from tests.test_run import closed_port
 
 PREFACE_DATA = Path(__file__).parent / "data" / "real" / "preface.json"
 QUICK = 1.0  # seconds a try may take here: every answer on loopback comes within milliseconds
@@ -204,8 +203,8 @@ def test_a_silent_port_fails_as_unreachable_within_the_time(tls: bool, ca: trust
     assert took < 0.5 + 2.0  # the time given, plus scheduling on a loaded host
 
 
-def test_a_closed_port_fails_as_unreachable(ca: trustme.CA) -> None:
-    port = closed_port()
+def test_a_closed_port_fails_as_unreachable(ca: trustme.CA, closed_port: int) -> None:
+    port = closed_port
 
     assert verdict_on(port, tls=True, ca=ca) == Verdict(
         False, f"127.0.0.1:{port} does not accept connections: Connection refused", 4)

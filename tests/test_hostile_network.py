@@ -36,7 +36,7 @@ from tests.conftest import MACHINE_ID, TOKEN, Cli, make_runner
 from tests.hostile import TRICKLE_MODES, HostileServer, Route, bomb, elapsed
 
 pytestmark = pytest.mark.integration
-SLACK = 0.6  # seconds past a budget that scheduling on a busy 2-CPU machine may add
+SLACK = 2.0  # the documented bound: a budget or deadline plus 2 s at most (scheduling on a loaded machine)
 SHA = "a" * 64
 FACTS = Facts(hostname="node-1", primary_ipv4="192.0.2.10", machine_id=MACHINE_ID, systemd_running=False)
 
@@ -161,10 +161,21 @@ def test_a_v0_run_with_a_silent_resolver_ends_within_its_deadline_exit_4(root: P
     assert seconds < 3 + 2
 
 
-def sigterm_in(seconds: float) -> threading.Timer:
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    return timer
+class SigtermIn(threading.Timer):
+    """SIGTERM to this process after `seconds`; `sent_at` is when it went (a loaded machine may send it late)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds, self.send)
+        self.sent_at = float("inf")
+        self.start()
+
+    def send(self) -> None:
+        self.sent_at = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def to_exit(self) -> float:
+        """Seconds from the signal to now (the run's end)."""
+        return time.monotonic() - self.sent_at
 
 
 @pytest.mark.parametrize("where", ["header_trickle", "continue", "silent", "resolver"])
@@ -179,15 +190,17 @@ def test_sigterm_ends_a_run_within_2_s_wherever_it_waits(
     try:
         with serve("silent" if where == "resolver" else where) as server:
             url = "http://dashboard.test:8008" if where == "resolver" else server.url
-            timer = sigterm_in(1.0)
-            code, stderr, seconds = cli_run(root, url, "--deadline", "60")
+            timer = SigtermIn(1.0)
+            code, stderr, _ = cli_run(root, url, "--deadline", "60")
+            to_exit = timer.to_exit()
             timer.cancel()
+            timer.join()  # a signal on its way lands while the test's handler is still in place
     finally:
         signal.signal(signal.SIGTERM, previous)
         release.set()
 
     assert code == 143, stderr
-    assert seconds < 1.0 + 2
+    assert to_exit < 2  # the documented bound: a SIGTERM ends the run within 2 s
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
 
 
@@ -305,12 +318,14 @@ def test_a_certificate_outside_its_validity_is_transient_and_blames_the_clock(
 ) -> None:
     server = HostileServer(Route("ok"), tls=tls_context(ca, not_before=not_before, not_after=not_after))
     with server, http.make_client(ca_file) as client:
+        days = {time.strftime("%Y-%m-%d")}
         with pytest.raises(Transient) as failure:
             http.fetch(client, "GET", f"{server.url}/", seconds_left=3, cap=100, ambiguous=False)
+        days.add(time.strftime("%Y-%m-%d"))  # the run may have passed midnight
 
     assert words in failure.value.message
     assert "the clock looks wrong" in failure.value.message
-    assert time.strftime("%Y-%m-%d") in failure.value.message  # the local time is shown
+    assert any(day in failure.value.message for day in days)  # the local time is shown
 
 
 def test_a_certificate_from_an_unknown_ca_is_still_refused_exit_3(root: Path, ca: trustme.CA) -> None:
@@ -578,15 +593,17 @@ def test_sigterm_stays_fast_while_a_redirect_trickles(root: Path) -> None:
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         with HostileServer(Route("ok"), routes=routes) as server:
-            timer = sigterm_in(1.0)
-            code, stderr, seconds = cli_run(root, server.url, "--deadline", "60", "--method", "direct",
-                                            NEZHA_AGENT_BASE_URL=f"{server.url}/releases")
+            timer = SigtermIn(1.0)
+            code, stderr, _ = cli_run(root, server.url, "--deadline", "60", "--method", "direct",
+                                      NEZHA_AGENT_BASE_URL=f"{server.url}/releases")
+            to_exit = timer.to_exit()
             timer.cancel()
+            timer.join()  # a signal on its way lands while the test's handler is still in place
     finally:
         signal.signal(signal.SIGTERM, previous)
 
     assert code == 143, stderr
-    assert seconds < 1.0 + 2
+    assert to_exit < 2  # the documented bound: a SIGTERM ends the run within 2 s
     assert any(b"GET /slow" in request for request in server.requests)  # it was in the redirected download
 
 

@@ -24,9 +24,9 @@ from nezha_bootstrap.testing.fake_v0 import FakeDashboard, serve
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from nezha_bootstrap.testing.grpc_port import AgentPort
 from tests import processes
-from tests.conftest import TOKEN, Cli, leak_scan, secrets_of
+from tests.conftest import TOKEN, Cli, leak_scan, refusing_port, secrets_of
 from tests.processes import Finished
-from tests.test_run import STATE, UNIT, closed_port
+from tests.test_run import STATE, UNIT
 from tests.test_run_v1 import V1Cli
 
 pytestmark = pytest.mark.integration
@@ -116,7 +116,8 @@ def refused(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def dashboard_trouble(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
-    cli("run", *flags, NEZHA_DASHBOARD_URL=f"http://127.0.0.1:{closed_port()}", NEZHA_BOOTSTRAP_DEADLINE="1")
+    with refusing_port() as port:
+        cli("run", *flags, NEZHA_DASHBOARD_URL=f"http://127.0.0.1:{port}", NEZHA_BOOTSTRAP_DEADLINE="1")
     cli.fake.faults.fail_next = [503, 429, "drop"]
     cli.fake.faults.retry_after = "0"
     cli("run", *flags)
@@ -161,7 +162,8 @@ def dry_runs(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
 
 def checks_and_status(cli: Cli, flags: tuple[str, ...]) -> tuple[str, ...]:
     cli("status", *flags)
-    cli("check", *flags, NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(closed_port()))
+    with refusing_port() as port:
+        cli("check", *flags, NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port))
     cli("check", *flags, NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_TOKEN=WRONG_TOKEN,
         NEZHA_INSTALL_SCRIPT_SHA256="0" * 64)
     cli("run", *flags)

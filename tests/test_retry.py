@@ -39,8 +39,27 @@ class Fraction(random.Random):
         return a + (b - a) * self.fraction
 
 
+class Waits(random.Random):
+    """uniform(a, b) answers the given waits in order (the backoff's draws, chosen by the test)."""
+
+    def __init__(self, *waits: float) -> None:
+        super().__init__(0)
+        self.waits = list(waits)
+
+    def uniform(self, a: float, b: float) -> float:
+        return self.waits.pop(0)
+
+
+class RunsOut(Transient):
+    """A failure that comes only when the attempt's whole time is spent: a timeout."""
+
+    def __init__(self, host: str = "d") -> None:
+        super().__init__(f"no answer from {host} in time", ambiguous=True)
+
+
 class Script:
-    """An attempt that raises the given failures in order, then returns 'done'; records seconds_left."""
+    """An attempt that raises the given failures in order, then returns 'done'; records seconds_left.
+    A RunsOut failure moves the clock by the whole of the attempt's seconds_left first."""
 
     def __init__(self, *failures: BaseException, takes: float = 0.0, time: FakeTime | None = None) -> None:
         self.failures = list(failures)
@@ -52,6 +71,8 @@ class Script:
         self.seconds_left.append(seconds_left)
         if self.time is not None:
             self.time.now += self.takes
+            if self.failures and isinstance(self.failures[0], RunsOut):
+                self.time.now += seconds_left
         if self.failures:
             raise self.failures.pop(0)
         return "done"
@@ -59,10 +80,10 @@ class Script:
 
 def run(attempt: Callable[[float], str], time: FakeTime, *, deadline: float = 30, fraction: float = 1.0,
         give_up: type[BootstrapError] = DashboardUnreachable, notes: list[str] | None = None,
-        attempts_in_deadline: int = 1) -> str:
+        attempts_in_deadline: int = 1, rng: random.Random | None = None) -> str:
     return with_retries(
         attempt, deadline=deadline, what="register", give_up=give_up,
-        notify=lambda message: (notes if notes is not None else []).append(message), rng=Fraction(fraction),
+        notify=lambda message: (notes if notes is not None else []).append(message), rng=rng or Fraction(fraction),
         clock=time.clock, sleep=time.sleep, attempts_in_deadline=attempts_in_deadline,
     )
 
@@ -208,3 +229,80 @@ def test_anything_but_a_transient_failure_ends_at_once(error: Exception) -> None
 
     assert caught.value is error
     assert (len(attempt.seconds_left), time.slept) == (1, [])
+
+
+# --- the end of the deadline ------------------------------------------------------------------------------
+# The CI failure these guard: three truncated bodies, waits of 0.4, 0.7 and 1.9 s in a 3 s deadline, a
+# fourth attempt started with hundredths of a second left, timed out, and the error named the timeout.
+
+BROKE = "the connection to d broke: peer closed connection without sending complete message body"
+
+
+@pytest.mark.parametrize(("deadline", "waits", "useful"), [
+    (3, (0.5, 0.75, 1.5), 0.25),   # a quarter of the 1 s share
+    (300, (4.0, 4.0, 290.0), 2.0),  # a quarter of the 100 s share is 25 s: at most 2 s
+])
+def test_an_attempt_starts_with_a_useful_slice_of_time_left(deadline: float, waits: tuple[float, ...],
+                                                            useful: float) -> None:
+    time = FakeTime()
+    attempt = Script(*always(Transient(BROKE), 3), time=time)
+
+    assert run(attempt, time, deadline=deadline, attempts_in_deadline=3, rng=Waits(*waits)) == "done"
+    assert attempt.seconds_left[-1] == useful
+
+
+@pytest.mark.parametrize(("deadline", "waits"), [(3, (0.5, 0.75, 1.625)), (300, (4.0, 4.0, 290.5))])
+def test_no_attempt_starts_with_less_than_a_useful_slice_left(deadline: float, waits: tuple[float, ...]) -> None:
+    time = FakeTime()
+    attempt = Script(*always(Transient(BROKE)), time=time)
+
+    with pytest.raises(DashboardUnreachable) as caught:
+        run(attempt, time, deadline=deadline, attempts_in_deadline=3, rng=Waits(*waits))
+
+    assert str(caught.value) == f"register: {BROKE}; gave up after 3 attempt(s) within the {deadline} s deadline"
+    assert len(attempt.seconds_left) == 3
+    assert time.slept == list(waits[:2])  # the third wait is not waited: nothing useful could follow it
+
+
+def test_a_last_attempt_cut_short_by_the_deadline_does_not_hide_the_failure_before_it() -> None:
+    time = FakeTime()
+    attempt = Script(Transient(BROKE), Transient("HTTP 503"), Transient(BROKE), RunsOut(), time=time)
+
+    with pytest.raises(DashboardUnreachable) as caught:
+        run(attempt, time, deadline=3, attempts_in_deadline=3, rng=Waits(0.5, 0.75, 1.5, 0.0))
+
+    assert str(caught.value) == f"register: {BROKE}; gave up after 4 attempt(s) within the 3 s deadline"
+    assert (attempt.seconds_left[-1], time.now) == (0.25, 1003.0)
+
+
+def test_a_last_attempt_that_had_its_whole_share_names_its_own_timeout() -> None:
+    time = FakeTime()
+    attempt = Script(Transient("cannot connect to d: refused"), RunsOut(), time=time)
+
+    with pytest.raises(DashboardUnreachable) as caught:
+        run(attempt, time, deadline=3, attempts_in_deadline=3, rng=Waits(2.0, 0.0))
+
+    assert str(caught.value) == "register: no answer from d in time; gave up after 2 attempt(s) within the 3 s deadline"
+    assert (attempt.seconds_left, time.now) == ([1.0, 1.0], 1003.0)
+
+
+def test_a_short_last_attempt_that_fails_before_the_deadline_names_its_own_failure() -> None:
+    time = FakeTime()
+    attempt = Script(RunsOut(), Transient("HTTP 503"), time=time)
+
+    with pytest.raises(DashboardUnreachable) as caught:
+        run(attempt, time, deadline=3, attempts_in_deadline=3, rng=Waits(1.5, 0.5))
+
+    assert str(caught.value) == "register: HTTP 503; gave up after 2 attempt(s) within the 3 s deadline"
+    assert attempt.seconds_left == [1.0, 0.5]
+
+
+def test_only_the_timeouts_at_the_deadline_give_way_when_all_failures_are_timeouts() -> None:
+    time = FakeTime()
+    attempt = Script(*always(RunsOut(), 10), time=time)
+
+    with pytest.raises(DashboardUnreachable) as caught:
+        run(attempt, time, deadline=3, attempts_in_deadline=3, rng=Waits(0.25, 0.25, 0.0))
+
+    assert str(caught.value) == "register: no answer from d in time; gave up after 3 attempt(s) within the 3 s deadline"
+    assert attempt.seconds_left == [1.0, 1.0, 0.5]

@@ -37,12 +37,6 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
     }
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def other_dashboard() -> Iterator[Running]:
     with serve(FakeDashboard(TOKEN)) as running:
@@ -254,11 +248,10 @@ def test_the_pending_record_names_what_is_being_registered_and_the_servers_it_ha
     cli.fake.create("web-8", tag="edge")
     cli.fake.faults.answer_delay = 0.5  # the record exists while the answer is on its way
     pending = cli.root / "var/lib/nezha-bootstrap/pending.json"
-    seen: list[tuple[str, int]] = []
-    watcher = threading.Thread(target=lambda: seen.append(_read_when_present(pending)))
-    watcher.start()
+    watcher, run_ended, seen = _watch(pending)
 
     outcome = cli("run", "--tag", "edge", NODE_NAME="web-7")
+    run_ended.set()
     watcher.join()
 
     assert outcome.exit_code == 0, outcome.stderr
@@ -274,11 +267,10 @@ def test_the_pending_record_names_what_is_being_registered_and_the_servers_it_ha
 def test_the_pending_record_of_a_run_without_tag_has_the_dashboard_default_tag(cli: Cli) -> None:
     cli.fake.faults.answer_delay = 0.5
     pending = cli.root / "var/lib/nezha-bootstrap/pending.json"
-    seen: list[tuple[str, int]] = []
-    watcher = threading.Thread(target=lambda: seen.append(_read_when_present(pending)))
-    watcher.start()
+    watcher, run_ended, seen = _watch(pending)
 
     outcome = cli("run", NODE_NAME="web-9")
+    run_ended.set()
     watcher.join()
 
     assert outcome.exit_code == 0, outcome.stderr
@@ -286,15 +278,24 @@ def test_the_pending_record_of_a_run_without_tag_has_the_dashboard_default_tag(c
     assert (record["name"], record["tag"], record["before"]) == ("web-9", "AutoRegister", [])
 
 
-def _read_when_present(path: Path, seconds: float = 5.0) -> tuple[str, int]:
-    """The file's content and mode as soon as it exists (("", 0) if it never does)."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+def _read_when_present(path: Path, run_ended: threading.Event) -> tuple[str, int]:
+    """The file's content and mode as soon as it exists (("", 0) if it never did while the run went on:
+    no fixed time limit, which a slow start on a loaded machine could pass before the file is written)."""
+    while not run_ended.is_set():
         try:
             return path.read_text(), stat.S_IMODE(path.stat().st_mode)
         except FileNotFoundError:
             time.sleep(0.002)
     return "", 0
+
+
+def _watch(path: Path) -> tuple[threading.Thread, threading.Event, list[tuple[str, int]]]:
+    """A thread that reads `path` as soon as it exists, until the event (set when the run ended) is set."""
+    seen: list[tuple[str, int]] = []
+    run_ended = threading.Event()
+    watcher = threading.Thread(target=lambda: seen.append(_read_when_present(path, run_ended)))
+    watcher.start()
+    return watcher, run_ended, seen
 
 
 # --- later runs ---------------------------------------------------------------------------------
@@ -490,10 +491,10 @@ def test_a_v1_dashboard_exits_3_and_says_so(cli: Cli, generation: str) -> None:
     assert not (cli.root / STATE).exists()
 
 
-def test_a_dashboard_that_stays_down_exits_4_at_the_deadline(cli: Cli) -> None:
+def test_a_dashboard_that_stays_down_exits_4_at_the_deadline(cli: Cli, closed_port: int) -> None:
     started = time.monotonic()
 
-    outcome = cli("run", NEZHA_DASHBOARD_URL=f"http://127.0.0.1:{closed_port()}", NEZHA_BOOTSTRAP_DEADLINE="1")
+    outcome = cli("run", NEZHA_DASHBOARD_URL=f"http://127.0.0.1:{closed_port}", NEZHA_BOOTSTRAP_DEADLINE="1")
 
     assert outcome.exit_code == 4
     assert "within the 1 s deadline" in outcome.stderr

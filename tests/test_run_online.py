@@ -59,14 +59,6 @@ def agent_port(answer: str, tls: ssl.SSLContext | None = None) -> Iterator[int]:
             conn.close()
 
 
-def closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
-
-
 @pytest.fixture
 def fake_v1() -> FakeV1:
     fake = FakeV1(profile="v2.1+")
@@ -181,9 +173,10 @@ def test_v0_plain_against_a_tls_port_is_exit_3_naming_tls(cli: Cli, ca: trustme.
     assert "Run again with --tls" in outcome.stderr
 
 
-def test_v0_a_closed_probe_port_is_exit_4_naming_host_and_port_and_the_agent_keeps_running(cli: Cli) -> None:
+def test_v0_a_closed_probe_port_is_exit_4_naming_host_and_port_and_the_agent_keeps_running(cli: Cli,
+                                                                                           closed_port: int) -> None:
     cli.fake.agent_port.state = "refused"
-    port = closed_port()
+    port = closed_port
     outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port))
 
     assert outcome.exit_code == 4, outcome.stderr
@@ -268,8 +261,8 @@ def test_v1_tls_against_the_plain_dashboard_port_is_exit_3(v1cli: V1Cli) -> None
     assert "with TLS (--tls), but the port speaks plain gRPC" in outcome.stderr
 
 
-def test_v1_a_closed_port_is_exit_4_naming_it(v1cli: V1Cli) -> None:
-    port = closed_port()
+def test_v1_a_closed_port_is_exit_4_naming_it(v1cli: V1Cli, closed_port: int) -> None:
+    port = closed_port
     outcome = v1cli("--probe-port", str(port))
 
     assert outcome.exit_code == 4, outcome.stderr
@@ -301,9 +294,9 @@ def test_status_shows_whether_the_last_run_saw_the_node_online_and_when(cli: Cli
     assert "online: yes" in text.stdout.splitlines()
 
 
-def test_status_after_a_verdict_says_the_node_was_not_seen_online(cli: Cli) -> None:
+def test_status_after_a_verdict_says_the_node_was_not_seen_online(cli: Cli, closed_port: int) -> None:
     cli.fake.agent_port.state = "refused"
-    port = closed_port()
+    port = closed_port
     assert cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port)).exit_code == 4
 
     info = json.loads(cli("status", "--json").stdout)

@@ -333,7 +333,7 @@ def test_a_trickle_at_1_byte_a_second_ends_at_the_fetchers_deadline(tmp_path: Pa
         seconds = time.monotonic() - started
 
     assert done.returncode == 1, done.stderr
-    assert seconds < 3 + 1.5  # before: 75 s and more (a socket timeout bounds one read, not the trickle)
+    assert seconds < 3 + 2  # the deadline plus 2 s at most; before: 75 s and more (a socket timeout bounds one read)
     assert "no complete answer before the deadline" in done.stderr
     assert sorted(p.name for p in (tmp_path / "opt").iterdir()) == []  # the attempt's temporary file is gone
 
