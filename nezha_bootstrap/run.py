@@ -19,7 +19,7 @@ from nezha_bootstrap.config import (
     same_dashboard,
     v1_config,
 )
-from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, SettingsError
+from nezha_bootstrap.errors import AnsweredAsV1, DashboardRefused, DashboardUnreachable, SettingsError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.generation import PROBES, Generation
 from nezha_bootstrap.paths import Paths
@@ -90,9 +90,7 @@ def _probe_after_v1_answer(config: Config, refused: DashboardRefused, clients: _
                            reporter: Reporter) -> Generation:
     """A v0 request answered the way only v1/v2 dashboards answer (the cached generation is stale: the
     dashboard was upgraded at the same URL): with an agent secret, probe again and go on as v1/v2."""
-    from nezha_bootstrap.v0.api import V1_MESSAGE
-
-    if V1_MESSAGE not in str(refused) or not config.agent.secret or config.agent.generation == "v0":
+    if not isinstance(refused, AnsweredAsV1) or not config.agent.secret or config.agent.generation == "v0":
         raise refused
     reporter.info("the dashboard answered as v1 or newer, not as the v0 the state recorded: probing it again")
     found = probe_generation(config, clients.dashboard, reporter)
@@ -299,9 +297,8 @@ def upgraded_check(config: Config, paths: Paths, results: list[CheckResult]) -> 
     """A FAIL naming the change when a v0 answer was expected from a dashboard that now answers as v1+."""
     from nezha_bootstrap.checks import CheckResult
     from nezha_bootstrap.errors import StateError
-    from nezha_bootstrap.v0.api import V1_MESSAGE
 
-    if not any(V1_MESSAGE in result.detail for result in results):
+    if not any(isinstance(result.cause, AnsweredAsV1) for result in results):
         return []
     try:
         saved = state_mod.load(paths, move_aside=False)
