@@ -8,11 +8,9 @@ from the machine-id, installs the pinned agent release with a config.yml holding
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 import shlex
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,7 +189,6 @@ class V1Runner:
     reporter: Reporter
     generation: Generation
     client: httpx.Client | None = None
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     machine: str = field(default_factory=platform.machine)
     token_mode: bool = False  # an access token names the server (naming.py)
 
@@ -223,7 +220,7 @@ class V1Runner:
                 self.reporter.warn(identity.recorded_late_note(self.facts.instance_id))
             self.reporter.info(f"plan: {'install the agent' if install else 'nothing to do'} ({reason})")
             self.reporter.info(f"  uuid {plan.uuid} (from {plan.uuid_source})")
-            for warning in agent.override_warnings(self.paths, self.environ):
+            for warning in agent.override_warnings(self.paths, self.facts.environ):
                 self.reporter.warn(warning)
             if install and plan.release.bundled is not None:  # missing: exit 2, altered: exit 5, nothing changed
                 agent.check_bundled(plan.release)
@@ -368,7 +365,7 @@ class V1Runner:
     def _service(self, argv: list[str], quiet_failure: bool = False) -> None:
         """Run one of the agent's `service` commands; a failure is InstallerFailed (or, quiet, a warning)."""
         Command(tuple(argv), cwd=self.paths.agent_dir, must_succeed=not quiet_failure, error=InstallerFailed,
-                track=self.paths.child_file, confine=self.paths.root,
+                track=self.paths.child_file, confine=self.paths.root, environ=self.facts.environ,
                 name=f"`nezha-agent service ... {argv[-1]}`").apply(self.reporter)
 
     def _leftovers(self) -> list[str]:
@@ -467,7 +464,7 @@ def dry_run(config: Config, generation: Generation | None, saved: State | None, 
             reporter: Reporter, *, token_mode: bool) -> RunResult:
     """The v1/v2 plan (`generation` None: not probed yet); reads, never writes."""
     plan = plan_enrollment(saved, config, facts, paths, platform.machine())
-    for warning in agent.override_warnings(paths, os.environ):
+    for warning in agent.override_warnings(paths, facts.environ):
         reporter.warn(warning)
     lines = [f"generation: {generation.value}"] if generation else []
     lines += plan.describe(paths, facts.systemd_running) + _leftover_lines(paths, config.agent.adopt and plan.install)
