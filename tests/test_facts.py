@@ -11,6 +11,7 @@ import pytest
 from nezha_bootstrap.config import AgentSettings, Settings, build, v1_config
 from nezha_bootstrap.effects import Command
 from nezha_bootstrap.facts import Facts, gather
+from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.v1 import flow as v1_flow
@@ -50,8 +51,8 @@ def test_the_v1_plan_warns_about_the_nz_variables_the_facts_hold(monkeypatch: py
     config = v1_config(build(settings, FACTS).config)
     reporter = Reporter(verbosity=-1)
 
-    v1_flow.dry_run(config, None, None, dataclasses.replace(FACTS, environ={"NZ_UUID": "u-1"}), Paths(tmp_path),
-                    reporter, token_mode=False)
+    facts = dataclasses.replace(FACTS, environ={"NZ_UUID": "u-1"})
+    v1_flow.dry_run(ThisNode(config, facts, Paths(tmp_path), reporter), None, None, token_mode=False)
 
     [warning] = reporter.warnings
     assert "NZ_UUID" in warning and "NZ_SERVER" not in warning

@@ -20,6 +20,7 @@ from nezha_bootstrap.config import Config, display_url, same_dashboard
 from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter, RunResult
 from nezha_bootstrap.retry import with_retries
@@ -532,14 +533,16 @@ def _install_what(plan: Install) -> str:
     return f"nezha-agent service install -s {plan.expect_server}" + (" --tls" if plan.expect_tls else "")
 
 
-def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter) -> RunResult:
+def run(this: ThisNode) -> RunResult:
     """A v0 run: register once and install the agent with the node secret."""
-    reporter.context.update(name=config.name, dashboard=display_url(config.dashboard_url), generation="v0")
-    return Runner(config, facts, paths, reporter).run()
+    config = this.config
+    this.reporter.context.update(name=config.name, dashboard=display_url(config.dashboard_url), generation="v0")
+    return Runner(config, this.facts, this.paths, this.reporter).run()
 
 
-def dry_run(config: Config, facts: Facts, paths: Paths) -> RunResult:
+def dry_run(this: ThisNode) -> RunResult:
     """The v0 plan: what `run` would send, run and write; reads the state, changes nothing."""
+    config, facts, paths = this.config, this.facts, this.paths
     saved = state_mod.load(paths, move_aside=False)
     decision = decide(config, saved, facts, on_disk_drift(paths, saved))
     lines = [f"plan: {decision.action.value} ({decision.reason})"]

@@ -23,6 +23,7 @@ from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import InstallerFailed, SettingsError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.generation import Generation
+from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter, RunResult
 from nezha_bootstrap.state import State
@@ -454,15 +455,16 @@ TOKEN_PLAN = (
 )
 
 
-def run(config: Config, generation: Generation, facts: Facts, paths: Paths, reporter: Reporter, *,
-        client: httpx.Client | None = None, token_mode: bool = False) -> RunResult:
+def run(this: ThisNode, generation: Generation, *, client: httpx.Client | None = None,
+        token_mode: bool = False) -> RunResult:
     """A v1/v2 run: install the agent with the agent secret and a stable uuid; in token mode, name the server."""
-    return V1Runner(config, facts, paths, reporter, generation, client=client, token_mode=token_mode).run()
+    return V1Runner(this.config, this.facts, this.paths, this.reporter, generation, client=client,
+                    token_mode=token_mode).run()
 
 
-def dry_run(config: Config, generation: Generation | None, saved: State | None, facts: Facts, paths: Paths,
-            reporter: Reporter, *, token_mode: bool) -> RunResult:
+def dry_run(this: ThisNode, generation: Generation | None, saved: State | None, *, token_mode: bool) -> RunResult:
     """The v1/v2 plan (`generation` None: not probed yet); reads, never writes."""
+    config, facts, paths, reporter = this.config, this.facts, this.paths, this.reporter
     plan = plan_enrollment(saved, config, facts, paths, platform.machine())
     for warning in agent.override_warnings(paths, facts.environ):
         reporter.warn(warning)
