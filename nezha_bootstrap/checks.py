@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nezha_bootstrap.config import Config
@@ -26,6 +26,7 @@ class CheckResult:
     status: str  # "ok", "FAIL" or "skip"
     detail: str
     exit_code: int = 0
+    cause: BaseException | None = field(default=None, compare=False, repr=False)  # what failed it, to decide on
 
     @property
     def ok(self) -> bool:
@@ -38,7 +39,7 @@ class CheckResult:
 def failed(name: str, exc: BootstrapError | Transient) -> CheckResult:
     """A FAIL result carrying the exit code of `exc` (a network failure: that of DashboardUnreachable)."""
     code = exc.exit_code if isinstance(exc, BootstrapError) else DashboardUnreachable.exit_code
-    return CheckResult(name, "FAIL", str(exc), code)
+    return CheckResult(name, "FAIL", str(exc), code, cause=exc)
 
 
 def check_probe(config: Config, alpn_required: bool = False) -> CheckResult:

@@ -14,6 +14,7 @@ from pathlib import Path
 from nezha_bootstrap import redact
 from nezha_bootstrap.config import Settings, build
 from nezha_bootstrap.facts import gather
+from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard, serve
@@ -41,11 +42,12 @@ def run_demo(reporter: Reporter) -> None:
             config = build(settings, facts).config
             reporter.result(f"fake v0 dashboard on {running.url}; temporary root {root}")
             reporter.result("\n== first run ==")
-            first = flow.run(config, facts, paths, reporter)
+            this = ThisNode(config, facts, paths, reporter)
+            first = flow.run(this)
             _show_first(reporter, fake, paths, first.outcome)
             reporter.result("\n== second run ==")
             before = len(fake.journal)
-            second = flow.run(config, facts, paths, reporter)
+            second = flow.run(this)
             reporter.result(f"outcome: {second.outcome}; requests made: {len(fake.journal) - before}")
             reporter.emit_json({
                 "first": first.outcome, "second": second.outcome,

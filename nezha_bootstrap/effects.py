@@ -13,7 +13,7 @@ import os
 import shlex
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -78,6 +78,8 @@ class Command:
     error: type[BootstrapError] = InternalError
     name: str | None = None
     env: tuple[tuple[str, str], ...] = ()
+    # The environment the child's is made from (facts.Facts.environ); None: this process's (system.child_env).
+    environ: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
     # Where the running command is recorded (system.run): a command an earlier run left running there
     # is stopped before this one starts (paths.child_file).
     track: Path | None = None
@@ -116,7 +118,7 @@ class Command:
                 reporter.warn(f"a command an earlier run started was still running (pid {pids}); "
                               "it was stopped before this one starts")
         try:
-            done = system.run(self.argv, cwd=self.cwd, env=system.child_env(os.environ, self.env),
+            done = system.run(self.argv, cwd=self.cwd, env=system.child_env(self.environ, self.env),
                               timeout=self.timeout, on_line=lambda line: reporter.detail(f"  | {line}"),
                               track=self.track)
         except OSError as exc:

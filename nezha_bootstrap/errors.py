@@ -33,6 +33,14 @@ class DashboardRefused(BootstrapError):
     exit_code = 3
 
 
+class AnsweredAsV1(DashboardRefused):
+    """A v0 request was answered the way only v1/v2 dashboards answer (the v0 register API is not there)."""
+
+
+class TLSRefused(DashboardRefused):
+    """TLS verification or the TLS handshake failed for good (not a handshake cut short)."""
+
+
 class DashboardUnreachable(BootstrapError):
     """The dashboard stayed unreachable or failing until the deadline."""
 

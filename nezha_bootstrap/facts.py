@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nezha_bootstrap.paths import HOST, Paths, read_under
@@ -20,13 +21,16 @@ class Facts:
     machine_id: str | None
     systemd_running: bool
     instance_id: str | None = None  # cloud-init's, where cloud-init ran (read_instance_id)
+    # The environment the run started with: what its children's is made from (system.child_env drops our
+    # secrets and NZ_*), and the NZ_* that agent.override_warnings names. Never shown: it holds the tokens.
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 def gather(paths: Paths, want_ip: bool = True) -> Facts:
     """Read the host facts under `paths.root` (machine-id) and from the running system.
 
     `want_ip=False` skips the address lookup (primary_ipv4 is None) and with it psutil's import,
-    for a run whose name has no {ip}.
+    for a run whose name has no {ip}. The process environment is read here, once, with the rest.
     """
     return Facts(
         hostname=socket.gethostname(),
@@ -34,6 +38,7 @@ def gather(paths: Paths, want_ip: bool = True) -> Facts:
         machine_id=read_machine_id(paths.machine_id, paths.root),
         systemd_running=systemd_running(paths),
         instance_id=read_instance_id(paths.instance_id, paths.root),
+        environ=dict(os.environ),
     )
 
 

@@ -27,7 +27,7 @@ import httpx
 
 from nezha_bootstrap import __version__, redact
 from nezha_bootstrap.config import display_url
-from nezha_bootstrap.errors import BootstrapError, DashboardRefused, InstallerFailed, SettingsError
+from nezha_bootstrap.errors import BootstrapError, DashboardRefused, InstallerFailed, SettingsError, TLSRefused
 from nezha_bootstrap.retry import Notify, Transient, with_retries
 
 USER_AGENT = f"nezha-bootstrap/{__version__}"
@@ -45,6 +45,8 @@ _CLOCK_CODES = {9: "is not valid yet", 10: "has expired"}
 # WRONG_VERSION_NUMBER on OpenSSL 1.1-3.1 (observed: 3.0.19 against v0.20.13 and v2.3.7), the others on
 # older and newer ones. ssl.SSLError.reason carries it; its text varies.
 PLAIN_REASONS = {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"}
+# OpenSSL 3's reason for an EOF mid-handshake (Python 3.10+ raises it as SSLEOFError, 3.9 as SSLError)
+CUT_REASONS = {"UNEXPECTED_EOF_WHILE_READING"}
 
 
 @dataclass(frozen=True)
@@ -459,27 +461,27 @@ def _raise_if_tls(exc: Exception, url: str) -> None:
         ) from exc
     if verify is None and any(_handshake_cut(c) for c in chain):
         return  # the caller raises Transient
-    if verify is not None or any("CERTIFICATE_VERIFY_FAILED" in str(c) for c in chain):
+    if verify is not None or any(c.reason == "CERTIFICATE_VERIFY_FAILED" for c in chain if isinstance(c, ssl.SSLError)):
         detail = getattr(verify, "verify_message", None) or _reason(exc)
-        raise DashboardRefused(
+        raise TLSRefused(
             f"TLS verification of {host_of(url)} failed: {detail}. If the dashboard uses a "
             "certificate from a private CA, pass its PEM file with --ca-bundle (NEZHA_CA_BUNDLE); "
             "if the host name does not match the certificate, use the name it was issued for"
         ) from exc
     if any(getattr(c, "reason", None) in PLAIN_REASONS for c in chain if isinstance(c, ssl.SSLError)):
-        raise DashboardRefused(
+        raise TLSRefused(
             f"{host_port(url)} speaks plain HTTP, not TLS: the dashboard URL says https. Use http:// in "
             "--dashboard-url, or the port that serves TLS"
         ) from exc
     if any(isinstance(c, ssl.SSLError) for c in chain):
-        raise DashboardRefused(f"TLS handshake with {host_of(url)} failed: {_reason(exc)}") from exc
+        raise TLSRefused(f"TLS handshake with {host_of(url)} failed: {_reason(exc)}") from exc
 
 
 def _handshake_cut(error: BaseException) -> bool:
     # EOF or a reset in the middle of the handshake: the peer went away, it did not refuse us.
     if isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError)):
         return True
-    return isinstance(error, ssl.SSLError) and "UNEXPECTED_EOF" in str(error)
+    return isinstance(error, ssl.SSLError) and error.reason in CUT_REASONS
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

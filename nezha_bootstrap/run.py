@@ -8,6 +8,7 @@ setting is a v0 run without probes: a finished v0 node's rerun keeps its promise
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import TYPE_CHECKING, Callable
 
 from nezha_bootstrap import state as state_mod
@@ -19,9 +20,10 @@ from nezha_bootstrap.config import (
     same_dashboard,
     v1_config,
 )
-from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, SettingsError
+from nezha_bootstrap.errors import AnsweredAsV1, DashboardRefused, DashboardUnreachable, SettingsError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.generation import PROBES, Generation
+from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter, RunResult
 from nezha_bootstrap.state import State
@@ -58,41 +60,40 @@ def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter, *, dry_r
     if not dry_run and not rehearsal and not paths.is_host_root:
         raise SettingsError([UNDER_ROOT.format(root=paths.root)])
 
+    this = ThisNode(config, facts, paths, reporter)
     if not needs_probe(config):
-        return v0_flow.dry_run(config, facts, paths) if dry_run else v0_flow.run(config, facts, paths, reporter)
+        return v0_flow.dry_run(this) if dry_run else v0_flow.run(this)
     with contextlib.closing(_Clients(config)) as clients:
-        return _resolved_run(config, facts, paths, reporter, clients, dry_run=dry_run)
+        return _resolved_run(this, clients, dry_run=dry_run)
 
 
-def _resolved_run(config: Config, facts: Facts, paths: Paths, reporter: Reporter, clients: _Clients, *,
-                  dry_run: bool) -> RunResult:
+def _resolved_run(this: ThisNode, clients: _Clients, *, dry_run: bool) -> RunResult:
     """`run` once the generation must be resolved: cached, or probed with the dashboard client."""
     from nezha_bootstrap.v0 import flow as v0_flow
 
+    config, paths, reporter = this.config, this.paths, this.reporter
     saved = state_mod.load(paths, move_aside=not dry_run) if paths.state_file.exists() else None
     if dry_run and cached_generation(config, saved) is None and config.agent.generation == "auto":
-        return _unprobed_plan(config, saved, facts, paths, reporter)
+        return _unprobed_plan(this, saved)
     generation = resolve_generation(config, saved, clients.dashboard, reporter, dry_run=dry_run)
     reporter.context.update(generation=generation.value, dashboard=display_url(config.dashboard_url))
     if generation.is_v0:
         check_v0_settings(config)
         if dry_run:
-            return v0_flow.dry_run(config, facts, paths)
+            return v0_flow.dry_run(this)
         try:
-            return v0_flow.run(config, facts, paths, reporter)
+            return v0_flow.run(this)
         except DashboardRefused as refused:
             generation = _probe_after_v1_answer(config, refused, clients, reporter)
         saved = state_mod.load(paths)
-    return _run_v1(config, generation, saved, facts, paths, reporter, clients, dry_run=dry_run)
+    return _run_v1(this, generation, saved, clients, dry_run=dry_run)
 
 
 def _probe_after_v1_answer(config: Config, refused: DashboardRefused, clients: _Clients,
                            reporter: Reporter) -> Generation:
     """A v0 request answered the way only v1/v2 dashboards answer (the cached generation is stale: the
     dashboard was upgraded at the same URL): with an agent secret, probe again and go on as v1/v2."""
-    from nezha_bootstrap.v0.api import V1_MESSAGE
-
-    if V1_MESSAGE not in str(refused) or not config.agent.secret or config.agent.generation == "v0":
+    if not isinstance(refused, AnsweredAsV1) or not config.agent.secret or config.agent.generation == "v0":
         raise refused
     reporter.info("the dashboard answered as v1 or newer, not as the v0 the state recorded: probing it again")
     found = probe_generation(config, clients.dashboard, reporter)
@@ -102,20 +103,19 @@ def _probe_after_v1_answer(config: Config, refused: DashboardRefused, clients: _
     return found
 
 
-def _run_v1(config: Config, generation: Generation, saved: State | None, facts: Facts, paths: Paths,
-            reporter: Reporter, clients: _Clients, *, dry_run: bool) -> RunResult:
+def _run_v1(this: ThisNode, generation: Generation, saved: State | None, clients: _Clients, *,
+            dry_run: bool) -> RunResult:
     from nezha_bootstrap.v1 import flow as v1_flow
 
-    token_mode = token_names_server(config, generation)
-    check_v1_settings(config, generation)
-    config = v1_config(config)
-    if generation is Generation.V1_0 and not config.agent.version:
-        reporter.warn("a v1.0.x dashboard needs an agent <= v1.0.x (agent v2 needs a dashboard >= v1.1.1); "
+    token_mode = token_names_server(this.config, generation)
+    check_v1_settings(this.config, generation)
+    this = dataclasses.replace(this, config=v1_config(this.config))
+    if generation is Generation.V1_0 and not this.config.agent.version:
+        this.reporter.warn("a v1.0.x dashboard needs an agent <= v1.0.x (agent v2 needs a dashboard >= v1.1.1); "
                       "if yours is v1.0.x, set --agent-version")
     if dry_run:
-        return v1_flow.dry_run(config, generation, saved, facts, paths, reporter, token_mode=token_mode)
-    return v1_flow.run(config, generation, facts, paths, reporter, client=clients.existing(),
-                       token_mode=token_mode)
+        return v1_flow.dry_run(this, generation, saved, token_mode=token_mode)
+    return v1_flow.run(this, generation, client=clients.existing(), token_mode=token_mode)
 
 
 class _Clients:
@@ -243,10 +243,11 @@ def token_names_server(config: Config, generation: Generation) -> bool:
     return True
 
 
-def _unprobed_plan(config: Config, saved: State | None, facts: Facts, paths: Paths, reporter: Reporter) -> RunResult:
+def _unprobed_plan(this: ThisNode, saved: State | None) -> RunResult:
     """--dry-run before the generation is known: the probes, then what each generation would do."""
     from nezha_bootstrap.v1 import flow as v1_flow
 
+    config = this.config
     shown = display_url(config.dashboard_url)
     lines = [f"detect the generation of {shown}, without credentials:",
              *(f"  {probe.method} {shown}{probe.path}" + (f" {probe.body.decode()}" if probe.body else "")
@@ -257,7 +258,7 @@ def _unprobed_plan(config: Config, saved: State | None, facts: Facts, paths: Pat
         lines.append("if it is v1 or newer: it needs the agent secret (NEZHA_AGENT_SECRET_FILE); stop there")
         return RunResult(outcome="dry_run", generation="auto", dashboard=shown, method=None, plan=tuple(lines))
     lines.append("if it is v1 or newer:")
-    planned = v1_flow.dry_run(v1_config(config), None, saved, facts, paths, reporter,
+    planned = v1_flow.dry_run(dataclasses.replace(this, config=v1_config(config)), None, saved,
                               token_mode=is_access_token(config.token))
     return planned.with_plan(lines + [f"  {line}" for line in planned.plan])
 
@@ -299,9 +300,8 @@ def upgraded_check(config: Config, paths: Paths, results: list[CheckResult]) -> 
     """A FAIL naming the change when a v0 answer was expected from a dashboard that now answers as v1+."""
     from nezha_bootstrap.checks import CheckResult
     from nezha_bootstrap.errors import StateError
-    from nezha_bootstrap.v0.api import V1_MESSAGE
 
-    if not any(V1_MESSAGE in result.detail for result in results):
+    if not any(isinstance(result.cause, AnsweredAsV1) for result in results):
         return []
     try:
         saved = state_mod.load(paths, move_aside=False)

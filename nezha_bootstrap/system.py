@@ -23,8 +23,10 @@ AFTER_EXIT = 1.0  # seconds of output still read after a command exits (a child 
 _PRIVATE_ENV = ("NEZHA_TOKEN", "NEZHA_AGENT_SECRET", "CN")
 
 
-def child_env(environ: Mapping[str, str], extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
-    """The one environment every child gets: `environ` without NZ_* and our secrets, plus `extra`."""
+def child_env(environ: Mapping[str, str] | None, extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    """The one environment every child gets: `environ` (facts.Facts.environ; None: this process's, for a
+    command made without the run's facts) without NZ_* and our secrets, plus `extra`."""
+    environ = os.environ if environ is None else environ
     env = {k: v for k, v in environ.items() if not k.startswith("NZ_") and k not in _PRIVATE_ENV}
     env.update(extra)
     return env
@@ -58,7 +60,7 @@ def run(
     started = time.monotonic()
     marker = os.urandom(8).hex()
     # No child ever inherits our secrets: without an explicit env it gets the one scrubbed environment.
-    environment = dict(env) if env is not None else child_env(os.environ)
+    environment = dict(env) if env is not None else child_env(None)
     if track is not None:
         environment[CHILD_MARKER] = marker  # inherited by everything the command starts
         # Before the start: a kill at any moment leaves it. No fsync: a power loss ends the child too.

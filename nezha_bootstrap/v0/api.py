@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from nezha_bootstrap import __version__
-from nezha_bootstrap.errors import DashboardRefused
+from nezha_bootstrap.errors import AnsweredAsV1, DashboardRefused
 from nezha_bootstrap.http import ANSWER_CAP, Answer, check_answer, fetch, json_body, looks_html
 from nezha_bootstrap.interrupts import Stopped
 from nezha_bootstrap.retry import Transient
@@ -48,7 +48,7 @@ def classify_common(answer: Answer, what: str, source: str = "NEZHA_TOKEN", cap:
     value = check_answer(answer, what, cap)
     parsed = value is not None
     if parsed and value == _V1_BODY and status in (200, 404):
-        raise DashboardRefused(f"{what}: {V1_MESSAGE}")
+        raise AnsweredAsV1(f"{what}: {V1_MESSAGE}")
     if parsed and isinstance(value, dict) and value.get("code") == 403:
         raise DashboardRefused(
             f"{what}: the dashboard refused the API token (HTTP {status} with a 403 body). {_token_hint(source)}. "

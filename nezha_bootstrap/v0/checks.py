@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from nezha_bootstrap.checks import CHECK_TIMEOUT, CheckResult, check_probe, check_release, failed
 from nezha_bootstrap.config import Config, display_url
-from nezha_bootstrap.errors import BootstrapError, DashboardRefused, InstallerFailed, SettingsError
+from nezha_bootstrap.errors import BootstrapError, DashboardRefused, InstallerFailed, SettingsError, TLSRefused
 from nezha_bootstrap.retry import Transient
 from nezha_bootstrap.v0.direct import v0_release
 
@@ -29,7 +29,7 @@ def check_dashboard(config: Config, client: httpx.Client) -> list[CheckResult]:
     except Transient as exc:
         return [failed("dashboard", exc), CheckResult("token", "skip", "not checked: dashboard unreachable")]
     except DashboardRefused as exc:
-        tls = "TLS" in str(exc)
+        tls = isinstance(exc, TLSRefused)
         first = failed("dashboard", exc) if tls else CheckResult("dashboard", "ok", f"{shown} answers")
         second = CheckResult("token", "skip", "not checked: TLS failed") if tls else failed("token", exc)
         return [first, second]

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -19,6 +20,7 @@ from nezha_bootstrap.config import Config, display_url, same_dashboard
 from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter, RunResult
 from nezha_bootstrap.retry import with_retries
@@ -415,7 +417,8 @@ class Runner:
         """`nezha-agent service stop` (the v0.20.5 agent's own command, under systemd or SysV alike)."""
         self.reporter.info("stopping the agent: nezha-agent service stop")
         Command((str(self.paths.agent_binary), "service", "stop"), cwd=self.paths.agent_dir, must_succeed=False,
-                name="`nezha-agent service stop`", track=self.paths.child_file).apply(self.reporter)
+                name="`nezha-agent service stop`", track=self.paths.child_file,
+                environ=self.facts.environ).apply(self.reporter)
 
     def _remove_script_leftovers(self) -> None:
         """install.sh unzips its release into its cwd (/opt/nezha/agent); there its `mv nezha-agent` onto
@@ -469,7 +472,7 @@ class Runner:
                 payload.commit()
         try:
             for command in install_commands(plan, self.config.deadline, track=self.paths.child_file,
-                                            confine=self.paths.root):
+                                            confine=self.paths.root, environ=self.facts.environ):
                 if command is not None:
                     command.apply(self.reporter)
         finally:
@@ -508,10 +511,11 @@ def install_plan(config: Config, paths: Paths, secret: str) -> Install:
 
 
 def install_commands(plan: Install, deadline: float, track: Path | None = None,
-                     confine: Path | None = None) -> list[Command | None]:
+                     confine: Path | None = None, environ: Mapping[str, str] | None = None) -> list[Command | None]:
     """The commands that install the agent: uninstall the existing one (if any), then install; each recorded
     in `track` while it runs, so that no run starts one while one of an earlier run is alive; for the root
-    `confine` (effects.Command.confine: under another root than /, only the stubs run)."""
+    `confine` (effects.Command.confine: under another root than /, only the stubs run); their environment
+    made from `environ` (facts.Facts.environ)."""
     if isinstance(plan, InstallPlan):
         name, timeout, env = "install.sh", deadline, plan.env_set
     else:
@@ -519,9 +523,9 @@ def install_commands(plan: Install, deadline: float, track: Path | None = None,
     uninstall = None
     if plan.uninstall_first:
         uninstall = Command(plan.uninstall_first, cwd=plan.cwd, must_succeed=False, name="the uninstall of the agent",
-                            track=track, confine=confine)
+                            track=track, confine=confine, environ=environ)
     return [uninstall, Command(plan.argv, cwd=plan.cwd, timeout=timeout, error=InstallerFailed, name=name, env=env,
-                               track=track, confine=confine)]
+                               track=track, confine=confine, environ=environ)]
 
 
 def _install_what(plan: Install) -> str:
@@ -530,14 +534,16 @@ def _install_what(plan: Install) -> str:
     return f"nezha-agent service install -s {plan.expect_server}" + (" --tls" if plan.expect_tls else "")
 
 
-def run(config: Config, facts: Facts, paths: Paths, reporter: Reporter) -> RunResult:
+def run(this: ThisNode) -> RunResult:
     """A v0 run: register once and install the agent with the node secret."""
-    reporter.context.update(name=config.name, dashboard=display_url(config.dashboard_url), generation="v0")
-    return Runner(config, facts, paths, reporter).run()
+    config = this.config
+    this.reporter.context.update(name=config.name, dashboard=display_url(config.dashboard_url), generation="v0")
+    return Runner(config, this.facts, this.paths, this.reporter).run()
 
 
-def dry_run(config: Config, facts: Facts, paths: Paths) -> RunResult:
+def dry_run(this: ThisNode) -> RunResult:
     """The v0 plan: what `run` would send, run and write; reads the state, changes nothing."""
+    config, facts, paths = this.config, this.facts, this.paths
     saved = state_mod.load(paths, move_aside=False)
     decision = decide(config, saved, facts, on_disk_drift(paths, saved))
     lines = [f"plan: {decision.action.value} ({decision.reason})"]

@@ -8,11 +8,9 @@ from the machine-id, installs the pinned agent release with a config.yml holding
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 import shlex
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +23,7 @@ from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import InstallerFailed, SettingsError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.generation import Generation
+from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter, RunResult
 from nezha_bootstrap.state import State
@@ -191,7 +190,6 @@ class V1Runner:
     reporter: Reporter
     generation: Generation
     client: httpx.Client | None = None
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     machine: str = field(default_factory=platform.machine)
     token_mode: bool = False  # an access token names the server (naming.py)
 
@@ -223,7 +221,7 @@ class V1Runner:
                 self.reporter.warn(identity.recorded_late_note(self.facts.instance_id))
             self.reporter.info(f"plan: {'install the agent' if install else 'nothing to do'} ({reason})")
             self.reporter.info(f"  uuid {plan.uuid} (from {plan.uuid_source})")
-            for warning in agent.override_warnings(self.paths, self.environ):
+            for warning in agent.override_warnings(self.paths, self.facts.environ):
                 self.reporter.warn(warning)
             if install and plan.release.bundled is not None:  # missing: exit 2, altered: exit 5, nothing changed
                 agent.check_bundled(plan.release)
@@ -370,7 +368,7 @@ class V1Runner:
     def _service(self, argv: list[str], quiet_failure: bool = False) -> None:
         """Run one of the agent's `service` commands; a failure is InstallerFailed (or, quiet, a warning)."""
         Command(tuple(argv), cwd=self.paths.agent_dir, must_succeed=not quiet_failure, error=InstallerFailed,
-                track=self.paths.child_file, confine=self.paths.root,
+                track=self.paths.child_file, confine=self.paths.root, environ=self.facts.environ,
                 name=f"`nezha-agent service ... {argv[-1]}`").apply(self.reporter)
 
     def _leftovers(self) -> list[str]:
@@ -468,17 +466,18 @@ TOKEN_PLAN = (
 )
 
 
-def run(config: Config, generation: Generation, facts: Facts, paths: Paths, reporter: Reporter, *,
-        client: httpx.Client | None = None, token_mode: bool = False) -> RunResult:
+def run(this: ThisNode, generation: Generation, *, client: httpx.Client | None = None,
+        token_mode: bool = False) -> RunResult:
     """A v1/v2 run: install the agent with the agent secret and a stable uuid; in token mode, name the server."""
-    return V1Runner(config, facts, paths, reporter, generation, client=client, token_mode=token_mode).run()
+    return V1Runner(this.config, this.facts, this.paths, this.reporter, generation, client=client,
+                    token_mode=token_mode).run()
 
 
-def dry_run(config: Config, generation: Generation | None, saved: State | None, facts: Facts, paths: Paths,
-            reporter: Reporter, *, token_mode: bool) -> RunResult:
+def dry_run(this: ThisNode, generation: Generation | None, saved: State | None, *, token_mode: bool) -> RunResult:
     """The v1/v2 plan (`generation` None: not probed yet); reads, never writes."""
+    config, facts, paths, reporter = this.config, this.facts, this.paths, this.reporter
     plan = plan_enrollment(saved, config, facts, paths, platform.machine())
-    for warning in agent.override_warnings(paths, os.environ):
+    for warning in agent.override_warnings(paths, facts.environ):
         reporter.warn(warning)
     lines = [f"generation: {generation.value}"] if generation else []
     lines += plan.describe(paths, facts.systemd_running) + _leftover_lines(paths, config.agent.adopt and plan.install)

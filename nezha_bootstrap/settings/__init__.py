@@ -1,0 +1,1 @@
+"""The settings of a run, validated by concern; config.build collects every problem before any network."""
