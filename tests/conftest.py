@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -20,8 +21,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from nezha_bootstrap import redact
+from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.cli import main
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
+from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from nezha_bootstrap.testing.stubrecord import StubCall, read_calls
 
 TOKEN = "T0kenT0kenT0kenT0kenT0kenT0ken32"  # 32 of [0-9A-Za-z], like a real v0 token
@@ -211,6 +214,53 @@ class Cli(CliSession):
 @pytest.fixture
 def cli(dashboard: Running, fake: FakeDashboard, root: Path) -> Cli:
     return Cli(dashboard, fake, root)
+
+
+@dataclass
+class V1Cli(CliSession):
+    """`run` against a fake v1/v2 dashboard that is also the release host."""
+
+    running: Running
+    fake: FakeV1
+    root: Path
+    outputs: list[Outcome] = field(default_factory=list)
+
+    def env(self, **overrides: str | None) -> dict[str, str | None]:
+        env: dict[str, str | None] = {
+            "NEZHA_DASHBOARD_URL": self.running.url,
+            "NEZHA_AGENT_SECRET": self.fake.agent_secret,
+            "NEZHA_AGENT_BASE_URL": f"{self.running.url}/releases",
+            "NEZHA_BOOTSTRAP_ROOT": str(self.root),
+            "NEZHA_BOOTSTRAP_REHEARSAL": "1",  # run --root with the stubs (docs: Rehearse with the fakes)
+            "NEZHA_BOOTSTRAP_DEADLINE": "5",
+            "NEZHA_STUB_RECORD": str(self.record_dir),
+        }
+        env.update(overrides)
+        return env
+
+    def __call__(self, *args: str, **env: str | None) -> Outcome:
+        return self.invoke(["run", *args], **env)
+
+    def agent_calls(self) -> list[StubCall]:
+        return read_calls(self.record_dir / "agent")
+
+    def state(self) -> dict[str, object]:
+        return dict(json.loads((self.root / "var/lib/nezha-bootstrap/state.json").read_text()))
+
+
+@pytest.fixture
+def fake_v1() -> FakeV1:
+    """A fake v2.1+ dashboard that is also the release host of AGENT_V1 (a module may override it)."""
+    fake = FakeV1(profile="v2.1+")
+    fake.add_release(AGENT_V1)
+    return fake
+
+
+@pytest.fixture
+def v1cli(fake_v1: FakeV1, root: Path) -> Iterator[V1Cli]:
+    """`run` against `fake_v1`, served on 127.0.0.1."""
+    with serve_v1(fake_v1) as running:
+        yield V1Cli(running, fake_v1, root)
 
 
 # --- the leak scan ----------------------------------------------------------------------------

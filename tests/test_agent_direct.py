@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nezha_bootstrap import agent as agent_mod
 from nezha_bootstrap.agent import (
-    AGENT_V1,
     Leftover,
     Release,
     asset_name,
@@ -31,9 +29,9 @@ from nezha_bootstrap.config import validate_agent as validate
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.system import child_env
-from nezha_bootstrap.testing.fake_v1 import FakeV1, agent_zip, serve_v1
+from nezha_bootstrap.testing.fake_v1 import agent_zip
 from nezha_bootstrap.v0.direct import plan_v0
-from tests.test_run_v1 import V1Cli
+from tests.conftest import V1Cli
 
 ZIP = agent_zip(b"#!/bin/sh\necho agent\n")
 SHA = hashlib.sha256(ZIP).hexdigest()
@@ -354,15 +352,6 @@ def test_a_small_zip_that_unpacks_past_the_cap_is_refused_by_the_size_it_declare
     assert len(bomb) < 64 * 1024
     with pytest.raises(InstallerFailed, match=f"is {4 << 20} bytes, over the {1 << 20} cap"):
         extract_binary(bomb, io.BytesIO())
-
-
-@pytest.fixture
-def v1cli(root: Path) -> Iterator[V1Cli]:
-    """`run` against a fake v2.1+ dashboard that is also the release host."""
-    fake = FakeV1(profile="v2.1+")
-    fake.add_release(AGENT_V1)
-    with serve_v1(fake) as running:
-        yield V1Cli(running, fake, root)
 
 
 @pytest.mark.integration

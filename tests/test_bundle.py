@@ -22,8 +22,7 @@ import pytest
 from nezha_bootstrap import bundle
 from nezha_bootstrap.agent import AGENT_V0, AGENT_V1
 from nezha_bootstrap.testing.fake_v1 import FakeV1, agent_zip, serve_v1, stub_agent
-from tests.conftest import Cli, make_runner
-from tests.test_run_v1 import V1Cli
+from tests.conftest import Cli, V1Cli, make_runner
 
 pytestmark = pytest.mark.integration
 

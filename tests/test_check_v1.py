@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -14,19 +13,10 @@ from nezha_bootstrap.testing.fake_v0 import Running
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from nezha_bootstrap.testing.grpc_port import AgentPort
 from nezha_bootstrap.v1.api import SCOPE_PROBE
-from tests.conftest import MACHINE_ID, Cli
+from tests.conftest import MACHINE_ID, Cli, V1Cli
 from tests.test_run import snapshot
-from tests.test_run_v1 import V1Cli
 
 ASSET = "nezha-agent_linux_amd64.zip"
-
-
-@pytest.fixture
-def v1cli(root: Path) -> Iterator[V1Cli]:
-    fake = FakeV1(profile="v2.1+")
-    fake.add_release(AGENT_V1)
-    with serve_v1(fake) as running:
-        yield V1Cli(running, fake, root)
 
 
 def check(v1cli: V1Cli, *args: str, **env: str | None) -> tuple[int, list[str], str]:

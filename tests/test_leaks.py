@@ -24,10 +24,9 @@ from nezha_bootstrap.testing.fake_v0 import FakeDashboard, serve
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from nezha_bootstrap.testing.grpc_port import AgentPort
 from tests import processes
-from tests.conftest import TOKEN, Cli, leak_scan, refusing_port, secrets_of
+from tests.conftest import TOKEN, Cli, V1Cli, leak_scan, refusing_port, secrets_of
 from tests.processes import Finished
 from tests.test_run import STATE, UNIT
-from tests.test_run_v1 import V1Cli
 
 pytestmark = pytest.mark.integration
 

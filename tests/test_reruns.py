@@ -4,17 +4,13 @@ deleted agent or an image captured without `seal` (issue 11)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.identity import instance_uuid, machine_uuid
-from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
-from tests.conftest import MACHINE_ID, Cli
-from tests.test_run_v1 import V1Cli
+from tests.conftest import MACHINE_ID, Cli, V1Cli
 
 pytestmark = pytest.mark.integration
 
@@ -247,14 +243,6 @@ def test_a_v0_state_without_an_instance_id_records_the_one_it_sees_and_warns_onc
     assert (first.exit_code, second.exit_code) == (0, 0)
     assert first.stderr.count(LATE_NOTE) == 1 and LATE_NOTE not in second.stderr
     assert saved(cli.root)["instance_id"] == "i-first" and len(cli.fake.journal) == seen
-
-
-@pytest.fixture
-def v1cli(root: Path) -> Iterator[V1Cli]:
-    fake = FakeV1(profile="v2.1+")
-    fake.add_release(AGENT_V1)
-    with serve_v1(fake) as running:
-        yield V1Cli(running, fake, root)
 
 
 def test_two_v1_unsealed_clones_enroll_under_uuids_of_their_own(v1cli: V1Cli, tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -14,19 +13,10 @@ import pytest
 
 from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.effects import STUB_MARKER, confined_problem
-from nezha_bootstrap.testing.fake_v1 import FakeV1, agent_zip, serve_v1
-from tests.conftest import Cli
-from tests.test_run_v1 import V1Cli
+from nezha_bootstrap.testing.fake_v1 import agent_zip
+from tests.conftest import Cli, V1Cli
 
 ASSET = "nezha-agent_linux_amd64.zip"
-
-
-@pytest.fixture
-def v1cli(root: Path) -> Iterator[V1Cli]:
-    fake = FakeV1(profile="v2.1+")
-    fake.add_release(AGENT_V1)
-    with serve_v1(fake) as running:
-        yield V1Cli(running, fake, root)
 
 
 def acts_on_the_host(flag: Path) -> bytes:

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
-from tests.conftest import Cli
-from tests.test_run_v1 import UUID, V1Cli
+from tests.conftest import Cli, V1Cli
+from tests.test_run_v1 import UUID
 
 pytestmark = pytest.mark.integration
 
@@ -59,17 +58,6 @@ def agent_port(answer: str, tls: ssl.SSLContext | None = None) -> Iterator[int]:
             conn.close()
 
 
-@pytest.fixture
-def fake_v1() -> FakeV1:
-    fake = FakeV1(profile="v2.1+")
-    fake.add_release(AGENT_V1)
-    return fake
-
-
-@pytest.fixture
-def v1cli(fake_v1: FakeV1, root: Path) -> Iterator[V1Cli]:
-    with serve_v1(fake_v1) as running:
-        yield V1Cli(running, fake_v1, root)
 
 
 def state(root: Path) -> dict[str, object]:

@@ -5,68 +5,18 @@ from __future__ import annotations
 import json
 import shutil
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.identity import machine_uuid
-from nezha_bootstrap.testing.fake_v0 import Running
-from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
-from nezha_bootstrap.testing.stubrecord import StubCall, read_calls
-from tests.conftest import MACHINE_ID, Cli, CliSession, Outcome
+from tests.conftest import MACHINE_ID, Cli, V1Cli
 
 pytestmark = pytest.mark.integration
 
 OTHER_MACHINE_ID = "fedcba9876543210fedcba9876543210"
 UUID = machine_uuid(MACHINE_ID)
-
-
-@dataclass
-class V1Cli(CliSession):
-    """`run` against a fake v1/v2 dashboard that is also the release host."""
-
-    running: Running
-    fake: FakeV1
-    root: Path
-    outputs: list[Outcome] = field(default_factory=list)
-
-    def env(self, **overrides: str | None) -> dict[str, str | None]:
-        env: dict[str, str | None] = {
-            "NEZHA_DASHBOARD_URL": self.running.url,
-            "NEZHA_AGENT_SECRET": self.fake.agent_secret,
-            "NEZHA_AGENT_BASE_URL": f"{self.running.url}/releases",
-            "NEZHA_BOOTSTRAP_ROOT": str(self.root),
-            "NEZHA_BOOTSTRAP_REHEARSAL": "1",  # run --root with the stubs (docs: Rehearse with the fakes)
-            "NEZHA_BOOTSTRAP_DEADLINE": "5",
-            "NEZHA_STUB_RECORD": str(self.record_dir),
-        }
-        env.update(overrides)
-        return env
-
-    def __call__(self, *args: str, **env: str | None) -> Outcome:
-        return self.invoke(["run", *args], **env)
-
-    def agent_calls(self) -> list[StubCall]:
-        return read_calls(self.record_dir / "agent")
-
-    def state(self) -> dict[str, object]:
-        return dict(json.loads((self.root / "var/lib/nezha-bootstrap/state.json").read_text()))
-
-
-@pytest.fixture
-def fake_v1() -> FakeV1:
-    fake = FakeV1(profile="v2.1+")
-    fake.add_release(AGENT_V1)
-    return fake
-
-
-@pytest.fixture
-def v1cli(fake_v1: FakeV1, root: Path) -> Iterator[V1Cli]:
-    with serve_v1(fake_v1) as running:
-        yield V1Cli(running, fake_v1, root)
 
 
 def config_yml(root: Path) -> str:

@@ -17,24 +17,15 @@ from nezha_bootstrap.agent import AGENT_V0, AGENT_V1
 from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
 from nezha_bootstrap.testing.fake_v1 import FakeV1
-from tests.conftest import MACHINE_ID, TOKEN, Cli
+from tests.conftest import MACHINE_ID, TOKEN, Cli, V1Cli
 from tests.processes import STATE_DIR, finish, leftovers, lock_is_free, run, start, stub_processes, wait_for
 from tests.test_faults_process import FULL, READ_ONLY, error_line, mount_namespace  # noqa: F401 - a fixture
-from tests.test_run_v1 import V1Cli
 
 pytestmark = pytest.mark.integration
 
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
 UUID = machine_uuid(MACHINE_ID)
 ASSET = "nezha-agent_linux_amd64.zip"
-
-
-@pytest.fixture
-def v1cli(root: Path) -> Iterator[V1Cli]:
-    fake = FakeV1(profile="v2.1+")
-    fake.add_release(AGENT_V1)
-    with serve(fake) as running:  # type: ignore[arg-type]  # FakeV1 serves through the same HTTP server
-        yield V1Cli(running, fake, root)
 
 
 def saved(v1cli: V1Cli) -> dict[str, Any]:

@@ -15,8 +15,7 @@ from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.testing.fake_v1 import FakeV1, V1Server, new_agent_secret, serve_v1
 from nezha_bootstrap.v1.api import SCOPE_PROBE
-from tests.conftest import MACHINE_ID, leak_scan
-from tests.test_run_v1 import V1Cli
+from tests.conftest import MACHINE_ID, V1Cli, leak_scan
 
 pytestmark = pytest.mark.integration
 

@@ -4,33 +4,22 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nezha_bootstrap import effects
-from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.cli import main
 from nezha_bootstrap.firstboot import service
 from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
-from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
-from tests.conftest import MACHINE_ID, Outcome, make_runner
-from tests.test_run_v1 import OTHER_MACHINE_ID, V1Cli
+from tests.conftest import MACHINE_ID, Outcome, V1Cli, make_runner
+from tests.test_run_v1 import OTHER_MACHINE_ID
 
 pytestmark = pytest.mark.integration
 
 UUID = machine_uuid(MACHINE_ID)
-
-
-@pytest.fixture
-def v1cli(root: Path) -> Iterator[V1Cli]:
-    fake = FakeV1(profile="v2.1+")
-    fake.add_release(AGENT_V1)
-    with serve_v1(fake) as running:
-        yield V1Cli(running, fake, root)
 
 
 def command(v1cli: V1Cli, *args: str) -> Outcome:
