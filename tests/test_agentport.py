@@ -2,54 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import trustme
 
 from nezha_bootstrap import agentport
 from nezha_bootstrap.online import NOTHING, Look, Outcome
-
-SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-
-
-@contextmanager
-def server(answer: str, tls: ssl.SSLContext | None = None) -> Iterator[int]:
-    """A port on 127.0.0.1: `h2` answers a SETTINGS frame (gRPC), `silent` reads and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    held: list[socket.socket] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            held.append(conn)
-            try:
-                if tls is not None:
-                    conn = tls.wrap_socket(conn, server_side=True)
-                    held.append(conn)
-                if answer == "h2":
-                    conn.recv(64)
-                    conn.sendall(SETTINGS_FRAME)
-            except (OSError, ssl.SSLError):
-                pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-        for conn in held:
-            conn.close()
+from nezha_bootstrap.testing import grpc_port
 
 
 @pytest.fixture(scope="module")
@@ -70,24 +30,24 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
 
 
 def test_a_plain_grpc_port_answers_the_http2_preface() -> None:
-    with server("h2") as port:
-        assert agentport.probe("127.0.0.1", port, tls=False, context=ssl.create_default_context) == NOTHING
+    with grpc_port.AgentPort() as served:
+        assert agentport.probe("127.0.0.1", served.port, tls=False, context=ssl.create_default_context) == NOTHING
 
 
 def test_a_tls_port_with_a_trusted_certificate_is_what_tls_expects(ca: trustme.CA) -> None:
-    with server("h2", server_tls(ca)) as port:
-        assert agentport.probe("127.0.0.1", port, tls=True, context=lambda: client_tls(ca)) == NOTHING
+    with grpc_port.AgentPort(tls=server_tls(ca)) as served:
+        assert agentport.probe("127.0.0.1", served.port, tls=True, context=lambda: client_tls(ca)) == NOTHING
 
 
 def test_tls_against_a_plain_port_is_a_tls_mismatch() -> None:
-    with server("h2") as port:
-        look = agentport.probe("127.0.0.1", port, tls=True, context=ssl.create_default_context, timeout=2)
+    with grpc_port.AgentPort() as served:
+        look = agentport.probe("127.0.0.1", served.port, tls=True, context=ssl.create_default_context, timeout=2)
     assert look.outcome is Outcome.TLS_ON_PLAIN, look
 
 
 def test_plain_against_a_tls_port_is_a_tls_mismatch(ca: trustme.CA) -> None:
-    with server("h2", server_tls(ca)) as port:
-        look = agentport.probe("127.0.0.1", port, tls=False, context=ssl.create_default_context, timeout=2)
+    with grpc_port.AgentPort(tls=server_tls(ca)) as served:
+        look = agentport.probe("127.0.0.1", served.port, tls=False, context=ssl.create_default_context, timeout=2)
     assert look.outcome is Outcome.PLAIN_ON_TLS, look
 
 
@@ -99,8 +59,8 @@ def test_a_closed_port_is_refused(closed_port: int) -> None:
 
 @pytest.mark.parametrize("tls", [False, True])
 def test_a_port_that_accepts_and_never_answers_is_silent(tls: bool) -> None:
-    with server("silent") as port:
-        look = agentport.probe("127.0.0.1", port, tls=tls, context=ssl.create_default_context, timeout=0.3)
+    with grpc_port.AgentPort(silent=True) as served:
+        look = agentport.probe("127.0.0.1", served.port, tls=tls, context=ssl.create_default_context, timeout=0.3)
     assert look.outcome is Outcome.PORT_SILENT, look
 
 

@@ -4,61 +4,19 @@ the wait is a named verdict with its exit code, saved for `status` and redone by
 from __future__ import annotations
 
 import json
-import socket
 import ssl
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import trustme
 
+from nezha_bootstrap.testing import grpc_port
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from tests.conftest import Cli, V1Cli
 from tests.test_run_v1 import UUID
 
 pytestmark = pytest.mark.integration
-
-SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-
-
-@contextmanager
-def agent_port(answer: str, tls: ssl.SSLContext | None = None) -> Iterator[int]:
-    """A gRPC-like port on 127.0.0.1 for the tool's probe: `h2` answers the preface with SETTINGS, `silent`
-    accepts and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    held: list[socket.socket] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            held.append(conn)
-            try:
-                if tls is not None:
-                    conn = tls.wrap_socket(conn, server_side=True)
-                    held.append(conn)
-                if answer == "h2":
-                    conn.recv(64)
-                    conn.sendall(SETTINGS_FRAME)
-            except (OSError, ssl.SSLError):
-                pass
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-        for conn in held:
-            conn.close()
-
-
-
 
 def state(root: Path) -> dict[str, object]:
     return dict(json.loads((root / "var/lib/nezha-bootstrap/state.json").read_text()))
@@ -105,9 +63,9 @@ def test_v0_reinstall_waits_for_a_newer_report_than_the_old_agent_left(cli: Cli)
 
 def test_v0_a_node_that_never_reports_is_exit_4_at_the_online_timeout_and_the_rerun_installs_again(cli: Cli) -> None:
     cli.fake.agent_port.state = "silent"  # the agent's connection never gets through
-    with agent_port("h2") as port:  # while the port itself answers as gRPC: nothing names a cause
+    with grpc_port.AgentPort() as served:  # while the port itself answers as gRPC: nothing names a cause
         outcome = cli("run", "--json", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1",
-                      NEZHA_PROBE_PORT=str(port), NEZHA_PROBE_TLS="false", NEZHA_ONLINE_TIMEOUT="1.5")
+                      NEZHA_PROBE_PORT=str(served.port), NEZHA_PROBE_TLS="false", NEZHA_ONLINE_TIMEOUT="1.5")
 
         assert outcome.exit_code == 4, outcome.stderr
         failure = json.loads(outcome.stdout)
@@ -117,7 +75,7 @@ def test_v0_a_node_that_never_reports_is_exit_4_at_the_online_timeout_and_the_re
         assert (saved["online"], saved["installed_at"]) == (False, None)
 
         cli.fake.agent_port.state = "open"
-        again = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port),
+        again = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(served.port),
                     NEZHA_PROBE_TLS="false")
     assert again.exit_code == 0, again.stderr
     assert "install only (registered earlier, the install did not finish)" in again.stderr
@@ -137,11 +95,12 @@ def tls_server(ca: trustme.CA) -> ssl.SSLContext:
 
 def test_v0_tls_against_a_plain_grpc_port_is_exit_3_naming_no_tls_and_stops_the_agent(cli: Cli) -> None:
     cli.fake.agent_port.tls = False  # v0.20.13's agent port is plain gRPC
-    with agent_port("h2") as port:
-        outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port))
+    with grpc_port.AgentPort() as served:
+        outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(served.port))
 
     assert outcome.exit_code == 3, outcome.stderr
-    assert f"the agent connects to 127.0.0.1:{port} with TLS (--tls), but the port speaks plain gRPC" in outcome.stderr
+    assert (f"the agent connects to 127.0.0.1:{served.port} with TLS (--tls), but the port speaks plain gRPC"
+            in outcome.stderr)
     assert "Run again with --no-tls" in outcome.stderr
     assert "stopping the agent: nezha-agent service stop" in outcome.stderr
     assert cli.fake.connections == ["tls on plain"]
@@ -152,12 +111,13 @@ def test_v0_plain_against_a_tls_port_is_exit_3_naming_tls(cli: Cli, ca: trustme.
     cli.fake.agent_port.tls = True  # a TLS proxy in front of the agent port
     bundle = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(bundle))
-    with agent_port("h2", tls_server(ca)) as port:
-        outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port),
+    with grpc_port.AgentPort(tls=tls_server(ca)) as served:
+        outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(served.port),
                       NEZHA_PROBE_TLS="false")
 
     assert outcome.exit_code == 3, outcome.stderr
-    assert f"the agent connects to 127.0.0.1:{port} without TLS (--no-tls), but the port speaks TLS" in outcome.stderr
+    assert (f"the agent connects to 127.0.0.1:{served.port} without TLS (--no-tls), but the port speaks TLS"
+            in outcome.stderr)
     assert "Run again with --tls" in outcome.stderr
 
 
@@ -177,12 +137,12 @@ def test_v0_a_silent_probe_port_is_exit_4_naming_host_and_port(cli: Cli, monkeyp
 
     monkeypatch.setattr(agentport, "ANSWER_WAIT", 0.3)
     cli.fake.agent_port.state = "silent"
-    with agent_port("silent") as port:
-        outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(port),
+    with grpc_port.AgentPort(silent=True) as served:
+        outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(served.port),
                       NEZHA_PROBE_TLS="false")
 
     assert outcome.exit_code == 4, outcome.stderr
-    assert f"127.0.0.1:{port} did not answer the agent" in outcome.stderr
+    assert f"127.0.0.1:{served.port} did not answer the agent" in outcome.stderr
 
 
 def test_v0_a_server_deleted_in_the_dashboard_refuses_the_node_secret_exit_3(cli: Cli) -> None:
@@ -210,9 +170,9 @@ def releases() -> Iterator[str]:
 
 def test_v0_the_agent_dying_is_exit_5(cli: Cli, releases: str) -> None:
     cli.fake.agent_port.state = "silent"
-    with agent_port("h2") as port:
+    with grpc_port.AgentPort() as served:
         outcome = cli("run", "--method", "direct", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1",
-                      NEZHA_PROBE_PORT=str(port), NEZHA_PROBE_TLS="false", NEZHA_STUB_MODE="dies",
+                      NEZHA_PROBE_PORT=str(served.port), NEZHA_PROBE_TLS="false", NEZHA_STUB_MODE="dies",
                       NEZHA_AGENT_BASE_URL=releases)
 
     assert outcome.exit_code == 5, outcome.stderr

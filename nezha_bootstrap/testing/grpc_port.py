@@ -40,10 +40,13 @@ def is_client_hello(first: bytes) -> bool:
 @dataclass
 class AgentPort:
     """A v0 dashboard's agent gRPC port as grpc-go serves it (plain), or behind TLS with `tls` (a proxy
-    that terminates TLS in front of it). Counts the connections and the good prefaces."""
+    that terminates TLS in front of it). Counts the connections and the good prefaces. `silent`: a port
+    that accepts (and completes the TLS handshake with `tls`) but never answers, as a firewall holding
+    the connection or a service that is not gRPC does; it holds each connection until the port stops."""
 
     tls: ssl.SSLContext | None = None
     host: str = "127.0.0.1"
+    silent: bool = False
     connections: int = 0
     prefaces: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
@@ -77,6 +80,9 @@ class AgentPort:
         try:
             if self.tls is not None:
                 conn = self.tls.wrap_socket(conn, server_side=True)  # a plain preface fails here: closed
+            if self.silent:
+                self._hold(conn)
+                return
             conn.sendall(GRPC_GO_SETTINGS)
             got = b""
             while len(got) < len(PREFACE):
@@ -94,6 +100,16 @@ class AgentPort:
             pass
         finally:
             conn.close()
+
+    def _hold(self, conn: socket.socket) -> None:
+        """Read whatever comes and answer nothing, until the client closes or the port stops."""
+        conn.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                if not conn.recv(4096):
+                    return
+            except socket.timeout:
+                continue
 
 
 def h2_server_context(context: ssl.SSLContext) -> ssl.SSLContext:
