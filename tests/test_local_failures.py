@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,12 @@ import httpx
 import pytest
 
 from nezha_bootstrap import http
+from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
 from tests.conftest import MACHINE_ID, TOKEN, Cli, CliSession, V1Cli
 from tests.processes import run
 from tests.test_faults_process import FULL, error_line, mount_namespace  # noqa: F401 - a fixture
@@ -27,6 +30,16 @@ pytestmark = pytest.mark.integration
 UUID = machine_uuid(MACHINE_ID)
 AGENT_DIR = "opt/nezha/agent"
 INSTALLER = "var/lib/nezha-bootstrap/installer/install.sh"
+
+
+@pytest.fixture
+def v1cli(root: Path) -> Iterator[V1Cli]:
+    """conftest's v1cli, built here: pytest loads conftest.py as `conftest`, apart from the `tests.conftest`
+    this module imports, so only a V1Cli made from this module's import passes its isinstance checks."""
+    fake = FakeV1(profile="v2.1+")
+    fake.add_release(AGENT_V1)
+    with serve_v1(fake) as running:
+        yield V1Cli(running, fake, root)
 
 
 @pytest.fixture
