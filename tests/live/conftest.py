@@ -341,6 +341,15 @@ def remove_sandbox(box: Sandbox) -> None:
     shutil.rmtree(box.base, ignore_errors=True)
 
 
+@pytest.fixture
+def box() -> Iterator[Sandbox]:
+    """A fresh sandbox for one test (skipped where none can be made), its agent stopped and layers removed after."""
+    need_sandbox()
+    made = Sandbox(sandbox_dir())
+    yield made
+    remove_sandbox(made)
+
+
 # --- the dashboard's own API, for reading back and cleaning up ----------------------------------------
 
 def client(cookies: dict[str, str] | None = None) -> httpx.Client:

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,6 @@ from .conftest import (
     Sandbox,
     need,
     need_generation,
-    need_sandbox,
-    remove_sandbox,
-    sandbox_dir,
     unique,
     v0_delete,
     v0_servers,
@@ -46,13 +42,6 @@ PLAY = """
   roles:
     - role: nezha.bootstrap.agent
 """
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    made = Sandbox(sandbox_dir())
-    yield made
-    remove_sandbox(made)
 
 
 def play(box: Sandbox, tmp_path: Path, settings: dict[str, Any], *args: str) -> tuple[int, str, list[str]]:
@@ -104,7 +93,6 @@ def secrets_shown(output: str) -> list[str]:
 def test_v0_the_role_registers_once_and_uninstalls(box: Sandbox, tmp_path: Path, release_host: ReleaseHost) -> None:
     need_generation("v0")
     need("TOKEN", "V0_SESSION")
-    need_sandbox()
     tag = unique("ansible")
     settings = {**common(release_host), "agent_token": SETTINGS.token, "agent_method": "direct",
                 "agent_name": f"{tag}-node", "agent_tag": tag}
@@ -131,7 +119,6 @@ def test_v1_the_role_enrolls_names_once_and_uninstalls(box: Sandbox, tmp_path: P
                                                        release_host: ReleaseHost) -> None:
     need_generation("v1.0-1.4", "v1.5-1.14", "v2.0", "v2.1+")
     need("AGENT_SECRET")
-    need_sandbox()
     name = unique("ansible")
     settings = {**common(release_host), "agent_secret": SETTINGS.agent_secret, "agent_name": name}
     if SETTINGS.has_pat:  # v2.1+: the node names its own server

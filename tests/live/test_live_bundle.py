@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,6 @@ from .conftest import (
     Sandbox,
     need,
     need_generation,
-    need_sandbox,
-    remove_sandbox,
-    sandbox_dir,
     unique,
     v0_delete,
     v0_servers,
@@ -78,14 +74,6 @@ def from_bundle(bundle: Path, box: Sandbox, *args: str, secrets_env: dict[str, s
     started = time.monotonic()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
     return Ran(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
-
-
-@pytest.fixture
-def box() -> Iterator[Sandbox]:
-    need_sandbox()
-    made = Sandbox(sandbox_dir())
-    yield made
-    remove_sandbox(made)
 
 
 def test_v1_a_node_with_only_the_dashboard_enrolls_the_bundled_agent_and_it_shows_online(
