@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from nezha_bootstrap.agent import AGENT_V1
+from nezha_bootstrap.agent import AGENT_V0, AGENT_V1
 from nezha_bootstrap.effects import STUB_MARKER, confined_problem
-from nezha_bootstrap.testing.fake_v1 import agent_zip
+from nezha_bootstrap.testing.fake_v0 import stub_installer
+from nezha_bootstrap.testing.fake_v1 import agent_zip, stub_agent
 from tests.conftest import Cli, V1Cli
 
 ASSET = "nezha-agent_linux_amd64.zip"
@@ -82,6 +83,12 @@ def test_every_shipped_stub_carries_the_marker(stub: str) -> None:
     text = resources.files("nezha_bootstrap.testing").joinpath(f"stubs/{stub}").read_bytes()
 
     assert STUB_MARKER in text.split(b"\n", 2)[1]
+
+
+def test_the_stubs_sharing_v0_connect_are_served_whole_with_one_copy_of_it() -> None:
+    for served in (stub_installer(), stub_agent(AGENT_V0)):  # install.sh downloaded alone, nezha-agent in a zip
+        assert b"# @include" not in served
+        assert served.count(b"\nv0_connect() {") == 1 and served.count(b'v0_connect "$secret" "$tls"') == 1
 
 
 def test_only_a_program_under_the_root_with_the_marker_may_run_there(tmp_path: Path) -> None:

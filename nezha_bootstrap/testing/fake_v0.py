@@ -21,12 +21,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from nezha_bootstrap.testing import grpc_port
 from nezha_bootstrap.testing.grpc_port import GO_BAD_REQUEST, GO_H2C_FRAMES, PREFACE, is_client_hello
+from nezha_bootstrap.testing.stubscripts import stub_script
 
 FORBIDDEN_BODY = '{"code":403,"message":"访问此接口需要认证"}'
 PARSE_FAILED_BODY = '{"code":400,"message":"Parse JSON failed","secret":""}'
@@ -52,7 +52,7 @@ def go_json(value: Any) -> bytes:
 
 def stub_installer() -> bytes:
     """The stub install.sh served at /install.sh."""
-    return resources.files("nezha_bootstrap.testing").joinpath("stubs/stub-install.sh").read_bytes()
+    return stub_script("stub-install.sh").encode("utf-8")
 
 
 @dataclass

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
-from importlib import resources
+
+from nezha_bootstrap.testing.stubscripts import stub_script
 
 ARCHES = ("amd64", "arm64", "386", "arm", "s390x", "riscv64", "mips", "mipsle", "loong64")
 
@@ -14,8 +15,7 @@ ARCHES = ("amd64", "arm64", "386", "arm", "s390x", "riscv64", "mips", "mipsle", 
 def stub_agent(version: str) -> bytes:
     """The stub agent of `version` (v0.x: the v0 agent's `service install -s -p`), printing it for -v."""
     template = "stub-agent-v0.sh" if version.startswith("0.") else "stub-agent-v1.sh"
-    text = resources.files("nezha_bootstrap.testing").joinpath(f"stubs/{template}").read_text(encoding="utf-8")
-    return text.replace("@VERSION@", version).encode("utf-8")
+    return stub_script(template).replace("@VERSION@", version).encode("utf-8")
 
 
 def agent_zip(binary: bytes) -> bytes:

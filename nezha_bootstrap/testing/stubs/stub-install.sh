@@ -31,22 +31,7 @@ case "${NEZHA_STUB_MODE:-ok}" in
   slow) sleep "${NEZHA_STUB_DELAY:-3}" ;;
 esac
 
-# What the agent's gRPC connection meets at the dashboard, for the fake v0 dashboard's last_active and
-# its agent-port knobs: the secret goes on stdin (never argv), to NEZHA_STUB_DASHBOARD (default: the
-# NEZHA_DASHBOARD_URL the tool runs with)
-# /_fake/agent-connect (in the tests the probe address is a name that does not resolve).
-v0_connect() {  # v0_connect SECRET TLS
-  dashboard=${NEZHA_STUB_DASHBOARD:-${NEZHA_DASHBOARD_URL:-}}
-  [ -n "$dashboard" ] || return 0
-  printf '%s\n' "$1" | python3 -c '
-import json, ssl, sys, urllib.request
-body = json.dumps({"secret": sys.stdin.readline().strip(), "tls": sys.argv[2] == "true"}).encode()
-request = urllib.request.Request(sys.argv[1] + "/_fake/agent-connect", data=body,
-                                 headers={"Content-Type": "application/json"})
-with urllib.request.urlopen(request, timeout=10, context=ssl._create_unverified_context()) as answer:
-    print("stub nezha-agent: " + json.load(answer)["outcome"])
-' "$dashboard" "$2" || true
-}
+# @include v0-connect.sh
 
 host=$2; port=$3; secret=$4
 shift 4
