@@ -45,12 +45,36 @@ def tool_command(module):
     the interpreter running the module. Else `executable`, or `nezha-bootstrap` on PATH or in
     /opt/nezha-bootstrap/bin.
     """
-    params = module.params
-    if params.get("pyz_sha256"):
+    if module.params.get("pyz_sha256"):
         return _zipapp_command(module)
-    if params.get("executable"):
-        return [params["executable"]], False
-    return [module.get_bin_path(TOOL_NAME, required=True, opt_dirs=TOOL_DIRS)], False
+    return installed_command(module), False
+
+
+def controller_command(module):
+    """The argv prefix that starts the tool where the zipapp already lies (the fleet module, on the
+    controller): `pyz` with this python3, after its pinned `pyz_sha256` if any is checked; else as
+    installed_command."""
+    pyz = module.params["pyz"]
+    if not pyz:
+        return installed_command(module)
+    if sys.version_info[:2] < MIN_PYTHON:
+        module.fail_json(msg="nezha-bootstrap needs python3 >= %d.%d; this is %s" % (MIN_PYTHON + (sys.executable,)))
+    pinned = (module.params["pyz_sha256"] or "").strip().lower()
+    if pinned and sha256_of(pyz) != pinned:
+        module.fail_json(msg="%s has SHA-256 %s, not the pinned %s: refusing to run it" % (pyz, sha256_of(pyz), pinned))
+    return _python_argv(pyz)
+
+
+def installed_command(module):
+    """`executable`, else `nezha-bootstrap` on PATH or in /opt/nezha-bootstrap/bin."""
+    if module.params.get("executable"):
+        return [module.params["executable"]]
+    return [module.get_bin_path(TOOL_NAME, required=True, opt_dirs=TOOL_DIRS)]
+
+
+def flag(name):
+    """The tool's flag for a module option: `agent_secret_file` -> `--agent-secret-file`."""
+    return "--" + name.replace("_", "-")
 
 
 def _zipapp_command(module):

@@ -147,35 +147,16 @@ rc:
 """
 
 import json
-import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.nezha.bootstrap.plugins.module_utils.tool import (
-    MIN_PYTHON,
-    TOOL_DIRS,
-    TOOL_NAME,
     SecretFiles,
+    controller_command,
+    flag,
     run_tool,
     secret_args,
-    sha256_of,
 )
-
-
-def command(module):
-    pyz = module.params["pyz"]
-    if pyz:
-        if sys.version_info[:2] < MIN_PYTHON:
-            module.fail_json(msg="nezha-bootstrap needs python3 >= %d.%d; this is %s"
-                             % (MIN_PYTHON + (sys.executable,)))
-        pinned = (module.params["pyz_sha256"] or "").strip().lower()
-        if pinned and sha256_of(pyz) != pinned:
-            module.fail_json(msg="%s has SHA-256 %s, not the pinned %s: refusing to run it"
-                             % (pyz, sha256_of(pyz), pinned))
-        return [sys.executable, "-I", pyz]
-    if module.params["executable"]:
-        return [module.params["executable"]]
-    return [module.get_bin_path(TOOL_NAME, required=True, opt_dirs=TOOL_DIRS)]
 
 
 def manifest_text(servers, defaults):
@@ -216,11 +197,12 @@ def main():
         if manifest is None:
             manifest = files.write("manifest.json", manifest_text(params["servers"], params["defaults"]),
                                    shown="the manifest built from servers")
-        argv = command(module) + ["reconcile", manifest, "--json", "--dashboard-url", params["dashboard_url"]]
+        argv = controller_command(module) + ["reconcile", manifest, "--json",
+                                             "--dashboard-url", params["dashboard_url"]]
         argv += secret_args(files, [("token", params["token"]), ("password", params["password"])])
         for name in ("token_file", "password_file", "username", "ca_bundle"):
             if params[name]:
-                argv += ["--" + name.replace("_", "-"), params[name]]
+                argv += [flag(name), params[name]]
         if params["deadline"] is not None:
             argv += ["--deadline", "%g" % params["deadline"]]
         argv.append("--dry-run" if module.check_mode else "--apply")

@@ -293,6 +293,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.nezha.bootstrap.plugins.module_utils.tool import (
     TOOL_OPTIONS,
     SecretFiles,
+    flag,
     run_tool,
     secret_args,
     tool_command,
@@ -339,10 +340,6 @@ def argument_spec():
     for name in PAIRS:
         spec[name] = dict(type="bool")
     return spec
-
-
-def flag(name):
-    return "--" + name.replace("_", "-")
 
 
 def run_flags(params):
