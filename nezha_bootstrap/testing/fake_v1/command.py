@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     from nezha_bootstrap.config import AGENT_V1
     from nezha_bootstrap.testing.fake_v0 import append_json_lines, journal_line
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nezha_bootstrap.testing.fake_v1",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8008)
     parser.add_argument("--profile", default="v2.1+", choices=PROFILES)
