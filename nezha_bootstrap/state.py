@@ -239,7 +239,7 @@ def damaged_since(paths: Paths, registered_at: str | None) -> list[Path]:
         return []
     found = []
     for name in names:
-        stem, _, stamp = name.rpartition(".corrupt-")
+        stem, _, stamp = name.rpartition(".corrupt-")  # pragma: no mutate - partition skips the same names
         if stem not in ("state.json", "pending.json") or not stamp.isdigit():
             continue
         when = datetime.fromtimestamp(int(stamp), timezone.utc).isoformat()
@@ -283,7 +283,7 @@ def check_room(paths: Paths) -> None:
 def read_nofollow(path: Path, root: Path = HOST) -> bytes:
     """The bytes of `path`, read confined to `root` (paths.read_under), never through a symbolic link as its
     last component (ELOOP then) and only from a regular file (a FIFO is refused, never waited on)."""
-    return read_under(root, path, follow_last=False)
+    return read_under(root, path, follow_last=False)  # pragma: no mutate - None is as false as False
 
 
 def _open_problem(exc: OSError) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from nezha_bootstrap.cli import main
 from nezha_bootstrap.errors import SettingsError
-from nezha_bootstrap.paths import MAX_LINKS, Paths, inside, read_under
+from nezha_bootstrap.paths import MAX_LINKS, Paths, _kind, inside, read_under
 from tests.conftest import TOKEN, Cli, Outcome, make_runner
 
 URL = "https://nezha.example.com"
@@ -239,6 +239,40 @@ def test_a_read_refuses_what_is_not_a_regular_file_at_once(tmp_path: Path, kind:
         read_under(root, target)
 
     assert isinstance(caught.value, FileNotFoundError) or "not a regular file" in str(caught.value)
+
+
+@pytest.mark.parametrize(("kind", "named"), [
+    ("fifo", "a pipe (FIFO)"), ("directory", "a directory"),
+])
+def test_a_refused_read_names_what_the_file_is(tmp_path: Path, kind: str, named: str) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    target = root / "etc/machine-id"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+
+    with pytest.raises(OSError) as caught:
+        read_under(root, target)
+
+    assert (caught.value.errno, caught.value.strerror) == (errno.EINVAL, f"it is {named}, not a regular file")
+
+
+def test_a_read_of_a_device_is_refused_and_named() -> None:
+    with pytest.raises(OSError) as caught:
+        read_under(Path("/"), Path("/dev/null"))
+
+    assert (caught.value.errno, caught.value.strerror) == (errno.EINVAL, "it is a device, not a regular file")
+
+
+@pytest.mark.parametrize(("mode", "named"), [
+    (stat.S_IFIFO, "a pipe (FIFO)"), (stat.S_IFCHR, "a device"), (stat.S_IFBLK, "a device"),
+    (stat.S_IFSOCK, "a socket"), (stat.S_IFDIR, "a directory"), (stat.S_IFLNK, "a symbolic link"),
+    (0, "not a regular file"),
+])
+def test_each_kind_of_file_is_named_in_plain_words(mode: int, named: str) -> None:
+    assert _kind(mode | 0o644) == named
 
 
 def test_a_directory_swapped_for_a_link_is_never_chmoded_outside_the_root(tmp_path: Path, host: Path) -> None:

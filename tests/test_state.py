@@ -478,3 +478,75 @@ def test_damaged_records_kept_aside_after_the_registration_are_the_ones_to_look_
         paths.state_dir / "pending.json.corrupt-1800000000", paths.state_dir / "state.json.corrupt-1600000000",
         paths.state_dir / "state.json.corrupt-1700000000"]
     assert state_mod.damaged_since(Paths(paths.root / "missing"), None) == []
+
+
+# --- under a root: every writer and reader stays confined (issue 25's mutation run) --------------------------
+
+def lock_once(paths: Paths) -> None:
+    with state_mod.locked(paths, timeout=1):
+        pass
+
+
+@pytest.mark.parametrize("writer", [
+    lambda paths: state_mod.save(paths, SAVED),
+    lambda paths: state_mod.save_pending(paths, PENDING),
+    lambda paths: state_mod.check_room(paths),
+    lambda paths: lock_once(paths),
+], ids=["save", "save_pending", "check_room", "locked"])
+def test_under_a_root_the_state_directory_and_the_parents_it_needed_are_made_0700(paths: Paths, writer: Any) -> None:
+    umask = os.umask(0o022)  # a plain mkdir would leave the parents 0755
+    try:
+        writer(paths)
+    finally:
+        os.umask(umask)
+
+    made = [paths.root / "var", paths.root / "var/lib", paths.state_dir]
+    assert [mode(directory) for directory in made] == [0o700, 0o700, 0o700]
+
+
+@pytest.mark.parametrize(("name", "record", "read"), [
+    ("state.json", valid_data(), state_mod.load),
+    ("pending.json", dataclasses.asdict(PENDING), state_mod.load_pending),
+])
+def test_a_record_is_read_inside_the_root_even_if_its_directory_became_a_link_after_resolving(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, record: dict[str, Any], read: Any) -> None:
+    host = tmp_path / "host"
+    (host / "var/lib/nezha-bootstrap").mkdir(parents=True)
+    (host / "var/lib/nezha-bootstrap" / name).write_text(json.dumps(record))
+    paths = Paths(tmp_path / "root")
+    resolved = paths.state_dir  # as a run resolves it; then /var/lib is swapped for a link to the host's
+    (paths.root / "var").mkdir(parents=True)
+    (paths.root / "var/lib").symlink_to(host / "var/lib")
+    monkeypatch.setattr(Paths, "state_dir", property(lambda self: resolved))
+
+    assert read(paths) is None  # the image's own (none), never the host's record
+
+
+def test_an_unreadable_pending_record_kept_aside_says_so_and_is_found_as_damaged(paths: Paths) -> None:
+    paths.state_dir.mkdir(parents=True)
+    paths.pending_file.write_text("{broken")
+
+    with pytest.raises(StateError) as caught:
+        state_mod.load_pending(paths, move_aside=True)
+
+    assert str(caught.value) == (
+        f"{paths.pending_file} recorded a registration an earlier run did not finish, but it is unreadable; "
+        "it was kept aside, and a registration looks in the dashboard for this node's server first")
+    kept = state_mod.damaged_since(paths, None)
+    assert [path.name.split("-")[0] for path in kept] == ["pending.json.corrupt"]
+    assert kept[0].read_text() == "{broken" and not paths.pending_file.exists()
+
+
+def test_the_time_a_record_was_kept_aside_is_compared_in_utc_whatever_the_local_zone(
+        paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths.state_dir.mkdir(parents=True)
+    (paths.state_dir / "state.json.corrupt-1700000000").write_text("{")  # 2023-11-14T22:13:20 UTC
+    monkeypatch.setenv("TZ", "UTC-8")  # POSIX spelling of eight hours east of UTC
+    time.tzset()
+    try:
+        found = state_mod.damaged_since(paths, "2023-11-14T23:00:00+00:00")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+    assert found == []  # kept aside before the registration: its local time (06:13 the next day) is no matter
