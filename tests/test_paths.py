@@ -12,7 +12,7 @@ import pytest
 
 from nezha_bootstrap.cli import main
 from nezha_bootstrap.errors import SettingsError
-from nezha_bootstrap.paths import MAX_LINKS, Paths, _kind, inside, read_under
+from nezha_bootstrap.paths import MAX_LINKS, Paths, PrivateModeFailed, _kind, inside, private_dir_under, read_under
 from tests.conftest import TOKEN, Cli, Outcome, make_runner
 
 URL = "https://nezha.example.com"
@@ -256,14 +256,32 @@ def test_a_refused_read_names_what_the_file_is(tmp_path: Path, kind: str, named:
     with pytest.raises(OSError) as caught:
         read_under(root, target)
 
-    assert (caught.value.errno, caught.value.strerror) == (errno.EINVAL, f"it is {named}, not a regular file")
+    assert (caught.value.errno, caught.value.strerror, caught.value.filename) == (
+        errno.EINVAL, f"it is {named}, not a regular file", str(target))
 
 
 def test_a_read_of_a_device_is_refused_and_named() -> None:
     with pytest.raises(OSError) as caught:
         read_under(Path("/"), Path("/dev/null"))
 
-    assert (caught.value.errno, caught.value.strerror) == (errno.EINVAL, "it is a device, not a regular file")
+    assert (caught.value.errno, caught.value.strerror, caught.value.filename) == (
+        errno.EINVAL, "it is a device, not a regular file", "/dev/null")
+
+
+def test_a_directory_that_cannot_be_made_private_is_told_apart_from_one_not_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_only(fd: int, mode: int) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    root = tmp_path / "root"
+    root.mkdir()
+    monkeypatch.setattr(os, "fchmod", read_only)
+
+    with pytest.raises(PrivateModeFailed) as caught:
+        private_dir_under(root, root / "var/lib/nezha-bootstrap")
+
+    assert (caught.value.errno, caught.value.strerror) == (errno.EROFS, "Read-only file system")
+    assert (root / "var/lib/nezha-bootstrap").is_dir()  # made; only its mode could not be set
 
 
 @pytest.mark.parametrize(("mode", "named"), [
