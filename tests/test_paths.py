@@ -268,6 +268,14 @@ def test_a_read_of_a_device_is_refused_and_named() -> None:
         errno.EINVAL, "it is a device, not a regular file", "/dev/null")
 
 
+@pytest.mark.parametrize(("size", "cap"), [(200_000, 100_000), (100_000, 100_000), (99_999, 100_000)])
+def test_a_read_gives_at_most_cap_bytes_and_the_file_from_its_start(tmp_path: Path, size: int, cap: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    (tmp_path / "file").write_bytes(data)
+
+    assert read_under(tmp_path, tmp_path / "file", cap=cap) == data[:cap]
+
+
 def test_a_directory_that_cannot_be_made_private_is_told_apart_from_one_not_made(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def read_only(fd: int, mode: int) -> None:
