@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import threading
@@ -21,6 +22,7 @@ from nezha_bootstrap.testing.fake_v1 import FakeV1, V1Server, serve_v1
 from nezha_bootstrap.v1.api import (
     FORM_DEFAULTS,
     LAG,
+    SCOPE_PROBE,
     WHOLE_LIST_AFTER,
     WINDOW,
     ServerFinder,
@@ -535,3 +537,68 @@ def test_a_wrong_password_reads_whole_and_shows_no_credential() -> None:
         login(client, "http://dash.test", "ops", "wrong", deadline=5)
 
     assert redact.redact(str(refused.value)) == f"login: wrong username or password. {WAF}"
+
+
+# --- the write scope, proved without writing (issue 17's check; issue 25's mutation run) ----------------------
+
+def test_the_write_scope_is_proved_by_one_patch_of_an_id_that_is_not_a_number(
+        fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    enroll(running, fake, 1)
+    before = [dataclasses.asdict(server) for server in fake.servers]
+
+    assert api(client, running, fake.add_token()).prove_write_scope() is None
+
+    [sent] = [j for j in fake.journal if j.path.startswith("/api/")]
+    assert (sent.method, sent.path, json.loads(sent.body)) == ("PATCH", SCOPE_PROBE, {})
+    assert [dataclasses.asdict(server) for server in fake.servers] == before
+
+
+def test_a_token_without_the_write_scope_is_refused_naming_it(fake: FakeV1, running: Running,
+                                                             client: httpx.Client) -> None:
+    token = fake.add_token(scopes=(fake.read_scope,))
+
+    with pytest.raises(TokenRefused, match="lacks scope nezha:server:write"):
+        api(client, running, token).prove_write_scope()
+    assert requests_to(fake) == 1
+
+
+def test_the_scope_check_is_retried_after_a_server_error(fake: FakeV1, running: Running,
+                                                         client: httpx.Client) -> None:
+    fake.faults.fail_next = [503]
+
+    assert api(client, running, fake.add_token()).prove_write_scope() is None
+    assert requests_to(fake) == 2
+
+
+NOT_PROVED = (f"scope check: HTTP 200, not the answer that proves nezha:server:write (PATCH {SCOPE_PROBE} must be "
+              "refused for its id); is this a v2.1+ dashboard?")
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    ({"success": True}, NOT_PROVED),  # a dashboard that took the write: not v2.1+'s handler
+    ({"error": "record not found"}, "scope check: the dashboard refused: record not found"),  # not for the id
+    ({"error": ["strconv.ParseUint"]}, "scope check: the dashboard refused: ['strconv.ParseUint']"),  # not text
+    (["strconv.ParseUint"], "scope check: HTTP 200, not the dashboard's JSON answer"),
+])
+def test_an_answer_that_does_not_prove_the_write_scope_is_refused_whole(answer: object, message: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answer)
+
+    v2 = V2Api(make_client(transport=httpx.MockTransport(handler)), "http://dash.test", "PAT-S3cr3t")
+
+    with pytest.raises(DashboardRefused) as refused:
+        v2.prove_write_scope()
+
+    assert str(refused.value) == message
+
+
+def test_the_id_refusal_proves_the_write_scope_only_in_a_200_answer() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error": 'strconv.ParseUint: parsing "x": invalid syntax'})
+
+    v2 = V2Api(make_client(transport=httpx.MockTransport(handler)), "http://dash.test", "PAT-S3cr3t")
+
+    with pytest.raises(DashboardRefused) as refused:
+        v2.prove_write_scope()
+
+    assert str(refused.value) == "scope check: HTTP 404: the URL does not point at a v1/v2 dashboard's API"
