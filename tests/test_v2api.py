@@ -602,3 +602,127 @@ def test_the_id_refusal_proves_the_write_scope_only_in_a_200_answer() -> None:
         v2.prove_write_scope()
 
     assert str(refused.value) == "scope check: HTTP 404: the URL does not point at a v1/v2 dashboard's API"
+
+
+# --- each call names what it did; updates and group creates read back (issue 25's mutation run) --------------
+
+def refusing_api(**kwargs: Any) -> V2Api:
+    """A dashboard that lists no groups and answers every other request HTTP 404."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path == "/api/v1/server-group":
+            return httpx.Response(200, json={"success": True, "data": []})
+        return httpx.Response(404, json={"error": "not found"})
+
+    return V2Api(make_client(transport=httpx.MockTransport(handler)), "http://dash.test", "PAT-S3cr3t", **kwargs)
+
+
+@pytest.mark.parametrize(("call", "what"), [
+    (lambda v2: v2.server_by_id(7), "server list"),
+    (lambda v2: v2.patch_server(7, {"name": "web"}), "server update"),
+    (lambda v2: v2.create_group("web", [7]), "group create"),
+])
+def test_a_refused_call_names_what_it_did(call: Any, what: str) -> None:
+    with pytest.raises(DashboardRefused) as refused:
+        call(refusing_api())
+
+    assert str(refused.value) == f"{what}: HTTP 404: the URL does not point at a v1/v2 dashboard's API"
+
+
+def test_a_group_create_that_never_gets_an_answer_gives_up_naming_it() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"success": True, "data": []})
+        return httpx.Response(503)
+
+    v2 = V2Api(make_client(transport=httpx.MockTransport(handler)), "http://dash.test", "PAT-S3cr3t",
+               deadline=0.3, sleep=lambda s: None)
+
+    with pytest.raises(DashboardUnreachable) as gave_up:
+        v2.create_group("web", [])
+
+    assert str(gave_up.value).startswith("group create: ")  # the rest says how it ended (HTTP 503, or time)
+
+
+def test_a_group_create_answer_without_an_id_is_refused() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        data = [] if request.method == "GET" else {"id": 3}  # no group listed; the POST answers no integer
+        return httpx.Response(200, json={"success": True, "data": data})
+
+    v2 = V2Api(make_client(transport=httpx.MockTransport(handler)), "http://dash.test", "PAT-S3cr3t")
+
+    with pytest.raises(DashboardRefused) as refused:
+        v2.create_group("web", [])
+
+    assert str(refused.value) == "group create: the answer holds no group id"
+
+
+def test_a_group_is_created_with_one_read_and_one_post(fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    v2 = api(client, running, fake.add_token())
+
+    group_id = v2.create_group("web", [])
+
+    sent = [(j.method, j.path) for j in fake.journal if j.path.startswith("/api/")]
+    assert sent == [("GET", "/api/v1/server-group"), ("POST", "/api/v1/server-group")]
+    assert [(group.id, group.name) for group in fake.groups] == [(group_id, "web")]
+
+
+def test_a_lost_group_create_adopts_the_new_group_never_an_older_one_or_another_name(
+        fake: FakeV1, running: Running) -> None:
+    older, other = fake.add_group("web", ()), fake.add_group("db", ())
+    token = fake.add_token()
+    transport = LosesFirstGroupCreateAnswer()
+    with make_client(urls=(running.url,), transport=transport) as client:
+        group_id = api(client, running, token).create_group("web", [])
+
+    assert transport.lost
+    assert group_id not in (older.id, other.id)
+    assert sorted((group.id, group.name) for group in fake.groups) == sorted(
+        [(older.id, "web"), (other.id, "db"), (group_id, "web")])
+
+
+def test_server_by_id_is_a_read_without_the_csrf_value() -> None:
+    recorder = Recorder(data=[{"id": 7}])
+
+    mock_api(recorder, csrf="Csrf-S3cr3t").server_by_id(7)
+
+    [get] = recorder.requests
+    assert get.method == "GET" and "x-csrf-token" not in get.headers
+
+
+def server_api(after: list[dict[str, Any]]) -> V2Api:
+    """A dashboard that takes the PATCH and then lists `after` for the server's id."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"success": True, "data": after if request.method == "GET" else None})
+
+    return V2Api(make_client(transport=httpx.MockTransport(handler)), "http://dash.test", "PAT-S3cr3t")
+
+
+def test_an_update_whose_server_vanished_says_so() -> None:
+    with pytest.raises(DashboardRefused) as refused:
+        server_api(after=[]).update_server({"id": 7, "name": "old"}, {"name": "web"})
+
+    assert str(refused.value) == "server update: server 7 vanished after the update"
+
+
+def test_an_update_the_dashboard_did_not_keep_names_every_field_it_lost() -> None:
+    item = {"id": 7, "name": "old", "note": "n", "hide_for_guest": False}
+
+    with pytest.raises(DashboardRefused) as refused:
+        server_api(after=[item]).update_server(item, {"name": "web", "hide_for_guest": True, "note": "n2"})
+
+    assert str(refused.value) == ("server update: server 7 did not keep hide_for_guest, name, note "
+                                  "(read back after the update)")
+
+
+def test_the_whole_list_is_asked_for_once_per_run(fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    fleet(fake, 3)
+    clock = [0.0]
+    v2, finder = counting(client, running, fake, clock)
+    assert finder.first_look() is None and finder.look_again() is None  # the second starts the clock
+    clock[0] = WHOLE_LIST_AFTER
+
+    assert finder.look_again() is None  # the whole list, without our row
+    assert finder.look_again() is None  # a look above the highest id again, not a second whole list
+
+    assert finder.listed_all is True
+    assert [whole for _, whole in v2.answers].count(True) == 1

@@ -212,7 +212,8 @@ class V2Api:
 
     def patch_server(self, server_id: int, form: dict[str, Any]) -> None:
         """Send the full form: every one of the eight fields (a missing one would be reset)."""
-        self.call("PATCH", f"/api/v1/server/{server_id}", "server update", body={**FORM_DEFAULTS, **form})
+        self.call("PATCH",  # pragma: no mutate - httpx upper-cases a method; any but GET is a write here
+                  f"/api/v1/server/{server_id}", "server update", body={**FORM_DEFAULTS, **form})
 
     def update_server(self, item: dict[str, Any], changes: dict[str, Any]) -> bool:
         """Overlay `changes` on the listed `item`, send the full form, read back and compare.
@@ -272,7 +273,7 @@ class V2Api:
         groups are read again and a new one of that name is adopted rather than made twice.
         """
         before = {group.id for group in self.groups() if group.name == name}
-        suspect = False
+        suspect = False  # pragma: no mutate - None is as false as False
 
         def attempt(seconds_left: float) -> Any:
             nonlocal suspect
@@ -280,9 +281,9 @@ class V2Api:
                 made = sorted(group.id for group in self.groups() if group.name == name and group.id not in before)
                 if made:
                     return made[0]
-                suspect = False
-            try:
-                return self.once("POST", "/api/v1/server-group", "group create", seconds_left,
+            try:  # the POST below either answers or sets `suspect` again
+                return self.once("POST",  # pragma: no mutate - httpx upper-cases a method; any but GET is a write
+                                 "/api/v1/server-group", "group create", seconds_left,
                                  body={"name": name, "servers": sorted(set(servers))})
             except Transient as failure:
                 suspect = failure.ambiguous
@@ -337,8 +338,11 @@ def login(client: httpx.Client, base_url: str, username: str, password: str, dea
     redact.register(password)
 
     def attempt(seconds_left: float) -> Any:
-        answer = fetch(client, "POST", f"{base_url}/api/v1/login", seconds_left=seconds_left, cap=ANSWER_CAP,
-                       ambiguous=False, headers={"Content-Type": "application/json"},
+        answer = fetch(client, "POST",  # pragma: no mutate - httpx upper-cases a method
+                       f"{base_url}/api/v1/login", seconds_left=seconds_left, cap=ANSWER_CAP,
+                       # pragma below: nothing reads a login failure's `ambiguous` (a retried login makes nothing);
+                       # header names are any case
+                       ambiguous=False, headers={"Content-Type": "application/json"},  # pragma: no mutate - see above
                        content=json.dumps({"username": username, "password": password}).encode("utf-8"))
         value = json_body(answer.body)[1]
         if answer.status == 200 and isinstance(value, dict) and str(value.get("error", "")).startswith(
