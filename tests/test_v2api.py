@@ -617,7 +617,10 @@ def refusing_api(**kwargs: Any) -> V2Api:
 
 
 @pytest.mark.parametrize(("call", "what"), [
+    (lambda v2: v2.servers(), "server list"),
+    (lambda v2: v2.servers_with_ids([7, 8]), "server list"),
     (lambda v2: v2.server_by_id(7), "server list"),
+    (lambda v2: v2.set_group(3, "web", [7]), "group update"),
     (lambda v2: v2.patch_server(7, {"name": "web"}), "server update"),
     (lambda v2: v2.create_group("web", [7]), "group create"),
 ])

