@@ -21,10 +21,12 @@ from nezha_bootstrap.testing.fake_v0 import Running
 from nezha_bootstrap.testing.fake_v1 import FakeV1, V1Server, serve_v1
 from nezha_bootstrap.v1.api import (
     FORM_DEFAULTS,
+    JOIN_CONFIRMATIONS,
     LAG,
     SCOPE_PROBE,
     WHOLE_LIST_AFTER,
     WINDOW,
+    Group,
     ServerFinder,
     TokenRefused,
     V2Api,
@@ -729,3 +731,68 @@ def test_the_whole_list_is_asked_for_once_per_run(fake: FakeV1, running: Running
 
     assert finder.listed_all is True
     assert [whole for _, whole in v2.answers].count(True) == 1
+
+
+class GroupScript:
+    """A dashboard whose group 3 ("web") lists the next members of `lists` at each read; it records requests."""
+
+    def __init__(self, *lists: list[int]) -> None:
+        self.lists = list(lists)
+        self.requests: list[tuple[str, Any]] = []
+        self.notes: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            self.requests.append(("GET", None))
+            members = self.lists.pop(0) if len(self.lists) > 1 else self.lists[0]
+            return httpx.Response(200, json={"success": True, "data": [
+                {"group": {"id": 3, "name": "web"}, "servers": members}]})
+        self.requests.append((request.method, json.loads(request.content)))
+        return httpx.Response(200, json={"success": True})
+
+    def api(self, **kwargs: Any) -> V2Api:
+        return V2Api(make_client(transport=httpx.MockTransport(self)), "http://dash.test", "PAT-S3cr3t",
+                     sleep=lambda s: None, notify=self.notes.append, **kwargs)
+
+
+def test_a_join_writes_the_whole_member_list_then_confirms_it_in_two_reads_in_a_row() -> None:
+    script = GroupScript([1], [1, 7], [1, 7])
+
+    assert script.api().join_group(3, 7) is True
+
+    assert script.requests == [("GET", None), ("PATCH", {"name": "web", "servers": [1, 7]}), ("GET", None),
+                               ("GET", None)]
+    assert JOIN_CONFIRMATIONS == 2 and script.notes == []
+
+
+def test_a_member_dropped_by_a_concurrent_update_is_added_again_and_said() -> None:
+    script = GroupScript([1], [1, 7], [1, 2], [1, 2, 7], [1, 2, 7])
+
+    assert script.api().join_group(3, 7) is True
+
+    assert script.requests == [("GET", None), ("PATCH", {"name": "web", "servers": [1, 7]}), ("GET", None),
+                               ("GET", None), ("PATCH", {"name": "web", "servers": [1, 2, 7]}), ("GET", None),
+                               ("GET", None)]
+    assert script.notes == ["group 'web': a concurrent update dropped this server; adding it again"]
+
+
+def test_a_join_starts_from_the_group_just_read_when_given() -> None:
+    script = GroupScript([1, 7])
+
+    assert script.api().join_group(3, 7, known=Group(3, "web", frozenset([1]))) is True
+    assert script.requests == [("PATCH", {"name": "web", "servers": [1, 7]}), ("GET", None), ("GET", None)]
+
+    other = GroupScript([1, 7])
+    assert other.api().join_group(3, 7, known=Group(4, "db", frozenset())) is False  # another group: read
+    assert other.requests == [("GET", None)]
+
+
+def test_a_join_that_never_holds_ends_at_its_own_deadline() -> None:
+    script = GroupScript([1])  # every read drops us again
+
+    with pytest.raises(DashboardUnreachable) as gave_up:
+        script.api(deadline=600).join_group(3, 7, deadline=0)
+
+    assert str(gave_up.value) == ("group 'web': membership did not hold until the deadline (other clients keep "
+                                  "replacing the member list)")
+    assert script.requests == [("GET", None), ("PATCH", {"name": "web", "servers": [1, 7]})]
