@@ -200,7 +200,7 @@ def open_under(root: Path, path: Path, *, follow_last: bool = True, create: bool
     (O_NOFOLLOW each; links resolved by hand, an absolute target starting again at `root`, `..` never above
     it). `create`: missing directories are made (0700); `directory`: the last component must be one."""
     try:
-        todo = [part for part in path.relative_to(root).parts if part not in ("", ".")]
+        todo = list(path.relative_to(root).parts)  # pathlib has dropped empty and "." parts already
     except ValueError:
         raise OSError(errno.EXDEV, f"{path} is not under {root}") from None
     stack = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]

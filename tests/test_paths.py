@@ -276,6 +276,39 @@ def test_a_read_gives_at_most_cap_bytes_and_the_file_from_its_start(tmp_path: Pa
     assert read_under(tmp_path, tmp_path / "file", cap=cap) == data[:cap]
 
 
+def test_a_read_of_a_file_in_a_missing_directory_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_under(tmp_path, tmp_path / "var/lib/state.json")
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_outside_the_root_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(OSError) as caught:
+        read_under(tmp_path / "root", tmp_path / "elsewhere")
+
+    assert (caught.value.errno, caught.value.strerror) == (
+        errno.EXDEV, f"{tmp_path / 'elsewhere'} is not under {tmp_path / 'root'}")
+
+
+def test_a_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "image").write_text("not a directory")
+
+    with pytest.raises(NotADirectoryError):
+        read_under(tmp_path / "image", tmp_path / "image")
+
+
+def test_a_private_directory_is_made_through_a_link_as_its_last_component_inside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "data/nb").mkdir(parents=True)
+    link(root, "/var/lib/nezha-bootstrap", "/data/nb")  # absolute: the image's /data/nb, not the host's
+
+    private_dir_under(root, root / "var/lib/nezha-bootstrap")
+
+    assert stat.S_IMODE((root / "data/nb").stat().st_mode) == 0o700
+    assert (root / "var/lib/nezha-bootstrap").is_symlink()
+
+
 def test_a_directory_that_cannot_be_made_private_is_told_apart_from_one_not_made(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def read_only(fd: int, mode: int) -> None:
