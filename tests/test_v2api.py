@@ -153,8 +153,10 @@ def test_find_group_refuses_an_ambiguous_name_unless_an_id_is_given(fake: FakeV1
     fake.add_group("web")
     v2 = api(client, running, fake.add_token())
 
-    with pytest.raises(DashboardRefused, match="2 groups are called 'web' \\(ids 1, 2\\)"):
+    with pytest.raises(DashboardRefused) as refused:
         v2.find_group("web")
+    assert str(refused.value) == ("group: 2 groups are called 'web' (ids 1, 2); group names are not unique: "
+                                  "give the id as well")
     assert v2.find_group("web", group_id=2).id == 2  # type: ignore[union-attr]
     assert v2.find_group("db") is None
     with pytest.raises(DashboardRefused, match="no group with id 9"):
@@ -796,3 +798,31 @@ def test_a_join_that_never_holds_ends_at_its_own_deadline() -> None:
     assert str(gave_up.value) == ("group 'web': membership did not hold until the deadline (other clients keep "
                                   "replacing the member list)")
     assert script.requests == [("GET", None), ("PATCH", {"name": "web", "servers": [1, 7]})]
+
+
+def test_a_login_refused_or_never_answered_names_the_login() -> None:
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error": "not found"})
+
+    with pytest.raises(DashboardRefused) as refused:
+        login(make_client(transport=httpx.MockTransport(refusing)), "http://dash.test", "ops", "S3cr3t-pw", 3)
+    assert str(refused.value) == "login: HTTP 404: the URL does not point at a v1/v2 dashboard's API"
+
+    def unavailable(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503)
+
+    notes: list[str] = []
+    with pytest.raises(DashboardUnreachable) as gave_up:
+        login(make_client(transport=httpx.MockTransport(unavailable)), "http://dash.test", "ops", "S3cr3t-pw", 0.5,
+              notify=notes.append)
+    assert str(gave_up.value).startswith("login: ")  # the rest says how it ended (HTTP 503, or time)
+    assert notes and all(note.startswith("login: ") for note in notes)
+
+
+def test_the_first_look_ends_when_every_refining_id_is_listed(fake: FakeV1, running: Running,
+                                                              client: httpx.Client) -> None:
+    fleet(fake, 511)  # sampled 384 is listed, 512 is not; the refining look (395, 406, ... 505) lists all it asks
+    v2, finder = counting(client, running, fake, [0.0])
+
+    assert finder.first_look() is None
+    assert finder.top == 505 and len(v2.answers) == 2

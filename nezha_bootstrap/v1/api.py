@@ -327,7 +327,7 @@ class V2Api:
                 seen = 0
                 self.set_group(group_id, group.name, [*group.servers, server_id])
                 wrote = True
-            if time.monotonic() >= end:
+            if time.monotonic() >= end:  # pragma: no mutate - `>`: the clock has moved on by the next reading
                 raise DashboardUnreachable(f"group {group.name!r}: membership did not hold until the deadline "
                                            "(other clients keep replacing the member list)")
             self.sleep(self.rng.uniform(*JOIN_PAUSE))
@@ -344,10 +344,11 @@ def login(client: httpx.Client, base_url: str, username: str, password: str, dea
                        # pragma below: nothing reads a login failure's `ambiguous` (a retried login makes nothing);
                        # header names are any case
                        ambiguous=False, headers={"Content-Type": "application/json"},  # pragma: no mutate - see above
-                       content=json.dumps({"username": username, "password": password}).encode("utf-8"))
+                       content=json.dumps({"username": username, "password": password}).encode(
+                           "utf-8"))  # pragma: no mutate - "UTF-8" is the same codec
         value = json_body(answer.body)[1]
-        if answer.status == 200 and isinstance(value, dict) and str(value.get("error", "")).startswith(
-                "ApiErrorUnauthorized"):
+        error = value.get("error") if isinstance(value, dict) else None
+        if answer.status == 200 and isinstance(error, str) and error.startswith("ApiErrorUnauthorized"):
             raise TokenRefused(redact.ours(f"login: wrong username or password. {WAF_NOTE}"))
         return classify(answer, "login")
 
