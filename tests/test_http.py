@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import tempfile
+import threading
+import time
+from typing import Any
 
+import httpcore
 import httpx
 import pytest
 
@@ -100,3 +105,220 @@ def test_a_download_into_a_file_over_its_cap_is_refused() -> None:
     with download_client(hosts) as client, tempfile.TemporaryFile() as into:
         with pytest.raises(InstallerFailed, match="is larger than 1024 bytes; refusing it"):
             http.download(client, RELEASE, cap=1024, deadline=2, notify=nothing, what="download the zip", into=into)
+
+
+# --- one wall-clock budget per request: the bounded backend's parts, read back (issue 25's mutation run) -------
+
+class Inner:
+    """A stand-in for httpcore's stream and backend: records each call and the timeout it was given."""
+
+    def __init__(self, refuse: tuple[str, ...] = ()) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.refuse = refuse
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self.calls.append(("read", max_bytes, timeout))
+        return b"data"
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.calls.append(("write", buffer, timeout))
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        self.calls.append(("start_tls", ssl_context, server_hostname, timeout))
+        return "tls stream"
+
+    def get_extra_info(self, info: str) -> Any:
+        self.calls.append(("get_extra_info", info))
+        return "extra"
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> Any:
+        self.calls.append(("connect_tcp", host, port, timeout, local_address, socket_options))
+        if host in self.refuse:
+            raise httpcore.ConnectError(f"{host} refused")
+        return f"stream to {host}"
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> Any:
+        self.calls.append(("connect_unix_socket", path, timeout, socket_options))
+        return "unix stream"
+
+    def sleep(self, seconds: float) -> None:
+        self.calls.append(("sleep", seconds))
+
+
+def test_without_a_budget_a_timeout_is_left_as_it_is() -> None:
+    assert (http._clip(5.0, TimeoutError), http._clip(None, TimeoutError)) == (5.0, None)
+
+
+def test_a_budget_shortens_a_timeout_to_what_is_left_and_never_lengthens_it() -> None:
+    with http.within(time.monotonic() + 100):
+        assert http._clip(5.0, TimeoutError) == 5.0
+        assert 90 < http._clip(500.0, TimeoutError) <= 100  # type: ignore[operator]
+        assert 90 < http._clip(None, TimeoutError) <= 100  # type: ignore[operator]
+        with http.within(time.monotonic() + 1000):  # an inner, later deadline does not extend the outer one
+            assert http._clip(None, TimeoutError) <= 100  # type: ignore[operator]
+        with http.within(time.monotonic() - 1):
+            with pytest.raises(httpcore.ReadTimeout, match="^the time for this request ran out$"):
+                http._clip(5.0, httpcore.ReadTimeout)
+        assert http._clip(None, TimeoutError) is not None  # the outer budget is back
+    assert http._clip(None, TimeoutError) is None
+
+
+def test_a_budget_that_ends_exactly_now_has_nothing_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "monotonic", lambda: 50.0)
+    with http.within(50.0), pytest.raises(TimeoutError):
+        http._clip(5.0, TimeoutError)
+
+
+def test_resolve_gives_each_address_once_in_the_resolvers_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = []
+
+    def getaddrinfo(host: str, port: int, type: int) -> list[tuple[Any, ...]]:
+        asked.append((host, port, type))
+        return [(0, 0, 0, "", ("2001:db8::1", port, 0, 0)), (0, 0, 0, "", ("192.0.2.1", port)),
+                (0, 0, 0, "", ("2001:db8::1", port, 0, 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    assert http.resolve("dash.test", 443) == ["2001:db8::1", "192.0.2.1"]
+    assert asked == [("dash.test", 443, socket.SOCK_STREAM)]
+
+
+def test_an_address_is_not_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(host: str, port: int) -> list[str]:
+        raise AssertionError("an address needs no resolver")
+
+    monkeypatch.setattr(http, "resolve", never)
+
+    assert http.resolve_within("2001:db8::1", 443, 1.0) == ["2001:db8::1"]
+    assert http.resolve_within("192.0.2.1", 443, 1.0) == ["192.0.2.1"]
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    (["192.0.2.1", "192.0.2.2"], None),
+    (OSError("Name or service not known"), "cannot resolve dash.test: Name or service not known"),
+    ([], "cannot resolve dash.test: no address"),
+])
+def test_a_name_is_resolved_in_a_helper_thread(monkeypatch: pytest.MonkeyPatch, answer: Any,
+                                               message: str | None) -> None:
+    threads = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        threads.append((threading.current_thread().name, host, port))
+        if isinstance(answer, Exception):
+            raise answer
+        return list(answer)
+
+    monkeypatch.setattr(http, "resolve", resolver)
+
+    if message is None:
+        assert http.resolve_within("dash.test", 443, 30.0) == answer
+    else:
+        with pytest.raises(httpcore.ConnectError) as failed:
+            http.resolve_within("dash.test", 443, 30.0)
+        assert str(failed.value) == message
+    assert threads == [("resolve dash.test", "dash.test", 443)]
+
+
+def test_a_name_that_does_not_resolve_in_time_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+
+    def silent(host: str, port: int) -> list[str]:
+        release.wait(30)
+        return ["192.0.2.1"]
+
+    monkeypatch.setattr(http, "resolve", silent)
+    try:
+        with pytest.raises(httpcore.ConnectTimeout) as late:
+            http.resolve_within("dash.test", 443, 0.2)
+    finally:
+        release.set()  # the resolver never answers before this: the timeout is certain
+
+    assert str(late.value) == "the name dash.test did not resolve within 0.2 s"
+
+
+def test_a_bounded_stream_passes_each_call_on_with_its_timeout() -> None:
+    inner = Inner()
+    stream = http.BoundedStream(inner)  # type: ignore[arg-type]
+
+    assert stream.read(10, 5.0) == b"data"
+    assert stream.write(b"x", 6.0) is None
+    tls = stream.start_tls("context", "dash.test", 7.0)  # type: ignore[arg-type]
+    assert stream.get_extra_info("ssl_object") == "extra"
+    stream.close()
+
+    assert isinstance(tls, http.BoundedStream) and tls.stream == "tls stream"
+    assert inner.calls == [("read", 10, 5.0), ("write", b"x", 6.0), ("start_tls", "context", "dash.test", 7.0),
+                           ("get_extra_info", "ssl_object"), ("close",)]
+
+
+@pytest.mark.parametrize(("step", "error"), [
+    (lambda stream: stream.read(10, 5.0), httpcore.ReadTimeout),
+    (lambda stream: stream.write(b"x", 5.0), httpcore.WriteTimeout),
+    (lambda stream: stream.start_tls("context", "dash.test", 5.0), httpcore.ConnectTimeout),
+])
+def test_a_bounded_stream_step_after_the_budget_is_a_timeout_of_its_kind(step: Any, error: type[Exception]) -> None:
+    inner = Inner()
+    with http.within(time.monotonic() - 1), pytest.raises(error):
+        step(http.BoundedStream(inner))  # type: ignore[arg-type]
+    assert inner.calls == []
+
+
+def backend(monkeypatch: pytest.MonkeyPatch, inner: Inner, addresses: list[str]) -> http.BoundedBackend:
+    monkeypatch.setattr(http, "resolve", lambda host, port: list(addresses))
+    made = http.BoundedBackend()
+    made.backend = inner  # type: ignore[assignment]
+    return made
+
+
+def test_the_backend_connects_to_each_resolved_address_until_one_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = Inner(refuse=("2001:db8::1",))
+
+    stream = backend(monkeypatch, inner, ["2001:db8::1", "192.0.2.1", "192.0.2.2"]).connect_tcp(
+        "dash.test", 443, 5.0, "192.0.2.9", ["option"])
+
+    assert isinstance(stream, http.BoundedStream) and stream.stream == "stream to 192.0.2.1"
+    assert inner.calls == [("connect_tcp", "2001:db8::1", 443, 5.0, "192.0.2.9", ["option"]),
+                           ("connect_tcp", "192.0.2.1", 443, 5.0, "192.0.2.9", ["option"])]
+
+
+def test_the_backend_raises_the_last_refusal_when_no_address_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = Inner(refuse=("192.0.2.1", "192.0.2.2"))
+
+    with pytest.raises(httpcore.ConnectError, match="^192.0.2.2 refused$"):
+        backend(monkeypatch, inner, ["192.0.2.1", "192.0.2.2"]).connect_tcp("dash.test", 443, 5.0)
+
+
+def test_the_backends_resolution_and_connect_keep_to_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = Inner()
+    made = backend(monkeypatch, inner, ["192.0.2.1"])
+    with http.within(time.monotonic() + 100):
+        made.connect_tcp("dash.test", 443, 500.0)
+        made.connect_unix_socket("/run/x.sock", 500.0, ["option"])
+    with http.within(time.monotonic() - 1), pytest.raises(httpcore.ConnectTimeout):
+        made.connect_tcp("dash.test", 443, 5.0)
+    made.sleep(0.5)
+
+    [(_, host, port, timeout, local, options), (_, path, unix_timeout, unix_options), sleep] = inner.calls
+    assert (host, port, local, options) == ("192.0.2.1", 443, None, None) and 90 < timeout <= 100
+    assert (path, unix_options, sleep) == ("/run/x.sock", ["option"], ("sleep", 0.5)) and 90 < unix_timeout <= 100
+
+
+def test_a_name_resolution_gets_what_is_left_of_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    given = []
+    monkeypatch.setattr(http, "resolve_within", lambda host, port, seconds: given.append(seconds) or ["192.0.2.1"])
+    made = http.BoundedBackend()
+    made.backend = Inner()  # type: ignore[assignment]
+
+    with http.within(time.monotonic() + 100):
+        made.connect_tcp("dash.test", 443, 500.0)
+    made.connect_tcp("dash.test", 443, None)
+
+    assert 90 < given[0] <= 100 and given[1] is None
+
+
+def test_a_new_bounded_backend_wraps_httpcores_own() -> None:
+    assert isinstance(http.BoundedBackend().backend, httpcore.SyncBackend)
