@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -826,3 +827,75 @@ def test_the_first_look_ends_when_every_refining_id_is_listed(fake: FakeV1, runn
 
     assert finder.first_look() is None
     assert finder.top == 505 and len(v2.answers) == 2
+
+
+def asked_ids(fake: FakeV1) -> list[list[int]]:
+    """The ids each look asked for (GET /api/v1/server?id=...), in order."""
+    return [[int(i) for i in parse_qs(j.query)["id"][0].split(",")] for j in fake.journal
+            if j.path == "/api/v1/server" and "id=" in j.query]
+
+
+def test_the_refining_look_asks_evenly_spaced_ids_above_the_highest_seen(fake: FakeV1, running: Running,
+                                                                         client: httpx.Client) -> None:
+    fleet(fake, 511)
+    _, finder = counting(client, running, fake, [0.0])
+
+    finder.first_look()
+
+    # 384 seen, 512 not: (512 - 384) / 12 -> 11 apart; 384 itself is asked again as the guard (an id that exists,
+    # so that an answer is never the whole list)
+    assert asked_ids(fake)[1] == [384, *range(395, 512, 11)]
+
+
+def test_a_look_again_asks_the_window_above_the_highest_id_without_the_ids_known_to_be_others(
+        fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    fleet(fake, 3)
+    _, finder = counting(client, running, fake, [0.0])
+    finder.first_look()
+
+    assert finder.look_again() is None
+
+    assert asked_ids(fake)[-1] == [3, *range(4, 3 + WINDOW + 1)]  # 1-2 are other servers' rows; 3 the guard
+
+
+def test_looks_go_on_at_once_while_each_fills_its_window(fake: FakeV1, running: Running,
+                                                         client: httpx.Client) -> None:
+    fleet(fake, 3)
+    _, finder = counting(client, running, fake, [0.0])
+    finder.first_look()
+    fleet(fake, WINDOW - LAG, first=4)  # ids 4-59 enroll: the next look's highest is exactly WINDOW - LAG higher
+    looks = len(asked_ids(fake))
+
+    assert finder.look_again() is None
+
+    assert asked_ids(fake)[looks:] == [[3, *range(4, 68)], [59, *range(60, 59 + WINDOW + 1)]]
+
+
+def test_a_look_that_finds_our_row_ends_the_looks_at_once(fake: FakeV1, running: Running,
+                                                          client: httpx.Client) -> None:
+    fleet(fake, 3)
+    _, finder = counting(client, running, fake, [0.0])
+    finder.first_look()
+    fleet(fake, WINDOW - LAG, first=4)
+    ours = join(running, fake)  # id 60: the look that finds it also fills its window
+    looks = len(asked_ids(fake))
+
+    assert finder.look_again()["id"] == ours  # type: ignore[index]
+    assert len(asked_ids(fake)) == looks + 1
+
+
+def test_the_whole_list_waits_for_its_time_counted_from_the_first_look_again(
+        fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    fleet(fake, 3)
+    clock = [100.0]
+    v2, finder = counting(client, running, fake, clock)
+    finder.first_look()
+
+    finder.look_again()
+    clock[0] = 100.0 + WHOLE_LIST_AFTER - 0.5
+    finder.look_again()
+    assert [whole for _, whole in v2.answers].count(True) == 0
+
+    clock[0] = 100.0 + WHOLE_LIST_AFTER
+    finder.look_again()
+    assert [whole for _, whole in v2.answers].count(True) == 1
