@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -13,7 +15,8 @@ import httpx
 import pytest
 
 from nezha_bootstrap import http
-from nezha_bootstrap.errors import InstallerFailed
+from nezha_bootstrap.errors import DashboardRefused, InstallerFailed
+from nezha_bootstrap.retry import Transient
 
 RELEASE = "https://release.test/v1/nezha-agent_linux_amd64.zip"
 
@@ -322,3 +325,78 @@ def test_a_name_resolution_gets_what_is_left_of_the_budget(monkeypatch: pytest.M
 
 def test_a_new_bounded_backend_wraps_httpcores_own() -> None:
     assert isinstance(http.BoundedBackend().backend, httpcore.SyncBackend)
+
+
+# --- what a TLS failure means (issue 25's mutation run) ------------------------------------------------------
+
+def verify_error(code: int, message: str) -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {message}")
+    error.verify_code, error.verify_message = code, message
+    return error
+
+
+def wrapped(error: BaseException) -> httpx.ConnectError:
+    """As httpx raises it: its own error, caused by httpcore's, caused by ssl's."""
+    try:
+        try:
+            raise error
+        except BaseException as inner:
+            raise httpcore.ConnectError(str(inner)) from inner
+    except httpcore.ConnectError as middle:
+        outer = httpx.ConnectError(str(middle))
+        outer.__cause__ = middle
+        return outer
+
+
+@pytest.mark.parametrize(("code", "said"), [(10, "has expired"), (9, "is not valid yet")])
+def test_a_certificate_out_of_its_dates_blames_the_clock_and_is_retried(code: int, said: str) -> None:
+    with pytest.raises(Transient) as caught:
+        http._raise_if_tls(wrapped(verify_error(code, f"certificate {said}")),
+                           "https://dash.test/api")
+
+    assert re.fullmatch(
+        rf"the TLS certificate of dash\.test {said} by this machine's clock \(local time "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+\); the clock looks wrong \(not synced with NTP yet\?\)",
+        caught.value.message)
+
+
+def test_a_certificate_refused_for_another_reason_is_refused_for_good_with_its_words() -> None:
+    with pytest.raises(DashboardRefused) as caught:
+        http._raise_if_tls(wrapped(verify_error(62, "Hostname mismatch, certificate is not valid for 'dash.test'.")),
+                           "https://dash.test/api")
+
+    assert str(caught.value) == (
+        "TLS verification of dash.test failed: Hostname mismatch, certificate is not valid for 'dash.test'.. If the "
+        "dashboard uses a certificate from a private CA, pass its PEM file with --ca-bundle (NEZHA_CA_BUNDLE); "
+        "if the host name does not match the certificate, use the name it was issued for")
+
+
+@pytest.mark.parametrize("cut", [
+    ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+    ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed"),
+    ConnectionResetError(104, "Connection reset by peer"),
+    ssl.SSLError(1, "[SSL: UNEXPECTED_EOF_WHILE_READING] unexpected eof while reading"),
+])
+def test_a_handshake_cut_short_is_left_to_the_caller_to_retry(cut: BaseException) -> None:
+    assert http._raise_if_tls(wrapped(cut), "https://dash.test/api") is None
+
+
+def test_another_handshake_failure_is_refused_with_its_reason() -> None:
+    failure = ssl.SSLError(1, "[SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 alert protocol version")
+
+    with pytest.raises(DashboardRefused) as caught:
+        http._raise_if_tls(wrapped(failure), "https://dash.test/api")
+
+    assert str(caught.value) == ("TLS handshake with dash.test failed: [SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 "
+                                 "alert protocol version")
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    ("https://dash.test/api", "dash.test:443"),
+    ("http://dash.test/api", "dash.test:80"),
+    ("https://dash.test:8443", "dash.test:8443"),
+    ("https://[2001:db8::1]/api", "[2001:db8::1]:443"),
+    ("http://[2001:db8::1]:8008", "[2001:db8::1]:8008"),
+])
+def test_host_port_names_where_a_connection_goes(url: str, named: str) -> None:
+    assert http.host_port(url) == named
