@@ -400,3 +400,25 @@ def test_another_handshake_failure_is_refused_with_its_reason() -> None:
 ])
 def test_host_port_names_where_a_connection_goes(url: str, named: str) -> None:
     assert http.host_port(url) == named
+
+
+def test_a_verify_failure_known_only_by_its_words_is_refused_for_good() -> None:
+    failure = ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate")
+
+    with pytest.raises(DashboardRefused) as caught:
+        http._raise_if_tls(wrapped(failure), "https://dash.test/api")
+
+    assert str(caught.value).startswith(
+        "TLS verification of dash.test failed: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+        "failed: self-signed certificate. If the dashboard uses a certificate from a private CA")
+
+
+def test_a_plain_http_answer_to_a_tls_hello_says_so() -> None:
+    failure = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    failure.reason = "WRONG_VERSION_NUMBER"
+
+    with pytest.raises(DashboardRefused) as caught:
+        http._raise_if_tls(wrapped(failure), "https://dash.test:8008/api")
+
+    assert str(caught.value) == ("dash.test:8008 speaks plain HTTP, not TLS: the dashboard URL says https. Use "
+                                 "http:// in --dashboard-url, or the port that serves TLS")
