@@ -688,13 +688,45 @@ def test_a_lost_group_create_adopts_the_new_group_never_an_older_one_or_another_
         [(older.id, "web"), (other.id, "db"), (group_id, "web")])
 
 
-def test_server_by_id_is_a_read_without_the_csrf_value() -> None:
-    recorder = Recorder(data=[{"id": 7}])
+@pytest.mark.parametrize("read", [
+    lambda v2: v2.server_by_id(7), lambda v2: v2.servers_with_ids([7]), lambda v2: v2.groups(),
+], ids=["server_by_id", "servers_with_ids", "groups"])
+def test_each_read_goes_without_the_csrf_value(read: Any) -> None:
+    recorder = Recorder(data=[])
 
-    mock_api(recorder, csrf="Csrf-S3cr3t").server_by_id(7)
+    read(mock_api(recorder, csrf="Csrf-S3cr3t"))
 
     [get] = recorder.requests
     assert get.method == "GET" and "x-csrf-token" not in get.headers
+
+
+def test_servers_with_ids_keeps_only_objects_with_an_integer_id_and_refuses_what_is_not_a_list() -> None:
+    assert mock_api(Recorder(data=[{"id": 1}, {"id": "2"}, "junk"])).servers_with_ids([1, 2]) == [{"id": 1}]
+    with pytest.raises(DashboardRefused) as refused:
+        mock_api(Recorder(data={"id": 1})).servers_with_ids([1])
+    assert str(refused.value) == "server list: the answer's data is not a list"
+
+
+def test_a_refused_group_list_says_so() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error": "not found"})
+
+    v2 = V2Api(make_client(transport=httpx.MockTransport(handler)), "http://dash.test", "PAT-S3cr3t")
+
+    with pytest.raises(DashboardRefused) as refused:
+        v2.groups()
+    assert str(refused.value) == "group list: HTTP 404: the URL does not point at a v1/v2 dashboard's API"
+
+
+def test_an_answer_that_is_the_whole_list_ends_the_first_look(fake: FakeV1, running: Running,
+                                                              client: httpx.Client) -> None:
+    fake.servers += [V1Server(i, f"fleet-{i}", str(uuid.uuid4()), 1) for i in (5, 7)]  # no sampled id exists
+    fake._next_id = 8
+    v2, finder = counting(client, running, fake, [0.0])
+
+    assert finder.first_look() is None
+
+    assert finder.listed_all is True and v2.answers == [(2, True)]
 
 
 def server_api(after: list[dict[str, Any]]) -> V2Api:
