@@ -374,3 +374,102 @@ def test_a_release_file_over_its_cap_exits_5_and_leaves_nothing(
 
 def files_under(root: Path) -> set[str]:
     return {str(path.relative_to(root)) for path in root.rglob("*") if not path.is_dir()}
+
+
+# --- drift: how the agent on disk differs from what the last install put there (issue 25's mutation run) -----
+
+CONFIG_TARGET = agent_mod.CONFIG_TARGET
+V0_UNIT = ('[Service]\nExecStart=/opt/nezha/agent/nezha-agent "-s" "dash.example.com:5555" "-p" "S3cretS3cret" '
+           '"--tls" "--disable-auto-update"\n')
+
+
+def installed(tmp_path: Path, unit: str | None = V0_UNIT, binary: bytes | None = b"\x7fELF", mode: int = 0o755,
+              openrc: str | None = None) -> Paths:
+    paths = Paths(tmp_path / "root")
+    paths.agent_dir.mkdir(parents=True)
+    if binary is not None:
+        paths.agent_binary.write_bytes(binary)
+        paths.agent_binary.chmod(mode)
+    if unit is not None:
+        paths.agent_unit.parent.mkdir(parents=True)
+        paths.agent_unit.write_text(unit)
+    if openrc is not None:
+        paths.agent_openrc.parent.mkdir(parents=True)
+        paths.agent_openrc.write_text(openrc)
+    return paths
+
+
+def v0_drift(paths: Paths, secret: str = "S3cretS3cret", server: str = "dash.example.com:5555", tls: bool = True,
+             flags: tuple[str, ...] | None = ("--disable-auto-update",)) -> list[str]:
+    return agent_mod.installed_drift(paths, secret, None, server, tls, flags)
+
+
+def test_an_agent_as_installed_has_no_drift(tmp_path: Path) -> None:
+    assert v0_drift(installed(tmp_path)) == []
+
+
+def test_each_v0_difference_is_named(tmp_path: Path) -> None:
+    paths = installed(tmp_path)
+
+    assert v0_drift(paths, server="other.example.com:5555") == [
+        "the unit's server is dash.example.com:5555, the install was for other.example.com:5555"]
+    assert v0_drift(paths, secret="Another1Secret") == ["the unit's secret is not the saved one"]
+    assert v0_drift(paths, tls=False) == ["the unit runs the agent with --tls, the install did not"]
+    assert v0_drift(paths, flags=("--disable-auto-update", "--skip-conn", "--skip-procs")) == [
+        "the unit lacks the agent flags --skip-conn --skip-procs"]
+    assert v0_drift(paths, flags=None) == []
+
+
+def test_a_v0_unit_without_server_or_tls_says_what_it_lacks(tmp_path: Path) -> None:
+    paths = installed(tmp_path, unit="[Service]\nExecStart=/opt/nezha/agent/nezha-agent\n")
+
+    assert v0_drift(paths, flags=None) == [
+        "the unit's server is missing, the install was for dash.example.com:5555",
+        "the unit's secret is not the saved one",
+        "the unit runs the agent without --tls, the install did not"]
+
+
+@pytest.mark.parametrize(("binary", "mode", "problem"), [
+    (None, 0o755, "is gone"), (b"", 0o755, "is empty"), (b"\x7fELF", 0o644, "is not executable"),
+])
+def test_a_binary_that_cannot_run_is_drift(tmp_path: Path, binary: bytes | None, mode: int, problem: str) -> None:
+    paths = installed(tmp_path, binary=binary, mode=mode)
+
+    assert v0_drift(paths) == [f"the agent binary {paths.agent_binary} {problem}"]
+
+
+def test_a_binary_that_is_a_directory_or_a_link_is_drift(tmp_path: Path) -> None:
+    paths = installed(tmp_path, binary=None)
+    paths.agent_binary.mkdir()
+    assert v0_drift(paths) == [f"the agent binary {paths.agent_binary} is not a regular file"]
+
+    paths.agent_binary.rmdir()
+    paths.agent_binary.symlink_to("/bin/sh")
+    assert v0_drift(paths) == [f"the agent binary {paths.agent_binary} is not a regular file"]
+
+
+def test_a_gone_unit_is_drift_beside_the_binary(tmp_path: Path) -> None:
+    paths = installed(tmp_path, unit=None, binary=None)
+
+    assert v0_drift(paths) == [f"the agent binary {paths.agent_binary} is gone", "the agent unit is gone"]
+
+
+def test_a_v0_init_script_is_not_parsed(tmp_path: Path) -> None:
+    assert v0_drift(installed(tmp_path, unit=None, openrc="#!/sbin/openrc-run\n")) == []
+
+
+@pytest.mark.parametrize(("unit", "openrc", "drift"), [
+    (f'[Service]\nExecStart=/opt/nezha/agent/nezha-agent "-c" "{CONFIG_TARGET}"\n', None, False),
+    ('[Service]\nExecStart=/opt/nezha/agent/nezha-agent "-c" "/elsewhere.yml"\n', None, True),
+    ("[Service]\n", None, True),
+    (None, f'#!/sbin/openrc-run\ncommand=/opt/nezha/agent/nezha-agent\ncommand_args="-c {CONFIG_TARGET} "\n', False),
+    (None, '#!/sbin/openrc-run\ncommand=/opt/nezha/agent/nezha-agent\ncommand_args="-c /elsewhere.yml "\n', True),
+])
+def test_a_v1_unit_or_init_script_must_run_the_agent_with_its_config(tmp_path: Path, unit: str | None,
+                                                                     openrc: str | None, drift: bool) -> None:
+    paths = installed(tmp_path, unit=unit, openrc=openrc)
+    where = paths.agent_unit if unit is not None else paths.agent_openrc
+
+    found = agent_mod.installed_drift(paths, "", "0000abcd-0f41-5a6b-9c7d-1e2f3a4b5c6d", "", True, None)
+
+    assert found == ([f"{where} does not run the agent with -c {CONFIG_TARGET}"] if drift else [])
