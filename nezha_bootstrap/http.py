@@ -519,8 +519,8 @@ def json_body(body: bytes) -> tuple[bool, Any]:
 
 
 def looks_html(answer: Answer) -> bool:
-    head = answer.body.lstrip()[:64].lower()
-    return "html" in answer.content_type.lower() or head.startswith((b"<!doctype", b"<html", b"<"))
+    # b"<" covers "<!doctype" and "<html" in any case: a JSON answer never starts with it
+    return "html" in answer.content_type.lower() or answer.body.lstrip().startswith(b"<")
 
 
 def check_status(what: str, status: int, *, location: str | None = None, retry_after: str | None = None) -> None:

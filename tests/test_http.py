@@ -422,3 +422,27 @@ def test_a_plain_http_answer_to_a_tls_hello_says_so() -> None:
 
     assert str(caught.value) == ("dash.test:8008 speaks plain HTTP, not TLS: the dashboard URL says https. Use "
                                  "http:// in --dashboard-url, or the port that serves TLS")
+
+
+@pytest.mark.parametrize(("content_type", "body", "html"), [
+    ("Text/HTML; charset=utf-8", b'{"success": true}', True),
+    ("application/json", b" \r\n\t<!DOCTYPE html><html>", True),
+    ("application/json", b"<HTML><body>502 Bad Gateway</body></HTML>", True),
+    ("", b"<", True),
+    ("application/json", b'{"error": "<html>"}', False),
+    ("text/plain", b"upstream error <html>", False),
+])
+def test_an_answer_looks_like_html_by_its_type_or_its_first_character(content_type: str, body: bytes,
+                                                                      html: bool) -> None:
+    assert http.looks_html(http.Answer(502, content_type, body)) is html
+
+
+def test_the_causes_of_an_error_follow_both_the_cause_and_the_context_once_each() -> None:
+    first = ValueError("first")
+    second = OSError("second")
+    second.__context__ = first  # raised while handling the first
+    third = RuntimeError("third")
+    third.__cause__ = second  # raised from the second
+    first.__context__ = third  # a loop: each error is listed once
+
+    assert http._causes(third) == [third, second, first]

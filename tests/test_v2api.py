@@ -931,3 +931,13 @@ def test_the_whole_list_waits_for_its_time_counted_from_the_first_look_again(
     clock[0] = 100.0 + WHOLE_LIST_AFTER
     finder.look_again()
     assert [whole for _, whole in v2.answers].count(True) == 1
+
+
+def test_groups_keep_only_groups_with_an_integer_id_and_their_integer_members() -> None:
+    recorder = Recorder(data=[{"group": {"id": 1, "name": "web"}, "servers": [2, "x", 1]}, {"group": {"id": "2"}},
+                              "junk", {"group": "x"}, {"group": {"id": 3}, "servers": None}])
+
+    assert mock_api(recorder).groups() == [Group(1, "web", frozenset([1, 2])), Group(3, "", frozenset())]
+    with pytest.raises(DashboardRefused) as refused:
+        mock_api(Recorder(data={"group": {"id": 1}})).groups()
+    assert str(refused.value) == "group list: the answer's data is not a list"
