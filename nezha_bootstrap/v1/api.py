@@ -151,9 +151,9 @@ class V2Api:
 
     def _send(self, method: str, path: str, seconds_left: float, body: Any = None,
               params: dict[str, str] | None = None) -> Answer:
-        headers = {"Authorization": f"Bearer {self.token}"}
+        headers = {"Authorization": f"Bearer {self.token}"}  # pragma: no mutate - header names are any case
         if self.csrf and method != "GET":
-            headers["X-CSRF-Token"] = self.csrf
+            headers["X-CSRF-Token"] = self.csrf  # pragma: no mutate - header names are any case
         extra: dict[str, Any] = {"headers": headers, "params": params}
         if body is not None:
             extra["content"] = json.dumps(body, ensure_ascii=False).encode("utf-8")
