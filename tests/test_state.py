@@ -550,3 +550,22 @@ def test_the_time_a_record_was_kept_aside_is_compared_in_utc_whatever_the_local_
         time.tzset()
 
     assert found == []  # kept aside before the registration: its local time (06:13 the next day) is no matter
+
+
+def test_an_unreadable_pending_record_that_cannot_be_kept_aside_says_what_to_do_by_hand(
+        paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths.state_dir.mkdir(parents=True)
+    paths.pending_file.write_text("{broken")
+
+    def read_only(source: object, target: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only)
+    with pytest.raises(StateError) as caught:
+        state_mod.load_pending(paths, move_aside=True)
+
+    assert str(caught.value) == (
+        f"{paths.pending_file} records a registration an earlier run did not finish, but it is unreadable; look in "
+        "the dashboard for a server named like this node that never connected, delete it, then remove that file "
+        "and run again")
+    assert paths.pending_file.read_text() == "{broken"
