@@ -949,3 +949,16 @@ def test_groups_keep_only_groups_with_an_integer_id_and_their_integer_members() 
     with pytest.raises(DashboardRefused) as refused:
         mock_api(Recorder(data={"group": {"id": 1}})).groups()
     assert str(refused.value) == "group list: the answer's data is not a list"
+
+
+def test_classify_names_what_was_asked_when_the_answer_is_too_large_or_went_around_the_proxy() -> None:
+    with pytest.raises(DashboardRefused) as large:
+        classify(Answer(200, "application/json", b"[" * 10, truncated=True), "server list")
+    assert str(large.value) == (
+        f"server list: the answer (HTTP 200) is larger than {64 * 64 * 1024} bytes; this is not the dashboard's "
+        "answer (a proxy or portal?); only the first bytes were read")
+
+    with pytest.raises(DashboardRefused) as around:
+        classify(Answer(200, "application/json", b'{"error": "real ip header not found"}'), "server list")
+    assert str(around.value) == ("server list: the dashboard expects a real-IP header from its reverse proxy and "
+                                 "was reached around that proxy; use the proxied URL")

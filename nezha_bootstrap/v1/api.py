@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
 
 LIST_CAP = ANSWER_CAP * 64  # thousands of servers
+READ_ONLY_METHOD = "GET"  # a lost answer to any other request may have changed something (Transient.ambiguous)
 SCOPE_PROBE = "/api/v1/server/nezha-bootstrap-scope-check"  # no server id: a write there can change nothing
 # The eight fields PATCH /api/v1/server/:id overwrites; one left out is reset (name to empty, DDNS off).
 FORM_DEFAULTS: dict[str, Any] = {
@@ -156,10 +157,12 @@ class V2Api:
             headers["X-CSRF-Token"] = self.csrf  # pragma: no mutate - header names are any case
         extra: dict[str, Any] = {"headers": headers, "params": params}
         if body is not None:
-            extra["content"] = json.dumps(body, ensure_ascii=False).encode("utf-8")
-            headers["Content-Type"] = "application/json"
+            extra["content"] = json.dumps(body,
+                                          ensure_ascii=False,  # pragma: no mutate - None is as false as False
+                                          ).encode()  # UTF-8
+            headers["Content-Type"] = "application/json"  # pragma: no mutate - header names are any case
         return fetch(self.client, method, f"{self.base_url}{path}", seconds_left=seconds_left, cap=LIST_CAP,
-                     ambiguous=method != "GET", **extra)
+                     ambiguous=method != READ_ONLY_METHOD, **extra)
 
     # --- scopes -----------------------------------------------------------------------------------
     def prove_write_scope(self) -> None:
