@@ -473,3 +473,10 @@ def test_a_v1_unit_or_init_script_must_run_the_agent_with_its_config(tmp_path: P
     found = agent_mod.installed_drift(paths, "", "0000abcd-0f41-5a6b-9c7d-1e2f3a4b5c6d", "", True, None)
 
     assert found == ([f"{where} does not run the agent with -c {CONFIG_TARGET}"] if drift else [])
+
+
+def test_a_v0_unit_with_the_long_flag_names_is_read_the_same(tmp_path: Path) -> None:
+    paths = installed(tmp_path, unit='[Service]\nExecStart=/opt/nezha/agent/nezha-agent "--server" '
+                                     '"dash.example.com:5555" "--password" "S3cretS3cret" "--tls"\n')
+
+    assert v0_drift(paths, flags=None) == []
