@@ -318,9 +318,10 @@ def test_a_name_resolution_gets_what_is_left_of_the_budget(monkeypatch: pytest.M
 
     with http.within(time.monotonic() + 100):
         made.connect_tcp("dash.test", 443, 500.0)
+        made.connect_tcp("dash.test", 443, 5.0)
     made.connect_tcp("dash.test", 443, None)
 
-    assert 90 < given[0] <= 100 and given[1] is None
+    assert 90 < given[0] <= 100 and given[1:] == [5.0, None]
 
 
 def test_a_new_bounded_backend_wraps_httpcores_own() -> None:

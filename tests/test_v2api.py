@@ -636,6 +636,19 @@ def test_a_refused_call_names_what_it_did(call: Any, what: str) -> None:
     assert str(refused.value) == f"{what}: HTTP 404: the URL does not point at a v1/v2 dashboard's API"
 
 
+def test_a_scope_check_that_never_gets_an_answer_gives_up_naming_it() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503)
+
+    v2 = V2Api(make_client(transport=httpx.MockTransport(handler)), "http://dash.test", "PAT-S3cr3t",
+               deadline=0.3, sleep=lambda s: None)
+
+    with pytest.raises(DashboardUnreachable) as gave_up:
+        v2.prove_write_scope()
+
+    assert str(gave_up.value).startswith("scope check: ")  # the rest says how it ended (HTTP 503, or time)
+
+
 def test_a_group_create_that_never_gets_an_answer_gives_up_naming_it() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
