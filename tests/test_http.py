@@ -336,6 +336,13 @@ def verify_error(code: int, message: str) -> ssl.SSLCertVerificationError:
     return error
 
 
+def ssl_error(reason: str, text: str) -> ssl.SSLError:
+    """An ssl.SSLError as the ssl module raises it: with OpenSSL's reason (one built by hand has none)."""
+    error = ssl.SSLError(1, text)
+    error.reason = reason
+    return error
+
+
 def wrapped(error: BaseException) -> httpx.ConnectError:
     """As httpx raises it: its own error, caused by httpcore's, caused by ssl's."""
     try:
@@ -376,14 +383,15 @@ def test_a_certificate_refused_for_another_reason_is_refused_for_good_with_its_w
     ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
     ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed"),
     ConnectionResetError(104, "Connection reset by peer"),
-    ssl.SSLError(1, "[SSL: UNEXPECTED_EOF_WHILE_READING] unexpected eof while reading"),
+    ssl_error("UNEXPECTED_EOF_WHILE_READING", "[SSL: UNEXPECTED_EOF_WHILE_READING] unexpected eof while reading"),
 ])
 def test_a_handshake_cut_short_is_left_to_the_caller_to_retry(cut: BaseException) -> None:
     assert http._raise_if_tls(wrapped(cut), "https://dash.test/api") is None
 
 
 def test_another_handshake_failure_is_refused_with_its_reason() -> None:
-    failure = ssl.SSLError(1, "[SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 alert protocol version")
+    failure = ssl_error("TLSV1_ALERT_PROTOCOL_VERSION",
+                        "[SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 alert protocol version")
 
     with pytest.raises(DashboardRefused) as caught:
         http._raise_if_tls(wrapped(failure), "https://dash.test/api")
@@ -403,8 +411,9 @@ def test_host_port_names_where_a_connection_goes(url: str, named: str) -> None:
     assert http.host_port(url) == named
 
 
-def test_a_verify_failure_known_only_by_its_words_is_refused_for_good() -> None:
-    failure = ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate")
+def test_a_verify_failure_known_only_by_its_reason_is_refused_for_good() -> None:
+    failure = ssl_error("CERTIFICATE_VERIFY_FAILED",
+                        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate")
 
     with pytest.raises(DashboardRefused) as caught:
         http._raise_if_tls(wrapped(failure), "https://dash.test/api")
@@ -415,8 +424,7 @@ def test_a_verify_failure_known_only_by_its_words_is_refused_for_good() -> None:
 
 
 def test_a_plain_http_answer_to_a_tls_hello_says_so() -> None:
-    failure = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
-    failure.reason = "WRONG_VERSION_NUMBER"
+    failure = ssl_error("WRONG_VERSION_NUMBER", "[SSL: WRONG_VERSION_NUMBER] wrong version number")
 
     with pytest.raises(DashboardRefused) as caught:
         http._raise_if_tls(wrapped(failure), "https://dash.test:8008/api")
