@@ -92,10 +92,31 @@ def repository_files() -> list[Path]:
 def test_the_templates_have_one_copy_the_packaged_one() -> None:
     packaged = {path.read_bytes(): path for path in TEMPLATES.iterdir()}
 
-    copies = [path for path in repository_files() if path.parent != TEMPLATES and path.stat().st_size < 1 << 20
-              and path.read_bytes() in packaged]
+    copies = [path for path in repository_files() if path.parent != TEMPLATES and not path.is_symlink()
+              and path.stat().st_size < 1 << 20 and path.read_bytes() in packaged]
 
     assert copies == []
+
+
+TOP_LEVEL = {
+    "systemd": {"nezha-bootstrap.service", "nezha-bootstrap.env", "nezha-bootstrap-fetch.conf",
+                "nezha-bootstrap-launcher"},
+    "cloud-init": {"cloud-init-full.yaml", "cloud-init-minimal.yaml", "cloud-init-pyz.yaml", "nezha-bootstrap-fetch"},
+}
+
+
+@pytest.mark.parametrize("folder", sorted(TOP_LEVEL))
+def test_the_top_level_folders_are_links_to_the_packaged_templates(folder: str) -> None:
+    """systemd/ and cloud-init/ are where an operator looks first; each entry points into the package."""
+    entries = sorted((REPO / folder).iterdir())
+
+    assert entries, f"{folder}/ is empty"
+    for entry in entries:
+        assert entry.is_symlink(), f"{entry} is a copy, not a link to the packaged template"
+        assert entry.resolve().parent == TEMPLATES.resolve(), f"{entry} points outside the packaged templates"
+        assert entry.resolve().is_file(), f"{entry} is a broken link"
+    names = {entry.name for entry in entries}
+    assert names == TOP_LEVEL[folder]
 
 
 def test_every_packaged_template_is_one_render_uses() -> None:
