@@ -14,8 +14,8 @@ from click.core import ParameterSource
 from nezha_bootstrap import __version__, interrupts, redact
 from nezha_bootstrap.config import display_url
 from nezha_bootstrap.errors import EXIT_CODES, BootstrapError, InternalError, SettingsError
-from nezha_bootstrap.firstboot.render import KINDS as RENDER_KINDS
-from nezha_bootstrap.firstboot.render import USER_DATA_LIMIT
+from nezha_bootstrap.firstboot import KINDS as RENDER_KINDS
+from nezha_bootstrap.firstboot import USER_DATA_LIMIT
 from nezha_bootstrap.options import (
     INSTALL_OPTIONS,
     SET_BY_USER,

@@ -489,6 +489,35 @@ def test_a_run_skips_what_httpx_loads_for_its_own_cli_and_async_clients(cli: Cli
     assert json.loads(done.stdout.splitlines()[-1]) == [0, ["httpx"]], done.stderr
 
 
+OTHER_COMMANDS_PROBE = """
+import json, sys
+from nezha_bootstrap.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps([code, sorted(name for name in sys.modules if name.startswith("nezha_bootstrap."))]))
+"""
+
+# Modules only other commands use: `run` (every start of a node) does not pay for their import.
+NOT_FOR_RUN = ("nezha_bootstrap.firstboot.render", "nezha_bootstrap.firstboot.service",
+               "nezha_bootstrap.firstboot.zipapp", "nezha_bootstrap.fleet", "nezha_bootstrap.bundle",
+               "nezha_bootstrap.status", "nezha_bootstrap.demo", "nezha_bootstrap.testing",
+               "nezha_bootstrap.handshake", "nezha_bootstrap.checks", "nezha_bootstrap.v1")
+
+
+@pytest.mark.integration
+def test_a_run_loads_no_module_of_the_other_commands(cli: Cli) -> None:
+    settings = {key: value for key, value in cli.env().items() if value is not None}
+    done = subprocess.run([sys.executable, "-c", OTHER_COMMANDS_PROBE, "run", "-q"], env={**os.environ, **settings},
+                          capture_output=True, text=True, timeout=60)
+
+    code, loaded = json.loads(done.stdout.splitlines()[-1])
+    assert code == 0, done.stderr
+    assert "nezha_bootstrap.v0.flow" in loaded  # the probe saw a real run
+    assert [name for name in loaded if name.startswith(NOT_FOR_RUN)] == []
+
+
 @pytest.mark.integration
 def test_an_ip_in_the_name_is_still_filled_in(cli: Cli) -> None:
     from nezha_bootstrap.facts import primary_ipv4

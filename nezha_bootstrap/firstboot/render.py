@@ -19,11 +19,12 @@ from collections.abc import Mapping, Sequence
 from typing import Union
 
 from nezha_bootstrap.config import has_control_chars, is_loopback_literal
+from nezha_bootstrap.firstboot import KINDS as KINDS
+from nezha_bootstrap.firstboot import USER_DATA_LIMIT as USER_DATA_LIMIT
 
 UNIT_NAME = "nezha-bootstrap.service"
 TOOL = "/opt/nezha-bootstrap/bin/nezha-bootstrap"  # where cloud-init installs it; the unit's ExecStart
 UNIT_START_TIMEOUT = 20 * 60  # the unit's TimeoutStartSec=20min
-KINDS = ("cloud-init", "cloud-init-minimal", "systemd", "env")
 TEMPLATES = {
     "systemd": "nezha-bootstrap.service",
     "env": "nezha-bootstrap.env",
@@ -41,7 +42,6 @@ _YAML_PLACEHOLDER_RE = re.compile(r'"@([A-Z_]+)@"')
 _SETTINGS_LINE = "@SETTINGS@\n"
 _ENV_ESCAPED = '"\\`$'  # the characters a backslash escapes inside systemd's (and sh's) double quotes
 _SHORT_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-USER_DATA_LIMIT = 16384  # EC2's limit on user-data (before base64); other clouds allow as much or more
 MAX_CA_BYTES = USER_DATA_LIMIT  # a larger --ca-file could never fit
 _PEM_BLOCK_RE = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
