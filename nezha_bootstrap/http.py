@@ -461,14 +461,14 @@ def _raise_if_tls(exc: Exception, url: str) -> None:
         ) from exc
     if verify is None and any(_handshake_cut(c) for c in chain):
         return  # the caller raises Transient
-    if verify is not None or any(c.reason == "CERTIFICATE_VERIFY_FAILED" for c in chain if isinstance(c, ssl.SSLError)):
+    if verify is not None or any(_ssl_reason(c) == "CERTIFICATE_VERIFY_FAILED" for c in chain):
         detail = getattr(verify, "verify_message", None) or _reason(exc)
         raise TLSRefused(
             f"TLS verification of {host_of(url)} failed: {detail}. If the dashboard uses a "
             "certificate from a private CA, pass its PEM file with --ca-bundle (NEZHA_CA_BUNDLE); "
             "if the host name does not match the certificate, use the name it was issued for"
         ) from exc
-    if any(getattr(c, "reason", None) in PLAIN_REASONS for c in chain if isinstance(c, ssl.SSLError)):
+    if any(_ssl_reason(c) in PLAIN_REASONS for c in chain):
         raise TLSRefused(
             f"{host_port(url)} speaks plain HTTP, not TLS: the dashboard URL says https. Use http:// in "
             "--dashboard-url, or the port that serves TLS"
@@ -481,7 +481,12 @@ def _handshake_cut(error: BaseException) -> bool:
     # EOF or a reset in the middle of the handshake: the peer went away, it did not refuse us.
     if isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError)):
         return True
-    return isinstance(error, ssl.SSLError) and error.reason in CUT_REASONS
+    return _ssl_reason(error) in CUT_REASONS
+
+
+def _ssl_reason(error: BaseException) -> str | None:
+    """OpenSSL's reason of an ssl.SSLError (None for another error, or an SSLError built without one)."""
+    return getattr(error, "reason", None) if isinstance(error, ssl.SSLError) else None
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

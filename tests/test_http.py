@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from nezha_bootstrap import http
-from nezha_bootstrap.errors import DashboardRefused, InstallerFailed
+from nezha_bootstrap.errors import DashboardRefused, InstallerFailed, TLSRefused
 from nezha_bootstrap.retry import Transient
 
 RELEASE = "https://release.test/v1/nezha-agent_linux_amd64.zip"
@@ -387,6 +387,12 @@ def test_a_certificate_refused_for_another_reason_is_refused_for_good_with_its_w
 ])
 def test_a_handshake_cut_short_is_left_to_the_caller_to_retry(cut: BaseException) -> None:
     assert http._raise_if_tls(wrapped(cut), "https://dash.test/api") is None
+
+
+def test_an_ssl_error_without_openssl_reason_is_refused_not_a_crash() -> None:
+    # ssl.SSLError built without OpenSSL's reason (by hand, or by some CPython paths) has no .reason
+    with pytest.raises(TLSRefused, match=r"^TLS handshake with dash\.test failed: .*handshake went wrong"):
+        http._raise_if_tls(wrapped(ssl.SSLError("handshake went wrong")), "https://dash.test/api")
 
 
 def test_another_handshake_failure_is_refused_with_its_reason() -> None:
