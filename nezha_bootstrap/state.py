@@ -239,6 +239,7 @@ def damaged_since(paths: Paths, registered_at: str | None) -> list[Path]:
         return []
     found = []
     for name in names:
+        # the pragma hides the line's other mutants too: "XX.corrupt-XX" and `= None` fail test_state (by hand)
         stem, _, stamp = name.rpartition(".corrupt-")  # pragma: no mutate - partition skips the same names
         if stem not in ("state.json", "pending.json") or not stamp.isdigit():
             continue
@@ -283,6 +284,8 @@ def check_room(paths: Paths) -> None:
 def read_nofollow(path: Path, root: Path = HOST) -> bytes:
     """The bytes of `path`, read confined to `root` (paths.read_under), never through a symbolic link as its
     last component (ELOOP then) and only from a regular file (a FIFO is refused, never waited on)."""
+    # the pragma hides the line's other mutants too: follow_last=True and the keyword dropped fail
+    # test_state (applied by hand)
     return read_under(root, path, follow_last=False)  # pragma: no mutate - None is as false as False
 
 
