@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,57 @@ def test_a_read_gives_at_most_cap_bytes_and_the_file_from_its_start(tmp_path: Pa
     (tmp_path / "file").write_bytes(data)
 
     assert read_under(tmp_path, tmp_path / "file", cap=cap) == data[:cap]
+
+
+def test_a_read_through_a_link_climbing_above_the_root_stays_inside_it(tmp_path: Path) -> None:
+    root = tmp_path / "image"
+    (root / "outside").mkdir(parents=True)
+    (root / "outside/secret").write_text("the image's")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside/secret").write_text("the host's")
+    link(root, "a/b/l", "../../../outside/secret")  # one `..` more than the root has above a/b
+
+    assert read_under(root, root / "a/b/l") == b"the image's"
+
+
+def test_a_read_through_a_link_loop_ends_in_eloop_naming_the_path(tmp_path: Path) -> None:
+    link(tmp_path, "a", "b")
+    link(tmp_path, "b", "a")
+    ended: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_under(tmp_path, tmp_path / "a/x")
+        except BaseException as exc:  # handed to the test thread
+            ended.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)  # a loop that were followed for ever would still be running
+
+    assert not reader.is_alive()
+    assert [(type(e), e.errno, e.strerror, e.filename) for e in ended if isinstance(e, OSError)] == [
+        (OSError, errno.ELOOP, "too many levels of symbolic links", str(tmp_path / "a/x"))]
+
+
+def test_a_file_where_a_directory_is_needed_is_refused_as_not_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "etc").write_text("a file, not a directory")
+
+    with pytest.raises(NotADirectoryError):
+        read_under(tmp_path, tmp_path / "etc/machine-id")
+    with pytest.raises(NotADirectoryError):
+        private_dir_under(tmp_path, tmp_path / "etc")
+
+
+def test_the_directories_made_on_the_way_to_a_private_one_are_0700_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        private_dir_under(tmp_path, tmp_path / "var/lib/nezha-bootstrap")
+    finally:
+        os.umask(old)
+
+    assert [stat.S_IMODE((tmp_path / d).stat().st_mode) for d in ("var", "var/lib", "var/lib/nezha-bootstrap")] == [
+        0o700, 0o700, 0o700]
 
 
 def test_a_read_of_a_file_in_a_missing_directory_creates_nothing(tmp_path: Path) -> None:
