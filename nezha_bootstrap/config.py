@@ -87,7 +87,7 @@ class Settings:
     """Raw values as click resolved them from flags, environment and defaults."""
 
     dashboard_url: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     token_source: str | None = None  # NEZHA_TOKEN, --token or --token-file PATH: named in messages
     probe_address: str | None = None
     probe_port: str | int | None = DEFAULT_PROBE_PORT

@@ -204,6 +204,13 @@ def test_a_token_from_the_flag_is_warned_about_and_kept_out_of_repr() -> None:
     assert TOKEN not in repr(validated)
 
 
+def test_the_raw_settings_keep_the_token_out_of_repr_too() -> None:
+    settings = Settings(dashboard_url="https://dash.test", token=TOKEN)
+
+    assert settings.token == TOKEN
+    assert TOKEN not in repr(settings)
+
+
 def test_a_token_from_the_environment_gives_no_warning() -> None:
     assert validate().warnings == ()
 
