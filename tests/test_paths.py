@@ -308,6 +308,19 @@ def test_a_read_through_a_link_loop_ends_in_eloop_naming_the_path(tmp_path: Path
         (OSError, errno.ELOOP, "too many levels of symbolic links", str(tmp_path / "a/x"))]
 
 
+def test_a_read_follows_as_many_links_as_the_kernel_and_refuses_one_more(tmp_path: Path) -> None:
+    within, beyond = tmp_path / "within", tmp_path / "beyond"
+    for root, hops in ((within, MAX_LINKS), (beyond, MAX_LINKS + 1)):
+        root.mkdir()
+        chain(root, hops)
+        (root / "end/x").write_text("reached")
+
+    assert read_under(within, within / "l0/x") == b"reached"
+    with pytest.raises(OSError) as refused:
+        read_under(beyond, beyond / "l0/x")
+    assert refused.value.errno == errno.ELOOP
+
+
 def test_a_file_where_a_directory_is_needed_is_refused_as_not_a_directory(tmp_path: Path) -> None:
     (tmp_path / "etc").write_text("a file, not a directory")
 
