@@ -1,4 +1,4 @@
-from nezha_bootstrap.cli import main
+from nezha_bootstrap.cli import start
 
 if __name__ == "__main__":
-    main()
+    start()

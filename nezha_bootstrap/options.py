@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -40,8 +39,7 @@ from nezha_bootstrap.report import Reporter
 
 if TYPE_CHECKING:
     from nezha_bootstrap.bundle import Bundle
-    from nezha_bootstrap.fleet.manifest import Manifest
-    from nezha_bootstrap.fleet.session import Credentials
+    from nezha_bootstrap.fleet.session import ReconcileTarget  # there: `run` does not load its class
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -416,24 +414,13 @@ def setting_text(value: Any) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
-class ReconcileTarget:
-    """`reconcile`'s validated inputs: where, with which credentials, and the manifest."""
-
-    url: str
-    deadline: float
-    ca_bundle: Path | None
-    credentials: Credentials
-    manifest: Manifest
-
-
 def reconcile_target(ctx: click.Context, params: dict[str, Any], manifest_path: str, username: str | None,
                      password_file: str | None, reporter: Reporter) -> ReconcileTarget:
     """click's values of `reconcile`, checked together (exit 2 lists every problem); the password is
     asked for (not echoed) when a login has no --password-file."""
     from nezha_bootstrap.config import check_target
     from nezha_bootstrap.fleet.manifest import load
-    from nezha_bootstrap.fleet.session import Credentials, credential_problems
+    from nezha_bootstrap.fleet.session import Credentials, ReconcileTarget, credential_problems
     from nezha_bootstrap.http import ca_bundle_problem
 
     problems: list[str] = []

@@ -10,6 +10,7 @@ replaced or removed as itself, and the writers open files with O_NOFOLLOW).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ class Paths:
         """A directory of the target system under root, resolved through its last component."""
         return self.under(absolute, follow_last=True)
 
-    @property
+    @functools.cached_property  # asked for every path (~40 a run): one resolve of the root is enough
     def is_host_root(self) -> bool:
         return self.root.resolve() == Path("/")
 

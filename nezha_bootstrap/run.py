@@ -22,7 +22,6 @@ from nezha_bootstrap.config import (
 )
 from nezha_bootstrap.errors import AnsweredAsV1, DashboardRefused, DashboardUnreachable, SettingsError
 from nezha_bootstrap.facts import Facts
-from nezha_bootstrap.generation import PROBES, Generation
 from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter, RunResult
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
 
     from nezha_bootstrap.checks import CheckResult
+    from nezha_bootstrap.generation import Generation  # below, where used: a plain v0 run never probes
 
 ClientFactory = Callable[[], "httpx.Client"]
 
@@ -105,6 +105,7 @@ def _probe_after_v1_answer(config: Config, refused: DashboardRefused, clients: _
 
 def _run_v1(this: ThisNode, generation: Generation, saved: State | None, clients: _Clients, *,
             dry_run: bool) -> RunResult:
+    from nezha_bootstrap.generation import Generation
     from nezha_bootstrap.v1 import flow as v1_flow
 
     token_mode = token_names_server(this.config, generation)
@@ -144,6 +145,8 @@ class _Clients:
 
 def cached_generation(config: Config, saved: State | None) -> Generation | None:
     """The generation the state recorded for this dashboard URL, if any."""
+    from nezha_bootstrap.generation import Generation
+
     if saved is None or not same_dashboard(saved.dashboard_url, config.dashboard_url):
         return None
     if saved.generation:
@@ -163,6 +166,8 @@ def resolve_generation(config: Config, saved: State | None, client: ClientFactor
     where the probes saw v2.1+, whatever --dashboard says (a token sent to an older dashboard is one more
     failed credential for its WAF); a dry run sends nothing, so it trusts --dashboard v1.
     """
+    from nezha_bootstrap.generation import Generation
+
     if config.agent.generation == "v0":
         return Generation.V0
     cached = cached_generation(config, saved)
@@ -233,6 +238,8 @@ def check_v1_settings(config: Config, generation: Generation) -> None:
 
 def token_names_server(config: Config, generation: Generation) -> bool:
     """Whether an access token names the server; refuses one on a dashboard without access tokens."""
+    from nezha_bootstrap.generation import Generation
+
     if not is_access_token(config.token):
         return False
     if generation in (Generation.V0, Generation.V1_0, Generation.V1_5, Generation.V2_0):
@@ -245,6 +252,7 @@ def token_names_server(config: Config, generation: Generation) -> bool:
 
 def _unprobed_plan(this: ThisNode, saved: State | None) -> RunResult:
     """--dry-run before the generation is known: the probes, then what each generation would do."""
+    from nezha_bootstrap.generation import PROBES
     from nezha_bootstrap.v1 import flow as v1_flow
 
     config = this.config

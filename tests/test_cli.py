@@ -52,6 +52,65 @@ def test_python_dash_m_shows_the_help() -> None:
         assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE), command
 
 
+# --- the process ends at once (cli.start): all output written, the exit code kept --------------------
+
+def run_process(cli: Cli, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
+    """`python -m nezha_bootstrap ARGS` (cli.start, as the console command) with the output in pipes."""
+    settings = {**os.environ, **{key: value for key, value in cli.env(**env).items() if value is not None}}
+    for key in [key for key, value in cli.env(**env).items() if value is None]:
+        settings.pop(key, None)
+    return subprocess.run([sys.executable, "-m", "nezha_bootstrap", *args], env=settings, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.integration
+def test_a_process_ends_with_its_whole_output_written(cli: Cli) -> None:
+    # A pipe is block-buffered: without the flush before the process ends, this output would be lost.
+    done = run_process(cli, "run", "-v", "--json")
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "registered_and_installed"
+    assert "registering" in done.stderr
+
+
+@pytest.mark.integration
+def test_a_process_ends_with_the_commands_exit_code_and_its_error(cli: Cli) -> None:
+    done = run_process(cli, "run", "--dry-run", NEZHA_TOKEN=None, NEZHA_TOKEN_FILE=None)
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: "), done.stderr
+
+
+@pytest.mark.parametrize(("code", "status", "printed"), [
+    (None, 0, ""), (0, 0, ""), (2, 2, ""), (130, 130, ""), ("a message", 1, "a message\n"),
+])
+def test_the_exit_status_is_pythons_for_each_kind_of_exit_code(
+    code: object, status: int, printed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nezha_bootstrap.cli import exit_status
+
+    assert exit_status(code) == status
+    assert capsys.readouterr().err == printed
+
+
+class Unwritable:
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_output_that_cannot_be_written_ends_with_status_120_as_pythons_shutdown_would(
+    stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nezha_bootstrap.cli import flushed
+
+    assert flushed(0) == 0
+    monkeypatch.setattr(sys, stream, Unwritable())
+
+    assert flushed(0) == 120
+    assert flushed(2) == 120
+
+
 def test_no_command_prints_the_help_and_exits_0() -> None:
     outcome = make_runner().invoke(cli_main, [])
 
@@ -499,11 +558,13 @@ except SystemExit as exc:
 print(json.dumps([code, sorted(name for name in sys.modules if name.startswith("nezha_bootstrap."))]))
 """
 
-# Modules only other commands use: `run` (every start of a node) does not pay for their import.
+# Modules only other commands use: `run` (every start of a node) does not pay for their import. A plain v0
+# run (an API token, no v1/v2 setting) sends no generation probe, and install.sh needs no v0/direct.py.
 NOT_FOR_RUN = ("nezha_bootstrap.firstboot.render", "nezha_bootstrap.firstboot.service",
                "nezha_bootstrap.firstboot.zipapp", "nezha_bootstrap.fleet", "nezha_bootstrap.bundle",
                "nezha_bootstrap.status", "nezha_bootstrap.demo", "nezha_bootstrap.testing",
-               "nezha_bootstrap.handshake", "nezha_bootstrap.checks", "nezha_bootstrap.v1")
+               "nezha_bootstrap.handshake", "nezha_bootstrap.checks", "nezha_bootstrap.v1",
+               "nezha_bootstrap.generation", "nezha_bootstrap.v0.direct")
 
 
 @pytest.mark.integration

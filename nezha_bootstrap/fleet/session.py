@@ -20,7 +20,11 @@ from nezha_bootstrap.retry import Notify, with_retries
 from nezha_bootstrap.v1.api import Group, V2Api, login
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx  # its one home is http.py; here only for the client's type
+
+    from nezha_bootstrap.fleet.manifest import Manifest
 
 
 
@@ -31,6 +35,17 @@ class Credentials:
     token: str | None = field(default=None, repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ReconcileTarget:
+    """`reconcile`'s validated inputs: where, with which credentials, and the manifest."""
+
+    url: str
+    deadline: float
+    ca_bundle: Path | None
+    credentials: Credentials
+    manifest: Manifest
 
 
 def credential_problems(creds: Credentials) -> list[str]:

@@ -26,16 +26,17 @@ from nezha_bootstrap.report import Reporter, RunResult
 from nezha_bootstrap.retry import with_retries
 from nezha_bootstrap.state import State
 from nezha_bootstrap.system import COMMAND_TIMEOUT, Staged
-from nezha_bootstrap.v0.direct import V0Install, plan_v0, v0_release
 from nezha_bootstrap.v0.script import InstallPlan
 
 if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
 
+    from nezha_bootstrap.agent import Release
     from nezha_bootstrap.v0.api import Dashboard
+    from nezha_bootstrap.v0.direct import V0Install
     from nezha_bootstrap.v0.online import V0Presence
 
-Install = Union[InstallPlan, V0Install]
+Install = Union[InstallPlan, "V0Install"]
 
 
 class Action(enum.Enum):
@@ -196,7 +197,7 @@ class Runner:
         for anything (a missing one is exit 2, an altered one exit 5, and no server is made)."""
         from nezha_bootstrap import agent
 
-        release = v0_release(self.config)
+        release = _v0_release(self.config)
         if release is not None and release.bundled is not None:
             agent.check_bundled(release)
 
@@ -482,7 +483,7 @@ class Runner:
 
 def agent_version_of(config: Config) -> str | None:
     """The v0 agent version an install pins: --method direct's release; install.sh picks its own (None)."""
-    release = v0_release(config, machine="x86_64")  # the version only: any architecture names it
+    release = _v0_release(config, machine="x86_64")  # the version only: any architecture names it
     return release.version if release else None
 
 
@@ -506,8 +507,21 @@ def install_plan(config: Config, paths: Paths, secret: str) -> Install:
     """The install step as data: install.sh's call, or the v0 agent's own `service install`."""
     from nezha_bootstrap.v0 import script
 
-    release = v0_release(config)
-    return plan_v0(config, paths, secret, release) if release else script.plan(config, paths, secret)
+    release = _v0_release(config)
+    if release is None:
+        return script.plan(config, paths, secret)
+    from nezha_bootstrap.v0.direct import plan_v0
+
+    return plan_v0(config, paths, secret, release)
+
+
+def _v0_release(config: Config, machine: str | None = None) -> Release | None:
+    """--method direct's pinned v0 release (v0/direct.py), or None: install.sh, the default, never loads it."""
+    if not config.agent.v0_direct:
+        return None
+    from nezha_bootstrap.v0.direct import v0_release
+
+    return v0_release(config, machine)
 
 
 def install_commands(plan: Install, deadline: float, track: Path | None = None,
