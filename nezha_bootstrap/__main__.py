@@ -1,4 +1,4 @@
-from nezha_bootstrap.cli import start
+from nezha_bootstrap.console import start
 
 if __name__ == "__main__":
     start()

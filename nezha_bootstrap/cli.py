@@ -4,7 +4,6 @@ its result; errors become exit codes in one place (`handle_errors`). Options liv
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -114,43 +113,6 @@ def main(ctx: click.Context) -> None:
     """Register this server with a Nezha dashboard and install its agent, once."""
     if ctx.invoked_subcommand is None:  # no command: the help, as a question answered (exit 0)
         click.echo(ctx.get_help())
-
-
-def start() -> NoReturn:
-    """The `nezha-bootstrap` command (also `python -m nezha_bootstrap` and the zipapp): `main`, then the
-    process ends as soon as its output is written.
-
-    Python's own shutdown would then tear down the ~300 modules a run loads, one by one: ~20 ms of CPU,
-    8% of a whole `run` (measured against the v0 fake). The tool leaves no work for it: no atexit
-    handler, no thread that must finish (the resolver's is a daemon), no file a finaliser removes.
-    """
-    try:
-        main()  # click's standalone mode ends in SystemExit
-        code = 0
-    except SystemExit as exit_:
-        code = exit_status(exit_.code)
-    os._exit(flushed(code))
-
-
-def exit_status(code: object) -> int:
-    """The status Python gives `SystemExit(code)`: None is 0, an int itself, anything else is printed and 1."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code
-    print(code, file=sys.stderr)
-    return 1
-
-
-def flushed(code: int) -> int:
-    """Flush stdout and stderr; when either cannot be written, 120, the status Python's shutdown gives it."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):  # a closed pipe (the reader left), or a stream closed already
-            code = 120
-    return code
 
 
 @main.command(cls=SectionedCommand, epilog=SEE_EXIT_CODES)

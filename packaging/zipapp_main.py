@@ -30,7 +30,7 @@ Standard library only, and parseable by Python 3.6 so that an old python3 gets a
 import os
 import sys
 
-ENTRY_POINT = "nezha_bootstrap.cli:start"  # packaging/build checks it against the wheel's console script
+ENTRY_POINT = "nezha_bootstrap.console:start"  # packaging/build checks it against the wheel's console script
 NATIVE = ("psutil",)  # top-level packages under _native/ (packaging/build checks this list)
 NATIVE_PREFIX = "_native/"
 # An offline bundle's agent release zips (nezha_bootstrap/bundle.py) stay in the archive: data read once

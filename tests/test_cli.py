@@ -52,10 +52,10 @@ def test_python_dash_m_shows_the_help() -> None:
         assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE), command
 
 
-# --- the process ends at once (cli.start): all output written, the exit code kept --------------------
+# --- the process ends at once (console.start): all output written, the exit code kept --------------------
 
 def run_process(cli: Cli, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
-    """`python -m nezha_bootstrap ARGS` (cli.start, as the console command) with the output in pipes."""
+    """`python -m nezha_bootstrap ARGS` (console.start, as the console command) with the output in pipes."""
     settings = {**os.environ, **{key: value for key, value in cli.env(**env).items() if value is not None}}
     for key in [key for key, value in cli.env(**env).items() if value is None]:
         settings.pop(key, None)
@@ -87,7 +87,7 @@ def test_a_process_ends_with_the_commands_exit_code_and_its_error(cli: Cli) -> N
 def test_the_exit_status_is_pythons_for_each_kind_of_exit_code(
     code: object, status: int, printed: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from nezha_bootstrap.cli import exit_status
+    from nezha_bootstrap.console import exit_status
 
     assert exit_status(code) == status
     assert capsys.readouterr().err == printed
@@ -102,7 +102,7 @@ class Unwritable:
 def test_output_that_cannot_be_written_ends_with_status_120_as_pythons_shutdown_would(
     stream: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nezha_bootstrap.cli import flushed
+    from nezha_bootstrap.console import flushed
 
     assert flushed(0) == 0
     monkeypatch.setattr(sys, stream, Unwritable())

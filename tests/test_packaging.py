@@ -628,7 +628,12 @@ sys.argv = [archive] + sys.argv[3:]
 def dump():
     with open(report, "w") as handle:
         json.dump({n: getattr(m, "__file__", None) for n, m in list(sys.modules.items())}, handle)
-atexit.register(dump)
+real_exit = os._exit
+def dump_and_exit(code):  # the command ends with os._exit (console.start), which runs no atexit handler
+    dump()
+    real_exit(code)
+os._exit = dump_and_exit
+atexit.register(dump)  # the zipapp's own early exits (sys.exit) still run it
 runpy.run_path(archive, run_name="__main__")
 """
 
