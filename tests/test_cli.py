@@ -93,6 +93,41 @@ def test_the_exit_status_is_pythons_for_each_kind_of_exit_code(
     assert capsys.readouterr().err == printed
 
 
+class Ended(Exception):
+    """Stands in for os._exit in-process."""
+
+
+@pytest.mark.parametrize(("ending", "status"), [(None, 0), (SystemExit(2), 2), (SystemExit("no"), 1)])
+def test_start_runs_the_command_line_with_a_rare_collector_and_ends_with_its_status(
+    ending: SystemExit | None, status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from nezha_bootstrap import cli, console
+
+    seen: dict[str, object] = {}
+
+    def command_line() -> None:
+        seen["threshold"] = gc.get_threshold()[0]
+        if ending is not None:
+            raise ending
+
+    def end(code: int) -> None:
+        seen["status"] = code
+        raise Ended
+
+    monkeypatch.setattr(cli, "main", command_line)
+    monkeypatch.setattr(console.os, "_exit", end)
+    before = gc.get_threshold()
+    try:
+        with pytest.raises(Ended):
+            console.start()
+    finally:
+        gc.set_threshold(*before)
+
+    assert seen == {"threshold": console.GC_THRESHOLD, "status": status}
+
+
 class Unwritable:
     def flush(self) -> None:
         raise BrokenPipeError(32, "Broken pipe")
