@@ -48,6 +48,8 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
+    """What a run must do and why (`decide`); `notes` are shown with it."""
+
     action: Action
     reason: str
     notes: tuple[str, ...] = ()
