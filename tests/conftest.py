@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+import trustme
 from click.testing import CliRunner, Result
 
 from nezha_bootstrap import redact
@@ -117,6 +119,19 @@ def closed_port() -> Iterator[int]:
 
 
 # --- the fake dashboard and a test root -------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A private CA that no trust store holds, shared by the tests that serve TLS on 127.0.0.1."""
+    return trustme.CA()
+
+
+def tls_server_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A server's TLS context with a certificate for 127.0.0.1 issued by `ca`."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
 
 @pytest.fixture
 def fake() -> FakeDashboard:

@@ -10,17 +10,7 @@ import trustme
 from nezha_bootstrap import agentport
 from nezha_bootstrap.online import NOTHING, Look, Outcome
 from nezha_bootstrap.testing import grpc_port
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def server_tls(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    return context
+from tests.conftest import tls_server_context
 
 
 def client_tls(ca: trustme.CA) -> ssl.SSLContext:
@@ -35,7 +25,7 @@ def test_a_plain_grpc_port_answers_the_http2_preface() -> None:
 
 
 def test_a_tls_port_with_a_trusted_certificate_is_what_tls_expects(ca: trustme.CA) -> None:
-    with grpc_port.AgentPort(tls=server_tls(ca)) as served:
+    with grpc_port.AgentPort(tls=tls_server_context(ca)) as served:
         assert agentport.probe("127.0.0.1", served.port, tls=True, context=lambda: client_tls(ca)) == NOTHING
 
 
@@ -46,7 +36,7 @@ def test_tls_against_a_plain_port_is_a_tls_mismatch() -> None:
 
 
 def test_plain_against_a_tls_port_is_a_tls_mismatch(ca: trustme.CA) -> None:
-    with grpc_port.AgentPort(tls=server_tls(ca)) as served:
+    with grpc_port.AgentPort(tls=tls_server_context(ca)) as served:
         look = agentport.probe("127.0.0.1", served.port, tls=False, context=ssl.create_default_context, timeout=2)
     assert look.outcome is Outcome.PLAIN_ON_TLS, look
 

@@ -20,20 +20,15 @@ from nezha_bootstrap.handshake import Attempt, Verdict, attempt, classify, judge
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Running, serve
 from nezha_bootstrap.testing.fake_v1 import FakeV1
 from nezha_bootstrap.testing.grpc_port import AgentPort, h2_server_context
+from tests.conftest import tls_server_context
 from tests.hostile import HostileServer, Route
 
 PREFACE_DATA = Path(__file__).parent / "data" / "real" / "preface.json"
 QUICK = 1.0  # seconds a try may take here: every answer on loopback comes within milliseconds
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 def server_context(ca: trustme.CA, alpn: bool = True) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
+    context = tls_server_context(ca)
     return h2_server_context(context) if alpn else context
 
 

@@ -60,11 +60,6 @@ def cli_run(root: Path, url: str, *args: str, **env: str) -> tuple[int, str, flo
     return result.exit_code, result.stderr, elapsed(started)
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "ca.pem"

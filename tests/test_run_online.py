@@ -4,7 +4,6 @@ the wait is a named verdict with its exit code, saved for `status` and redone by
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import trustme
 
 from nezha_bootstrap.testing import grpc_port
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
-from tests.conftest import Cli, V1Cli
+from tests.conftest import Cli, V1Cli, tls_server_context
 from tests.test_run_v1 import UUID
 
 pytestmark = pytest.mark.integration
@@ -82,17 +81,6 @@ def test_v0_a_node_that_never_reports_is_exit_4_at_the_online_timeout_and_the_re
     assert len(cli.fake.registrations()) == 1
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def tls_server(ca: trustme.CA) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    return context
-
-
 def test_v0_tls_against_a_plain_grpc_port_is_exit_3_naming_no_tls_and_stops_the_agent(cli: Cli) -> None:
     cli.fake.agent_port.tls = False  # v0.20.13's agent port is plain gRPC
     with grpc_port.AgentPort() as served:
@@ -111,7 +99,7 @@ def test_v0_plain_against_a_tls_port_is_exit_3_naming_tls(cli: Cli, ca: trustme.
     cli.fake.agent_port.tls = True  # a TLS proxy in front of the agent port
     bundle = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(bundle))
-    with grpc_port.AgentPort(tls=tls_server(ca)) as served:
+    with grpc_port.AgentPort(tls=tls_server_context(ca)) as served:
         outcome = cli("run", NODE_NAME="web-1", NEZHA_PROBE_ADDRESS="127.0.0.1", NEZHA_PROBE_PORT=str(served.port),
                       NEZHA_PROBE_TLS="false")
 

@@ -93,11 +93,6 @@ class ConnectProxy:
                     key.data.sendall(data)
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "private-ca.pem"
