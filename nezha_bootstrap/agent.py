@@ -116,7 +116,7 @@ def parse_checksums(text: str, asset: str) -> str:
     """The SHA-256 that checksums.txt gives for `asset`."""
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("*") == asset:
+        if len(parts) == 2 and parts[1].removeprefix("*") == asset:  # `*`: sha256sum's binary mode
             digest = parts[0].lower()
             if SHA256_RE.match(digest):
                 return digest
@@ -202,7 +202,7 @@ def fetch_binary(client: httpx.Client, release: Release, deadline: float, notify
     get = functools.partial(download, client, notify=notify, follow_redirects=True,
                             missing=": no such agent version or asset")
     checksums = get(release.checksums_url, cap=CHECKSUMS_CAP, deadline=deadline, what="download checksums.txt")
-    listed = parse_checksums(checksums.decode("utf-8", errors="replace"), release.asset)
+    listed = parse_checksums(checksums.decode(errors="replace"), release.asset)  # bytes.decode is UTF-8
     left = end - time.monotonic()
     if left <= 0:
         raise InstallerFailed(f"download {release.asset}: no time left within the {deadline:g} s deadline "
@@ -211,7 +211,7 @@ def fetch_binary(client: httpx.Client, release: Release, deadline: float, notify
     # RSS stays under 64 MiB for a zip at its cap (issue 10) and a member at its cap (issue 18).
     # (An OSError outside these two local steps is one of `into`: the caller names its path.)
     with local_step(f"store {release.asset} in a temporary file"):
-        zipped = tempfile.TemporaryFile(prefix="nezha-agent-zip-")
+        zipped = tempfile.TemporaryFile()  # unnamed (O_TMPFILE) where the file system allows
     with zipped:
         with local_step(f"store {release.asset} in a temporary file"):
             get(release.asset_url, cap=ZIP_CAP, deadline=left, what=f"download {release.asset}", into=zipped)
@@ -347,9 +347,10 @@ def override_warnings(paths: Paths, environ: Mapping[str, str]) -> list[str]:
     sysconfig = paths.under("/etc/sysconfig/nezha-agent")
     text = _text(sysconfig, paths.root)  # confined: a link to the host's file reads the image's, or nothing
     if text is not None:
-        keys = sorted({line.split("=", 1)[0].strip().removeprefix("export ").strip()
-                       for line in text.splitlines() if "=" in line})
-        shown = f" (it sets {', '.join(k for k in keys if k.startswith('NZ_'))})" if keys else ""
+        keys = {line.partition("=")[0].strip().removeprefix("export ").strip()
+                for line in text.splitlines() if "=" in line}
+        overrides = sorted(key for key in keys if key.startswith("NZ_"))
+        shown = f" (it sets {', '.join(overrides)})" if overrides else ""
         warnings.append(
             f"/etc/sysconfig/nezha-agent exists{shown}: the agent reads NZ_* from it, which overrides "
             "config.yml (NZ_UUID changes the server it enrolls as); remove it unless you mean it"
@@ -362,14 +363,15 @@ _UUID_LINE = re.compile(r'^uuid:\s*"?([^"\s]*)"?\s*$', re.MULTILINE)
 
 def config_uuid(path: Path, root: Path = HOST) -> str | None:
     """The uuid a config.yml holds, or None."""
-    match = _UUID_LINE.search(_text(path, root) or "")
+    text = _text(path, root)
+    match = _UUID_LINE.search(text) if text is not None else None
     return match.group(1) if match else None
 
 
 def _text(path: Path, root: Path, errors: str = "replace") -> str | None:
     """A small text file under `root`, read the confined way (paths.read_under), or None when it cannot be."""
     try:
-        return read_under(root, path).decode("utf-8", errors=errors)
+        return read_under(root, path).decode(errors=errors)  # bytes.decode is UTF-8
     except (OSError, UnicodeDecodeError):
         return None
 
@@ -439,9 +441,10 @@ def read_init_command(script: Path, root: Path = HOST) -> list[str] | None:
         key, sep, value = line.strip().partition("=")
         if sep and key in ("cmd", "command", "command_args") and key not in values:
             try:
-                values[key] = " ".join(shlex.split(value))
+                words = shlex.split(value)
             except ValueError:
                 return None
+            values[key] = words[0] if words else ""  # sh assigns the first word (`a=b c` runs c)
     if "cmd" in values:
         return values["cmd"].split() or None
     if "command" in values:
@@ -457,8 +460,8 @@ def verify_v0_unit(plan: Expected, paths: Paths, secret: str) -> None:
             raise InstallerFailed(f"the installer exited, but {plan.unit} has no readable ExecStart")
         problems = _exec_start_problems(argv, plan, secret)
     elif paths.agent_openrc.exists():
-        text = _text(paths.agent_openrc, paths.root) or ""
-        problems = [] if plan.expect_server in text and secret in text else ["server or secret"]
+        text = _text(paths.agent_openrc, paths.root)
+        problems = [] if text is not None and plan.expect_server in text and secret in text else ["server or secret"]
     else:
         raise InstallerFailed(
             f"the installer exited, but wrote no agent unit ({plan.unit} or {paths.agent_openrc}); "

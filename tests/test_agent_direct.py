@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
+import zipfile
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
 from nezha_bootstrap import agent as agent_mod
@@ -28,6 +33,7 @@ from nezha_bootstrap.config import AgentSettings, Config, is_public_host
 from nezha_bootstrap.config import validate_agent as validate
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.retry import Notify
 from nezha_bootstrap.system import child_env
 from nezha_bootstrap.testing.fake_v1 import agent_zip
 from nezha_bootstrap.v0.direct import plan_v0
@@ -480,3 +486,516 @@ def test_a_v0_unit_with_the_long_flag_names_is_read_the_same(tmp_path: Path) -> 
                                      '"dash.example.com:5555" "--password" "S3cretS3cret" "--tls"\n')
 
     assert v0_drift(paths, flags=None) == []
+
+
+# --- what the mutation run of agent.py let through (issue 25) -----------------------------------------
+
+def test_an_unknown_architecture_is_refused_naming_every_known_one() -> None:
+    with pytest.raises(InstallerFailed) as refused:
+        asset_name("sparc64")
+
+    assert str(refused.value) == ("no nezha-agent release for the architecture 'sparc64'; known: "
+                                  f"{', '.join(sorted(agent_mod.ARCHES))}")
+    assert "aarch64, amd64, arm64, armv6l" in str(refused.value)
+
+
+def test_checksums_txt_in_sha256sums_binary_mode_gives_the_hash_too() -> None:
+    assert parse_checksums(f"{SHA} *{ASSET}\n", ASSET) == SHA
+    with pytest.raises(InstallerFailed, match="no SHA-256 for"):
+        parse_checksums(f"{SHA} **{ASSET}\n", ASSET)
+
+
+def test_config_yml_writes_false_and_keeps_non_ascii_text_as_it_is() -> None:
+    assert render_config({"gpu": False, "name": "wéb-1 ✓"}) == 'gpu: false\nname: "wéb-1 ✓"\n'
+
+
+def test_a_zip_whose_hash_differs_from_checksums_txt_is_refused_as_a_broken_download() -> None:
+    with pytest.raises(InstallerFailed) as refused:
+        check_zip(ZIP, Release("http://x", "2.3.3", ASSET), "0" * 64)
+
+    assert str(refused.value) == (f"{ASSET} has SHA-256 {SHA}, but the release's checksums.txt says {'0' * 64}: "
+                                  "refusing it (a broken download or mirror)")
+
+
+class Reads(io.BytesIO):
+    """A file that keeps the size of every read and write asked of it."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        super().__init__(data)
+        self.reads: list[int | None] = []
+        self.writes: list[int] = []
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads.append(size)
+        return super().read(size)
+
+    def write(self, data: object) -> int:
+        self.writes.append(len(data))  # type: ignore[arg-type]
+        return super().write(data)  # type: ignore[arg-type]
+
+
+def test_a_zip_in_a_file_is_hashed_from_its_start_a_mebibyte_at_a_time() -> None:
+    big = agent_zip(os.urandom(3 << 20))  # random: it stays ~3 MiB zipped
+    zipped = Reads(big)
+    zipped.seek(0, io.SEEK_END)  # where a download leaves it
+
+    check_zip(zipped, Release("http://x", "2.3.3", ASSET), hashlib.sha256(big).hexdigest())  # passes: no raise
+
+    assert zipped.reads and all(size == 1 << 20 for size in zipped.reads)
+    with pytest.raises(InstallerFailed, match="checksums.txt says"):
+        check_zip(Reads(big), Release("http://x", "2.3.3", ASSET), hashlib.sha256(big[:-1]).hexdigest())
+
+
+def test_the_binary_is_extracted_from_a_zip_in_a_file_a_mebibyte_at_a_time() -> None:
+    binary = os.urandom((2 << 20) + 5)
+    out = Reads()
+
+    assert extract_binary(Reads(agent_zip(binary)), out) == len(binary)
+
+    assert out.getvalue() == binary
+    assert out.writes and max(out.writes) <= 1 << 20
+
+
+def test_a_member_that_streams_past_the_cap_is_refused_whatever_its_header_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(agent_mod, "BINARY_CAP", (1 << 20) + (1 << 19))  # 1.5 MiB: the second block passes it
+    out = io.BytesIO()
+
+    with pytest.raises(InstallerFailed) as refused:
+        agent_mod._copy_capped(io.BytesIO(b"\0" * (2 << 20)), out)
+
+    assert str(refused.value) == f"nezha-agent in the zip is larger than the {(1 << 20) + (1 << 19)} bytes cap"
+    assert len(out.getvalue()) == 1 << 20  # the block past the cap is never written
+
+
+def test_a_zip_without_the_agent_is_refused_saying_so() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("README.md", "hi")
+
+    with pytest.raises(InstallerFailed) as refused:
+        extract_binary(buffer.getvalue(), io.BytesIO())
+
+    assert str(refused.value) == "the release zip holds no `nezha-agent`"
+
+
+# --- the download: checksums.txt, then the zip, within one deadline -------------------------------------
+
+RELEASE_HOST = "https://release.test/agent"
+STORAGE = "https://storage.test/blob/agent.zip"
+RELEASE_V1 = Release(RELEASE_HOST, "2.3.3", ASSET)
+
+
+class Hosts:
+    """A MockTransport: each URL answers with its list of responses in turn (404 when none is left)."""
+
+    def __init__(self, answers: dict[str, list[httpx.Response]]) -> None:
+        self.answers = answers
+        self.requests: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(str(request.url))
+        waiting = self.answers.get(str(request.url), [])
+        return waiting.pop(0) if waiting else httpx.Response(404)
+
+
+def release_hosts(checksums: bytes = f"{SHA}  {ASSET}\n".encode(), first: httpx.Response | None = None) -> Hosts:
+    """The release host: checksums.txt, and the zip by a redirect to its storage (as GitHub does)."""
+    return Hosts({
+        RELEASE_V1.checksums_url: [*([first] if first else []), httpx.Response(200, content=checksums)],
+        RELEASE_V1.asset_url: [httpx.Response(302, headers={"location": STORAGE})],
+        STORAGE: [httpx.Response(200, content=ZIP)],
+    })
+
+
+def fetch(hosts: Hosts, release: Release = RELEASE_V1, notify: Notify = print) -> tuple[int, bytes]:
+    from nezha_bootstrap.http import make_download_client
+
+    out = io.BytesIO()
+    with make_download_client(transport=httpx.MockTransport(hosts)) as client:
+        size = agent_mod.fetch_binary(client, release, 30.0, notify, out)
+    return size, out.getvalue()
+
+
+def test_the_agent_is_fetched_checked_and_extracted_following_the_release_hosts_redirect() -> None:
+    hosts = release_hosts()
+
+    assert fetch(hosts) == (21, b"#!/bin/sh\necho agent\n")
+    assert hosts.requests == [RELEASE_V1.checksums_url, RELEASE_V1.asset_url, STORAGE]
+
+
+def test_checksums_txt_with_bytes_that_are_not_utf8_still_gives_the_hash() -> None:
+    assert fetch(release_hosts(checksums=b"\xff\xfe junk\n" + f"{SHA}  {ASSET}\n".encode()))[0] == 21
+
+
+def test_a_failed_download_is_retried_and_the_retry_told() -> None:
+    told: list[str] = []
+
+    assert fetch(release_hosts(first=httpx.Response(503, headers={"retry-after": "0"})), notify=told.append)[0] == 21
+    assert len(told) == 1 and "HTTP 503" in told[0]
+
+
+def test_a_version_the_release_host_does_not_have_is_named_as_such() -> None:
+    with pytest.raises(InstallerFailed) as refused:
+        fetch(Hosts({}), release=Release(RELEASE_HOST, "9.9.9", ASSET))
+
+    assert str(refused.value) == (f"downloading {RELEASE_HOST}/v9.9.9/checksums.txt: HTTP 404: "
+                                  "no such agent version or asset")
+
+
+def test_a_zip_that_does_not_match_checksums_txt_is_refused_after_download() -> None:
+    with pytest.raises(InstallerFailed, match="but the release's checksums.txt says 0{64}: refusing it"):
+        fetch(release_hosts(checksums=f"{'0' * 64}  {ASSET}\n".encode()))
+
+
+def test_a_zip_that_does_not_match_the_pinned_hash_is_refused() -> None:
+    with pytest.raises(InstallerFailed, match="but --agent-sha256 pins 0{64}: refusing it"):
+        fetch(release_hosts(), release=Release(RELEASE_HOST, "2.3.3", ASSET, "0" * 64))
+
+
+class Clock:
+    """time as fetch_binary sees it: each download takes the seconds it is given."""
+
+    def __init__(self, takes: dict[str, float]) -> None:
+        self.now = 100.0
+        self.takes = takes
+        self.deadlines: dict[str, float] = {}
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def download(self, client: object, url: str, *, cap: int, deadline: float, what: str,
+                 into: io.BytesIO | None = None, **ignored: object) -> bytes:
+        self.deadlines[url.rsplit("/", 1)[1]] = deadline
+        self.now += self.takes[url.rsplit("/", 1)[1]]
+        if into is None:
+            return f"{SHA}  {ASSET}\n".encode()
+        into.write(ZIP)
+        return b""
+
+
+def timed_fetch(monkeypatch: pytest.MonkeyPatch, checksums_take: float) -> Clock:
+    from nezha_bootstrap import http
+
+    clock = Clock({"checksums.txt": checksums_take, ASSET: 1.0})
+    monkeypatch.setattr(agent_mod, "time", clock)
+    monkeypatch.setattr(http, "download", clock.download)
+    agent_mod.fetch_binary(None, RELEASE_V1, 10.0, print, io.BytesIO())  # type: ignore[arg-type]
+    return clock
+
+
+def test_the_zip_gets_what_is_left_of_the_one_deadline_after_checksums_txt(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert timed_fetch(monkeypatch, 4.0).deadlines == {"checksums.txt": 10.0, ASSET: 6.0}
+    assert timed_fetch(monkeypatch, 9.5).deadlines == {"checksums.txt": 10.0, ASSET: 0.5}
+
+
+def test_no_zip_download_starts_when_checksums_txt_took_the_whole_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InstallerFailed) as refused:
+        timed_fetch(monkeypatch, 10.0)
+
+    assert str(refused.value) == f"download {ASSET}: no time left within the 10 s deadline after checksums.txt"
+    assert refused.value.exit_code == 5
+
+
+class FullDisk(io.BytesIO):
+    def write(self, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["creating", "writing"])
+def test_a_temporary_file_that_cannot_be_made_or_written_names_the_step(monkeypatch: pytest.MonkeyPatch,
+                                                                        where: str) -> None:
+    import tempfile
+
+    def no_space() -> io.BytesIO:
+        if where == "creating":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return FullDisk()
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_space)
+    with pytest.raises(InstallerFailed) as refused:
+        fetch(release_hosts())
+
+    assert str(refused.value) == f"cannot store {ASSET} in a temporary file: No space left on device"
+
+
+# --- a release carried by the bundle this tool runs from --------------------------------------------------
+
+def bundled_release(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pinned: str | None = None,
+                    carried: bytes = ZIP) -> Release:
+    """Release 2.3.3 as a bundle carries it: its zip at v2.3.3/ASSET in the bundle's package, pinned to SHA."""
+    from nezha_bootstrap import bundle
+
+    package = tmp_path / "bundle-package"
+    (package / "v2.3.3").mkdir(parents=True, exist_ok=True)
+    (package / "v2.3.3" / ASSET).write_bytes(carried)
+    monkeypatch.setattr(bundle, "_files", lambda: package)
+    return Release(RELEASE_HOST, "2.3.3", ASSET, pinned, bundle.Bundle((bundle.Embedded("2.3.3", ASSET, SHA),)))
+
+
+def test_a_bundled_release_is_extracted_from_the_bundle_and_nothing_is_downloaded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    hosts = Hosts({})
+
+    assert fetch(hosts, release=bundled_release(monkeypatch, tmp_path, pinned=SHA)) == (21, b"#!/bin/sh\necho agent\n")
+    assert hosts.requests == []
+    assert agent_mod.check_bundled(bundled_release(monkeypatch, tmp_path, pinned=SHA)) is None  # raises when refused
+
+
+def test_a_bundled_zip_that_does_not_match_agent_sha256_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    release = bundled_release(monkeypatch, tmp_path, pinned="0" * 64)
+
+    for step in (agent_mod.check_bundled, lambda r: agent_mod.bundled_binary(r, io.BytesIO())):
+        with pytest.raises(InstallerFailed) as refused:
+            step(release)
+        assert str(refused.value) == f"{ASSET} has SHA-256 {SHA}, but --agent-sha256 pins {'0' * 64}: refusing it"
+
+
+def test_a_bundled_zip_altered_since_it_was_bundled_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    release = bundled_release(monkeypatch, tmp_path, carried=agent_zip(b"#!/bin/sh\necho altered\n"))
+
+    for step in (agent_mod.check_bundled, lambda r: agent_mod.bundled_binary(r, io.BytesIO())):
+        with pytest.raises(InstallerFailed, match=f"this bundle's v2.3.3/{ASSET} has SHA-256 .* not the {SHA} pinned"):
+            step(release)
+
+
+def test_a_bundle_without_the_asked_release_is_a_settings_error(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    from nezha_bootstrap.errors import SettingsError
+
+    release = replace(bundled_release(monkeypatch, tmp_path), version="2.3.4")
+
+    for step in (agent_mod.check_bundled, lambda r: agent_mod.bundled_binary(r, io.BytesIO())):
+        with pytest.raises(SettingsError, match="this bundle has no nezha-agent 2.3.4 for amd64"):
+            step(release)
+
+
+def test_dry_run_describes_the_download_with_its_caps_and_the_pinned_hash() -> None:
+    assert RELEASE_V1.describe() == [
+        f"download {RELEASE_HOST}/v2.3.3/checksums.txt (at most {agent_mod.CHECKSUMS_CAP} bytes)",
+        f"download {RELEASE_HOST}/v2.3.3/{ASSET} (at most {agent_mod.ZIP_CAP} bytes, redirects followed)",
+        "check its SHA-256 against checksums.txt; extract nezha-agent (0755)",
+    ]
+    assert replace(RELEASE_V1, pinned_sha256=SHA).describe()[2] == (
+        f"check its SHA-256 against checksums.txt and the pinned {SHA}; extract nezha-agent (0755)")
+    assert agent_mod.obtaining(RELEASE_V1) == f"downloading nezha-agent v2.3.3 ({ASSET})"
+
+
+def test_dry_run_describes_a_bundled_release_or_the_stop_when_the_bundle_lacks_it() -> None:
+    from nezha_bootstrap.bundle import Bundle, Embedded
+
+    carried = Bundle((Embedded("2.3.3", ASSET, SHA), Embedded("2.3.3", "nezha-agent_linux_arm64.zip", "1" * 64)))
+    release = replace(RELEASE_V1, bundled=carried)
+
+    assert release.describe() == [f"take v2.3.3/{ASSET} from this bundle, nothing downloaded: check its SHA-256 "
+                                  f"against the {SHA} pinned in the bundle; extract nezha-agent (0755)"]
+    assert replace(release, pinned_sha256="2" * 64).describe()[0].endswith(
+        f"pinned in the bundle and the pinned {'2' * 64}; extract nezha-agent (0755)")
+    assert replace(release, asset="nezha-agent_linux_386.zip").describe() == [
+        "stop (exit 2): this bundle has no v2.3.3/nezha-agent_linux_386.zip; it carries nezha-agent 2.3.3 "
+        "(amd64, arm64)"]
+    assert replace(release, version="0.20.5").describe()[0].startswith("stop (exit 2): this bundle has no v0.20.5/")
+    assert agent_mod.obtaining(release) == f"taking nezha-agent v2.3.3 ({ASSET}) from this bundle"
+
+
+# --- is the agent running ----------------------------------------------------------------------------
+
+class Polls:
+    """`systemctl is-active` answers in turn, on a clock that only sleeping moves."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.answers = answers
+        self.now = 0.0
+        self.asked_at: list[float] = []
+        self.slept: list[float] = []
+
+    def is_active(self) -> bool:
+        self.asked_at.append(self.now)
+        return self.answers.pop(0) if self.answers else False
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_the_agent_is_waited_for_until_it_is_active(monkeypatch: pytest.MonkeyPatch) -> None:
+    polls = Polls([False, False, True])
+    monkeypatch.setattr(agent_mod, "time", polls)
+
+    assert agent_mod.wait_active(polls.is_active, 5.0) is None  # raises when it never becomes active
+
+    assert (polls.asked_at, polls.slept) == ([0.0, 0.5, 1.0], [0.5, 0.5])
+
+
+def test_an_agent_not_active_by_the_deadline_fails_the_install_after_a_last_look(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    polls = Polls([])
+    monkeypatch.setattr(agent_mod, "time", polls)
+
+    with pytest.raises(InstallerFailed) as refused:
+        agent_mod.wait_active(polls.is_active, 2.0)
+
+    assert polls.asked_at == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert str(refused.value) == ("the agent unit was written, but `systemctl is-active nezha-agent` is not active "
+                                  "after 2 s; see `journalctl -u nezha-agent`")
+    assert refused.value.exit_code == 5
+
+
+@pytest.mark.parametrize(("outcome", "active"), [(0, True), (3, False), (OSError(2, "no systemctl"), False)])
+def test_the_agent_is_active_when_systemctl_is_active_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                               outcome: int | OSError, active: bool) -> None:
+    from nezha_bootstrap import system
+
+    asked: list[tuple[list[str], float]] = []
+
+    def run(argv: list[str], *, timeout: float) -> system.Completed:
+        asked.append((argv, timeout))
+        if isinstance(outcome, OSError):
+            raise outcome
+        return system.Completed(outcome, "", False, 0.1)
+
+    monkeypatch.setattr(system, "run", run)
+
+    assert agent_mod.is_active() is active
+    assert asked == [(["systemctl", "is-active", "--quiet", "nezha-agent"], 10)]
+
+
+# --- reading what is installed: confined to the image, whatever the files say ------------------------
+
+def link_to_host(path: Path, root: Path, tmp_path: Path, in_image: str, on_host: str) -> None:
+    """`path` a link to an absolute path: in the image (under `root`) it holds `in_image`; on the host, `on_host`."""
+    host_file = tmp_path / f"host-{path.name}"
+    host_file.write_text(on_host)
+    image_file = root / str(host_file).lstrip("/")
+    image_file.parent.mkdir(parents=True, exist_ok=True)
+    image_file.write_text(in_image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(host_file)
+
+
+V1_UNIT = f'[Service]\nExecStart=/opt/nezha/agent/nezha-agent "-c" "{CONFIG_TARGET}"\n'
+V1_OPENRC = f'#!/sbin/openrc-run\ncommand=/opt/nezha/agent/nezha-agent\ncommand_args="-c {CONFIG_TARGET} "\n'
+ELSEWHERE = '[Service]\nExecStart=/opt/nezha/agent/nezha-agent "-c" "/elsewhere.yml"\n'
+
+
+@pytest.mark.parametrize("systemd", [True, False])
+def test_a_unit_that_links_to_an_absolute_path_is_read_in_the_image_not_on_the_host(tmp_path: Path,
+                                                                                     systemd: bool) -> None:
+    paths = installed(tmp_path, unit=None)
+    (paths.agent_dir / "config.yml").write_text("uuid: written\n")
+    unit = paths.agent_unit if systemd else paths.agent_openrc
+    link_to_host(unit, paths.root, tmp_path, V1_UNIT if systemd else V1_OPENRC, ELSEWHERE)
+    uuid = "0000abcd-0f41-5a6b-9c7d-1e2f3a4b5c6d"
+
+    assert agent_mod.installed_drift(paths, "", uuid, "", True, None) == []
+    assert unit_problems(paths, "uuid: written\n") == []
+
+
+def test_a_v0_unit_that_links_to_an_absolute_path_is_read_in_the_image_not_on_the_host(tmp_path: Path) -> None:
+    paths = installed(tmp_path, unit=None)
+    link_to_host(paths.agent_unit, paths.root, tmp_path, V0_UNIT, V0_UNIT.replace("S3cretS3cret", "0ther0ther"))
+
+    assert v0_drift(paths) == []
+
+
+def test_a_leftover_config_that_links_to_an_absolute_path_is_read_in_the_image(tmp_path: Path) -> None:
+    paths = installed(tmp_path)
+    link_to_host(paths.agent_dir / "config-one.yml", paths.root, tmp_path, "uuid: in-the-image\n", "uuid: on-host\n")
+
+    assert [leftover.uuid for leftover in vendor_leftovers(paths)] == ["in-the-image"]
+
+
+def test_a_systemd_unit_that_runs_the_agent_with_our_config_is_an_install(tmp_path: Path) -> None:
+    paths = installed(tmp_path, unit=V1_UNIT)
+    (paths.agent_dir / "config.yml").write_text("uuid: written\n")
+
+    assert unit_problems(paths, "uuid: written\n") == []
+
+
+def test_a_config_yml_that_is_not_utf8_is_never_what_was_written(tmp_path: Path) -> None:
+    paths = installed(tmp_path, unit=V1_UNIT)
+    (paths.agent_dir / "config.yml").write_bytes(b"uuid: \xff\n")
+
+    assert unit_problems(paths, "uuid: \ufffd\n") == [
+        f"{paths.agent_dir / 'config.yml'} is not what was written (changed by the agent?)"]
+
+
+@pytest.mark.parametrize(("text", "uuid"), [
+    (b'uuid: "0000abcd-0f41-5a6b-9c7d-1e2f3a4b5c6d"\nname: "w\xffb"\n', "0000abcd-0f41-5a6b-9c7d-1e2f3a4b5c6d"),
+    (b"server: h:1\n", None),
+    (None, None),
+])
+def test_the_uuid_of_a_config_yml_is_read_when_it_has_one(tmp_path: Path, text: bytes | None, uuid: str | None) -> None:
+    config = tmp_path / "config.yml"
+    if text is not None:
+        config.write_bytes(text)
+
+    assert agent_mod.config_uuid(config) == uuid
+
+
+def test_a_binary_writable_by_others_but_executable_by_none_is_not_executable(tmp_path: Path) -> None:
+    paths = installed(tmp_path, mode=0o646)
+
+    assert v0_drift(paths) == [f"the agent binary {paths.agent_binary} is not executable"]
+    assert v0_drift(installed(tmp_path / "other", mode=0o601)) == []  # anyone may run it: runnable
+
+
+# --- the environment and /etc/sysconfig/nezha-agent ----------------------------------------------------
+
+def test_the_warnings_say_what_overrides_what(tmp_path: Path) -> None:
+    sysconfig = tmp_path / "etc/sysconfig/nezha-agent"
+    sysconfig.parent.mkdir(parents=True)
+    sysconfig.write_text("NZ_SERVER=h:1=2\nexport NZ_UUID = abc\n# a comment\nOTHER=1\n")
+
+    assert override_warnings(Paths(tmp_path), {"NZ_UUID": "1", "NZ_SERVER": "x", "PATH": "/bin"}) == [
+        "NZ_SERVER, NZ_UUID set in this environment: ignored (the agent's commands run without NZ_*); "
+        "the identity comes from config.yml",
+        "/etc/sysconfig/nezha-agent exists (it sets NZ_SERVER, NZ_UUID): the agent reads NZ_* from it, which "
+        "overrides config.yml (NZ_UUID changes the server it enrolls as); remove it unless you mean it",
+    ]
+
+
+@pytest.mark.parametrize("text", ["", "# nothing set\n", "OTHER=1\n"])
+def test_a_sysconfig_file_that_sets_no_nz_value_is_still_named_but_names_no_value(tmp_path: Path, text: str) -> None:
+    sysconfig = tmp_path / "etc/sysconfig/nezha-agent"
+    sysconfig.parent.mkdir(parents=True)
+    sysconfig.write_text(text)
+
+    assert override_warnings(Paths(tmp_path), {}) == [
+        "/etc/sysconfig/nezha-agent exists: the agent reads NZ_* from it, which overrides config.yml "
+        "(NZ_UUID changes the server it enrolls as); remove it unless you mean it"]
+
+
+# --- the command of a unit or an init script ---------------------------------------------------------
+
+def test_an_exec_start_whose_arguments_hold_equals_signs_is_read_whole(tmp_path: Path) -> None:
+    unit = tmp_path / "nezha-agent.service"
+    unit.write_text('[Service]\nExecStart=/opt/nezha/agent/nezha-agent "-c" "/etc/a=b.yml"\n')
+
+    assert agent_mod.read_exec_start(unit) == ["/opt/nezha/agent/nezha-agent", "-c", "/etc/a=b.yml"]
+
+
+@pytest.mark.parametrize(("script", "argv"), [
+    ('#!/bin/sh\ncmd="/opt/nezha/agent/nezha-agent -c /etc/a=b.yml"\n',
+     ["/opt/nezha/agent/nezha-agent", "-c", "/etc/a=b.yml"]),
+    ('#!/bin/sh\ncmd="/opt/nezha/agent/nezha-agent -c /first.yml"\ncmd="/usr/bin/other"\n',
+     ["/opt/nezha/agent/nezha-agent", "-c", "/first.yml"]),
+    ("#!/sbin/openrc-run\ncommand=/opt/nezha/agent/nezha-agent\n", ["/opt/nezha/agent/nezha-agent"]),
+    ('#!/sbin/openrc-run\ncommand=/opt/nezha/agent/nezha-agent\ncommand_args="-c /a.yml" "/b.yml"\n',
+     ["/opt/nezha/agent/nezha-agent", "-c", "/a.yml"]),
+    ("#!/bin/sh\ncmd=\n", None),
+    ('#!/bin/sh\ncmd="/opt/nezha/agent/nezha-agent\n', None),
+])
+def test_an_init_script_is_read_as_sh_assigns_its_variables(tmp_path: Path, script: str,
+                                                            argv: list[str] | None) -> None:
+    path = tmp_path / "nezha-agent"
+    path.write_text(script)
+
+    assert read_init_command(path) == argv

@@ -367,3 +367,48 @@ def test_an_install_script_at_its_cap_is_run(cli: Cli, monkeypatch: pytest.Monke
 
     assert outcome.exit_code == 0, outcome.stderr
     assert len(cli.calls()) == 1
+
+
+# --- what the mutation run of agent.py let through (issue 25) -----------------------------------------
+
+@pytest.mark.parametrize(("exec_start", "differ"), [
+    ('"--server" "probe.example.test:5555" "--password" "S3cr3t" "--tls"', None),
+    ('"--server" "other.example:5555" "--password" "S3cr3t" "--tls"', "server address"),
+    ('"--server" "probe.example.test:5555" "--password" "Other" "--tls"', "secret"),
+])
+def test_verify_reads_the_long_flag_names_as_the_short_ones(paths: Paths, exec_start: str, differ: str | None) -> None:
+    install_agent_binary(paths)
+    write_unit(paths, unit_with(exec_start))
+    got = plan(make_config(paths), paths, "S3cr3t")
+
+    if differ is None:
+        assert verify_unit(got, paths, "S3cr3t") is None  # it raises InstallerFailed naming each difference
+        return
+    with pytest.raises(InstallerFailed) as caught:
+        verify_unit(got, paths, "S3cr3t")
+    assert str(caught.value) == f"the agent unit does not start the agent as asked: {differ} differ"
+
+
+def test_verify_reads_a_unit_that_links_to_an_absolute_path_in_the_image_not_on_the_host(
+    paths: Paths, tmp_path: Path,
+) -> None:
+    install_agent_binary(paths)
+    on_host = tmp_path / "host-nezha-agent.service"
+    on_host.write_text(unit_with('"-s" "other.example:5555" "-p" "Other"'))
+    in_image = paths.root / str(on_host).lstrip("/")
+    in_image.parent.mkdir(parents=True)
+    in_image.write_text(REFERENCE_UNIT)
+    paths.agent_unit.parent.mkdir(parents=True)
+    paths.agent_unit.symlink_to(on_host)
+
+    assert verify_unit(plan(make_config(paths), paths, "S3cr3t"), paths, "S3cr3t") is None  # raises when it differs
+
+
+def test_verify_refuses_an_openrc_script_it_cannot_read(paths: Paths) -> None:
+    install_agent_binary(paths)
+    paths.agent_openrc.parent.mkdir(parents=True)
+    paths.agent_openrc.mkdir()  # there, but no file to read
+
+    with pytest.raises(InstallerFailed) as caught:
+        verify_unit(plan(make_config(paths), paths, "S3cr3t"), paths, "S3cr3t")
+    assert str(caught.value) == "the agent unit does not start the agent as asked: server or secret differ"
