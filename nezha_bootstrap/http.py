@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -101,15 +101,22 @@ def make_download_client(ca_bundle: Path | None = None, transport: httpx.BaseTra
 
 
 _LOCATION_ASIDE = "x-nezha-bootstrap-location"
+# Header names and the method as constants: httpx compares header names in any case and upper-cases a
+# method, so a change of their case in place would be an equivalent mutant (CONTRIBUTING.md).
+_LOCATION = "location"
+_CONTENT_ENCODING = "content-encoding"
+_CONTENT_TYPE = "content-type"
+_RETRY_AFTER = "retry-after"
+_GET = "GET"
 
 
 def _set_location_aside(response: httpx.Response) -> None:
     # httpx parses a redirect's Location even when it follows nothing, and a malformed one (a bad
     # port, a broken IPv6 literal) becomes a transport error, retried as if the network failed.
     # Kept under another name, it reaches the classifier, which refuses the redirect and names it.
-    location = response.headers.get("location")
+    location = response.headers.get(_LOCATION)
     if location is not None:
-        del response.headers["location"]
+        del response.headers[_LOCATION]
         response.headers[_LOCATION_ASIDE] = location
 
 
@@ -177,7 +184,8 @@ def download(client: httpx.Client, url: str, *, cap: int, deadline: float, notif
         if into is not None:
             into.seek(0)
             into.truncate()
-        answer = fetch(client, "GET", url, seconds_left=seconds_left, cap=cap, ambiguous=False,
+        answer = fetch(client, _GET, url, seconds_left=seconds_left, cap=cap,
+                       ambiguous=False,  # pragma: no mutate - with_retries never reads it, and a GET may be repeated
                        follow_redirects=follow_redirects, sink=into.write if into is not None else None)
         if answer.status == 429 or answer.status >= 500:
             raise Transient(f"HTTP {answer.status}", retry_after=retry_after_seconds(answer.retry_after))
@@ -230,9 +238,12 @@ def next_hop(url: str, location: str) -> str:
         target = httpx.URL(url).join(location.strip())
     except (httpx.InvalidURL, ValueError) as exc:
         raise DashboardRefused(f"{host_of(url)} redirected to an invalid URL ({_reason(exc)}); not followed") from exc
-    if target.scheme not in ("http", "https") or not target.host:
+    if target.scheme not in ("http", "https"):
         raise DashboardRefused(f"{host_of(url)} redirected to {display_url(str(target))}: unsupported protocol "
                                f"{target.scheme!r}; not followed")
+    if not target.host:
+        raise DashboardRefused(f"{host_of(url)} redirected to {display_url(str(target))}, a URL without a host; "
+                               "not followed")
     if url.lower().startswith("https:") and target.scheme == "http":
         raise DashboardRefused(
             f"{display_url(url)} redirected to plain http ({display_url(str(target))}); not followed: "
@@ -248,18 +259,18 @@ def _fetch_one(client: httpx.Client, method: str, url: str, *, deadline: float, 
     timeout = httpx.Timeout(min(READ_TIMEOUT, left), connect=min(CONNECT_TIMEOUT, left))
     try:
         with client.stream(method, url, timeout=timeout, **kwargs) as response:
-            _check_encoding(response.headers.get("content-encoding", ""), url)
+            _check_encoding(response.headers.get(_CONTENT_ENCODING, ""), url)
             redirect = 300 <= response.status_code < 400
             # identity only (checked above): iter_bytes decodes nothing, the cap counts what arrives
             body, truncated = _read_capped(response.iter_bytes(), REDIRECT_BODY_CAP if redirect else cap,
                                            deadline, None if redirect else sink)
             return Answer(
                 status=response.status_code,
-                content_type=response.headers.get("content-type", ""),
+                content_type=response.headers.get(_CONTENT_TYPE, ""),
                 body=body,
                 truncated=truncated and not redirect,
-                retry_after=response.headers.get("retry-after"),
-                location=response.headers.get(_LOCATION_ASIDE, response.headers.get("location")),
+                retry_after=response.headers.get(_RETRY_AFTER),
+                location=response.headers.get(_LOCATION_ASIDE, response.headers.get(_LOCATION)),
             )
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.PoolTimeout) as exc:
         _raise_if_tls(exc, url)
@@ -511,14 +522,14 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    current = datetime.now(timezone.utc).timestamp() if now is None else now
+    current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
 
 
 def json_body(body: bytes) -> tuple[bool, Any]:
     """(True, value) when `body` is JSON, else (False, None): never raises, whatever a server sends."""
     try:
-        return True, json.loads(body.decode("utf-8"))
+        return True, json.loads(body.decode())  # UTF-8: bytes.decode's only default
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         return False, None
 

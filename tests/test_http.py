@@ -8,14 +8,17 @@ import ssl
 import tempfile
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
 
 import httpcore
 import httpx
 import pytest
+import trustme
 
-from nezha_bootstrap import http
-from nezha_bootstrap.errors import DashboardRefused, InstallerFailed, TLSRefused
+from nezha_bootstrap import __version__, http
+from nezha_bootstrap.errors import DashboardRefused, InstallerFailed, SettingsError, TLSRefused
 from nezha_bootstrap.retry import Transient
 
 RELEASE = "https://release.test/v1/nezha-agent_linux_amd64.zip"
@@ -210,7 +213,8 @@ def test_a_name_is_resolved_in_a_helper_thread(monkeypatch: pytest.MonkeyPatch, 
     threads = []
 
     def resolver(host: str, port: int) -> list[str]:
-        threads.append((threading.current_thread().name, host, port))
+        thread = threading.current_thread()
+        threads.append((thread.name, thread.daemon, host, port))  # a daemon: a hung resolver never holds the exit
         if isinstance(answer, Exception):
             raise answer
         return list(answer)
@@ -223,7 +227,7 @@ def test_a_name_is_resolved_in_a_helper_thread(monkeypatch: pytest.MonkeyPatch, 
         with pytest.raises(httpcore.ConnectError) as failed:
             http.resolve_within("dash.test", 443, 30.0)
         assert str(failed.value) == message
-    assert threads == [("resolve dash.test", "dash.test", 443)]
+    assert threads == [("resolve dash.test", True, "dash.test", 443)]
 
 
 def test_a_name_that_does_not_resolve_in_time_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,7 +316,8 @@ def test_the_backends_resolution_and_connect_keep_to_the_budget(monkeypatch: pyt
 
 def test_a_name_resolution_gets_what_is_left_of_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     given = []
-    monkeypatch.setattr(http, "resolve_within", lambda host, port, seconds: given.append(seconds) or ["192.0.2.1"])
+    monkeypatch.setattr(http, "resolve_within",
+                        lambda host, port, seconds: given.append((host, port, seconds)) or ["192.0.2.1"])
     made = http.BoundedBackend()
     made.backend = Inner()  # type: ignore[assignment]
 
@@ -321,7 +326,9 @@ def test_a_name_resolution_gets_what_is_left_of_the_budget(monkeypatch: pytest.M
         made.connect_tcp("dash.test", 443, 5.0)
     made.connect_tcp("dash.test", 443, None)
 
-    assert 90 < given[0] <= 100 and given[1:] == [5.0, None]
+    [(host, port, seconds), *rest] = given
+    assert (host, port) == ("dash.test", 443) and 90 < seconds <= 100
+    assert rest == [("dash.test", 443, 5.0), ("dash.test", 443, None)]
 
 
 def test_a_new_bounded_backend_wraps_httpcores_own() -> None:
@@ -461,3 +468,519 @@ def test_the_causes_of_an_error_follow_both_the_cause_and_the_context_once_each(
     first.__context__ = third  # a loop: each error is listed once
 
     assert http._causes(third) == [third, second, first]
+
+
+# --- the two clients: verified TLS, env proxies, no redirects, the documented timeouts (issue 25's run) -------
+
+HTTP_ONLY = ("http://127.0.0.1:8008", "HTTP://mirror.test/install.sh")
+HTTPS = ("https://github.com/nezhahq/agent/releases/download/v2.3.3/checksums.txt",)
+SYSTEM_CAS = ssl.create_default_context().cert_store_stats()["x509_ca"]
+CLIENTS = [http.make_client, http.make_download_client]
+
+
+def pool_context(client: httpx.Client) -> ssl.SSLContext:
+    """The TLS context the client's connections are made with."""
+    return client._transport._pool._ssl_context  # type: ignore[attr-defined,no-any-return]
+
+
+def verified(context: ssl.SSLContext) -> tuple[ssl.VerifyMode, bool]:
+    return context.verify_mode, context.check_hostname
+
+
+@pytest.fixture
+def private_ca(tmp_path: Path) -> Path:
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    return bundle
+
+
+def test_the_system_store_holds_certificates() -> None:
+    """The tests below tell the system store from a private CA by the count of certificates loaded."""
+    assert SYSTEM_CAS > 1
+
+
+@pytest.mark.parametrize("make", CLIENTS)
+def test_each_client_uses_env_proxies_follows_no_redirect_and_waits_the_documented_times(make: Any) -> None:
+    with make() as client:
+        assert (client.trust_env, client.follow_redirects) == (True, False)
+        assert client.timeout == httpx.Timeout(30.0, connect=10.0)
+        assert client.event_hooks == {"request": [], "response": [http._set_location_aside]}
+
+
+@pytest.mark.parametrize("make", CLIENTS)
+def test_each_client_names_itself_and_accepts_only_the_identity_encoding(make: Any) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    with make(transport=httpx.MockTransport(handler)) as client:
+        client.get("http://dash.test/x")
+
+    assert (seen[0].headers["user-agent"], seen[0].headers["accept-encoding"]) == (
+        f"nezha-bootstrap/{__version__}", "identity")
+
+
+@pytest.mark.parametrize("make", CLIENTS)
+def test_each_clients_connections_go_through_the_bounded_backend_proxies_included(
+        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:21100")
+
+    with make() as client:
+        transports = [client._transport, *client._mounts.values()]  # a NO_PROXY host's mount is None
+        backends = [type(transport._pool._network_backend) for transport in transports if transport is not None]
+
+    assert len(backends) >= 2 and set(backends) == {http.BoundedBackend}
+
+
+def test_the_dashboard_client_trusts_the_ca_bundle_alone_when_given_one(private_ca: Path) -> None:
+    with http.make_client(private_ca, urls=HTTPS) as client:
+        context = pool_context(client)
+
+    assert verified(context) == (ssl.CERT_REQUIRED, True)
+    assert context.cert_store_stats()["x509_ca"] == 1
+
+
+@pytest.mark.parametrize(("urls", "cas"), [(HTTPS, SYSTEM_CAS), (HTTP_ONLY, 0), ((), SYSTEM_CAS)])
+def test_the_dashboard_client_reads_the_system_store_only_when_a_url_may_need_it(
+        urls: tuple[str, ...], cas: int) -> None:
+    with http.make_client(urls=urls) as client:
+        context = pool_context(client)
+
+    assert verified(context) == (ssl.CERT_REQUIRED, True)  # an https request to a plain-http client fails
+    assert context.cert_store_stats()["x509_ca"] == cas
+
+
+@pytest.mark.parametrize(("urls", "cas"), [(HTTPS, SYSTEM_CAS + 1), ((), SYSTEM_CAS + 1), (HTTP_ONLY, 0)])
+def test_the_download_client_trusts_the_system_store_and_the_ca_bundle_when_a_url_may_need_them(
+        private_ca: Path, urls: tuple[str, ...], cas: int) -> None:
+    with http.make_download_client(private_ca, urls=urls) as client:
+        context = pool_context(client)
+
+    assert verified(context) == (ssl.CERT_REQUIRED, True)
+    assert context.cert_store_stats()["x509_ca"] == cas
+
+
+def test_a_download_context_for_plain_http_urls_in_any_case_loads_nothing_and_still_verifies() -> None:
+    context = http.download_context(None, HTTP_ONLY)
+
+    assert verified(context) == (ssl.CERT_REQUIRED, True)
+    assert context.cert_store_stats()["x509_ca"] == 0
+
+
+NOT_PEM = r"is not a PEM file of certificates \(\[X509: NO_CERTIFICATE_OR_CRL_FOUND\] .*\)"
+
+
+@pytest.mark.parametrize("context", [http.tls_context, http.download_context])
+def test_a_ca_bundle_that_holds_no_certificate_is_a_settings_error_naming_it(
+        context: Any, tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("not a certificate\n")
+
+    with pytest.raises(SettingsError) as refused:
+        context(bundle, HTTPS)
+
+    [problem] = refused.value.problems
+    assert re.fullmatch(rf"the CA bundle {re.escape(str(bundle))} {NOT_PEM}", problem)
+    assert refused.value.exit_code == 2
+
+
+@pytest.mark.parametrize("context", [http.tls_context, http.download_context])
+def test_a_ca_bundle_that_is_missing_is_a_settings_error_naming_it(context: Any, tmp_path: Path) -> None:
+    bundle = tmp_path / "missing.pem"
+
+    with pytest.raises(SettingsError) as refused:
+        context(bundle, HTTPS)
+
+    assert refused.value.problems == [f"the CA bundle {bundle} is not a readable file"]
+
+
+def test_ca_bundle_problem_says_what_is_wrong_with_the_file_or_nothing(private_ca: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty.pem").write_text("")
+
+    assert http.ca_bundle_problem(private_ca) is None
+    assert http.ca_bundle_problem(tmp_path) == f"the CA bundle {tmp_path} is not a readable file"
+    assert re.fullmatch(rf"the CA bundle {re.escape(str(tmp_path / 'empty.pem'))} {NOT_PEM}",
+                        http.ca_bundle_problem(tmp_path / "empty.pem") or "")
+
+
+def test_a_client_made_elsewhere_still_has_its_redirects_location_read() -> None:
+    """A client without the hook that sets Location aside (httpx's own) keeps it where httpx puts it."""
+    answer = httpx.Response(302, headers={"Location": "https://other.test/x"})
+
+    with httpx.Client(transport=httpx.MockTransport(lambda request: answer)) as client:
+        got = http.fetch(client, "GET", "https://dash.test/x", seconds_left=10, cap=100, ambiguous=False)
+
+    assert (got.status, got.location) == (302, "https://other.test/x")
+
+
+def test_a_malformed_location_reaches_the_caller_unparsed_not_as_a_network_error() -> None:
+    answer = httpx.Response(302, headers={"Location": "https://dash.test:99999999/x"})
+
+    with http.make_client(transport=httpx.MockTransport(lambda request: answer)) as client:
+        got = http.fetch(client, "GET", "https://dash.test/x", seconds_left=10, cap=100, ambiguous=False)
+
+    assert (got.status, got.location) == (302, "https://dash.test:99999999/x")
+
+
+# --- download: retries, refusals with their words, the file it writes (issue 25's run) ------------------------
+
+class Answers:
+    """A MockTransport answering each request with the next of `answers`; (method, url) of each kept."""
+
+    def __init__(self, *answers: httpx.Response) -> None:
+        self.answers = list(answers)
+        self.requests: list[tuple[str, str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.method, str(request.url)))
+        return self.answers.pop(0)
+
+
+def downloading(answers: Answers, **options: Any) -> bytes:
+    options = {"cap": 1024, "deadline": 2, "notify": nothing, "what": "download the zip", **options}
+    with http.make_download_client(transport=httpx.MockTransport(answers)) as client:
+        return http.download(client, RELEASE, **options)
+
+
+def test_a_download_gets_the_file_and_returns_its_bytes() -> None:
+    answers = Answers(httpx.Response(200, content=b"zip bytes"))
+
+    assert downloading(answers) == b"zip bytes"
+    assert answers.requests == [("GET", RELEASE)]
+
+
+def test_a_download_into_a_file_writes_only_the_last_attempts_body_and_says_why_it_retried() -> None:
+    answers = Answers(httpx.Response(503, content=b"busy, come back later"), httpx.Response(200, content=b"zip bytes"))
+    notes: list[str] = []
+
+    with tempfile.TemporaryFile() as into:
+        got = downloading(answers, into=into, deadline=30, notify=notes.append)
+        into.seek(0)
+        written = into.read()
+
+    assert (got, written) == (b"", b"zip bytes")
+    assert len(answers.requests) == 2
+    [note] = notes
+    assert re.fullmatch(r"download the zip: HTTP 503; retrying in \d+\.\d s", note)
+
+
+def test_a_download_does_not_follow_a_redirect_unless_told() -> None:
+    answers = Answers(httpx.Response(302, headers={"Location": "https://storage.test/a.zip"}))
+
+    with pytest.raises(InstallerFailed) as refused:
+        downloading(answers)
+
+    assert str(refused.value) == f"downloading {RELEASE}: HTTP 302"
+    assert answers.requests == [("GET", RELEASE)]
+
+
+@pytest.mark.parametrize(("status", "options", "message"), [
+    (404, {"missing": " (no such release?)"}, "HTTP 404 (no such release?)"),
+    (404, {}, "HTTP 404"),
+    (403, {"missing": " (no such release?)"}, "HTTP 403"),
+    (405, {"missing": " (no such release?)"}, "HTTP 405"),
+    (400, {}, "HTTP 400"),
+])
+def test_an_http_refusal_fails_at_once_with_its_status_and_a_404_says_what_its_absence_means(
+        status: int, options: dict[str, str], message: str) -> None:
+    answers = Answers(httpx.Response(status))
+
+    with pytest.raises(InstallerFailed) as refused:
+        downloading(answers, **options)
+
+    assert str(refused.value) == f"downloading {RELEASE}: {message}"
+    assert refused.value.exit_code == 5
+    assert len(answers.requests) == 1
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_429_and_5xx_are_retried_and_a_retry_after_past_the_deadline_gives_up_at_once(status: int) -> None:
+    answers = Answers(httpx.Response(status, headers={"Retry-After": "3600"}))
+
+    with pytest.raises(InstallerFailed) as gave_up:
+        downloading(answers)
+
+    assert str(gave_up.value) == (
+        f"download the zip: HTTP {status}; the dashboard asked to wait 3600 s (Retry-After); "
+        "gave up after 1 attempt(s) within the 2 s deadline")
+    assert len(answers.requests) == 1
+
+
+def test_a_refused_redirect_of_a_download_is_an_installer_failure_saying_why() -> None:
+    answers = Answers(httpx.Response(302, headers={"Location": "http://plain.test/agent.zip"}))
+
+    with pytest.raises(InstallerFailed) as refused:
+        downloading(answers, follow_redirects=True)
+
+    assert str(refused.value) == (
+        f"downloading {RELEASE}: {RELEASE} redirected to plain http (http://plain.test/agent.zip); not followed: "
+        "nothing fetched over plain http is used unless its SHA-256 was pinned")
+    assert refused.value.exit_code == 5
+
+
+# --- fetch: redirects followed hop by hop, each inside the one budget (issue 25's run) -------------------------
+
+def hops(count: int) -> Callable[[httpx.Request], httpx.Response]:
+    """/hop/0 redirects to /hop/1 and so on; /hop/`count` answers 200: `count` redirects in all."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        step = int(request.url.path.rsplit("/", 1)[1])
+        if step < count:
+            return httpx.Response(302, headers={"Location": f"/hop/{step + 1}"})
+        return httpx.Response(200, content=b"the end")
+
+    return handler
+
+
+def test_twenty_redirects_are_followed() -> None:
+    with http.make_download_client(transport=httpx.MockTransport(hops(20))) as client:
+        got = http.fetch(client, "GET", "https://release.test/hop/0", seconds_left=10, cap=100, ambiguous=False,
+                         follow_redirects=True)
+
+    assert (got.status, got.body) == (200, b"the end")
+
+
+def test_a_twenty_first_redirect_is_refused_as_a_loop() -> None:
+    with http.make_download_client(transport=httpx.MockTransport(hops(21))) as client, \
+            pytest.raises(DashboardRefused) as refused:
+        http.fetch(client, "GET", "https://release.test/hop/0", seconds_left=10, cap=100, ambiguous=False,
+                   follow_redirects=True)
+
+    assert str(refused.value) == "release.test redirected more than 20 times; not followed further (a redirect loop?)"
+
+
+@pytest.fixture
+def frozen(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """time.monotonic stands still at the value in the list (tests move it by hand)."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    return now
+
+
+@pytest.mark.parametrize(("seconds_left", "timeouts"), [
+    (5.0, {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}),
+    (20.0, {"connect": 10.0, "read": 20.0, "write": 20.0, "pool": 20.0}),
+    (100.0, {"connect": 10.0, "read": 30.0, "write": 30.0, "pool": 30.0}),
+])
+def test_a_request_runs_inside_its_budget_with_httpx_timeouts_no_longer_than_documented(
+        frozen: list[float], seconds_left: float, timeouts: dict[str, float]) -> None:
+    seen: list[tuple[Any, float | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.extensions["timeout"], http._clip(None, TimeoutError)))
+        return httpx.Response(200)
+
+    with http.make_client(transport=httpx.MockTransport(handler)) as client:
+        http.fetch(client, "GET", "https://dash.test/x", seconds_left=seconds_left, cap=100, ambiguous=False)
+
+    assert seen == [(timeouts, seconds_left)]  # the budget: what the bounded backend clips every step to
+    assert http._clip(None, TimeoutError) is None  # and only while the request runs
+
+
+@pytest.mark.parametrize("location", ["http://[::1", "https://dash.test:abc/x"])
+def test_a_redirect_to_an_invalid_url_is_refused_saying_so(location: str) -> None:
+    with pytest.raises(DashboardRefused) as refused:
+        http.next_hop("https://release.test/a.zip", location)
+
+    assert re.fullmatch(r"release\.test redirected to an invalid URL \(Invalid port: '[^']+'\); not followed",
+                        str(refused.value))
+
+
+def test_a_redirect_to_another_protocol_is_refused_naming_it() -> None:
+    with pytest.raises(DashboardRefused) as refused:
+        http.next_hop("https://release.test/a.zip", "ftp://mirror.test/a.zip")
+
+    assert str(refused.value) == ("release.test redirected to ftp://mirror.test/a.zip: unsupported protocol 'ftp'; "
+                                  "not followed")
+
+
+def test_a_redirect_to_a_url_without_a_host_is_refused_saying_so() -> None:
+    with pytest.raises(DashboardRefused) as refused:
+        http.next_hop("http://mirror.test/a.zip", "https:///a.zip")
+
+    assert str(refused.value) == "mirror.test redirected to https:/a.zip, a URL without a host; not followed"
+
+
+# --- one answer as read: its encoding, its caps, the errors of a transport (issue 25's run) --------------------
+
+def answered(response: httpx.Response, **options: Any) -> http.Answer:
+    options = {"seconds_left": 10, "cap": 100, "ambiguous": False, **options}
+    with http.make_client(transport=httpx.MockTransport(lambda request: response)) as client:
+        return http.fetch(client, "GET", "https://dash.test/x", **options)
+
+
+@pytest.mark.parametrize("encoding", ["identity", "Identity", " IDENTITY ", ""])
+def test_an_answer_in_the_identity_encoding_is_read(encoding: str) -> None:
+    got = answered(httpx.Response(200, content=b"{}", headers={"Content-Encoding": encoding}))
+
+    assert got.body == b"{}"
+
+
+@pytest.mark.parametrize(("encoding", "shown"), [
+    ("gzip", "'gzip'"), ("identity, gzip", "'identity, gzip'"), ("x" * 100, repr("x" * 60)),
+])
+def test_an_answer_in_another_encoding_is_refused_unread(encoding: str, shown: str) -> None:
+    with pytest.raises(DashboardRefused) as refused:
+        answered(httpx.Response(200, content=b"\x1f\x8b", headers={"Content-Encoding": encoding}))
+
+    assert str(refused.value) == (
+        f"dash.test answered with Content-Encoding {shown} although only identity was accepted; refusing it "
+        "(a compressed answer can expand to gigabytes). A proxy in between?")
+
+
+@pytest.mark.parametrize("status", [300, 302, 308, 399])
+def test_a_redirects_body_is_read_to_its_own_small_cap_never_into_the_sink_and_never_called_truncated(
+        status: int) -> None:
+    sunk: list[bytes] = []
+
+    got = answered(httpx.Response(status, content=b"r" * 10_000), sink=sunk.append)
+
+    assert (got.status, got.body, got.truncated, sunk) == (status, b"r" * http.REDIRECT_BODY_CAP, False, [])
+
+
+@pytest.mark.parametrize("status", [200, 299, 400, 404])
+def test_any_other_body_goes_to_the_sink_and_past_the_cap_is_called_truncated(status: int) -> None:
+    sunk: list[bytes] = []
+
+    got = answered(httpx.Response(status, content=b"a" * 10_000), sink=sunk.append)
+
+    assert (got.status, got.body, got.truncated, b"".join(sunk)) == (status, b"", True, b"a" * 10_000)
+
+
+@pytest.mark.parametrize(("error", "message"), [
+    (httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'ftp://'."),
+     "dash.test: Request URL has an unsupported protocol 'ftp://'."),
+    (httpx.DecodingError("Error -3 while decompressing data"),
+     "the answer of dash.test could not be decoded: Error -3 while decompressing data"),
+])
+def test_a_transport_error_no_retry_can_mend_is_refused_naming_the_host(error: Exception, message: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    with http.make_client(transport=httpx.MockTransport(handler)) as client, \
+            pytest.raises(DashboardRefused) as refused:
+        http.fetch(client, "GET", "https://dash.test/x", seconds_left=10, cap=100, ambiguous=False)
+
+    assert str(refused.value) == message
+
+
+def test_the_cap_counts_every_chunk_read(frozen: list[float]) -> None:
+    sunk: list[bytes] = []
+
+    assert http._read_capped([b"aaa", b"bbb", b"ccc"], 5, 1001.0) == (b"aaabb", True)
+    assert http._read_capped([b"aaa", b"bbb", b"ccc"], 5, 1001.0, sunk.append) == (b"", True)
+    assert sunk == [b"aaa", b"bbb"]  # at most one chunk past the cap
+    assert http._read_capped([b"aaa", b"bb"], 5, 1001.0) == (b"aaabb", False)
+
+
+def test_a_body_is_read_up_to_its_deadline_and_not_a_chunk_after(frozen: list[float]) -> None:
+    assert http._read_capped([b"aaa"], 100, 1000.0) == (b"aaa", False)  # at the deadline exactly: in time
+    with pytest.raises(httpx.ReadTimeout) as late:
+        http._read_capped([b"aaa"], 100, 999.0)
+    assert str(late.value) == "the answer arrived too slowly"
+
+
+# --- the budget's edges (issue 25's run) ----------------------------------------------------------------------
+
+def test_a_thread_that_never_had_a_budget_leaves_timeouts_as_they_are() -> None:
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.extend([http._clip(5.0, TimeoutError),
+                                                         http._clip(None, TimeoutError)]))
+    thread.start()
+    thread.join()
+
+    assert got == [5.0, None]
+
+
+def test_half_a_second_left_is_half_a_second(frozen: list[float]) -> None:
+    with http.within(1000.5):
+        assert http._clip(5.0, TimeoutError) == 0.5
+
+
+def test_a_connect_after_a_resolution_that_used_up_the_budget_is_a_connect_timeout(
+        monkeypatch: pytest.MonkeyPatch, frozen: list[float]) -> None:
+    def slow(host: str, port: int, seconds: float) -> list[str]:
+        frozen[0] += seconds  # the resolver took all the time it was given
+        return ["192.0.2.1"]
+
+    monkeypatch.setattr(http, "resolve_within", slow)
+    made = http.BoundedBackend()
+    made.backend = inner = Inner()  # type: ignore[assignment]
+
+    with http.within(1005.0), pytest.raises(httpcore.ConnectTimeout, match="^the time for this request ran out$"):
+        made.connect_tcp("dash.test", 443, 10.0)
+    assert inner.calls == []
+
+
+def test_a_name_with_no_address_is_a_connect_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "resolve_within", lambda host, port, seconds: [])
+
+    with pytest.raises(httpcore.ConnectError, match="^no address for dash.test$"):
+        http.BoundedBackend().connect_tcp("dash.test", 443, 5.0)
+
+
+def test_a_unix_socket_connect_keeps_its_shorter_timeout_and_to_the_budget() -> None:
+    made = http.BoundedBackend()
+    made.backend = inner = Inner()  # type: ignore[assignment]
+
+    with http.within(time.monotonic() + 100):
+        made.connect_unix_socket("/run/x.sock", 5.0)
+    with http.within(time.monotonic() - 1), pytest.raises(httpcore.ConnectTimeout):
+        made.connect_unix_socket("/run/x.sock", 5.0)
+
+    assert inner.calls == [("connect_unix_socket", "/run/x.sock", 5.0, None)]
+
+
+# --- small readers (issue 25's run) ---------------------------------------------------------------------------
+
+def test_the_reason_of_an_error_is_its_first_line_cut_at_200_characters_or_its_type() -> None:
+    assert http._reason(ValueError()) == "ValueError"
+    assert http._reason(ValueError("first line\nsecond line")) == "first line"
+    assert http._reason(ValueError("x" * 300)) == "x" * 200
+
+
+def test_only_an_ssl_error_has_an_openssl_reason() -> None:
+    other = OSError("not from ssl")
+    other.reason = "CERTIFICATE_VERIFY_FAILED"  # type: ignore[attr-defined]
+
+    assert http._ssl_reason(other) is None
+    assert http._ssl_reason(ssl_error("WRONG_VERSION_NUMBER", "wrong version number")) == "WRONG_VERSION_NUMBER"
+
+
+@pytest.fixture
+def tokyo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The local time zone nine hours ahead of UTC (a POSIX TZ string: no tzdata needed)."""
+    monkeypatch.setenv("TZ", "JST-9")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+TEN_TO_TEN_UTC = 1796637540.0  # 2026-12-07 09:59:00 UTC
+
+
+@pytest.mark.parametrize("value", [
+    "Mon, 07 Dec 2026 10:00:00 GMT",
+    "Mon, 07 Dec 2026 12:00:00 +0200",  # an offset is kept, not taken as UTC
+    "Mon, 07 Dec 2026 10:00:00 -0000",  # no zone at all (a naive date): UTC, not the local time
+])
+def test_a_retry_after_date_in_any_zone_is_the_seconds_until_then(tokyo: None, value: str) -> None:
+    assert http.retry_after_seconds(value, now=TEN_TO_TEN_UTC) == 60.0
+
+
+def test_a_retry_after_date_is_counted_from_the_clock_when_no_time_is_given() -> None:
+    in_an_hour = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 3600))
+
+    assert 3500 < http.retry_after_seconds(in_an_hour) <= 3600  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("status", [300, 301, 399])
+def test_every_3xx_answer_is_a_refused_redirect(status: int) -> None:
+    with pytest.raises(DashboardRefused) as refused:
+        http.check_status("register", status)
+
+    assert str(refused.value).startswith(
+        f"register: the dashboard answered HTTP {status} and tried to send the request to (no Location header); "
+        "it was not followed")
