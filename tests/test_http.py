@@ -508,6 +508,25 @@ def test_each_client_uses_env_proxies_follows_no_redirect_and_waits_the_document
 
 
 @pytest.mark.parametrize("make", CLIENTS)
+def test_each_client_says_no_redirects_and_env_proxies_itself_never_leaning_on_httpxs_defaults(
+        make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx changed its redirect default once (0.20): the clients state both settings, whatever the default."""
+    given: list[dict[str, Any]] = []
+    real = httpx.Client
+
+    def recording(**settings: Any) -> httpx.Client:
+        given.append(settings)
+        return real(**settings)
+
+    monkeypatch.setattr(httpx, "Client", recording)
+    with make():
+        pass
+
+    [settings] = given
+    assert (settings["trust_env"], settings["follow_redirects"]) == (True, False)
+
+
+@pytest.mark.parametrize("make", CLIENTS)
 def test_each_client_names_itself_and_accepts_only_the_identity_encoding(make: Any) -> None:
     seen: list[httpx.Request] = []
 
