@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from nezha_bootstrap.agent import AGENT_V1
+from nezha_bootstrap.agent import AGENT_V1, Release
 from nezha_bootstrap.identity import machine_uuid
+from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.v1.flow import Plan
 from tests.conftest import MACHINE_ID, Cli, V1Cli
 
 pytestmark = pytest.mark.integration
@@ -170,7 +172,9 @@ def test_vendor_leftovers_are_reported_without_adopt(v1cli: V1Cli) -> None:
     outcome = v1cli()
 
     assert outcome.exit_code == 0, outcome.stderr
-    assert f"the vendor script left a second agent: config-ab12cd.yml (uuid {leftover_uuid}" in outcome.stderr
+    [unit] = (v1cli.root / "etc/systemd/system").glob("nezha-agent-*.service")
+    assert (f"the vendor script left a second agent: config-ab12cd.yml (uuid {leftover_uuid}, {unit.name}), a "
+            "duplicate server; run with --adopt to uninstall it") in outcome.stderr
     assert (v1cli.root / "opt/nezha/agent/config-ab12cd.yml").exists()
 
 
@@ -411,3 +415,58 @@ def test_an_http_dashboard_url_with_a_public_probe_address_says_why_tls_is_off(v
     assert ("the agent would connect to 203.0.113.7 without TLS (the dashboard URL is http and no --tls was "
             "given), sending the agent secret in clear text") in outcome.stderr
     assert v1cli.fake.journal[3:] == [] and v1cli.fake.servers == []  # the probes, nothing more
+
+
+# --- the plan's lines for each kind of unit, and the vendor script's leftovers ------------------------
+
+def a_plan(action: str) -> Plan:
+    release = Release("https://rel.test", AGENT_V1, "nezha-agent_linux_amd64.zip")
+    return Plan(True, "--force", UUID, "machine-id", 'uuid: "x"\n', release, action, 'uuid: "x"\n')
+
+
+@pytest.mark.parametrize(("action", "runs"), [("install", "install"), ("restart", "restart"), ("replace", "install")])
+def test_the_plan_says_which_service_command_runs_and_uninstalls_a_v0_agent_first(tmp_path: Path, action: str,
+                                                                                  runs: str) -> None:
+    paths = Paths(tmp_path)
+    binary, config = paths.agent_dir / "nezha-agent", paths.agent_dir / "config.yml"
+
+    lines = a_plan(action).describe(paths, systemd=True)
+
+    uninstall = [line for line in lines if line.startswith("uninstall the v0 agent")]
+    assert uninstall == ([f"uninstall the v0 agent: {binary} service uninstall"] if action == "replace" else [])
+    assert f"run: {binary} service -c {config} {runs}" in lines
+    assert (f"verify {paths.agent_unit}: ExecStart runs the agent with -c /opt/nezha/agent/config.yml; "
+            "config.yml as written; systemctl is-active nezha-agent") in lines
+
+
+def test_a_rerun_keeps_the_vendor_scripts_second_agent_and_says_so_in_full(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    leftover_uuid = "deadbeef-0000-4000-8000-000000000002"
+    (v1cli.root / "opt/nezha/agent/config-ef34ab.yml").write_text(f'server: "x:1"\nuuid: {leftover_uuid}\n')
+
+    plan = json.loads(v1cli("--dry-run", "--json", "--adopt").stdout)  # --adopt acts only with an install
+    outcome = v1cli("--adopt")
+
+    assert plan["plan"][-1] == (f"keep (no --adopt) the vendor script's second agent config-ef34ab.yml "
+                                f"(uuid {leftover_uuid}): a duplicate server, to delete in the dashboard")
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (f"the vendor script left a second agent: config-ef34ab.yml (uuid {leftover_uuid}, no unit), a duplicate "
+            "server; run with --adopt to uninstall it") in outcome.stderr
+    assert (v1cli.root / "opt/nezha/agent/config-ef34ab.yml").exists()
+
+
+def test_a_dry_run_json_says_what_it_would_do_and_why(v1cli: V1Cli) -> None:
+    before = json.loads(v1cli("--dry-run", "--json").stdout)
+    assert v1cli().exit_code == 0
+    dry = v1cli("--dry-run", "--json", NZ_UUID="11111111-2222-3333-4444-555555555555")
+    after = json.loads(dry.stdout)
+
+    url = v1cli.running.url
+    assert {k: before[k] for k in ("generation", "dashboard", "method", "action", "reason")} == {
+        "generation": "auto", "dashboard": url, "method": "direct", "action": "install",
+        "reason": "not enrolled from this machine yet"}
+    assert {k: after[k] for k in ("generation", "dashboard", "method", "action", "reason")} == {
+        "generation": "v2.1+", "dashboard": url, "method": "direct", "action": "nothing",
+        "reason": "enrolled and installed"}
+    assert after["plan"][:2] == ["generation: v2.1+", "plan: nothing to do (enrolled and installed)"]
+    assert "NZ_UUID set in this environment: ignored (the agent's commands run without NZ_*)" in dry.stderr
