@@ -42,7 +42,7 @@ def test_fresh_enrollment_makes_one_server_with_the_machine_uuid(v1cli: V1Cli) -
     assert stat.S_IMODE((v1cli.root / "opt/nezha/agent/config.yml").stat().st_mode) == 0o600
     [call] = v1cli.agent_calls()
     assert call.argv == ["service", "-c", str(v1cli.root / "opt/nezha/agent/config.yml"), "install"]
-    assert call.stdin == "/dev/null"
+    assert (call.stdin, call.cwd.strip()) == ("/dev/null", str(v1cli.root / "opt/nezha/agent"))
     assert not any(key.startswith("NZ_") for key in call.env) and "NEZHA_AGENT_SECRET" not in call.env
     unit = (v1cli.root / "etc/systemd/system/nezha-agent.service").read_text()
     assert 'ExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml"' in unit
@@ -470,3 +470,21 @@ def test_a_dry_run_json_says_what_it_would_do_and_why(v1cli: V1Cli) -> None:
         "reason": "enrolled and installed"}
     assert after["plan"][:2] == ["generation: v2.1+", "plan: nothing to do (enrolled and installed)"]
     assert "NZ_UUID set in this environment: ignored (the agent's commands run without NZ_*)" in dry.stderr
+
+
+def test_an_install_never_seen_online_is_saved_unfinished_and_the_next_run_installs_again(v1cli: V1Cli) -> None:
+    outcome = v1cli("--json", NEZHA_AGENT_SECRET="wrongsecret1234567890")  # the dashboard refuses it
+
+    assert outcome.exit_code == 3, outcome.stderr
+    result = json.loads(outcome.stdout)
+    assert (result["online"], result["online_after_s"], result["uuid"]) == (False, None, UUID)
+    state = v1cli.state()
+    assert {k: state[k] for k in ("uuid", "generation", "agent_version", "online", "installed_at")} == {
+        "uuid": UUID, "generation": "v2.1+", "agent_version": AGENT_V1, "online": False, "installed_at": None}
+
+    rerun = v1cli(NEZHA_AGENT_SECRET="wrongsecret1234567890")
+    assert rerun.exit_code == 3, rerun.stderr
+    assert "plan: install the agent (the agent version changed, or the install did not finish)" in rerun.stderr
+
+    assert v1cli().exit_code == 0  # the right secret
+    assert (v1cli.state()["online"], v1cli.state()["registered_at"]) == (True, state["registered_at"])
