@@ -488,3 +488,27 @@ def test_an_install_never_seen_online_is_saved_unfinished_and_the_next_run_insta
 
     assert v1cli().exit_code == 0  # the right secret
     assert (v1cli.state()["online"], v1cli.state()["registered_at"]) == (True, state["registered_at"])
+
+
+def test_after_enrolling_each_change_says_why_it_installs_again_or_why_not(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+
+    def plan(*args: str, **env: str) -> tuple[str, str]:
+        outcome = v1cli("--dry-run", "--json", *args, **env)
+        assert outcome.exit_code == 0, outcome.stderr
+        shown = json.loads(outcome.stdout)
+        return shown["action"], shown["reason"]
+
+    assert plan() == ("nothing", "enrolled and installed")
+    assert plan("--force") == ("install", "--force")
+    assert plan("--agent-option", "report_delay=3") == ("install", "config.yml differs from the settings")
+    url = v1cli.running.url
+    other = url.replace("127.0.0.1", "localhost")
+    assert plan(NEZHA_DASHBOARD_URL=other, NEZHA_PROBE_ADDRESS="127.0.0.1") == (
+        "nothing", f"enrolled through {url}, and the agent's config is the same: its uuid is this server on any URL "
+                   "of the dashboard (the new URL is recorded)")
+    outcome = v1cli(NEZHA_DASHBOARD_URL=other, NEZHA_PROBE_ADDRESS="127.0.0.1")
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (v1cli.state()["dashboard_url"], v1cli.state()["generation"]) == (other, "v2.1+")
+    (v1cli.root / "etc/machine-id").write_text(OTHER_MACHINE_ID + "\n")
+    assert plan() == ("install", "the machine-id changed: this clone enrolls under its own uuid")
