@@ -512,3 +512,38 @@ def test_after_enrolling_each_change_says_why_it_installs_again_or_why_not(v1cli
     assert (v1cli.state()["dashboard_url"], v1cli.state()["generation"]) == (other, "v2.1+")
     (v1cli.root / "etc/machine-id").write_text(OTHER_MACHINE_ID + "\n")
     assert plan() == ("install", "the machine-id changed: this clone enrolls under its own uuid")
+
+
+@pytest.mark.parametrize("init", ["systemd", "sysv"])
+def test_a_reinstall_under_another_uuid_restarts_the_agent_and_names_the_server_it_leaves(v1cli: V1Cli,
+                                                                                       init: str) -> None:
+    env = {"NEZHA_STUB_INIT": "sysv"} if init == "sysv" else {}
+    assert v1cli(**env).exit_code == 0
+    chosen = "11111111-2222-3333-4444-555555555555"
+
+    outcome = v1cli("--uuid", chosen, **env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (f"config.yml held uuid {UUID}; it now holds {chosen}. The dashboard keeps a server for {UUID}: delete "
+            "it there once its agent is gone") in outcome.stderr
+    assert [call.argv[-1] for call in v1cli.agent_calls()] == ["install", "restart"]
+    assert [s.uuid for s in v1cli.fake.servers] == [UUID, chosen]
+
+
+def test_a_v0_agents_unit_is_replaced_not_restarted(v1cli: V1Cli) -> None:
+    """A dashboard upgraded from v0: a restart would keep the unit's `-s HOST:PORT -p SECRET` command."""
+    units = v1cli.root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    (units / "nezha-agent.service").write_text(
+        '[Service]\nExecStart=/opt/nezha/agent/nezha-agent "-s" "dash.test:5555" "-p" "v0-node-secret"\n')
+
+    plan = json.loads(v1cli("--dry-run", "--json").stdout)["plan"]
+    outcome = v1cli()
+
+    agent_dir = v1cli.root / "opt/nezha/agent"
+    assert f"  uninstall the v0 agent: {agent_dir}/nezha-agent service uninstall" in plan
+    assert f"  run: {agent_dir}/nezha-agent service -c {agent_dir}/config.yml install" in plan
+    assert outcome.exit_code == 0, outcome.stderr
+    assert [call.argv[-1] for call in v1cli.agent_calls()] == ["uninstall", "install"]
+    assert 'ExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml"' in (
+        units / "nezha-agent.service").read_text()
