@@ -547,3 +547,17 @@ def test_a_v0_agents_unit_is_replaced_not_restarted(v1cli: V1Cli) -> None:
     assert [call.argv[-1] for call in v1cli.agent_calls()] == ["uninstall", "install"]
     assert 'ExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml"' in (
         units / "nezha-agent.service").read_text()
+
+
+def test_the_state_of_an_enrollment_holds_what_a_rerun_needs_and_no_secret(v1cli: V1Cli) -> None:
+    assert v1cli("--name", "web-1").exit_code == 0  # without an access token the dashboard names it
+
+    state = v1cli.state()
+    stamps = {k: state.pop(k) for k in ("registered_at", "installed_at", "online_at")}
+    assert {k: v for k, v in state.items() if v not in (None, False, "")} == {
+        "dashboard_url": v1cli.running.url, "probe_address": "127.0.0.1", "probe_port": v1cli.running.port,
+        "machine_id": MACHINE_ID, "generation": "v2.1+", "uuid": UUID, "method": "direct", "agent_version": AGENT_V1,
+        "online": True, "version": 1}
+    assert (state["name"], state["tag"], state["tls"], state["secret"], state["server_id"]) == (
+        "", None, False, "", None)
+    assert stamps["registered_at"] == stamps["installed_at"] == stamps["online_at"] is not None
