@@ -561,3 +561,27 @@ def test_the_state_of_an_enrollment_holds_what_a_rerun_needs_and_no_secret(v1cli
     assert (state["name"], state["tag"], state["tls"], state["secret"], state["server_id"]) == (
         "", None, False, "", None)
     assert stamps["registered_at"] == stamps["installed_at"] == stamps["online_at"] is not None
+
+
+def test_an_instance_id_seen_after_enrolling_is_recorded_once_then_a_new_one_is_a_clone(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    iid = v1cli.root / "var/lib/cloud/data/instance-id"
+    iid.parent.mkdir(parents=True)
+    iid.write_text("i-0aaa\n")
+
+    late = v1cli("--json")
+    again = v1cli()
+    iid.write_text("i-0bbb\n")  # an image captured without `seal`, booted as another instance
+    clone = v1cli("--json")
+
+    assert late.exit_code == 0, late.stderr
+    assert json.loads(late.stdout)["outcome"] == "nothing_to_do"
+    assert "the state has no cloud-init instance-id (written before cloud-init ran here); recording this one, " \
+           "i-0aaa." in late.stderr
+    assert again.exit_code == 0 and "instance-id" not in again.stderr
+    assert clone.exit_code == 0, clone.stderr
+    assert json.loads(clone.stdout)["reason"] == ("cloud-init's instance-id changed under the same machine-id: this "
+                                                  "clone enrolls under its own uuid")
+    [first, second] = v1cli.fake.servers
+    assert first.uuid == UUID and second.uuid == json.loads(clone.stdout)["uuid"] != UUID
+    assert v1cli.state()["instance_id"] == "i-0bbb"
