@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 
 from nezha_bootstrap.agent import AGENT_V1, Release
+from nezha_bootstrap.config import AgentSettings, Settings, build, v1_config
+from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.identity import machine_uuid
+from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
-from nezha_bootstrap.v1.flow import Plan
+from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.v1.flow import Plan, dry_run
 from tests.conftest import MACHINE_ID, Cli, V1Cli
 
 pytestmark = pytest.mark.integration
@@ -585,3 +589,15 @@ def test_an_instance_id_seen_after_enrolling_is_recorded_once_then_a_new_one_is_
     [first, second] = v1cli.fake.servers
     assert first.uuid == UUID and second.uuid == json.loads(clone.stdout)["uuid"] != UUID
     assert v1cli.state()["instance_id"] == "i-0bbb"
+
+
+def test_where_systemd_runs_the_plan_verifies_the_unit_and_that_it_is_active(tmp_path: Path) -> None:
+    settings = Settings(dashboard_url="https://dash.example.com", agent=AgentSettings(secret="S3cretS3cretS3cret"))
+    facts = Facts(hostname="web-1", primary_ipv4="192.0.2.10", machine_id=MACHINE_ID, systemd_running=True)
+    this = ThisNode(v1_config(build(settings, facts).config), facts, Paths(tmp_path), Reporter(verbosity=-1))
+
+    planned = dry_run(this, None, None, token_mode=False)
+
+    assert [line for line in planned.plan if line.startswith("verify")] == [
+        f"verify {tmp_path}/etc/systemd/system/nezha-agent.service: ExecStart runs the agent with -c "
+        "/opt/nezha/agent/config.yml; config.yml as written; systemctl is-active nezha-agent"]
