@@ -272,7 +272,7 @@ def test_a_rerun_restarts_an_agent_whose_server_is_missing(v2cli: V1Cli) -> None
 
     assert code == 0, err
     assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "restart"]
-    assert "the dashboard does not list this uuid: restarting the agent" in err
+    assert "the dashboard does not list this uuid: restarting the agent" in err.splitlines()
     assert [(s.id, s.name, s.hide_for_guest) for s in v2cli.fake.servers] == [(2, "web-1", True)]
 
 
