@@ -126,11 +126,14 @@ def test_a_rerun_in_a_large_fleet_finds_its_server_with_one_look_by_the_saved_id
     assert run(v2cli, token=token)[0] == 0
     assert v2cli.state()["server_id"] == 301
     seen = len(v2cli.fake.journal)
+    state_file = v2cli.root / "var/lib/nezha-bootstrap/state.json"
+    written = state_file.stat().st_ino  # each save is a new file renamed over the old
 
     code, out, err = run(v2cli, "--json", token=token)
 
     assert code == 0, err
     assert json.loads(out)["outcome"] == "nothing_to_do"
+    assert state_file.stat().st_ino == written  # the id it already holds is not written again
     assert [f"{j.method} {j.path}?{j.query}" for j in v2cli.fake.journal[seen:]] == ["GET /api/v1/server?id=301"]
     assert len(v2cli.agent_calls()) == 1  # found: the agent was not restarted
 
