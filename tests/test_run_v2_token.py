@@ -374,3 +374,16 @@ def node_process(url: str, fake: FakeV1, token: str, root: Path, index: int) -> 
     }
     return subprocess.Popen([sys.executable, "-m", "nezha_bootstrap", "run", "-q"], env=env, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_a_restarted_agent_whose_server_never_shows_is_stopped(v2cli: V1Cli) -> None:
+    secret = v2cli.fake.agent_secret
+    assert run(v2cli)[0] == 0
+    v2cli.fake.delete_server(1)
+    v2cli.fake.agent_secrets = {new_agent_secret(): 1}  # the secret was reset in the dashboard meanwhile
+
+    code, _, err = run(v2cli, NEZHA_AGENT_SECRET=secret, NEZHA_ENROLL_TIMEOUT="1")
+
+    assert code == 3  # the dashboard's refusal
+    assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "restart", "stop"]
+    assert f"the dashboard did not list uuid {UUID} within 1 s; the agent was stopped" in err
