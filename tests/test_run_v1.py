@@ -37,6 +37,7 @@ def test_fresh_enrollment_makes_one_server_with_the_machine_uuid(v1cli: V1Cli) -
     assert server.uuid == UUID
     summary = json.loads(outcome.stdout)
     assert (summary["outcome"], summary["generation"], summary["uuid"]) == ("installed", "v2.1+", UUID)
+    assert (summary["method"], summary["reason"]) == ("direct", "not enrolled from this machine yet")
     assert "naming" in summary
     port = v1cli.running.port
     assert config_yml(v1cli.root) == (
