@@ -16,7 +16,7 @@ from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
-from nezha_bootstrap.v1.flow import Plan, dry_run
+from nezha_bootstrap.v1.flow import NAMING_NOTE, Plan, dry_run
 from tests.conftest import MACHINE_ID, Cli, V1Cli
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,14 @@ def test_a_host_without_systemd_enrolls_with_the_init_script_the_agent_writes(v1
     assert json.loads(again.stdout)["outcome"] == "nothing_to_do"
     assert [s.uuid for s in v1cli.fake.servers] == [UUID]
     assert len(v1cli.agent_calls()) == 1
+
+
+def test_without_an_access_token_the_run_says_how_to_name_the_server(v1cli: V1Cli) -> None:
+    outcome = v1cli()
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert NAMING_NOTE in outcome.stderr
+    assert "two random words" in NAMING_NOTE and "NEZHA_TOKEN" in NAMING_NOTE
 
 
 def test_a_rerun_changes_nothing_and_sends_nothing(v1cli: V1Cli) -> None:
