@@ -59,7 +59,7 @@ def test_first_enrollment_is_named_and_hidden_before_the_first_guest_poll(v2cli:
     summary = json.loads(out)
     assert (summary["outcome"], summary["server_id"], summary["name"], summary["hide_for_guest"]) == (
         "installed", server.id, "web-1", True)
-    assert "naming" not in summary
+    assert "naming" not in summary and "two random words" not in err  # the token names it: no naming note
     # the token's check and scopes, the node online (its uuid listed, reporting), its row, the PATCH, the read-back
     assert api_requests(v2cli.fake) == ["GET /api/v1/server", f"PATCH {SCOPE_PROBE}", "GET /api/v1/server",
                                         "GET /api/v1/server", "PATCH /api/v1/server/1", "GET /api/v1/server"]
