@@ -237,3 +237,20 @@ def test_status_after_a_verdict_says_the_node_was_not_seen_online(cli: Cli, clos
 
     info = json.loads(cli("status", "--json").stdout)
     assert (info["online"], info["online_at"], info["installed"]) == (False, None, False)
+
+
+@pytest.mark.parametrize("port_kind", ["closed", "plain"])
+def test_v1_without_the_agents_log_the_probe_of_its_port_gives_the_verdict(v1cli: V1Cli, closed_port: int,
+                                                                           port_kind: str) -> None:
+    """debug=false: the agent logs nothing, so the port probe alone names a closed port or a TLS mismatch."""
+    args = ("--probe-port", str(closed_port)) if port_kind == "closed" else ("--tls",)
+
+    outcome = v1cli("--agent-option", "debug=false", *args)
+
+    if port_kind == "closed":
+        assert outcome.exit_code == 4, outcome.stderr
+        assert f"127.0.0.1:{closed_port} refused the agent's connection" in outcome.stderr
+    else:
+        assert outcome.exit_code == 3, outcome.stderr
+        assert "with TLS (--tls), but the port speaks plain gRPC" in outcome.stderr
+    assert v1cli.state()["installed_at"] is None

@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from nezha_bootstrap.agent import AGENT_V1
+from nezha_bootstrap.agent import AGENT_V1, Release
+from nezha_bootstrap.config import AgentSettings, Settings, build, v1_config
+from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.identity import machine_uuid
+from nezha_bootstrap.node import ThisNode
+from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.v1.flow import NAMING_NOTE, Plan, dry_run
 from tests.conftest import MACHINE_ID, Cli, V1Cli
 
 pytestmark = pytest.mark.integration
@@ -31,6 +37,7 @@ def test_fresh_enrollment_makes_one_server_with_the_machine_uuid(v1cli: V1Cli) -
     assert server.uuid == UUID
     summary = json.loads(outcome.stdout)
     assert (summary["outcome"], summary["generation"], summary["uuid"]) == ("installed", "v2.1+", UUID)
+    assert (summary["method"], summary["reason"]) == ("direct", "not enrolled from this machine yet")
     assert "naming" in summary
     port = v1cli.running.port
     assert config_yml(v1cli.root) == (
@@ -40,7 +47,7 @@ def test_fresh_enrollment_makes_one_server_with_the_machine_uuid(v1cli: V1Cli) -
     assert stat.S_IMODE((v1cli.root / "opt/nezha/agent/config.yml").stat().st_mode) == 0o600
     [call] = v1cli.agent_calls()
     assert call.argv == ["service", "-c", str(v1cli.root / "opt/nezha/agent/config.yml"), "install"]
-    assert call.stdin == "/dev/null"
+    assert (call.stdin, call.cwd.strip()) == ("/dev/null", str(v1cli.root / "opt/nezha/agent"))
     assert not any(key.startswith("NZ_") for key in call.env) and "NEZHA_AGENT_SECRET" not in call.env
     unit = (v1cli.root / "etc/systemd/system/nezha-agent.service").read_text()
     assert 'ExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml"' in unit
@@ -63,6 +70,14 @@ def test_a_host_without_systemd_enrolls_with_the_init_script_the_agent_writes(v1
     assert json.loads(again.stdout)["outcome"] == "nothing_to_do"
     assert [s.uuid for s in v1cli.fake.servers] == [UUID]
     assert len(v1cli.agent_calls()) == 1
+
+
+def test_without_an_access_token_the_run_says_how_to_name_the_server(v1cli: V1Cli) -> None:
+    outcome = v1cli()
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert NAMING_NOTE in outcome.stderr
+    assert "two random words" in NAMING_NOTE and "NEZHA_TOKEN" in NAMING_NOTE
 
 
 def test_a_rerun_changes_nothing_and_sends_nothing(v1cli: V1Cli) -> None:
@@ -170,7 +185,9 @@ def test_vendor_leftovers_are_reported_without_adopt(v1cli: V1Cli) -> None:
     outcome = v1cli()
 
     assert outcome.exit_code == 0, outcome.stderr
-    assert f"the vendor script left a second agent: config-ab12cd.yml (uuid {leftover_uuid}" in outcome.stderr
+    [unit] = (v1cli.root / "etc/systemd/system").glob("nezha-agent-*.service")
+    assert (f"the vendor script left a second agent: config-ab12cd.yml (uuid {leftover_uuid}, {unit.name}), a "
+            "duplicate server; run with --adopt to uninstall it") in outcome.stderr
     assert (v1cli.root / "opt/nezha/agent/config-ab12cd.yml").exists()
 
 
@@ -411,3 +428,185 @@ def test_an_http_dashboard_url_with_a_public_probe_address_says_why_tls_is_off(v
     assert ("the agent would connect to 203.0.113.7 without TLS (the dashboard URL is http and no --tls was "
             "given), sending the agent secret in clear text") in outcome.stderr
     assert v1cli.fake.journal[3:] == [] and v1cli.fake.servers == []  # the probes, nothing more
+
+
+# --- the plan's lines for each kind of unit, and the vendor script's leftovers ------------------------
+
+def a_plan(action: str) -> Plan:
+    release = Release("https://rel.test", AGENT_V1, "nezha-agent_linux_amd64.zip")
+    return Plan(True, "--force", UUID, "machine-id", 'uuid: "x"\n', release, action, 'uuid: "x"\n')
+
+
+@pytest.mark.parametrize(("action", "runs"), [("install", "install"), ("restart", "restart"), ("replace", "install")])
+def test_the_plan_says_which_service_command_runs_and_uninstalls_a_v0_agent_first(tmp_path: Path, action: str,
+                                                                                  runs: str) -> None:
+    paths = Paths(tmp_path)
+    binary, config = paths.agent_dir / "nezha-agent", paths.agent_dir / "config.yml"
+
+    lines = a_plan(action).describe(paths, systemd=True)
+
+    uninstall = [line for line in lines if line.startswith("uninstall the v0 agent")]
+    assert uninstall == ([f"uninstall the v0 agent: {binary} service uninstall"] if action == "replace" else [])
+    assert f"run: {binary} service -c {config} {runs}" in lines
+    assert (f"verify {paths.agent_unit}: ExecStart runs the agent with -c /opt/nezha/agent/config.yml; "
+            "config.yml as written; systemctl is-active nezha-agent") in lines
+
+
+def test_a_rerun_keeps_the_vendor_scripts_second_agent_and_says_so_in_full(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    leftover_uuid = "deadbeef-0000-4000-8000-000000000002"
+    (v1cli.root / "opt/nezha/agent/config-ef34ab.yml").write_text(f'server: "x:1"\nuuid: {leftover_uuid}\n')
+
+    plan = json.loads(v1cli("--dry-run", "--json", "--adopt").stdout)  # --adopt acts only with an install
+    outcome = v1cli("--adopt")
+
+    assert plan["plan"][-1] == (f"keep (no --adopt) the vendor script's second agent config-ef34ab.yml "
+                                f"(uuid {leftover_uuid}): a duplicate server, to delete in the dashboard")
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (f"the vendor script left a second agent: config-ef34ab.yml (uuid {leftover_uuid}, no unit), a duplicate "
+            "server; run with --adopt to uninstall it") in outcome.stderr
+    assert (v1cli.root / "opt/nezha/agent/config-ef34ab.yml").exists()
+
+
+def test_a_dry_run_json_says_what_it_would_do_and_why(v1cli: V1Cli) -> None:
+    before = json.loads(v1cli("--dry-run", "--json").stdout)
+    assert v1cli().exit_code == 0
+    dry = v1cli("--dry-run", "--json", NZ_UUID="11111111-2222-3333-4444-555555555555")
+    after = json.loads(dry.stdout)
+
+    url = v1cli.running.url
+    assert {k: before[k] for k in ("generation", "dashboard", "method", "action", "reason")} == {
+        "generation": "auto", "dashboard": url, "method": "direct", "action": "install",
+        "reason": "not enrolled from this machine yet"}
+    assert {k: after[k] for k in ("generation", "dashboard", "method", "action", "reason")} == {
+        "generation": "v2.1+", "dashboard": url, "method": "direct", "action": "nothing",
+        "reason": "enrolled and installed"}
+    assert after["plan"][:2] == ["generation: v2.1+", "plan: nothing to do (enrolled and installed)"]
+    assert "NZ_UUID set in this environment: ignored (the agent's commands run without NZ_*)" in dry.stderr
+
+
+def test_an_install_never_seen_online_is_saved_unfinished_and_the_next_run_installs_again(v1cli: V1Cli) -> None:
+    outcome = v1cli("--json", NEZHA_AGENT_SECRET="wrongsecret1234567890")  # the dashboard refuses it
+
+    assert outcome.exit_code == 3, outcome.stderr
+    result = json.loads(outcome.stdout)
+    assert (result["online"], result["online_after_s"], result["uuid"]) == (False, None, UUID)
+    state = v1cli.state()
+    assert {k: state[k] for k in ("uuid", "generation", "agent_version", "online", "installed_at")} == {
+        "uuid": UUID, "generation": "v2.1+", "agent_version": AGENT_V1, "online": False, "installed_at": None}
+
+    rerun = v1cli(NEZHA_AGENT_SECRET="wrongsecret1234567890")
+    assert rerun.exit_code == 3, rerun.stderr
+    assert "plan: install the agent (the agent version changed, or the install did not finish)" in rerun.stderr
+
+    assert v1cli().exit_code == 0  # the right secret
+    assert (v1cli.state()["online"], v1cli.state()["registered_at"]) == (True, state["registered_at"])
+
+
+def test_after_enrolling_each_change_says_why_it_installs_again_or_why_not(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+
+    def plan(*args: str, **env: str) -> tuple[str, str]:
+        outcome = v1cli("--dry-run", "--json", *args, **env)
+        assert outcome.exit_code == 0, outcome.stderr
+        shown = json.loads(outcome.stdout)
+        return shown["action"], shown["reason"]
+
+    assert plan() == ("nothing", "enrolled and installed")
+    assert plan("--force") == ("install", "--force")
+    assert plan("--agent-option", "report_delay=3") == ("install", "config.yml differs from the settings")
+    url = v1cli.running.url
+    other = url.replace("127.0.0.1", "localhost")
+    assert plan(NEZHA_DASHBOARD_URL=other, NEZHA_PROBE_ADDRESS="127.0.0.1") == (
+        "nothing", f"enrolled through {url}, and the agent's config is the same: its uuid is this server on any URL "
+                   "of the dashboard (the new URL is recorded)")
+    outcome = v1cli(NEZHA_DASHBOARD_URL=other, NEZHA_PROBE_ADDRESS="127.0.0.1")
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (v1cli.state()["dashboard_url"], v1cli.state()["generation"]) == (other, "v2.1+")
+    (v1cli.root / "etc/machine-id").write_text(OTHER_MACHINE_ID + "\n")
+    assert plan() == ("install", "the machine-id changed: this clone enrolls under its own uuid")
+
+
+@pytest.mark.parametrize("init", ["systemd", "sysv"])
+def test_a_reinstall_under_another_uuid_restarts_the_agent_and_names_the_server_it_leaves(v1cli: V1Cli,
+                                                                                       init: str) -> None:
+    env = {"NEZHA_STUB_INIT": "sysv"} if init == "sysv" else {}
+    assert v1cli(**env).exit_code == 0
+    chosen = "11111111-2222-3333-4444-555555555555"
+
+    outcome = v1cli("--uuid", chosen, **env)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert (f"config.yml held uuid {UUID}; it now holds {chosen}. The dashboard keeps a server for {UUID}: delete "
+            "it there once its agent is gone") in outcome.stderr
+    assert [call.argv[-1] for call in v1cli.agent_calls()] == ["install", "restart"]
+    assert [s.uuid for s in v1cli.fake.servers] == [UUID, chosen]
+
+
+def test_a_v0_agents_unit_is_replaced_not_restarted(v1cli: V1Cli) -> None:
+    """A dashboard upgraded from v0: a restart would keep the unit's `-s HOST:PORT -p SECRET` command."""
+    units = v1cli.root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    (units / "nezha-agent.service").write_text(
+        '[Service]\nExecStart=/opt/nezha/agent/nezha-agent "-s" "dash.test:5555" "-p" "v0-node-secret"\n')
+
+    plan = json.loads(v1cli("--dry-run", "--json").stdout)["plan"]
+    outcome = v1cli()
+
+    agent_dir = v1cli.root / "opt/nezha/agent"
+    assert f"  uninstall the v0 agent: {agent_dir}/nezha-agent service uninstall" in plan
+    assert f"  run: {agent_dir}/nezha-agent service -c {agent_dir}/config.yml install" in plan
+    assert outcome.exit_code == 0, outcome.stderr
+    assert [call.argv[-1] for call in v1cli.agent_calls()] == ["uninstall", "install"]
+    assert 'ExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml"' in (
+        units / "nezha-agent.service").read_text()
+
+
+def test_the_state_of_an_enrollment_holds_what_a_rerun_needs_and_no_secret(v1cli: V1Cli) -> None:
+    assert v1cli("--name", "web-1").exit_code == 0  # without an access token the dashboard names it
+
+    state = v1cli.state()
+    stamps = {k: state.pop(k) for k in ("registered_at", "installed_at", "online_at")}
+    assert {k: v for k, v in state.items() if v not in (None, False, "")} == {
+        "dashboard_url": v1cli.running.url, "probe_address": "127.0.0.1", "probe_port": v1cli.running.port,
+        "machine_id": MACHINE_ID, "generation": "v2.1+", "uuid": UUID, "method": "direct", "agent_version": AGENT_V1,
+        "online": True, "version": 1}
+    assert (state["name"], state["tag"], state["tls"], state["secret"], state["server_id"]) == (
+        "", None, False, "", None)
+    assert stamps["registered_at"] == stamps["installed_at"] == stamps["online_at"] is not None
+
+
+def test_an_instance_id_seen_after_enrolling_is_recorded_once_then_a_new_one_is_a_clone(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    iid = v1cli.root / "var/lib/cloud/data/instance-id"
+    iid.parent.mkdir(parents=True)
+    iid.write_text("i-0aaa\n")
+
+    late = v1cli("--json")
+    again = v1cli()
+    iid.write_text("i-0bbb\n")  # an image captured without `seal`, booted as another instance
+    clone = v1cli("--json")
+
+    assert late.exit_code == 0, late.stderr
+    assert json.loads(late.stdout)["outcome"] == "nothing_to_do"
+    assert "the state has no cloud-init instance-id (written before cloud-init ran here); recording this one, " \
+           "i-0aaa." in late.stderr
+    assert again.exit_code == 0 and "instance-id" not in again.stderr
+    assert clone.exit_code == 0, clone.stderr
+    assert json.loads(clone.stdout)["reason"] == ("cloud-init's instance-id changed under the same machine-id: this "
+                                                  "clone enrolls under its own uuid")
+    [first, second] = v1cli.fake.servers
+    assert first.uuid == UUID and second.uuid == json.loads(clone.stdout)["uuid"] != UUID
+    assert v1cli.state()["instance_id"] == "i-0bbb"
+
+
+def test_where_systemd_runs_the_plan_verifies_the_unit_and_that_it_is_active(tmp_path: Path) -> None:
+    settings = Settings(dashboard_url="https://dash.example.com", agent=AgentSettings(secret="S3cretS3cretS3cret"))
+    facts = Facts(hostname="web-1", primary_ipv4="192.0.2.10", machine_id=MACHINE_ID, systemd_running=True)
+    this = ThisNode(v1_config(build(settings, facts).config), facts, Paths(tmp_path), Reporter(verbosity=-1))
+
+    planned = dry_run(this, None, None, token_mode=False)
+
+    assert [line for line in planned.plan if line.startswith("verify")] == [
+        f"verify {tmp_path}/etc/systemd/system/nezha-agent.service: ExecStart runs the agent with -c "
+        "/opt/nezha/agent/config.yml; config.yml as written; systemctl is-active nezha-agent"]

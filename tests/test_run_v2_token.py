@@ -59,7 +59,7 @@ def test_first_enrollment_is_named_and_hidden_before_the_first_guest_poll(v2cli:
     summary = json.loads(out)
     assert (summary["outcome"], summary["server_id"], summary["name"], summary["hide_for_guest"]) == (
         "installed", server.id, "web-1", True)
-    assert "naming" not in summary
+    assert "naming" not in summary and "two random words" not in err  # the token names it: no naming note
     # the token's check and scopes, the node online (its uuid listed, reporting), its row, the PATCH, the read-back
     assert api_requests(v2cli.fake) == ["GET /api/v1/server", f"PATCH {SCOPE_PROBE}", "GET /api/v1/server",
                                         "GET /api/v1/server", "PATCH /api/v1/server/1", "GET /api/v1/server"]
@@ -126,11 +126,14 @@ def test_a_rerun_in_a_large_fleet_finds_its_server_with_one_look_by_the_saved_id
     assert run(v2cli, token=token)[0] == 0
     assert v2cli.state()["server_id"] == 301
     seen = len(v2cli.fake.journal)
+    state_file = v2cli.root / "var/lib/nezha-bootstrap/state.json"
+    written = state_file.stat().st_ino  # each save is a new file renamed over the old
 
     code, out, err = run(v2cli, "--json", token=token)
 
     assert code == 0, err
     assert json.loads(out)["outcome"] == "nothing_to_do"
+    assert state_file.stat().st_ino == written  # the id it already holds is not written again
     assert [f"{j.method} {j.path}?{j.query}" for j in v2cli.fake.journal[seen:]] == ["GET /api/v1/server?id=301"]
     assert len(v2cli.agent_calls()) == 1  # found: the agent was not restarted
 
@@ -272,6 +275,7 @@ def test_a_rerun_restarts_an_agent_whose_server_is_missing(v2cli: V1Cli) -> None
 
     assert code == 0, err
     assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "restart"]
+    assert "the dashboard does not list this uuid: restarting the agent" in err.splitlines()
     assert [(s.id, s.name, s.hide_for_guest) for s in v2cli.fake.servers] == [(2, "web-1", True)]
 
 
@@ -370,3 +374,16 @@ def node_process(url: str, fake: FakeV1, token: str, root: Path, index: int) -> 
     }
     return subprocess.Popen([sys.executable, "-m", "nezha_bootstrap", "run", "-q"], env=env, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_a_restarted_agent_whose_server_never_shows_is_stopped(v2cli: V1Cli) -> None:
+    secret = v2cli.fake.agent_secret
+    assert run(v2cli)[0] == 0
+    v2cli.fake.delete_server(1)
+    v2cli.fake.agent_secrets = {new_agent_secret(): 1}  # the secret was reset in the dashboard meanwhile
+
+    code, _, err = run(v2cli, NEZHA_AGENT_SECRET=secret, NEZHA_ENROLL_TIMEOUT="1")
+
+    assert code == 3  # the dashboard's refusal
+    assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "restart", "stop"]
+    assert f"the dashboard did not list uuid {UUID} within 1 s; the agent was stopped" in err

@@ -977,3 +977,95 @@ def test_classify_names_what_was_asked_when_the_answer_is_too_large_or_went_arou
         classify(Answer(200, "application/json", b'{"error": "real ip header not found"}'), "server list")
     assert str(around.value) == ("server list: the dashboard expects a real-IP header from its reverse proxy and "
                                  "was reached around that proxy; use the proxied URL")
+
+
+def test_a_retried_read_names_what_it_asked_for() -> None:
+    answers = [httpx.Response(503), httpx.Response(200, json={"success": True, "data": [{"id": 1}]})]
+    notes: list[str] = []
+    v2 = V2Api(make_client(transport=httpx.MockTransport(lambda request: answers.pop(0))), "http://dash.test",
+               "PAT-S3cr3t", deadline=60, notify=notes.append, sleep=lambda s: None)
+
+    assert v2.servers() == [{"id": 1}]
+
+    assert [note.split(";")[0] for note in notes] == ["server list: HTTP 503"]
+
+
+def test_a_group_named_once_is_found_by_its_name_and_an_id_must_carry_its_own_name() -> None:
+    recorder = Recorder(data=[{"group": {"id": 1, "name": "web"}, "servers": [4]},
+                              {"group": {"id": 2, "name": "db"}, "servers": []}])
+    v2 = mock_api(recorder)
+
+    assert v2.find_group("db") == Group(2, "db", frozenset())
+    assert v2.find_group("web") == Group(1, "web", frozenset([4]))
+    with pytest.raises(DashboardRefused) as refused:
+        v2.find_group("db", group_id=1)
+    assert str(refused.value) == "group: group 1 is called 'web', not 'db'"
+
+
+def test_the_first_look_ends_when_the_next_sampled_id_is_within_one_window(fake: FakeV1, running: Running,
+                                                                           client: httpx.Client) -> None:
+    fleet(fake, 150)  # sampled 128 is listed, 192 (exactly WINDOW above) is not: look_again's window covers it
+    v2, finder = counting(client, running, fake, [0.0])
+
+    assert finder.first_look() is None
+
+    assert finder.top == 128 and len(v2.answers) == 1
+
+
+def test_a_refining_look_that_shows_our_row_ends_the_first_look_with_it(fake: FakeV1, running: Running,
+                                                                         client: httpx.Client) -> None:
+    fleet(fake, 2200)  # sampled 2048 listed, 3072 not: the refining look asks 2134, 2220, ... (86 apart)
+    fake.servers[2133].uuid = OURS  # id 2134: a row this machine enrolled before, in a large fleet
+    v2, finder = counting(client, running, fake, [0.0])
+
+    assert finder.first_look()["id"] == 2134  # type: ignore[index]
+
+    assert len(v2.answers) == 2 and not any(whole for _, whole in v2.answers)
+
+
+def test_a_rerun_finds_its_row_by_the_saved_id_with_one_small_answer(fake: FakeV1, running: Running,
+                                                                      client: httpx.Client) -> None:
+    fleet(fake, 40)
+    ours = join(running, fake)
+    fleet(fake, 20, first=ours + 1)
+    v2, finder = counting(client, running, fake, [0.0])
+
+    assert finder.saved_or_whole_list(ours)["id"] == ours  # type: ignore[index]
+
+    assert v2.answers == [(1, False)] and asked_ids(fake) == [[ours]]
+
+
+def test_a_saved_id_that_is_another_servers_costs_one_whole_list(fake: FakeV1, running: Running,
+                                                                 client: httpx.Client) -> None:
+    fleet(fake, 40)
+    ours = join(running, fake)
+    v2, finder = counting(client, running, fake, [0.0])
+
+    assert finder.saved_or_whole_list(7)["id"] == ours  # type: ignore[index]  # 7: another dashboard's id
+
+    assert v2.answers == [(1, False), (ours, True)]
+
+
+def test_a_saved_id_the_dashboard_no_longer_has_is_answered_with_the_whole_list_once(
+        fake: FakeV1, running: Running, client: httpx.Client) -> None:
+    fleet(fake, 40)
+    ours = join(running, fake)
+    v2, finder = counting(client, running, fake, [0.0])
+
+    assert finder.saved_or_whole_list(9_999)["id"] == ours  # type: ignore[index]
+    assert v2.answers == [(ours, True)]  # the dashboard's answer to an id it lacks: no second whole list
+
+    gone, _ = counting(client, running, fake, [0.0])  # a uuid the dashboard does not list: one answer too
+    assert ServerFinder(gone, str(uuid.uuid4())).saved_or_whole_list(9_999) is None
+    assert gone.answers == [(ours, True)]
+
+
+def test_a_rerun_without_a_saved_id_reads_the_whole_list(fake: FakeV1, running: Running,
+                                                        client: httpx.Client) -> None:
+    fleet(fake, 3)
+    ours = join(running, fake)
+    v2, finder = counting(client, running, fake, [0.0])
+
+    assert finder.saved_or_whole_list(None)["id"] == ours  # type: ignore[index]
+
+    assert v2.answers == [(ours, True)] and asked_ids(fake) == []

@@ -243,7 +243,7 @@ class V1Runner:
                 seen = self._await_online(saved, plan, node, row, watched)
                 self._save(saved, plan.uuid, plan.release.version, online_ok=True)
             else:
-                self._warn_leftovers()
+                self._warn_leftovers(agent.vendor_leftovers(self.paths))
                 if saved and identity.recorded_late(saved.instance_id, self.facts.instance_id):
                     saved = dataclasses.replace(saved, instance_id=self.facts.instance_id)
                     state_mod.save(self.paths, saved)
@@ -389,8 +389,8 @@ class V1Runner:
             )
         return adopted
 
-    def _warn_leftovers(self, found: list[agent.Leftover] | None = None) -> None:
-        for leftover in agent.vendor_leftovers(self.paths) if found is None else found:
+    def _warn_leftovers(self, found: list[agent.Leftover]) -> None:
+        for leftover in found:
             unit = leftover.unit.name if leftover.unit else "no unit"
             self.reporter.warn(
                 f"the vendor script left a second agent: {leftover.config.name} (uuid {leftover.uuid}, {unit}), "
