@@ -61,6 +61,19 @@ def test_an_https_download_redirected_to_plain_http_in_any_spelling_is_refused_u
     assert hosts.requests == [RELEASE]
 
 
+@pytest.mark.parametrize("url", ["HTTPS://release.test/v1/nezha-agent_linux_amd64.zip",
+                                 "Https://release.test/v1/nezha-agent_linux_amd64.zip"])
+def test_a_download_whose_https_url_is_spelled_in_capitals_is_still_refused_a_plain_http_redirect(url: str) -> None:
+    hosts = Hosts({RELEASE: httpx.Response(302, headers={"location": "http://plain.test/agent.zip"})})
+
+    with download_client(hosts) as client, pytest.raises(InstallerFailed) as refused:
+        http.download(client, url, cap=1024, deadline=2, notify=nothing, what="download the zip",
+                      follow_redirects=True)
+
+    assert "redirected to plain http" in str(refused.value)
+    assert hosts.requests == [RELEASE]
+
+
 @pytest.mark.parametrize("location", ["https://storage.test/agent.zip", "HTTPS://storage.test/agent.zip",
                                       "/elsewhere/agent.zip", "//storage.test/agent.zip"])
 def test_an_https_download_redirected_to_https_is_followed(location: str) -> None:
