@@ -478,14 +478,14 @@ def worker(job: Job, jobs: Any, results: Any, salt: str, stop_at: float) -> None
 
 # --- dashboards: the fakes in a child process, or a live one ------------------------------------------
 
-def fake_child(conn: Any, generation: str, existing: int) -> None:
+def fake_child(conn: Any, generation: str, existing: int, tag: str = "fleet") -> None:
     """Serve a fake dashboard with `existing` servers; hand back what it holds when told to stop."""
     if generation == "v0":
         from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Server, serve
 
         fake0 = FakeDashboard(V0_TOKEN)
         for i in range(existing):
-            fake0.servers.append(Server(i + 1, f"existing-{i}", "fleet", "", False, secrets.token_hex(9)))
+            fake0.servers.append(Server(i + 1, f"existing-{i}", tag, "", False, secrets.token_hex(9)))
         fake0._next_id = existing + 1
         running = serve(fake0, LOOPBACK)
         conn.send({"url": running.url, "pid": os.getpid(), "script_sha256": fake0.script_sha256})
@@ -512,10 +512,10 @@ def fake_child(conn: Any, generation: str, existing: int) -> None:
 
 
 class FakeProcess:
-    def __init__(self, generation: str, existing: int) -> None:
+    def __init__(self, generation: str, existing: int, tag: str = "fleet") -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=fake_child, args=(child, generation, existing), daemon=True)
+        self.process = context.Process(target=fake_child, args=(child, generation, existing, tag), daemon=True)
         self.process.start()
         if not self.conn.poll(120):
             self.process.kill()
@@ -622,6 +622,7 @@ class Storm:
     dashboard_pid: int | None
     seed: int
     agent_port: int | None = None  # a live v0 dashboard's gRPC port (the stub agent reports there)
+    existing_tag: str = "fleet"  # v0: the existing servers' tag (AutoRegister: the nodes' own, in their list)
     rerun: bool = False  # each node runs twice: the second run's requests and bytes are reported apart
 
 
@@ -683,7 +684,7 @@ def run_storm(storm: Storm) -> dict[str, Any]:
         pid = storm.dashboard_pid
         before_ids = {s["id"] for s in live_servers(url, storm.generation)}
     else:
-        fake = FakeProcess(storm.generation, storm.existing)
+        fake = FakeProcess(storm.generation, storm.existing, storm.existing_tag)
         hello = {**fake.hello, "token": fake.hello.get("token", V0_TOKEN)}
         url = release_url = fake.hello["url"]
         pid = fake.hello["pid"]
@@ -779,7 +780,7 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
 
 # --- seeding a real dashboard's sqlite before it starts ----------------------------------------------
 
-def seed_sqlite(db: Path, count: int, generation: str) -> int:
+def seed_sqlite(db: Path, count: int, generation: str, tag: str = "fleet") -> int:
     """Insert `count` servers into a stopped dashboard's sqlite (the tables its first start made)."""
     stamp = "2026-12-01 00:00:00"
     with sqlite3.connect(db) as con:
@@ -788,7 +789,7 @@ def seed_sqlite(db: Path, count: int, generation: str) -> int:
         rows = []
         for i in range(start, start + count):
             row: dict[str, Any] = {"id": i, "created_at": stamp, "updated_at": stamp, "name": f"fleet-{i}",
-                                   "secret": secrets.token_hex(12), "tag": "fleet", "note": "",
+                                   "secret": secrets.token_hex(12), "tag": tag, "note": "",
                                    "display_index": 0, "hide_for_guest": 0}
             if generation != "v0":
                 row.update({"uuid": str(uuid_mod.uuid4()), "user_id": 1, "public_note": "", "enable_ddns": 0,
@@ -847,6 +848,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         f"(default {WORKERS}: a real storm's nodes all run at once, each on its own CPU; too few "
                         "workers queue them here, which 'node queued' shows)")
     parser.add_argument("--spread", type=float, default=5.0, help="nodes boot at random moments within this (s)")
+    parser.add_argument("--existing-tag", default="fleet",
+                        help="the existing servers' tag (the fake v0's and --seed-sqlite's): AutoRegister puts them "
+                        "in the list every v0 node reads (its own tag), any other keeps them out of it")
     parser.add_argument("--time-limit", type=float, default=600.0, help="no node starts after this (s)")
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--rerun", action="store_true",
@@ -897,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.seed_sqlite:
         db, count, generation = args.seed_sqlite
-        print(f"{seed_sqlite(Path(db), int(count), generation)} servers in {db}")
+        print(f"{seed_sqlite(Path(db), int(count), generation, args.existing_tag)} servers in {db}")
         return 0
     if args.merge:
         print(table({label: result for path in args.merge
@@ -911,7 +915,8 @@ def main(argv: list[str] | None = None) -> int:
         columns = {}
         for existing in (int(x) for x in args.existing.split(",")):
             storm = Storm(args.generation, args.nodes, args.workers, args.spread, args.time_limit, existing,
-                          args.url, args.dashboard_pid, args.seed, args.agent_port, args.rerun)
+                          args.url, args.dashboard_pid, args.seed, args.agent_port, existing_tag=args.existing_tag,
+                          rerun=args.rerun)
             print(f"storm: {storm.nodes} nodes, {existing} existing, {storm.workers} workers ...",
                   file=sys.stderr, flush=True)
             label = "/".join(x for x in (args.label, f"{args.nodes}n", f"{existing}e" if not args.url else "live")
