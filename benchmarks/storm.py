@@ -81,6 +81,7 @@ class NodeResult:
     rerun_exit_code: int | None = None
     rerun_requests: int = 0
     rerun_bytes_in: int = 0
+    server_id: int | None = None  # the id the node's state recorded for its server (None: none recorded)
 
 
 class Counts:
@@ -436,11 +437,21 @@ def run_node(job: Job, index: int, boot: float, salt: str) -> NodeResult:
     result.requests, result.bytes_in, result.bytes_out = COUNTS.requests, COUNTS.bytes_in, COUNTS.bytes_out
     result.statuses, result.timeouts, result.downloads = dict(COUNTS.statuses), COUNTS.timeouts, COUNTS.downloads
     result.paths = dict(COUNTS.paths)  # the roots are removed after the storm: not the nodes' time
+    result.server_id = recorded_id(root)
     if job.rerun and result.exit_code == 0:
         COUNTS.reset()
         result.rerun_exit_code = run_cli()[0]
         result.rerun_requests, result.rerun_bytes_in = COUNTS.requests, COUNTS.bytes_in
     return result
+
+
+def recorded_id(root: Path) -> int | None:
+    """The server id in the node's saved state, if any."""
+    try:
+        value = json.loads((root / "var/lib/nezha-bootstrap/state.json").read_text(encoding="utf-8")).get("server_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 def run_cli() -> tuple[int, str, str]:
@@ -741,6 +752,13 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
     else:
         per_node = Counter(uuids[s["uuid"]] for s in new if s.get("uuid") in uuids)
     named = sum(1 for s in new if s["name"] in names)
+    if storm.generation == "v0":  # each node's own server: the one of its name (a duplicate: none is surely its)
+        own = {int(s["id"]): names_index[s["name"]] for s in new if per_node.get(s["name"]) == 1
+               for names_index in [{node_name(i): i for i in range(storm.nodes)}]}
+    else:
+        own = {int(s["id"]): uuids[s["uuid"]] for s in new if s.get("uuid") in uuids}
+    node_of = {index: server_id for server_id, index in own.items()}
+    recorded = [n for n in nodes if n.server_id is not None]
     ok = [n for n in nodes if n.exit_code == 0]
     errors = Counter((n.error or n.outcome or "?")[:160] for n in nodes if n.exit_code != 0)
     statuses: Counter[str] = Counter()
@@ -755,6 +773,9 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
         "failures": storm.nodes - len(ok), "errors": dict(errors.most_common(6)),
         "servers_made": len(new), "nodes_with_a_server": len(per_node), "named": named,
         "duplicates": sum(c - 1 for c in per_node.values() if c > 1),
+        "ids_recorded_right_wrong_none": [sum(1 for n in recorded if node_of.get(n.index) == n.server_id),
+                                          sum(1 for n in recorded if node_of.get(n.index) != n.server_id),
+                                          storm.nodes - len(recorded)],
         "lost_nodes": storm.nodes - len(per_node),
         "dashboard_5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
         "dashboard_429": statuses.get("429", 0), "timeouts": sum(n.timeouts for n in nodes),
@@ -806,7 +827,8 @@ def seed_sqlite(db: Path, count: int, generation: str, tag: str = "fleet") -> in
 ROWS = (
     ("nodes", "nodes"), ("existing servers", "existing_servers"), ("succeeded", "succeeded"),
     ("failures", "failures"), ("servers made", "servers_made"), ("named", "named"),
-    ("duplicates", "duplicates"), ("lost nodes", "lost_nodes"), ("dashboard 5xx", "dashboard_5xx"),
+    ("duplicates", "duplicates"), ("lost nodes", "lost_nodes"),
+    ("server ids saved right / wrong / none", "ids_recorded_right_wrong_none"), ("dashboard 5xx", "dashboard_5xx"),
     ("dashboard 429", "dashboard_429"), ("timeouts", "timeouts"),
     ("requests/node p50/p95/max", "requests_per_node"), ("bytes in/node p50/p95/max", "bytes_in_per_node"),
     ("bytes out/node p50/p95/max", "bytes_out_per_node"), ("reruns ok (--rerun)", "reruns_ok"),
@@ -820,6 +842,8 @@ ROWS = (
 
 
 def cell(value: Any, key: str) -> str:
+    if isinstance(value, list):
+        return " / ".join(str(v) for v in value)
     if isinstance(value, dict) and key == "dashboard":
         return f"{value['peak_rss_mib']} / {value['cpu_s']} / {value['peak_cpu_percent']}"
     if isinstance(value, dict):
