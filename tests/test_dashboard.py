@@ -865,7 +865,7 @@ def test_new_ids_are_read_in_growing_windows_above_the_top_until_one_holds_none(
     for i in range(20):
         fake.create(f"n-{i}", tag="other" if i % 2 else "edge")  # ids 2-21
     mine = fake.create("web-1", tag="edge").id  # 22
-    fake.create("web-1", tag="other").id  # 23: the name under another tag is not this node's
+    fake.create("web-1", tag="other")  # 23: the name under another tag is not this node's
     dashboard = Dashboard(make_client(transport=fake_transport(fake)), BASE, TOKEN)
 
     found = dashboard.new_ids_named("web-1", "edge", above=1, before={old}, seconds_left=5)
