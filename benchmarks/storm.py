@@ -55,6 +55,7 @@ from benchmarks.common import percentile as nearest_rank
 DEFAULT_OUT = HERE / "results" / "storm.json"
 V0_TOKEN = "StormT0kenStormT0kenStormT0ken32"
 DOWNLOAD_PREFIXES = ("/releases/", "/install.sh")
+WORKERS = 96  # most of a node's run is waiting on the network and its agent: many at once fit in two cores
 NODE_DEADLINE = 120  # each node's --deadline; its own waits are bounded by it and --enroll-timeout
 
 
@@ -80,6 +81,7 @@ class NodeResult:
     rerun_exit_code: int | None = None
     rerun_requests: int = 0
     rerun_bytes_in: int = 0
+    server_id: int | None = None  # the id the node's state recorded for its server (None: none recorded)
 
 
 class Counts:
@@ -435,11 +437,21 @@ def run_node(job: Job, index: int, boot: float, salt: str) -> NodeResult:
     result.requests, result.bytes_in, result.bytes_out = COUNTS.requests, COUNTS.bytes_in, COUNTS.bytes_out
     result.statuses, result.timeouts, result.downloads = dict(COUNTS.statuses), COUNTS.timeouts, COUNTS.downloads
     result.paths = dict(COUNTS.paths)  # the roots are removed after the storm: not the nodes' time
+    result.server_id = recorded_id(root)
     if job.rerun and result.exit_code == 0:
         COUNTS.reset()
         result.rerun_exit_code = run_cli()[0]
         result.rerun_requests, result.rerun_bytes_in = COUNTS.requests, COUNTS.bytes_in
     return result
+
+
+def recorded_id(root: Path) -> int | None:
+    """The server id in the node's saved state, if any."""
+    try:
+        value = json.loads((root / "var/lib/nezha-bootstrap/state.json").read_text(encoding="utf-8")).get("server_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 def run_cli() -> tuple[int, str, str]:
@@ -477,14 +489,14 @@ def worker(job: Job, jobs: Any, results: Any, salt: str, stop_at: float) -> None
 
 # --- dashboards: the fakes in a child process, or a live one ------------------------------------------
 
-def fake_child(conn: Any, generation: str, existing: int) -> None:
+def fake_child(conn: Any, generation: str, existing: int, tag: str = "fleet") -> None:
     """Serve a fake dashboard with `existing` servers; hand back what it holds when told to stop."""
     if generation == "v0":
         from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Server, serve
 
         fake0 = FakeDashboard(V0_TOKEN)
         for i in range(existing):
-            fake0.servers.append(Server(i + 1, f"existing-{i}", "fleet", "", False, secrets.token_hex(9)))
+            fake0.servers.append(Server(i + 1, f"existing-{i}", tag, "", False, secrets.token_hex(9)))
         fake0._next_id = existing + 1
         running = serve(fake0, LOOPBACK)
         conn.send({"url": running.url, "pid": os.getpid(), "script_sha256": fake0.script_sha256})
@@ -511,10 +523,10 @@ def fake_child(conn: Any, generation: str, existing: int) -> None:
 
 
 class FakeProcess:
-    def __init__(self, generation: str, existing: int) -> None:
+    def __init__(self, generation: str, existing: int, tag: str = "fleet") -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=fake_child, args=(child, generation, existing), daemon=True)
+        self.process = context.Process(target=fake_child, args=(child, generation, existing, tag), daemon=True)
         self.process.start()
         if not self.conn.poll(120):
             self.process.kill()
@@ -621,6 +633,7 @@ class Storm:
     dashboard_pid: int | None
     seed: int
     agent_port: int | None = None  # a live v0 dashboard's gRPC port (the stub agent reports there)
+    existing_tag: str = "fleet"  # v0: the existing servers' tag (AutoRegister: the nodes' own, in their list)
     rerun: bool = False  # each node runs twice: the second run's requests and bytes are reported apart
 
 
@@ -682,7 +695,7 @@ def run_storm(storm: Storm) -> dict[str, Any]:
         pid = storm.dashboard_pid
         before_ids = {s["id"] for s in live_servers(url, storm.generation)}
     else:
-        fake = FakeProcess(storm.generation, storm.existing)
+        fake = FakeProcess(storm.generation, storm.existing, storm.existing_tag)
         hello = {**fake.hello, "token": fake.hello.get("token", V0_TOKEN)}
         url = release_url = fake.hello["url"]
         pid = fake.hello["pid"]
@@ -739,6 +752,13 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
     else:
         per_node = Counter(uuids[s["uuid"]] for s in new if s.get("uuid") in uuids)
     named = sum(1 for s in new if s["name"] in names)
+    if storm.generation == "v0":  # each node's own server: the one of its name (a duplicate: none is surely its)
+        own = {int(s["id"]): names_index[s["name"]] for s in new if per_node.get(s["name"]) == 1
+               for names_index in [{node_name(i): i for i in range(storm.nodes)}]}
+    else:
+        own = {int(s["id"]): uuids[s["uuid"]] for s in new if s.get("uuid") in uuids}
+    node_of = {index: server_id for server_id, index in own.items()}
+    recorded = [n for n in nodes if n.server_id is not None]
     ok = [n for n in nodes if n.exit_code == 0]
     errors = Counter((n.error or n.outcome or "?")[:160] for n in nodes if n.exit_code != 0)
     statuses: Counter[str] = Counter()
@@ -753,6 +773,9 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
         "failures": storm.nodes - len(ok), "errors": dict(errors.most_common(6)),
         "servers_made": len(new), "nodes_with_a_server": len(per_node), "named": named,
         "duplicates": sum(c - 1 for c in per_node.values() if c > 1),
+        "ids_recorded_right_wrong_none": [sum(1 for n in recorded if node_of.get(n.index) == n.server_id),
+                                          sum(1 for n in recorded if node_of.get(n.index) != n.server_id),
+                                          storm.nodes - len(recorded)],
         "lost_nodes": storm.nodes - len(per_node),
         "dashboard_5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
         "dashboard_429": statuses.get("429", 0), "timeouts": sum(n.timeouts for n in nodes),
@@ -772,12 +795,13 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
         "node_run_s": spread_of([n.finished - n.started for n in ran]),
         "node_queued_s": spread_of([n.started - n.boot for n in ran]),
         "dashboard": dashboard,
+        "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
 
 
 # --- seeding a real dashboard's sqlite before it starts ----------------------------------------------
 
-def seed_sqlite(db: Path, count: int, generation: str) -> int:
+def seed_sqlite(db: Path, count: int, generation: str, tag: str = "fleet") -> int:
     """Insert `count` servers into a stopped dashboard's sqlite (the tables its first start made)."""
     stamp = "2026-12-01 00:00:00"
     with sqlite3.connect(db) as con:
@@ -786,7 +810,7 @@ def seed_sqlite(db: Path, count: int, generation: str) -> int:
         rows = []
         for i in range(start, start + count):
             row: dict[str, Any] = {"id": i, "created_at": stamp, "updated_at": stamp, "name": f"fleet-{i}",
-                                   "secret": secrets.token_hex(12), "tag": "fleet", "note": "",
+                                   "secret": secrets.token_hex(12), "tag": tag, "note": "",
                                    "display_index": 0, "hide_for_guest": 0}
             if generation != "v0":
                 row.update({"uuid": str(uuid_mod.uuid4()), "user_id": 1, "public_note": "", "enable_ddns": 0,
@@ -803,7 +827,8 @@ def seed_sqlite(db: Path, count: int, generation: str) -> int:
 ROWS = (
     ("nodes", "nodes"), ("existing servers", "existing_servers"), ("succeeded", "succeeded"),
     ("failures", "failures"), ("servers made", "servers_made"), ("named", "named"),
-    ("duplicates", "duplicates"), ("lost nodes", "lost_nodes"), ("dashboard 5xx", "dashboard_5xx"),
+    ("duplicates", "duplicates"), ("lost nodes", "lost_nodes"),
+    ("server ids saved right / wrong / none", "ids_recorded_right_wrong_none"), ("dashboard 5xx", "dashboard_5xx"),
     ("dashboard 429", "dashboard_429"), ("timeouts", "timeouts"),
     ("requests/node p50/p95/max", "requests_per_node"), ("bytes in/node p50/p95/max", "bytes_in_per_node"),
     ("bytes out/node p50/p95/max", "bytes_out_per_node"), ("reruns ok (--rerun)", "reruns_ok"),
@@ -811,11 +836,14 @@ ROWS = (
     ("rerun bytes in/node p50/p95/max", "rerun_bytes_in_per_node"),
     ("first boot -> last done (s)", "first_boot_to_last_done_s"),
     ("node boot->done p50/p95/p99 (s)", "node_boot_to_done_s"), ("node run p50/p95/p99 (s)", "node_run_s"),
+    ("node queued p50/p95/p99 (s)", "node_queued_s"), ("load average after", "load_after"),
     ("dashboard peak RSS MiB / CPU s / peak %", "dashboard"),
 )
 
 
 def cell(value: Any, key: str) -> str:
+    if isinstance(value, list):
+        return " / ".join(str(v) for v in value)
     if isinstance(value, dict) and key == "dashboard":
         return f"{value['peak_rss_mib']} / {value['cpu_s']} / {value['peak_cpu_percent']}"
     if isinstance(value, dict):
@@ -839,9 +867,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--existing", default="0",
                         help="servers the fake holds before the storm; a comma list runs one storm each")
-    parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
-                        help="worker processes: nodes running at once (default: 2 per core)")
+    parser.add_argument("--workers", type=int, default=WORKERS,
+                        help=f"worker processes, each running one node at a time: the nodes that can run at once "
+                        f"(default {WORKERS}: a real storm's nodes all run at once, each on its own CPU; too few "
+                        "workers queue them here, which 'node queued' shows)")
     parser.add_argument("--spread", type=float, default=5.0, help="nodes boot at random moments within this (s)")
+    parser.add_argument("--existing-tag", default="fleet",
+                        help="the existing servers' tag (the fake v0's and --seed-sqlite's): AutoRegister puts them "
+                        "in the list every v0 node reads (its own tag), any other keeps them out of it")
     parser.add_argument("--time-limit", type=float, default=600.0, help="no node starts after this (s)")
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--rerun", action="store_true",
@@ -892,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.seed_sqlite:
         db, count, generation = args.seed_sqlite
-        print(f"{seed_sqlite(Path(db), int(count), generation)} servers in {db}")
+        print(f"{seed_sqlite(Path(db), int(count), generation, args.existing_tag)} servers in {db}")
         return 0
     if args.merge:
         print(table({label: result for path in args.merge
@@ -906,7 +939,8 @@ def main(argv: list[str] | None = None) -> int:
         columns = {}
         for existing in (int(x) for x in args.existing.split(",")):
             storm = Storm(args.generation, args.nodes, args.workers, args.spread, args.time_limit, existing,
-                          args.url, args.dashboard_pid, args.seed, args.agent_port, args.rerun)
+                          args.url, args.dashboard_pid, args.seed, args.agent_port, existing_tag=args.existing_tag,
+                          rerun=args.rerun)
             print(f"storm: {storm.nodes} nodes, {existing} existing, {storm.workers} workers ...",
                   file=sys.stderr, flush=True)
             label = "/".join(x for x in (args.label, f"{args.nodes}n", f"{existing}e" if not args.url else "live")

@@ -199,7 +199,9 @@ def test_a_small_storm_against_the_fakes_reports_every_node(tmp_path: Path, gene
         assert storm["dashboard"]["peak_rss_mib"] > 0 and storm["first_boot_to_last_done_s"] > 0
         # a rerun: v0 sends nothing; v2 in token mode one look at the server id the first run saved
         assert storm["reruns_ok"] == 6 and storm["rerun_requests_per_node"]["max"] == (0 if generation == "v0" else 1)
-    assert "duplicates" in done.stdout and "bytes in/node" in done.stdout
+        if generation == "v0":  # one list of the tag per node, before registering; the id is read by id (issue 19)
+            assert storm["requests_per_node_by_path"]["GET /api/v1/server/list?tag"] == 1.0
+    assert "duplicates" in done.stdout and "bytes in/node" in done.stdout and "node queued" in done.stdout
 
 
 # --- --check decides from the runs and the targets (in-process, with stand-in benchmarks) -----------------

@@ -835,3 +835,90 @@ def test_a_look_that_found_nothing_clears_the_suspicion_before_the_post() -> Non
     assert (suspected, attempt.suspect) == (True, False)
     assert secret == fake.servers[-1].secret
     assert requests_made(fake) == [LIST, POST, LIST, POST]
+
+
+# --- issue 19: the new server's id read by id, not by listing the tag again ---------------------------
+
+def details_asked(fake: FakeDashboard) -> list[str]:
+    return [entry.query for entry in fake.journal if entry.path == "/api/v1/server/details"]
+
+
+def ids(first: int, last: int) -> str:
+    return "id=" + ",".join(str(i) for i in range(first, last + 1))
+
+
+def test_the_registration_keeps_the_highest_id_its_list_showed() -> None:
+    fake = FakeDashboard(TOKEN)
+    fake.create("web-1", tag="edge")
+    fake.create("db-7", tag="edge")  # another name: its id counts as well
+    fake.create("web-1", tag="other")  # another tag: not listed
+
+    started = registration(Journal(fake))
+    started.attempt(5)
+
+    assert (started.before, started.top) == ({1}, 2)
+
+
+def test_new_ids_are_read_in_growing_windows_above_the_top_until_one_holds_none() -> None:
+    fake = FakeDashboard(TOKEN)
+    old = fake.create("web-1", tag="edge").id  # id 1, listed before: not new
+    for i in range(20):
+        fake.create(f"n-{i}", tag="other" if i % 2 else "edge")  # ids 2-21
+    mine = fake.create("web-1", tag="edge").id  # 22
+    fake.create("web-1", tag="other")  # 23: the name under another tag is not this node's
+    dashboard = Dashboard(make_client(transport=fake_transport(fake)), BASE, TOKEN)
+
+    found = dashboard.new_ids_named("web-1", "edge", above=1, before={old}, seconds_left=5)
+
+    assert found == {mine}
+    assert details_asked(fake) == [ids(2, 17), ids(18, 49), ids(50, 113)]
+
+
+def test_two_new_servers_of_the_name_are_both_named() -> None:
+    fake = FakeDashboard(TOKEN)
+    made = [fake.create("web-1").id, fake.create("web-1").id]  # two nodes registering the same name at once
+    dashboard = Dashboard(make_client(transport=fake_transport(fake)), BASE, TOKEN)
+
+    assert dashboard.new_ids_named("web-1", "AutoRegister", above=0, before=set(), seconds_left=5) == set(made)
+
+
+def test_new_ids_give_up_after_240_ids_without_reaching_the_end() -> None:
+    fake = FakeDashboard(TOKEN)
+    for i in range(240):
+        fake.create(f"n-{i}", tag="other")
+    fake.create("web-1")  # 241: beyond what is read
+    dashboard = Dashboard(make_client(transport=fake_transport(fake)), BASE, TOKEN)
+
+    assert dashboard.new_ids_named("web-1", "AutoRegister", above=0, before=set(), seconds_left=5) is None
+    assert details_asked(fake) == [ids(1, 16), ids(17, 48), ids(49, 112), ids(113, 240)]
+
+
+def test_new_ids_are_named_once_an_empty_window_within_240_ids_shows_their_end() -> None:
+    fake = FakeDashboard(TOKEN)
+    for i in range(100):
+        fake.create(f"n-{i}", tag="other")
+    mine = fake.create("web-1").id  # 101
+    dashboard = Dashboard(make_client(transport=fake_transport(fake)), BASE, TOKEN)
+
+    assert dashboard.new_ids_named("web-1", "AutoRegister", above=0, before=set(), seconds_left=5) == {mine}
+    assert details_asked(fake) == [ids(1, 16), ids(17, 48), ids(49, 112), ids(113, 240)]
+
+
+def test_the_fake_answers_details_by_id_as_v0_20_13_does() -> None:
+    fake = FakeDashboard(TOKEN)
+    for name in ("a", "b", "c"):
+        fake.create(name)
+
+    def asked(query: str) -> list[Any]:
+        status, _, body = fake.handle("GET", f"/api/v1/server/details?{query}", {"authorization": TOKEN}, b"", "x")
+        return [item["id"] for item in json.loads(body)["result"]]
+
+    assert asked("id=3,1,9,1") == [3, 1, 1]  # in the order asked, as often as asked, a missing id skipped
+    assert asked("id=%202,2x,-1,2") == [2]  # each word through ParseUint: a bad one is 0, no server's id
+    assert asked("id=1&tag=none") == []  # the tag wins
+    # a new server's host and status have the keys and values of the real one's (recorded, issue 17)
+    recorded = json.loads((Path(__file__).parent / "data/real/v0.20.13.json").read_text(encoding="utf-8"))
+    [real] = json.loads(next(e for e in recorded if e["name"] == "details id=1")["response"]["body"])["result"]
+    _, _, body = fake.handle("GET", "/api/v1/server/details?id=1", {"authorization": TOKEN}, b"", "x")
+    [item] = json.loads(body)["result"]
+    assert (item["host"], item["status"]) == (real["host"], real["status"])

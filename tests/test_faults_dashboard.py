@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 REGISTER = "/api/v1/server/register"
 LIST = "/api/v1/server/list"
+DETAILS = "/api/v1/server/details"
 STATE = "var/lib/nezha-bootstrap/state.json"
 
 
@@ -92,7 +93,7 @@ def test_bad_gateway_unavailable_and_gateway_timeout_end_in_one_server(cli: Cli)
         ("GET", LIST), ("POST", REGISTER),
         ("POST", REGISTER),
         ("GET", LIST), ("POST", REGISTER),
-        ("GET", LIST),  # the new server's id, recorded (issue 18 item 8)
+        ("GET", DETAILS), ("GET", DETAILS),  # the new server's id, recorded (issue 18 item 8), read by id
         ("GET", "/install.sh"),
         ("POST", "/_fake/agent-connect"),  # the stub agent, at its install
         ("GET", "/api/v1/server/details"),  # then the run sees the node online

@@ -73,12 +73,15 @@ def test_the_requests_are_list_register_download_in_that_order(cli: Cli) -> None
     assert seen == [
         ("GET", "/api/v1/server/list", "tag=AutoRegister"),
         ("POST", "/api/v1/server/register", "simple=true"),
-        ("GET", "/api/v1/server/list", "tag=AutoRegister"),  # the new server's id (adopted under another URL)
+        # the new server's id (adopted under another URL), read by id above the list's highest (none: 0),
+        # window by window until one holds none: never the tag's whole list again (issue 19)
+        ("GET", "/api/v1/server/details", "id=" + ",".join(str(i) for i in range(1, 17))),
+        ("GET", "/api/v1/server/details", "id=" + ",".join(str(i) for i in range(17, 49))),
         ("GET", "/install.sh", ""),
         ("POST", "/_fake/agent-connect", ""),  # the stub agent, as it starts
         ("GET", "/api/v1/server/details", "id=1"),  # the node online: its server reported
     ]
-    assert "authorization" not in cli.fake.journal[3].headers  # the token goes to the dashboard only
+    assert "authorization" not in cli.fake.journal[4].headers  # the token goes to the dashboard only
 
 
 @pytest.mark.parametrize(
@@ -659,3 +662,36 @@ def test_dry_run_with_a_corrupt_state_file_exits_1_and_leaves_it(cli: Cli) -> No
     assert outcome.exit_code == 1
     assert "is unreadable (it is not valid state JSON); it was left as it is" in outcome.stderr
     assert snapshot(cli.root) == before
+
+
+# --- issue 19: one list of the tag per v0 node, whatever the fleet -----------------------------------
+
+def lists_of_the_tag(fake: FakeDashboard) -> int:
+    return sum(1 for j in fake.journal if j.path == "/api/v1/server/list")
+
+
+def test_in_a_fleet_under_the_same_tag_a_run_lists_once_and_finds_its_id_by_id(cli: Cli) -> None:
+    for i in range(300):
+        cli.fake.create(f"fleet-{i}")  # ids 1-300, all under AutoRegister: the list this node reads
+
+    assert cli("run", NODE_NAME="web-1").exit_code == 0
+
+    assert lists_of_the_tag(cli.fake) == 1  # before registering (exactly-once); neither after nor while waiting
+    assert [j.query for j in cli.fake.journal if j.path == "/api/v1/server/details"] == [
+        "id=" + ",".join(str(i) for i in range(301, 317)),  # the ids above the list's highest: 301 is this node's
+        "id=" + ",".join(str(i) for i in range(317, 349)),  # none there: the end of the ids
+        "id=301",  # the online wait, by id
+    ]
+    assert json.loads((cli.root / "var/lib/nezha-bootstrap/state.json").read_text())["server_id"] == 301
+
+
+def test_when_many_servers_were_made_under_other_tags_the_id_is_found_by_a_second_list(cli: Cli) -> None:
+    for i in range(300):
+        cli.fake.create(f"other-{i}", tag="other")  # ids 1-300 under another tag: this node's list is empty
+
+    assert cli("run", NODE_NAME="web-1").exit_code == 0
+
+    # 240 ids read by id (1-240) without reaching the end: the tag is listed once more, as before issue 19
+    assert lists_of_the_tag(cli.fake) == 2
+    assert json.loads((cli.root / "var/lib/nezha-bootstrap/state.json").read_text())["server_id"] == 301
+    assert [j.query for j in cli.fake.journal if j.path == "/api/v1/server/details"][-1] == "id=301"

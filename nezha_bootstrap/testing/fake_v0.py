@@ -191,12 +191,14 @@ class FakeDashboard:
             if tag or not details:
                 chosen = [s for s in self.servers if not tag or s.tag == tag]
             elif ids:
-                wanted = {word.strip() for word in ids.split(",")}
-                chosen = [s for s in self.servers if str(s.id) in wanted]
+                # v0.20.13: each word through strconv.ParseUint (a bad one is 0, no server's id), then the
+                # servers in the order asked, each as often as asked, the missing ones skipped
+                by_id = {s.id: s for s in self.servers}
+                chosen = [by_id[n] for n in (_parse_uint(word) for word in ids.split(",")) if n in by_id]
             else:
                 chosen = list(self.servers)
             items = [s.listed(real_hidden=details and not tag and not ids) for s in chosen]
-        extra: dict[str, Any] = {"host": {}, "status": {}} if details else {}
+        extra: dict[str, Any] = {"host": dict(EMPTY_HOST), "status": dict(EMPTY_STATUS)} if details else {}
         return [{**item, **extra} for item in items]
 
     def _agent_connect(self, body: bytes) -> Any:
@@ -272,6 +274,25 @@ class FakeDashboard:
             return 200, JSON_UTF8, go_json(server.secret)
         full = {"code": 200, "message": "Server created successfully", "secret": server.secret}
         return 200, JSON_UTF8, go_json(full)
+
+
+def _parse_uint(word: str) -> int:
+    """Go's strconv.ParseUint(word, 10, 64) as v0.20.13 uses it: the value, or 0 when it fails."""
+    if not word or not word.isascii() or not word.isdigit() or int(word) >= 2 ** 64:
+        return 0
+    return int(word)
+
+
+# A new server's host and status in /details, as v0.20.13 answers before its agent's first report (observed).
+EMPTY_HOST: dict[str, Any] = {
+    "Platform": "", "PlatformVersion": "", "CPU": None, "MemTotal": 0, "DiskTotal": 0, "SwapTotal": 0, "Arch": "",
+    "Virtualization": "", "BootTime": 0, "CountryCode": "", "Version": "", "GPU": None,
+}
+EMPTY_STATUS: dict[str, Any] = {
+    "CPU": 0, "MemUsed": 0, "SwapUsed": 0, "DiskUsed": 0, "NetInTransfer": 0, "NetOutTransfer": 0, "NetInSpeed": 0,
+    "NetOutSpeed": 0, "Uptime": 0, "Load1": 0, "Load5": 0, "Load15": 0, "TcpConnCount": 0, "UdpConnCount": 0,
+    "ProcessCount": 0, "Temperatures": None, "GPU": 0,
+}
 
 
 def _parse_form(body: bytes) -> dict[str, str | None] | None:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import httpx  # its one home is http.py; here only for the client's type
 
 LIST_CAP = ANSWER_CAP * 64  # a list of thousands of servers
+SCAN_FIRST = 16  # ids in the first window of new_ids_named; each next window is twice the last
+SCAN_IDS = 240  # at most this many ids read by new_ids_named (16 + 32 + 64 + 128): then one list instead
 SECRET_SHAPE = re.compile(r"^[0-9A-Za-z]{18}\Z")  # v0 secrets: 18 of [0-9A-Za-z]; \Z: no trailing newline
 _V1_BODY = {"error": "404 Not Found"}
 
@@ -163,10 +165,41 @@ class Dashboard:
 
     def ids_named(self, name: str, tag: str, seconds_left: float) -> set[int]:
         """Ids of the servers called `name` under `tag`."""
-        return {
-            int(item["id"]) for item in self.servers(tag, seconds_left)
-            if item.get("name") == name and isinstance(item.get("id"), int)
-        }
+        return self.survey(name, tag, seconds_left)[0]
+
+    def survey(self, name: str, tag: str, seconds_left: float) -> tuple[set[int], int]:
+        """One list under `tag`: the ids of the servers called `name`, and the highest id listed (0: none)."""
+        items = [item for item in self.servers(tag, seconds_left) if isinstance(item.get("id"), int)]
+        named = {int(item["id"]) for item in items if item.get("name") == name}
+        return named, max((int(item["id"]) for item in items), default=0)
+
+    def details(self, ids: range, seconds_left: float) -> list[dict[str, Any]]:
+        """GET /api/v1/server/details?id=a,b,...: the servers of these ids that exist (v0.20.13 skips the others)."""
+        answer = fetch(
+            self.client, "GET", f"{self.base_url}/api/v1/server/details?id={','.join(str(i) for i in ids)}",
+            seconds_left=seconds_left, cap=ANSWER_CAP * 64, ambiguous=False, headers=self._headers(),
+        )
+        return classify_list(answer, self.source)
+
+    def new_ids_named(self, name: str, tag: str, above: int, before: set[int], seconds_left: float) -> set[int] | None:
+        """The servers called `name` under `tag` made since a list whose highest id was `above` (`before`: the
+        ids so named then), read by id instead of listing the tag again (issue 19): v0.20.13's ids grow by one
+        per server and are never reused (sqlite AUTOINCREMENT), so each new server has an id above `above`.
+        The ids above it are read in growing windows until a window holds none (the end of the ids); None when
+        SCAN_IDS are read without reaching it (a dashboard that made that many servers since, under any tag):
+        the caller lists instead."""
+        deadline = time.monotonic() + seconds_left
+        start, size, found = above + 1, SCAN_FIRST, set[int]()
+        while start <= above + SCAN_IDS:
+            size = min(size, above + SCAN_IDS + 1 - start)
+            items = self.details(range(start, start + size), max(deadline - time.monotonic(), 0.001))
+            if not items:
+                return found
+            found |= {int(item["id"]) for item in items if isinstance(item.get("id"), int)
+                      and item["id"] > above and item["id"] not in before
+                      and item.get("name") == name and item.get("tag") == tag}
+            start, size = start + size, size * 2
+        return None
 
 
 @dataclass
@@ -190,13 +223,14 @@ class Registration:
     # a run killed while the answer is on its way leaves the next run what it needs to look for.
     pending: Callable[[set[int]], None] = lambda before: None
     before: set[int] | None = None
+    top: int = 0  # the highest id in the list `before` came from: every server made since has a higher one
     suspect: bool = False
 
     def attempt(self, seconds_left: float) -> str:
         started = time.monotonic()
         name = self.body["Name"]
         if self.before is None:
-            self.before = self.dashboard.ids_named(name, self.tag, seconds_left)
+            self.before, self.top = self.dashboard.survey(name, self.tag, seconds_left)
             self.pending(self.before)
         if self.suspect:
             new = self.dashboard.ids_named(name, self.tag, seconds_left) - self.before

@@ -271,7 +271,7 @@ class Runner:
                 registration.attempt, deadline=config.deadline, what="register",
                 give_up=DashboardUnreachable, notify=self.reporter.info,
             )
-        kept[-1] = self._record_id(kept[-1], dashboard, registration.before or set(), tag)
+        kept[-1] = self._record_id(kept[-1], dashboard, registration.before or set(), registration.top, tag)
         if registration.before:
             ids = ", ".join(str(i) for i in sorted(registration.before))
             self.reporter.warn(f"the dashboard already had a server named {config.name!r} under tag {tag!r} "
@@ -303,13 +303,18 @@ class Runner:
                 "that server in the dashboard, then run again"
             )
 
-    def _record_id(self, saved: State, dashboard: Dashboard, before: set[int], tag: str) -> State:
-        """The new server's id, from the list after the register call (the simple answer holds only the
-        secret): one GET, best effort: without it the server is simply never adopted under another URL."""
+    def _record_id(self, saved: State, dashboard: Dashboard, before: set[int], top: int, tag: str) -> State:
+        """The new server's id (the register answer holds only the secret), read by id above the highest one
+        the list before the register call showed (a few small GETs, whatever the fleet's size); only when
+        that does not end does it list the tag again. Best effort: without the id the online wait finds the
+        server in one list, and the server is never adopted under another URL."""
         from nezha_bootstrap.retry import Transient
 
+        name, seconds = self.config.name, min(self.config.deadline, 10.0)
         try:
-            made = dashboard.ids_named(self.config.name, tag, min(self.config.deadline, 10.0)) - before
+            made = dashboard.new_ids_named(name, tag, top, before, seconds)
+            if made is None:
+                made = dashboard.ids_named(name, tag, seconds) - before
         except (Transient, DashboardRefused, DashboardUnreachable):
             return saved
         if len(made) != 1:
