@@ -1,0 +1,449 @@
+"""The v0 flow's decisions as data (v0/flow.py): what a run does from its settings and the saved state, what
+differs from the last install, and what --dry-run says it would send. No dashboard, no installer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nezha_bootstrap import agent, identity
+from nezha_bootstrap import state as state_mod
+from nezha_bootstrap.config import AgentSettings, Config, Settings, build
+from nezha_bootstrap.effects import Command
+from nezha_bootstrap.errors import InstallerFailed
+from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.state import Pending, State
+from nezha_bootstrap.system import COMMAND_TIMEOUT
+from nezha_bootstrap.v0 import flow
+from nezha_bootstrap.v0.direct import V0Install
+from nezha_bootstrap.v0.flow import Action, Decision, decide, install_drift
+from nezha_bootstrap.v0.script import InstallPlan
+
+URL = "https://dash.example.com"
+MACHINE = "0123456789abcdef0123456789abcdef"
+FACTS = Facts(hostname="web-1", primary_ipv4="192.0.2.10", machine_id=MACHINE, systemd_running=False)
+TOKEN = "t0ken-for-the-v0-flow"
+SECRET = "n0deSecretOfTheSavedState"
+
+
+def config_of(*, method: str | None = None, **settings: Any) -> Config:
+    values: dict[str, Any] = {"dashboard_url": URL, "token": TOKEN, "name": "web-1",
+                              "probe_address": "probe.example.com", **settings}
+    return build(Settings(**values, agent=AgentSettings(method=method)), FACTS).config
+
+
+def saved_of(config: Config, **changes: Any) -> State:
+    """The state a finished install of `config` left behind, with `changes`."""
+    state = State(
+        dashboard_url=config.dashboard_url, name=config.name, tag=config.tag, probe_address=config.probe_address,
+        probe_port=config.probe_port, tls=config.tls, secret=SECRET, machine_id=MACHINE,
+        registered_at="2026-01-02T03:04:05+00:00", installed_at="2026-01-02T03:04:09+00:00",
+        method=flow.method_of(config), agent_flags=config.agent_flags, agent_version=flow.agent_version_of(config),
+    )
+    return dataclasses.replace(state, **changes)
+
+
+# --- decide: what a run does ------------------------------------------------------------------------
+
+def test_a_node_never_registered_registers() -> None:
+    assert decide(config_of(), None, FACTS, []) == Decision(
+        Action.REGISTER, "no saved state: this node was never registered")
+
+
+@pytest.mark.parametrize(("tag", "shown"), [(None, "'AutoRegister'"), ("edge", "'edge'")])
+def test_force_registers_again_and_names_the_server_it_leaves_behind(tag: str | None, shown: str) -> None:
+    config = config_of(force=True, tag=tag)
+    saved = saved_of(config, name="old-name")
+
+    decision = decide(config, saved, FACTS, ["the agent unit is gone"])
+
+    assert (decision.action, decision.reason) == (Action.REGISTER, "--force")
+    assert decision.notes == (
+        f"the dashboard keeps the server registered before ('old-name', tag {shown}, registered "
+        "2026-01-02T03:04:05+00:00); the token API cannot delete it: delete it in the dashboard",)
+
+
+def test_the_same_dashboard_spelled_otherwise_is_not_another_one() -> None:
+    config = config_of()
+    saved = saved_of(config, dashboard_url="HTTPS://Dash.Example.com:443/")
+
+    assert decide(config, saved, FACTS, []) == Decision(Action.NOTHING, "registered and installed")
+
+
+@pytest.mark.parametrize("generation", [None, "v0"])
+def test_a_v0_server_id_under_another_url_of_this_machine_is_looked_for(generation: str | None) -> None:
+    config = config_of()
+    saved = saved_of(config, dashboard_url="https://old.example.com", server_id=7, generation=generation)
+
+    assert decide(config, saved, FACTS, []) == Decision(
+        Action.ADOPT, "registered as server 7 with https://old.example.com, maybe the same dashboard")
+
+
+@pytest.mark.parametrize("changes", [
+    {"server_id": None},  # no id recorded (an older version, or the list failed): nothing to look for
+    {"server_id": 7, "generation": "v1"},  # another generation's row: no node secret
+    {"server_id": 7, "machine_id": "f" * 32},  # a clone of a registered image
+], ids=["no-id", "v1-state", "other-machine"])
+def test_another_dashboard_without_a_v0_server_of_this_machine_registers(changes: dict[str, Any]) -> None:
+    config = config_of()
+    saved = saved_of(config, dashboard_url="https://old.example.com", **changes)
+
+    assert decide(config, saved, FACTS, []) == Decision(
+        Action.REGISTER, "registered with another dashboard (https://old.example.com)")
+
+
+def test_another_machine_id_registers() -> None:
+    config = config_of()
+
+    assert decide(config, saved_of(config, machine_id="f" * 32), FACTS, []) == Decision(
+        Action.REGISTER, "the machine-id changed: this is a clone of a registered image")
+
+
+def test_another_cloud_init_instance_under_the_same_machine_id_registers_and_says_why() -> None:
+    config = config_of()
+    facts = dataclasses.replace(FACTS, instance_id="i-new")
+
+    decision = decide(config, saved_of(config, instance_id="i-old"), facts, [])
+
+    assert decision == Decision(Action.REGISTER, "cloud-init's instance-id changed under the same machine-id",
+                                (identity.unsealed_note("i-old", "i-new"),))
+
+
+def test_an_instance_id_recorded_late_is_no_reason_to_register() -> None:
+    config = config_of()
+    facts = dataclasses.replace(FACTS, instance_id="i-new")
+
+    assert decide(config, saved_of(config), facts, []).action is Action.NOTHING
+
+
+def test_an_unfinished_install_installs_before_anything_on_disk_is_looked_at() -> None:
+    config = config_of()
+    saved = saved_of(config, installed_at=None, probe_port=1)
+
+    assert decide(config, saved, FACTS, ["the agent unit is gone"]) == Decision(
+        Action.INSTALL, "registered earlier, the install did not finish")
+
+
+def test_drift_on_disk_reinstalls_naming_every_difference() -> None:
+    config = config_of()
+
+    assert decide(config, saved_of(config), FACTS, ["the agent unit is gone", "the binary is gone"]) == Decision(
+        Action.INSTALL, "the agent unit is gone; the binary is gone")
+
+
+def test_changed_settings_reinstall_naming_every_difference() -> None:
+    config = config_of(probe_port="6000", agent_flags=("--disable-command-execute",))
+    saved = saved_of(config, probe_port=5555, agent_flags=())
+
+    assert decide(config, saved, FACTS, []) == Decision(
+        Action.INSTALL, "the probe address, port or TLS setting changed; the agent flags changed "
+                        "(none -> --disable-command-execute)")
+
+
+def test_a_registered_and_installed_node_does_nothing() -> None:
+    config = config_of()
+
+    assert decide(config, saved_of(config), FACTS, []) == Decision(Action.NOTHING, "registered and installed")
+
+
+NAME_NOTE = ("the name or tag changed (was 'old-name', tag {tag!r}); the v0 token API cannot rename a server: "
+             "rename it in the dashboard, or use --force to register a new one")
+
+
+@pytest.mark.parametrize(("on_disk", "changes", "action"), [
+    ([], {}, Action.NOTHING),
+    ([], {"installed_at": None}, Action.INSTALL),
+    (["the agent unit is gone"], {}, Action.INSTALL),
+    ([], {"tls": False}, Action.INSTALL),
+], ids=["nothing", "unfinished", "on-disk", "settings"])
+def test_a_changed_name_is_a_warning_whatever_else_the_run_does(
+        on_disk: list[str], changes: dict[str, Any], action: Action) -> None:
+    config = config_of()
+    saved = saved_of(config, name="old-name", **changes)
+
+    decision = decide(config, saved, FACTS, on_disk)
+
+    assert (decision.action, decision.notes) == (action, (NAME_NOTE.format(tag=None),))
+
+
+@pytest.mark.parametrize(("saved_tag", "tag"), [(None, "edge"), ("edge", None), ("edge", "db")])
+def test_a_changed_tag_is_the_same_warning(saved_tag: str | None, tag: str | None) -> None:
+    config = config_of(tag=tag)
+    saved = saved_of(config, tag=saved_tag)
+
+    assert decide(config, saved, FACTS, []).notes == (
+        f"the name or tag changed (was 'web-1', tag {saved_tag!r}); the v0 token API cannot rename a server: "
+        "rename it in the dashboard, or use --force to register a new one",)
+
+
+# --- install_drift: how the settings differ from the last install -------------------------------------
+
+@pytest.mark.parametrize("changes", [{"probe_address": "other.example.com"}, {"probe_port": 1}, {"tls": False}])
+def test_the_probe_address_port_or_tls_differing_is_drift(changes: dict[str, Any]) -> None:
+    config = config_of()
+
+    assert install_drift(config, saved_of(config, **changes)) == ["the probe address, port or TLS setting changed"]
+
+
+def test_nothing_differing_is_no_drift() -> None:
+    for config in (config_of(), config_of(method="direct", agent_flags=("--report-delay", "3"))):
+        assert install_drift(config, saved_of(config)) == []
+
+
+def test_a_value_not_recorded_is_not_compared() -> None:
+    config = config_of(method="direct", agent_flags=("--skip-conn",))
+    saved = saved_of(config, method=None, agent_flags=None, agent_version=None)
+
+    assert install_drift(config, saved) == []
+
+
+def test_another_install_method_is_drift() -> None:
+    direct, script = config_of(method="direct"), config_of()
+
+    assert install_drift(direct, saved_of(script)) == ["the install method changed (script -> direct)"]
+    assert install_drift(script, saved_of(direct)) == ["the install method changed (direct -> script)"]
+
+
+def test_other_agent_flags_are_drift_naming_both_sets() -> None:
+    config = config_of(agent_flags=("--skip-conn", "--skip-procs"))
+
+    assert install_drift(config, saved_of(config, agent_flags=())) == [
+        "the agent flags changed (none -> --skip-conn --skip-procs)"]
+    assert install_drift(config_of(), saved_of(config)) == [
+        "the agent flags changed (--skip-conn --skip-procs -> none)"]
+
+
+def test_another_pinned_agent_version_is_drift_for_the_direct_method_only() -> None:
+    direct = config_of(method="direct")
+    wanted = flow.agent_version_of(direct)
+
+    assert install_drift(direct, saved_of(direct, agent_version="v0.1.0")) == [
+        f"the agent version changed (v0.1.0 -> {wanted})"]
+    script = config_of()
+    assert install_drift(script, saved_of(script, agent_version="v0.1.0")) == []  # install.sh picks its own
+    # switching methods: the method's drift alone (a version of another method is not comparable)
+    assert install_drift(direct, saved_of(script, agent_version="v0.1.0")) == [
+        "the install method changed (script -> direct)"]
+
+
+def test_every_difference_is_named_in_one_order() -> None:
+    config = config_of(method="direct", agent_flags=("--skip-conn",))
+    saved = saved_of(config_of(), tls=False, agent_version="v0.1.0")
+
+    assert install_drift(config, saved) == [
+        "the probe address, port or TLS setting changed",
+        "the install method changed (script -> direct)",
+        "the agent flags changed (none -> --skip-conn)",
+    ]
+    assert install_drift(config, dataclasses.replace(saved, method="direct")) == [
+        "the probe address, port or TLS setting changed",
+        "the agent flags changed (none -> --skip-conn)",
+        f"the agent version changed (v0.1.0 -> {flow.agent_version_of(config)})",
+    ]
+
+
+def test_the_method_and_version_of_an_install() -> None:
+    assert (flow.method_of(config_of()), flow.agent_version_of(config_of())) == ("script", None)
+    direct = config_of(method="direct")
+    assert (flow.method_of(direct), flow.agent_version_of(direct)) == ("direct", agent.AGENT_V0)
+
+
+# --- on_disk_drift: what `status` calls drift -----------------------------------------------------------
+
+def test_nothing_on_disk_is_compared_before_an_install_finished(tmp_path: Path) -> None:
+    config = config_of()
+
+    assert flow.on_disk_drift(Paths(tmp_path), None) == []
+    assert flow.on_disk_drift(Paths(tmp_path), saved_of(config, installed_at=None)) == []
+
+
+def test_an_installed_node_without_its_agent_is_drift(tmp_path: Path) -> None:
+    assert "the agent unit is gone" in flow.on_disk_drift(Paths(tmp_path), saved_of(config_of()))
+
+
+def test_the_unit_is_compared_with_the_saved_server_secret_tls_and_flags(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[Any, ...]] = []
+
+    def installed_drift(*args: Any) -> list[str]:
+        asked.append(args)
+        return ["found"]
+
+    monkeypatch.setattr(agent, "installed_drift", installed_drift)
+    paths = Paths(tmp_path)
+    saved = saved_of(config_of(), probe_address="2001:db8::1", probe_port=6000, tls=False, agent_flags=("--x",))
+
+    assert flow.on_disk_drift(paths, saved) == ["found"]
+    assert asked == [(paths, SECRET, None, "[2001:db8::1]:6000", False, ("--x",))]
+
+
+# --- the install step as data --------------------------------------------------------------------------
+
+def test_the_install_plan_is_install_sh_unless_the_method_is_direct(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+
+    script = flow.install_plan(config_of(), paths, SECRET)
+    direct = flow.install_plan(config_of(method="direct"), paths, SECRET)
+
+    assert isinstance(script, InstallPlan) and SECRET in script.argv
+    assert isinstance(direct, V0Install) and SECRET in direct.argv
+    assert direct.release.version == agent.AGENT_V0
+
+
+def test_install_sh_runs_within_the_deadline_with_its_environment(tmp_path: Path) -> None:
+    plan = flow.install_plan(config_of(mirror="cn"), Paths(tmp_path), SECRET)
+    assert isinstance(plan, InstallPlan)
+    track, confine, environ = tmp_path / "child", tmp_path / "root", {"PATH": "/bin"}
+
+    uninstall, install = flow.install_commands(plan, 42.0, track=track, confine=confine, environ=environ)
+
+    assert install == Command(plan.argv, cwd=plan.cwd, timeout=42.0, error=InstallerFailed, name="install.sh",
+                              env=plan.env_set, track=track, confine=confine)
+    assert plan.env_set and install.environ is environ
+    assert uninstall is None or uninstall.must_succeed is False
+
+
+def test_the_agent_s_own_service_install_runs_within_the_command_timeout(tmp_path: Path) -> None:
+    plan = flow.install_plan(config_of(method="direct"), Paths(tmp_path), SECRET)
+    assert isinstance(plan, V0Install)
+    plan = dataclasses.replace(plan, uninstall_first=("/opt/nezha/agent/nezha-agent", "service", "uninstall"))
+    track, confine, environ = tmp_path / "child", tmp_path / "root", {"PATH": "/bin"}
+
+    uninstall, install = flow.install_commands(plan, 42.0, track=track, confine=confine, environ=environ)
+
+    assert uninstall == Command(plan.uninstall_first, cwd=plan.cwd, must_succeed=False,  # type: ignore[arg-type]
+                                name="the uninstall of the agent", track=track, confine=confine)
+    assert uninstall is not None and uninstall.environ is environ
+    assert install == Command(plan.argv, cwd=plan.cwd, timeout=COMMAND_TIMEOUT, error=InstallerFailed,
+                              name="`nezha-agent service install`", env=(), track=track, confine=confine)
+    assert install.environ is environ
+
+
+def test_no_agent_installed_means_no_uninstall(tmp_path: Path) -> None:
+    plan = flow.install_plan(config_of(method="direct"), Paths(tmp_path), SECRET)
+    plan = dataclasses.replace(plan, uninstall_first=None)
+
+    assert flow.install_commands(plan, 42.0)[0] is None
+
+
+def test_the_install_step_says_what_it_runs(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    direct = flow.install_plan(config_of(method="direct", probe_address="2001:db8::1"), paths, SECRET)
+    plain = flow.install_plan(config_of(method="direct", tls=False), paths, SECRET)
+
+    assert flow._install_what(flow.install_plan(config_of(), paths, SECRET)) == "running install.sh install_agent"
+    assert flow._install_what(direct) == "nezha-agent service install -s [2001:db8::1]:5555 --tls"
+    assert flow._install_what(plain) == "nezha-agent service install -s probe.example.com:5555"
+
+
+# --- --dry-run: the request and the registration left under way -----------------------------------------
+
+def test_the_register_request_as_shown_masks_the_token() -> None:
+    config = config_of(tag="edge", note="rack 4")
+
+    assert flow.register_request(config) == {
+        "method": "POST", "url": f"{URL}/api/v1/server/register?simple=true",
+        "headers": {"Authorization": "<token>"},
+        "body": {"Name": "web-1", "Tag": "edge", "Note": "rack 4", "HideForGuest": "on"},
+    }
+    assert TOKEN not in json.dumps(flow.register_request(config))
+
+
+def test_the_request_lines_list_then_post_then_save_the_secret(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    for config, tag in ((config_of(name="узел"), "AutoRegister"), (config_of(name="узел", tag="edge"), "edge")):
+        lines = flow._request_lines(config, paths, flow.register_request(config))
+
+        assert lines == [
+            f"GET {URL}/api/v1/server/list?tag={tag} (servers already named like this node)",
+            f"POST {URL}/api/v1/server/register?simple=true",
+            "  Authorization: <token>",
+            "  Content-Type: application/json",
+            f"  body: {json.dumps(config.register_body(), ensure_ascii=False)}",
+            f"write {paths.state_file} (0600): the node secret",
+        ]
+        assert "узел" in lines[4]
+
+
+def pending_of(**changes: Any) -> Pending:
+    return dataclasses.replace(Pending(dashboard_url=URL, name="web-1", tag="edge", before=(3,), machine_id=MACHINE,
+                                       started_at="2026-01-02T03:04:05+00:00"), **changes)
+
+
+def test_no_registration_under_way_adds_no_line() -> None:
+    assert flow._pending_lines(config_of(), None) == []
+
+
+def test_a_registration_under_way_with_this_dashboard_is_looked_for_under_its_tag() -> None:
+    assert flow._pending_lines(config_of(tag="db"), pending_of(dashboard_url=f"{URL}/")) == [
+        f"GET {URL}/api/v1/server/list?tag=edge (the registration of 'web-1' an earlier run left under way at "
+        "2026-01-02T03:04:05+00:00: stop if it made a server)"]
+
+
+def test_a_registration_under_way_with_another_dashboard_is_forgotten() -> None:
+    assert flow._pending_lines(config_of(), pending_of(dashboard_url="https://old.example.com", name="db-1")) == [
+        "warn about the registration of 'db-1' left under way with https://old.example.com "
+        "(2026-01-02T03:04:05+00:00), and forget it"]
+
+
+@pytest.mark.parametrize(("tag", "shown"), [(None, "AutoRegister"), ("edge", "edge")])
+def test_a_damaged_record_is_kept_aside_and_looked_for(tag: str | None, shown: str) -> None:
+    assert flow._pending_lines(config_of(tag=tag), "/var/lib/x/pending.json") == [
+        f"keep the damaged /var/lib/x/pending.json aside; GET {URL}/api/v1/server/list?tag={shown} "
+        "(stop if a server named like this node is there)"]
+
+
+def test_the_planned_registration_under_way_is_the_pending_record(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    state_mod.save_pending(paths, pending_of())
+
+    for force in (False, True):
+        assert flow._planned_pending(paths, None, force) == pending_of()
+
+
+def test_a_damaged_pending_record_is_planned_by_its_path(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    state_mod.save_pending(paths, pending_of())
+    paths.pending_file.write_text("{")
+
+    assert flow._planned_pending(paths, None, False) == str(paths.pending_file)
+    assert paths.pending_file.read_text() == "{"  # --dry-run moves nothing
+
+
+def kept_aside(paths: Paths, name: str, stamp: int) -> Path:
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    path = paths.state_dir / f"{name}.corrupt-{stamp}"
+    path.write_text("{")
+    return path
+
+
+def test_the_latest_damaged_record_since_the_registration_is_planned(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    older = kept_aside(paths, "state.json", 1_700_000_000)
+    latest = kept_aside(paths, "state.json", 1_800_000_000)
+    saved = saved_of(config_of(), registered_at="2026-01-01T00:00:00+00:00")  # between the two
+
+    assert flow._planned_pending(paths, None, False) == str(latest)
+    assert flow._planned_pending(paths, saved, False) == str(latest)
+    assert flow._planned_pending(paths, dataclasses.replace(saved, registered_at="2027-06-01T00:00:00+00:00"),
+                                 False) is None
+    assert older.exists()
+
+
+def test_force_plans_no_look_for_a_damaged_record(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    kept_aside(paths, "state.json", 1_800_000_000)
+
+    assert flow._planned_pending(paths, None, True) is None
+
+
+def test_nothing_under_way_plans_nothing(tmp_path: Path) -> None:
+    assert flow._planned_pending(Paths(tmp_path), None, False) is None
+    os.mkdir(tmp_path / "elsewhere")
+    assert flow._planned_pending(Paths(tmp_path / "elsewhere"), None, True) is None
