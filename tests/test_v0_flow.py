@@ -17,7 +17,9 @@ from nezha_bootstrap.config import AgentSettings, Config, Settings, build
 from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.state import Pending, State
 from nezha_bootstrap.system import COMMAND_TIMEOUT
 from nezha_bootstrap.v0 import flow
@@ -447,3 +449,107 @@ def test_nothing_under_way_plans_nothing(tmp_path: Path) -> None:
     assert flow._planned_pending(Paths(tmp_path), None, False) is None
     os.mkdir(tmp_path / "elsewhere")
     assert flow._planned_pending(Paths(tmp_path / "elsewhere"), None, True) is None
+
+
+# --- dry_run: the plan, from the saved state, touching nothing --------------------------------------------
+
+def dry_run(config: Config, paths: Paths, facts: Facts = FACTS) -> Any:
+    return flow.dry_run(ThisNode(config, facts, paths, Reporter(verbosity=-1)))
+
+
+def test_a_dry_run_of_a_new_node_plans_the_request_and_the_install(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of(tag="edge")
+
+    result = dry_run(config, paths)
+
+    assert (result.outcome, result.generation, result.dashboard, result.method, result.reason, result.name) == (
+        "dry_run", "v0", URL, "script", "no saved state: this node was never registered", "web-1")
+    assert result.details["action"] == "register"
+    assert result.details["request"] == flow.register_request(config)
+    described = flow.install_plan(config, paths, "0" * 18).describe()
+    assert result.details["install"] == described
+    assert list(result.plan) == [
+        "plan: register and install (no saved state: this node was never registered)",
+        *flow._request_lines(config, paths, flow.register_request(config)),
+        *described, f"write {paths.state_file} (0600): installed",
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def agent_as_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent on disk is as the last install left it (agent.installed_drift finds nothing)."""
+    monkeypatch.setattr(agent, "installed_drift", lambda *args: [])
+
+
+def test_a_dry_run_of_a_finished_node_plans_nothing(tmp_path: Path, agent_as_installed: None) -> None:
+    paths, config = Paths(tmp_path), config_of(method="direct")
+    state_mod.save(paths, saved_of(config, name="old-name"))
+
+    result = dry_run(config, paths)
+
+    assert (result.reason, result.method, result.details) == ("registered and installed", "direct",
+                                                              {"action": "nothing"})
+    assert list(result.plan) == ["plan: nothing to do (registered and installed)",
+                                 f"note: {NAME_NOTE.format(tag=None)}"]
+
+
+def test_a_dry_run_of_an_unfinished_install_plans_the_install_only(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    state_mod.save(paths, saved_of(config, installed_at=None))
+    state_mod.save_pending(paths, pending_of())  # a registration left under way is for a run that registers
+
+    result = dry_run(config, paths)
+
+    assert result.details["action"] == "install" and "request" not in result.details
+    assert result.plan[0] == "plan: install only (registered earlier, the install did not finish)"
+    assert not any("GET" in line or "POST" in line for line in result.plan)
+    assert result.plan[-1] == f"write {paths.state_file} (0600): installed"
+
+
+def test_a_dry_run_under_another_url_plans_the_lookup_then_the_registration(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    state_mod.save(paths, saved_of(config, dashboard_url="https://old.example.com", server_id=7, name="db-1"))
+
+    result = dry_run(config, paths)
+
+    assert result.details["action"] == "register" and result.details["request"] == flow.register_request(config)
+    assert list(result.plan[:2]) == [
+        "plan: look for the registered server under this URL, else register (registered as server 7 with "
+        "https://old.example.com, maybe the same dashboard)",
+        f"GET {URL}/api/v1/server/list?tag=AutoRegister: if it lists server 7 named 'db-1', keep it; else:",
+    ]
+    assert result.plan[2] == flow._request_lines(config, paths, flow.register_request(config))[0]
+    state_mod.save(paths, saved_of(config, dashboard_url="https://old.example.com", server_id=7, tag="edge"))
+    assert f"GET {URL}/api/v1/server/list?tag=edge: if it lists server 7 named 'web-1', keep it; else:" in (
+        dry_run(config_of(tag="edge"), paths).plan)
+
+
+def test_a_dry_run_plans_the_lookup_of_a_registration_left_under_way_first(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    state_mod.save_pending(paths, pending_of())
+
+    plan = dry_run(config, paths).plan
+
+    assert plan[1] == flow._pending_lines(config, pending_of())[0]
+    assert plan[2] == flow._request_lines(config, paths, flow.register_request(config))[0]
+
+
+def test_a_dry_run_after_a_damaged_record_since_the_registration_plans_its_lookup(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    state_mod.save(paths, saved_of(config, machine_id="f" * 32, registered_at="2026-01-01T00:00:00+00:00"))
+    damaged = kept_aside(paths, "state.json", 1_800_000_000)  # after the registration
+
+    assert dry_run(config, paths).plan[1] == flow._pending_lines(config, str(damaged))[0]
+    forced = dry_run(config_of(force=True), paths).plan
+    assert not any("keep the damaged" in line for line in forced)
+    state_mod.save(paths, saved_of(config, machine_id="f" * 32, registered_at="2027-06-01T00:00:00+00:00"))
+    assert not any("keep the damaged" in line for line in dry_run(config, paths).plan)
+
+
+def test_a_dry_run_compares_the_agent_on_disk(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    state_mod.save(paths, saved_of(config))
+
+    assert dry_run(config, paths).plan[0] == (
+        f"plan: install only (the agent binary {paths.agent_binary} is gone; the agent unit is gone)")
