@@ -553,3 +553,45 @@ def test_a_dry_run_compares_the_agent_on_disk(tmp_path: Path) -> None:
 
     assert dry_run(config, paths).plan[0] == (
         f"plan: install only (the agent binary {paths.agent_binary} is gone; the agent unit is gone)")
+
+
+# --- Runner._settle: the local upkeep of a registered node --------------------------------------------
+
+def runner(config: Config, paths: Paths, facts: Facts = FACTS) -> flow.Runner:
+    return flow.Runner(config, facts, paths, Reporter(verbosity=-1))
+
+
+def test_a_registration_recorded_in_the_second_the_secret_was_saved_is_forgotten(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    saved = saved_of(config)
+    assert saved.registered_at is not None
+    for started, kept in ((saved.registered_at, False), ("2026-01-02T03:04:06+00:00", True)):
+        state_mod.save_pending(paths, pending_of(started_at=started))
+
+        runner(config, paths)._settle(saved, state_mod.load_pending(paths))
+
+        assert paths.pending_file.exists() is kept, started
+    state_mod.clear_pending(paths)
+
+
+def test_a_registration_left_under_way_before_any_saved_registration_is_kept(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    state_mod.save_pending(paths, pending_of())
+
+    runner(config, paths)._settle(saved_of(config, registered_at=None), state_mod.load_pending(paths))
+
+    assert paths.pending_file.exists()
+
+
+def test_an_agent_secret_beside_a_v0_state_is_recorded_once_and_its_absence_never(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    plain = config_of()
+    state_mod.save(paths, saved_of(plain))
+
+    runner(plain, paths)._settle(saved_of(plain), None)
+    assert state_mod.load(paths) == saved_of(plain)  # nothing to record: no agent secret
+
+    given = build(Settings(dashboard_url=URL, token=TOKEN, name="web-1", probe_address="probe.example.com",
+                           agent=AgentSettings(secret="s3cretAgent42")), FACTS).config
+    runner(given, paths)._settle(saved_of(plain), None)
+    assert state_mod.load(paths) == saved_of(plain, agent_secret_given=True)
