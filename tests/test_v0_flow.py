@@ -595,3 +595,17 @@ def test_an_agent_secret_beside_a_v0_state_is_recorded_once_and_its_absence_neve
                            agent=AgentSettings(secret="s3cretAgent42")), FACTS).config
     runner(given, paths)._settle(saved_of(plain), None)
     assert state_mod.load(paths) == saved_of(plain, agent_secret_given=True)
+
+
+def test_an_instance_id_seen_first_now_is_recorded_with_one_warning(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    facts = dataclasses.replace(FACTS, instance_id="i-0abc")
+    state_mod.save(paths, saved_of(config))
+    settle = runner(config, paths, facts)
+
+    settle._settle(saved_of(config), None)
+
+    assert state_mod.load(paths) == saved_of(config, instance_id="i-0abc")
+    assert settle.reporter.warnings == [identity.recorded_late_note("i-0abc")]
+    settle._settle(saved_of(config, instance_id="i-0abc"), None)
+    assert len(settle.reporter.warnings) == 1
