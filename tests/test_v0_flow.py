@@ -4,8 +4,10 @@ differs from the last install, and what --dry-run says it would send. No dashboa
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,12 @@ from nezha_bootstrap import agent, identity
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import AgentSettings, Config, Settings, build
 from nezha_bootstrap.effects import Command
-from nezha_bootstrap.errors import InstallerFailed
+from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, InstallerFailed
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.retry import Transient
 from nezha_bootstrap.state import Pending, State
 from nezha_bootstrap.system import COMMAND_TIMEOUT
 from nezha_bootstrap.v0 import flow
@@ -609,3 +612,214 @@ def test_an_instance_id_seen_first_now_is_recorded_with_one_warning(tmp_path: Pa
     assert settle.reporter.warnings == [identity.recorded_late_note("i-0abc")]
     settle._settle(saved_of(config, instance_id="i-0abc"), None)
     assert len(settle.reporter.warnings) == 1
+
+
+# --- Runner: looking for the server an earlier run may have made, recording the new one's id -------------
+
+class Listing:
+    """A dashboard's server list, answer by answer (an exception is raised), recording what was asked."""
+
+    def __init__(self, *answers: set[int] | Exception) -> None:
+        self.answers = list(answers)
+        self.asked: list[tuple[str, str]] = []
+
+    def ids_named(self, name: str, tag: str, seconds_left: float) -> set[int]:
+        self.asked.append((name, tag))
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return set(answer)
+
+
+def test_a_registration_left_under_way_with_another_dashboard_is_forgotten_with_a_warning(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    state_mod.save_pending(paths, pending_of(dashboard_url="https://old.example.com", name="db-1"))
+    looking, listing = runner(config, paths), Listing(set())
+
+    looking._look_for(pending_of(dashboard_url="https://old.example.com", name="db-1"), listing)  # type: ignore[arg-type]
+
+    assert listing.asked == [] and not paths.pending_file.exists()
+    assert looking.reporter.warnings == [
+        "an earlier run was stopped while registering 'db-1' with https://old.example.com (2026-01-02T03:04:05+00:00); "
+        "if a server of that name that never connected is there, delete it"]
+
+
+def test_a_registration_left_under_way_that_made_no_server_lets_the_run_register(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    listing = Listing({3})  # the server named so before the killed run's POST: not its
+
+    runner(config_of(tag="db"), paths)._look_for(pending_of(name="db-1"), listing)  # type: ignore[arg-type]
+
+    assert listing.asked == [("db-1", "edge")]  # the name and tag of the registration left under way
+
+
+def test_a_server_made_by_a_registration_left_under_way_stops_the_run(tmp_path: Path) -> None:
+    listing = Listing({3, 12, 9})
+
+    with pytest.raises(DashboardRefused) as refused:
+        runner(config_of(), Paths(tmp_path))._look_for(pending_of(), listing)  # type: ignore[arg-type]
+
+    assert str(refused.value) == (
+        "register: an earlier run was stopped while registering 'web-1' under tag 'edge' (2026-01-02T03:04:05+00:00), "
+        "and the dashboard now has a new server so named (id 9, 12), whose secret never arrived. Not registering "
+        "again: delete that server in the dashboard, then run again")
+
+
+def test_a_damaged_record_and_a_server_so_named_stop_the_run(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    damaged = [kept_aside(paths, "pending.json", 1_700_000_000), kept_aside(paths, "state.json", 1_800_000_000)]
+    listing = Listing({12, 9})
+
+    with pytest.raises(DashboardRefused) as refused:
+        runner(config_of(), paths)._look_for_damaged(damaged, listing, "edge")  # type: ignore[arg-type]
+
+    assert listing.asked == [("web-1", "edge")]
+    assert str(refused.value) == (
+        f"register: this node's saved state was damaged (kept aside as {damaged[-1]}), and the dashboard has a "
+        "server named 'web-1' under tag 'edge' (id 9, 12), probably this node's, whose secret was in that file. "
+        "Not registering again: delete that server in the dashboard (or give this node another name), then run "
+        "again; --force registers beside it")
+
+
+def test_a_damaged_record_without_a_server_so_named_lets_the_run_register(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    damaged = [kept_aside(paths, "state.json", 1_800_000_000)]
+    looking = runner(config_of(), paths)
+    looking.reporter.verbosity = 0
+    looking.reporter.err = io.StringIO()
+
+    looking._look_for_damaged(damaged, Listing(set()), "AutoRegister")  # type: ignore[arg-type]
+
+    assert looking.reporter.err.getvalue() == (
+        f"{damaged[0]} was kept aside as damaged: looking for a server named 'web-1' under tag 'AutoRegister' "
+        "before registering\n")
+
+
+LOOKUPS = {
+    "pending": lambda looking, listing: looking._look_for(pending_of(), listing),
+    "damaged": lambda looking, listing: looking._look_for_damaged([Path("/x/state.json.corrupt-1")], listing, "t"),
+    "adopt": lambda looking, listing: looking._adopt(saved_of(config_of(), dashboard_url="https://old.example.com",
+                                                              server_id=7), Decision(Action.ADOPT, "")),
+}
+
+
+@pytest.fixture
+def listing_for_adopt(monkeypatch: pytest.MonkeyPatch) -> list[Listing]:
+    """v0.api.Dashboard as _adopt makes it: the next Listing; its arguments recorded on the Listing."""
+    from nezha_bootstrap.v0 import api
+
+    made: list[Listing] = []
+
+    def dashboard(client: Any, url: str, token: str, source: str) -> Listing:
+        made[-1].made_with = (url, token, source)  # type: ignore[attr-defined]
+        return made[-1]
+
+    monkeypatch.setattr(api, "Dashboard", dashboard)
+    return made
+
+
+@pytest.mark.parametrize("lookup", list(LOOKUPS))
+def test_a_server_list_that_fails_once_is_asked_again_saying_so(
+        tmp_path: Path, lookup: str, listing_for_adopt: list[Listing]) -> None:
+    looking = runner(config_of(deadline="30"), Paths(tmp_path))
+    looking.reporter.verbosity, looking.reporter.err = 0, io.StringIO()
+    listing = Listing(Transient("the dashboard answered 503"), {3} if lookup == "pending" else set())
+    listing_for_adopt.append(listing)
+
+    LOOKUPS[lookup](looking, listing)
+
+    assert len(listing.asked) == 2
+    said = looking.reporter.err.getvalue()
+    assert re.search(r"^server list: the dashboard answered 503; retrying in \d+\.\d s$", said, re.M), said
+
+
+@pytest.mark.parametrize("lookup", list(LOOKUPS))
+def test_a_server_list_that_stays_down_is_unreachable_at_the_deadline(
+        tmp_path: Path, lookup: str, listing_for_adopt: list[Listing]) -> None:
+    listing = Listing(Transient("the dashboard answered 503"))
+    listing_for_adopt.append(listing)
+
+    with pytest.raises(DashboardUnreachable, match=r"^server list: the dashboard answered 503; gave up after "):
+        LOOKUPS[lookup](runner(config_of(deadline="1"), Paths(tmp_path)), listing)
+
+
+def test_adopting_asks_the_dashboard_of_this_run_for_the_saved_name_and_tag(
+        tmp_path: Path, listing_for_adopt: list[Listing], agent_as_installed: None) -> None:
+    paths, config = Paths(tmp_path), config_of(token_source="--token-file /etc/token")
+    for tag, asked in ((None, "AutoRegister"), ("edge", "edge")):
+        saved = saved_of(config, dashboard_url="https://old.example.com", server_id=7, name="db-1", tag=tag)
+        listing_for_adopt.append(Listing({7}))
+
+        runner(config, paths)._adopt(saved, Decision(Action.ADOPT, ""))
+
+        assert listing_for_adopt[-1].asked == [("db-1", asked)]
+        assert listing_for_adopt[-1].made_with == (URL, TOKEN, "--token-file /etc/token")  # type: ignore[attr-defined]
+
+
+def test_a_dashboard_listing_the_saved_server_is_the_same_one_kept_under_this_url(
+        tmp_path: Path, listing_for_adopt: list[Listing], agent_as_installed: None) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    saved = saved_of(config, dashboard_url="https://old.example.com", server_id=7, tls=False)
+    state_mod.save(paths, saved)
+    listing_for_adopt.append(Listing({5, 7}))
+    adopting = runner(config, paths)
+    adopting.reporter.verbosity, adopting.reporter.err = 0, io.StringIO()
+
+    kept, again = adopting._adopt(saved, Decision(Action.ADOPT, "registered as server 7 with ..."))
+
+    assert kept == state_mod.load(paths) == dataclasses.replace(saved, dashboard_url=URL)
+    assert again == Decision(Action.INSTALL, "the probe address, port or TLS setting changed")
+    assert adopting.reporter.err.getvalue().splitlines() == [
+        f"{URL} lists this node's server 7 ('web-1', tag 'AutoRegister'): the same dashboard as "
+        "https://old.example.com; kept, not registered again",
+        "plan: install only (the probe address, port or TLS setting changed)",
+    ]
+
+
+def test_a_dashboard_without_the_saved_server_is_registered_with(
+        tmp_path: Path, listing_for_adopt: list[Listing]) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    saved = saved_of(config, dashboard_url="https://old.example.com", server_id=7)
+    state_mod.save(paths, saved)
+    listing_for_adopt.append(Listing({5}))
+
+    kept, instead = runner(config, paths)._adopt(saved, Decision(Action.ADOPT, ""))
+
+    assert kept == state_mod.load(paths) == saved
+    assert instead == Decision(Action.REGISTER, "registered with another dashboard (https://old.example.com); "
+                                                "this one has no server 7 named 'web-1'")
+
+
+@pytest.mark.parametrize(("listed", "recorded"), [({3, 8}, 8), ({3, 8, 9}, None), ({3}, None)])
+def test_the_new_server_s_id_is_recorded_when_the_list_names_exactly_one_new(
+        tmp_path: Path, listed: set[int], recorded: int | None) -> None:
+    paths, config = Paths(tmp_path), config_of(tag="edge")
+    saved = saved_of(config, installed_at=None)
+    state_mod.save(paths, saved)
+    listing = Listing(listed)
+
+    kept = runner(config, paths)._record_id(saved, listing, {3}, "edge")  # type: ignore[arg-type]
+
+    assert kept == state_mod.load(paths) == dataclasses.replace(saved, server_id=recorded)
+    assert ("web-1", "edge") in listing.asked
+
+
+@pytest.mark.parametrize("failure", [Transient("503"), DashboardRefused("403"), DashboardUnreachable("down")])
+def test_the_new_server_s_id_is_best_effort(tmp_path: Path, failure: Exception) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    saved = saved_of(config, installed_at=None)
+    state_mod.save(paths, saved)
+
+    kept = runner(config, paths)._record_id(saved, Listing(failure), set(), "AutoRegister")  # type: ignore[arg-type]
+
+    assert kept == state_mod.load(paths) == saved
+
+
+def test_an_adopted_server_s_agent_is_compared_on_disk_again(tmp_path: Path, listing_for_adopt: list[Listing]) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    saved = saved_of(config, dashboard_url="https://old.example.com", server_id=7)
+    listing_for_adopt.append(Listing({7}))
+
+    _, again = runner(config, paths)._adopt(saved, Decision(Action.ADOPT, ""))
+
+    assert again == Decision(Action.INSTALL, f"the agent binary {paths.agent_binary} is gone; the agent unit is gone")
