@@ -647,10 +647,15 @@ def test_a_registration_left_under_way_with_another_dashboard_is_forgotten_with_
 def test_a_registration_left_under_way_that_made_no_server_lets_the_run_register(tmp_path: Path) -> None:
     paths = Paths(tmp_path)
     listing = Listing({3})  # the server named so before the killed run's POST: not its
+    looking = runner(config_of(tag="db"), paths)
+    looking.reporter.verbosity, looking.reporter.err = 0, io.StringIO()
 
-    runner(config_of(tag="db"), paths)._look_for(pending_of(name="db-1"), listing)  # type: ignore[arg-type]
+    looking._look_for(pending_of(name="db-1"), listing)  # type: ignore[arg-type]
 
     assert listing.asked == [("db-1", "edge")]  # the name and tag of the registration left under way
+    assert looking.reporter.err.getvalue() == (
+        "an earlier run was stopped while registering 'db-1' (2026-01-02T03:04:05+00:00): looking for the server "
+        "it may have made\n")
 
 
 def test_a_server_made_by_a_registration_left_under_way_stops_the_run(tmp_path: Path) -> None:
