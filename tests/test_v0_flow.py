@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from nezha_bootstrap import agent, identity
+from nezha_bootstrap import agent, identity, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import AgentSettings, Config, Settings, build
 from nezha_bootstrap.effects import Command
@@ -29,6 +29,7 @@ from nezha_bootstrap.v0 import flow
 from nezha_bootstrap.v0.direct import V0Install
 from nezha_bootstrap.v0.flow import Action, Decision, decide, install_drift
 from nezha_bootstrap.v0.script import InstallPlan
+from tests.conftest import Cli, leak_scan
 
 URL = "https://dash.example.com"
 MACHINE = "0123456789abcdef0123456789abcdef"
@@ -828,3 +829,43 @@ def test_an_adopted_server_s_agent_is_compared_on_disk_again(tmp_path: Path, lis
     _, again = runner(config, paths)._adopt(saved, Decision(Action.ADOPT, ""))
 
     assert again == Decision(Action.INSTALL, f"the agent binary {paths.agent_binary} is gone; the agent unit is gone")
+
+
+# --- the run as a new process would make it: nothing registered for redaction but what this run knows --------
+
+@pytest.mark.integration
+@pytest.mark.parametrize("first", [{"NEZHA_STUB_MODE": "exit1"}, {}], ids=["unfinished", "finished"])
+def test_a_resumed_run_masks_the_saved_secret_it_did_not_receive(cli: Cli, first: dict[str, str]) -> None:
+    shebang, rest = cli.fake.files["/install.sh"].split(b"\n", 1)
+    cli.fake.files["/install.sh"] = shebang + b'\necho "secret: ${4:-}" >&2\n' + rest  # the 4th argument
+    cli("run", **first)
+    [server] = cli.fake.servers
+    redact.forget_all()  # as in a new process: only the state file knows the secret now
+    (cli.root / "etc/systemd/system/nezha-agent.service").unlink(missing_ok=True)  # so the rerun installs
+
+    outcome = cli("run", "-v")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "plan: install only" in outcome.stderr and len(cli.fake.registrations()) == 1
+    assert "secret: ***" in outcome.stderr and server.secret not in outcome.stdout + outcome.stderr
+    assert leak_scan(cli) == []
+
+
+@pytest.mark.integration
+def test_a_run_closes_the_http_clients_it_made(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import http
+
+    made: list[Any] = []
+
+    def recorded(maker: Any) -> Any:
+        def making(*args: Any, **kwargs: Any) -> Any:
+            made.append(maker(*args, **kwargs))
+            return made[-1]
+        return making
+
+    monkeypatch.setattr(http, "make_client", recorded(http.make_client))
+    monkeypatch.setattr(http, "make_download_client", recorded(http.make_download_client))
+
+    assert cli("run").exit_code == 0
+
+    assert len(made) >= 2 and all(client.is_closed for client in made)  # the dashboard's and the downloads'
