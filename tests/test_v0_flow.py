@@ -869,3 +869,20 @@ def test_a_run_closes_the_http_clients_it_made(cli: Cli, monkeypatch: pytest.Mon
     assert cli("run").exit_code == 0
 
     assert len(made) >= 2 and all(client.is_closed for client in made)  # the dashboard's and the downloads'
+
+
+def test_stopping_the_agent_is_its_own_service_stop_in_its_directory_whatever_it_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    applied: list[Command] = []
+    monkeypatch.setattr(Command, "apply", lambda command, reporter: applied.append(command))
+    paths = Paths(tmp_path)
+    facts = dataclasses.replace(FACTS, environ={"PATH": "/usr/bin"})
+    stopping = runner(config_of(), paths, facts)
+    stopping.reporter.verbosity, stopping.reporter.err = 0, io.StringIO()
+
+    stopping._stop_agent()
+
+    assert applied == [Command((str(paths.agent_binary), "service", "stop"), cwd=paths.agent_dir, must_succeed=False,
+                               name="`nezha-agent service stop`", track=paths.child_file)]
+    assert applied[0].environ is facts.environ
+    assert stopping.reporter.err.getvalue() == "stopping the agent: nezha-agent service stop\n"
