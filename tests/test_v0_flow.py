@@ -3,11 +3,13 @@ differs from the last install, and what --dry-run says it would send. No dashboa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -886,3 +888,25 @@ def test_stopping_the_agent_is_its_own_service_stop_in_its_directory_whatever_it
                                name="`nezha-agent service stop`", track=paths.child_file)]
     assert applied[0].environ is facts.environ
     assert stopping.reporter.err.getvalue() == "stopping the agent: nezha-agent service stop\n"
+
+
+@pytest.mark.integration
+def test_the_new_secret_is_saved_while_stop_signals_are_held(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import interrupts
+
+    state = cli.root / "var/lib/nezha-bootstrap/state.json"
+    held: list[tuple[bool, bool]] = []  # whether the state file existed as the hold began, and as it ended
+    deferred = interrupts.deferred
+
+    @contextlib.contextmanager
+    def holding() -> Iterator[None]:
+        before = state.exists()
+        with deferred():
+            yield
+        held.append((before, state.exists()))
+
+    monkeypatch.setattr(interrupts, "deferred", holding)
+
+    assert cli("run").exit_code == 0
+
+    assert held == [(False, True)]
