@@ -910,3 +910,30 @@ def test_the_new_secret_is_saved_while_stop_signals_are_held(cli: Cli, monkeypat
     assert cli("run").exit_code == 0
 
     assert held == [(False, True)]
+
+
+STEP = re.compile(r"^(?:(?P<what>\S.*) \.\.\.|  (?P<name>\w+): done in \d+\.\d\d s)$")
+
+
+def steps_said(stderr: str) -> list[str]:
+    """The progress lines of each step: what it does, then its name as it ends (durations left out)."""
+    said = [STEP.match(line) for line in stderr.splitlines()]
+    return [match["what"] or match["name"] for match in said if match]
+
+
+@pytest.mark.integration
+def test_each_step_says_what_it_does_and_ends_under_its_name(cli: Cli) -> None:
+    first = cli("run", NODE_NAME="web-1")
+    unit = cli.root / "etc/systemd/system/nezha-agent.service"
+    online = "waiting for the dashboard to see the node online (up to 60 s; the agent connects to probe.example.test"
+
+    assert steps_said(first.stderr) == [
+        f"registering 'web-1' with {cli.dashboard.url}", "register",
+        f"downloading {cli.dashboard.url}/install.sh", "download",
+        "running install.sh install_agent", "install",
+        f"verifying {unit}", "verify",
+        f"{online}:5555 with TLS)", "online",
+    ]
+    again = cli("run", "--json", NODE_NAME="web-1", NEZHA_PROBE_PORT="6000")
+    assert [step["step"] for step in json.loads(again.stdout)["steps"]] == ["download", "install", "verify", "online"]
+    assert steps_said(again.stderr)[-2:] == [f"{online}:6000 with TLS)", "online"]
