@@ -38,6 +38,7 @@ MACHINE = "0123456789abcdef0123456789abcdef"
 FACTS = Facts(hostname="web-1", primary_ipv4="192.0.2.10", machine_id=MACHINE, systemd_running=False)
 TOKEN = "t0ken-for-the-v0-flow"
 SECRET = "n0deSecretOfTheSavedState"
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$")
 
 
 def config_of(*, method: str | None = None, **settings: Any) -> Config:
@@ -937,3 +938,39 @@ def test_each_step_says_what_it_does_and_ends_under_its_name(cli: Cli) -> None:
     again = cli("run", "--json", NODE_NAME="web-1", NEZHA_PROBE_PORT="6000")
     assert [step["step"] for step in json.loads(again.stdout)["steps"]] == ["download", "install", "verify", "online"]
     assert steps_said(again.stderr)[-2:] == [f"{online}:6000 with TLS)", "online"]
+
+
+def test_a_secret_that_cannot_be_saved_says_the_server_is_made_and_keeps_the_pending_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    state_mod.save_pending(paths, pending_of())
+
+    def full(*args: Any) -> None:
+        raise state_mod.StateError("cannot write the state: no space left on device")
+
+    monkeypatch.setattr(state_mod, "save", full)
+
+    with pytest.raises(state_mod.StateError) as failed:
+        runner(config, paths)._save_registration(SECRET)
+
+    assert str(failed.value) == (
+        "cannot write the state: no space left on device. The dashboard made the server 'web-1', whose secret is "
+        "lost now: delete it in the dashboard, fix the state directory, then run again")
+    assert paths.pending_file.exists()
+    assert SECRET not in str(failed.value)
+
+
+def test_a_new_secret_is_saved_at_once_with_what_was_registered(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of(tag="edge", probe_port="6000", tls=False)
+    facts = dataclasses.replace(FACTS, instance_id="i-0abc")
+    state_mod.save_pending(paths, pending_of())
+
+    kept = runner(config, paths, facts)._save_registration(SECRET)
+
+    assert kept == state_mod.load(paths)
+    assert kept.registered_at is not None and TIMESTAMP.match(kept.registered_at)
+    assert dataclasses.replace(kept, registered_at=None) == State(
+        dashboard_url=URL, name="web-1", tag="edge", probe_address="probe.example.com", probe_port=6000, tls=False,
+        secret=SECRET, machine_id=MACHINE, instance_id="i-0abc", agent_secret_given=False)
+    assert not paths.pending_file.exists()
+    assert redact.redact(f"x {SECRET} y") == "x *** y"
