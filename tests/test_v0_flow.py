@@ -19,7 +19,7 @@ from nezha_bootstrap import agent, identity, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import AgentSettings, Config, Settings, build
 from nezha_bootstrap.effects import Command
-from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, InstallerFailed
+from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
@@ -946,11 +946,11 @@ def test_a_secret_that_cannot_be_saved_says_the_server_is_made_and_keeps_the_pen
     state_mod.save_pending(paths, pending_of())
 
     def full(*args: Any) -> None:
-        raise state_mod.StateError("cannot write the state: no space left on device")
+        raise StateError("cannot write the state: no space left on device")
 
     monkeypatch.setattr(state_mod, "save", full)
 
-    with pytest.raises(state_mod.StateError) as failed:
+    with pytest.raises(StateError) as failed:
         runner(config, paths)._save_registration(SECRET)
 
     assert str(failed.value) == (
