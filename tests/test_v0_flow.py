@@ -974,3 +974,28 @@ def test_a_new_secret_is_saved_at_once_with_what_was_registered(tmp_path: Path) 
         secret=SECRET, machine_id=MACHINE, instance_id="i-0abc", agent_secret_given=False)
     assert not paths.pending_file.exists()
     assert redact.redact(f"x {SECRET} y") == "x *** y"
+
+
+@pytest.mark.integration
+def test_the_result_of_each_kind_of_run_reads_back_in_json(cli: Cli) -> None:
+    def result(*args: str, **env: str) -> dict[str, Any]:
+        outcome = cli("run", "--json", *args, NODE_NAME="web-1", **env)
+        assert outcome.exit_code == 0, outcome.stderr
+        shown = dict(json.loads(outcome.stdout))
+        assert {key: shown[key] for key in ("generation", "dashboard", "method", "name", "exit_code")} == {
+            "generation": "v0", "dashboard": cli.dashboard.url, "method": "script", "name": "web-1", "exit_code": 0}
+        return shown
+
+    first = result()
+    assert (first["outcome"], first["reason"], first["online"]) == (
+        "registered_and_installed", "no saved state: this node was never registered", True)
+    assert isinstance(first["online_after_s"], float) and first["online_after_s"] >= 0
+
+    again = result()
+    assert (again["outcome"], again["reason"], again["online"], again.get("online_after_s")) == (
+        "nothing_to_do", "registered and installed", True, None)
+
+    moved = result(NEZHA_PROBE_PORT="6000")
+    assert (moved["outcome"], moved["reason"], moved["online"]) == (
+        "installed", "the probe address, port or TLS setting changed", True)
+    assert isinstance(moved["online_after_s"], float) and moved["online_after_s"] >= 0
