@@ -565,7 +565,7 @@ def run(this: ThisNode) -> RunResult:
 def dry_run(this: ThisNode) -> RunResult:
     """The v0 plan: what `run` would send, run and write; reads the state, changes nothing."""
     config, facts, paths = this.config, this.facts, this.paths
-    saved = state_mod.load(paths, move_aside=False)
+    saved = state_mod.load(paths, move_aside=False)  # pragma: no mutate - None is as false (True: test_run fails)
     decision = decide(config, saved, facts, on_disk_drift(paths, saved))
     lines = [f"plan: {decision.action.value} ({decision.reason})"]
     lines += [f"note: {note}" for note in decision.notes]
@@ -580,7 +580,9 @@ def dry_run(this: ThisNode) -> RunResult:
             lines += _pending_lines(config, _planned_pending(paths, saved, config.force))
             lines += _request_lines(config, paths, request)
             details["request"] = request
-        secret = saved.secret if saved and decision.action is Action.INSTALL else "0" * 18  # masked in describe()
+        # Equivalent mutants: describe() shows <secret> in its place, whichever valid secret (state.load checks a
+        # saved one: letters and digits, as the placeholder) is planned.
+        secret = saved.secret if saved and decision.action is Action.INSTALL else "0" * 18  # pragma: no mutate
         described = install_plan(config, paths, secret).describe()
         lines += [*described, f"write {paths.state_file} (0600): installed"]
         details["install"] = described
@@ -628,6 +630,6 @@ def _request_lines(config: Config, paths: Paths, request: dict[str, Any]) -> lis
         f"POST {request['url']}",
         "  Authorization: <token>",
         "  Content-Type: application/json",
-        f"  body: {json.dumps(request['body'], ensure_ascii=False)}",
+        f"  body: {json.dumps(request['body'], ensure_ascii=False)}",  # pragma: no mutate - None is as false
         f"write {paths.state_file} (0600): the node secret",
     ]
