@@ -623,9 +623,17 @@ def test_an_instance_id_seen_first_now_is_recorded_with_one_warning(tmp_path: Pa
 class Listing:
     """A dashboard's server list, answer by answer (an exception is raised), recording what was asked."""
 
-    def __init__(self, *answers: set[int] | Exception) -> None:
+    def __init__(self, *answers: set[int] | Exception, new: set[int] | None | Exception = None) -> None:
         self.answers = list(answers)
+        self.new = new  # what reading by id above the list's highest id finds (None: it did not end)
         self.asked: list[tuple[str, str]] = []
+        self.read_above: list[tuple[str, str, int, set[int]]] = []
+
+    def new_ids_named(self, name: str, tag: str, above: int, before: set[int], seconds_left: float) -> set[int] | None:
+        self.read_above.append((name, tag, above, set(before)))
+        if isinstance(self.new, Exception):
+            raise self.new
+        return None if self.new is None else set(self.new)
 
     def ids_named(self, name: str, tag: str, seconds_left: float) -> set[int]:
         self.asked.append((name, tag))
@@ -799,27 +807,44 @@ def test_a_dashboard_without_the_saved_server_is_registered_with(
                                                 "this one has no server 7 named 'web-1'")
 
 
+@pytest.mark.parametrize(("new", "recorded"), [({8}, 8), ({8, 9}, None), (set(), None)])
+def test_the_new_server_s_id_is_recorded_when_reading_above_the_list_finds_exactly_one(
+        tmp_path: Path, new: set[int], recorded: int | None) -> None:
+    paths, config = Paths(tmp_path), config_of(tag="edge")
+    saved = saved_of(config, installed_at=None)
+    state_mod.save(paths, saved)
+    listing = Listing(set(), new=new)
+
+    kept = runner(config, paths)._record_id(saved, listing, {3}, 7, "edge")  # type: ignore[arg-type]
+
+    assert kept == state_mod.load(paths) == dataclasses.replace(saved, server_id=recorded)
+    assert listing.read_above == [("web-1", "edge", 7, {3})]
+    assert listing.asked == []  # the tag is not listed a second time
+
+
 @pytest.mark.parametrize(("listed", "recorded"), [({3, 8}, 8), ({3, 8, 9}, None), ({3}, None)])
-def test_the_new_server_s_id_is_recorded_when_the_list_names_exactly_one_new(
+def test_when_reading_above_the_list_does_not_end_the_tag_is_listed_again(
         tmp_path: Path, listed: set[int], recorded: int | None) -> None:
     paths, config = Paths(tmp_path), config_of(tag="edge")
     saved = saved_of(config, installed_at=None)
     state_mod.save(paths, saved)
-    listing = Listing(listed)
+    listing = Listing(listed, new=None)
 
-    kept = runner(config, paths)._record_id(saved, listing, {3}, "edge")  # type: ignore[arg-type]
+    kept = runner(config, paths)._record_id(saved, listing, {3}, 7, "edge")  # type: ignore[arg-type]
 
     assert kept == state_mod.load(paths) == dataclasses.replace(saved, server_id=recorded)
-    assert ("web-1", "edge") in listing.asked
+    assert listing.asked == [("web-1", "edge")]
 
 
 @pytest.mark.parametrize("failure", [Transient("503"), DashboardRefused("403"), DashboardUnreachable("down")])
-def test_the_new_server_s_id_is_best_effort(tmp_path: Path, failure: Exception) -> None:
+@pytest.mark.parametrize("where", ["reading by id", "listing again"])
+def test_the_new_server_s_id_is_best_effort(tmp_path: Path, failure: Exception, where: str) -> None:
     paths, config = Paths(tmp_path), config_of()
     saved = saved_of(config, installed_at=None)
     state_mod.save(paths, saved)
+    listing = Listing(failure, new=failure) if where == "reading by id" else Listing(failure, new=None)
 
-    kept = runner(config, paths)._record_id(saved, Listing(failure), set(), "AutoRegister")  # type: ignore[arg-type]
+    kept = runner(config, paths)._record_id(saved, listing, set(), 0, "AutoRegister")  # type: ignore[arg-type]
 
     assert kept == state_mod.load(paths) == saved
 
