@@ -18,9 +18,11 @@ import pytest
 from nezha_bootstrap import redact
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
 from nezha_bootstrap.http import Answer, make_client
+from nezha_bootstrap.retry import Transient
 from nezha_bootstrap.testing.fake_v0 import Running
 from nezha_bootstrap.testing.fake_v1 import FakeV1, V1Server, serve_v1
 from nezha_bootstrap.v1.api import (
+    DATABASE_ERRORS,
     FORM_DEFAULTS,
     JOIN_CONFIRMATIONS,
     LAG,
@@ -429,6 +431,56 @@ def test_each_refusal_reads_whole(given: Answer, message: str) -> None:
     assert str(refused.value) == message
     assert isinstance(refused.value, TokenRefused) is (given.status in (401, 403) or "Unauthorized" in message
                                                         or "no valid credential" in message)
+
+
+@pytest.mark.parametrize("words", sorted(DATABASE_ERRORS) + ["Database Error ", "DATENBANKFEHLER"])
+@pytest.mark.parametrize("ambiguous", [False, True])
+def test_a_busy_database_in_any_of_the_dashboards_languages_is_retried_not_refused(words: str,
+                                                                                    ambiguous: bool) -> None:
+    with pytest.raises(Transient) as busy:
+        classify(v2_answer(200, {"success": False, "error": words}), "rename", ambiguous=ambiguous)
+
+    assert str(busy.value) == f"rename: the dashboard's database was busy ({words.strip()!r})"
+    assert busy.value.ambiguous is ambiguous
+
+
+def test_the_words_of_a_busy_database_inside_another_error_are_a_refusal() -> None:
+    with pytest.raises(DashboardRefused, match="the dashboard refused: no database error here"):
+        classify(v2_answer(200, {"success": False, "error": "no database error here"}), "rename")
+
+
+class DatabaseBusyOnce(httpx.BaseTransport):
+    """Passes requests to the fake; the first request of `method` is answered as a locked sqlite makes
+    v2.3.7 answer it (HTTP 200 `{"success": false, "error": "database error"}`), without reaching the fake."""
+
+    def __init__(self, method: str) -> None:
+        self.inner, self.method, self.busy = httpx.HTTPTransport(), method, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == self.method and not self.busy:
+            self.busy += 1
+            return httpx.Response(200, json={"success": False, "error": "database error"})
+        return self.inner.handle_request(request)
+
+
+def test_a_rename_answered_database_error_is_sent_again_and_done(fake: FakeV1, running: Running) -> None:
+    enroll(running, fake, 1)
+    transport = DatabaseBusyOnce("PATCH")
+    with make_client(urls=(running.url,), transport=transport) as client:
+        v2 = api(client, running, fake.add_token())
+        wrote = v2.update_server(v2.servers()[0], {"name": "web-1"})
+
+    assert transport.busy == 1 and wrote is True
+    assert fake.servers[0].name == "web-1" and len(fake.changes) == 1
+
+
+def test_a_group_create_answered_database_error_looks_before_it_makes_one(fake: FakeV1, running: Running) -> None:
+    transport = DatabaseBusyOnce("POST")
+    with make_client(urls=(running.url,), transport=transport) as client:
+        group_id = api(client, running, fake.add_token()).create_group("web", [])
+
+    assert transport.busy == 1
+    assert [(group.id, group.name) for group in fake.groups] == [(group_id, "web")]
 
 
 def test_a_success_gives_its_data_or_none() -> None:

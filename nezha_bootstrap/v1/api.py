@@ -97,8 +97,21 @@ def form_of(item: dict[str, Any]) -> dict[str, Any]:
     return {key: item.get(key) if item.get(key) is not None else default for key, default in FORM_DEFAULTS.items()}
 
 
-def classify(answer: Answer, what: str) -> Any:
-    """The `data` of a success answer (None when absent), or raise TokenRefused/DashboardRefused/Transient."""
+# v1.14.14 to v2.3.7 answer any failed database call (a gorm error: sqlite's "database is locked" while a boot
+# storm writes) with HTTP 200 {"error": "database error"}, in the dashboard's language (pkg/i18n, v2.3.7; an
+# empty translation falls back to English). A busy database is retried like a 5xx. Seen on v2.3.7: the rename
+# PATCH of 149 of 5,000 nodes in a storm, which failed those nodes before this.
+DATABASE_ERRORS = frozenset({
+    "database error", "datenbankfehler", "erro de banco de dados", "error basis data", "error de base de datos",
+    "lỗi cơ sở dữ liệu", "ошибка бд", "தரவுத்தள பிழை", "数据库错误", "資料庫錯誤",
+})
+
+
+def classify(answer: Answer, what: str, ambiguous: bool = False) -> Any:
+    """The `data` of a success answer (None when absent), or raise TokenRefused/DashboardRefused/Transient.
+
+    `ambiguous`: the request may change something, so a busy database's answer (a Transient) says it may
+    have been done: a create looks before it tries again."""
     status = answer.status
     value = check_answer(answer, what, LIST_CAP)
     error = value.get("error") if isinstance(value, dict) else None
@@ -114,6 +127,8 @@ def classify(answer: Answer, what: str) -> Any:
     if isinstance(error, str) and error.startswith("ApiErrorUnauthorized"):
         raise TokenRefused(f"{what}: the dashboard saw no valid credential (a proxy may drop the Authorization "
                            f"header, or the login expired). {WAF_NOTE}")
+    if isinstance(error, str) and error.strip().lower() in DATABASE_ERRORS:
+        raise Transient(f"{what}: the dashboard's database was busy ({error.strip()[:40]!r})", ambiguous=ambiguous)
     if error or value.get("success") is not True:
         said = redact.quote(str(error or "no success flag"), "(its words held a credential: not shown)")[:200]
         raise DashboardRefused(f"{what}: the dashboard refused: {said}")
@@ -158,7 +173,8 @@ class V2Api:
     def once(self, method: str, path: str, what: str, seconds_left: float, body: Any = None,
              params: dict[str, str] | None = None) -> Any:
         """One request, one attempt: the answer's `data`, or Transient/DashboardRefused."""
-        return classify(self._send(method, path, seconds_left, body, params), what)
+        return classify(self._send(method, path, seconds_left, body, params), what,
+                        ambiguous=method != READ_ONLY_METHOD)
 
     def _send(self, method: str, path: str, seconds_left: float, body: Any = None,
               params: dict[str, str] | None = None) -> Answer:
