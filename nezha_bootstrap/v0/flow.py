@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Union
 from nezha_bootstrap import agentport, identity, interrupts, online, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.agent import local_step
+from nezha_bootstrap.command import Command
 from nezha_bootstrap.config import Config, display_url, same_dashboard
-from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.node import ThisNode
