@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -197,17 +197,27 @@ class Online:
     evidence: str = ""
 
 
-@dataclass
 class Waiter:
-    """Looks at every source in turn until one decides or the timeout passes."""
+    """Looks at every source in turn until one decides or the timeout passes. A plain class (never compared
+    or printed): a dataclass costs ~0.5 ms of a run's start."""
 
-    sources: Sequence[Source]
-    target: Target
-    timeout: float
-    poll: float = POLL
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-    last: list[Look] = field(default_factory=list)
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        target: Target,
+        timeout: float,
+        poll: float = POLL,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        last: list[Look] | None = None,
+    ) -> None:
+        self.sources = sources
+        self.target = target
+        self.timeout = timeout
+        self.poll = poll
+        self.clock = clock
+        self.sleep = sleep
+        self.last: list[Look] = [] if last is None else last
 
     def wait(self) -> Online:
         """Online, or raise the verdict (NotOnline) of the first failure seen, or of the timeout."""

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from nezha_bootstrap import agent, agentport, identity, online, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.agent import local_step
+from nezha_bootstrap.command import Command
 from nezha_bootstrap.config import AgentConfig, Config, display_url, same_dashboard
-from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import InstallerFailed, SettingsError
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.generation import Generation
