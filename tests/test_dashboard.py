@@ -904,6 +904,19 @@ def test_new_ids_are_named_once_an_empty_window_within_240_ids_shows_their_end()
     assert details_asked(fake) == [ids(1, 16), ids(17, 48), ids(49, 112), ids(113, 240)]
 
 
+def test_a_gap_of_deleted_ids_as_wide_as_a_window_gives_no_answer_so_the_tag_is_listed_instead() -> None:
+    fake = FakeDashboard(TOKEN)
+    for i in range(5):
+        fake.create(f"web-{i}", tag="edge")  # ids 1-5, listed before
+    for i in range(20):
+        fake.delete(fake.create(f"scaled-in-{i}", tag="edge").id)  # ids 6-25, deleted since
+    fake.create("web-1", tag="edge")  # 26: this node's server, beyond the gap
+    dashboard = Dashboard(make_client(transport=fake_transport(fake)), BASE, TOKEN)
+
+    assert dashboard.new_ids_named("web-1", "edge", above=5, before=set(), seconds_left=5) is None
+    assert details_asked(fake) == [ids(6, 21)]
+
+
 def test_the_fake_answers_details_by_id_as_v0_20_13_does() -> None:
     fake = FakeDashboard(TOKEN)
     for name in ("a", "b", "c"):

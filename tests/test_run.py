@@ -695,3 +695,17 @@ def test_when_many_servers_were_made_under_other_tags_the_id_is_found_by_a_secon
     assert lists_of_the_tag(cli.fake) == 2
     assert json.loads((cli.root / "var/lib/nezha-bootstrap/state.json").read_text())["server_id"] == 301
     assert [j.query for j in cli.fake.journal if j.path == "/api/v1/server/details"][-1] == "id=301"
+
+
+def test_after_a_gap_of_deleted_ids_the_id_is_found_by_a_second_list_not_lost(cli: Cli) -> None:
+    for i in range(3):
+        cli.fake.create(f"fleet-{i}")  # ids 1-3, in this node's list
+    for i in range(40):
+        cli.fake.delete(cli.fake.create(f"scaled-in-{i}").id)  # ids 4-43, deleted: no server answers for them
+
+    assert cli("run", NODE_NAME="web-1").exit_code == 0
+
+    # the first window (4-19) is empty with nothing found: the tag is listed again, once (the unit test of the
+    # fallback itself is test_dashboard's gap test)
+    assert lists_of_the_tag(cli.fake) == 2
+    assert json.loads((cli.root / "var/lib/nezha-bootstrap/state.json").read_text())["server_id"] == 44

@@ -153,6 +153,11 @@ class FakeDashboard:
             self.servers.append(server)
             return server
 
+    def delete(self, server_id: int) -> None:
+        """Delete a server, as the dashboard's UI does: its id is never given again (sqlite AUTOINCREMENT)."""
+        with self.lock:
+            self.servers = [s for s in self.servers if s.id != server_id]
+
     # --- request handling, pure of sockets: returns (status, content type, body) or a fault word ---
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes, client: str) -> Any:
         parts = urlsplit(target)

@@ -191,16 +191,17 @@ class Dashboard:
         """The servers called `name` under `tag` made since a list whose highest id was `above` (`before`: the
         ids so named then), read by id instead of listing the tag again (issue 19): v0.20.13's ids grow by one
         per server and are never reused (sqlite AUTOINCREMENT), so each new server has an id above `above`.
-        The ids above it are read in growing windows until a window holds none (the end of the ids); None when
-        SCAN_IDS are read without reaching it (a dashboard that made that many servers since, under any tag):
-        the caller lists instead."""
+        The ids above it are read in growing windows until a window holds none (the end of the ids). None (the
+        caller lists instead) when SCAN_IDS are read without reaching it (a dashboard that made that many
+        servers since, under any tag), and when an empty window ends the search with nothing found: deleted
+        servers leave gaps in the ids, and a gap as wide as a window looks like the end."""
         deadline = time.monotonic() + seconds_left
         start, size, found = above + 1, SCAN_FIRST, set[int]()
         while start <= above + SCAN_IDS:
             size = min(size, above + SCAN_IDS + 1 - start)
             items = self.details(range(start, start + size), max(deadline - time.monotonic(), 0.001))
-            if not items:
-                return found
+            if not items:  # the end of the ids, or a gap of deleted ones: found nothing, the caller lists
+                return found or None
             found |= {int(item["id"]) for item in items if isinstance(item.get("id"), int)
                       and item["id"] > above and item["id"] not in before
                       and item.get("name") == name and item.get("tag") == tag}

@@ -319,11 +319,11 @@ class Runner:
         server in one list, and the server is never adopted under another URL."""
         from nezha_bootstrap.retry import Transient
 
-        name, seconds = self.config.name, min(self.config.deadline, 10.0)
+        name, ends = self.config.name, time.monotonic() + min(self.config.deadline, 10.0)  # one budget for both
         try:
-            made = dashboard.new_ids_named(name, tag, top, before, seconds)
+            made = dashboard.new_ids_named(name, tag, top, before, ends - time.monotonic())
             if made is None:
-                made = dashboard.ids_named(name, tag, seconds) - before
+                made = dashboard.ids_named(name, tag, max(ends - time.monotonic(), 0.001)) - before
         except (Transient, DashboardRefused, DashboardUnreachable):
             return saved
         if len(made) != 1:
