@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -65,7 +66,7 @@ def run_process(cli: Cli, *args: str, **env: str | None) -> subprocess.Completed
 
 @pytest.mark.integration
 def test_a_process_ends_with_its_whole_output_written(cli: Cli) -> None:
-    # A pipe is block-buffered: without the flush before the process ends, this output would be lost.
+    # The whole run in a real process, its output in pipes (the flush itself: the test below).
     done = run_process(cli, "run", "-v", "--json")
 
     assert done.returncode == 0, done.stderr
@@ -126,6 +127,21 @@ def test_start_runs_the_command_line_with_a_rare_collector_and_ends_with_its_sta
         gc.set_threshold(*before)
 
     assert seen == {"threshold": console.GC_THRESHOLD, "status": status}
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_what_is_still_buffered_is_written_before_the_process_ends(stream: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap.console import flushed
+
+    written = io.BytesIO()
+    buffered = io.TextIOWrapper(io.BufferedWriter(written, buffer_size=1 << 16), encoding="utf-8")
+    monkeypatch.setattr(sys, stream, buffered)
+    print("the last line", file=buffered)  # no flush: a pipe's buffer holds it
+    assert written.getvalue() == b""
+
+    assert flushed(0) == 0
+    assert written.getvalue() == b"the last line\n"
 
 
 class Unwritable:

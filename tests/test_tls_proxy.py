@@ -174,8 +174,13 @@ def test_https_proxy_carries_every_request_through_one_tunnel_target(
 
     assert outcome.exit_code == 0, outcome.stderr
     assert proxy.targets and set(proxy.targets) == {f"127.0.0.1:{tls_cli.dashboard.port}"}
-    # list, register, list (the new id), install.sh, the stub agent's connection, the online look
-    assert len(tls_cli.fake.journal) == 6
+    # list, register, the new id read by id (ids 1-16: this one; 17-48: none, the end), install.sh, the stub
+    # agent's connection, the online look
+    assert [(j.path, j.query) for j in tls_cli.fake.journal if j.path.startswith("/api/")] == [
+        ("/api/v1/server/list", "tag=AutoRegister"), ("/api/v1/server/register", "simple=true"),
+        ("/api/v1/server/details", "id=" + ",".join(map(str, range(1, 17)))),
+        ("/api/v1/server/details", "id=" + ",".join(map(str, range(17, 49)))), ("/api/v1/server/details", "id=1")]
+    assert len(tls_cli.fake.journal) == 7
     assert TOKEN.encode() not in proxy.sent  # the proxy saw only TLS
     assert leaks(tls_cli) == []
 

@@ -23,6 +23,7 @@ from nezha_bootstrap.testing.fake_v0 import Running
 from nezha_bootstrap.testing.fake_v1 import FakeV1, V1Server, serve_v1
 from nezha_bootstrap.v1.api import (
     DATABASE_ERRORS,
+    DATABASE_ERRORS_IN_A_ROW,
     FORM_DEFAULTS,
     JOIN_CONFIRMATIONS,
     LAG,
@@ -838,8 +839,9 @@ def test_the_whole_list_is_asked_for_once_per_run(fake: FakeV1, running: Running
 class GroupScript:
     """A dashboard whose group 3 ("web") lists the next members of `lists` at each read; it records requests."""
 
-    def __init__(self, *lists: list[int]) -> None:
+    def __init__(self, *lists: list[int], busy_writes: int = 0) -> None:
         self.lists = list(lists)
+        self.busy_writes = busy_writes  # the first writes answered as a locked database makes v2.3.7 answer
         self.requests: list[tuple[str, Any]] = []
         self.notes: list[str] = []
 
@@ -850,6 +852,9 @@ class GroupScript:
             return httpx.Response(200, json={"success": True, "data": [
                 {"group": {"id": 3, "name": "web"}, "servers": members}]})
         self.requests.append((request.method, json.loads(request.content)))
+        if self.busy_writes:
+            self.busy_writes -= 1
+            return httpx.Response(200, json={"success": False, "error": "database error"})
         return httpx.Response(200, json={"success": True})
 
     def api(self, **kwargs: Any) -> V2Api:
@@ -876,6 +881,52 @@ def test_a_member_dropped_by_a_concurrent_update_is_added_again_and_said() -> No
                                ("GET", None), ("PATCH", {"name": "web", "servers": [1, 2, 7]}), ("GET", None),
                                ("GET", None)]
     assert script.notes == ["group 'web': a concurrent update dropped this server; adding it again"]
+
+
+def test_a_join_whose_write_meets_a_busy_database_reads_the_group_again_and_writes_what_it_shows() -> None:
+    # server 2 joined while our write failed: resending our first list ([1, 7]) would drop it
+    script = GroupScript([1], [1, 2], [1, 2, 7], [1, 2, 7], busy_writes=1)
+
+    assert script.api().join_group(3, 7) is True
+
+    assert script.requests == [("GET", None), ("PATCH", {"name": "web", "servers": [1, 7]}), ("GET", None),
+                               ("PATCH", {"name": "web", "servers": [1, 2, 7]}), ("GET", None), ("GET", None)]
+    assert script.notes == ["group update: the dashboard's database was busy ('database error'); reading the group "
+                            "again before writing again"]
+
+
+def test_a_database_that_keeps_answering_database_error_is_refused_not_retried_until_the_deadline() -> None:
+    script = GroupScript([1], busy_writes=100)
+
+    with pytest.raises(DashboardRefused) as refused:
+        script.api(deadline=30).join_group(3, 7)
+
+    assert str(refused.value) == (
+        f"group update: the dashboard's database was busy ('database error'): {DATABASE_ERRORS_IN_A_ROW} such "
+        "answers without a success in between, so not a busy moment: look at the dashboard's log (a full disk, "
+        "a read-only database file?)")
+    assert [method for method, _ in script.requests].count("PATCH") == DATABASE_ERRORS_IN_A_ROW == 8
+
+
+def test_database_errors_are_counted_only_in_a_row() -> None:
+    answers = ([False] * (DATABASE_ERRORS_IN_A_ROW - 1) + [True]) * 2 + [False] * DATABASE_ERRORS_IN_A_ROW
+
+    def dashboard(request: httpx.Request) -> httpx.Response:
+        if answers.pop(0):
+            return httpx.Response(200, json={"success": True, "data": []})
+        return httpx.Response(200, json={"success": False, "error": "database error"})
+
+    v2 = V2Api(make_client(transport=httpx.MockTransport(dashboard)), "http://dash.test", "PAT-S3cr3t")
+    outcomes = []
+    for _ in range(len(answers)):
+        try:
+            outcomes.append(v2.once("GET", "/api/v1/server", "server list", 5))
+        except DashboardRefused:
+            outcomes.append("refused")
+        except Transient:
+            outcomes.append("busy")
+
+    assert outcomes == (["busy"] * 7 + [[]]) * 2 + ["busy"] * 7 + ["refused"]
 
 
 def test_a_join_starts_from_the_group_just_read_when_given() -> None:

@@ -107,6 +107,15 @@ DATABASE_ERRORS = frozenset({
 })
 
 
+# A database that answers "database error" this many times without a success in between is not busy but
+# broken (a full disk, a read-only file): refused, exit 3, rather than retried until the deadline.
+DATABASE_ERRORS_IN_A_ROW = 8
+
+
+class DatabaseBusy(Transient):
+    """The dashboard answered "database error": retried, and counted (DATABASE_ERRORS_IN_A_ROW)."""
+
+
 def classify(answer: Answer, what: str, ambiguous: bool = False) -> Any:
     """The `data` of a success answer (None when absent), or raise TokenRefused/DashboardRefused/Transient.
 
@@ -128,7 +137,7 @@ def classify(answer: Answer, what: str, ambiguous: bool = False) -> Any:
         raise TokenRefused(f"{what}: the dashboard saw no valid credential (a proxy may drop the Authorization "
                            f"header, or the login expired). {WAF_NOTE}")
     if isinstance(error, str) and error.strip().lower() in DATABASE_ERRORS:
-        raise Transient(f"{what}: the dashboard's database was busy ({error.strip()[:40]!r})", ambiguous=ambiguous)
+        raise DatabaseBusy(f"{what}: the dashboard's database was busy ({error.strip()[:40]!r})", ambiguous=ambiguous)
     if error or value.get("success") is not True:
         said = redact.quote(str(error or "no success flag"), "(its words held a credential: not shown)")[:200]
         raise DashboardRefused(f"{what}: the dashboard refused: {said}")
@@ -160,6 +169,9 @@ class V2Api:
     notify: Notify = lambda message: None
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep
+    # "database error" answers to each kind of request (`what`) since its last success: a busy database lets
+    # reads through while a write keeps failing, so a success of another kind does not count
+    database_errors: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         redact.register(self.token, self.csrf)
@@ -173,8 +185,18 @@ class V2Api:
     def once(self, method: str, path: str, what: str, seconds_left: float, body: Any = None,
              params: dict[str, str] | None = None) -> Any:
         """One request, one attempt: the answer's `data`, or Transient/DashboardRefused."""
-        return classify(self._send(method, path, seconds_left, body, params), what,
-                        ambiguous=method != READ_ONLY_METHOD)
+        try:
+            data = classify(self._send(method, path, seconds_left, body, params), what,
+                            ambiguous=method != READ_ONLY_METHOD)
+        except DatabaseBusy as busy:
+            count = self.database_errors[what] = self.database_errors.get(what, 0) + 1
+            if count >= DATABASE_ERRORS_IN_A_ROW:
+                raise DashboardRefused(
+                    f"{busy}: {count} such answers without a success in between, so not a busy moment: look at "
+                    "the dashboard's log (a full disk, a read-only database file?)") from None
+            raise
+        self.database_errors.pop(what, None)
+        return data
 
     def _send(self, method: str, path: str, seconds_left: float, body: Any = None,
               params: dict[str, str] | None = None) -> Answer:
@@ -347,6 +369,7 @@ class V2Api:
         # Before a write, the first read that lists us returns; the write sets `seen` to 0: its start value is
         # never compared, so `seen = 1` is equivalent (None fails test_a_join_that_is_already_done_only_reads).
         seen = 0  # pragma: no mutate - never compared (above)
+        failed = False  # the last write ended in a Transient: it may not have been made
         while True:
             group = known if known is not None and known.id == group_id else self.find_group(None, group_id)
             known = None
@@ -356,11 +379,17 @@ class V2Api:
                 if seen >= JOIN_CONFIRMATIONS or not wrote:
                     return wrote
             else:
-                if wrote:
+                if wrote and not failed:
                     self.notify(f"group {group.name!r}: a concurrent update dropped this server; adding it again")
-                seen = 0
-                self.set_group(group_id, group.name, [*group.servers, server_id])
-                wrote = True
+                seen, failed = 0, False
+                try:  # one attempt: a retry must start from a fresh read, never resend this (maybe stale) list
+                    self.once(PATCH, f"/api/v1/server-group/{group_id}", "group update",
+                              max(end - time.monotonic(), 0.001),
+                              body={"name": group.name, "servers": sorted({*group.servers, server_id})})
+                except Transient as failure:
+                    self.notify(f"{failure}; reading the group again before writing again")
+                    failed = True
+                wrote = True  # (after a Transient: maybe) the reads that follow confirm it or write again
             if time.monotonic() >= end:  # pragma: no mutate - `>`: the clock has moved on by the next reading
                 raise DashboardUnreachable(f"group {group.name!r}: membership did not hold until the deadline "
                                            "(other clients keep replacing the member list)")
