@@ -34,6 +34,7 @@ from nezha_bootstrap.http import (
 from nezha_bootstrap.interrupts import Stopped
 from nezha_bootstrap.retry import Transient, with_retries
 from nezha_bootstrap.testing.fake_v0 import FakeDashboard
+from nezha_bootstrap.v0 import api as v0_api
 from nezha_bootstrap.v0.api import (
     V1_MESSAGE,
     Dashboard,
@@ -664,18 +665,39 @@ def test_classify_common_names_nezha_token_when_told_no_other_source() -> None:
                               "Check the token in NEZHA_TOKEN: ")
 
 
-@pytest.mark.parametrize("call", ["register", "servers"])
-def test_a_refused_token_names_the_file_it_came_from_on_both_endpoints(call: str) -> None:
+def call_endpoint(dashboard: Dashboard, call: str) -> Any:
+    """One request to the endpoint `call` names."""
+    if call == "register":
+        return dashboard.register(dict(BODY), seconds_left=5)
+    if call == "servers":
+        return dashboard.servers("AutoRegister", seconds_left=5)
+    if call == "server":
+        return dashboard.server(1, seconds_left=5)
+    return dashboard.details(range(1, 3), seconds_left=5)
+
+
+ENDPOINTS = ["register", "servers", "server", "details"]
+
+
+@pytest.mark.parametrize("call", ENDPOINTS)
+def test_a_refused_token_names_the_file_it_came_from_on_every_endpoint(call: str) -> None:
     dashboard = Dashboard(mock_client(lambda request: REFUSED_TOKEN), BASE, TOKEN, source="--token-file /run/tok")
 
     with pytest.raises(DashboardRefused) as caught:
-        if call == "register":
-            dashboard.register(dict(BODY), seconds_left=5)
-        else:
-            dashboard.servers("AutoRegister", seconds_left=5)
+        call_endpoint(dashboard, call)
 
     assert "Check the token in --token-file /run/tok: it must be the whole token" in str(caught.value)
     assert "NEZHA_TOKEN" not in str(caught.value)
+
+
+@pytest.mark.parametrize("call", ENDPOINTS)
+def test_a_dashboard_told_no_source_names_nezha_token_in_a_refusal(call: str) -> None:
+    dashboard = Dashboard(mock_client(lambda request: REFUSED_TOKEN), BASE, TOKEN)
+
+    with pytest.raises(DashboardRefused) as caught:
+        call_endpoint(dashboard, call)
+
+    assert f"{TOKEN_HINT}. {NO_USER_HINT}" in str(caught.value)
 
 
 def test_a_register_answer_that_is_not_utf8_is_refused_by_its_shape_not_a_crash() -> None:
@@ -699,7 +721,8 @@ def test_a_server_list_may_fill_its_cap_and_not_one_byte_more(extra: int, accept
             dashboard.servers("AutoRegister", seconds_left=5)
 
 
-@pytest.mark.parametrize(("call", "ambiguous"), [("servers", False), ("register", True)])
+@pytest.mark.parametrize(("call", "ambiguous"), [("servers", False), ("server", False), ("details", False),
+                                                 ("register", True)])
 def test_a_broken_connection_is_ambiguous_for_the_post_only(call: str, ambiguous: bool) -> None:
     def broken(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadError("Connection reset by peer", request=request)
@@ -707,10 +730,7 @@ def test_a_broken_connection_is_ambiguous_for_the_post_only(call: str, ambiguous
     dashboard = Dashboard(mock_client(broken), BASE, TOKEN)
 
     with pytest.raises(Transient) as caught:
-        if call == "register":
-            dashboard.register(dict(BODY), seconds_left=5)
-        else:
-            dashboard.servers("AutoRegister", seconds_left=5)
+        call_endpoint(dashboard, call)
 
     assert caught.value.ambiguous is ambiguous
 
@@ -935,3 +955,119 @@ def test_the_fake_answers_details_by_id_as_v0_20_13_does() -> None:
     _, _, body = fake.handle("GET", "/api/v1/server/details?id=1", {"authorization": TOKEN}, b"", "x")
     [item] = json.loads(body)["result"]
     assert (item["host"], item["status"]) == (real["host"], real["status"])
+
+
+# --- server(id), the online wait's look, and the edges of the id search (issue 25) ------------------------
+
+def test_server_gives_the_item_of_that_id_and_none_once_deleted_or_never_made() -> None:
+    fake = FakeDashboard(TOKEN)
+    made = [fake.create(name, tag="edge").id for name in ("a", "b", "c")]
+    fake.delete(made[2])
+    dashboard = Dashboard(make_client(transport=fake_transport(fake)), BASE, TOKEN)
+
+    item = dashboard.server(made[1], seconds_left=5)
+
+    assert item is not None and (item["id"], item["name"], item["tag"]) == (made[1], "b", "edge")
+    assert dashboard.server(made[2], seconds_left=5) is None  # deleted
+    assert dashboard.server(99, seconds_left=5) is None  # never made
+    assert details_asked(fake) == [f"id={made[1]}", f"id={made[2]}", "id=99"]
+
+
+def test_server_asks_for_one_id_with_the_token_and_keeps_only_that_id() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"code": 0, "result": [{"id": 4, "name": "x"}, {"id": 2, "name": "b"}]})
+
+    item = Dashboard(mock_client(handler), BASE, TOKEN).server(2, seconds_left=5)
+
+    [request] = seen
+    assert item == {"id": 2, "name": "b"}
+    assert (request.method, str(request.url)) == ("GET", f"{BASE}/api/v1/server/details?id=2")
+    assert request.headers["authorization"] == TOKEN
+
+
+def test_server_gives_none_when_the_answer_lists_only_other_ids() -> None:
+    listed = httpx.Response(200, json={"code": 0, "result": [{"id": 4, "name": "x"}]})
+
+    assert Dashboard(mock_client(lambda request: listed), BASE, TOKEN).server(2, seconds_left=5) is None
+
+
+@pytest.mark.parametrize(("call", "cap"), [("server", ANSWER_CAP * 4), ("details", ANSWER_CAP * 64)])
+@pytest.mark.parametrize(("extra", "accepted"), [(0, True), (1, False)])
+def test_a_details_answer_may_fill_its_cap_and_not_one_byte_more(call: str, cap: int, extra: int,
+                                                                 accepted: bool) -> None:
+    envelope = b'{"code":0,"message":"success","result":[{"id":1,"name":"a"}]}'
+    body = envelope + b" " * (cap - len(envelope) + extra)  # JSON may end in blanks
+    dashboard = Dashboard(mock_client(lambda request: httpx.Response(200, content=body)), BASE, TOKEN)
+
+    if accepted:
+        assert call_endpoint(dashboard, call) in ({"id": 1, "name": "a"}, [{"id": 1, "name": "a"}])
+    else:
+        with pytest.raises(DashboardRefused, match=r"\(HTTP 200\) is larger than \d+ bytes"):
+            call_endpoint(dashboard, call)
+
+
+def test_a_survey_of_an_empty_tag_finds_no_name_and_no_highest_id() -> None:
+    empty = httpx.Response(200, json={"code": 0, "result": []})
+
+    top = Dashboard(mock_client(lambda request: empty), BASE, TOKEN).survey("web-1", "edge", seconds_left=5)
+
+    assert top == (set(), 0)
+
+
+@pytest.mark.parametrize(("budget", "windows"), [(17, [(1, 16), (17, 17)]), (20, [(1, 16), (17, 20)])])
+def test_the_last_window_is_cut_to_the_id_budget(monkeypatch: pytest.MonkeyPatch, budget: int,
+                                                 windows: list[tuple[int, int]]) -> None:
+    monkeypatch.setattr(v0_api, "SCAN_IDS", budget)  # 240 is 16 + 32 + 64 + 128: no window is cut there
+    fake = FakeDashboard(TOKEN)
+    for i in range(budget + 1):
+        fake.create(f"n-{i}", tag="other")
+    dashboard = Dashboard(make_client(transport=fake_transport(fake)), BASE, TOKEN)
+
+    assert dashboard.new_ids_named("web-1", "AutoRegister", above=0, before=set(), seconds_left=5) is None
+    assert details_asked(fake) == [ids(first, last) for first, last in windows]
+
+
+def test_each_window_is_read_within_the_time_left() -> None:
+    seen: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"]["read"])
+        return httpx.Response(200, json={"code": 0, "result": []})
+
+    Dashboard(mock_client(handler), BASE, TOKEN).new_ids_named("web-1", "edge", above=0, before=set(),
+                                                                seconds_left=0.5)
+
+    [timeout] = seen
+    assert 0 < timeout <= 0.5
+
+
+def test_a_server_found_in_an_early_window_is_kept_while_later_windows_hold_others() -> None:
+    fake = FakeDashboard(TOKEN)
+    mine = fake.create("web-1").id  # 1, in the first window
+    for i in range(19):
+        fake.create(f"n-{i}")  # 2-20: the second window holds servers, none of them this node's
+    dashboard = Dashboard(make_client(transport=fake_transport(fake)), BASE, TOKEN)
+
+    assert dashboard.new_ids_named("web-1", "AutoRegister", above=0, before=set(), seconds_left=5) == {mine}
+    assert details_asked(fake) == [ids(1, 16), ids(17, 48), ids(49, 112)]
+
+
+def test_an_answered_id_at_or_below_the_top_is_never_new() -> None:
+    answers = [[{"id": 5, "name": "web-1", "tag": "edge"}], []]  # id 5 was not asked for: the top is 5
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"code": 0, "result": answers.pop(0)})
+
+    dashboard = Dashboard(mock_client(handler), BASE, TOKEN)
+
+    assert dashboard.new_ids_named("web-1", "edge", above=5, before=set(), seconds_left=5) is None
+
+
+def test_a_new_registration_has_listed_nothing_and_suspects_nothing() -> None:
+    fresh = registration(Journal(FakeDashboard(TOKEN)))
+
+    assert fresh.before is None
+    assert fresh.suspect is False

@@ -163,7 +163,9 @@ class Dashboard:
     def server(self, server_id: int, seconds_left: float) -> dict[str, Any] | None:
         """GET /api/v1/server/details?id=N: that server's item, or None when there is none (deleted)."""
         answer = fetch(
-            self.client, "GET", f"{self.base_url}/api/v1/server/details",
+            self.client,
+            "GET",  # pragma: no mutate - httpx upper-cases a method
+            f"{self.base_url}/api/v1/server/details",
             seconds_left=seconds_left, cap=ANSWER_CAP * 4, ambiguous=False,
             headers=self._headers(), params={"id": str(server_id)},
         )
@@ -182,7 +184,9 @@ class Dashboard:
     def details(self, ids: range, seconds_left: float) -> list[dict[str, Any]]:
         """GET /api/v1/server/details?id=a,b,...: the servers of these ids that exist (v0.20.13 skips the others)."""
         answer = fetch(
-            self.client, "GET", f"{self.base_url}/api/v1/server/details?id={','.join(str(i) for i in ids)}",
+            self.client,
+            "GET",  # pragma: no mutate - httpx upper-cases a method
+            f"{self.base_url}/api/v1/server/details?id={','.join(str(i) for i in ids)}",
             seconds_left=seconds_left, cap=ANSWER_CAP * 64, ambiguous=False, headers=self._headers(),
         )
         return classify_list(answer, self.source)
@@ -219,6 +223,8 @@ class Registration:
     A plain class (never compared or printed): a dataclass costs ~0.5 ms of a run's start.
     """
 
+    top: int  # the highest id in the list `before` came from, set with it: every server made since has a higher one
+
     def __init__(
         self,
         dashboard: Dashboard,
@@ -232,9 +238,6 @@ class Registration:
         # `pending` records the registration durably before the first POST, with the ids seen before it:
         # a run killed while the answer is on its way leaves the next run what it needs to look for.
         pending: Callable[[set[int]], None] = lambda before: None,
-        before: set[int] | None = None,
-        top: int = 0,  # the highest id in the list `before` came from: every server made since has a higher one
-        suspect: bool = False,
     ) -> None:
         self.dashboard = dashboard
         self.body = body
@@ -242,9 +245,8 @@ class Registration:
         self.keep = keep
         self.guard = guard
         self.pending = pending
-        self.before = before
-        self.top = top
-        self.suspect = suspect
+        self.before: set[int] | None = None  # the ids so named under the tag, from the first attempt's list
+        self.suspect = False  # an ambiguous failure: look again before the next POST
 
     def attempt(self, seconds_left: float) -> str:
         started = time.monotonic()
