@@ -2,7 +2,8 @@
 
 Built on http.fetch (the only httpx user: no redirects, capped answers, network failures as
 Transient). What the answers mean is dashboard-v1-v2.md ("Personal access tokens", "WAF"):
-- 401: the credential is bad, unknown or expired. Never retried: the WAF counts every failure.
+- 401: the credential is bad, unknown or expired. Never retried: the WAF counts every failure. Except
+  `api token lookup failed`: the dashboard's database was busy (TOKEN_LOOKUP_FAILED), retried.
 - 403 `ApiErrorForbidden: api token lacks scope S`: the message names S. A 403 HTML page: the WAF.
 - HTTP 200 `{"error": ...}`: a handler refused (shown as is, never parsed beyond its prefix).
 - 5xx, 429 and network failures: Transient, retried by `with_retries` until the deadline.
@@ -112,6 +113,14 @@ DATABASE_ERRORS = frozenset({
 DATABASE_ERRORS_IN_A_ROW = 8
 
 
+# v2.1.5 to v2.3.7 answer an access token whose lookup failed for another reason than "not found" (sqlite's
+# "database is locked" in a boot storm: 1 of 5,000 nodes on v2.3.7) with HTTP 401 and these words, before the
+# handler runs and without counting it in the WAF (cmd/dashboard/controller/api_token.go). A busy moment, not a
+# bad token: retried like "database error". Their other 401s ("invalid api token", "api token expired", "owner
+# of api token not found") stay refusals: the WAF counts those.
+TOKEN_LOOKUP_FAILED = "ApiErrorUnauthorized: api token lookup failed"
+
+
 class DatabaseBusy(Transient):
     """The dashboard answered "database error": retried, and counted (DATABASE_ERRORS_IN_A_ROW)."""
 
@@ -124,6 +133,8 @@ def classify(answer: Answer, what: str, ambiguous: bool = False) -> Any:
     status = answer.status
     value = check_answer(answer, what, LIST_CAP)
     error = value.get("error") if isinstance(value, dict) else None
+    if status == 401 and error == TOKEN_LOOKUP_FAILED:  # nothing was done: the handler never ran
+        raise DatabaseBusy(f"{what}: the dashboard's database was busy (HTTP 401 {TOKEN_LOOKUP_FAILED!r})")
     if status == 401:
         raise TokenRefused(f"{what}: HTTP 401: the dashboard refused the access token (wrong, revoked or "
                            f"expired). {WAF_NOTE}; create a new token and run again")
