@@ -24,11 +24,11 @@ from nezha_bootstrap.testing.fake_v1 import FakeV1, V1Server, serve_v1
 from nezha_bootstrap.v1.api import (
     DATABASE_ERRORS,
     DATABASE_ERRORS_IN_A_ROW,
-    TOKEN_LOOKUP_FAILED,
     FORM_DEFAULTS,
     JOIN_CONFIRMATIONS,
     LAG,
     SCOPE_PROBE,
+    TOKEN_LOOKUP_FAILED,
     WHOLE_LIST_AFTER,
     WINDOW,
     Group,
