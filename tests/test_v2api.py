@@ -898,6 +898,7 @@ class GroupScript:
         self.busy_writes = busy_writes  # the first writes answered as a locked database makes v2.3.7 answer
         self.requests: list[tuple[str, Any]] = []
         self.notes: list[str] = []
+        self.write_timeouts: list[float] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
@@ -906,6 +907,7 @@ class GroupScript:
             return httpx.Response(200, json={"success": True, "data": [
                 {"group": {"id": 3, "name": "web"}, "servers": members}]})
         self.requests.append((request.method, json.loads(request.content)))
+        self.write_timeouts.append(request.extensions["timeout"]["read"])
         if self.busy_writes:
             self.busy_writes -= 1
             return httpx.Response(200, json={"success": False, "error": "database error"})
@@ -924,6 +926,45 @@ def test_a_join_writes_the_whole_member_list_then_confirms_it_in_two_reads_in_a_
     assert script.requests == [("GET", None), ("PATCH", {"name": "web", "servers": [1, 7]}), ("GET", None),
                                ("GET", None)]
     assert JOIN_CONFIRMATIONS == 2 and script.notes == []
+
+
+@pytest.mark.parametrize("deadline", [0.5, 3.0])
+def test_a_joins_write_waits_no_longer_than_the_time_left_of_its_deadline(deadline: float) -> None:
+    script = GroupScript([1], [1, 7], [1, 7])
+
+    script.api(deadline=60).join_group(3, 7, deadline=deadline)
+
+    [timeout] = script.write_timeouts
+    assert 0 < timeout <= deadline
+
+
+def test_set_group_replaces_the_name_and_the_members_each_once_in_one_patch() -> None:
+    recorder = Recorder()
+
+    mock_api(recorder).set_group(3, "web", [7, 1, 7])
+
+    [patch] = recorder.requests
+    assert (patch.method, patch.url.path) == ("PATCH", "/api/v1/server-group/3")
+    assert json.loads(patch.content) == {"name": "web", "servers": [1, 7]}
+
+
+@pytest.mark.parametrize(("method", "ambiguous"), [("GET", False), ("PATCH", True), ("POST", True)])
+def test_a_busy_database_answer_may_have_done_a_write_but_never_a_read(method: str, ambiguous: bool) -> None:
+    def busy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"success": False, "error": "database error"})
+
+    v2 = V2Api(make_client(transport=httpx.MockTransport(busy)), "http://dash.test", "PAT-S3cr3t")
+    with pytest.raises(Transient) as failed:
+        v2.once(method, "/api/v1/server", "server list", 5)
+
+    assert failed.value.ambiguous is ambiguous
+
+
+def test_classify_takes_an_answer_as_a_read_unless_told() -> None:
+    with pytest.raises(Transient) as busy:
+        classify(v2_answer(200, {"success": False, "error": "database error"}), "x")
+
+    assert busy.value.ambiguous is False
 
 
 def test_a_member_dropped_by_a_concurrent_update_is_added_again_and_said() -> None:

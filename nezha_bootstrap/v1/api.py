@@ -148,7 +148,8 @@ def classify(answer: Answer, what: str, ambiguous: bool = False) -> Any:
         raise TokenRefused(f"{what}: the dashboard saw no valid credential (a proxy may drop the Authorization "
                            f"header, or the login expired). {WAF_NOTE}")
     if isinstance(error, str) and error.strip().lower() in DATABASE_ERRORS:
-        raise DatabaseBusy(f"{what}: the dashboard's database was busy ({error.strip()[:40]!r})", ambiguous=ambiguous)
+        raise DatabaseBusy(f"{what}: the dashboard's database was busy ({error.strip()!r})",  # all under 25 characters
+                           ambiguous=ambiguous)
     if error or value.get("success") is not True:
         said = redact.quote(str(error or "no success flag"), "(its words held a credential: not shown)")[:200]
         raise DashboardRefused(f"{what}: the dashboard refused: {said}")
@@ -380,7 +381,9 @@ class V2Api:
         # Before a write, the first read that lists us returns; the write sets `seen` to 0: its start value is
         # never compared, so `seen = 1` is equivalent (None fails test_a_join_that_is_already_done_only_reads).
         seen = 0  # pragma: no mutate - never compared (above)
-        failed = False  # the last write ended in a Transient: it may not have been made
+        # The last write ended in a Transient (it may not have been made). Read only after a write has set it,
+        # so its start value is never read (None and True are equivalent mutants).
+        failed = False  # pragma: no mutate - never read before the first write sets it (above)
         while True:
             group = known if known is not None and known.id == group_id else self.find_group(None, group_id)
             known = None
