@@ -201,7 +201,31 @@ def test_a_small_storm_against_the_fakes_reports_every_node(tmp_path: Path, gene
         assert storm["reruns_ok"] == 6 and storm["rerun_requests_per_node"]["max"] == (0 if generation == "v0" else 1)
         if generation == "v0":  # one list of the tag per node, before registering; the id is read by id (issue 19)
             assert storm["requests_per_node_by_path"]["GET /api/v1/server/list?tag"] == 1.0
+        # the agents' side: one call each, all through at once; the harness's own CPU is measured
+        assert (storm["agent_attempts"], storm["agent_failures"], storm["agent_through_after_retry"],
+                storm["agent_never_through"]) == (6, {}, 0, 0)
+        assert storm["harness_cpu_s"] > 0 and storm["harness_cpu_ms_per_node"] > 0
     assert "duplicates" in done.stdout and "bytes in/node" in done.stdout and "node queued" in done.stdout
+    assert "agent calls / through after retry / never" in done.stdout and "harness CPU s / ms per node" in done.stdout
+
+
+@pytest.mark.parametrize("generation", ["v2", "v0"])
+def test_a_stub_agent_whose_first_call_fails_calls_again_and_its_node_comes_out_ok(
+        tmp_path: Path, generation: str) -> None:
+    out = tmp_path / "storm.json"
+    done = subprocess.run([sys.executable, str(STORM), "--generation", generation, "--nodes", "2", "--workers", "2",
+                           "--spread", "0.2", "--drop-agent-connects", "1", "--agent-retry-delay", "0.2",
+                           "--json", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "STORM_WORKDIR": str(tmp_path)})
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    [storm] = json.loads(out.read_text())["storms"].values()
+    assert (storm["succeeded"], storm["servers_made"], storm["duplicates"], storm["lost_nodes"]) == (2, 2, 0, 0)
+    # the fake dropped one call: its agent called again (a new connection) and got through
+    assert (storm["agent_attempts"], storm["agent_through_after_retry"], storm["agent_never_through"]) == (3, 1, 0)
+    [(reason, count)] = storm["agent_failures"].items()
+    assert count == 1 and reason in ("ReadError", "RemoteProtocolError")  # the connection closed without an answer
 
 
 # --- --check decides from the runs and the targets (in-process, with stand-in benchmarks) -----------------
