@@ -228,6 +228,23 @@ def test_a_stub_agent_whose_first_call_fails_calls_again_and_its_node_comes_out_
     assert count == 1 and reason in ("ReadError", "RemoteProtocolError")  # the connection closed without an answer
 
 
+@pytest.mark.parametrize(("status", "headers", "content", "reason"), [
+    (200, {}, b"\x00\x00\x00\x00\x02\x08\x07", None),  # a Uint64Receipt: through
+    (200, {}, b"", "no receipt"),  # v2.3.7's failures: grpc-status in trailers, which httpx drops
+    (200, {"grpc-status": "16"}, b"", "grpc-status 16"),  # a trailers-only failure
+    (503, {}, b"", "HTTP 503"),
+])
+def test_a_live_stub_enrollment_counts_as_through_only_with_the_dashboard_s_receipt(
+        status: int, headers: dict[str, str], content: bytes, reason: str | None) -> None:
+    import httpx
+
+    from benchmarks.storm import StubAgent
+
+    client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(status, headers=headers,
+                                                                                          content=content)))
+    assert StubAgent(live=True).grpc_enroll(client, "127.0.0.1:9", "secret", "uuid") == reason
+
+
 # --- --check decides from the runs and the targets (in-process, with stand-in benchmarks) -----------------
 
 @pytest.mark.parametrize(("broken", "value", "judged", "check", "code", "lines"), [
