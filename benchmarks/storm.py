@@ -26,7 +26,8 @@ lost node can be told from a harness artefact. The agents' traffic is not counte
 
 Requests, bytes and status codes are counted per node in the worker (httpx's transport, wrapped),
 for the dashboard's address only (release downloads apart). The dashboard's peak RSS and CPU are
-sampled with psutil when it runs here (the fakes; a live one with --dashboard-pid). Only loopback
+sampled with psutil when it runs here (the fakes; a live one with --dashboard-pid); the harness's own CPU
+(this process and its workers: the nodes' `run` with the stub agents) per node beside it. Only loopback
 is used; every wait is bounded (--time-limit). Prints a table, writes JSON (like bench.py).
 """
 
