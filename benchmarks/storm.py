@@ -915,6 +915,7 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
                                           sum(1 for n in recorded if node_of.get(n.index) != n.server_id),
                                           storm.nodes - len(recorded)],
         "lost_nodes": storm.nodes - len(per_node),
+        "lost_nodes_agent": lost_agents(storm, nodes, per_node),
         "dashboard_5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
         "dashboard_429": statuses.get("429", 0), "timeouts": sum(n.timeouts for n in nodes),
         "requests_per_node": spread_of([float(n.requests) for n in ran], 1),
@@ -940,6 +941,16 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
         "dashboard": dashboard,
         "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
+
+
+def lost_agents(storm: Storm, nodes: list[NodeResult], per_node: Counter[Any]) -> dict[str, int]:
+    """What the agent of each node without a server did: got through (the dashboard took its call, yet no
+    server: the dashboard's doing), never got through while the run lasted, or never called (the run ended
+    before its agent started: the tool's verdict)."""
+    lost = [n for n in nodes if (node_name(n.index) if storm.generation == "v0" else n.index) not in per_node]
+    kinds = Counter("no call" if not n.agent_attempts else "never through" if n.agent_through_at is None
+                    else "through" for n in lost)
+    return dict(sorted(kinds.items()))
 
 
 # --- seeding a real dashboard's sqlite before it starts ----------------------------------------------
@@ -970,7 +981,7 @@ def seed_sqlite(db: Path, count: int, generation: str, tag: str = "fleet") -> in
 ROWS = (
     ("nodes", "nodes"), ("existing servers", "existing_servers"), ("succeeded", "succeeded"),
     ("failures", "failures"), ("servers made", "servers_made"), ("named", "named"),
-    ("duplicates", "duplicates"), ("lost nodes", "lost_nodes"),
+    ("duplicates", "duplicates"), ("lost nodes", "lost_nodes"), ("lost nodes' agents", "lost_nodes_agent"),
     ("server ids saved right / wrong / none", "ids_recorded_right_wrong_none"), ("dashboard 5xx", "dashboard_5xx"),
     ("dashboard 429", "dashboard_429"), ("timeouts", "timeouts"),
     ("requests/node p50/p95/max", "requests_per_node"), ("bytes in/node p50/p95/max", "bytes_in_per_node"),
@@ -1005,7 +1016,7 @@ def value_of(result: dict[str, Any], key: str) -> Any:
         keys: tuple[str, ...] = ("agent_attempts", "agent_through_after_retry", "agent_never_through")
     elif key == "harness":
         keys = ("harness_cpu_s", "harness_cpu_ms_per_node")
-    elif key == "agent_failures" and key in result:
+    elif key in ("agent_failures", "lost_nodes_agent") and key in result:
         return ", ".join(f"{reason} {count}" for reason, count in result[key].items()) or "none"
     else:
         return result.get(key)

@@ -203,7 +203,7 @@ def test_a_small_storm_against_the_fakes_reports_every_node(tmp_path: Path, gene
             assert storm["requests_per_node_by_path"]["GET /api/v1/server/list?tag"] == 1.0
         # the agents' side: one call each, all through at once; the harness's own CPU is measured
         assert (storm["agent_attempts"], storm["agent_failures"], storm["agent_through_after_retry"],
-                storm["agent_never_through"]) == (6, {}, 0, 0)
+                storm["agent_never_through"], storm["lost_nodes_agent"]) == (6, {}, 0, 0, {})
         assert storm["harness_cpu_s"] > 0 and storm["harness_cpu_ms_per_node"] > 0
     assert "duplicates" in done.stdout and "bytes in/node" in done.stdout and "node queued" in done.stdout
     assert "agent calls / through after retry / never" in done.stdout and "harness CPU s / ms per node" in done.stdout
@@ -243,6 +243,20 @@ def test_a_live_stub_enrollment_counts_as_through_only_with_the_dashboard_s_rece
     client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(status, headers=headers,
                                                                                           content=content)))
     assert StubAgent(live=True).grpc_enroll(client, "127.0.0.1:9", "secret", "uuid") == reason
+
+
+def test_a_lost_node_s_agent_tells_whether_the_dashboard_took_its_call() -> None:
+    from collections import Counter
+
+    from benchmarks.storm import NodeResult, Storm, lost_agents
+
+    storm = Storm("v2", 4, 1, 0.0, 1.0, 0, None, None, 19)
+    nodes = [NodeResult(0, 0.0, agent_attempts=1, agent_through_at=1),  # its server is there
+             NodeResult(1, 0.0, agent_attempts=3, agent_through_at=3),  # through on its third call, yet no server
+             NodeResult(2, 0.0, agent_attempts=5, agent_failures={"ReadTimeout": 5}),  # never through
+             NodeResult(3, 0.0)]  # its run ended before its agent was started
+
+    assert lost_agents(storm, nodes, Counter({0: 1})) == {"never through": 1, "no call": 1, "through": 1}
 
 
 # --- --check decides from the runs and the targets (in-process, with stand-in benchmarks) -----------------
