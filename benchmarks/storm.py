@@ -13,9 +13,21 @@ the fakes through their /_fake/agent-connect hook, against a live v2 with the on
 agent v2.3.3 enrolls with (ReportSystemInfo2 over h2c with client_secret/client_uuid metadata: the
 dashboard creates the server then; needs the `h2` package).
 
+The stub agent retries as the real one does. Agent v2.3.3 (nezhahq/agent, cmd/agent/main.go, `run`):
+ReportSystemInfo2 under a 10 s context timeout; on any error (connection, timeout, a gRPC status) its
+`retry` closes the connection, sleeps `delayWhenError` (10 s, fixed: no backoff, no jitter) and
+dials again, forever. Agent v0.20.5 (same file, `run`) does the same around ReportSystemInfo under
+`networkTimeOut` (5 s). So here a node's first call is made at once (in `system.run`, as before); if it
+fails, a thread per node calls again every --agent-retry-delay (default 10 s), each on a new connection,
+until one gets through or the node's run ends (`close_streams`: the thread stops and is joined, bounded;
+the run's own verdict decides). Per storm the JSON and the table say what the agents did: attempts,
+failures by reason, and the nodes that got through only after a failed attempt or never did, so that a
+lost node can be told from a harness artefact. The agents' traffic is not counted as the tool's.
+
 Requests, bytes and status codes are counted per node in the worker (httpx's transport, wrapped),
 for the dashboard's address only (release downloads apart). The dashboard's peak RSS and CPU are
-sampled with psutil when it runs here (the fakes; a live one with --dashboard-pid). Only loopback
+sampled with psutil when it runs here (the fakes; a live one with --dashboard-pid); the harness's own CPU
+(this process and its workers: the nodes' `run` with the stub agents) per node beside it. Only loopback
 is used; every wait is bounded (--time-limit). Prints a table, writes JSON (like bench.py).
 """
 
@@ -57,6 +69,9 @@ V0_TOKEN = "StormT0kenStormT0kenStormT0ken32"
 DOWNLOAD_PREFIXES = ("/releases/", "/install.sh")
 WORKERS = 96  # most of a node's run is waiting on the network and its agent: many at once fit in two cores
 NODE_DEADLINE = 120  # each node's --deadline; its own waits are bounded by it and --enroll-timeout
+AGENT_RETRY_DELAY = 10.0  # agents v2.3.3 and v0.20.5 (cmd/agent/main.go): delayWhenError, the pause before a new dial
+V2_CALL_TIMEOUT = 10.0  # agent v2.3.3: ReportSystemInfo2's context timeout
+V0_CALL_TIMEOUT = 5.0  # agent v0.20.5: networkTimeOut, ReportSystemInfo's
 
 
 # --- what one node did ---------------------------------------------------------------------------------
@@ -82,6 +97,28 @@ class NodeResult:
     rerun_requests: int = 0
     rerun_bytes_in: int = 0
     server_id: int | None = None  # the id the node's state recorded for its server (None: none recorded)
+    agent_attempts: int = 0  # the stub agent's enrollment (v0: report) calls while the node's run lasted
+    agent_failures: dict[str, int] = field(default_factory=dict)  # short reason -> failed calls
+    agent_through_at: int | None = None  # the call that first got through (1: the first; None: none did)
+
+
+class AgentLog:
+    """One node's agent calls: how many, why each failed, which first got through (the worker's thread and the
+    node's retry thread both record)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.attempts = 0
+        self.failures: Counter[str] = Counter()
+        self.through_at: int | None = None
+
+    def record(self, reason: str | None) -> None:
+        with self.lock:
+            self.attempts += 1
+            if reason is not None:
+                self.failures[reason] += 1
+            elif self.through_at is None:
+                self.through_at = self.attempts
 
 
 class Counts:
@@ -95,7 +132,6 @@ class Counts:
         self.requests = self.bytes_in = self.bytes_out = self.timeouts = self.downloads = 0
         self.statuses: Counter[str] = Counter()
         self.paths: Counter[str] = Counter()
-        self.enabled = True
 
 
 COUNTS = Counts()
@@ -120,7 +156,7 @@ def count_transport() -> None:
             self.inner.close()
 
     def handle(self: Any, request: Any) -> Any:
-        ours = COUNTS.enabled and f"{request.url.host}:{request.url.port}" == COUNTS.dashboard
+        ours = not getattr(self, "agent", False) and f"{request.url.host}:{request.url.port}" == COUNTS.dashboard
         if ours and request.url.path.startswith(DOWNLOAD_PREFIXES):
             COUNTS.downloads += 1
             ours = False
@@ -144,6 +180,23 @@ def count_transport() -> None:
         return response
 
     httpx.HTTPTransport.handle_request = handle  # type: ignore[method-assign]
+
+
+TLS_CONTEXT: list[Any] = []  # one per worker: building one per client costs ~30 ms of CPU (the CA bundle)
+
+
+def agent_client(http2: bool, timeout: float) -> Any:
+    """A client for the stub agent's calls: its transport is marked, so the counts leave it out; it shares the
+    worker's TLS context (these calls are plain h2c or HTTP/1, but httpx builds one per client)."""
+    import ssl
+
+    import httpx
+
+    if not TLS_CONTEXT:
+        TLS_CONTEXT.append(ssl.create_default_context())
+    transport = httpx.HTTPTransport(http1=not http2, http2=http2, verify=TLS_CONTEXT[0], trust_env=False)
+    transport.agent = True  # type: ignore[attr-defined]  # read by count_transport's wrapper
+    return httpx.Client(transport=transport, timeout=timeout, trust_env=False)
 
 
 # --- the stub agent: system.run carried out in the worker ---------------------------------------------
@@ -191,10 +244,13 @@ def yaml_values(path: Path) -> dict[str, str]:
 class StubAgent:
     """What the agent's `service` command and install.sh leave behind, done in-process."""
 
-    def __init__(self, live: bool) -> None:
+    def __init__(self, live: bool, retry_delay: float = AGENT_RETRY_DELAY) -> None:
         self.live = live
-        self.client: Any = None
+        self.retry_delay = retry_delay
+        self.client: Any = None  # the worker's agent connection for first calls (the retries dial anew)
         self.streams: list[tuple[threading.Event, threading.Thread]] = []
+        self.loops: list[tuple[threading.Event, threading.Thread]] = []  # the retrying agents of this node
+        self.log = AgentLog()
 
     def run(self, argv: list[str], cwd: Path | None) -> tuple[int, str]:
         if argv[0].endswith("/nezha-agent") and "service" in argv:
@@ -258,79 +314,107 @@ class StubAgent:
         which move the server's last_active (observed on v0.20.13); without --agent-port the probe address
         is a name that does not resolve, no report arrives and each node's online wait ends at
         --online-timeout (exit 4), which the storm counts as a failure."""
-        import httpx
-
+        secret = words[words.index("-p") + 1]
         if self.live:
             address = words[words.index("-s") + 1]
             if address.startswith(UNRESOLVED + ":"):
                 return 0, "installed (no agent reports to a live v0 dashboard without --agent-port)"
-            return self.v0_report(address, words[words.index("-p") + 1])
-        secret = words[words.index("-p") + 1]
-        COUNTS.enabled = False  # the agent's traffic is not the tool's
-        try:
-            if self.client is None:
-                self.client = httpx.Client(timeout=30, trust_env=False)
-            answer = self.client.post(os.environ["NEZHA_DASHBOARD_URL"] + "/_fake/agent-connect",
-                                      json={"secret": secret, "tls": "--tls" in words})
-            return 0, f"installed; agent {answer.json().get('outcome')}"
-        except httpx.HTTPError as exc:  # the real agent keeps retrying; the run's wait tells
-            return 0, f"installed; agent could not connect: {exc}"
-        finally:
-            COUNTS.enabled = True
+            return self.start_agent(lambda client: self.v0_report(client, address, secret), V0_CALL_TIMEOUT)
+        url, tls = os.environ["NEZHA_DASHBOARD_URL"] + "/_fake/agent-connect", "--tls" in words
+        return self.start_agent(lambda client: self.fake_v0_connect(client, url, secret, tls), V0_CALL_TIMEOUT)
 
     def enroll(self, config: Path) -> tuple[int, str]:
         """The agent's first call: the dashboard creates the server for an unknown uuid."""
-        import httpx
-
         values = yaml_values(config)
         server, secret, uuid = values["server"], values["client_secret"], values["uuid"]
-        COUNTS.enabled = False  # the agent's traffic is not the tool's
-        try:
-            if self.client is None:
-                self.client = httpx.Client(http1=not self.live, http2=self.live, timeout=30, trust_env=False)
-            if not self.live:
-                answer = self.client.post(f"http://{server}/_fake/agent-connect", json={"uuid": uuid, "secret": secret})
-                return (0, "enrolled") if answer.status_code == 200 else (0, f"agent refused: {answer.text[:80]}")
-            return self.grpc_enroll(server, secret, uuid)
-        except httpx.HTTPError as exc:  # the real agent keeps retrying; the run's wait tells
-            return 0, f"agent could not connect: {exc}"
-        finally:
-            COUNTS.enabled = True
+        if not self.live:
+            return self.start_agent(lambda client: self.fake_enroll(client, server, secret, uuid), V2_CALL_TIMEOUT)
+        return self.start_agent(lambda client: self.grpc_enroll(client, server, secret, uuid), V2_CALL_TIMEOUT,
+                                then=lambda: self.report_state(server, secret, uuid))
 
-    def v0_report(self, address: str, secret: str) -> tuple[int, str]:
+    def start_agent(self, call: Callable[[Any], str | None], timeout: float,
+                    then: Callable[[], None] | None = None) -> tuple[int, str]:
+        """The agent (re)starts: its call now (None: it got through, else why not); if that failed, again every
+        `retry_delay` s in a thread, each on a new connection, until one gets through or the node's run ends.
+        A restart stops the loop the agent had (its call in flight, if any, still ends within `timeout`)."""
+        self.stop_loops(join=0.0)
+        if self.client is None:
+            self.client = agent_client(http2=self.live, timeout=timeout)
+        reason = self.attempt(lambda: call(self.client))
+        if reason is None:
+            if then is not None:
+                then()
+            return 0, "installed; agent got through"
+        stop, log = threading.Event(), self.log
+
+        def again() -> str | None:
+            with agent_client(http2=self.live, timeout=timeout) as client:
+                return call(client)
+
+        def loop() -> None:
+            while not stop.wait(self.retry_delay):
+                if self.attempt(again, log) is None:
+                    if then is not None and not stop.is_set():
+                        then()
+                    return
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        self.loops.append((stop, thread))
+        return 0, f"installed; agent could not connect ({reason}), retrying every {self.retry_delay:g} s"
+
+    def attempt(self, call: Callable[[], str | None], log: AgentLog | None = None) -> str | None:
+        """One call of the agent's, recorded in the node's log: None when it got through, else a short reason
+        (an exception's type: the real agent calls again whatever the error, and so does this one)."""
+        try:
+            reason = call()
+        except Exception as exc:  # a stub agent's failure is a figure, never the node's crash
+            reason = type(exc).__name__
+        (log or self.log).record(reason)
+        return reason
+
+    def fake_enroll(self, client: Any, server: str, secret: str, uuid: str) -> str | None:
+        answer = client.post(f"http://{server}/_fake/agent-connect", json={"uuid": uuid, "secret": secret})
+        if answer.status_code != 200:
+            return f"HTTP {answer.status_code}"
+        return None
+
+    def fake_v0_connect(self, client: Any, url: str, secret: str, tls: bool) -> str | None:
+        answer = client.post(url, json={"secret": secret, "tls": tls})
+        if answer.status_code != 200:
+            return f"HTTP {answer.status_code}"
+        outcome = answer.json().get("outcome")
+        return None if outcome == "connected" else f"port: {outcome}"
+
+    def v0_report(self, client: Any, address: str, secret: str) -> str | None:
         """ReportSystemInfo then ReportSystemState, each an empty message (a valid protobuf), over h2c with
         the node secret as `client_secret` metadata: v0.20.13 sets last_active on the state report."""
-        import httpx
+        for method in ("ReportSystemInfo", "ReportSystemState"):
+            answer = client.post(f"http://{address}/proto.NezhaService/{method}", content=GRPC_EMPTY,
+                                 headers={"content-type": "application/grpc", "te": "trailers",
+                                          "client_secret": secret})
+            if answer.status_code != 200:
+                return f"{method} HTTP {answer.status_code}"
+            if answer.content[5:] != RECEIPT_PROCESSED:
+                return f"{method} grpc-status {answer.headers.get('grpc-status', '?')}"
+        return None
 
-        COUNTS.enabled = False  # the agent's traffic is not the tool's
-        try:
-            if self.client is None:
-                self.client = httpx.Client(http1=False, http2=True, timeout=30, trust_env=False)
-            for method in ("ReportSystemInfo", "ReportSystemState"):
-                answer = self.client.post(f"http://{address}/proto.NezhaService/{method}", content=GRPC_EMPTY,
-                                          headers={"content-type": "application/grpc", "te": "trailers",
-                                                   "client_secret": secret})
-                if answer.status_code != 200 or answer.content[5:] != RECEIPT_PROCESSED:
-                    return 0, f"agent refused: {method} HTTP {answer.status_code} {answer.content[:40]!r}"
-            return 0, "installed; agent reported"
-        except httpx.HTTPError as exc:  # the real agent keeps retrying; the run's wait tells
-            return 0, f"installed; agent could not connect: {exc}"
-        finally:
-            COUNTS.enabled = True
-
-    def grpc_enroll(self, server: str, secret: str, uuid: str) -> tuple[int, str]:
+    def grpc_enroll(self, client: Any, server: str, secret: str, uuid: str) -> str | None:
         version = b"storm"
         host = bytes([0x52, len(version)]) + version  # Host{version: "storm"} (field 10, a string)
         frame = b"\x00" + len(host).to_bytes(4, "big") + host
-        answer = self.client.post(
+        answer = client.post(
             f"http://{server}/proto.NezhaService/ReportSystemInfo2", content=frame,
             headers={"content-type": "application/grpc", "te": "trailers", "client_secret": secret,
                      "client_uuid": uuid})
         status = answer.headers.get("grpc-status", "0")
-        if answer.status_code != 200 or status != "0":
-            return 0, f"agent refused: HTTP {answer.status_code} grpc-status {status}"
-        self.report_state(server, secret, uuid)
-        return 0, "enrolled"
+        if answer.status_code != 200:
+            return f"HTTP {answer.status_code}"
+        if status != "0":
+            return f"grpc-status {status}"
+        if len(answer.content) < 5:  # an OK answer carries its Uint64Receipt; v2.3.7 (gRPC served over net/http)
+            return "no receipt"  # sends a failure's grpc-status in trailers, which httpx does not hand over
+        return None
 
     def report_state(self, server: str, secret: str, uuid: str) -> None:
         """The agent's state stream (ReportSystemState), one empty State, held open until the node's run ends:
@@ -345,8 +429,7 @@ class StubAgent:
             done.wait(NODE_DEADLINE)
 
         def stream() -> None:
-            with contextlib.suppress(httpx.HTTPError), \
-                    httpx.Client(http1=False, http2=True, timeout=NODE_DEADLINE + 30, trust_env=False) as own:
+            with contextlib.suppress(httpx.HTTPError), agent_client(http2=True, timeout=NODE_DEADLINE + 30) as own:
                 own.post(f"http://{server}/proto.NezhaService/ReportSystemState", content=body(),
                          headers={"content-type": "application/grpc", "te": "trailers", "client_secret": secret,
                                   "client_uuid": uuid})
@@ -355,12 +438,25 @@ class StubAgent:
         thread.start()
         self.streams.append((done, thread))
 
-    def close_streams(self) -> None:
-        """The node's run ended: its agent's streams close (each thread joins within a few seconds)."""
+    def stop_loops(self, join: float) -> None:
+        """Stop the agent's retry loops; wait up to `join` s in all for them to end."""
+        until = time.monotonic() + join
+        for stop, _ in self.loops:
+            stop.set()
+        for _, thread in self.loops:
+            thread.join(max(until - time.monotonic(), 0.0))
+        self.loops.clear()
+
+    def close_streams(self) -> AgentLog:
+        """The node's run ended: its agent stops calling and its streams close (within a few seconds); returns
+        what the agent did while the run lasted, and starts the next node's log."""
+        self.stop_loops(join=5.0)
         for done, thread in self.streams:
             done.set()
             thread.join(5)
         self.streams.clear()
+        log, self.log = self.log, AgentLog()
+        return log
 
 
 UNRESOLVED = "probe.example.test"  # the v0 nodes' probe address when no agent port is given (never resolved)
@@ -395,6 +491,7 @@ class Job:
     workdir: str
     live: bool
     rerun: bool = False
+    agent_retry_delay: float = AGENT_RETRY_DELAY
 
 
 def machine_id(index: int, salt: str) -> str:
@@ -426,7 +523,10 @@ def run_node(job: Job, index: int, boot: float, salt: str) -> NodeResult:
     except Exception as exc:  # a crash of one node is a result, not the end of the storm
         result.exit_code, result.error = 99, f"{type(exc).__name__}: {exc}"
     result.finished = time.monotonic()
-    STUB.close_streams()
+    agent = STUB.close_streams()
+    with agent.lock:
+        result.agent_attempts, result.agent_through_at = agent.attempts, agent.through_at
+        result.agent_failures = dict(agent.failures)
     try:
         answer = json.loads(out.getvalue().strip().splitlines()[-1])
         result.outcome = str(answer.get("exit_reason") or answer.get("outcome", ""))
@@ -442,6 +542,7 @@ def run_node(job: Job, index: int, boot: float, salt: str) -> NodeResult:
         COUNTS.reset()
         result.rerun_exit_code = run_cli()[0]
         result.rerun_requests, result.rerun_bytes_in = COUNTS.requests, COUNTS.bytes_in
+        STUB.close_streams()  # what the agent did on the rerun is not the storm's
     return result
 
 
@@ -473,7 +574,7 @@ def worker(job: Job, jobs: Any, results: Any, salt: str, stop_at: float) -> None
     host = job.url.split("://", 1)[1].split("/", 1)[0]
     COUNTS.dashboard = host if ":" in host else f"{host}:80"
     count_transport()
-    STUB.live = job.live
+    STUB.live, STUB.retry_delay = job.live, job.agent_retry_delay
     stub_system_run(STUB)
     while True:
         item = jobs.get()
@@ -489,7 +590,24 @@ def worker(job: Job, jobs: Any, results: Any, salt: str, stop_at: float) -> None
 
 # --- dashboards: the fakes in a child process, or a live one ------------------------------------------
 
-def fake_child(conn: Any, generation: str, existing: int, tag: str = "fleet") -> None:
+def drop_agent_connects(fake: Any, count: int) -> None:
+    """The fake drops (closes without an answer) the first `count` /_fake/agent-connect calls: agents whose call
+    fails, as some did in a live storm (the others and every other route are served as before)."""
+    original, left = fake.handle, [count]
+
+    def handle(method: str, target: str, headers: dict[str, str], body: bytes, client: str) -> Any:
+        if target.startswith("/_fake/agent-connect"):
+            with fake.lock:
+                drop = left[0] > 0
+                left[0] -= drop
+            if drop:
+                return "drop"
+        return original(method, target, headers, body, client)
+
+    fake.handle = handle
+
+
+def fake_child(conn: Any, generation: str, existing: int, tag: str = "fleet", drop_connects: int = 0) -> None:
     """Serve a fake dashboard with `existing` servers; hand back what it holds when told to stop."""
     if generation == "v0":
         from nezha_bootstrap.testing.fake_v0 import FakeDashboard, Server, serve
@@ -498,6 +616,7 @@ def fake_child(conn: Any, generation: str, existing: int, tag: str = "fleet") ->
         for i in range(existing):
             fake0.servers.append(Server(i + 1, f"existing-{i}", tag, "", False, secrets.token_hex(9)))
         fake0._next_id = existing + 1
+        drop_agent_connects(fake0, drop_connects)
         running = serve(fake0, LOOPBACK)
         conn.send({"url": running.url, "pid": os.getpid(), "script_sha256": fake0.script_sha256})
         conn.recv()
@@ -513,6 +632,7 @@ def fake_child(conn: Any, generation: str, existing: int, tag: str = "fleet") ->
         for i in range(existing):
             fake.servers.append(V1Server(i + 1, f"existing-{i}", str(uuid_mod.uuid4()), 1))
         fake._next_id = existing + 1
+        drop_agent_connects(fake, drop_connects)
         running = serve_v1(fake)
         conn.send({"url": running.url, "pid": os.getpid(), "token": token, "agent_secret": fake.agent_secret})
         conn.recv()
@@ -523,10 +643,11 @@ def fake_child(conn: Any, generation: str, existing: int, tag: str = "fleet") ->
 
 
 class FakeProcess:
-    def __init__(self, generation: str, existing: int, tag: str = "fleet") -> None:
+    def __init__(self, generation: str, existing: int, tag: str = "fleet", drop_connects: int = 0) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=fake_child, args=(child, generation, existing, tag), daemon=True)
+        self.process = context.Process(target=fake_child, args=(child, generation, existing, tag, drop_connects),
+                                       daemon=True)
         self.process.start()
         if not self.conn.poll(120):
             self.process.kill()
@@ -635,6 +756,8 @@ class Storm:
     agent_port: int | None = None  # a live v0 dashboard's gRPC port (the stub agent reports there)
     existing_tag: str = "fleet"  # v0: the existing servers' tag (AutoRegister: the nodes' own, in their list)
     rerun: bool = False  # each node runs twice: the second run's requests and bytes are reported apart
+    agent_retry_delay: float = AGENT_RETRY_DELAY  # the stub agent's pause before it calls again
+    drop_agent_connects: int = 0  # the fake drops this many of the stub agents' first calls (a fault, to test)
 
 
 def node_env(storm: Storm, url: str, hello: dict[str, Any], release_url: str | None) -> dict[str, str]:
@@ -695,7 +818,7 @@ def run_storm(storm: Storm) -> dict[str, Any]:
         pid = storm.dashboard_pid
         before_ids = {s["id"] for s in live_servers(url, storm.generation)}
     else:
-        fake = FakeProcess(storm.generation, storm.existing, storm.existing_tag)
+        fake = FakeProcess(storm.generation, storm.existing, storm.existing_tag, storm.drop_agent_connects)
         hello = {**fake.hello, "token": fake.hello.get("token", V0_TOKEN)}
         url = release_url = fake.hello["url"]
         pid = fake.hello["pid"]
@@ -703,7 +826,7 @@ def run_storm(storm: Storm) -> dict[str, Any]:
     salt = secrets.token_hex(4)
     workdir = tempfile.mkdtemp(prefix="storm-", dir=os.environ.get("STORM_WORKDIR"))
     job = Job(storm.generation, url, node_env(storm, url, hello, release_url), workdir, bool(storm.url),
-              storm.rerun)
+              storm.rerun, storm.agent_retry_delay)
     context = multiprocessing.get_context("fork")
     jobs, results = context.Queue(), context.Queue()
     rng = random.Random(storm.seed)
@@ -715,6 +838,7 @@ def run_storm(storm: Storm) -> dict[str, Any]:
         jobs.put(None)
     stop_at = first_boot + storm.time_limit
     sampler = Sampler(pid)
+    cpu_before = harness_cpu()
     processes = [context.Process(target=worker, args=(job, jobs, results, salt, stop_at), daemon=True)
                  for _ in range(storm.workers)]
     for process in processes:
@@ -733,13 +857,24 @@ def run_storm(storm: Storm) -> dict[str, Any]:
         process.join(2)
         if process.is_alive():
             process.kill()
+    cpu = harness_cpu() - cpu_before
     dashboard = sampler.finish()
     servers = fake.servers() if fake else live_servers(url, storm.generation)
     if releases is not None:
         releases.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     uuids = {resolve(None, machine_id(i, salt), None, None).uuid: i for i in range(storm.nodes)}
-    return figures(storm, done, servers, before_ids, uuids, first_boot, dashboard)
+    return {**figures(storm, done, servers, before_ids, uuids, first_boot, dashboard),
+            "harness_cpu_s": round(cpu, 2), "harness_cpu_ms_per_node": round(cpu / max(storm.nodes, 1) * 1000, 1)}
+
+
+def harness_cpu() -> float:
+    """CPU seconds of this process and of its children waited for (the workers, once joined; a worker that had
+    to be killed is not counted). The fake dashboard runs in a child joined later: its CPU is `dashboard`'s."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, Any]], before_ids: set[int],
@@ -767,6 +902,9 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
         statuses.update(n.statuses)
         paths.update(n.paths)
     ran = [n for n in nodes if n.finished]
+    agent_failures: Counter[str] = Counter()
+    for n in nodes:
+        agent_failures.update(n.agent_failures)
     last_done = max((n.finished for n in ran), default=first_boot)
     return {
         "nodes": storm.nodes, "existing_servers": len(before_ids), "succeeded": len(ok),
@@ -777,6 +915,7 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
                                           sum(1 for n in recorded if node_of.get(n.index) != n.server_id),
                                           storm.nodes - len(recorded)],
         "lost_nodes": storm.nodes - len(per_node),
+        "lost_nodes_agent": lost_agents(storm, nodes, per_node),
         "dashboard_5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
         "dashboard_429": statuses.get("429", 0), "timeouts": sum(n.timeouts for n in nodes),
         "requests_per_node": spread_of([float(n.requests) for n in ran], 1),
@@ -785,6 +924,11 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
         "requests_total": sum(n.requests for n in nodes),
         "requests_per_node_by_path": {k: round(v / max(len(ran), 1), 2) for k, v in sorted(paths.items())},
         "bytes_in_total": sum(n.bytes_in for n in nodes),
+        # the stub agents' side: calls, failures by reason, nodes through only after a failed call, or never
+        "agent_attempts": sum(n.agent_attempts for n in nodes),
+        "agent_failures": dict(agent_failures.most_common()),
+        "agent_through_after_retry": sum(1 for n in nodes if (n.agent_through_at or 0) > 1),
+        "agent_never_through": sum(1 for n in ran if n.agent_attempts and n.agent_through_at is None),
         "reruns_ok": sum(1 for n in nodes if n.rerun_exit_code == 0) if storm.rerun else None,
         "rerun_requests_per_node": spread_of([float(n.rerun_requests) for n in ran if n.rerun_exit_code is not None], 1)
         if storm.rerun else None,
@@ -797,6 +941,16 @@ def figures(storm: Storm, done: dict[int, NodeResult], servers: list[dict[str, A
         "dashboard": dashboard,
         "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
+
+
+def lost_agents(storm: Storm, nodes: list[NodeResult], per_node: Counter[Any]) -> dict[str, int]:
+    """What the agent of each node without a server did: got through (the dashboard took its call, yet no
+    server: the dashboard's doing), never got through while the run lasted, or never called (the run ended
+    before its agent started: the tool's verdict)."""
+    lost = [n for n in nodes if (node_name(n.index) if storm.generation == "v0" else n.index) not in per_node]
+    kinds = Counter("no call" if not n.agent_attempts else "never through" if n.agent_through_at is None
+                    else "through" for n in lost)
+    return dict(sorted(kinds.items()))
 
 
 # --- seeding a real dashboard's sqlite before it starts ----------------------------------------------
@@ -827,17 +981,20 @@ def seed_sqlite(db: Path, count: int, generation: str, tag: str = "fleet") -> in
 ROWS = (
     ("nodes", "nodes"), ("existing servers", "existing_servers"), ("succeeded", "succeeded"),
     ("failures", "failures"), ("servers made", "servers_made"), ("named", "named"),
-    ("duplicates", "duplicates"), ("lost nodes", "lost_nodes"),
+    ("duplicates", "duplicates"), ("lost nodes", "lost_nodes"), ("lost nodes' agents", "lost_nodes_agent"),
     ("server ids saved right / wrong / none", "ids_recorded_right_wrong_none"), ("dashboard 5xx", "dashboard_5xx"),
     ("dashboard 429", "dashboard_429"), ("timeouts", "timeouts"),
     ("requests/node p50/p95/max", "requests_per_node"), ("bytes in/node p50/p95/max", "bytes_in_per_node"),
-    ("bytes out/node p50/p95/max", "bytes_out_per_node"), ("reruns ok (--rerun)", "reruns_ok"),
+    ("bytes out/node p50/p95/max", "bytes_out_per_node"),
+    ("agent calls / through after retry / never", "agent"), ("agent failures by reason", "agent_failures"),
+    ("reruns ok (--rerun)", "reruns_ok"),
     ("rerun requests/node p50/p95/max", "rerun_requests_per_node"),
     ("rerun bytes in/node p50/p95/max", "rerun_bytes_in_per_node"),
     ("first boot -> last done (s)", "first_boot_to_last_done_s"),
     ("node boot->done p50/p95/p99 (s)", "node_boot_to_done_s"), ("node run p50/p95/p99 (s)", "node_run_s"),
     ("node queued p50/p95/p99 (s)", "node_queued_s"), ("load average after", "load_after"),
     ("dashboard peak RSS MiB / CPU s / peak %", "dashboard"),
+    ("harness CPU s / ms per node", "harness"),
 )
 
 
@@ -853,9 +1010,22 @@ def cell(value: Any, key: str) -> str:
     return "n/a" if value is None else str(value)
 
 
+def value_of(result: dict[str, Any], key: str) -> Any:
+    """A row's value; the agent's and the harness's rows join several figures (None: a result from before them)."""
+    if key == "agent":
+        keys: tuple[str, ...] = ("agent_attempts", "agent_through_after_retry", "agent_never_through")
+    elif key == "harness":
+        keys = ("harness_cpu_s", "harness_cpu_ms_per_node")
+    elif key in ("agent_failures", "lost_nodes_agent") and key in result:
+        return ", ".join(f"{reason} {count}" for reason, count in result[key].items()) or "none"
+    else:
+        return result.get(key)
+    return [result[k] for k in keys] if all(k in result for k in keys) else None
+
+
 def table(columns: dict[str, dict[str, Any]]) -> str:
     rows = [("", *columns)]
-    rows += [(label, *(cell(result.get(key), key) for result in columns.values())) for label, key in ROWS]
+    rows += [(label, *(cell(value_of(result, key), key) for result in columns.values())) for label, key in ROWS]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
 
@@ -887,6 +1057,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="a live v0 dashboard's agent (gRPC) port: the nodes' probe port, where the stub agent "
                         "reports as agent v0.20.5 does, so that each node's online wait can end; without it the "
                         "nodes of a live v0 storm end with exit 4 (no agent report)")
+    parser.add_argument("--agent-retry-delay", type=float, default=AGENT_RETRY_DELAY,
+                        help=f"the stub agent's pause before it calls again after a failed call (default "
+                        f"{AGENT_RETRY_DELAY:g} s, the real agent's delayWhenError)")
+    parser.add_argument("--drop-agent-connects", type=int, default=0,
+                        help="the fake drops this many of the stub agents' calls, the first ones (a fault: the "
+                        "agents retry)")
     parser.add_argument("--label", default="", help="this storm's column name in the table")
     parser.add_argument("--variants", help="NAME=TREE,...: run the same storm with each tree's nezha_bootstrap "
                         "(a checkout), one column each")
@@ -940,7 +1116,8 @@ def main(argv: list[str] | None = None) -> int:
         for existing in (int(x) for x in args.existing.split(",")):
             storm = Storm(args.generation, args.nodes, args.workers, args.spread, args.time_limit, existing,
                           args.url, args.dashboard_pid, args.seed, args.agent_port, existing_tag=args.existing_tag,
-                          rerun=args.rerun)
+                          rerun=args.rerun, agent_retry_delay=args.agent_retry_delay,
+                          drop_agent_connects=args.drop_agent_connects)
             print(f"storm: {storm.nodes} nodes, {existing} existing, {storm.workers} workers ...",
                   file=sys.stderr, flush=True)
             label = "/".join(x for x in (args.label, f"{args.nodes}n", f"{existing}e" if not args.url else "live")

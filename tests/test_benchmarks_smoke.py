@@ -201,7 +201,62 @@ def test_a_small_storm_against_the_fakes_reports_every_node(tmp_path: Path, gene
         assert storm["reruns_ok"] == 6 and storm["rerun_requests_per_node"]["max"] == (0 if generation == "v0" else 1)
         if generation == "v0":  # one list of the tag per node, before registering; the id is read by id (issue 19)
             assert storm["requests_per_node_by_path"]["GET /api/v1/server/list?tag"] == 1.0
+        # the agents' side: one call each, all through at once; the harness's own CPU is measured
+        assert (storm["agent_attempts"], storm["agent_failures"], storm["agent_through_after_retry"],
+                storm["agent_never_through"], storm["lost_nodes_agent"]) == (6, {}, 0, 0, {})
+        assert storm["harness_cpu_s"] > 0 and storm["harness_cpu_ms_per_node"] > 0
     assert "duplicates" in done.stdout and "bytes in/node" in done.stdout and "node queued" in done.stdout
+    assert "agent calls / through after retry / never" in done.stdout and "harness CPU s / ms per node" in done.stdout
+
+
+@pytest.mark.parametrize("generation", ["v2", "v0"])
+def test_a_stub_agent_whose_first_call_fails_calls_again_and_its_node_comes_out_ok(
+        tmp_path: Path, generation: str) -> None:
+    out = tmp_path / "storm.json"
+    done = subprocess.run([sys.executable, str(STORM), "--generation", generation, "--nodes", "2", "--workers", "2",
+                           "--spread", "0.2", "--drop-agent-connects", "1", "--agent-retry-delay", "0.2",
+                           "--json", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "STORM_WORKDIR": str(tmp_path)})
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    [storm] = json.loads(out.read_text())["storms"].values()
+    assert (storm["succeeded"], storm["servers_made"], storm["duplicates"], storm["lost_nodes"]) == (2, 2, 0, 0)
+    # the fake dropped one call: its agent called again (a new connection) and got through
+    assert (storm["agent_attempts"], storm["agent_through_after_retry"], storm["agent_never_through"]) == (3, 1, 0)
+    [(reason, count)] = storm["agent_failures"].items()
+    assert count == 1 and reason in ("ReadError", "RemoteProtocolError")  # the connection closed without an answer
+
+
+@pytest.mark.parametrize(("status", "headers", "content", "reason"), [
+    (200, {}, b"\x00\x00\x00\x00\x02\x08\x07", None),  # a Uint64Receipt: through
+    (200, {}, b"", "no receipt"),  # v2.3.7's failures: grpc-status in trailers, which httpx drops
+    (200, {"grpc-status": "16"}, b"", "grpc-status 16"),  # a trailers-only failure
+    (503, {}, b"", "HTTP 503"),
+])
+def test_a_live_stub_enrollment_counts_as_through_only_with_the_dashboard_s_receipt(
+        status: int, headers: dict[str, str], content: bytes, reason: str | None) -> None:
+    import httpx
+
+    from benchmarks.storm import StubAgent
+
+    client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(status, headers=headers,
+                                                                                          content=content)))
+    assert StubAgent(live=True).grpc_enroll(client, "127.0.0.1:9", "secret", "uuid") == reason
+
+
+def test_a_lost_node_s_agent_tells_whether_the_dashboard_took_its_call() -> None:
+    from collections import Counter
+
+    from benchmarks.storm import NodeResult, Storm, lost_agents
+
+    storm = Storm("v2", 4, 1, 0.0, 1.0, 0, None, None, 19)
+    nodes = [NodeResult(0, 0.0, agent_attempts=1, agent_through_at=1),  # its server is there
+             NodeResult(1, 0.0, agent_attempts=3, agent_through_at=3),  # through on its third call, yet no server
+             NodeResult(2, 0.0, agent_attempts=5, agent_failures={"ReadTimeout": 5}),  # never through
+             NodeResult(3, 0.0)]  # its run ended before its agent was started
+
+    assert lost_agents(storm, nodes, Counter({0: 1})) == {"never through": 1, "no call": 1, "through": 1}
 
 
 # --- --check decides from the runs and the targets (in-process, with stand-in benchmarks) -----------------
