@@ -263,6 +263,13 @@ def test_the_method_and_version_of_an_install() -> None:
     assert (flow.method_of(direct), flow.agent_version_of(direct)) == ("direct", agent.AGENT_V0)
 
 
+def test_the_version_an_install_pins_is_named_on_a_machine_that_has_no_release(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("platform.machine", lambda: "pdp11")  # `status` and the saved state still name it
+
+    assert flow.agent_version_of(config_of(method="direct")) == agent.AGENT_V0
+
+
 # --- on_disk_drift: what `status` calls drift -----------------------------------------------------------
 
 def test_nothing_on_disk_is_compared_before_an_install_finished(tmp_path: Path) -> None:
@@ -566,6 +573,51 @@ def test_a_dry_run_compares_the_agent_on_disk(tmp_path: Path) -> None:
 
 def runner(config: Config, paths: Paths, facts: Facts = FACTS) -> flow.Runner:
     return flow.Runner(config, facts, paths, Reporter(verbosity=-1))
+
+
+def leftovers_in(paths: Paths) -> tuple[Path, Path]:
+    paths.agent_dir.mkdir(parents=True)
+    return paths.agent_dir / "nezha-agent_linux_amd64.zip", paths.agent_dir / "README.md"
+
+
+def test_install_shs_leftover_zip_and_readme_are_removed_and_said(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    zipped, readme = leftovers_in(paths)
+    zipped.write_bytes(b"PK"), readme.write_text("agent\n")
+    reporter = Reporter(verbosity=1, out=io.StringIO(), err=io.StringIO())
+
+    flow.Runner(config_of(), FACTS, paths, reporter)._remove_script_leftovers()
+
+    assert not zipped.exists() and not readme.exists()
+    assert f"removed install.sh's leftover {readme}" in reporter.err.getvalue()
+
+
+def test_a_leftover_that_is_a_link_or_a_directory_is_left_as_it_is(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    zipped, readme = leftovers_in(paths)
+    outside = tmp_path / "elsewhere.zip"
+    outside.write_bytes(b"PK")
+    zipped.symlink_to(outside)
+    readme.mkdir()
+
+    runner(config_of(), paths)._remove_script_leftovers()
+
+    assert zipped.is_symlink() and outside.exists() and readme.is_dir()
+
+
+def test_a_leftover_that_cannot_be_removed_fails_the_install_naming_it(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = Paths(tmp_path)
+    _, readme = leftovers_in(paths)
+    readme.write_text("agent\n")
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(Path, "unlink", refuse)
+
+    with pytest.raises(InstallerFailed) as failed:
+        runner(config_of(), paths)._remove_script_leftovers()
+    assert str(failed.value) == f"cannot remove install.sh's leftover {readme}: Permission denied"
 
 
 def test_a_registration_recorded_in_the_second_the_secret_was_saved_is_forgotten(tmp_path: Path) -> None:
