@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from nezha_bootstrap import agent, identity, redact
@@ -21,7 +22,9 @@ from nezha_bootstrap.config import AgentSettings, Config, Settings, build
 from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
+from nezha_bootstrap.http import make_client
 from nezha_bootstrap.node import ThisNode
+from nezha_bootstrap.online import Outcome
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.retry import Transient
@@ -573,6 +576,52 @@ def test_a_dry_run_compares_the_agent_on_disk(tmp_path: Path) -> None:
 
 def runner(config: Config, paths: Paths, facts: Facts = FACTS) -> flow.Runner:
     return flow.Runner(config, facts, paths, Reporter(verbosity=-1))
+
+
+class TagList:
+    """A v0 dashboard's list API for the online wait: `servers` under any tag, or a refused token."""
+
+    def __init__(self, servers: list[dict[str, Any]] | None) -> None:
+        self.servers, self.tags = servers, []  # type: ignore[var-annotated]
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.tags.append(request.url.params.get("tag"))
+        if self.servers is None:
+            return httpx.Response(403, json={"code": 403, "message": "token wrong"})
+        return httpx.Response(200, json={"code": 0, "message": "success", "result": self.servers})
+
+
+def presence_of(config: Config, saved: State, dashboard: TagList, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Reporter]:
+    reporter = Reporter(verbosity=0, out=io.StringIO(), err=io.StringIO())
+    node = flow.Runner(config, FACTS, Paths(tmp_path), reporter)
+    monkeypatch.setattr(node, "_http", lambda: make_client(transport=httpx.MockTransport(dashboard)))
+    return node._presence(saved, before={3}), reporter
+
+
+@pytest.mark.parametrize(("tag", "listed"), [(None, "AutoRegister"), ("web", "web")])
+def test_the_online_wait_finds_a_new_server_by_the_nodes_name_under_its_own_tag(
+        tag: str | None, listed: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = config_of(tag=tag)
+    dashboard = TagList([{"id": 3, "name": "web-1", "last_active": 5}, {"id": 4, "name": "web-2", "last_active": 7},
+                         {"id": 5, "name": "web-1", "last_active": 9}])
+
+    presence, _ = presence_of(config, saved_of(config, server_id=None), dashboard, tmp_path, monkeypatch)
+    look = presence.look()
+
+    assert (look.outcome, look.evidence) == (Outcome.ONLINE, "server id 5 reported (last_active 9)")
+    assert dashboard.tags == [listed]
+
+
+def test_a_refused_list_in_the_online_wait_is_warned_naming_where_the_token_came_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = config_of(token_source="--token-file /etc/nezha.token")
+
+    presence, reporter = presence_of(config, saved_of(config, server_id=None), TagList(None), tmp_path, monkeypatch)
+    look = presence.look()
+
+    assert look.outcome is None and presence.usable is False
+    assert "Check the token in --token-file /etc/nezha.token:" in reporter.err.getvalue()
 
 
 def leftovers_in(paths: Paths) -> tuple[Path, Path]:
