@@ -592,11 +592,11 @@ class TagList:
 
 
 def presence_of(config: Config, saved: State, dashboard: TagList, tmp_path: Path,
-                monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Reporter]:
-    reporter = Reporter(verbosity=0, out=io.StringIO(), err=io.StringIO())
-    node = flow.Runner(config, FACTS, Paths(tmp_path), reporter)
+                monkeypatch: pytest.MonkeyPatch) -> tuple[Any, io.StringIO]:
+    err = io.StringIO()
+    node = flow.Runner(config, FACTS, Paths(tmp_path), Reporter(verbosity=0, out=io.StringIO(), err=err))
     monkeypatch.setattr(node, "_http", lambda: make_client(transport=httpx.MockTransport(dashboard)))
-    return node._presence(saved, before={3}), reporter
+    return node._presence(saved, before={3}), err
 
 
 @pytest.mark.parametrize(("tag", "listed"), [(None, "AutoRegister"), ("web", "web")])
@@ -617,11 +617,11 @@ def test_a_refused_list_in_the_online_wait_is_warned_naming_where_the_token_came
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = config_of(token_source="--token-file /etc/nezha.token")
 
-    presence, reporter = presence_of(config, saved_of(config, server_id=None), TagList(None), tmp_path, monkeypatch)
+    presence, err = presence_of(config, saved_of(config, server_id=None), TagList(None), tmp_path, monkeypatch)
     look = presence.look()
 
     assert look.outcome is None and presence.usable is False
-    assert "Check the token in --token-file /etc/nezha.token:" in reporter.err.getvalue()
+    assert "Check the token in --token-file /etc/nezha.token:" in err.getvalue()
 
 
 def leftovers_in(paths: Paths) -> tuple[Path, Path]:
@@ -633,12 +633,12 @@ def test_install_shs_leftover_zip_and_readme_are_removed_and_said(tmp_path: Path
     paths = Paths(tmp_path)
     zipped, readme = leftovers_in(paths)
     zipped.write_bytes(b"PK"), readme.write_text("agent\n")
-    reporter = Reporter(verbosity=1, out=io.StringIO(), err=io.StringIO())
+    err = io.StringIO()
 
-    flow.Runner(config_of(), FACTS, paths, reporter)._remove_script_leftovers()
+    flow.Runner(config_of(), FACTS, paths, Reporter(verbosity=1, out=io.StringIO(), err=err))._remove_script_leftovers()
 
     assert not zipped.exists() and not readme.exists()
-    assert f"removed install.sh's leftover {readme}" in reporter.err.getvalue()
+    assert f"removed install.sh's leftover {readme}" in err.getvalue()
 
 
 def test_a_leftover_that_is_a_link_or_a_directory_is_left_as_it_is(tmp_path: Path) -> None:
