@@ -18,13 +18,13 @@ import re
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Final, Protocol
 
 from nezha_bootstrap.config import bracketed
 from nezha_bootstrap.errors import BootstrapError, DashboardRefused, DashboardUnreachable, InstallerFailed
 from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.record import Record
 
 POLL = 0.5  # seconds between looks: the v0 agent reports every 1 s, the v2 agent every 1-4 s
 
@@ -42,12 +42,14 @@ class Outcome(enum.Enum):
     AGENT_DIED = "agent died"
 
 
-@dataclass(frozen=True)
-class Look:
+class Look(Record):
     """One source's answer: an outcome (None: nothing decisive yet) and what showed it."""
 
-    outcome: Outcome | None = None
-    evidence: str = ""
+    compared = shown = ("outcome", "evidence")
+
+    def __init__(self, outcome: Outcome | None = None, evidence: str = "") -> None:
+        self.outcome: Final = outcome
+        self.evidence: Final = evidence
 
 
 NOTHING = Look()
@@ -191,13 +193,15 @@ def verdict(look: Look, target: Target) -> NotOnline:
     raise ValueError(f"not a failure: {outcome}")
 
 
-@dataclass(frozen=True)
-class Online:
+class Online(Record):
     """The node was seen online: after how many seconds, and by which signal."""
 
-    seconds: float
-    by: str
-    evidence: str = ""
+    compared = shown = ("seconds", "by", "evidence")
+
+    def __init__(self, seconds: float, by: str, evidence: str = "") -> None:
+        self.seconds: Final = seconds
+        self.by: Final = by
+        self.evidence: Final = evidence
 
 
 class Waiter:

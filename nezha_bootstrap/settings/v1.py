@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -217,7 +216,7 @@ def v1_config(config: Config) -> Config:
         changes["probe_port"] = parts.port or (443 if parts.scheme == "https" else 80)
     if not config.agent.tls_given:
         changes["tls"] = parts.scheme == "https"
-    return dataclasses.replace(config, **changes)
+    return config.replace(**changes)
 
 
 def plaintext_problem(config: Config) -> str | None:
