@@ -2,12 +2,15 @@
 
 A frozen dataclass compiles six methods from text at every start (~1 ms each class); these are compiled once,
 into the .pyc. A subclass names its fields in `compared` (equality and hash) and `shown` (repr: never a field
-that may hold a secret), sets them in its own __init__, and declares them Final so that mypy refuses a change.
+that may hold a secret), sets them in its own __init__, and declares them Final so that mypy refuses a change;
+its __init__ takes exactly its fields, by those names (`replace` passes them all again, as dataclasses.replace).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
+
+R = TypeVar("R", bound="Record")
 
 
 class Record:
@@ -28,3 +31,7 @@ class Record:
 
     def __repr__(self) -> str:
         return f"{type(self).__qualname__}({', '.join(f'{name}={getattr(self, name)!r}' for name in self.shown)})"
+
+    def replace(self: R, **changes: Any) -> R:
+        """A copy with `changes`, made by __init__ from every field (as dataclasses.replace)."""
+        return type(self)(**{**vars(self), **changes})

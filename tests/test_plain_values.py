@@ -79,3 +79,14 @@ def test_looks_and_online_compare_and_show_by_their_fields() -> None:
     assert repr(Look(None, "x")) == "Look(outcome=None, evidence='x')"
     assert Online(1.0, "log", "seen") == Online(1.0, "log", "seen") != Online(1.0, "log", "")
     assert repr(Online(1.0, "log")) == "Online(seconds=1.0, by='log', evidence='')"
+
+
+def test_facts_replace_changes_only_what_it_is_given_and_compare_without_the_environment() -> None:
+    facts = Facts(hostname="web-1", primary_ipv4=None, machine_id="m", systemd_running=True, environ={"T": "s3cret"})
+
+    changed = facts.replace(instance_id="i-1")
+
+    assert {**vars(changed), "instance_id": None} == vars(facts)
+    assert changed.environ is facts.environ
+    assert facts == facts.replace(environ={}) != changed
+    assert "s3cret" not in repr(facts) and repr(facts).startswith("Facts(hostname='web-1', primary_ipv4=None, ")
