@@ -6,37 +6,53 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from nezha_bootstrap import system
 from nezha_bootstrap.errors import BootstrapError, InternalError, SettingsError
+from nezha_bootstrap.record import Record
 from nezha_bootstrap.report import Reporter
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(Record):
     """Run `argv` with stdin /dev/null and the one scrubbed environment (system.child_env) plus `env`.
 
     `name` is how messages call it (default: the argv); a failure raises `error`, or with
     `must_succeed=False` is a warning and the plan goes on.
     """
 
-    argv: tuple[str, ...] = field(repr=False)  # may hold a v0 node secret (install.sh takes it as an argument)
-    cwd: Path | None = None
-    must_succeed: bool = True
-    timeout: float = system.COMMAND_TIMEOUT
-    error: type[BootstrapError] = InternalError
-    name: str | None = None
-    env: tuple[tuple[str, str], ...] = ()
-    # The environment the child's is made from (facts.Facts.environ); None: this process's (system.child_env).
-    environ: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
-    # Where the running command is recorded (system.run): a command an earlier run left running there
-    # is stopped before this one starts (paths.child_file).
-    track: Path | None = None
-    # The root the command is for: under one other than /, only a stub that acts inside it may run
-    # (confined_problem); a real installer or agent would act on this machine instead.
-    confine: Path | None = None
+    compared = ("argv", "cwd", "must_succeed", "timeout", "error", "name", "env", "track", "confine")
+    shown = ("cwd", "must_succeed", "timeout", "error", "name", "env", "track", "confine")  # argv: a secret
+
+    def __init__(
+        self,
+        argv: tuple[str, ...],  # may hold a v0 node secret (install.sh takes it as an argument)
+        cwd: Path | None = None,
+        must_succeed: bool = True,
+        timeout: float = system.COMMAND_TIMEOUT,
+        error: type[BootstrapError] = InternalError,
+        name: str | None = None,
+        env: tuple[tuple[str, str], ...] = (),
+        # The environment the child's is made from (facts.Facts.environ); None: this process's (system.child_env).
+        environ: Mapping[str, str] | None = None,
+        # Where the running command is recorded (system.run): a command an earlier run left running there
+        # is stopped before this one starts (paths.child_file).
+        track: Path | None = None,
+        # The root the command is for: under one other than /, only a stub that acts inside it may run
+        # (confined_problem); a real installer or agent would act on this machine instead.
+        confine: Path | None = None,
+    ) -> None:
+        self.argv: Final = argv
+        self.cwd: Final = cwd
+        self.must_succeed: Final = must_succeed
+        self.timeout: Final = timeout
+        self.error: Final = error
+        self.name: Final = name
+        self.env: Final = env
+        self.environ: Final = environ
+        self.track: Final = track
+        self.confine: Final = confine
 
     def describe(self) -> str:
         return f"run: {shlex.join(self.argv)}"

@@ -6,24 +6,36 @@ import ipaddress
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from nezha_bootstrap.paths import HOST, Paths, read_under
+from nezha_bootstrap.record import Record
 
 
-@dataclass(frozen=True)
-class Facts:
+class Facts(Record):
     """What the tool learns from the host before it decides anything."""
 
-    hostname: str
-    primary_ipv4: str | None
-    machine_id: str | None
-    systemd_running: bool
-    instance_id: str | None = None  # cloud-init's, where cloud-init ran (read_instance_id)
-    # The environment the run started with: what its children's is made from (system.child_env drops our
-    # secrets and NZ_*), and the NZ_* that agent.override_warnings names. Never shown: it holds the tokens.
-    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    compared = shown = ("hostname", "primary_ipv4", "machine_id", "systemd_running", "instance_id")
+
+    def __init__(
+        self,
+        hostname: str,
+        primary_ipv4: str | None,
+        machine_id: str | None,
+        systemd_running: bool,
+        instance_id: str | None = None,  # cloud-init's, where cloud-init ran (read_instance_id)
+        # The environment the run started with: what its children's is made from (system.child_env drops our
+        # secrets and NZ_*), and the NZ_* that agent.override_warnings names. Never shown or compared: it holds
+        # the tokens.
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.hostname: Final = hostname
+        self.primary_ipv4: Final = primary_ipv4
+        self.machine_id: Final = machine_id
+        self.systemd_running: Final = systemd_running
+        self.instance_id: Final = instance_id
+        self.environ: Final[Mapping[str, str]] = {} if environ is None else environ
 
 
 def gather(paths: Paths, want_ip: bool = True) -> Facts:

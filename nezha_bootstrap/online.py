@@ -18,13 +18,13 @@ import re
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Final, Protocol
 
 from nezha_bootstrap.config import bracketed
 from nezha_bootstrap.errors import BootstrapError, DashboardRefused, DashboardUnreachable, InstallerFailed
 from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.record import Record
 
 POLL = 0.5  # seconds between looks: the v0 agent reports every 1 s, the v2 agent every 1-4 s
 
@@ -42,12 +42,14 @@ class Outcome(enum.Enum):
     AGENT_DIED = "agent died"
 
 
-@dataclass(frozen=True)
-class Look:
+class Look(Record):
     """One source's answer: an outcome (None: nothing decisive yet) and what showed it."""
 
-    outcome: Outcome | None = None
-    evidence: str = ""
+    compared = shown = ("outcome", "evidence")
+
+    def __init__(self, outcome: Outcome | None = None, evidence: str = "") -> None:
+        self.outcome: Final = outcome
+        self.evidence: Final = evidence
 
 
 NOTHING = Look()
@@ -77,20 +79,22 @@ class Source(Protocol):
 #   silent port       code = DeadlineExceeded ... context deadline exceeded          (v0.20.5 after 5 s,
 #                                                                                      v2.3.3 after 10 s)
 # The first pattern that matches a line names it.
-LOG_SIGNS: tuple[tuple[re.Pattern[str], Outcome], ...] = (
-    (re.compile(r"code = Unauthenticated"), Outcome.SECRET_REFUSED),
-    (re.compile(r"first record does not look like a TLS handshake"), Outcome.TLS_ON_PLAIN),
-    (re.compile(r"x509: |failed to verify certificate"), Outcome.TLS_UNTRUSTED),
-    (re.compile(r"error reading server preface|http2: frame too large"), Outcome.PLAIN_ON_TLS),
-    (re.compile(r"connect: connection refused"), Outcome.PORT_REFUSED),
-    (re.compile(r"i/o timeout|context deadline exceeded|code = DeadlineExceeded"), Outcome.PORT_SILENT),
+# Patterns as text, compiled by `re` on a first log line (and cached there): a run whose agent comes online
+# never reads its log, and compiling them at import cost ~1 ms of every run's start.
+LOG_SIGNS: tuple[tuple[str, Outcome], ...] = (
+    (r"code = Unauthenticated", Outcome.SECRET_REFUSED),
+    (r"first record does not look like a TLS handshake", Outcome.TLS_ON_PLAIN),
+    (r"x509: |failed to verify certificate", Outcome.TLS_UNTRUSTED),
+    (r"error reading server preface|http2: frame too large", Outcome.PLAIN_ON_TLS),
+    (r"connect: connection refused", Outcome.PORT_REFUSED),
+    (r"i/o timeout|context deadline exceeded|code = DeadlineExceeded", Outcome.PORT_SILENT),
 )
 
 
 def classify_line(line: str) -> Outcome | None:
     """The failure a line of the agent's log shows, or None (no line of either agent says "online")."""
     for sign, outcome in LOG_SIGNS:
-        if sign.search(line):
+        if re.search(sign, line):
             return outcome
     return None
 
@@ -107,14 +111,15 @@ def classify_lines(lines: Sequence[str]) -> Look:
 
 # --- the verdicts -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
 class Target:
-    """Where the agent connects, and how: named in the verdicts."""
+    """Where the agent connects, and how: named in the verdicts. A plain class (never compared, replaced or
+    printed): a frozen dataclass costs ~1 ms of a run's start."""
 
-    host: str
-    port: int
-    tls: bool
-    secret_kind: str = "agent secret"  # v0: the node secret the dashboard gave at registration
+    def __init__(self, host: str, port: int, tls: bool, secret_kind: str = "agent secret") -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.secret_kind = secret_kind  # v0: the node secret the dashboard gave at registration
 
     @property
     def address(self) -> str:
@@ -188,13 +193,15 @@ def verdict(look: Look, target: Target) -> NotOnline:
     raise ValueError(f"not a failure: {outcome}")
 
 
-@dataclass(frozen=True)
-class Online:
+class Online(Record):
     """The node was seen online: after how many seconds, and by which signal."""
 
-    seconds: float
-    by: str
-    evidence: str = ""
+    compared = shown = ("seconds", "by", "evidence")
+
+    def __init__(self, seconds: float, by: str, evidence: str = "") -> None:
+        self.seconds: Final = seconds
+        self.by: Final = by
+        self.evidence: Final = evidence
 
 
 class Waiter:
@@ -341,10 +348,10 @@ class LogLines(Protocol):
 # report went through (cmd/agent/main.go, reportState after `initialized`). Observed against a real v2.3.7:
 # 0.9 s after the start when the secret was right; never with a wrong secret, a TLS mismatch or a closed
 # or silent port. (Agent v0.20.5 logs that line in every case, and no "Connection to" line: not a signal.)
-CONNECTED = re.compile(r"Connection to \S+ established")
-REPORTED = re.compile(r"正在更新本地缓存IP信息")
-CALL_FAILED = re.compile(r"与面板建立连接失败|上报系统信息失败|请求任务失败|上报状态信息失败|Try to reconnect"
-                         r"|Error to close connection")
+CONNECTED = r"Connection to \S+ established"  # text, compiled on first use as LOG_SIGNS are
+REPORTED = r"正在更新本地缓存IP信息"
+CALL_FAILED = (r"与面板建立连接失败|上报系统信息失败|请求任务失败|上报状态信息失败|Try to reconnect"
+               r"|Error to close connection")
 
 
 class Reported:
@@ -358,14 +365,14 @@ class Reported:
 
     def look(self) -> Look:
         lines = self.log.lines()
-        connects = [i for i, line in enumerate(lines) if CONNECTED.search(line)]
+        connects = [i for i, line in enumerate(lines) if re.search(CONNECTED, line)]
         if not connects:
             return NOTHING
         since = lines[connects[-1]:]
         for line in since:
-            if CALL_FAILED.search(line):
+            if re.search(CALL_FAILED, line):
                 return NOTHING
-            if REPORTED.search(line):
+            if re.search(REPORTED, line):
                 return Look(Outcome.ONLINE, f"{since[0].strip()}, and its first state report went through")
         return Look(None, since[0].strip())
 
@@ -425,12 +432,13 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-@dataclass(frozen=True)
 class Watched:
-    """The agent's log and process as this host keeps them, captured before the agent is (re)started."""
+    """The agent's log and process as this host keeps them, captured before the agent is (re)started. A plain
+    class (never compared, replaced or printed), as Target."""
 
-    log: JournalLog | FileLog
-    process: Source
+    def __init__(self, log: JournalLog | FileLog, process: Source) -> None:
+        self.log = log
+        self.process = process
 
     @property
     def sources(self) -> list[Source]:

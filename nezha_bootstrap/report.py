@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from nezha_bootstrap.redact import redact
 
@@ -85,24 +83,40 @@ class Reporter:
             print(redact(json.dumps(payload, ensure_ascii=False, sort_keys=True)), file=self.out, flush=True)
 
 
-@dataclass(frozen=True)
 class RunResult:
-    """What `run` did, or with --dry-run would do: the flows return it, only the CLI prints it."""
+    """What `run` did, or with --dry-run would do: the flows return it, only the CLI prints it. A plain class,
+    its fields Final (never compared, hashed or printed): a frozen dataclass costs ~1.5 ms of every run's start.
+    """
 
-    outcome: str  # registered_and_installed, installed, updated, nothing_to_do or dry_run
-    generation: str  # a Generation's value, or "auto" when a dry run probed nothing
-    dashboard: str  # the dashboard URL as it may be shown (no user-info)
-    method: str | None  # script or direct; None when a dry run does not know yet
-    reason: str = ""
-    name: str | None = None  # v0: the registered name
-    uuid: str | None = None  # v1/v2: the agent's uuid
-    plan: tuple[str, ...] = ()  # --dry-run: the plan, line by line
-    notes: tuple[str, ...] = ()  # shown after the headline (on stderr)
-    details: dict[str, Any] = field(default_factory=dict)  # further --json keys
-    # Done means online (issue 17): whether the dashboard saw the node (a rerun that installed nothing: what
-    # the last run that installed saw; None where no run recorded it) and seconds from the agent's start.
-    online: bool | None = None
-    online_after_s: float | None = None
+    def __init__(
+        self,
+        outcome: str,  # registered_and_installed, installed, updated, nothing_to_do or dry_run
+        generation: str,  # a Generation's value, or "auto" when a dry run probed nothing
+        dashboard: str,  # the dashboard URL as it may be shown (no user-info)
+        method: str | None,  # script or direct; None when a dry run does not know yet
+        reason: str = "",
+        name: str | None = None,  # v0: the registered name
+        uuid: str | None = None,  # v1/v2: the agent's uuid
+        plan: tuple[str, ...] = (),  # --dry-run: the plan, line by line
+        notes: tuple[str, ...] = (),  # shown after the headline (on stderr)
+        details: dict[str, Any] | None = None,  # further --json keys
+        # Done means online (issue 17): whether the dashboard saw the node (a rerun that installed nothing: what
+        # the last run that installed saw; None where no run recorded it) and seconds from the agent's start.
+        online: bool | None = None,
+        online_after_s: float | None = None,
+    ) -> None:
+        self.outcome: Final = outcome
+        self.generation: Final = generation
+        self.dashboard: Final = dashboard
+        self.method: Final = method
+        self.reason: Final = reason
+        self.name: Final = name
+        self.uuid: Final = uuid
+        self.plan: Final = plan
+        self.notes: Final = notes
+        self.details: Final[dict[str, Any]] = {} if details is None else details
+        self.online: Final = online
+        self.online_after_s: Final = online_after_s
 
     def headline(self) -> list[str]:
         """The result lines for stdout: the plan of a dry run, else one line saying what happened."""
@@ -127,4 +141,6 @@ class RunResult:
 
     def with_plan(self, lines: list[str]) -> RunResult:
         """The same result with another plan (a dry run that wraps another's)."""
-        return dataclasses.replace(self, plan=tuple(lines))
+        return RunResult(self.outcome, self.generation, self.dashboard, self.method, reason=self.reason,
+                         name=self.name, uuid=self.uuid, plan=tuple(lines), notes=self.notes, details=self.details,
+                         online=self.online, online_after_s=self.online_after_s)

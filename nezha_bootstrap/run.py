@@ -8,7 +8,6 @@ setting is a v0 run without probes: a finished v0 node's rerun keeps its promise
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from typing import TYPE_CHECKING, Callable
 
 from nezha_bootstrap import state as state_mod
@@ -110,7 +109,7 @@ def _run_v1(this: ThisNode, generation: Generation, saved: State | None, clients
 
     token_mode = token_names_server(this.config, generation)
     check_v1_settings(this.config, generation)
-    this = dataclasses.replace(this, config=v1_config(this.config))
+    this = this.with_config(v1_config(this.config))
     if generation is Generation.V1_0 and not this.config.agent.version:
         this.reporter.warn("a v1.0.x dashboard needs an agent <= v1.0.x (agent v2 needs a dashboard >= v1.1.1); "
                       "if yours is v1.0.x, set --agent-version")
@@ -266,7 +265,7 @@ def _unprobed_plan(this: ThisNode, saved: State | None) -> RunResult:
         lines.append("if it is v1 or newer: it needs the agent secret (NEZHA_AGENT_SECRET_FILE); stop there")
         return RunResult(outcome="dry_run", generation="auto", dashboard=shown, method=None, plan=tuple(lines))
     lines.append("if it is v1 or newer:")
-    planned = v1_flow.dry_run(dataclasses.replace(this, config=v1_config(config)), None, saved,
+    planned = v1_flow.dry_run(this.with_config(v1_config(config)), None, saved,
                               token_mode=is_access_token(config.token))
     return planned.with_plan(lines + [f"  {line}" for line in planned.plan])
 

@@ -264,13 +264,11 @@ def test_agent_options_land_typed() -> None:
 
 
 def v0_config(**overrides: object) -> Config:
-    from dataclasses import replace
-
     from nezha_bootstrap.config import Settings, build
     from nezha_bootstrap.facts import STAND_IN
 
     config = build(Settings(dashboard_url="https://dash.example.com", token="T0ken", name="web-1"), STAND_IN).config
-    return replace(config, **overrides)
+    return config.replace(**overrides)
 
 
 RELEASE_V0 = Release("https://mirror.example/agent", "0.20.5", ASSET)

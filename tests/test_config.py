@@ -308,9 +308,9 @@ def test_the_name_fills_its_placeholders_and_keeps_any_text(raw: str | None, nam
 @pytest.mark.parametrize(
     ("facts", "problem"),
     [
-        (dataclasses.replace(FACTS, primary_ipv4=None), "the node name uses {ip} but this host has no value for it"),
+        (FACTS.replace(primary_ipv4=None), "the node name uses {ip} but this host has no value for it"),
         (
-            dataclasses.replace(FACTS, primary_ipv4=None, machine_id=None),
+            FACTS.replace(primary_ipv4=None, machine_id=None),
             "the node name uses {ip}, {machine_id} but this host has no value for it",
         ),
     ],
@@ -325,7 +325,7 @@ def test_control_characters_in_the_name_are_refused(raw: str) -> None:
 
 
 def test_a_host_name_with_a_control_character_is_refused_too() -> None:
-    facts = dataclasses.replace(FACTS, hostname="web\n1")
+    facts = FACTS.replace(hostname="web\n1")
 
     assert problems_of(facts) == ["the node name must not contain control characters (newlines, tabs, ...)"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import shlex
 from pathlib import Path
@@ -148,7 +147,7 @@ def test_a_secret_that_is_not_letters_and_digits_never_reaches_install_sh(paths:
 
 
 def test_an_invalid_probe_address_never_reaches_install_sh(paths: Paths) -> None:
-    config = dataclasses.replace(make_config(paths), probe_address="x;reboot")
+    config = make_config(paths).replace(probe_address="x;reboot")
 
     with pytest.raises(InstallerFailed) as caught:
         plan(config, paths, SECRET)

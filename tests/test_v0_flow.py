@@ -119,7 +119,7 @@ def test_another_machine_id_registers() -> None:
 
 def test_another_cloud_init_instance_under_the_same_machine_id_registers_and_says_why() -> None:
     config = config_of()
-    facts = dataclasses.replace(FACTS, instance_id="i-new")
+    facts = FACTS.replace(instance_id="i-new")
 
     decision = decide(config, saved_of(config, instance_id="i-old"), facts, [])
 
@@ -129,7 +129,7 @@ def test_another_cloud_init_instance_under_the_same_machine_id_registers_and_say
 
 def test_an_instance_id_recorded_late_is_no_reason_to_register() -> None:
     config = config_of()
-    facts = dataclasses.replace(FACTS, instance_id="i-new")
+    facts = FACTS.replace(instance_id="i-new")
 
     assert decide(config, saved_of(config), facts, []).action is Action.NOTHING
 
@@ -707,7 +707,7 @@ def test_an_agent_secret_beside_a_v0_state_is_recorded_once_and_its_absence_neve
 
 def test_an_instance_id_seen_first_now_is_recorded_with_one_warning(tmp_path: Path) -> None:
     paths, config = Paths(tmp_path), config_of()
-    facts = dataclasses.replace(FACTS, instance_id="i-0abc")
+    facts = FACTS.replace(instance_id="i-0abc")
     state_mod.save(paths, saved_of(config))
     settle = runner(config, paths, facts)
 
@@ -1005,7 +1005,7 @@ def test_stopping_the_agent_is_its_own_service_stop_in_its_directory_whatever_it
     applied: list[Command] = []
     monkeypatch.setattr(Command, "apply", lambda command, reporter: applied.append(command))
     paths = Paths(tmp_path)
-    facts = dataclasses.replace(FACTS, environ={"PATH": "/usr/bin"})
+    facts = FACTS.replace(environ={"PATH": "/usr/bin"})
     stopping = runner(config_of(), paths, facts)
     stopping.reporter.verbosity, stopping.reporter.err = 0, io.StringIO()
 
@@ -1088,7 +1088,7 @@ def test_a_secret_that_cannot_be_saved_says_the_server_is_made_and_keeps_the_pen
 
 def test_a_new_secret_is_saved_at_once_with_what_was_registered(tmp_path: Path) -> None:
     paths, config = Paths(tmp_path), config_of(tag="edge", probe_port="6000", tls=False)
-    facts = dataclasses.replace(FACTS, instance_id="i-0abc")
+    facts = FACTS.replace(instance_id="i-0abc")
     state_mod.save_pending(paths, pending_of())
 
     kept = runner(config, paths, facts)._save_registration(SECRET)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from nezha_bootstrap.identity import uuid_problem
@@ -39,43 +37,76 @@ _INT_OPTIONS = {"report_delay": (1, 4), "ip_report_period": (30, 86400 * 30)}
 _TOOL_KEYS = {"server", "client_secret", "uuid", "tls"}
 
 
-@dataclass(frozen=True)
 class AgentSettings:
-    """The v1/v2 settings as click resolved them."""
+    """The v1/v2 settings as click resolved them. A plain class, as AgentConfig."""
 
-    generation: str = "auto"  # auto | v0 | v1
-    secret: str | None = field(default=None, repr=False)
-    secret_from_flag: bool = False
-    method: str | None = None  # script | direct; unset: script for v0, direct for v1/v2
-    base_url: str = DEFAULT_AGENT_BASE_URL
-    version: str | None = None
-    sha256: str | None = None
-    uuid: str | None = None
-    adopt: bool = False
-    allow_plaintext: bool = False
-    options: tuple[str, ...] = ()
-    probe_port_given: bool = False
-    tls_given: bool = False
-    bundle: Bundle | None = None  # the agents the bundle this tool runs from carries (bundle.carried())
+    def __init__(
+        self,
+        generation: str = "auto",  # auto | v0 | v1
+        secret: str | None = None,
+        secret_from_flag: bool = False,
+        method: str | None = None,  # script | direct; unset: script for v0, direct for v1/v2
+        base_url: str = DEFAULT_AGENT_BASE_URL,
+        version: str | None = None,
+        sha256: str | None = None,
+        uuid: str | None = None,
+        adopt: bool = False,
+        allow_plaintext: bool = False,
+        options: tuple[str, ...] = (),
+        probe_port_given: bool = False,
+        tls_given: bool = False,
+        bundle: Bundle | None = None,  # the agents the bundle this tool runs from carries (bundle.carried())
+    ) -> None:
+        self.generation: Final = generation
+        self.secret: Final = secret
+        self.secret_from_flag: Final = secret_from_flag
+        self.method: Final = method
+        self.base_url: Final = base_url
+        self.version: Final = version
+        self.sha256: Final = sha256
+        self.uuid: Final = uuid
+        self.adopt: Final = adopt
+        self.allow_plaintext: Final = allow_plaintext
+        self.options: Final = options
+        self.probe_port_given: Final = probe_port_given
+        self.tls_given: Final = tls_given
+        self.bundle: Final = bundle
 
 
-@dataclass(frozen=True)
 class AgentConfig:
-    """The validated v1/v2 settings."""
+    """The validated v1/v2 settings. A plain class, its fields Final (never compared, hashed, replaced or
+    printed; its default repr names no field, so never the secret): a frozen dataclass costs ~1 ms of every
+    run's start."""
 
-    generation: str
-    secret: str = field(repr=False)
-    method: str | None
-    base_url: str
-    version: str | None
-    sha256: str | None
-    uuid: str | None
-    adopt: bool
-    allow_plaintext: bool
-    options: tuple[tuple[str, Any], ...]
-    probe_port_given: bool
-    tls_given: bool
-    bundle: Bundle | None = None
+    def __init__(
+        self,
+        generation: str,
+        secret: str,
+        method: str | None,
+        base_url: str,
+        version: str | None,
+        sha256: str | None,
+        uuid: str | None,
+        adopt: bool,
+        allow_plaintext: bool,
+        options: tuple[tuple[str, Any], ...],
+        probe_port_given: bool,
+        tls_given: bool,
+        bundle: Bundle | None = None,
+    ) -> None:
+        self.generation: Final = generation
+        self.secret: Final = secret
+        self.method: Final = method
+        self.base_url: Final = base_url
+        self.version: Final = version
+        self.sha256: Final = sha256
+        self.uuid: Final = uuid
+        self.adopt: Final = adopt
+        self.allow_plaintext: Final = allow_plaintext
+        self.options: Final = options
+        self.probe_port_given: Final = probe_port_given
+        self.tls_given: Final = tls_given
+        self.bundle: Final = bundle
 
     @property
     def v0_direct(self) -> bool:
@@ -185,7 +216,7 @@ def v1_config(config: Config) -> Config:
         changes["probe_port"] = parts.port or (443 if parts.scheme == "https" else 80)
     if not config.agent.tls_given:
         changes["tls"] = parts.scheme == "https"
-    return dataclasses.replace(config, **changes)
+    return config.replace(**changes)
 
 
 def plaintext_problem(config: Config) -> str | None:

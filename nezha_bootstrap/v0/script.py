@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from nezha_bootstrap.config import SECRET_RE, Config, display_url, is_valid_host
 from nezha_bootstrap.errors import InstallerFailed
 from nezha_bootstrap.paths import Paths
+from nezha_bootstrap.record import Record
 from nezha_bootstrap.retry import Notify
 
 if TYPE_CHECKING:
@@ -19,21 +19,38 @@ SCRIPT_CAP = 1024 * 1024
 SECRET_ARG = 5  # sh SCRIPT install_agent HOST PORT SECRET ...
 
 
-@dataclass(frozen=True)
-class InstallPlan:
+class InstallPlan(Record):
     """What the install step will do, as data (printed by --dry-run, performed by `perform`)."""
 
-    script_url: str
-    script_sha256: str | None
-    script_path: Path
-    argv: tuple[str, ...] = field(repr=False)
-    cwd: Path
-    env_set: tuple[tuple[str, str], ...]
-    env_unset: tuple[str, ...]
-    uninstall_first: tuple[str, ...] | None
-    unit: Path
-    expect_server: str
-    expect_tls: bool
+    compared = ("script_url", "script_sha256", "script_path", "argv", "cwd", "env_set",
+                "env_unset", "uninstall_first", "unit", "expect_server", "expect_tls")
+    shown = tuple(name for name in compared if name != "argv")  # argv holds the node secret
+
+    def __init__(
+        self,
+        script_url: str,
+        script_sha256: str | None,
+        script_path: Path,
+        argv: tuple[str, ...],
+        cwd: Path,
+        env_set: tuple[tuple[str, str], ...],
+        env_unset: tuple[str, ...],
+        uninstall_first: tuple[str, ...] | None,
+        unit: Path,
+        expect_server: str,
+        expect_tls: bool,
+    ) -> None:
+        self.script_url: Final = script_url
+        self.script_sha256: Final = script_sha256
+        self.script_path: Final = script_path
+        self.argv: Final = argv
+        self.cwd: Final = cwd
+        self.env_set: Final = env_set
+        self.env_unset: Final = env_unset
+        self.uninstall_first: Final = uninstall_first
+        self.unit: Final = unit
+        self.expect_server: Final = expect_server
+        self.expect_tls: Final = expect_tls
 
     def describe(self) -> list[str]:
         """Human lines for --dry-run; the secret argument is shown as <secret>."""
