@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 
+from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable
+from nezha_bootstrap.online import NOTHING, Look, Outcome
+from nezha_bootstrap.retry import Transient
 from nezha_bootstrap.testing import grpc_port
 from nezha_bootstrap.testing.fake_v1 import FakeV1, serve_v1
+from nezha_bootstrap.v1.online import GO_ZERO_TIME, V2Presence
 from tests.conftest import Cli, V1Cli, tls_server_context
 from tests.test_run_v1 import UUID
 
@@ -255,3 +260,86 @@ def test_v1_without_the_agents_log_the_probe_of_its_port_gives_the_verdict(v1cli
         assert outcome.exit_code == 3, outcome.stderr
         assert "with TLS (--tls), but the port speaks plain gRPC" in outcome.stderr
     assert v1cli.state()["installed_at"] is None
+
+
+# --- V2Presence: the dashboard's list, looked at in-process ---------------------------------------------
+
+class Listing:
+    """The api's `server_by_id` and the finder's `look_again`, answering from a list of rows or failures."""
+
+    def __init__(self, *answers: object) -> None:
+        self.answers = list(answers)
+        self.by_id: list[int] = []
+        self.searches = 0
+
+    def _next(self) -> Any:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def server_by_id(self, server_id: int) -> Any:
+        self.by_id.append(server_id)
+        return self._next()
+
+    def look_again(self) -> Any:
+        self.searches += 1
+        return self._next()
+
+
+def presence(listing: Listing, row: dict[str, Any] | None, warned: list[str]) -> V2Presence:
+    return V2Presence(listing, listing, row, warn=warned.append)  # type: ignore[arg-type]
+
+
+def row(last_active: object, server_id: int = 7) -> dict[str, Any]:
+    return {"id": server_id, "uuid": UUID, "last_active": last_active}
+
+
+def test_a_uuid_not_listed_before_is_online_at_its_first_real_report() -> None:
+    listing = Listing(None, row(GO_ZERO_TIME), row("2026-12-07T10:00:00Z"))
+    warned: list[str] = []
+    seen = presence(listing, None, warned)
+
+    looks = [seen.look(), seen.look(), seen.look()]
+
+    assert [look.outcome for look in looks] == [None, None, Outcome.ONLINE]
+    assert looks[0] == NOTHING  # not listed yet
+    assert looks[1].evidence == "server id 7 listed, no report yet"  # enrolled, no state report yet
+    assert looks[2].evidence == f"uuid {UUID} (server id 7) reported at 2026-12-07T10:00:00Z"
+    assert (listing.searches, listing.by_id) == (2, [7])  # searched until found, then looked at by its id
+    assert warned == []
+
+
+def test_a_uuid_found_once_is_then_looked_at_by_its_id() -> None:
+    listing = Listing(row(GO_ZERO_TIME), row("2026-12-07T10:00:00Z"))
+    seen = presence(listing, None, [])
+
+    assert seen.look().outcome is None
+    assert seen.look().outcome is Outcome.ONLINE
+    assert (listing.searches, listing.by_id) == (1, [7])
+
+
+def test_a_row_listed_before_the_install_waits_for_a_report_newer_than_the_first_look() -> None:
+    old = "2026-12-07T09:00:00Z"  # the old agent's last report, from before this run
+    listing = Listing(row(old), row(old), row(None), row("2026-12-07T10:00:00Z"))
+    seen = presence(listing, row(old), [])
+
+    looks = [seen.look() for _ in range(4)]
+
+    assert [look.outcome for look in looks] == [None, None, None, Outcome.ONLINE]
+    assert looks[0].evidence == f"server id 7 listed (last_active {old}), waiting for a newer report"
+    assert listing.by_id == [7, 7, 7, 7] and listing.searches == 0  # by the id it had, never a search
+
+
+def test_a_failing_list_read_is_retried_and_a_refused_one_warns_once_then_is_not_read_again() -> None:
+    listing = Listing(Transient("HTTP 502"), DashboardUnreachable("connection refused"),
+                      DashboardRefused("HTTP 403: permission denied"))
+    warned: list[str] = []
+    seen = presence(listing, None, warned)
+
+    looks = [seen.look() for _ in range(4)]
+
+    assert looks[:2] == [Look(None, "server list: HTTP 502"), Look(None, "server list: connection refused")]
+    assert looks[2:] == [NOTHING, NOTHING]
+    assert warned == ["cannot read the server list to see the node online: HTTP 403: permission denied"]
+    assert listing.searches == 3 and listing.answers == []  # the fourth look read nothing

@@ -610,3 +610,73 @@ def test_where_systemd_runs_the_plan_verifies_the_unit_and_that_it_is_active(tmp
     assert [line for line in planned.plan if line.startswith("verify")] == [
         f"verify {tmp_path}/etc/systemd/system/nezha-agent.service: ExecStart runs the agent with -c "
         "/opt/nezha/agent/config.yml; config.yml as written; systemctl is-active nezha-agent"]
+
+
+# --- the agent's own `service` commands failing (the stub's NEZHA_STUB_MODE=fail-ACTION) ---------------
+
+def going_on(action: str) -> str:
+    """The warning of a best-effort `service` command that failed: the run goes on."""
+    return f"`nezha-agent service ... {action}` exited with status 1; going on"
+
+
+def test_a_failing_service_install_is_exit_5_with_nothing_enrolled_and_the_next_run_installs(v1cli: V1Cli) -> None:
+    failed = v1cli("--json", NEZHA_STUB_MODE="fail-install")
+
+    assert failed.exit_code == 5, failed.stderr
+    assert ("`nezha-agent service ... install` exited with status 1; run again with -v to see its output"
+            in failed.stderr)
+    assert json.loads(failed.stdout)["exit_code"] == 5
+    assert v1cli.fake.servers == [] and v1cli.fake.connections == []
+    assert not (v1cli.root / "etc/systemd/system/nezha-agent.service").exists()
+    assert not (v1cli.root / "var/lib/nezha-bootstrap/state.json").exists()  # nothing taken for done
+    again = v1cli("--json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["outcome"] == "installed"
+    assert [call.argv[-1] for call in v1cli.agent_calls()] == ["install", "install"]
+    assert [s.uuid for s in v1cli.fake.servers] == [UUID]
+
+
+def plant_v0_unit(v1cli: V1Cli) -> Path:
+    units = v1cli.root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    unit = units / "nezha-agent.service"
+    unit.write_text('[Service]\nExecStart=/opt/nezha/agent/nezha-agent "-s" "dash.test:5555" "-p" "v0-node-secret"\n')
+    return unit
+
+
+def test_a_v0_agent_that_cannot_uninstall_itself_is_warned_and_the_new_agent_removes_its_unit(v1cli: V1Cli) -> None:
+    unit = plant_v0_unit(v1cli)
+    old = v1cli.root / "opt/nezha/agent/nezha-agent"
+    old.parent.mkdir(parents=True)
+    old.write_text("#!/bin/sh\n# nezha-bootstrap-stub: acts only inside the root it lies in (its paths come from its "
+                   "own location)\necho 'old agent: cannot uninstall'\nexit 1\n")
+    old.chmod(0o755)
+
+    outcome = v1cli()
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "replacing the v0 agent: nezha-agent service uninstall" in outcome.stderr
+    assert going_on("uninstall") in outcome.stderr
+    assert [call.argv[-1] for call in v1cli.agent_calls()] == ["uninstall", "install"]  # the new binary's
+    assert 'ExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml"' in unit.read_text()
+    assert [s.uuid for s in v1cli.fake.servers] == [UUID]
+
+
+def test_a_v0_unit_the_new_agent_cannot_uninstall_is_warned_then_its_install_fails_exit_5(v1cli: V1Cli) -> None:
+    unit = plant_v0_unit(v1cli)
+    before = unit.read_text()
+
+    outcome = v1cli(NEZHA_STUB_MODE="fail-uninstall")
+
+    assert outcome.exit_code == 5, outcome.stderr
+    assert going_on("uninstall") in outcome.stderr  # tolerated: the install below says what is wrong
+    assert "`nezha-agent service ... install` exited with status 1" in outcome.stderr  # "Init already exists"
+    assert [call.argv[-1] for call in v1cli.agent_calls()] == ["uninstall", "install"]
+    assert unit.read_text() == before and v1cli.fake.servers == []
+
+
+def test_the_result_names_the_dashboard_it_enrolled_with(v1cli: V1Cli) -> None:
+    outcome = v1cli("--json")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert json.loads(outcome.stdout)["dashboard"] == v1cli.running.url

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
 
 from nezha_bootstrap.agent import AGENT_V1
 from nezha_bootstrap.identity import machine_uuid
+from nezha_bootstrap.testing.fake_v0 import serve
 from nezha_bootstrap.testing.fake_v1 import FakeV1, V1Server, new_agent_secret, serve_v1
 from nezha_bootstrap.v1.api import SCOPE_PROBE
-from tests.conftest import MACHINE_ID, V1Cli, leak_scan
+from tests.conftest import MACHINE_ID, V1Cli, leak_scan, tls_server_context
 
 pytestmark = pytest.mark.integration
 
@@ -387,3 +389,59 @@ def test_a_restarted_agent_whose_server_never_shows_is_stopped(v2cli: V1Cli) -> 
     assert code == 3  # the dashboard's refusal
     assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "restart", "stop"]
     assert f"the dashboard did not list uuid {UUID} within 1 s; the agent was stopped" in err
+
+
+def test_a_stop_that_fails_after_a_refused_secret_is_warned_and_the_refusal_stands(v2cli: V1Cli) -> None:
+    code, _, err = run(v2cli, NEZHA_AGENT_SECRET=new_agent_secret(), NEZHA_ENROLL_TIMEOUT="1",
+                       NEZHA_STUB_MODE="fail-stop")
+
+    assert code == 3, err  # the dashboard's refusal, not the stop's failure
+    assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "stop"]
+    assert "`nezha-agent service ... stop` exited with status 1; going on" in err
+    assert "the dashboard refused the agent secret" in err
+    assert v2cli.fake.servers == []
+
+
+def test_a_rerun_with_a_cached_generation_over_plain_http_never_loads_the_trust_store(
+        v2cli: V1Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    token = v2cli.fake.add_token()
+    assert run(v2cli, token=token)[0] == 0  # probes the generation; the rerun reads it from the state
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the trust store was loaded for a plain http dashboard")
+
+    monkeypatch.setattr(ssl.SSLContext, "load_default_certs", refused)
+    monkeypatch.setattr(ssl.SSLContext, "set_default_verify_paths", refused)
+    code, out, err = run(v2cli, "--json", token=token)
+
+    assert code == 0, err
+    assert json.loads(out)["outcome"] == "nothing_to_do"
+
+
+def test_a_private_ca_dashboard_in_token_mode_is_trusted_with_ca_bundle_and_refused_without(
+        root: Path, ca: trustme.CA, tmp_path: Path) -> None:
+    ca_file = tmp_path / "private-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    fake = FakeV1(profile="v2.1+")
+    fake.add_release(AGENT_V1)
+    token = fake.add_token()
+    with serve(fake, ssl_context=tls_server_context(ca)) as running:
+        v2cli = V1Cli(running, fake, root)
+        first = run(v2cli, "--ca-bundle", str(ca_file), token=token)
+        seen = len(fake.journal)
+        # The generation is cached now: the rerun's first request is the token's, on a client made for it.
+        again = run(v2cli, "--json", "--ca-bundle", str(ca_file), token=token)
+        read = len(fake.journal)
+        untrusted = run(v2cli, token=token)
+
+    assert running.url.startswith("https://")
+    assert first[0] == 0, first[2]
+    assert [s.uuid for s in fake.servers] == [UUID] and fake.servers[0].name == "web-1"
+    assert again[0] == 0, again[2]
+    assert json.loads(again[1])["outcome"] == "nothing_to_do"
+    assert [f"{j.method} {j.path}" for j in fake.journal[seen:read]] == ["GET /api/v1/server"]
+    assert untrusted[0] == 3, untrusted[2]  # TLS verification refused: verification is never off
+    assert "TLS verification" in untrusted[2] and "--ca-bundle" in untrusted[2]
+    assert len(fake.journal) == read  # refused in the handshake: the token was never sent

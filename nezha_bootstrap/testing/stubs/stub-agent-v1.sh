@@ -13,7 +13,8 @@
 # root) `install` and `restart` connect once themselves. Paths are taken relative to the binary,
 # which lives at <root>/opt/nezha/agent, so it works under a test root exactly as at `/`.
 # NEZHA_STUB_RECORD: directory for the records (default <root>/var/lib/nezha-stub); calls go to agent/.
-# NEZHA_STUB_MODE=hang: service commands hang (a stop signal must kill them).
+# NEZHA_STUB_MODE=hang: service commands hang (a stop signal must kill them); fail-ACTION (fail-install,
+# fail-restart, fail-stop, fail-uninstall): that service command changes nothing and exits 1.
 # NEZHA_STUB_INIT=sysv: a host without systemd: `install` writes /etc/init.d/<name> as the real agent
 # v2.3.3 does there (observed: a SysV script whose `cmd="<bin> "-c" "<config>""` line runs the agent).
 set -eu
@@ -120,6 +121,7 @@ if [ -z "$service" ]; then  # the agent itself, as its unit runs it
   exec sleep 2147483647
 fi
 [ "${NEZHA_STUB_MODE:-}" = "hang" ] && { sleep 3600 & wait; }
+[ "${NEZHA_STUB_MODE:-}" = "fail-$action" ] && { echo "stub nezha-agent: $action fails as asked"; exit 1; }
 
 case "$action" in
   install)
