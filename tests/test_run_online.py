@@ -321,14 +321,15 @@ def test_a_uuid_found_once_is_then_looked_at_by_its_id() -> None:
 
 def test_a_row_listed_before_the_install_waits_for_a_report_newer_than_the_first_look() -> None:
     old = "2026-12-07T09:00:00Z"  # the old agent's last report, from before this run
-    listing = Listing(row(old), row(old), row(None), row("2026-12-07T10:00:00Z"))
+    # then the dashboard's zero time (the stream closed), a row without the field, an empty one: no report yet
+    listing = Listing(row(old), row(old), row(GO_ZERO_TIME), row(None), row(""), row("2026-12-07T10:00:00Z"))
     seen = presence(listing, row(old), [])
 
-    looks = [seen.look() for _ in range(4)]
+    looks = [seen.look() for _ in range(6)]
 
-    assert [look.outcome for look in looks] == [None, None, None, Outcome.ONLINE]
+    assert [look.outcome for look in looks] == [None, None, None, None, None, Outcome.ONLINE]
     assert looks[0].evidence == f"server id 7 listed (last_active {old}), waiting for a newer report"
-    assert listing.by_id == [7, 7, 7, 7] and listing.searches == 0  # by the id it had, never a search
+    assert listing.by_id == [7] * 6 and listing.searches == 0  # by the id it had, never a search
 
 
 def test_a_failing_list_read_is_retried_and_a_refused_one_warns_once_then_is_not_read_again() -> None:

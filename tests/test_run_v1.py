@@ -203,6 +203,23 @@ def test_adopt_uninstalls_vendor_leftovers_and_reports_their_uuids(v1cli: V1Cli)
     assert [c.argv[-1] for c in v1cli.agent_calls()][-2:] == ["uninstall", "install"]
 
 
+def test_adopt_keeps_a_leftover_whose_agent_cannot_be_uninstalled_and_says_so(v1cli: V1Cli) -> None:
+    leftover_uuid = plant_vendor_leftover(v1cli)
+    [unit] = (v1cli.root / "etc/systemd/system").glob("nezha-agent-*.service")
+
+    outcome = v1cli("--adopt", "--json", NEZHA_STUB_MODE="fail-uninstall")
+
+    assert outcome.exit_code == 0, outcome.stderr  # this node's own agent is installed all the same
+    assert "`nezha-agent service ... uninstall` exited with status 1; going on" in outcome.stderr
+    assert (f"could not uninstall the vendor script's second agent config-ab12cd.yml ({unit.name} is still "
+            f"there): kept, a duplicate server (uuid {leftover_uuid}); see the output with -v") in outcome.stderr
+    assert "its agent is uninstalled" not in outcome.stderr
+    assert "adopted_uuids" not in json.loads(outcome.stdout)  # none adopted
+    assert (v1cli.root / "opt/nezha/agent/config-ab12cd.yml").exists() and unit.exists()  # its agent still runs
+    assert [c.argv[-1] for c in v1cli.agent_calls()] == ["uninstall", "install"]
+    assert [s.uuid for s in v1cli.fake.servers] == [UUID]
+
+
 def plant_vendor_leftover(v1cli: V1Cli) -> str:
     """What a rerun of the vendor script leaves: a second config and its hashed unit."""
     import hashlib

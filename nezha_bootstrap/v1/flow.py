@@ -380,6 +380,13 @@ class V1Runner:
         for leftover in found:
             if leftover.unit is not None:
                 self._service(agent.service_argv(self.paths, "uninstall", leftover.config), quiet_failure=True)
+                if leftover.unit.exists():  # its agent still runs from that config: removing it would orphan it
+                    self.reporter.warn(
+                        f"could not uninstall the vendor script's second agent {leftover.config.name} "
+                        f"({leftover.unit.name} is still there): kept, a duplicate server (uuid {leftover.uuid}); "
+                        "see the output with -v"
+                    )
+                    continue
             with local_step(f"remove {leftover.config}"):
                 leftover.config.unlink(missing_ok=True)
             adopted.append(leftover.uuid or "(no uuid)")
