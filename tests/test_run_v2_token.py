@@ -445,3 +445,18 @@ def test_a_private_ca_dashboard_in_token_mode_is_trusted_with_ca_bundle_and_refu
     assert untrusted[0] == 3, untrusted[2]  # TLS verification refused: verification is never off
     assert "TLS verification" in untrusted[2] and "--ca-bundle" in untrusted[2]
     assert len(fake.journal) == read  # refused in the handshake: the token was never sent
+
+
+def test_a_reinstall_whose_row_is_listed_is_not_online_on_the_old_agents_last_report(v2cli: V1Cli) -> None:
+    token = v2cli.fake.add_token()
+    assert run(v2cli, token=token)[0] == 0
+    secret = v2cli.fake.agent_secret
+    [server] = v2cli.fake.servers
+    server.connected = False  # the old agent's last report stays the row's last_active
+    v2cli.fake.agent_secrets = {new_agent_secret(): 1}  # the secret was reset: the restarted agent is refused
+
+    code, _, err = run(v2cli, "--force", token=token, NEZHA_AGENT_SECRET=secret, NEZHA_ENROLL_TIMEOUT="1")
+
+    assert code == 3, err  # the refusal: that report was older than this run's agent
+    assert "the dashboard refused the agent secret" in err
+    assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "restart", "stop"]
