@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -460,3 +461,22 @@ def test_a_reinstall_whose_row_is_listed_is_not_online_on_the_old_agents_last_re
     assert code == 3, err  # the refusal: that report was older than this run's agent
     assert "the dashboard refused the agent secret" in err
     assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "restart", "stop"]
+
+
+def test_a_token_refused_during_the_online_wait_is_warned_about_once_and_the_wait_goes_on(
+        v2cli: V1Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = v2cli.fake.add_token()
+    answer = v2cli.fake.handle
+
+    def revoked_once_the_agent_connects(method: str, target: str, *args: Any) -> Any:
+        if v2cli.fake.connections:  # the token is revoked in the dashboard while the agent starts
+            v2cli.fake.tokens.pop(token, None)
+        return answer(method, target, *args)
+
+    monkeypatch.setattr(v2cli.fake, "handle", revoked_once_the_agent_connects)
+    code, _, err = run(v2cli, token=token, NEZHA_ONLINE_TIMEOUT="1")
+
+    assert err.count("cannot read the server list to see the node online: ") == 1, err  # then not read again
+    assert code == 4, err  # the other sources were looked at until the online timeout
+    assert "the dashboard did not see the node online within 1 s" in err
+    assert [s.uuid for s in v2cli.fake.servers] == [UUID] and v2cli.state()["installed_at"] is None
