@@ -16,6 +16,7 @@ from nezha_bootstrap.identity import machine_uuid
 from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
+from nezha_bootstrap.system import CHILD_MARKER
 from nezha_bootstrap.v1.flow import NAMING_NOTE, Plan, dry_run
 from tests.conftest import MACHINE_ID, Cli, V1Cli
 
@@ -49,6 +50,7 @@ def test_fresh_enrollment_makes_one_server_with_the_machine_uuid(v1cli: V1Cli) -
     assert call.argv == ["service", "-c", str(v1cli.root / "opt/nezha/agent/config.yml"), "install"]
     assert (call.stdin, call.cwd.strip()) == ("/dev/null", str(v1cli.root / "opt/nezha/agent"))
     assert not any(key.startswith("NZ_") for key in call.env) and "NEZHA_AGENT_SECRET" not in call.env
+    assert call.env.get(CHILD_MARKER)  # recorded: a later run stops it if this one is killed while it runs
     unit = (v1cli.root / "etc/systemd/system/nezha-agent.service").read_text()
     assert 'ExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml"' in unit
     state = v1cli.state()
@@ -677,6 +679,23 @@ def test_a_v0_agent_that_cannot_uninstall_itself_is_warned_and_the_new_agent_rem
     assert [call.argv[-1] for call in v1cli.agent_calls()] == ["uninstall", "install"]  # the new binary's
     assert 'ExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml"' in unit.read_text()
     assert [s.uuid for s in v1cli.fake.servers] == [UUID]
+
+
+def test_under_a_root_an_old_agent_binary_that_is_not_a_stub_is_never_run(v1cli: V1Cli) -> None:
+    unit = plant_v0_unit(v1cli)
+    old = v1cli.root / "opt/nezha/agent/nezha-agent"
+    old.parent.mkdir(parents=True)
+    ran = v1cli.root.parent / "the-old-binary-ran"
+    old.write_text(f"#!/bin/sh\ntouch {ran}\n")  # a real agent would act on this machine, not the root
+    old.chmod(0o755)
+
+    outcome = v1cli()
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert not ran.exists()
+    assert f"refusing to run {old} for --root {v1cli.root}: it is not a stub" in outcome.stderr  # a warning
+    assert [call.argv[-1] for call in v1cli.agent_calls()] == ["uninstall", "install"]  # the new binary's
+    assert 'ExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml"' in unit.read_text()
 
 
 def test_a_v0_unit_the_new_agent_cannot_uninstall_is_warned_then_its_install_fails_exit_5(v1cli: V1Cli) -> None:
