@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 from pathlib import Path
@@ -716,3 +717,23 @@ def test_the_result_names_the_dashboard_it_enrolled_with(v1cli: V1Cli) -> None:
 
     assert outcome.exit_code == 0, outcome.stderr
     assert json.loads(outcome.stdout)["dashboard"] == v1cli.running.url
+
+
+def test_the_agents_commands_get_the_environment_the_run_started_with(v1cli: V1Cli) -> None:
+    """Facts.environ, read once at the start, is what every child's environment is made from."""
+    from nezha_bootstrap.generation import Generation
+    from nezha_bootstrap.v1 import flow
+
+    environ = {"PATH": os.environ["PATH"], "NEZHA_STUB_RECORD": str(v1cli.record_dir), "SEEN_AT_START": "yes"}
+    settings = Settings(dashboard_url=v1cli.running.url, agent=AgentSettings(
+        secret=v1cli.fake.agent_secret, base_url=f"{v1cli.running.url}/releases"))
+    facts = Facts(hostname="web-1", primary_ipv4="192.0.2.10", machine_id=MACHINE_ID, systemd_running=False,
+                  environ=environ)
+    this = ThisNode(v1_config(build(settings, facts).config), facts, Paths(v1cli.root), Reporter(verbosity=-1))
+
+    result = flow.run(this, Generation.V2_1)
+
+    assert result.outcome == "installed"
+    [call] = v1cli.agent_calls()  # recorded where the run's environment, not this process's, says
+    assert call.env["SEEN_AT_START"] == "yes" and "SEEN_AT_START" not in os.environ
+
