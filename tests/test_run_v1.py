@@ -66,6 +66,7 @@ def test_a_host_without_systemd_enrolls_with_the_init_script_the_agent_writes(v1
 
     assert first.exit_code == 0, first.stderr
     assert json.loads(first.stdout)["outcome"] == "installed"
+    assert f"verifying {v1cli.root}/etc/init.d/nezha-agent ..." in first.stderr.splitlines()  # the unit it wrote
     assert 'cmd="/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml""' in (
         v1cli.root / "etc/init.d/nezha-agent").read_text()
     assert not (v1cli.root / "etc/systemd/system/nezha-agent.service").exists()
@@ -668,13 +669,15 @@ def test_a_v0_agent_that_cannot_uninstall_itself_is_warned_and_the_new_agent_rem
     unit = plant_v0_unit(v1cli)
     old = v1cli.root / "opt/nezha/agent/nezha-agent"
     old.parent.mkdir(parents=True)
+    asked = v1cli.root.parent / "old-agent-argv"
     old.write_text("#!/bin/sh\n# nezha-bootstrap-stub: acts only inside the root it lies in (its paths come from its "
-                   "own location)\necho 'old agent: cannot uninstall'\nexit 1\n")
+                   f"own location)\nprintf '%s\\n' \"$@\" > {asked}\necho 'old agent: cannot uninstall'\nexit 1\n")
     old.chmod(0o755)
 
     outcome = v1cli()
 
     assert outcome.exit_code == 0, outcome.stderr
+    assert asked.read_text().splitlines() == ["service", "uninstall"]  # the v0 agent's own words: no -c
     assert "replacing the v0 agent: nezha-agent service uninstall" in outcome.stderr
     assert going_on("uninstall") in outcome.stderr
     assert [call.argv[-1] for call in v1cli.agent_calls()] == ["uninstall", "install"]  # the new binary's
@@ -736,4 +739,29 @@ def test_the_agents_commands_get_the_environment_the_run_started_with(v1cli: V1C
     assert result.outcome == "installed"
     [call] = v1cli.agent_calls()  # recorded where the run's environment, not this process's, says
     assert call.env["SEEN_AT_START"] == "yes" and "SEEN_AT_START" not in os.environ
+
+
+def test_an_install_is_timed_in_named_steps_and_leaves_the_binary_0755(v1cli: V1Cli) -> None:
+    outcome = v1cli("--json")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    steps = json.loads(outcome.stdout)["steps"]
+    assert [(step["step"], step["ok"]) for step in steps] == [
+        ("detect", True), ("download", True), ("install", True), ("verify", True), ("online", True)]
+    agent_dir = v1cli.root / "opt/nezha/agent"
+    lines = outcome.stderr.splitlines()
+    assert f"downloading nezha-agent v{AGENT_V1} (nezha-agent_linux_amd64.zip) ..." in lines
+    assert "nezha-agent service -c /opt/nezha/agent/config.yml install ..." in lines
+    assert f"verifying {v1cli.root}/etc/systemd/system/nezha-agent.service ..." in lines
+    assert stat.S_IMODE((agent_dir / "nezha-agent").stat().st_mode) == 0o755
+
+
+def test_a_service_install_that_claims_success_without_a_unit_is_exit_5_naming_what_is_missing(v1cli: V1Cli) -> None:
+    outcome = v1cli("--json", NEZHA_STUB_MODE="nounit")
+
+    assert outcome.exit_code == 5, outcome.stderr
+    units = f"{v1cli.root}/etc/systemd/system/nezha-agent.service or {v1cli.root}/etc/init.d/nezha-agent"
+    assert json.loads(outcome.stdout)["error"] == [
+        f"the agent install is not as asked: no agent unit ({units}) was written"]
+    assert v1cli.fake.servers == [] and not (v1cli.root / "var/lib/nezha-bootstrap/state.json").exists()
 

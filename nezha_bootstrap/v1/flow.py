@@ -343,7 +343,7 @@ class V1Runner:
                 f"{old_uuid}: delete it there once its agent is gone"
             )
         with local_step(f"write {self.paths.agent_dir / 'config.yml'}"):
-            system.atomic_write(self.paths.agent_dir / "config.yml", expected.encode("utf-8"), mode=0o600)
+            system.atomic_write(self.paths.agent_dir / "config.yml", expected.encode(), mode=0o600)  # UTF-8
         action = "install" if plan.action == "replace" else plan.action
         if plan.action == "replace" and agent.installed_unit(self.paths):  # the old binary could not remove it
             self._service(agent.service_argv(self.paths, "uninstall"), quiet_failure=True)

@@ -14,7 +14,8 @@
 # which lives at <root>/opt/nezha/agent, so it works under a test root exactly as at `/`.
 # NEZHA_STUB_RECORD: directory for the records (default <root>/var/lib/nezha-stub); calls go to agent/.
 # NEZHA_STUB_MODE=hang: service commands hang (a stop signal must kill them); fail-ACTION (fail-install,
-# fail-restart, fail-stop, fail-uninstall): that service command changes nothing and exits 1.
+# fail-restart, fail-stop, fail-uninstall): that service command changes nothing and exits 1; nounit:
+# `install` claims success without writing the unit.
 # NEZHA_STUB_INIT=sysv: a host without systemd: `install` writes /etc/init.d/<name> as the real agent
 # v2.3.3 does there (observed: a SysV script whose `cmd="<bin> "-c" "<config>""` line runs the agent).
 set -eu
@@ -122,6 +123,7 @@ if [ -z "$service" ]; then  # the agent itself, as its unit runs it
 fi
 [ "${NEZHA_STUB_MODE:-}" = "hang" ] && { sleep 3600 & wait; }
 [ "${NEZHA_STUB_MODE:-}" = "fail-$action" ] && { echo "stub nezha-agent: $action fails as asked"; exit 1; }
+[ "${NEZHA_STUB_MODE:-}" = "nounit" ] && [ "$action" = install ] && { echo "stub nezha-agent: installed (not)"; exit 0; }
 
 case "$action" in
   install)
