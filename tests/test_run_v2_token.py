@@ -481,3 +481,15 @@ def test_a_token_refused_during_the_online_wait_is_warned_about_once_and_the_wai
     assert code == 4, err  # the other sources were looked at until the online timeout
     assert "the dashboard did not see the node online within 1 s" in err
     assert [s.uuid for s in v2cli.fake.servers] == [UUID] and v2cli.state()["installed_at"] is None
+
+
+def test_a_reinstall_without_the_token_keeps_the_server_id_a_token_run_saved(v2cli: V1Cli) -> None:
+    assert run(v2cli)[0] == 0
+    server_id = v2cli.state()["server_id"]
+    assert server_id == v2cli.fake.servers[0].id
+
+    outcome = v2cli("--force")  # no access token: nothing reads the dashboard's list this time
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "restart"]
+    assert v2cli.state()["server_id"] == server_id  # the same uuid keeps its row, and so its id
