@@ -224,6 +224,19 @@ def test_adopt_keeps_a_leftover_whose_agent_cannot_be_uninstalled_and_says_so(v1
     assert [s.uuid for s in v1cli.fake.servers] == [UUID]
 
 
+def test_adopt_goes_on_past_a_leftover_it_must_keep_and_names_one_without_a_uuid(v1cli: V1Cli) -> None:
+    kept_uuid = plant_vendor_leftover(v1cli)  # config-ab12cd.yml and its unit: its uninstall fails below
+    (v1cli.root / "opt/nezha/agent/config-zz.yml").write_text('server: "x:1"\nclient_secret: "s"\n')  # no unit
+
+    outcome = v1cli("--adopt", "--json", NEZHA_STUB_MODE="fail-uninstall")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert f"kept, a duplicate server (uuid {kept_uuid})" in outcome.stderr
+    assert json.loads(outcome.stdout)["adopted_uuids"] == ["(no uuid)"]
+    assert (v1cli.root / "opt/nezha/agent/config-ab12cd.yml").exists()
+    assert not (v1cli.root / "opt/nezha/agent/config-zz.yml").exists()
+
+
 def plant_vendor_leftover(v1cli: V1Cli) -> str:
     """What a rerun of the vendor script leaves: a second config and its hashed unit."""
     import hashlib
@@ -764,4 +777,18 @@ def test_a_service_install_that_claims_success_without_a_unit_is_exit_5_naming_w
     assert json.loads(outcome.stdout)["error"] == [
         f"the agent install is not as asked: no agent unit ({units}) was written"]
     assert v1cli.fake.servers == [] and not (v1cli.root / "var/lib/nezha-bootstrap/state.json").exists()
+
+
+def test_a_reinstall_that_fails_marks_the_node_unfinished_so_the_next_run_installs_again(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    assert v1cli.state()["installed_at"] is not None
+
+    failed = v1cli("--force", NEZHA_STUB_MODE="fail-restart")
+
+    assert failed.exit_code == 5, failed.stderr
+    assert v1cli.state()["installed_at"] is None  # marked before the agent was touched
+    again = v1cli()
+    assert again.exit_code == 0, again.stderr
+    assert "plan: install the agent (the agent version changed, or the install did not finish)" in again.stderr
+    assert [call.argv[-1] for call in v1cli.agent_calls()] == ["install", "restart", "restart"]
 

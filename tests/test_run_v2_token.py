@@ -493,3 +493,26 @@ def test_a_reinstall_without_the_token_keeps_the_server_id_a_token_run_saved(v2c
     assert outcome.exit_code == 0, outcome.stderr
     assert [call.argv[-1] for call in v2cli.agent_calls()] == ["install", "restart"]
     assert v2cli.state()["server_id"] == server_id  # the same uuid keeps its row, and so its id
+
+
+def test_a_token_check_answered_503_once_is_retried_and_says_so(v2cli: V1Cli) -> None:
+    token = v2cli.fake.add_token()
+    assert run(v2cli, token=token)[0] == 0  # the rerun's first request is the token's check (no probe)
+    v2cli.fake.faults.fail_next = [503]
+
+    code, _, err = run(v2cli, token=token)
+
+    assert code == 0, err
+    assert "; retrying in " in err and "HTTP 503" in err
+
+
+def test_a_token_check_that_keeps_failing_ends_at_the_deadline_exit_4(v2cli: V1Cli) -> None:
+    token = v2cli.fake.add_token()
+    assert run(v2cli, token=token)[0] == 0
+    v2cli.fake.faults.fail_next = [503] * 1000
+
+    code, _, err = run(v2cli, token=token, NEZHA_BOOTSTRAP_DEADLINE="1")
+
+    assert code == 4, err
+    assert "within the 1 s deadline" in err
+
