@@ -526,8 +526,9 @@ def test_an_install_never_seen_online_is_saved_unfinished_and_the_next_run_insta
     result = json.loads(outcome.stdout)
     assert (result["online"], result["online_after_s"], result["uuid"]) == (False, None, UUID)
     state = v1cli.state()
-    assert {k: state[k] for k in ("uuid", "generation", "agent_version", "online", "installed_at")} == {
-        "uuid": UUID, "generation": "v2.1+", "agent_version": AGENT_V1, "online": False, "installed_at": None}
+    assert {k: state[k] for k in ("uuid", "generation", "agent_version", "online", "installed_at", "online_at")} == {
+        "uuid": UUID, "generation": "v2.1+", "agent_version": AGENT_V1, "online": False, "installed_at": None,
+        "online_at": None}
 
     rerun = v1cli(NEZHA_AGENT_SECRET="wrongsecret1234567890")
     assert rerun.exit_code == 3, rerun.stderr
