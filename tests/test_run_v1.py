@@ -8,6 +8,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import httpx
 import pytest
 
 from nezha_bootstrap.agent import AGENT_V1, Release
@@ -748,9 +749,12 @@ def test_the_agents_commands_get_the_environment_the_run_started_with(v1cli: V1C
                   environ=environ)
     this = ThisNode(v1_config(build(settings, facts).config), facts, Paths(v1cli.root), Reporter(verbosity=-1))
 
-    result = flow.run(this, Generation.V2_1)
+    with httpx.Client() as given:  # the caller's (run.py's probe client): used, never closed by the flow
+        runner = flow.V1Runner(this.config, facts, this.paths, this.reporter, Generation.V2_1, client=given)
+        result = runner.run()
 
-    assert result.outcome == "installed"
+        assert result.outcome == "installed"
+        assert runner.client is given and not given.is_closed
     [call] = v1cli.agent_calls()  # recorded where the run's environment, not this process's, says
     assert call.env["SEEN_AT_START"] == "yes" and "SEEN_AT_START" not in os.environ
 

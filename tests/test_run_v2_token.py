@@ -516,3 +516,22 @@ def test_a_token_check_that_keeps_failing_ends_at_the_deadline_exit_4(v2cli: V1C
     assert code == 4, err
     assert "within the 1 s deadline" in err
 
+
+def test_a_run_closes_the_dashboard_client_it_made(v2cli: V1Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import http
+
+    token = v2cli.fake.add_token()
+    assert run(v2cli, token=token)[0] == 0  # the rerun has no probe: the flow makes the token's client itself
+    made: list[Any] = []
+    make_client = http.make_client
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        made.append(make_client(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(http, "make_client", recorded)
+    code, _, err = run(v2cli, token=token)
+
+    assert code == 0, err
+    assert len(made) == 1 and made[0].is_closed
+
