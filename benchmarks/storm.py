@@ -450,7 +450,7 @@ class StubAgent:
     def close_streams(self) -> AgentLog:
         """The node's run ended: its agent stops calling and its streams close (within a few seconds); returns
         what the agent did while the run lasted, and starts the next node's log."""
-        self.stop_loops(join=5.0)
+        self.stop_loops(join=V2_CALL_TIMEOUT + 1)  # a call under way ends by its own timeout, within the node
         for done, thread in self.streams:
             done.set()
             thread.join(5)
@@ -1071,7 +1071,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="print one table of the storms in these result files and exit")
     parser.add_argument("--json", type=Path, default=DEFAULT_OUT)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.agent_retry_delay <= 0:  # a stub agent would call again in a tight loop until its node's run ends
+        parser.error("--agent-retry-delay must be more than 0 seconds")
+    return args
 
 
 def run_variants(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:

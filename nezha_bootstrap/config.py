@@ -191,9 +191,10 @@ class Config:
         self.agent: Final = agent
         self.naming: Final = naming
         self.online_timeout: Final = online_timeout
+        object.__setattr__(self, "_frozen", True)  # from here on nothing is set, not even a new attribute
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name in self.__dict__:
+        if "_frozen" in self.__dict__:
             raise FrozenInstanceError(f"cannot assign to field {name!r}")
         super().__setattr__(name, value)
 
@@ -202,7 +203,8 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         """A copy with `changes` (as dataclasses.replace: every field passed to __init__ again)."""
-        return Config(**{**self.__dict__, **changes})
+        fields = {name: value for name, value in self.__dict__.items() if name != "_frozen"}
+        return Config(**{**fields, **changes})
 
     @property
     def register_url(self) -> str:

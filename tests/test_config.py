@@ -536,6 +536,11 @@ def test_a_valid_config_is_frozen() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.name = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.new_field = "other"  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del config.tag  # type: ignore[misc]
+    assert config.replace(name="other").name == "other" and config.name != "other"
 
 
 # --- properties -------------------------------------------------------------------------------------

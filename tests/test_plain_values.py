@@ -3,7 +3,10 @@ copies they make by hand are checked field by field."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+
+import pytest
 
 from nezha_bootstrap.command import Command
 from nezha_bootstrap.config import Settings, build, v1_config
@@ -12,6 +15,7 @@ from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.online import Look, Online, Outcome
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter, RunResult
+from nezha_bootstrap.v0.script import InstallPlan
 
 
 def test_with_plan_changes_the_plan_and_keeps_every_other_field() -> None:
@@ -90,3 +94,18 @@ def test_facts_replace_changes_only_what_it_is_given_and_compare_without_the_env
     assert changed.environ is facts.environ
     assert facts == facts.replace(environ={}) != changed
     assert "s3cret" not in repr(facts) and repr(facts).startswith("Facts(hostname='web-1', primary_ipv4=None, ")
+
+
+# --- every Record names each of its fields: compared (or kept out on purpose), shown (or a secret) ---------
+
+
+NOT_COMPARED = {(Command, "environ"), (Facts, "environ")}  # the process environment: not what a value is
+NOT_SHOWN = {(Command, "argv"), (Command, "environ"), (InstallPlan, "argv"), (Facts, "environ")}  # secrets
+
+
+@pytest.mark.parametrize("kind", [Look, Online, Command, Facts, InstallPlan], ids=lambda kind: kind.__name__)
+def test_a_record_compares_and_shows_every_field_but_the_ones_kept_out_on_purpose(kind: type) -> None:
+    fields = set(inspect.signature(kind.__init__).parameters) - {"self"}
+
+    assert set(kind.compared) == {name for name in fields if (kind, name) not in NOT_COMPARED}
+    assert set(kind.shown) == {name for name in fields if (kind, name) not in NOT_SHOWN}

@@ -587,7 +587,7 @@ class TagList:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.tags.append(request.url.params.get("tag"))
         if self.servers is None:
-            return httpx.Response(403, json={"code": 403, "message": "token wrong"})
+            return httpx.Response(200, json={"code": 403, "message": "token wrong"})  # v0.20.13's refusal
         return httpx.Response(200, json={"code": 0, "message": "success", "result": self.servers})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -488,6 +489,24 @@ def test_a_token_lookup_that_failed_is_asked_again_and_counted_like_a_database_e
     assert len(sent) == 2 * DATABASE_ERRORS_IN_A_ROW
 
 
+@pytest.mark.parametrize("busy", [httpx.Response(401, json={"success": False, "error": TOKEN_LOOKUP_FAILED}),
+                                  httpx.Response(200, json={"success": False, "error": "database error"})])
+def test_a_scope_check_answered_busy_8_times_in_a_row_is_refused_not_retried_until_the_deadline(
+        busy: httpx.Response) -> None:
+    sent = []
+
+    def dashboard(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        return busy
+
+    v2 = V2Api(make_client(transport=httpx.MockTransport(dashboard)), "http://dash.test", "PAT-S3cr3t",
+               deadline=30, sleep=lambda s: None)
+    with pytest.raises(DashboardRefused, match=f"^scope check: .*: {DATABASE_ERRORS_IN_A_ROW} such answers"):
+        v2.prove_write_scope()
+
+    assert sent == ["PATCH"] * DATABASE_ERRORS_IN_A_ROW
+
+
 def test_a_scope_check_whose_token_lookup_failed_once_is_asked_again_and_passes() -> None:
     answers = [httpx.Response(401, json={"success": False, "error": TOKEN_LOOKUP_FAILED}),
                httpx.Response(200, json={"success": False, "error": 'strconv.ParseUint: parsing "x": invalid syntax'})]
@@ -932,9 +951,11 @@ def test_a_join_writes_the_whole_member_list_then_confirms_it_in_two_reads_in_a_
 def test_a_joins_write_waits_no_longer_than_the_time_left_of_its_deadline(deadline: float) -> None:
     script = GroupScript([1], [1, 7], [1, 7])
 
-    script.api(deadline=60).join_group(3, 7, deadline=deadline)
+    # On a loaded machine the deadline may pass before the confirming reads: that ends the join (its own test)
+    with contextlib.suppress(DashboardUnreachable):
+        script.api(deadline=60).join_group(3, 7, deadline=deadline)
 
-    [timeout] = script.write_timeouts
+    [timeout] = script.write_timeouts  # one write whenever it was sent: the reads that follow list the member
     assert 0 < timeout <= deadline
 
 

@@ -197,9 +197,13 @@ class V2Api:
     def once(self, method: str, path: str, what: str, seconds_left: float, body: Any = None,
              params: dict[str, str] | None = None) -> Any:
         """One request, one attempt: the answer's `data`, or Transient/DashboardRefused."""
+        return self._counted(what, lambda: classify(self._send(method, path, seconds_left, body, params), what,
+                                                    ambiguous=method != READ_ONLY_METHOD))
+
+    def _counted(self, what: str, attempt: Callable[[], Any]) -> Any:
+        """`attempt()`, counting its busy-database answers in a row (DATABASE_ERRORS_IN_A_ROW: then refused)."""
         try:
-            data = classify(self._send(method, path, seconds_left, body, params), what,
-                            ambiguous=method != READ_ONLY_METHOD)
+            data = attempt()
         except DatabaseBusy as busy:
             count = self.database_errors[what] = self.database_errors.get(what, 0) + 1
             if count >= DATABASE_ERRORS_IN_A_ROW:
@@ -231,6 +235,10 @@ class V2Api:
                      give_up=DashboardUnreachable, notify=self.notify)
 
     def write_scope_once(self, seconds_left: float) -> None:
+        """One attempt at proving nezha:server:write (`_write_scope`), its busy answers counted as `once` counts."""
+        self._counted("scope check", lambda: self._write_scope(seconds_left))
+
+    def _write_scope(self, seconds_left: float) -> None:
         """One attempt at proving nezha:server:write without writing: PATCH a server id that is not a number.
 
         The scope middleware answers before the handler: HTTP 403 `api token lacks scope nezha:server:write`
