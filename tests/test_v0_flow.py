@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, Insta
 from nezha_bootstrap.facts import Facts
 from nezha_bootstrap.http import make_client
 from nezha_bootstrap.node import ThisNode
-from nezha_bootstrap.online import Outcome
+from nezha_bootstrap.online import Look, NotOnline, Outcome
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.retry import Transient
@@ -345,8 +346,9 @@ def test_the_agent_s_own_service_install_runs_within_the_command_timeout(tmp_pat
 
 
 def test_no_agent_installed_means_no_uninstall(tmp_path: Path) -> None:
-    plan = flow.install_plan(config_of(method="direct"), Paths(tmp_path), SECRET)
-    plan = dataclasses.replace(plan, uninstall_first=None)
+    direct = flow.install_plan(config_of(method="direct"), Paths(tmp_path), SECRET)
+    assert isinstance(direct, V0Install)
+    plan = dataclasses.replace(direct, uninstall_first=None)
 
     assert flow.install_commands(plan, 42.0)[0] is None
 
@@ -622,6 +624,34 @@ def test_a_refused_list_in_the_online_wait_is_warned_naming_where_the_token_came
 
     assert look.outcome is None and presence.usable is False
     assert "Check the token in --token-file /etc/nezha.token:" in err.getvalue()
+
+
+class Refusing:
+    """A source that gives a verdict at its first look: the agent's secret is refused."""
+
+    name = "the agent's log"
+
+    def look(self) -> Look:
+        return Look(Outcome.SECRET_REFUSED, "the dashboard refused the agent's secret")
+
+
+@pytest.mark.parametrize(("found", "saved_id", "kept"), [(7, None, 7), (None, 5, 5), (7, 5, 7)])
+def test_a_verdict_saves_the_node_not_online_with_the_server_id_the_wait_found_or_had(
+        found: int | None, saved_id: int | None, kept: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    saved = saved_of(config, server_id=saved_id, online=True, online_at="2026-01-02T03:04:10+00:00")
+    state_mod.save(paths, saved)
+    node = runner(config, paths)
+    monkeypatch.setattr(node, "_stop_agent", lambda: None)
+    presence = types.SimpleNamespace(server_id=found)
+
+    with pytest.raises(NotOnline):
+        node._await_online(saved, [Refusing()], presence)  # type: ignore[arg-type]
+
+    after = state_mod.load(paths)
+    assert after is not None
+    assert (after.online, after.online_at, after.server_id) == (False, None, kept)
+    assert after.installed_at == saved.installed_at and after.secret == SECRET
 
 
 def leftovers_in(paths: Paths) -> tuple[Path, Path]:
