@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from nezha_bootstrap.errors import SettingsError
+from nezha_bootstrap.record import replaced
 from nezha_bootstrap.settings.address import (
     bracketed,
     canonical_url,
@@ -203,8 +204,7 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         """A copy with `changes` (as dataclasses.replace: every field passed to __init__ again)."""
-        fields = {name: value for name, value in self.__dict__.items() if name != "_frozen"}
-        return Config(**{**fields, **changes})
+        return replaced(self, **changes)
 
     @property
     def register_url(self) -> str:

@@ -34,4 +34,14 @@ class Record:
 
     def replace(self: R, **changes: Any) -> R:
         """A copy with `changes`, made by __init__ from every field (as dataclasses.replace)."""
-        return type(self)(**{**vars(self), **changes})
+        return replaced(self, **changes)
+
+
+T = TypeVar("T")
+
+
+def replaced(value: T, **changes: Any) -> T:
+    """A copy of a plain value with `changes`: its __init__ given every field again (as dataclasses.replace),
+    for a class whose __init__ takes exactly its fields, by their names; `_private` attributes are not fields."""
+    fields = {name: field for name, field in vars(value).items() if not name.startswith("_")}
+    return type(value)(**{**fields, **changes})

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final, TextIO
 
+from nezha_bootstrap.record import replaced
 from nezha_bootstrap.redact import redact
 
 
@@ -141,6 +142,4 @@ class RunResult:
 
     def with_plan(self, lines: list[str]) -> RunResult:
         """The same result with another plan (a dry run that wraps another's)."""
-        return RunResult(self.outcome, self.generation, self.dashboard, self.method, reason=self.reason,
-                         name=self.name, uuid=self.uuid, plan=tuple(lines), notes=self.notes, details=self.details,
-                         online=self.online, online_after_s=self.online_after_s)
+        return replaced(self, plan=tuple(lines))
