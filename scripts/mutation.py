@@ -96,6 +96,22 @@ def copy_checkout(workdir: Path) -> None:
             shutil.copy2(source, target)
 
 
+def stale_copies(mutants: Path) -> None:
+    """Remove mutmut's copies of the tests and the settings from an earlier run, keeping its verdicts.
+
+    mutmut copies files into mutants/ once and never again, so an earlier run's tests would be used.
+    The package stays: mutmut copies its unmutated modules every run and remakes a mutated one when the
+    source is newer; the verdicts (`*.meta`) and the stats (which tests reach which function) are kept.
+    """
+    for entry in mutants.iterdir():
+        if entry.name in ("nezha_bootstrap", "mutmut-stats.json"):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def read_score(workdir: Path) -> Score:
     mutmut = [sys.executable, "-m", "mutmut"]
     subprocess.run([*mutmut, "export-cicd-stats"], cwd=workdir, check=True, capture_output=True)
@@ -113,15 +129,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-score", type=float, default=90.0, help="percent caught to pass (default 90)")
     parser.add_argument("--workdir", type=Path, help="where to copy the checkout (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir (to `mutmut show` survivors)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the verdicts of an earlier run in --workdir: mutmut tests again only the mutants "
+                             "of functions changed since, and those never tried")
     args = parser.parse_args(argv)
     if args.list or not args.module:
         for module, tests in known.items():
             print(f"{module}: {' '.join(tests)}")
         return 0 if args.list else 2
     module = resolve(args.module, known)
+    if args.resume and not (args.workdir and (args.workdir / "mutants").is_dir()):
+        parser.error("--resume needs the --workdir of an earlier run")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="nezha-mutation-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(workdir / "mutants", ignore_errors=True)
+    if args.resume:
+        stale_copies(workdir / "mutants")
+    else:
+        shutil.rmtree(workdir / "mutants", ignore_errors=True)
     copy_checkout(workdir)
     (workdir / "pyproject.toml").write_text(narrowed(pyproject_text, module, known[module]))
     print(f"mutating {module} with {' '.join(known[module])} in {workdir}", flush=True)

@@ -407,7 +407,10 @@ def v2_answer(status: int, value: object = None, body: bytes | None = None) -> A
 
 @pytest.mark.parametrize(("given", "message"), [
     (v2_answer(401, {"error": "x"}), "server list: HTTP 401: the dashboard refused the access token (wrong, revoked "
-                                     f"or expired). {WAF}; create a new token and run again"),
+                                     f"or expired; it said: x). {WAF}; create a new token and run again"),
+    (v2_answer(401, body=b"Unauthorized"), "server list: HTTP 401: the dashboard refused the access token (wrong, "
+                                           f"revoked or expired; it said: no reason given). {WAF}; create a new "
+                                           "token and run again"),
     (v2_answer(403, {"error": "ApiErrorForbidden: api token lacks scope  server:read "}),
      "server list: HTTP 403: the access token lacks scope server:read; create a token with server:read "
      "(documentation: Before you start, v2.1 and newer, Least privilege). Not retrying"),
@@ -463,8 +466,19 @@ def test_a_401_for_a_token_lookup_that_failed_is_a_busy_database_retried_and_nev
 @pytest.mark.parametrize("reason", ["invalid api token", "api token expired", "owner of api token not found",
                                     "api token lookup failed ", "API token lookup failed", "api token lookup"])
 def test_every_other_401_of_the_token_middleware_is_a_refusal_never_retried(reason: str) -> None:
-    with pytest.raises(TokenRefused, match="HTTP 401: the dashboard refused the access token"):
+    with pytest.raises(TokenRefused, match="HTTP 401: the dashboard refused the access token") as refused:
         classify(v2_answer(401, {"success": False, "error": f"ApiErrorUnauthorized: {reason}"}), "scope check")
+
+    assert f"it said: ApiErrorUnauthorized: {reason})" in str(refused.value)  # which 401 it was, in a storm too
+
+
+def test_a_401_whose_words_hold_the_token_is_shown_without_them() -> None:
+    token = "nzp_" + "Q" * 28
+    redact.register(token)
+    with pytest.raises(TokenRefused) as refused:
+        classify(v2_answer(401, {"error": f"ApiErrorUnauthorized: invalid api token {token}"}), "scope check")
+
+    assert token not in str(refused.value) and "it said: its words held a credential: not shown)" in str(refused.value)
 
 
 def test_a_token_lookup_that_failed_is_asked_again_and_counted_like_a_database_error() -> None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from nezha_bootstrap.system import Staged
     from nezha_bootstrap.v1.naming import NodeNaming
+    from nezha_bootstrap.v1.online import V2Presence
 
 NAMING_NOTE = (
     "the dashboard named this server with two random words; to name it (and set its note, group and "
@@ -240,7 +241,10 @@ class V1Runner:
                 # Before the agent starts: its log is read from where it ends now, its journal from this moment.
                 watched = online.system_sources(self.paths, self.facts.systemd_running, time.time())
                 adopted = self._install(plan)
-                seen = self._await_online(saved, plan, node, row, watched)
+                presence = self._presence(node, row)
+                seen = self._await_online(saved, plan, presence, watched)
+                if presence is not None and presence.row is not None:  # the row as the wait saw it last
+                    row = presence.row
                 self._save(saved, plan.uuid, plan.release.version, online_ok=True)
             else:
                 self._warn_leftovers(agent.vendor_leftovers(self.paths))
@@ -260,19 +264,15 @@ class V1Runner:
             return self._result(outcome, reason, plan.uuid, details, seen=seen,
                                 online=True if seen else (saved.online if saved else None))
 
-    def _await_online(self, saved: State | None, plan: Plan, node: NodeNaming | None, row: dict[str, Any] | None,
+    def _await_online(self, saved: State | None, plan: Plan, presence: V2Presence | None,
                       watched: online.Watched) -> online.Online:
-        """The online wait: with an access token the dashboard's list, always the agent's log and process. A
-        verdict is saved with the install unfinished (the next run installs again) and raised."""
-        from nezha_bootstrap.v1.online import V2Presence
-
+        """The online wait: with an access token the dashboard's list (`presence`), always the agent's log and
+        process. A verdict is saved with the install unfinished (the next run installs again) and raised."""
         config = self.config
         port = agentport.watch(config.probe_address, config.probe_port, config.tls,
                                config.ca_bundle)  # pragma: no mutate - a TLS port is NOTHING, verified or not
-        if node is not None:
-            first: online.Source = V2Presence(node.api, node.finder, row, warn=self.reporter.warn)
-        else:  # no credential reads the dashboard: the agent's own log (debug on) says it
-            first = online.Reported(watched.log)
+        # no credential reads the dashboard: the agent's own log (debug on) says it
+        first: online.Source = presence if presence is not None else online.Reported(watched.log)
         sources = [first, port, *watched.sources]
         target = online.Target(config.probe_address, config.probe_port, config.tls)
         try:
@@ -282,6 +282,14 @@ class V1Runner:
             self.reporter.context.update(online=False, online_after_s=None, uuid=plan.uuid)
             self._save(saved, plan.uuid, plan.release.version, online_ok=False)
             raise
+
+    def _presence(self, node: NodeNaming | None, row: dict[str, Any] | None) -> V2Presence | None:
+        """With an access token, the dashboard's view of this node for the online wait."""
+        if node is None:
+            return None
+        from nezha_bootstrap.v1.online import V2Presence
+
+        return V2Presence(node.api, node.finder, row, warn=self.reporter.warn)
 
     def _node_naming(self, uuid: str) -> NodeNaming | None:
         if not self.token_mode:

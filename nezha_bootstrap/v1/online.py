@@ -26,7 +26,8 @@ class V2Presence:
     `fresh` (the uuid was not listed before the install): the first real time is this agent's. Otherwise
     the first look's value is the baseline, and a different real time is the restarted agent reporting.
     The row is found without reading the whole list of a large fleet (naming.ServerFinder), then looked at
-    by its id.
+    by its id. `row` is the last one seen: the naming that follows starts from it instead of looking again
+    (on v2.3.7 every look costs the dashboard a copy of the whole fleet, whatever it answers).
     """
 
     name = "the dashboard's server list"
@@ -35,6 +36,7 @@ class V2Presence:
                  warn: Callable[[str], None]) -> None:
         self.api, self.finder, self.warn = api, finder, warn
         self.row_id: int | None = int(row["id"]) if row is not None else None
+        self.row: dict[str, Any] | None = None  # the row as the last look saw it
         self.baseline: str | None = GO_ZERO_TIME if row is None else None
         self.usable = True
 
@@ -51,7 +53,7 @@ class V2Presence:
             return NOTHING
         if row is None:
             return NOTHING
-        self.row_id = int(row["id"])
+        self.row_id, self.row = int(row["id"]), row
         last = _stamp(row)
         if self.baseline is None:
             self.baseline = last
