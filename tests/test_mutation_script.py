@@ -70,3 +70,29 @@ def test_the_score_counts_killed_and_timed_out_mutants(mutation: Any, counts: di
 
     assert score.percent == percent
     assert score.line("m.py").endswith(f": {percent:.1f}% caught")
+
+
+def test_a_resumed_run_keeps_the_verdicts_and_drops_the_stale_copies_of_the_tests(mutation: Any,
+                                                                                   tmp_path: Path) -> None:
+    mutants = tmp_path / "mutants"
+    (mutants / "nezha_bootstrap" / "v0").mkdir(parents=True)
+    (mutants / "nezha_bootstrap" / "v0" / "flow.py.meta").write_text("{}")
+    (mutants / "mutmut-stats.json").write_text("{}")
+    (mutants / "tests").mkdir()
+    (mutants / "tests" / "test_run.py").write_text("# an earlier run's copy")
+    (mutants / "pyproject.toml").write_text("")
+
+    mutation.stale_copies(mutants)
+
+    assert sorted(p.relative_to(mutants).as_posix() for p in mutants.rglob("*")) == [
+        "mutmut-stats.json", "nezha_bootstrap", "nezha_bootstrap/v0", "nezha_bootstrap/v0/flow.py.meta"]
+
+
+def test_resume_needs_the_workdir_of_an_earlier_run(mutation: Any, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        mutation.main(["state", "--resume", "--workdir", str(tmp_path)])
+
+    assert refused.value.code == 2
+    assert "--resume needs the --workdir of an earlier run" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing copied
