@@ -96,6 +96,22 @@ def copy_checkout(workdir: Path) -> None:
             shutil.copy2(source, target)
 
 
+def survivors_again(mutants: Path) -> int:
+    """Mark an earlier run's survivors untried, so that a resumed run tests them against today's tests (mutmut
+    keeps every verdict otherwise); how many."""
+    count = 0
+    for meta in mutants.rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        codes = data.get("exit_code_by_key", {})
+        again = [name for name, code in codes.items() if code == 0]
+        for name in again:
+            codes[name] = None
+        if again:
+            meta.write_text(json.dumps(data, indent=4))
+        count += len(again)
+    return count
+
+
 def stale_copies(mutants: Path) -> None:
     """Remove mutmut's copies of the tests and the settings from an earlier run, keeping its verdicts.
 
@@ -130,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where to copy the checkout (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir (to `mutmut show` survivors)")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the verdicts of an earlier run in --workdir: mutmut tests again only the mutants "
-                             "of functions changed since, and those never tried")
+                        help="keep the verdicts of an earlier run in --workdir: mutmut tests again only its "
+                             "survivors, the mutants of functions changed since, and those never tried")
     args = parser.parse_args(argv)
     if args.list or not args.module:
         for module, tests in known.items():
@@ -144,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     if args.resume:
         stale_copies(workdir / "mutants")
+        print(f"resuming: {survivors_again(workdir / 'mutants')} survivors to test again", flush=True)
     else:
         shutil.rmtree(workdir / "mutants", ignore_errors=True)
     copy_checkout(workdir)

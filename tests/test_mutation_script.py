@@ -96,3 +96,18 @@ def test_resume_needs_the_workdir_of_an_earlier_run(mutation: Any, tmp_path: Pat
     assert refused.value.code == 2
     assert "--resume needs the --workdir of an earlier run" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing copied
+
+
+def test_a_resumed_run_tests_the_survivors_again_and_keeps_every_other_verdict(mutation: Any, tmp_path: Path) -> None:
+    import json
+
+    meta = tmp_path / "mutants" / "nezha_bootstrap" / "v0" / "flow.py.meta"
+    meta.parent.mkdir(parents=True)
+    codes = {"m_1": 0, "m_2": 1, "m_3": None, "m_4": 0, "m_5": 33}
+    meta.write_text(json.dumps({"exit_code_by_key": codes, "durations_by_key": {"m_1": 0.5}}))
+
+    assert mutation.survivors_again(tmp_path / "mutants") == 2
+
+    after = json.loads(meta.read_text())
+    assert after["exit_code_by_key"] == {"m_1": None, "m_2": 1, "m_3": None, "m_4": None, "m_5": 33}
+    assert after["durations_by_key"] == {"m_1": 0.5}

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import stat
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -361,6 +362,66 @@ def test_the_install_step_says_what_it_runs(tmp_path: Path) -> None:
     assert flow._install_what(flow.install_plan(config_of(), paths, SECRET)) == "running install.sh install_agent"
     assert flow._install_what(direct) == "nezha-agent service install -s [2001:db8::1]:5555 --tls"
     assert flow._install_what(plain) == "nezha-agent service install -s probe.example.com:5555"
+
+
+class Seen:
+    """An install command that records what it found on disk when it ran."""
+
+    def __init__(self, script: Path) -> None:
+        self.script = script
+        self.found: dict[str, Any] = {}
+
+    def apply(self, reporter: Reporter) -> None:
+        self.found = {"dir": stat.S_IMODE(self.script.parent.stat().st_mode),
+                      "file": stat.S_IMODE(self.script.stat().st_mode), "text": self.script.read_bytes()}
+
+
+SCRIPT = b"#!/bin/sh\nexit 0\n"
+
+
+def test_install_sh_runs_from_a_private_directory_under_the_root_and_is_removed_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = Paths(tmp_path / "root")
+    plan = flow.install_plan(config_of(), paths, SECRET)
+    assert isinstance(plan, InstallPlan) and plan.script_path.is_relative_to(paths.root)
+    seen = Seen(plan.script_path)
+    monkeypatch.setattr(flow, "install_commands", lambda *args, **kwargs: [None, seen])
+
+    runner(config_of(), paths)._perform(plan, SCRIPT)
+
+    assert seen.found == {"dir": 0o700, "file": 0o700, "text": SCRIPT}
+    assert not plan.script_path.parent.exists()
+
+
+def test_install_sh_s_directory_swapped_for_a_link_is_never_made_private_outside_the_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, outside = Paths(tmp_path / "root"), tmp_path / "outside"
+    plan = flow.install_plan(config_of(), paths, SECRET)
+    assert isinstance(plan, InstallPlan)
+    outside.mkdir()
+    outside.chmod(0o755)
+    plan.script_path.parent.parent.mkdir(parents=True)
+    plan.script_path.parent.symlink_to(outside)  # after the paths were resolved under the root
+    monkeypatch.setattr(flow, "install_commands", lambda *args, **kwargs: [])
+
+    runner(config_of(), paths)._perform(plan, SCRIPT)
+
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o755
+    assert stat.S_IMODE((paths.root / outside.relative_to("/")).stat().st_mode) == 0o700  # the link, taken in the root
+
+
+def test_install_sh_that_cannot_be_written_fails_the_install_naming_it(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = Paths(tmp_path / "root")
+    plan = flow.install_plan(config_of(), paths, SECRET)
+    assert isinstance(plan, InstallPlan)
+    (plan.script_path / "in-the-way").mkdir(parents=True)  # a directory where the script goes
+    monkeypatch.setattr(flow, "install_commands", lambda *args, **kwargs: pytest.fail("nothing may run"))
+
+    with pytest.raises(InstallerFailed) as failed:
+        runner(config_of(), paths)._perform(plan, SCRIPT)
+
+    assert str(failed.value).startswith(f"cannot write {plan.script_path}: ")
 
 
 # --- --dry-run: the request and the registration left under way -----------------------------------------
