@@ -111,3 +111,36 @@ def test_a_resumed_run_tests_the_survivors_again_and_keeps_every_other_verdict(m
     after = json.loads(meta.read_text())
     assert after["exit_code_by_key"] == {"m_1": None, "m_2": 1, "m_3": None, "m_4": None, "m_5": 33}
     assert after["durations_by_key"] == {"m_1": 0.5}
+
+
+def test_each_mutant_s_tests_go_to_pytest_fastest_first_and_mutmut_runs_as_asked(
+        mutation: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    durations = {"tests/a.py::slow": 9.0, "tests/a.py::fast": 0.1, "tests/b.py::middle": 1.0}
+    handed: list[tuple[str, list[str], tuple[Any, ...]]] = []
+    ran: list[list[str]] = []
+
+    class Runner:
+        def submit(self, mutant_name: str, tests: list[str], *rest: Any) -> None:
+            handed.append((mutant_name, tests, rest))
+
+    isolation = types.SimpleNamespace(ForkServerRunner=type("ForkServerRunner", (Runner,), {}),
+                                      ForkRunner=type("ForkRunner", (Runner,), {}))
+    fakes = {"mutmut": types.ModuleType("mutmut"),
+             "mutmut.__main__": types.SimpleNamespace(cli=lambda: ran.append(list(sys.argv))),
+             "mutmut.state": types.SimpleNamespace(state=lambda: types.SimpleNamespace(duration_by_test=durations)),
+             "mutmut.workers": types.SimpleNamespace(isolation=isolation), "mutmut.workers.isolation": isolation}
+    for name, module in fakes.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(sys, "argv", ["-c", "run", "--max-children", "2"])
+
+    exec(mutation.FASTEST_FIRST, {})  # the hook, as the run starts it
+    isolation.ForkServerRunner().submit("m_1", ["tests/a.py::slow", "tests/new.py::unmeasured",
+                                                "tests/b.py::middle", "tests/a.py::fast"], 12, 3.5)
+    isolation.ForkRunner().submit("m_2", ["tests/a.py::slow", "tests/a.py::fast"], 7, 1.0)
+
+    assert ran == [["mutmut", "run", "--max-children", "2"]]
+    assert handed == [("m_1", ["tests/new.py::unmeasured", "tests/a.py::fast", "tests/b.py::middle",
+                               "tests/a.py::slow"], (12, 3.5)),
+                      ("m_2", ["tests/a.py::fast", "tests/a.py::slow"], (7, 1.0))]
