@@ -478,10 +478,12 @@ class Runner:
         """Write the script or the binary, uninstall an existing agent, run the install command."""
         from nezha_bootstrap import system
 
-        if isinstance(plan, InstallPlan) and isinstance(payload, bytes):
+        # `or` is as good: install.sh's plan always comes with its text, the direct one with a staged binary (_fetch)
+        if isinstance(plan, InstallPlan) and isinstance(payload, bytes):  # pragma: no mutate - see above
             system.ensure_private_dir(plan.script_path.parent, self.paths.root)
             with local_step(f"write {plan.script_path}"):
-                system.atomic_write(plan.script_path, payload, mode=0o700, durable=False)  # run now, then removed
+                system.atomic_write(plan.script_path, payload, mode=0o700,
+                                    durable=False)  # pragma: no mutate - None is as false: run now, then removed
         with local_step(f"create the directory {plan.cwd}"):
             plan.cwd.mkdir(parents=True, exist_ok=True)
         if isinstance(payload, Staged):
