@@ -382,15 +382,59 @@ SCRIPT = b"#!/bin/sh\nexit 0\n"
 def test_install_sh_runs_from_a_private_directory_under_the_root_and_is_removed_after(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = Paths(tmp_path / "root")
+    facts = FACTS.replace(environ={"PATH": "/usr/bin", "LANG": "C"})
     plan = flow.install_plan(config_of(), paths, SECRET)
     assert isinstance(plan, InstallPlan) and plan.script_path.is_relative_to(paths.root)
-    seen = Seen(plan.script_path)
-    monkeypatch.setattr(flow, "install_commands", lambda *args, **kwargs: [None, seen])
+    seen, asked = Seen(plan.script_path), []
 
-    runner(config_of(), paths)._perform(plan, SCRIPT)
+    def commands(*args: Any, **kwargs: Any) -> list[Any]:
+        asked.append((args, kwargs))
+        return [None, seen]
+
+    monkeypatch.setattr(flow, "install_commands", commands)
+
+    runner(config_of(), paths, facts)._perform(plan, SCRIPT)
 
     assert seen.found == {"dir": 0o700, "file": 0o700, "text": SCRIPT}
     assert not plan.script_path.parent.exists()
+    # the child recorded where a later run finds it, confined to the root, with the node's environment
+    assert asked == [((plan, config_of().deadline), {"track": paths.child_file, "confine": paths.root,
+                                                      "environ": facts.environ})]
+    assert asked[0][1]["environ"] is facts.environ
+
+
+def test_a_working_directory_that_cannot_be_made_fails_the_install_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = Paths(tmp_path / "root")
+    plan = flow.install_plan(config_of(), paths, SECRET)
+    plan.cwd.parent.mkdir(parents=True)
+    plan.cwd.write_text("a file where the directory goes")
+    monkeypatch.setattr(flow, "install_commands", lambda *args, **kwargs: pytest.fail("nothing may run"))
+
+    with pytest.raises(InstallerFailed) as failed:
+        runner(config_of(), paths)._perform(plan, SCRIPT)
+
+    assert str(failed.value).startswith(f"cannot create the directory {plan.cwd}: ")
+
+
+class Unwritable:
+    """A staged agent binary whose rename onto the binary's path fails (a read-only /opt)."""
+
+    def commit(self) -> None:
+        raise OSError(30, "Read-only file system")
+
+
+def test_an_agent_binary_that_cannot_be_put_in_place_fails_the_install_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = Paths(tmp_path / "root")
+    plan = flow.install_plan(config_of(method="direct"), paths, SECRET)
+    monkeypatch.setattr(flow, "Staged", Unwritable)  # the payload's kind, as _perform tells it
+    monkeypatch.setattr(flow, "install_commands", lambda *args, **kwargs: pytest.fail("nothing may run"))
+
+    with pytest.raises(InstallerFailed) as failed:
+        runner(config_of(method="direct"), paths)._perform(plan, Unwritable())  # type: ignore[arg-type]
+
+    assert str(failed.value) == f"cannot write {paths.agent_binary}: Read-only file system"
 
 
 def test_install_sh_s_directory_swapped_for_a_link_is_never_made_private_outside_the_root(

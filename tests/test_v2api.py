@@ -472,6 +472,15 @@ def test_every_other_401_of_the_token_middleware_is_a_refusal_never_retried(reas
     assert f"it said: ApiErrorUnauthorized: {reason})" in str(refused.value)  # which 401 it was, in a storm too
 
 
+def test_a_401_s_words_are_shown_up_to_200_characters() -> None:
+    words = "ApiErrorUnauthorized: " + "x" * 178 + "CUT-HERE"
+
+    with pytest.raises(TokenRefused) as refused:
+        classify(v2_answer(401, {"error": words}), "scope check")
+
+    assert f"it said: {words[:200]}). " in str(refused.value) and "CUT-HERE" not in str(refused.value)
+
+
 def test_a_401_whose_words_hold_the_token_is_shown_without_them() -> None:
     token = "nzp_" + "Q" * 28
     redact.register(token)
