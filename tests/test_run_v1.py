@@ -539,6 +539,20 @@ def test_an_install_never_seen_online_is_saved_unfinished_and_the_next_run_insta
     assert (v1cli.state()["online"], v1cli.state()["registered_at"]) == (True, state["registered_at"])
 
 
+def test_a_reinstall_never_seen_online_keeps_when_its_uuid_enrolled_and_its_server_id(v1cli: V1Cli) -> None:
+    assert v1cli().exit_code == 0
+    state_file = v1cli.root / "var/lib/nezha-bootstrap/state.json"
+    earlier = {**v1cli.state(), "registered_at": "2026-01-02T03:04:05+00:00", "server_id": 7}
+    state_file.write_text(json.dumps(earlier))
+
+    outcome = v1cli(NEZHA_AGENT_SECRET="wrongsecret1234567890")  # a new secret: installed again, then refused
+
+    assert outcome.exit_code == 3, outcome.stderr
+    after = v1cli.state()
+    assert (after["uuid"], after["registered_at"], after["server_id"], after["online"], after["installed_at"]) == (
+        UUID, "2026-01-02T03:04:05+00:00", 7, False, None)
+
+
 def test_after_enrolling_each_change_says_why_it_installs_again_or_why_not(v1cli: V1Cli) -> None:
     assert v1cli().exit_code == 0
 
