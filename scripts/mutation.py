@@ -118,14 +118,17 @@ def copy_checkout(workdir: Path) -> None:
             shutil.copy2(source, target)
 
 
+AGAIN = (0, -9)  # survived; killed by SIGKILL (mutmut's "segfault": most often a run stopped with its mutants under test)
+
+
 def survivors_again(mutants: Path) -> int:
-    """Mark an earlier run's survivors untried, so that a resumed run tests them against today's tests (mutmut
-    keeps every verdict otherwise); how many."""
+    """Mark an earlier run's survivors (and the mutants it left under test when stopped) untried, so that a
+    resumed run tests them against today's tests (mutmut keeps every verdict otherwise); how many."""
     count = 0
     for meta in mutants.rglob("*.py.meta"):
         data = json.loads(meta.read_text())
         codes = data.get("exit_code_by_key", {})
-        again = [name for name, code in codes.items() if code == 0]
+        again = [name for name, code in codes.items() if code in AGAIN]
         for name in again:
             codes[name] = None
         if again:
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the workdir (to `mutmut show` survivors)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the verdicts of an earlier run in --workdir: mutmut tests again only its "
-                             "survivors, the mutants of functions changed since, and those never tried")
+                             "survivors, those a stopped run left under test, the mutants of functions changed "
+                             "since, and those never tried")
     args = parser.parse_args(argv)
     if args.list or not args.module:
         for module, tests in known.items():

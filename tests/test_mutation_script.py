@@ -98,18 +98,19 @@ def test_resume_needs_the_workdir_of_an_earlier_run(mutation: Any, tmp_path: Pat
     assert list(tmp_path.iterdir()) == []  # nothing copied
 
 
-def test_a_resumed_run_tests_the_survivors_again_and_keeps_every_other_verdict(mutation: Any, tmp_path: Path) -> None:
+def test_a_resumed_run_tests_the_survivors_and_the_stopped_ones_again_and_keeps_every_other_verdict(mutation: Any, tmp_path: Path) -> None:
     import json
 
     meta = tmp_path / "mutants" / "nezha_bootstrap" / "v0" / "flow.py.meta"
     meta.parent.mkdir(parents=True)
-    codes = {"m_1": 0, "m_2": 1, "m_3": None, "m_4": 0, "m_5": 33}
+    codes = {"m_1": 0, "m_2": 1, "m_3": None, "m_4": 0, "m_5": 33, "m_6": -9, "m_7": -24}
     meta.write_text(json.dumps({"exit_code_by_key": codes, "durations_by_key": {"m_1": 0.5}}))
 
-    assert mutation.survivors_again(tmp_path / "mutants") == 2
+    assert mutation.survivors_again(tmp_path / "mutants") == 3  # survived twice; SIGKILLed by a stopped run
 
     after = json.loads(meta.read_text())
-    assert after["exit_code_by_key"] == {"m_1": None, "m_2": 1, "m_3": None, "m_4": None, "m_5": 33}
+    assert after["exit_code_by_key"] == {"m_1": None, "m_2": 1, "m_3": None, "m_4": None, "m_5": 33, "m_6": None,
+                                         "m_7": -24}
     assert after["durations_by_key"] == {"m_1": 0.5}
 
 
