@@ -118,7 +118,8 @@ def copy_checkout(workdir: Path) -> None:
             shutil.copy2(source, target)
 
 
-AGAIN = (0, -9)  # survived; killed by SIGKILL (mutmut's "segfault": most often a run stopped with its mutants under test)
+# survived; killed by SIGKILL (mutmut's "segfault": most often a run stopped with its mutants under test)
+AGAIN = (0, -9)
 
 
 def survivors_again(mutants: Path) -> int:

@@ -98,7 +98,8 @@ def test_resume_needs_the_workdir_of_an_earlier_run(mutation: Any, tmp_path: Pat
     assert list(tmp_path.iterdir()) == []  # nothing copied
 
 
-def test_a_resumed_run_tests_the_survivors_and_the_stopped_ones_again_and_keeps_every_other_verdict(mutation: Any, tmp_path: Path) -> None:
+def test_a_resumed_run_tests_the_survivors_and_the_stopped_ones_again_and_keeps_every_other_verdict(
+        mutation: Any, tmp_path: Path) -> None:
     import json
 
     meta = tmp_path / "mutants" / "nezha_bootstrap" / "v0" / "flow.py.meta"
