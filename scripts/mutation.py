@@ -30,28 +30,6 @@ else:  # pragma: no cover - mutmut needs 3.10+ anyway; the tool itself stays 3.9
 
 REPO = Path(__file__).resolve().parent.parent
 
-# `mutmut run`, with each mutant's tests handed to pytest fastest first (by the durations mutmut measured).
-# mutmut passes them in no particular order and pytest stops at the first failure (-x): a mutant the flows'
-# 150 end-to-end tests reach was often caught only after a few slow ones. The order changes no verdict (a
-# survivor still runs every test); without the hook (another mutmut) the run is mutmut's own.
-FASTEST_FIRST = """
-import sys
-from mutmut.__main__ import cli
-try:
-    from mutmut.state import state
-    from mutmut.workers import isolation
-    runners = [isolation.ForkServerRunner, isolation.ForkRunner]
-except (ImportError, AttributeError):
-    runners = []
-for runner in runners:
-    def submit(self, mutant_name, tests, *rest, _submit=runner.submit):
-        durations = state().duration_by_test
-        return _submit(self, mutant_name, sorted(tests, key=lambda t: (durations.get(t, 0.0), t)), *rest)
-    runner.submit = submit
-sys.argv[0] = "mutmut"
-cli()
-"""
-
 
 @dataclass(frozen=True)
 class Score:
@@ -118,18 +96,20 @@ def copy_checkout(workdir: Path) -> None:
             shutil.copy2(source, target)
 
 
-# survived; killed by SIGKILL (mutmut's "segfault": most often a run stopped with its mutants under test)
-AGAIN = (0, -9)
+# The verdicts a resumed run keeps: killed (1; 3, pytest's internal error), timed out (SIGXCPU and mutmut's own
+# codes) and caught by the type check. Every other one is tested again: survived, no tests (a new test may reach
+# it now), suspicious, and SIGKILL (mutmut's "segfault": most often a run stopped with its mutants under test).
+CAUGHT = frozenset({1, 3, 24, -24, 36, 152, 255, 37})
 
 
-def survivors_again(mutants: Path) -> int:
-    """Mark an earlier run's survivors (and the mutants it left under test when stopped) untried, so that a
-    resumed run tests them against today's tests (mutmut keeps every verdict otherwise); how many."""
+def not_caught_again(mutants: Path) -> int:
+    """Mark every verdict of an earlier run but the caught ones untried, so that a resumed run tests those
+    mutants against today's tests (mutmut keeps every verdict otherwise); how many."""
     count = 0
     for meta in mutants.rglob("*.py.meta"):
         data = json.loads(meta.read_text())
         codes = data.get("exit_code_by_key", {})
-        again = [name for name, code in codes.items() if code in AGAIN]
+        again = [name for name, code in codes.items() if code is not None and code not in CAUGHT]
         for name in again:
             codes[name] = None
         if again:
@@ -172,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where to copy the checkout (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir (to `mutmut show` survivors)")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the verdicts of an earlier run in --workdir: mutmut tests again only its "
-                             "survivors, those a stopped run left under test, the mutants of functions changed "
-                             "since, and those never tried")
+                        help="keep the caught verdicts of an earlier run in --workdir: mutmut tests again only "
+                             "the mutants not caught then, those of functions changed since, and those never "
+                             "tried (the kept verdicts are not checked against today's tests: a fresh run is)")
     args = parser.parse_args(argv)
     if args.list or not args.module:
         for module, tests in known.items():
@@ -187,14 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     if args.resume:
         stale_copies(workdir / "mutants")
-        print(f"resuming: {survivors_again(workdir / 'mutants')} survivors to test again", flush=True)
+        print(f"resuming: {not_caught_again(workdir / 'mutants')} mutants not caught before to test again; the "
+              "caught ones keep their verdicts (a fresh run, as the weekly workflow's, confirms them)", flush=True)
     else:
         shutil.rmtree(workdir / "mutants", ignore_errors=True)
     copy_checkout(workdir)
     (workdir / "pyproject.toml").write_text(narrowed(pyproject_text, module, known[module]))
     print(f"mutating {module} with {' '.join(known[module])} in {workdir}", flush=True)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    run = subprocess.run(["nice", "-n", "19", sys.executable, "-c", FASTEST_FIRST, "run",
+    run = subprocess.run(["nice", "-n", "19", sys.executable, "-m", "mutmut", "run",
                           "--max-children", str(args.jobs)], cwd=workdir, env=env)
     if run.returncode != 0:
         print(f"mutmut run failed (exit {run.returncode}); its work is in {workdir}", file=sys.stderr)

@@ -98,51 +98,20 @@ def test_resume_needs_the_workdir_of_an_earlier_run(mutation: Any, tmp_path: Pat
     assert list(tmp_path.iterdir()) == []  # nothing copied
 
 
-def test_a_resumed_run_tests_the_survivors_and_the_stopped_ones_again_and_keeps_every_other_verdict(
+def test_a_resumed_run_tests_every_mutant_not_caught_again_and_keeps_the_caught_verdicts(
         mutation: Any, tmp_path: Path) -> None:
     import json
 
     meta = tmp_path / "mutants" / "nezha_bootstrap" / "v0" / "flow.py.meta"
     meta.parent.mkdir(parents=True)
-    codes = {"m_1": 0, "m_2": 1, "m_3": None, "m_4": 0, "m_5": 33, "m_6": -9, "m_7": -24}
+    codes = {"m_1": 0, "m_2": 1, "m_3": None, "m_4": 0, "m_5": 33, "m_6": -9, "m_7": -24, "m_8": 3, "m_9": 37,
+             "m_10": 35, "m_11": 36}
     meta.write_text(json.dumps({"exit_code_by_key": codes, "durations_by_key": {"m_1": 0.5}}))
 
-    assert mutation.survivors_again(tmp_path / "mutants") == 3  # survived twice; SIGKILLed by a stopped run
+    # survived twice, no tests (a new test may reach it), SIGKILLed by a stopped run, suspicious
+    assert mutation.not_caught_again(tmp_path / "mutants") == 5
 
     after = json.loads(meta.read_text())
-    assert after["exit_code_by_key"] == {"m_1": None, "m_2": 1, "m_3": None, "m_4": None, "m_5": 33, "m_6": None,
-                                         "m_7": -24}
+    assert after["exit_code_by_key"] == {"m_1": None, "m_2": 1, "m_3": None, "m_4": None, "m_5": None, "m_6": None,
+                                         "m_7": -24, "m_8": 3, "m_9": 37, "m_10": None, "m_11": 36}
     assert after["durations_by_key"] == {"m_1": 0.5}
-
-
-def test_each_mutant_s_tests_go_to_pytest_fastest_first_and_mutmut_runs_as_asked(
-        mutation: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import types
-
-    durations = {"tests/a.py::slow": 9.0, "tests/a.py::fast": 0.1, "tests/b.py::middle": 1.0}
-    handed: list[tuple[str, list[str], tuple[Any, ...]]] = []
-    ran: list[list[str]] = []
-
-    class Runner:
-        def submit(self, mutant_name: str, tests: list[str], *rest: Any) -> None:
-            handed.append((mutant_name, tests, rest))
-
-    isolation = types.SimpleNamespace(ForkServerRunner=type("ForkServerRunner", (Runner,), {}),
-                                      ForkRunner=type("ForkRunner", (Runner,), {}))
-    fakes = {"mutmut": types.ModuleType("mutmut"),
-             "mutmut.__main__": types.SimpleNamespace(cli=lambda: ran.append(list(sys.argv))),
-             "mutmut.state": types.SimpleNamespace(state=lambda: types.SimpleNamespace(duration_by_test=durations)),
-             "mutmut.workers": types.SimpleNamespace(isolation=isolation), "mutmut.workers.isolation": isolation}
-    for name, module in fakes.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(sys, "argv", ["-c", "run", "--max-children", "2"])
-
-    exec(mutation.FASTEST_FIRST, {})  # the hook, as the run starts it
-    isolation.ForkServerRunner().submit("m_1", ["tests/a.py::slow", "tests/new.py::unmeasured",
-                                                "tests/b.py::middle", "tests/a.py::fast"], 12, 3.5)
-    isolation.ForkRunner().submit("m_2", ["tests/a.py::slow", "tests/a.py::fast"], 7, 1.0)
-
-    assert ran == [["mutmut", "run", "--max-children", "2"]]
-    assert handed == [("m_1", ["tests/new.py::unmeasured", "tests/a.py::fast", "tests/b.py::middle",
-                               "tests/a.py::slow"], (12, 3.5)),
-                      ("m_2", ["tests/a.py::fast", "tests/a.py::slow"], (7, 1.0))]

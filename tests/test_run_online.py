@@ -267,6 +267,8 @@ def test_v1_without_the_agents_log_the_probe_of_its_port_gives_the_verdict(v1cli
 class Listing:
     """The api's `server_by_id` and the finder's `look_again`, answering from a list of rows or failures."""
 
+    uuid = UUID
+
     def __init__(self, *answers: object) -> None:
         self.answers = list(answers)
         self.by_id: list[int] = []
@@ -308,6 +310,19 @@ def test_a_uuid_not_listed_before_is_online_at_its_first_real_report() -> None:
     assert looks[2].evidence == f"uuid {UUID} (server id 7) reported at 2026-12-07T10:00:00Z"
     assert (listing.searches, listing.by_id) == (2, [7])  # searched until found, then looked at by its id
     assert warned == []
+
+
+def test_the_row_the_wait_saw_last_is_kept_for_the_naming_and_forgotten_when_it_goes() -> None:
+    other = {**row("2026-12-07T10:00:00Z"), "uuid": "f0e1d2c3-0f41-5a6b-9c7d-1e2f3a4b5c6d"}
+    listing = Listing(row(GO_ZERO_TIME), None, row(GO_ZERO_TIME), other, row("2026-12-07T10:00:00Z"))
+    seen = presence(listing, None, [])
+
+    assert seen.look().outcome is None and seen.row == row(GO_ZERO_TIME)
+    assert seen.look() == NOTHING and seen.row is None  # the row went (deleted during the wait)
+    assert seen.look().outcome is None and seen.row == row(GO_ZERO_TIME)
+    assert seen.look() == NOTHING and seen.row is None  # its id now another uuid's: never ours to rename
+    look = seen.look()
+    assert look.outcome is Outcome.ONLINE and seen.row == row("2026-12-07T10:00:00Z")
 
 
 def test_a_uuid_found_once_is_then_looked_at_by_its_id() -> None:

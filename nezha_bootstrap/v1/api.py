@@ -135,7 +135,7 @@ def classify(answer: Answer, what: str, ambiguous: bool = False) -> Any:
     error = value.get("error") if isinstance(value, dict) else None
     if status == 401 and error == TOKEN_LOOKUP_FAILED:  # nothing was done: the handler never ran
         raise DatabaseBusy(f"{what}: the dashboard's database was busy (HTTP 401 {TOKEN_LOOKUP_FAILED!r})")
-    if status == 401:  # its words tell a bad token ("invalid api token") from a busy one ("owner ... not found")
+    if status == 401:  # its words say which refusal it was ("invalid api token", "api token expired", ...)
         said = redact.quote(str(error or "no reason given"), "its words held a credential: not shown")[:200]
         raise TokenRefused(f"{what}: HTTP 401: the dashboard refused the access token (wrong, revoked or "
                            f"expired; it said: {said}). {WAF_NOTE}; create a new token and run again")

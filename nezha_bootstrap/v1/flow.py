@@ -243,8 +243,8 @@ class V1Runner:
                 adopted = self._install(plan)
                 presence = self._presence(node, row)
                 seen = self._await_online(saved, plan, presence, watched)
-                if presence is not None and presence.row is not None:  # the row as the wait saw it last
-                    row = presence.row
+                if presence is not None:  # the row as the wait saw it last, else the check's (or none: looked for)
+                    row = presence.row or row
                 self._save(saved, plan.uuid, plan.release.version, online_ok=True)
             else:
                 self._warn_leftovers(agent.vendor_leftovers(self.paths))

@@ -51,7 +51,8 @@ class V2Presence:
             self.usable = False
             self.warn(f"cannot read the server list to see the node online: {refused}")
             return NOTHING
-        if row is None:
+        if row is None or row.get("uuid") != self.finder.uuid:  # gone, or its id another server's now
+            self.row = None  # the naming looks for our row again, never trusting one it may not find
             return NOTHING
         self.row_id, self.row = int(row["id"]), row
         last = _stamp(row)
