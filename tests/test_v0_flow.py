@@ -468,6 +468,47 @@ def test_install_sh_that_cannot_be_written_fails_the_install_naming_it(tmp_path:
     assert str(failed.value).startswith(f"cannot write {plan.script_path}: ")
 
 
+class Stop(Exception):
+    """Raised by a stand-in to end a run where the test has seen what it needs."""
+
+
+@pytest.mark.parametrize("systemd", [True, False])
+def test_the_agent_is_watched_where_it_reports_from_the_journal_only_where_systemd_runs(
+        systemd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, config = Paths(tmp_path / "root"), config_of()
+    node = runner(config, paths, FACTS.replace(systemd_running=systemd))
+    monkeypatch.setattr(node, "_fetch", lambda plan: SCRIPT)
+    asked: list[tuple[Any, ...]] = []
+
+    def sources(*args: Any) -> Any:
+        asked.append(args)
+        raise Stop
+
+    monkeypatch.setattr(flow.online, "system_sources", sources)
+
+    with pytest.raises(Stop):
+        node._install(saved_of(config), None)
+
+    [(where, journal, since)] = asked
+    assert (where, journal, type(since)) == (paths, systemd, float)
+
+
+def test_downloads_trust_the_ca_bundle_and_are_told_their_urls_once(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import nezha_bootstrap.http
+
+    config = config_of().replace(ca_bundle=tmp_path / "private-ca.pem")
+    made: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(nezha_bootstrap.http, "make_download_client",
+                        lambda *args, **kwargs: made.append((args, kwargs)) or object())
+    node = runner(config, Paths(tmp_path))
+
+    first = node._download_client(("https://dash.example.com/install.sh",))
+
+    assert node._download_client(("https://other.example.com/x",)) is first
+    assert made == [((tmp_path / "private-ca.pem",), {"urls": ("https://dash.example.com/install.sh",)})]
+
+
 # --- --dry-run: the request and the registration left under way -----------------------------------------
 
 def test_the_register_request_as_shown_masks_the_token() -> None:
