@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from nezha_bootstrap.node import ThisNode
 from nezha_bootstrap.paths import Paths
 from nezha_bootstrap.report import Reporter
 from nezha_bootstrap.system import CHILD_MARKER
-from nezha_bootstrap.v1.flow import NAMING_NOTE, Plan, dry_run
+from nezha_bootstrap.v1.flow import NAMING_NOTE, Plan, dry_run, plan_enrollment
 from tests.conftest import MACHINE_ID, Cli, V1Cli
 
 pytestmark = pytest.mark.integration
@@ -811,3 +812,90 @@ def test_a_reinstall_that_fails_marks_the_node_unfinished_so_the_next_run_instal
     assert "plan: install the agent (the agent version changed, or the install did not finish)" in again.stderr
     assert [call.argv[-1] for call in v1cli.agent_calls()] == ["install", "restart", "restart"]
 
+
+
+# --- the install's local steps, in-process: what a failure names, and a leftover already gone ---------------
+
+def v1_runner(v1cli: V1Cli, *, adopt: bool = False, systemd: bool = False) -> Any:
+    from nezha_bootstrap.generation import Generation
+    from nezha_bootstrap.v1 import flow
+
+    settings = Settings(dashboard_url=v1cli.running.url, agent=AgentSettings(
+        secret=v1cli.fake.agent_secret, base_url=f"{v1cli.running.url}/releases", adopt=adopt))
+    facts = Facts(hostname="web-1", primary_ipv4="192.0.2.10", machine_id=MACHINE_ID, systemd_running=systemd,
+                  environ={"PATH": os.environ["PATH"], "NEZHA_STUB_RECORD": str(v1cli.record_dir)})
+    this = ThisNode(v1_config(build(settings, facts).config), facts, Paths(v1cli.root), Reporter(verbosity=-1))
+    return flow.V1Runner(this.config, facts, this.paths, this.reporter, Generation.V2_1)
+
+
+@pytest.mark.parametrize(("blocker", "kind", "error"), [
+    ("opt/nezha", "file", "cannot create the directory {root}/opt/nezha/agent: "),
+    ("opt/nezha/agent/nezha-agent", "dir", "cannot write {root}/opt/nezha/agent/nezha-agent: "),
+])
+def test_an_install_step_that_cannot_write_names_its_path(v1cli: V1Cli, blocker: str, kind: str, error: str) -> None:
+    from nezha_bootstrap.errors import InstallerFailed
+
+    path = v1cli.root / blocker
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("in the way\n") if kind == "file" else (path / "in-the-way").mkdir(parents=True)
+    runner = v1_runner(v1cli)
+
+    with pytest.raises(InstallerFailed) as failed:
+        runner.run()
+
+    assert str(failed.value).startswith(error.format(root=v1cli.root))
+
+
+def test_a_binary_that_cannot_be_staged_names_its_path(v1cli: V1Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import system
+    from nezha_bootstrap.errors import InstallerFailed
+
+    def no_space(path: Path, mode: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(system, "Staged", no_space)
+    runner = v1_runner(v1cli)
+
+    with pytest.raises(InstallerFailed) as failed:
+        runner.run()
+
+    assert str(failed.value) == f"cannot write {v1cli.root}/opt/nezha/agent/nezha-agent: No space left on device"
+
+
+def test_adopting_a_leftover_whose_config_went_with_its_uninstall_is_no_failure(
+        v1cli: V1Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import agent
+
+    config = v1cli.root / "opt/nezha/agent/config-gone.yml"
+    monkeypatch.setattr(agent, "vendor_leftovers", lambda paths: [agent.Leftover(config, "0f41-gone", None)])
+    runner = v1_runner(v1cli, adopt=True)
+
+    assert runner._leftovers() == ["0f41-gone"]
+
+
+def test_a_leftover_config_that_cannot_be_removed_fails_naming_it(v1cli: V1Cli) -> None:
+    from nezha_bootstrap.errors import InstallerFailed
+
+    config = v1cli.root / "opt/nezha/agent/config-ab12cd.yml"
+    (config / "in-the-way").mkdir(parents=True)  # a directory by that name: unlink fails
+    runner = v1_runner(v1cli, adopt=True)
+
+    with pytest.raises(InstallerFailed) as failed:
+        runner._leftovers()
+
+    assert str(failed.value).startswith(f"cannot remove {config}: ")
+
+
+@pytest.mark.parametrize("systemd", [True, False])
+def test_where_systemd_runs_the_install_waits_for_the_unit_to_be_active(
+        v1cli: V1Cli, monkeypatch: pytest.MonkeyPatch, systemd: bool) -> None:
+    from nezha_bootstrap import agent
+
+    asked: list[object] = []
+    monkeypatch.setattr(agent, "wait_active", asked.append)
+    monkeypatch.setattr(agent, "unit_problems", lambda paths, expected: [])
+    runner: Any = v1_runner(v1cli, systemd=systemd)
+
+    runner._install(plan_enrollment(None, runner.config, runner.facts, runner.paths, runner.machine))
+
+    assert asked == ([agent.is_active] if systemd else [])

@@ -493,6 +493,31 @@ def test_the_agent_is_watched_where_it_reports_from_the_journal_only_where_syste
     assert (where, journal, type(since)) == (paths, systemd, float)
 
 
+@pytest.mark.parametrize("systemd", [True, False])
+def test_where_systemd_runs_the_install_waits_for_the_unit_to_be_active(
+        systemd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, config = Paths(tmp_path / "root"), config_of()
+    node = runner(config, paths, FACTS.replace(systemd_running=systemd))
+    monkeypatch.setattr(node, "_fetch", lambda plan: SCRIPT)
+    monkeypatch.setattr(node, "_perform", lambda plan, payload: None)
+    monkeypatch.setattr(agent, "verify_v0_unit", lambda plan, paths, secret: None)
+    asked: list[Any] = []
+
+    def wait_active(is_active: Any) -> None:
+        asked.append(is_active)
+
+    def no_wait(*args: Any) -> None:
+        raise Stop  # past the verification: the online wait is not this test's
+
+    monkeypatch.setattr(agent, "wait_active", wait_active)
+    monkeypatch.setattr(node, "_remove_script_leftovers", no_wait)
+
+    with pytest.raises(Stop):
+        node._install(saved_of(config), None)
+
+    assert asked == ([agent.is_active] if systemd else [])
+
+
 def test_downloads_trust_the_ca_bundle_and_are_told_their_urls_once(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import nezha_bootstrap.http
