@@ -708,7 +708,7 @@ def test_a_v0_agent_that_cannot_uninstall_itself_is_warned_and_the_new_agent_rem
 
     assert outcome.exit_code == 0, outcome.stderr
     assert asked.read_text().splitlines() == ["service", "uninstall"]  # the v0 agent's own words: no -c
-    assert "replacing the v0 agent: nezha-agent service uninstall" in outcome.stderr
+    assert "replacing the v0 agent: nezha-agent service uninstall" in outcome.stderr.splitlines()
     assert going_on("uninstall") in outcome.stderr
     assert [call.argv[-1] for call in v1cli.agent_calls()] == ["uninstall", "install"]  # the new binary's
     assert 'ExecStart=/opt/nezha/agent/nezha-agent "-c" "/opt/nezha/agent/config.yml"' in unit.read_text()
@@ -860,6 +860,43 @@ def test_a_binary_that_cannot_be_staged_names_its_path(v1cli: V1Cli, monkeypatch
         runner.run()
 
     assert str(failed.value) == f"cannot write {v1cli.root}/opt/nezha/agent/nezha-agent: No space left on device"
+
+
+class Stop(Exception):
+    """Raised by a stand-in to end a run where the test has seen what it needs."""
+
+
+def test_the_state_directory_is_made_private_within_the_root_before_the_agent_s_commands_run(
+        v1cli: V1Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from nezha_bootstrap import system
+    from nezha_bootstrap.paths import private_dir_under
+
+    runner = v1_runner(v1cli)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    outside.chmod(0o755)
+    v1cli.root.chmod(0o755)
+    runner.paths.state_dir.parent.mkdir(parents=True, exist_ok=True)
+    runner.paths.state_dir.symlink_to(outside)  # a link in the image: Paths follows it within the root
+    seen: list[tuple[int, int, int]] = []
+
+    def service(argv: list[str], quiet_failure: bool = False) -> None:
+        inside = v1cli.root / outside.relative_to("/")  # where the link points, taken within the root
+        seen.append((stat.S_IMODE(v1cli.root.stat().st_mode), stat.S_IMODE(outside.stat().st_mode),
+                     stat.S_IMODE(inside.stat().st_mode)))
+        raise Stop
+
+    confined: list[tuple[Path, Path]] = []
+    monkeypatch.setattr(runner, "_service", service)
+    monkeypatch.setattr(system, "private_dir_under",
+                        lambda root, path: confined.append((root, path)) or private_dir_under(root, path))
+
+    with pytest.raises(Stop):
+        runner._install(plan_enrollment(None, runner.config, runner.facts, runner.paths, runner.machine))
+
+    assert seen == [(0o755, 0o755, 0o700)]  # the root and the host's directory untouched
+    # made the confined way (a link swapped in between two steps is never followed out of the root)
+    assert (v1cli.root, runner.paths.state_dir) in confined
 
 
 def test_adopting_a_leftover_whose_config_went_with_its_uninstall_is_no_failure(

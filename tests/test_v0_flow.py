@@ -518,6 +518,32 @@ def test_where_systemd_runs_the_install_waits_for_the_unit_to_be_active(
     assert asked == ([agent.is_active] if systemd else [])
 
 
+def test_the_agent_s_port_is_watched_with_the_probe_settings_and_the_ca_bundle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import agentport
+
+    paths = Paths(tmp_path / "root")
+    config = config_of(probe_port=6000, tls=True).replace(ca_bundle=tmp_path / "private-ca.pem")
+    node = runner(config, paths)
+    monkeypatch.setattr(node, "_fetch", lambda plan: SCRIPT)
+    monkeypatch.setattr(node, "_perform", lambda plan, payload: None)
+    monkeypatch.setattr(node, "_remove_script_leftovers", lambda: None)
+    monkeypatch.setattr(node, "_presence", lambda saved, before: None)
+    monkeypatch.setattr(agent, "verify_v0_unit", lambda plan, paths, secret: None)
+    watched: list[tuple[Any, ...]] = []
+
+    def watch(*args: Any) -> None:
+        watched.append(args)
+        raise Stop
+
+    monkeypatch.setattr(agentport, "watch", watch)
+
+    with pytest.raises(Stop):
+        node._install(saved_of(config), None)
+
+    assert watched == [("probe.example.com", 6000, True, tmp_path / "private-ca.pem")]
+
+
 def test_downloads_trust_the_ca_bundle_and_are_told_their_urls_once(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import nezha_bootstrap.http
