@@ -536,3 +536,30 @@ def test_a_run_closes_the_dashboard_client_it_made(v2cli: V1Cli, monkeypatch: py
     assert code == 0, err
     assert len(made) == 1 and made[0].is_closed
 
+
+
+def test_the_token_s_requests_go_through_the_client_the_run_was_given(v2cli: V1Cli) -> None:
+    """run.py's probe client (its connection to the dashboard) is the one the token mode uses, and stays open."""
+    import httpx
+
+    from nezha_bootstrap.config import AgentSettings, Settings, build, v1_config
+    from nezha_bootstrap.facts import Facts
+    from nezha_bootstrap.generation import Generation
+    from nezha_bootstrap.node import ThisNode
+    from nezha_bootstrap.paths import Paths
+    from nezha_bootstrap.report import Reporter
+    from nezha_bootstrap.v1 import flow
+
+    settings = Settings(dashboard_url=v2cli.running.url, token=v2cli.fake.add_token(), name="web-1",
+                        agent=AgentSettings(secret=v2cli.fake.agent_secret,
+                                            base_url=f"{v2cli.running.url}/releases"))
+    facts = Facts(hostname="web-1", primary_ipv4="192.0.2.10", machine_id=MACHINE_ID, systemd_running=False,
+                  environ={"PATH": os.environ["PATH"], "NEZHA_STUB_RECORD": str(v2cli.record_dir)})
+    this = ThisNode(v1_config(build(settings, facts).config), facts, Paths(v2cli.root), Reporter(verbosity=-1))
+    sent: list[str] = []
+
+    with httpx.Client(event_hooks={"request": [lambda request: sent.append(request.url.path)]}) as given:
+        result = flow.run(this, Generation.V2_1, client=given, token_mode=True)
+
+        assert (result.outcome, result.details["name"]) == ("installed", "web-1")
+        assert sent[:2] == ["/api/v1/server", SCOPE_PROBE] and not given.is_closed

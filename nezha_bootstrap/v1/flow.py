@@ -482,8 +482,7 @@ TOKEN_PLAN = (
 )
 
 
-def run(this: ThisNode, generation: Generation, *, client: httpx.Client | None = None,
-        token_mode: bool = False) -> RunResult:
+def run(this: ThisNode, generation: Generation, *, client: httpx.Client | None, token_mode: bool) -> RunResult:
     """A v1/v2 run: install the agent with the agent secret and a stable uuid; in token mode, name the server."""
     return V1Runner(this.config, this.facts, this.paths, this.reporter, generation, client=client,
                     token_mode=token_mode).run()
