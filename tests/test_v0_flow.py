@@ -544,6 +544,27 @@ def test_the_agent_s_port_is_watched_with_the_probe_settings_and_the_ca_bundle(
     assert watched == [("probe.example.com", 6000, True, tmp_path / "private-ca.pem")]
 
 
+@pytest.mark.parametrize("method", [None, "direct"])
+def test_a_download_s_retries_are_said_on_the_run_s_output(method: str | None, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import nezha_bootstrap.v0.script
+
+    def download(*args: Any) -> bytes:
+        args[-1 if method is None else -2]("download: HTTP 503, trying again in 1 s")  # its `notify`
+        return SCRIPT
+
+    monkeypatch.setattr(nezha_bootstrap.v0.script, "download_script", download)
+    monkeypatch.setattr(agent, "fetch_binary", download)
+    err = io.StringIO()
+    config = config_of(method=method)
+    node = flow.Runner(config, FACTS, Paths(tmp_path), Reporter(verbosity=0, out=io.StringIO(), err=err))
+    monkeypatch.setattr(node, "_download_client", lambda urls: None)
+
+    node._fetch(flow.install_plan(config, Paths(tmp_path), SECRET))
+
+    assert "download: HTTP 503, trying again in 1 s" in err.getvalue().splitlines()
+
+
 def test_downloads_trust_the_ca_bundle_and_are_told_their_urls_once(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import nezha_bootstrap.http
