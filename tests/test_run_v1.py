@@ -936,3 +936,16 @@ def test_where_systemd_runs_the_install_waits_for_the_unit_to_be_active(
     runner._install(plan_enrollment(None, runner.config, runner.facts, runner.paths, runner.machine))
 
     assert asked == ([agent.is_active] if systemd else [])
+
+
+def test_a_run_made_in_process_masks_its_agent_secret_as_the_cli_does(v1cli: V1Cli) -> None:
+    """A caller that builds its Config without the CLI (a library user, the demo) gets the same redaction."""
+    from nezha_bootstrap import redact
+
+    runner = v1_runner(v1cli)
+    secret = v1cli.fake.agent_secret
+    assert not redact.holds_secret(secret)  # the CLI's options never ran here
+
+    assert runner.run().outcome == "installed"
+
+    assert redact.holds_secret(secret) and secret not in redact.redact(f"config.yml: client_secret: {secret}")
