@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from nezha_bootstrap import identity
 from nezha_bootstrap.agent import AGENT_V1, Release
 from nezha_bootstrap.config import AgentSettings, Settings, build, v1_config
 from nezha_bootstrap.facts import Facts
@@ -649,6 +650,8 @@ def test_an_instance_id_seen_after_enrolling_is_recorded_once_then_a_new_one_is_
     [first, second] = v1cli.fake.servers
     assert first.uuid == UUID and second.uuid == json.loads(clone.stdout)["uuid"] != UUID
     assert v1cli.state()["instance_id"] == "i-0bbb"
+    warning = "warning: " + identity.unsealed_note("i-0aaa", "i-0bbb")
+    assert warning in clone.stderr.splitlines() and "UNSEALED" not in late.stderr + again.stderr
 
 
 def test_where_systemd_runs_the_plan_verifies_the_unit_and_that_it_is_active(tmp_path: Path) -> None:
@@ -888,8 +891,12 @@ def test_the_state_directory_is_made_private_within_the_root_before_the_agent_s_
 
     confined: list[tuple[Path, Path]] = []
     monkeypatch.setattr(runner, "_service", service)
-    monkeypatch.setattr(system, "private_dir_under",
-                        lambda root, path: confined.append((root, path)) or private_dir_under(root, path))
+
+    def confine(root: Path, path: Path) -> None:
+        confined.append((root, path))
+        private_dir_under(root, path)
+
+    monkeypatch.setattr(system, "private_dir_under", confine)
 
     with pytest.raises(Stop):
         runner._install(plan_enrollment(None, runner.config, runner.facts, runner.paths, runner.machine))

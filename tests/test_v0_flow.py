@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nezha_bootstrap import agent, identity, redact
+from nezha_bootstrap import agent, identity, online, redact
 from nezha_bootstrap import state as state_mod
 from nezha_bootstrap.config import AgentSettings, Config, Settings, build
 from nezha_bootstrap.effects import Command
@@ -484,7 +484,7 @@ def test_the_agent_is_watched_where_it_reports_from_the_journal_only_where_syste
         asked.append(args)
         raise Stop
 
-    monkeypatch.setattr(flow.online, "system_sources", sources)
+    monkeypatch.setattr(online, "system_sources", sources)
 
     with pytest.raises(Stop):
         node._install(saved_of(config), None)
@@ -558,11 +558,28 @@ def test_a_download_s_retries_are_said_on_the_run_s_output(method: str | None, t
     err = io.StringIO()
     config = config_of(method=method)
     node = flow.Runner(config, FACTS, Paths(tmp_path), Reporter(verbosity=0, out=io.StringIO(), err=err))
-    monkeypatch.setattr(node, "_download_client", lambda urls: None)
+    asked: list[tuple[str, ...]] = []
+    monkeypatch.setattr(node, "_download_client", asked.append)
+    plan = flow.install_plan(config, Paths(tmp_path), SECRET)
 
-    node._fetch(flow.install_plan(config, Paths(tmp_path), SECRET))
+    node._fetch(plan)
 
     assert "download: HTTP 503, trying again in 1 s" in err.getvalue().splitlines()
+    # the client is told what it will fetch: all http, no trust store to load (http.download_context)
+    assert asked == ([(plan.script_url,)] if isinstance(plan, InstallPlan) else
+                     [(plan.release.checksums_url, plan.release.asset_url)])
+
+
+def test_a_direct_install_s_directory_that_cannot_be_made_fails_naming_it(tmp_path: Path) -> None:
+    paths, config = Paths(tmp_path), config_of(method="direct")
+    plan = flow.install_plan(config, paths, SECRET)
+    plan.cwd.parent.mkdir(parents=True)
+    plan.cwd.write_text("a file where the directory goes")
+
+    with pytest.raises(InstallerFailed) as failed:
+        runner(config, paths)._fetch(plan)
+
+    assert str(failed.value).startswith(f"cannot create the directory {plan.cwd}: ")
 
 
 def test_downloads_trust_the_ca_bundle_and_are_told_their_urls_once(tmp_path: Path,
@@ -571,8 +588,12 @@ def test_downloads_trust_the_ca_bundle_and_are_told_their_urls_once(tmp_path: Pa
 
     config = config_of().replace(ca_bundle=tmp_path / "private-ca.pem")
     made: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(nezha_bootstrap.http, "make_download_client",
-                        lambda *args, **kwargs: made.append((args, kwargs)) or object())
+
+    def make_download_client(*args: Any, **kwargs: Any) -> object:
+        made.append((args, kwargs))
+        return object()
+
+    monkeypatch.setattr(nezha_bootstrap.http, "make_download_client", make_download_client)
     node = runner(config, Paths(tmp_path))
 
     first = node._download_client(("https://dash.example.com/install.sh",))
