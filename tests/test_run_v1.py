@@ -819,12 +819,12 @@ def test_a_reinstall_that_fails_marks_the_node_unfinished_so_the_next_run_instal
 
 # --- the install's local steps, in-process: what a failure names, and a leftover already gone ---------------
 
-def v1_runner(v1cli: V1Cli, *, adopt: bool = False, systemd: bool = False) -> Any:
+def v1_runner(v1cli: V1Cli, *, adopt: bool = False, systemd: bool = False, bundle: Any = None) -> Any:
     from nezha_bootstrap.generation import Generation
     from nezha_bootstrap.v1 import flow
 
     settings = Settings(dashboard_url=v1cli.running.url, agent=AgentSettings(
-        secret=v1cli.fake.agent_secret, base_url=f"{v1cli.running.url}/releases", adopt=adopt))
+        secret=v1cli.fake.agent_secret, base_url=f"{v1cli.running.url}/releases", adopt=adopt, bundle=bundle))
     facts = Facts(hostname="web-1", primary_ipv4="192.0.2.10", machine_id=MACHINE_ID, systemd_running=systemd,
                   environ={"PATH": os.environ["PATH"], "NEZHA_STUB_RECORD": str(v1cli.record_dir)})
     this = ThisNode(v1_config(build(settings, facts).config), facts, Paths(v1cli.root), Reporter(verbosity=-1))
@@ -956,3 +956,37 @@ def test_a_run_made_in_process_masks_its_agent_secret_as_the_cli_does(v1cli: V1C
     assert runner.run().outcome == "installed"
 
     assert redact.holds_secret(secret) and secret not in redact.redact(f"config.yml: client_secret: {secret}")
+
+
+def test_a_bundled_agent_is_checked_before_anything_changes_and_only_when_installing(
+        v1cli: V1Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import agent
+
+    bundle = object()  # the bundle this tool runs from (bundle.carried()); test_bundle checks real ones
+    checked: list[Any] = []
+
+    def check_bundled(release: Any) -> None:
+        checked.append(release)
+        raise Stop
+
+    monkeypatch.setattr(agent, "check_bundled", check_bundled)
+
+    with pytest.raises(Stop):
+        v1_runner(v1cli, bundle=bundle).run()
+
+    [release] = checked
+    assert (release.bundled, release.version) == (bundle, AGENT_V1)
+    assert not (v1cli.root / "opt/nezha/agent").exists() and v1cli.fake.servers == []  # before anything changes
+    assert v1cli().exit_code == 0  # enrolled (without a bundle)
+    assert v1_runner(v1cli, bundle=bundle).run().outcome == "nothing_to_do"  # nothing to install: nothing checked
+    assert len(checked) == 1
+
+
+def test_each_run_says_its_plan_and_where_its_uuid_came_from(v1cli: V1Cli) -> None:
+    first, again = v1cli("-v"), v1cli("-v")
+
+    assert first.exit_code == again.exit_code == 0, first.stderr + again.stderr
+    assert ["plan: install the agent (not enrolled from this machine yet)", f"  uuid {UUID} (from machine-id)"] == [
+        line for line in first.stderr.splitlines() if line.startswith(("plan: ", "  uuid "))]
+    assert ["plan: nothing to do (enrolled and installed)", f"  uuid {UUID} (from state)"] == [
+        line for line in again.stderr.splitlines() if line.startswith(("plan: ", "  uuid "))]

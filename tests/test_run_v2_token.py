@@ -142,6 +142,20 @@ def test_a_rerun_in_a_large_fleet_finds_its_server_with_one_look_by_the_saved_id
     assert len(v2cli.agent_calls()) == 1  # found: the agent was not restarted
 
 
+def test_a_reinstall_finds_its_server_with_one_look_by_the_saved_id(v2cli: V1Cli) -> None:
+    listed(v2cli.fake, 300)
+    token = v2cli.fake.add_token()
+    assert run(v2cli, token=token)[0] == 0
+    seen = len(v2cli.fake.journal)
+
+    code, out, err = run(v2cli, "--force", "--json", token=token)
+
+    assert code == 0, err
+    assert (json.loads(out)["outcome"], json.loads(out)["server_id"]) == ("installed", 301)
+    lists = [f"{j.method} {j.path}?{j.query}" for j in v2cli.fake.journal[seen:] if j.path == "/api/v1/server"]
+    assert lists[0] == "GET /api/v1/server?id=301" and whole_lists(v2cli.fake) == 0
+
+
 def test_a_rerun_from_a_state_without_the_id_reads_the_whole_list_once_then_saves_the_id(v2cli: V1Cli) -> None:
     listed(v2cli.fake, 300)
     token = v2cli.fake.add_token()

@@ -570,6 +570,21 @@ def test_a_download_s_retries_are_said_on_the_run_s_output(method: str | None, t
                      [(plan.release.checksums_url, plan.release.asset_url)])
 
 
+def test_a_direct_install_s_binary_that_cannot_be_staged_fails_naming_it(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, config = Paths(tmp_path), config_of(method="direct")
+
+    def no_space(path: Path, mode: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(flow, "Staged", no_space)
+
+    with pytest.raises(InstallerFailed) as failed:
+        runner(config, paths)._fetch(flow.install_plan(config, paths, SECRET))
+
+    assert str(failed.value) == f"cannot write {paths.agent_binary}: No space left on device"
+
+
 def test_a_direct_install_s_directory_that_cannot_be_made_fails_naming_it(tmp_path: Path) -> None:
     paths, config = Paths(tmp_path), config_of(method="direct")
     plan = flow.install_plan(config, paths, SECRET)
