@@ -564,7 +564,10 @@ def test_a_download_s_retries_are_said_on_the_run_s_output(method: str | None, t
 
     node._fetch(plan)
 
-    assert "download: HTTP 503, trying again in 1 s" in err.getvalue().splitlines()
+    lines = err.getvalue().splitlines()
+    assert "download: HTTP 503, trying again in 1 s" in lines
+    step = f"downloading {plan.script_url}" if isinstance(plan, InstallPlan) else agent.obtaining(plan.release)
+    assert f"{step} ..." in lines
     # the client is told what it will fetch: all http, no trust store to load (http.download_context)
     assert asked == ([(plan.script_url,)] if isinstance(plan, InstallPlan) else
                      [(plan.release.checksums_url, plan.release.asset_url)])
