@@ -990,3 +990,28 @@ def test_each_run_says_its_plan_and_where_its_uuid_came_from(v1cli: V1Cli) -> No
         line for line in first.stderr.splitlines() if line.startswith(("plan: ", "  uuid "))]
     assert ["plan: nothing to do (enrolled and installed)", f"  uuid {UUID} (from state)"] == [
         line for line in again.stderr.splitlines() if line.startswith(("plan: ", "  uuid "))]
+
+
+@pytest.mark.parametrize("systemd", [True, False])
+def test_the_agent_is_watched_from_before_it_starts_the_journal_only_where_systemd_runs(
+        v1cli: V1Cli, monkeypatch: pytest.MonkeyPatch, systemd: bool) -> None:
+    import time
+
+    from nezha_bootstrap import online
+
+    asked: list[tuple[Any, ...]] = []
+
+    def sources(*args: Any) -> None:
+        asked.append(args)
+        raise Stop
+
+    monkeypatch.setattr(online, "system_sources", sources)
+    runner = v1_runner(v1cli, systemd=systemd)
+    before = time.time()
+
+    with pytest.raises(Stop):
+        runner.run()
+
+    [(paths, journal, since)] = asked
+    assert (paths, journal) == (runner.paths, systemd) and before <= since <= time.time()
+    assert not (v1cli.root / "opt/nezha/agent").exists()  # before the install

@@ -588,6 +588,52 @@ def test_a_direct_install_s_binary_that_cannot_be_staged_fails_naming_it(tmp_pat
     assert str(failed.value) == f"cannot write {paths.agent_binary}: No space left on device"
 
 
+def test_a_direct_install_s_binary_that_cannot_be_written_while_downloading_fails_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, config = Paths(tmp_path), config_of(method="direct")
+
+    def full(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(agent, "fetch_binary", full)
+    node = runner(config, paths)
+    monkeypatch.setattr(node, "_download_client", lambda urls: None)
+
+    with pytest.raises(InstallerFailed) as failed:
+        node._fetch(flow.install_plan(config, paths, SECRET))
+
+    assert str(failed.value) == f"cannot write {paths.agent_binary}: No space left on device"
+    assert list(paths.agent_binary.parent.iterdir()) == []  # the partial download discarded
+
+
+@pytest.mark.parametrize(("method", "secret_given", "saved_given", "recorded"), [
+    (None, None, False, False), ("direct", "s3cretAgentSecretValue", False, True), (None, None, True, True)])
+def test_a_finished_install_records_what_it_installed(method: str | None, secret_given: str | None,
+                                                      saved_given: bool, recorded: bool, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import agentport
+
+    paths = Paths(tmp_path / "root")
+    config = build(Settings(dashboard_url=URL, token=TOKEN, name="web-1", probe_address="probe.example.com",
+                            agent=AgentSettings(method=method, secret=secret_given)), FACTS).config
+    node = runner(config, paths)
+    monkeypatch.setattr(node, "_fetch", lambda plan: SCRIPT)
+    monkeypatch.setattr(node, "_perform", lambda plan, payload: None)
+    monkeypatch.setattr(node, "_remove_script_leftovers", lambda: None)
+    monkeypatch.setattr(node, "_presence", lambda saved, before: types.SimpleNamespace(server_id=12))
+    monkeypatch.setattr(node, "_await_online", lambda saved, sources, presence: None)
+    monkeypatch.setattr(agent, "verify_v0_unit", lambda plan, paths, secret: None)
+    monkeypatch.setattr(agentport, "watch", lambda *args: None)
+
+    node._install(saved_of(config, agent_secret_given=saved_given), None)
+
+    saved = state_mod.load(paths)
+    assert saved is not None
+    assert (saved.method, saved.agent_version, saved.agent_secret_given, saved.server_id, saved.online) == (
+        flow.method_of(config), flow.agent_version_of(config), recorded, 12, True)
+    assert (saved.agent_version is None) is (method is None)
+
+
 def test_a_direct_install_s_directory_that_cannot_be_made_fails_naming_it(tmp_path: Path) -> None:
     paths, config = Paths(tmp_path), config_of(method="direct")
     plan = flow.install_plan(config, paths, SECRET)

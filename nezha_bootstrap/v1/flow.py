@@ -234,13 +234,15 @@ class V1Runner:
             row = node.check(may_exist, saved_id) if node else None
             if node and install:
                 node.preflight()  # its write scope and the group, before any download or enrollment
-            adopted: list[str] = []
-            seen: online.Online | None = None
+            details: dict[str, Any] = {}
+            seen: online.Online | None = None  # pragma: no mutate - "" is as false: its readers ask `if seen`
             if install:
                 self._before_changes(saved)
                 # Before the agent starts: its log is read from where it ends now, its journal from this moment.
                 watched = online.system_sources(self.paths, self.facts.systemd_running, time.time())
                 adopted = self._install(plan)
+                if adopted:
+                    details["adopted_uuids"] = adopted
                 presence = self._presence(node, row)
                 seen = self._await_online(saved, plan, presence, watched)
                 if presence is not None:  # the row as the wait saw it last, else the check's (or none: looked for)
@@ -255,7 +257,6 @@ class V1Runner:
                     state_mod.save(self.paths, dataclasses.replace(saved, dashboard_url=self.config.dashboard_url,
                                                                    generation=self.generation.value))
             outcome = "installed" if install else "nothing_to_do"
-            details: dict[str, Any] = {"adopted_uuids": adopted} if adopted else {}
             if node:
                 details.update(self._name(node, row, restart=not install))
                 self._remember_server_id(details["server_id"])
