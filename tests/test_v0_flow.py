@@ -606,17 +606,19 @@ def test_a_direct_install_s_binary_that_cannot_be_written_while_downloading_fail
     assert list(paths.agent_binary.parent.iterdir()) == []  # the partial download discarded
 
 
-@pytest.mark.parametrize(("method", "secret_given", "saved_given", "recorded"), [
-    (None, None, False, False), ("direct", "s3cretAgentSecretValue", False, True), (None, None, True, True)])
+@pytest.mark.parametrize(("method", "secret_given", "saved_given", "recorded", "seen_iid", "instance_id"), [
+    (None, None, False, False, None, "i-0saved"), ("direct", "s3cretAgentSecretValue", False, True, "i-0new", "i-0new"),
+    (None, None, True, True, "i-0new", "i-0new")])
 def test_a_finished_install_records_what_it_installed(method: str | None, secret_given: str | None,
-                                                      saved_given: bool, recorded: bool, tmp_path: Path,
+                                                      saved_given: bool, recorded: bool, seen_iid: str | None,
+                                                      instance_id: str, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from nezha_bootstrap import agentport
 
     paths = Paths(tmp_path / "root")
     config = build(Settings(dashboard_url=URL, token=TOKEN, name="web-1", probe_address="probe.example.com",
                             agent=AgentSettings(method=method, secret=secret_given)), FACTS).config
-    node = runner(config, paths)
+    node = runner(config, paths, FACTS.replace(instance_id=seen_iid))
     monkeypatch.setattr(node, "_fetch", lambda plan: SCRIPT)
     monkeypatch.setattr(node, "_perform", lambda plan, payload: None)
     monkeypatch.setattr(node, "_remove_script_leftovers", lambda: None)
@@ -625,13 +627,58 @@ def test_a_finished_install_records_what_it_installed(method: str | None, secret
     monkeypatch.setattr(agent, "verify_v0_unit", lambda plan, paths, secret: None)
     monkeypatch.setattr(agentport, "watch", lambda *args: None)
 
-    node._install(saved_of(config, agent_secret_given=saved_given), None)
+    node._install(saved_of(config, agent_secret_given=saved_given, agent_version="0.0.1", method="other",
+                           instance_id="i-0saved"), None)
 
     saved = state_mod.load(paths)
     assert saved is not None
     assert (saved.method, saved.agent_version, saved.agent_secret_given, saved.server_id, saved.online) == (
         flow.method_of(config), flow.agent_version_of(config), recorded, 12, True)
     assert (saved.agent_version is None) is (method is None)
+    assert saved.instance_id == instance_id  # the one seen now, else the one recorded before
+
+
+@pytest.mark.parametrize(("secret", "given"), [(None, False), ("s3cretAgentSecretValue", True)])
+def test_a_registration_is_saved_at_once_with_what_this_node_was_given(
+        secret: str | None, given: bool, tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    config = build(Settings(dashboard_url=URL, token=TOKEN, name="web-1", probe_address="probe.example.com",
+                            agent=AgentSettings(secret=secret)), FACTS).config
+
+    saved = runner(config, paths, FACTS.replace(instance_id="i-0abc"))._save_registration("n0deSecretJustRegistered")
+
+    assert state_mod.load(paths) == saved
+    assert (saved.secret, saved.name, saved.instance_id, saved.agent_secret_given, saved.installed_at) == (
+        "n0deSecretJustRegistered", "web-1", "i-0abc", given, None)
+
+
+class Ids:
+    """A v0 dashboard's id search after a registration: records the time each look was given."""
+
+    def __init__(self, made: set[int] | None, listed: set[int]) -> None:
+        self.made, self.listed, self.budgets = made, listed, []  # type: ignore[var-annotated]
+
+    def new_ids_named(self, name: str, tag: str, top: int, before: set[int], seconds: float) -> set[int] | None:
+        self.budgets.append(seconds)
+        return None if self.made is None else set(self.made)
+
+    def ids_named(self, name: str, tag: str, seconds: float) -> set[int]:
+        self.budgets.append(seconds)
+        return set(self.listed)
+
+
+@pytest.mark.parametrize(("deadline", "budget"), [(300.0, 10.0), (4.0, 4.0)])
+def test_the_new_server_s_id_is_looked_for_within_ten_seconds_or_the_deadline(
+        deadline: float, budget: float, tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    config = config_of().replace(deadline=deadline)
+    ids = Ids(None, {3, 9})  # the search by id did not end: the tag's list, once, in what is left
+
+    saved = runner(config, paths)._record_id(saved_of(config), ids, {3}, 8, "AutoRegister")  # type: ignore[arg-type]
+
+    assert saved.server_id == 9 and state_mod.load(paths) == saved
+    first, second = ids.budgets
+    assert budget - 0.5 < first <= budget and 0 < second <= first
 
 
 def test_a_direct_install_s_directory_that_cannot_be_made_fails_naming_it(tmp_path: Path) -> None:
