@@ -667,6 +667,19 @@ class Ids:
         return set(self.listed)
 
 
+def test_a_search_by_id_that_used_up_the_time_leaves_the_list_a_moment(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(flow, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    ids = Ids(None, {9})
+    ids.new_ids_named = lambda *args: now.__setitem__(0, now[0] + 12.0)  # type: ignore[method-assign]
+
+    saved = runner(config_of(), Paths(tmp_path))._record_id(saved_of(config_of()), ids, set(), 8,  # type: ignore[arg-type]
+                                                           "AutoRegister")
+
+    assert saved.server_id == 9 and ids.budgets == [0.001]
+
+
 @pytest.mark.parametrize(("deadline", "budget"), [(300.0, 10.0), (4.0, 4.0)])
 def test_the_new_server_s_id_is_looked_for_within_ten_seconds_or_the_deadline(
         deadline: float, budget: float, tmp_path: Path) -> None:
