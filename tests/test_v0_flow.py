@@ -652,6 +652,21 @@ def test_a_registration_is_saved_at_once_with_what_this_node_was_given(
         "n0deSecretJustRegistered", "web-1", "i-0abc", given, None)
 
 
+@pytest.mark.parametrize("method", ["direct", None])  # a bundle's default is direct; script is refused with one
+def test_a_bundled_v0_agent_is_checked_before_the_dashboard_is_asked(method: str | None, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = object()  # the bundle this tool runs from (bundle.carried()); test_bundle checks real ones
+    config = build(Settings(dashboard_url=URL, token=TOKEN, name="web-1", probe_address="probe.example.com",
+                            agent=AgentSettings(method=method, bundle=bundle)), FACTS).config  # type: ignore[arg-type]
+    checked: list[Any] = []
+    monkeypatch.setattr(agent, "check_bundled", checked.append)
+
+    runner(config, Paths(tmp_path))._check_bundled()
+
+    [release] = checked
+    assert (release.bundled, release.version) == (bundle, agent.AGENT_V0)
+
+
 class Ids:
     """A v0 dashboard's id search after a registration: records the time each look was given."""
 
