@@ -822,6 +822,32 @@ def kept_aside(paths: Paths, name: str, stamp: int) -> Path:
     return path
 
 
+class Looked(Exception):
+    """The run looked for the server of a damaged record."""
+
+
+@pytest.mark.parametrize(("registered_at", "looks"), [
+    ("2026-01-01T00:00:00+00:00", True), ("2027-06-01T00:00:00+00:00", False), (None, True)])
+def test_a_registration_looks_for_a_damaged_record_only_if_kept_aside_since_the_last_one(
+        registered_at: str | None, looks: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    kept_aside(paths, "state.json", 1_800_000_000)  # 2027-01-15
+    saved = None if registered_at is None else saved_of(config, registered_at=registered_at)
+    node = runner(config, paths)
+
+    def looked(damaged: list[Path], dashboard: Any, tag: str) -> None:
+        raise Looked
+
+    def registering(paths: Paths) -> None:  # the room check just before the register request
+        raise Stop
+
+    monkeypatch.setattr(node, "_look_for_damaged", looked)
+    monkeypatch.setattr(state_mod, "check_room", registering)
+
+    with pytest.raises(Looked if looks else Stop):
+        node._register(None, saved)
+
+
 def test_the_latest_damaged_record_since_the_registration_is_planned(tmp_path: Path) -> None:
     paths = Paths(tmp_path)
     older = kept_aside(paths, "state.json", 1_700_000_000)
