@@ -634,8 +634,11 @@ def test_an_instance_id_seen_after_enrolling_is_recorded_once_then_a_new_one_is_
     iid.parent.mkdir(parents=True)
     iid.write_text("i-0aaa\n")
 
+    state_file = v1cli.root / "var/lib/nezha-bootstrap/state.json"
     late = v1cli("--json")
+    written = state_file.stat().st_ino  # each save is a new file renamed over the old
     again = v1cli()
+    assert state_file.stat().st_ino == written  # recorded once: not written again
     iid.write_text("i-0bbb\n")  # an image captured without `seal`, booted as another instance
     clone = v1cli("--json")
 
