@@ -826,16 +826,18 @@ class Looked(Exception):
     """The run looked for the server of a damaged record."""
 
 
-@pytest.mark.parametrize(("registered_at", "looks"), [
-    ("2026-01-01T00:00:00+00:00", True), ("2027-06-01T00:00:00+00:00", False), (None, True)])
+@pytest.mark.parametrize(("registered_at", "looks", "tag"), [
+    ("2026-01-01T00:00:00+00:00", True, None), ("2027-06-01T00:00:00+00:00", False, None), (None, True, "web")])
 def test_a_registration_looks_for_a_damaged_record_only_if_kept_aside_since_the_last_one(
-        registered_at: str | None, looks: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    paths, config = Paths(tmp_path), config_of()
-    kept_aside(paths, "state.json", 1_800_000_000)  # 2027-01-15
+        registered_at: str | None, looks: bool, tag: str | None, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, config = Paths(tmp_path), config_of(tag=tag)
+    damaged = kept_aside(paths, "state.json", 1_800_000_000)  # 2027-01-15
     saved = None if registered_at is None else saved_of(config, registered_at=registered_at)
     node = runner(config, paths)
 
-    def looked(damaged: list[Path], dashboard: Any, tag: str) -> None:
+    def looked(found: list[Path], dashboard: Any, looked_under: str) -> None:
+        assert (found, looked_under) == ([damaged], tag or "AutoRegister")  # under the node's own tag
         raise Looked
 
     def registering(paths: Paths) -> None:  # the room check just before the register request
