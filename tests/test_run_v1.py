@@ -572,9 +572,12 @@ def test_after_enrolling_each_change_says_why_it_installs_again_or_why_not(v1cli
     assert plan(NEZHA_DASHBOARD_URL=other, NEZHA_PROBE_ADDRESS="127.0.0.1") == (
         "nothing", f"enrolled through {url}, and the agent's config is the same: its uuid is this server on any URL "
                    "of the dashboard (the new URL is recorded)")
-    outcome = v1cli(NEZHA_DASHBOARD_URL=other, NEZHA_PROBE_ADDRESS="127.0.0.1")
+    state_file = v1cli.root / "var/lib/nezha-bootstrap/state.json"
+    state_file.write_text(json.dumps({**v1cli.state(), "generation": "v1"}))  # cached before an upgrade to v2.1+
+    outcome = v1cli("--json", NEZHA_DASHBOARD_URL=other, NEZHA_PROBE_ADDRESS="127.0.0.1")
     assert outcome.exit_code == 0, outcome.stderr
-    assert (v1cli.state()["dashboard_url"], v1cli.state()["generation"]) == (other, "v2.1+")
+    assert json.loads(outcome.stdout)["outcome"] == "nothing_to_do"
+    assert (v1cli.state()["dashboard_url"], v1cli.state()["generation"]) == (other, "v2.1+")  # both recorded
     (v1cli.root / "etc/machine-id").write_text(OTHER_MACHINE_ID + "\n")
     assert plan() == ("install", "the machine-id changed: this clone enrolls under its own uuid")
 
