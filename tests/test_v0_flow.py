@@ -850,6 +850,26 @@ def test_a_registration_looks_for_a_damaged_record_only_if_kept_aside_since_the_
         node._register(None, saved)
 
 
+def test_the_register_request_is_retried_as_register_within_the_deadline(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    config = config_of().replace(deadline=42.0)
+    node = runner(config, Paths(tmp_path))
+    asked: list[dict[str, Any]] = []
+
+    def with_retries(attempt: Any, **how: Any) -> None:
+        asked.append(how)
+        raise Stop
+
+    monkeypatch.setattr(flow, "with_retries", with_retries)
+
+    with pytest.raises(Stop):
+        node._register(None, None)
+
+    [how] = asked
+    assert (how["deadline"], how["what"], how["give_up"]) == (42.0, "register", DashboardUnreachable)
+    assert how["notify"] == node.reporter.info  # each retry said on the run's output
+
+
 def test_the_latest_damaged_record_since_the_registration_is_planned(tmp_path: Path) -> None:
     paths = Paths(tmp_path)
     older = kept_aside(paths, "state.json", 1_700_000_000)
