@@ -870,6 +870,41 @@ def test_the_register_request_is_retried_as_register_within_the_deadline(tmp_pat
     assert how["notify"] == node.reporter.info  # each retry said on the run's output
 
 
+class Registered:
+    """A registration beside a server of the same name (id 3): the secret kept, the ids before it known."""
+
+    def __init__(self, dashboard: Any, body: dict[str, str], tag: str, keep: Any, guard: Any, pending: Any) -> None:
+        self.keep = keep
+        self.before: set[int] | None = None
+        self.top = 0
+
+    def attempt(self, seconds_left: float) -> str:
+        self.before, self.top = {3}, 7
+        self.keep("n0deSecretJustRegistered")
+        return "n0deSecretJustRegistered"
+
+
+def test_a_registration_beside_a_same_named_server_looks_for_its_id_past_that_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nezha_bootstrap.v0.api
+
+    monkeypatch.setattr(nezha_bootstrap.v0.api, "Registration", Registered)
+    err = io.StringIO()
+    node = flow.Runner(config_of(), FACTS, Paths(tmp_path), Reporter(verbosity=0, out=io.StringIO(), err=err))
+    looked: list[tuple[Any, ...]] = []
+
+    def record_id(saved: State, dashboard: Any, before: set[int], top: int, tag: str) -> State:
+        looked.append((before, top, tag))
+        return saved
+
+    monkeypatch.setattr(node, "_record_id", record_id)
+
+    saved, before = node._register(None, None)
+
+    assert (saved.secret, before, looked) == ("n0deSecretJustRegistered", {3}, [({3}, 7, "AutoRegister")])
+    assert "the dashboard already had a server named 'web-1' under tag 'AutoRegister' (id 3)" in err.getvalue()
+
+
 def test_the_latest_damaged_record_since_the_registration_is_planned(tmp_path: Path) -> None:
     paths = Paths(tmp_path)
     older = kept_aside(paths, "state.json", 1_700_000_000)
