@@ -1021,3 +1021,17 @@ def test_the_agent_is_watched_from_before_it_starts_the_journal_only_where_syste
     [(paths, journal, since)] = asked
     assert (paths, journal) == (runner.paths, systemd) and before <= since <= time.time()
     assert not (v1cli.root / "opt/nezha/agent").exists()  # before the install
+
+
+@pytest.mark.parametrize("online", [True, None])  # None: a state written before the online verdict existed
+def test_a_run_with_nothing_to_do_reports_the_node_online_as_the_last_install_saw_it(v1cli: V1Cli,
+                                                                                   online: bool | None) -> None:
+    assert v1cli().exit_code == 0
+    state_file = v1cli.root / "var/lib/nezha-bootstrap/state.json"
+    state_file.write_text(json.dumps({**v1cli.state(), "online": online}))
+
+    outcome = v1cli("--json")
+
+    assert outcome.exit_code == 0, outcome.stderr
+    result = json.loads(outcome.stdout)
+    assert (result["outcome"], result["online"]) == ("nothing_to_do", online)

@@ -262,8 +262,9 @@ class V1Runner:
                 self._remember_server_id(details["server_id"])
                 if node.changed and not install:
                     outcome = "updated"
-            return self._result(outcome, reason, plan.uuid, details, seen=seen,
-                                online=True if seen else (saved.online if saved else None))
+            # The node as the last run saw it: a plan to do nothing always has a saved state (`or True` is dead).
+            last_seen = saved.online if saved else None  # pragma: no mutate - see above; test_run_v1 reads it
+            return self._result(outcome, reason, plan.uuid, details, seen=seen, online=True if seen else last_seen)
 
     def _await_online(self, saved: State | None, plan: Plan, presence: V2Presence | None,
                       watched: online.Watched) -> online.Online:
