@@ -879,7 +879,7 @@ class Registered:
         self.top = 0
 
     def attempt(self, seconds_left: float) -> str:
-        self.before, self.top = {3}, 7
+        self.before, self.top = {4, 3}, 7
         self.keep("n0deSecretJustRegistered")
         return "n0deSecretJustRegistered"
 
@@ -901,8 +901,29 @@ def test_a_registration_beside_a_same_named_server_looks_for_its_id_past_that_on
 
     saved, before = node._register(None, None)
 
-    assert (saved.secret, before, looked) == ("n0deSecretJustRegistered", {3}, [({3}, 7, "AutoRegister")])
-    assert "the dashboard already had a server named 'web-1' under tag 'AutoRegister' (id 3)" in err.getvalue()
+    assert (saved.secret, before, looked) == ("n0deSecretJustRegistered", {3, 4}, [({3, 4}, 7, "AutoRegister")])
+    assert ("warning: the dashboard already had a server named 'web-1' under tag 'AutoRegister' (id 3, 4); this one "
+            "is registered beside it: give nodes distinct names (NODE_NAME with {ip} or {machine_id}), or delete the "
+            "old one if its machine is gone") in err.getvalue().splitlines()
+
+
+def test_a_run_closes_the_clients_it_made_and_never_one_it_was_given(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    node = runner(config_of(), Paths(tmp_path))
+    given, made = httpx.Client(), httpx.Client()
+    node.client = given
+
+    def run() -> Any:
+        node.downloads = made  # made on the way (a download)
+        raise Stop
+
+    monkeypatch.setattr(node, "_run", run)
+
+    with pytest.raises(Stop):
+        node.run()
+
+    assert (given.is_closed, made.is_closed, node.client, node.downloads) == (False, True, given, None)
+    given.close()
 
 
 def test_the_latest_damaged_record_since_the_registration_is_planned(tmp_path: Path) -> None:
