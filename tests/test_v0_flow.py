@@ -850,6 +850,29 @@ def test_a_registration_looks_for_a_damaged_record_only_if_kept_aside_since_the_
         node._register(None, saved)
 
 
+def test_a_registration_asked_for_again_leaves_the_old_state_as_it_was(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """--force registers anew: the old registration gets none of a kept node's upkeep (no instance-id recorded
+    into it, no warning about it) before the new one replaces it."""
+    paths = Paths(tmp_path)
+    config = config_of().replace(force=True)
+    saved = saved_of(config, instance_id=None)
+    state_mod.save(paths, saved)
+    err = io.StringIO()
+    node = flow.Runner(config, FACTS.replace(instance_id="i-0abc"), paths,
+                       Reporter(verbosity=0, out=io.StringIO(), err=err))
+
+    def register(pending: Any, saved: State | None) -> Any:
+        raise Stop
+
+    monkeypatch.setattr(node, "_register", register)
+
+    with pytest.raises(Stop):
+        node.run()
+
+    assert state_mod.load(paths) == saved and "instance-id" not in err.getvalue()
+
+
 def test_the_register_request_is_retried_as_register_within_the_deadline(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     config = config_of().replace(deadline=42.0)
@@ -1329,7 +1352,7 @@ LOOKUPS = {
     "pending": lambda looking, listing: looking._look_for(pending_of(), listing),
     "damaged": lambda looking, listing: looking._look_for_damaged([Path("/x/state.json.corrupt-1")], listing, "t"),
     "adopt": lambda looking, listing: looking._adopt(saved_of(config_of(), dashboard_url="https://old.example.com",
-                                                              server_id=7), Decision(Action.ADOPT, "")),
+                                                              server_id=7)),
 }
 
 
@@ -1380,7 +1403,7 @@ def test_adopting_asks_the_dashboard_of_this_run_for_the_saved_name_and_tag(
         saved = saved_of(config, dashboard_url="https://old.example.com", server_id=7, name="db-1", tag=tag)
         listing_for_adopt.append(Listing({7}))
 
-        runner(config, paths)._adopt(saved, Decision(Action.ADOPT, ""))
+        runner(config, paths)._adopt(saved)
 
         assert listing_for_adopt[-1].asked == [("db-1", asked)]
         assert listing_for_adopt[-1].made_with == (URL, TOKEN, "--token-file /etc/token")  # type: ignore[attr-defined]
@@ -1395,7 +1418,7 @@ def test_a_dashboard_listing_the_saved_server_is_the_same_one_kept_under_this_ur
     adopting = runner(config, paths)
     adopting.reporter.verbosity, adopting.reporter.err = 0, io.StringIO()
 
-    kept, again = adopting._adopt(saved, Decision(Action.ADOPT, "registered as server 7 with ..."))
+    kept, again = adopting._adopt(saved)
 
     assert kept == state_mod.load(paths) == dataclasses.replace(saved, dashboard_url=URL)
     assert again == Decision(Action.INSTALL, "the probe address, port or TLS setting changed")
@@ -1413,7 +1436,7 @@ def test_a_dashboard_without_the_saved_server_is_registered_with(
     state_mod.save(paths, saved)
     listing_for_adopt.append(Listing({5}))
 
-    kept, instead = runner(config, paths)._adopt(saved, Decision(Action.ADOPT, ""))
+    kept, instead = runner(config, paths)._adopt(saved)
 
     assert kept == state_mod.load(paths) == saved
     assert instead == Decision(Action.REGISTER, "registered with another dashboard (https://old.example.com); "
@@ -1467,7 +1490,7 @@ def test_an_adopted_server_s_agent_is_compared_on_disk_again(tmp_path: Path, lis
     saved = saved_of(config, dashboard_url="https://old.example.com", server_id=7)
     listing_for_adopt.append(Listing({7}))
 
-    _, again = runner(config, paths)._adopt(saved, Decision(Action.ADOPT, ""))
+    _, again = runner(config, paths)._adopt(saved)
 
     assert again == Decision(Action.INSTALL, f"the agent binary {paths.agent_binary} is gone; the agent unit is gone")
 

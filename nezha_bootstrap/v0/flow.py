@@ -151,7 +151,7 @@ class Runner:
             decision = decide(self.config, saved, self.facts, on_disk_drift(self.paths, saved))
             self._announce(decision)
             if decision.action is Action.ADOPT and saved is not None:
-                saved, decision = self._adopt(saved, decision)
+                saved, decision = self._adopt(saved)
             if decision.action is not Action.REGISTER and saved is not None:
                 self._settle(saved, pending)
             if decision.action is Action.NOTHING:
@@ -177,7 +177,7 @@ class Runner:
             self.reporter.warn(str(exc))
             return None
 
-    def _adopt(self, saved: State, decision: Decision) -> tuple[State, Decision]:
+    def _adopt(self, saved: State) -> tuple[State, Decision]:
         """The state names another dashboard URL: when this one lists the saved server id under the saved name
         and tag, it is the same dashboard (another spelling or name for it): keep the server and its secret."""
         from nezha_bootstrap.v0.api import Dashboard
