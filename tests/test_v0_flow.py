@@ -472,6 +472,14 @@ class Stop(Exception):
     """Raised by a stand-in to end a run where the test has seen what it needs."""
 
 
+def stop_here(calls: list[tuple[Any, ...]]) -> Any:
+    """A stand-in that records its arguments in `calls` and ends the run there."""
+    def stand_in(*args: Any) -> Any:
+        calls.append(args)
+        raise Stop
+    return stand_in
+
+
 @pytest.mark.parametrize("systemd", [True, False])
 def test_the_agent_is_watched_where_it_reports_from_the_journal_only_where_systemd_runs(
         systemd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -479,12 +487,7 @@ def test_the_agent_is_watched_where_it_reports_from_the_journal_only_where_syste
     node = runner(config, paths, FACTS.replace(systemd_running=systemd))
     monkeypatch.setattr(node, "_fetch", lambda plan: SCRIPT)
     asked: list[tuple[Any, ...]] = []
-
-    def sources(*args: Any) -> Any:
-        asked.append(args)
-        raise Stop
-
-    monkeypatch.setattr(online, "system_sources", sources)
+    monkeypatch.setattr(online, "system_sources", stop_here(asked))
 
     with pytest.raises(Stop):
         node._install(saved_of(config), None)
@@ -493,14 +496,19 @@ def test_the_agent_is_watched_where_it_reports_from_the_journal_only_where_syste
     assert (where, journal, type(since)) == (paths, systemd, float)
 
 
+def without_effects(node: flow.Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_install`'s steps that act on the host stood in for: the script fetched, written and run, the unit read."""
+    monkeypatch.setattr(node, "_fetch", lambda plan: SCRIPT)
+    monkeypatch.setattr(node, "_perform", lambda plan, payload: None)
+    monkeypatch.setattr(agent, "verify_v0_unit", lambda plan, paths, secret: None)
+
+
 @pytest.mark.parametrize("systemd", [True, False])
 def test_where_systemd_runs_the_install_waits_for_the_unit_to_be_active(
         systemd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths, config = Paths(tmp_path / "root"), config_of()
     node = runner(config, paths, FACTS.replace(systemd_running=systemd))
-    monkeypatch.setattr(node, "_fetch", lambda plan: SCRIPT)
-    monkeypatch.setattr(node, "_perform", lambda plan, payload: None)
-    monkeypatch.setattr(agent, "verify_v0_unit", lambda plan, paths, secret: None)
+    without_effects(node, monkeypatch)
     asked: list[Any] = []
 
     def wait_active(is_active: Any) -> None:
@@ -525,18 +533,11 @@ def test_the_agent_s_port_is_watched_with_the_probe_settings_and_the_ca_bundle(
     paths = Paths(tmp_path / "root")
     config = config_of(probe_port=6000, tls=True).replace(ca_bundle=tmp_path / "private-ca.pem")
     node = runner(config, paths)
-    monkeypatch.setattr(node, "_fetch", lambda plan: SCRIPT)
-    monkeypatch.setattr(node, "_perform", lambda plan, payload: None)
+    without_effects(node, monkeypatch)
     monkeypatch.setattr(node, "_remove_script_leftovers", lambda: None)
     monkeypatch.setattr(node, "_presence", lambda saved, before: None)
-    monkeypatch.setattr(agent, "verify_v0_unit", lambda plan, paths, secret: None)
     watched: list[tuple[Any, ...]] = []
-
-    def watch(*args: Any) -> None:
-        watched.append(args)
-        raise Stop
-
-    monkeypatch.setattr(agentport, "watch", watch)
+    monkeypatch.setattr(agentport, "watch", stop_here(watched))
 
     with pytest.raises(Stop):
         node._install(saved_of(config), None)
@@ -619,12 +620,10 @@ def test_a_finished_install_records_what_it_installed(method: str | None, secret
     config = build(Settings(dashboard_url=URL, token=TOKEN, name="web-1", probe_address="probe.example.com",
                             agent=AgentSettings(method=method, secret=secret_given)), FACTS).config
     node = runner(config, paths, FACTS.replace(instance_id=seen_iid))
-    monkeypatch.setattr(node, "_fetch", lambda plan: SCRIPT)
-    monkeypatch.setattr(node, "_perform", lambda plan, payload: None)
+    without_effects(node, monkeypatch)
     monkeypatch.setattr(node, "_remove_script_leftovers", lambda: None)
     monkeypatch.setattr(node, "_presence", lambda saved, before: types.SimpleNamespace(server_id=12))
     monkeypatch.setattr(node, "_await_online", lambda saved, sources, presence: None)
-    monkeypatch.setattr(agent, "verify_v0_unit", lambda plan, paths, secret: None)
     monkeypatch.setattr(agentport, "watch", lambda *args: None)
 
     node._install(saved_of(config, agent_secret_given=saved_given, agent_version="0.0.1", method="other",
