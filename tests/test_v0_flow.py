@@ -20,7 +20,7 @@ import pytest
 
 from nezha_bootstrap import agent, identity, online, redact
 from nezha_bootstrap import state as state_mod
-from nezha_bootstrap.config import AgentSettings, Config, Settings, build
+from nezha_bootstrap.config import AgentSettings, Config, Settings, build, display_url
 from nezha_bootstrap.effects import Command
 from nezha_bootstrap.errors import DashboardRefused, DashboardUnreachable, InstallerFailed, StateError
 from nezha_bootstrap.facts import Facts
@@ -847,6 +847,19 @@ def test_a_registration_looks_for_a_damaged_record_only_if_kept_aside_since_the_
 
     with pytest.raises(Looked if looks else Stop):
         node._register(None, saved)
+
+
+def test_a_v0_run_names_its_node_dashboard_and_generation_for_a_failure_s_summary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = config_of(dashboard_url="https://dash.example.com:8443/")
+    this = ThisNode(config, FACTS, Paths(tmp_path), Reporter(verbosity=-1))
+    monkeypatch.setattr(flow.Runner, "run", lambda self: (_ for _ in ()).throw(Stop))
+
+    with pytest.raises(Stop):
+        flow.run(this)
+
+    assert {k: this.reporter.context[k] for k in ("name", "dashboard", "generation")} == {
+        "name": "web-1", "dashboard": display_url(config.dashboard_url), "generation": "v0"}
 
 
 def test_a_registration_asked_for_again_leaves_the_old_state_as_it_was(tmp_path: Path,
