@@ -853,7 +853,7 @@ def test_a_v0_run_names_its_node_dashboard_and_generation_for_a_failure_s_summar
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = config_of(dashboard_url="https://dash.example.com:8443/")
     this = ThisNode(config, FACTS, Paths(tmp_path), Reporter(verbosity=-1))
-    monkeypatch.setattr(flow.Runner, "run", lambda self: (_ for _ in ()).throw(Stop))
+    monkeypatch.setattr(flow.Runner, "run", stop_here([]))
 
     with pytest.raises(Stop):
         flow.run(this)
