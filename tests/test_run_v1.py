@@ -1035,3 +1035,57 @@ def test_a_run_with_nothing_to_do_reports_the_node_online_as_the_last_install_sa
     assert outcome.exit_code == 0, outcome.stderr
     result = json.loads(outcome.stdout)
     assert (result["outcome"], result["online"]) == ("nothing_to_do", online)
+
+
+def test_the_uuid_config_yml_held_is_read_within_the_root_through_a_link(v1cli: V1Cli, tmp_path: Path) -> None:
+    """A config.yml that is a link (an image's) is followed inside the root, never to the host's file."""
+    target = tmp_path / "elsewhere.yml"  # an absolute path that exists on the host and, differently, in the image
+    target.write_text('uuid: "99999999-0000-4000-8000-000000000000"\n')
+    in_image = v1cli.root / target.relative_to("/")
+    in_image.parent.mkdir(parents=True)
+    in_image.write_text(f'server: "x:1"\nclient_secret: "s"\nuuid: "{UUID}"\n')
+    agent_dir = v1cli.root / "opt/nezha/agent"
+    agent_dir.mkdir(parents=True)
+    (agent_dir / "config.yml").symlink_to(target)
+    chosen = "11111111-2222-3333-4444-555555555555"
+
+    outcome = v1cli("--uuid", chosen)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert f"config.yml held uuid {UUID}; it now holds {chosen}." in outcome.stderr
+    assert "99999999" not in outcome.stderr
+
+
+def test_the_agent_download_says_its_retries_and_names_a_binary_it_cannot_write(
+        v1cli: V1Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import agent
+    from nezha_bootstrap.errors import InstallerFailed
+
+    told: list[str] = []
+    runner = v1_runner(v1cli)
+    runner.reporter.info = told.append
+    plan = plan_enrollment(None, runner.config, runner.facts, runner.paths, runner.machine)
+
+    def retrying(client: Any, release: Any, deadline: float, notify: Any, file: Any) -> None:
+        notify("download: HTTP 503, trying again in 1 s")
+
+    monkeypatch.setattr(agent, "fetch_binary", retrying)
+    runner._download(plan.release, Staging())
+    assert told == ["download: HTTP 503, trying again in 1 s"]
+
+    def full(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(agent, "fetch_binary", full)
+    with pytest.raises(InstallerFailed) as failed:
+        runner._download(plan.release, Staging())
+    assert str(failed.value) == f"cannot write {runner.paths.agent_binary}: No space left on device"
+
+
+class Staging:
+    """The staged binary's file, for a download that goes nowhere."""
+
+    def __init__(self) -> None:
+        import io
+
+        self.file = io.BytesIO()

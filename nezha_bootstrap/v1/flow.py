@@ -346,7 +346,8 @@ class V1Runner:
         finally:
             binary.discard()
         adopted = self._leftovers()
-        old_uuid = agent.config_uuid(self.paths.agent_dir / "config.yml", self.paths.root) if plan.on_disk else None
+        old_uuid = (agent.config_uuid(self.paths.agent_dir / "config.yml", self.paths.root)
+                    if plan.on_disk else None)  # pragma: no mutate - `or True`: none on disk, no uuid read either
         if old_uuid and old_uuid != uuid:
             self.reporter.warn(
                 f"config.yml held uuid {old_uuid}; it now holds {uuid}. The dashboard keeps a server for "
