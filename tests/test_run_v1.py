@@ -989,9 +989,10 @@ def test_a_bundled_agent_is_checked_before_anything_changes_and_only_when_instal
 
 
 def test_each_run_says_its_plan_and_where_its_uuid_came_from(v1cli: V1Cli) -> None:
-    first, again = v1cli("-v"), v1cli("-v")
+    first, again, forced = v1cli("-v"), v1cli("-v"), v1cli("-v", "--force")
 
-    assert first.exit_code == again.exit_code == 0, first.stderr + again.stderr
+    assert first.exit_code == again.exit_code == forced.exit_code == 0, first.stderr + again.stderr + forced.stderr
+    assert "config.yml held uuid" not in first.stderr + forced.stderr  # none before; the same one again
     assert ["plan: install the agent (not enrolled from this machine yet)", f"  uuid {UUID} (from machine-id)"] == [
         line for line in first.stderr.splitlines() if line.startswith(("plan: ", "  uuid "))]
     assert ["plan: nothing to do (enrolled and installed)", f"  uuid {UUID} (from state)"] == [
