@@ -840,6 +840,7 @@ def v1_runner(v1cli: V1Cli, *, adopt: bool = False, systemd: bool = False, bundl
 @pytest.mark.parametrize(("blocker", "kind", "error"), [
     ("opt/nezha", "file", "cannot create the directory {root}/opt/nezha/agent: "),
     ("opt/nezha/agent/nezha-agent", "dir", "cannot write {root}/opt/nezha/agent/nezha-agent: "),
+    ("opt/nezha/agent/config.yml", "dir", "cannot write {root}/opt/nezha/agent/config.yml: "),
 ])
 def test_an_install_step_that_cannot_write_names_its_path(v1cli: V1Cli, blocker: str, kind: str, error: str) -> None:
     from nezha_bootstrap.errors import InstallerFailed

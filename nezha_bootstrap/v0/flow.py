@@ -154,8 +154,9 @@ class Runner:
                 saved, decision = self._adopt(saved)
             if decision.action is not Action.REGISTER and saved is not None:
                 self._settle(saved, pending)
-            if decision.action is Action.NOTHING:
-                return self._result("nothing_to_do", decision, online=saved.online if saved else None)
+            if decision.action is Action.NOTHING:  # decide() plans nothing only for a saved state (`or True`: dead)
+                last_seen = saved.online if saved else None  # pragma: no mutate - see above; test_run_online reads it
+                return self._result("nothing_to_do", decision, online=last_seen)
             self._check_bundled()
             before: set[int] | None = None  # the ids named like this node before it registered (this run)
             if decision.action is Action.REGISTER or saved is None:
