@@ -1091,3 +1091,16 @@ class Staging:
         import io
 
         self.file = io.BytesIO()
+
+
+def test_an_install_not_as_asked_names_every_problem(v1cli: V1Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nezha_bootstrap import agent
+    from nezha_bootstrap.errors import InstallerFailed
+
+    monkeypatch.setattr(agent, "unit_problems", lambda paths, expected: ["no unit", "config.yml differs"])
+    runner = v1_runner(v1cli)
+
+    with pytest.raises(InstallerFailed) as failed:
+        runner._install(plan_enrollment(None, runner.config, runner.facts, runner.paths, runner.machine))
+
+    assert str(failed.value) == "the agent install is not as asked: no unit; config.yml differs"
