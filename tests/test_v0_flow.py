@@ -885,6 +885,28 @@ def test_a_registration_asked_for_again_leaves_the_old_state_as_it_was(tmp_path:
     assert state_mod.load(paths) == saved and "instance-id" not in err.getvalue()
 
 
+def test_a_run_that_registers_again_passes_its_last_registration_to_the_damaged_record_look(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, config = Paths(tmp_path), config_of()
+    kept_aside(paths, "state.json", 1_700_000_000)  # 2023: before the last registration
+    # registered with another dashboard (no server id to adopt by): this one registers again
+    state_mod.save(paths, saved_of(config, dashboard_url="https://old.example.com", server_id=None,
+                                   registered_at="2026-01-01T00:00:00+00:00"))
+    node = runner(config, paths)
+
+    def looked(found: list[Path], dashboard: Any, tag: str) -> None:
+        raise Looked
+
+    def registering(paths: Paths) -> None:
+        raise Stop
+
+    monkeypatch.setattr(node, "_look_for_damaged", looked)
+    monkeypatch.setattr(state_mod, "check_room", registering)
+
+    with pytest.raises(Stop):  # not Looked: that record is older than the registration the state holds
+        node.run()
+
+
 def test_the_register_request_is_retried_as_register_within_the_deadline(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     config = config_of().replace(deadline=42.0)
