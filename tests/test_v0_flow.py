@@ -720,6 +720,24 @@ def test_a_direct_install_s_directory_that_cannot_be_made_fails_naming_it(tmp_pa
     assert str(failed.value).startswith(f"cannot create the directory {plan.cwd}: ")
 
 
+def test_the_dashboard_s_client_trusts_the_ca_bundle_and_knows_its_url_once(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import nezha_bootstrap.http
+
+    config = config_of().replace(ca_bundle=tmp_path / "private-ca.pem")
+    made: list[tuple[Any, ...]] = []
+
+    def make_client(*args: Any, **kwargs: Any) -> object:
+        made.append((args, kwargs))
+        return object()
+
+    monkeypatch.setattr(nezha_bootstrap.http, "make_client", make_client)
+    node = runner(config, Paths(tmp_path))
+
+    assert node._http() is node._http()
+    assert made == [((tmp_path / "private-ca.pem",), {"urls": (URL,)})]
+
+
 def test_downloads_trust_the_ca_bundle_and_are_told_their_urls_once(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import nezha_bootstrap.http

@@ -123,15 +123,13 @@ class Runner:
         facts: Facts,
         paths: Paths,
         reporter: Reporter,
-        client: httpx.Client | None = None,  # built lazily, so --dry-run never imports httpx
-        downloads: httpx.Client | None = None,  # the client of downloads (system store and --ca-bundle)
     ) -> None:
         self.config = config
         self.facts = facts
         self.paths = paths
         self.reporter = reporter
-        self.client = client
-        self.downloads = downloads
+        self.client: httpx.Client | None = None  # made on first use (--dry-run never imports httpx)
+        self.downloads: httpx.Client | None = None  # the client of downloads (system store and --ca-bundle)
 
     def run(self) -> RunResult:
         """Take the lock, decide, register and install as needed; close the HTTP clients made on the way."""
